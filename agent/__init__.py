@@ -1,0 +1,3 @@
+"""restic-manager agent: runs on every backed-up host (Python 3.9+, never imports the server)."""
+
+__version__ = "0.1.0"

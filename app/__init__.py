@@ -1,0 +1,163 @@
+"""restic-manager server: ``create_app`` wires configuration, extensions and blueprints."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import sys
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from app.config import PROJECT_ROOT, load_config
+from app.extensions import csrf, db, login_manager, migrate
+
+__version__ = "0.1.0"
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the application; ``config`` overrides settings read from the environment."""
+    if sys.version_info < (3, 11):
+        raise RuntimeError("the restic-manager server needs Python 3.11 or newer")
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.config.update(load_config())
+    app.config.update(config or {})
+    _configure_logging(app)
+    _configure_secrets(app)
+    _configure_session(app)
+    _configure_database(app)
+
+    login_manager.init_app(app)
+    login_manager.session_protection = None  # server-side session rows do this job
+    login_manager.login_view = "auth.login"
+    csrf.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
+
+    from app import authn  # noqa: F401  (registers the Flask-Login loaders)
+
+    _register_blueprints(app)
+    from app.models import Role
+
+    app.jinja_env.globals["Role"] = Role
+    _register_request_hooks(app)
+
+    from app.errors import register_error_handlers
+
+    register_error_handlers(app)
+
+    from app.cli import register_cli
+
+    register_cli(app)
+
+    if app.config["RM_TRUSTED_PROXIES"]:
+        app.wsgi_app = authn.TrustedProxyFix(app.wsgi_app, app.config["RM_TRUSTED_PROXIES"])
+    return app
+
+
+def _configure_logging(app: Flask) -> None:
+    level = getattr(logging, app.config["RM_LOG_LEVEL"])
+    app.logger.setLevel(level)
+    logging.getLogger("restic_manager").setLevel(level)
+
+
+def _configure_secrets(app: Flask) -> None:
+    from app.secretbox import SecretBox, load_or_create_key
+
+    key = load_or_create_key(app.config["RM_SECRET_KEY_FILE"])
+    app.extensions["secretbox"] = SecretBox(key)
+    # The cookie-signing key is derived, so there is one secret file to back up.
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = hmac.new(key, b"flask-session-signing", hashlib.sha256).digest()
+
+
+def _configure_session(app: Flask) -> None:
+    from app.authn import SessionInterface
+
+    app.session_interface = SessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME="rm_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_CHECK_DEFAULT=False,  # checked in before_request, skipping bearer requests
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        MAX_CONTENT_LENGTH=app.config.get("MAX_CONTENT_LENGTH", 16 * 1024 * 1024),
+    )
+    app.config["PERMANENT_SESSION_LIFETIME"] = app.config["RM_SESSION_HOURS"] * 3600
+
+
+def _configure_database(app: Flask) -> None:
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    options = app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
+    options.setdefault("pool_pre_ping", True)
+    if url.startswith("sqlite"):
+        options.setdefault("connect_args", {"timeout": app.config["RM_SQLITE_BUSY_TIMEOUT_MS"] / 1000})
+    db.init_app(app)
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, connection_record):
+    """WAL, a busy timeout and enforced foreign keys on every SQLite connection."""
+    module = type(dbapi_connection).__module__
+    if not module.startswith("sqlite3"):
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _register_blueprints(app: Flask) -> None:
+    from app.api import bp as api_bp
+    from app.auth import bp as auth_bp
+    from app.settings import bp as settings_bp
+    from app.web import bp as web_bp
+
+    app.register_blueprint(web_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(settings_bp, url_prefix="/settings")
+    app.register_blueprint(api_bp, url_prefix="/api/v1")
+
+
+def _register_request_hooks(app: Flask) -> None:
+    from flask import request
+
+    from app.access import SAFE_METHODS, enforce_access
+    from app.authn import is_token_request
+
+    @app.before_request
+    def check_access_then_csrf():
+        refused = enforce_access()
+        if refused is not None:
+            return refused
+        if (
+            request.method not in SAFE_METHODS
+            and not request.path.startswith("/api/agent/")
+            and not is_token_request()
+        ):
+            csrf.protect()
+        return None
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        )
+        if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response

@@ -1,0 +1,7 @@
+"""/api/v1: the JSON API for people and automation (personal access token or session)."""
+
+from flask import Blueprint
+
+bp = Blueprint("api", __name__)
+
+from app.api import hosts, me  # noqa: E402,F401

@@ -1,0 +1,41 @@
+"""Shapes of the public JSON API (a contract: keep fields stable, add freely)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 UTC with a Z, or None."""
+    if value is None:
+        return None
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def host_json(host, status: str) -> dict:
+    return {
+        "id": host.id,
+        "hostname": host.hostname,
+        "status": status,
+        "repo_status": host.repo_status,
+        "last_seen_at": iso(host.last_seen_at),
+        "last_backup_at": None,
+        "last_backup_status": None,
+        "snapshot_count": 0,
+        "repo_size_bytes": None,
+        "tags": list(host.tags or []),
+        "os": host.os,
+        "arch": host.arch,
+        "agent_version": host.agent_version,
+        "restic_version": host.restic_version,
+    }
+
+
+def user_json(user) -> dict:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "role": user.role,
+        "created_at": iso(user.created_at),
+        "last_login_at": iso(user.last_login_at),
+    }

@@ -1,0 +1,33 @@
+from flask_wtf import FlaskForm
+from wtforms import PasswordField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+from app.security import PASSWORD_MAX_LENGTH, PASSWORD_RULES
+from app.services.users import USERNAME_RULES
+
+
+class LoginForm(FlaskForm):
+    username = StringField("Username", validators=[DataRequired(), Length(max=64)])
+    password = PasswordField(
+        "Password", validators=[DataRequired(), Length(max=PASSWORD_MAX_LENGTH)]
+    )
+
+
+class SetupForm(FlaskForm):
+    token = StringField(
+        "Setup token",
+        validators=[DataRequired(message="Paste the setup token from the server log.")],
+        description="Printed in the server log on start. `restic-manager setup-url` prints a new one.",
+    )
+    username = StringField(
+        "Admin username", validators=[DataRequired(), Length(max=64)], description=USERNAME_RULES
+    )
+    password = PasswordField(
+        "Password",
+        validators=[DataRequired(), Length(max=PASSWORD_MAX_LENGTH)],
+        description=PASSWORD_RULES,
+    )
+    confirm = PasswordField(
+        "Repeat password",
+        validators=[DataRequired(), EqualTo("password", message="The two passwords differ.")],
+    )

@@ -1,0 +1,154 @@
+"""Sign in, sign out and first-run setup."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_user, logout_user
+
+from app.access import Role, public, require_role
+from app.auth import bp
+from app.auth.forms import LoginForm, SetupForm
+from app.authn import SESSION_KEY, client_address
+from app.extensions import db
+from app.models.types import utcnow
+from app.services import audit, users
+from app.services.audit import Actor
+from app.services.errors import RateLimited, ServiceError
+
+
+def _safe_next(target: str | None) -> str:
+    """Only same-site relative paths, so ?next= cannot bounce a user to another site."""
+    if not target:
+        return url_for("web.dashboard")
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return url_for("web.dashboard")
+    return target
+
+
+def _sign_in(user) -> None:
+    token = users.start_session(
+        user,
+        now=utcnow(),
+        hours=current_app.config["RM_SESSION_HOURS"],
+        client_address=client_address(),
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    session.clear()  # no fixation: a fresh cookie for a fresh session
+    session[SESSION_KEY] = token
+    session.permanent = True
+    login_user(user)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@public
+def login():
+    if users.user_count() == 0:
+        return _setup_page(SetupForm(token=request.args.get("setup_token", "")))
+    if current_user.is_authenticated:
+        return redirect(_safe_next(request.args.get("next")))
+    form = LoginForm()
+    status = 200
+    if form.validate_on_submit():
+        config = current_app.config
+        try:
+            user = users.authenticate(
+                form.username.data,
+                form.password.data,
+                client_address=client_address(),
+                now=utcnow(),
+                max_per_user=config["RM_LOGIN_MAX_FAILURES_PER_USER"],
+                max_per_address=config["RM_LOGIN_MAX_FAILURES_PER_ADDRESS"],
+                window_seconds=config["RM_LOGIN_WINDOW_SECONDS"],
+            )
+        except RateLimited as refused:
+            db.session.rollback()
+            flash(refused.message, "error")
+            response = current_app.make_response(
+                (render_template("auth/login.html", form=form), 429)
+            )
+            response.headers["Retry-After"] = str(refused.retry_after)
+            return response
+        if user is None:
+            audit.record(
+                Actor.system("login"),
+                "user.login_failed",
+                payload={"username": users.normalize_username(form.username.data)[:64]},
+                client_address=client_address(),
+            )
+            db.session.commit()
+            flash("Wrong username or password, or the account is disabled.", "error")
+            status = 401
+        else:
+            _sign_in(user)
+            audit.record(
+                Actor.for_user(user),
+                "user.login",
+                target_type="user",
+                target_id=user.id,
+                client_address=client_address(),
+            )
+            db.session.commit()
+            return redirect(_safe_next(request.args.get("next")))
+    return render_template("auth/login.html", form=form), status
+
+
+def _setup_page(form: SetupForm, status: int = 200):
+    return render_template("auth/setup.html", form=form), status
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+@public
+def setup():
+    if users.user_count() > 0:
+        if request.method == "POST":
+            flash("Setup is already complete. Sign in instead.", "info")
+        return redirect(url_for("auth.login"))
+    form = SetupForm()
+    if request.method == "GET":
+        return redirect(url_for("auth.login", setup_token=request.args.get("setup_token", "")))
+    if not form.validate_on_submit():
+        return _setup_page(form, 422)
+    try:
+        user = users.complete_setup(
+            form.token.data, form.username.data, form.password.data, now=utcnow()
+        )
+    except ServiceError as refused:
+        db.session.rollback()
+        for field_name, messages in refused.fields.items():
+            getattr(form, field_name).errors = list(messages) or [refused.message]
+        if not refused.fields:
+            flash(refused.message, "error")
+        return _setup_page(form, refused.status)
+    _sign_in(user)
+    audit.record(
+        Actor.for_user(user),
+        "setup.completed",
+        target_type="user",
+        target_id=user.id,
+        payload={"username": user.username, "role": Role.admin.value},
+        client_address=client_address(),
+    )
+    db.session.commit()
+    flash(f"Welcome, {user.username}. You are the administrator of this server.", "success")
+    return redirect(url_for("web.dashboard"))
+
+
+@bp.route("/logout", methods=["POST"])
+@require_role(Role.viewer, self_service=True)
+def logout():
+    users.end_session(session.get(SESSION_KEY, ""), now=utcnow())
+    audit.record(
+        Actor.for_user(current_user),
+        "user.logout",
+        target_type="user",
+        target_id=current_user.id,
+        client_address=client_address(),
+    )
+    db.session.commit()
+    logout_user()
+    session.clear()
+    flash("You are signed out.", "info")
+    return redirect(url_for("auth.login"))

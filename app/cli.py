@@ -1,0 +1,179 @@
+"""The ``restic-manager`` command: serve, create-admin, create-token, setup-url, db ..."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup
+
+from app.config import PROJECT_ROOT
+
+log = logging.getLogger("restic_manager")
+
+
+def _audit_actor():
+    from app.services.audit import Actor
+
+    return Actor.system("cli")
+
+
+def setup_url(token: str, base_url: str) -> str:
+    return f"{base_url}/login?setup_token={token}"
+
+
+def _announce_setup_if_needed(base_url: str) -> None:
+    """While no user exists, mint a one-time setup token and print where to use it."""
+    from app.extensions import db
+    from app.models.types import utcnow
+    from app.services import users
+
+    token = users.issue_setup_token(now=utcnow())
+    db.session.commit()
+    if token is None:
+        return
+    url = setup_url(token, base_url)
+    banner = "=" * 72
+    click.echo(
+        f"\n{banner}\nNo administrator exists yet. Open this one-time setup URL to create one:\n\n"
+        f"    {url}\n\n(`restic-manager setup-url` prints a new one.)\n{banner}\n",
+        err=True,
+    )
+
+
+def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "gevent",
+        "--workers",
+        str(workers),
+        "--bind",
+        bind,
+        "--chdir",
+        str(PROJECT_ROOT),
+        "--graceful-timeout",
+        "20",
+        "--worker-connections",
+        "2000",
+        # gunicorn would otherwise trust X-Forwarded-Proto from 127.0.0.1 on its own.
+        "--forwarded-allow-ips",
+        trusted_proxies,
+        "--access-logfile",
+        "-",
+        "--access-logformat",
+        '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+        "wsgi:app",
+    ]
+
+
+def register_cli(app):
+    @app.cli.command("serve")
+    @click.option("--bind", default="127.0.0.1:8080", show_default=True, help="host:port")
+    @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+    def serve(bind: str, workers: int):
+        """Apply migrations, then run gunicorn with gevent workers (SIGTERM stops gracefully)."""
+        from flask_migrate import upgrade
+
+        upgrade()
+        base_url = current_app.config["RM_BASE_URL"] or f"http://{bind}"
+        _announce_setup_if_needed(base_url)
+        trusted = ",".join(str(net) for net in current_app.config["RM_TRUSTED_PROXIES"])
+        argv = gunicorn_argv(bind, workers, trusted)
+        click.echo(f"restic-manager listening on http://{bind} ({workers} worker(s))", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # exec: gunicorn replaces this process (same pid for systemd; fresh interpreter, so
+        # wsgi.py can monkey-patch gevent before anything else is imported).
+        os.execv(sys.executable, argv)
+
+    @app.cli.command("setup-url")
+    def setup_url_command():
+        """Print a new one-time setup URL (only while no user exists)."""
+        from app.services import users
+
+        if users.user_count() > 0:
+            raise click.ClickException("setup is already complete: sign in instead")
+        base_url = current_app.config["RM_BASE_URL"] or "http://127.0.0.1:8080"
+        _announce_setup_if_needed(base_url)
+
+    @app.cli.command("create-admin")
+    @click.option("--username", required=True)
+    @click.option(
+        "--password-stdin", is_flag=True, required=True, help="Read the password from stdin."
+    )
+    def create_admin(username: str, password_stdin: bool):
+        """Create an administrator (password from stdin, never from argv)."""
+        from app.extensions import db
+        from app.models import Role
+        from app.services import audit, users
+        from app.services.errors import ServiceError
+
+        password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            user = users.create_user(username, password, Role.admin)
+        except ServiceError as refused:
+            db.session.rollback()
+            raise click.ClickException(refused.message) from None
+        audit.record(
+            _audit_actor(),
+            "user.created",
+            target_type="user",
+            target_id=user.id,
+            payload={"username": user.username, "role": user.role},
+        )
+        db.session.commit()
+        click.echo(f"created admin {user.username}")
+
+    @app.cli.command("create-token")
+    @click.option("--user", "username", required=True)
+    @click.option("--name", required=True)
+    def create_token(username: str, name: str):
+        """Mint a personal access token for a user and print it (shown only once)."""
+        from app.extensions import db
+        from app.models.types import utcnow
+        from app.services import api_tokens, audit, users
+        from app.services.errors import ServiceError
+
+        user = users.find_user(username)
+        if user is None or not user.is_active:
+            raise click.ClickException(f"no active user named {username!r}")
+        try:
+            token, plain = api_tokens.create_token(user, name, now=utcnow())
+        except ServiceError as refused:
+            db.session.rollback()
+            raise click.ClickException(refused.message) from None
+        audit.record(
+            _audit_actor(),
+            "api_token.created",
+            target_type="api_token",
+            target_id=token.id,
+            payload={"name": token.name, "owner": user.username},
+        )
+        db.session.commit()
+        click.echo(plain)
+
+
+def _create_app_for_cli():
+    from app import create_app
+
+    return create_app()
+
+
+def main(argv=None) -> int:
+    cli = FlaskGroup(
+        create_app=_create_app_for_cli,
+        name="restic-manager",
+        help="restic-manager server. `restic-manager serve` runs it.",
+        set_debug_flag=False,
+    )
+    try:
+        cli.main(args=argv, prog_name="restic-manager")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+    return 0

@@ -1,0 +1,74 @@
+"""Settings from ``RM_*`` environment variables, with defaults.
+
+Every setting is documented in the configuration table in README.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(RuntimeError):
+    """A setting is present but unusable; the message says which and why."""
+
+
+def _int(environ, name: str, default: int, minimum: int = 0) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _trusted_proxies(raw: str) -> list:
+    """Addresses/networks of reverse proxies whose X-Forwarded-* headers we believe."""
+    networks = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"RM_TRUSTED_PROXIES: {part!r} is not an IP address or network "
+                f"(expected e.g. 127.0.0.1 or 10.0.0.0/8, comma-separated)"
+            ) from None
+    return networks
+
+
+def load_config(environ=None) -> dict:
+    """Build the Flask config mapping from environment variables."""
+    environ = os.environ if environ is None else environ
+    data_dir = Path(environ.get("RM_DATA_DIR") or PROJECT_ROOT / "data").resolve()
+    database_url = environ.get("RM_DATABASE_URL") or f"sqlite:///{data_dir / 'restic-manager.db'}"
+    if database_url.startswith("postgresql://") or database_url.startswith("postgres://"):
+        # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+        database_url = "postgresql+psycopg://" + database_url.split("://", 1)[1]
+    log_level = (environ.get("RM_LOG_LEVEL") or "INFO").upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"RM_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    return {
+        "RM_DATA_DIR": data_dir,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "RM_SECRET_KEY_FILE": Path(
+            environ.get("RM_SECRET_KEY_FILE") or data_dir / "secret.key"
+        ).resolve(),
+        "RM_BASE_URL": (environ.get("RM_BASE_URL") or "").rstrip("/"),
+        "RM_TRUSTED_PROXIES": _trusted_proxies(environ.get("RM_TRUSTED_PROXIES", "")),
+        "RM_LOG_LEVEL": log_level,
+        "RM_SESSION_HOURS": _int(environ, "RM_SESSION_HOURS", 12, minimum=1),
+        "RM_LOGIN_MAX_FAILURES_PER_USER": _int(environ, "RM_LOGIN_MAX_FAILURES_PER_USER", 5, 1),
+        "RM_LOGIN_MAX_FAILURES_PER_ADDRESS": _int(
+            environ, "RM_LOGIN_MAX_FAILURES_PER_ADDRESS", 20, 1
+        ),
+        "RM_LOGIN_WINDOW_SECONDS": _int(environ, "RM_LOGIN_WINDOW_SECONDS", 900, 1),
+        "RM_OFFLINE_AFTER_SECONDS": _int(environ, "RM_OFFLINE_AFTER_SECONDS", 90, 1),
+        "RM_SQLITE_BUSY_TIMEOUT_MS": _int(environ, "RM_SQLITE_BUSY_TIMEOUT_MS", 5000, 0),
+    }

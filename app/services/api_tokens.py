@@ -1,0 +1,78 @@
+"""Personal access tokens for the JSON API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import ApiToken, Role, User
+from app.security import hash_token, new_token
+from app.services.errors import NotFound, ValidationFailed
+
+TOKEN_PREFIX = "rmp"
+_LAST_USED_RESOLUTION_SECONDS = 60
+
+
+def create_token(user: User, name: str, *, now: datetime) -> tuple[ApiToken, str]:
+    """Mint a token; the plain value is returned once and never stored."""
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise ValidationFailed(
+            "Token name must be 1–100 characters, e.g. the script or tool that will use it.",
+            fields={"name": ["Give the token a name of 1–100 characters."]},
+        )
+    plain = new_token(TOKEN_PREFIX)
+    token = ApiToken(
+        user=user,
+        name=name,
+        token_hash=hash_token(plain),
+        display_prefix=plain[:10],
+        created_at=now,
+    )
+    db.session.add(token)
+    db.session.flush()
+    return token, plain
+
+
+def authenticate_token(plain: str, *, now: datetime) -> Optional[ApiToken]:
+    """The live token for this bearer value (owner active), or None."""
+    if not plain or not plain.startswith(TOKEN_PREFIX + "_"):
+        return None
+    token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plain)))
+    if token is None or token.revoked_at is not None or not token.user.is_active:
+        return None
+    last = token.last_used_at
+    if last is None or (now - last).total_seconds() > _LAST_USED_RESOLUTION_SECONDS:
+        token.last_used_at = now
+    return token
+
+
+def tokens_of(user: User) -> list[ApiToken]:
+    return list(
+        db.session.scalars(
+            select(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+            .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+        )
+    )
+
+
+def get_token_of(user: User, token_id: int) -> ApiToken:
+    """A live token the user may revoke: their own, or anyone's for an admin."""
+    token = db.session.get(ApiToken, token_id)
+
+    if (
+        token is None
+        or token.revoked_at is not None
+        or (token.user_id != user.id and not user.has_role(Role.admin))
+    ):
+        raise NotFound("No such API token.")
+    return token
+
+
+def revoke_token(token: ApiToken, *, now: datetime) -> None:
+    token.revoked_at = now
+    db.session.flush()

@@ -1,0 +1,233 @@
+"""Users, sign-in, server-side sessions, login rate limiting and first-run setup."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+from typing import Optional
+
+from sqlalchemy import delete, func, select, update
+
+from app.extensions import db
+from app.models import LoginFailure, Role, SetupToken, User, UserSession
+from app.security import (
+    hash_password,
+    hash_token,
+    new_token,
+    password_problems,
+    verify_password,
+)
+from app.services.errors import Conflict, RateLimited, ValidationFailed
+
+USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+USERNAME_RULES = "1–64 characters: letters, digits and . _ @ - (stored in lower case)."
+_SESSION_TOUCH_SECONDS = 60
+
+
+def normalize_username(username: str) -> str:
+    return (username or "").strip().lower()
+
+
+def username_problems(username: str) -> list[str]:
+    if not USERNAME_PATTERN.match(username):
+        return [f"Username: {USERNAME_RULES}"]
+    return []
+
+
+def find_user(username: str) -> Optional[User]:
+    return db.session.scalar(select(User).where(User.username == normalize_username(username)))
+
+
+def create_user(username: str, password: str, role: Role) -> User:
+    username = normalize_username(username)
+    fields = {}
+    if problems := username_problems(username):
+        fields["username"] = problems
+    if problems := password_problems(password, username):
+        fields["password"] = problems
+    if fields:
+        raise ValidationFailed(
+            " ".join(message for messages in fields.values() for message in messages),
+            fields=fields,
+        )
+    if find_user(username) is not None:
+        raise Conflict(f"A user named {username!r} already exists.", fields={"username": []})
+    user = User(username=username, password_hash=hash_password(password), role=role.value)
+    db.session.add(user)
+    db.session.flush()
+    return user
+
+
+def user_count() -> int:
+    return db.session.scalar(select(func.count()).select_from(User))
+
+
+# --- rate limiting -------------------------------------------------------------------------
+
+
+def _check_rate_limit(
+    scope: str, key: str, limit: int, window: timedelta, now: datetime, what: str
+) -> None:
+    since = now - window
+    count, oldest = db.session.execute(
+        select(func.count(), func.min(LoginFailure.attempted_at)).where(
+            LoginFailure.scope == scope,
+            LoginFailure.key == key,
+            LoginFailure.attempted_at > since,
+        )
+    ).one()
+    if count >= limit:
+        if oldest.tzinfo is None:  # func.min bypasses the column type on SQLite
+            oldest = oldest.replace(tzinfo=now.tzinfo)
+        retry_after = max(1, math.ceil((oldest + window - now).total_seconds()))
+        minutes = max(1, math.ceil(retry_after / 60))
+        raise RateLimited(
+            f"Too many failed sign-in attempts {what}. "
+            f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+            retry_after=retry_after,
+        )
+
+
+def authenticate(
+    username: str,
+    password: str,
+    *,
+    client_address: str,
+    now: datetime,
+    max_per_user: int,
+    max_per_address: int,
+    window_seconds: int,
+) -> Optional[User]:
+    """The user these credentials belong to, or None. Raises RateLimited when locked out.
+
+    The limits are checked before the password so a locked-out guesser learns nothing.
+    Failures are recorded (the caller commits them even when sign-in fails).
+    """
+    username = normalize_username(username)
+    window = timedelta(seconds=window_seconds)
+    _check_rate_limit("address", client_address, max_per_address, window, now, "from your address")
+    _check_rate_limit("username", username, max_per_user, window, now, "for this account")
+    user = find_user(username) if username else None
+    if (
+        user is not None
+        and user.is_active
+        and verify_password(user.password_hash, password)
+    ):
+        db.session.execute(
+            delete(LoginFailure).where(
+                LoginFailure.scope == "username", LoginFailure.key == username
+            )
+        )
+        user.last_login_at = now
+        return user
+    if user is None:
+        verify_password(None, password)  # same cost as a real check
+    db.session.add_all(
+        [
+            LoginFailure(scope="address", key=client_address, attempted_at=now),
+            LoginFailure(scope="username", key=username[:128], attempted_at=now),
+        ]
+    )
+    db.session.execute(
+        delete(LoginFailure).where(LoginFailure.attempted_at < now - window)
+    )
+    db.session.flush()
+    return None
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+def start_session(
+    user: User, *, now: datetime, hours: int, client_address: str, user_agent: str
+) -> str:
+    """Create a session row and return the random id the cookie will carry."""
+    token = new_token("rms")
+    db.session.add(
+        UserSession(
+            token_hash=hash_token(token),
+            user=user,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + timedelta(hours=hours),
+            client_address=client_address,
+            user_agent=(user_agent or "")[:255],
+        )
+    )
+    db.session.flush()
+    return token
+
+
+def load_session(token: str, *, now: datetime) -> Optional[UserSession]:
+    """The live session for this cookie value, or None when revoked, expired or disabled."""
+    if not token:
+        return None
+    row = db.session.scalar(select(UserSession).where(UserSession.token_hash == hash_token(token)))
+    if row is None or row.revoked_at is not None or row.expires_at <= now:
+        return None
+    if not row.user.is_active:
+        return None
+    if (now - row.last_seen_at).total_seconds() > _SESSION_TOUCH_SECONDS:
+        row.last_seen_at = now
+    return row
+
+
+def end_session(token: str, *, now: datetime) -> None:
+    db.session.execute(
+        update(UserSession)
+        .where(UserSession.token_hash == hash_token(token), UserSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def revoke_sessions(user: User, *, now: datetime) -> None:
+    db.session.execute(
+        update(UserSession)
+        .where(UserSession.user_id == user.id, UserSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def disable_user(user: User, *, now: datetime) -> None:
+    """Disable at once: sessions end and API tokens stop working on the next request."""
+    user.disabled_at = now
+    revoke_sessions(user, now=now)
+    db.session.flush()
+
+
+# --- first-run setup -----------------------------------------------------------------------
+
+
+def issue_setup_token(*, now: datetime) -> Optional[str]:
+    """A fresh one-time setup token (older ones stop working), or None once a user exists."""
+    if user_count() > 0:
+        return None
+    db.session.execute(delete(SetupToken))
+    token = new_token("rmsetup")
+    db.session.add(SetupToken(token_hash=hash_token(token), created_at=now))
+    db.session.flush()
+    return token
+
+
+def complete_setup(token: str, username: str, password: str, *, now: datetime) -> User:
+    """Create the first admin with a valid setup token; the token is used up."""
+    if user_count() > 0:
+        raise Conflict("Setup is already complete. Sign in instead.", code="setup_complete")
+    # Claim the token with one conditional UPDATE, so two racing submissions cannot both win.
+    claimed = db.session.execute(
+        update(SetupToken)
+        .where(
+            SetupToken.token_hash == hash_token((token or "").strip()),
+            SetupToken.used_at.is_(None),
+        )
+        .values(used_at=now)
+    ).rowcount
+    if claimed != 1:
+        raise ValidationFailed(
+            "That setup token is not valid. Use the setup URL from the server log, or run "
+            "`restic-manager setup-url` for a new one.",
+            fields={"token": ["Setup token not valid."]},
+        )
+    user = create_user(username, password, Role.admin)
+    return user

@@ -1,0 +1,89 @@
+"""Settings → API tokens: mint, list and revoke personal access tokens."""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from app.access import Role, require_role
+from app.authn import client_address
+from app.extensions import db
+from app.models import ApiToken
+from app.models.types import utcnow
+from app.services import api_tokens, audit
+from app.services.audit import Actor
+from app.settings import bp
+from app.settings.forms import NewTokenForm
+
+
+def _visible_tokens() -> list[ApiToken]:
+    """One's own tokens; an admin also sees (and may revoke) everyone else's."""
+    if current_user.has_role(Role.admin):
+        return list(
+            db.session.scalars(
+                select(ApiToken)
+                .where(ApiToken.revoked_at.is_(None))
+                .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+            )
+        )
+    return api_tokens.tokens_of(current_user)
+
+
+def _render(form: NewTokenForm, new_token: str | None = None, status: int = 200):
+    return render_template(
+        "settings/tokens.html",
+        form=form,
+        tokens=_visible_tokens(),
+        new_token=new_token,
+    ), status
+
+
+@bp.get("/")
+@require_role(Role.viewer)
+def index():
+    return redirect(url_for("settings.tokens"))
+
+
+@bp.get("/tokens")
+@require_role(Role.viewer)
+def tokens():
+    return _render(NewTokenForm())
+
+
+@bp.post("/tokens")
+@require_role(Role.viewer, self_service=True)
+def create_token():
+    form = NewTokenForm()
+    if not form.validate_on_submit():
+        return _render(form, status=422)
+    token, plain = api_tokens.create_token(current_user, form.name.data, now=utcnow())
+    audit.record(
+        Actor.for_user(current_user),
+        "api_token.created",
+        target_type="api_token",
+        target_id=token.id,
+        payload={"name": token.name, "owner": current_user.username},
+        client_address=client_address(),
+    )
+    db.session.commit()
+    # Shown in this response only: never put the token in a flash (the cookie is not secret).
+    return _render(NewTokenForm(formdata=None), new_token=plain, status=201)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@require_role(Role.viewer, self_service=True)
+def revoke_token(token_id: int):
+    token = api_tokens.get_token_of(current_user, token_id)
+    api_tokens.revoke_token(token, now=utcnow())
+    audit.record(
+        Actor.for_user(current_user),
+        "api_token.revoked",
+        target_type="api_token",
+        target_id=token.id,
+        payload={"name": token.name, "owner": token.user.username},
+        client_address=client_address(),
+    )
+    db.session.commit()
+    flash(f"Token “{token.name}” revoked. Anything using it now gets 401.", "success")
+    return redirect(url_for("settings.tokens"))

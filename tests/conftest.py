@@ -1,0 +1,164 @@
+"""Fixtures: a migrated database per test (SQLite by default, PostgreSQL with
+RM_TEST_DATABASE_URL), the app, clients and factories."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import shutil
+
+import pytest
+import sqlalchemy as sa
+
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.extensions import db
+from app.models import Role
+from app.services import users
+
+POSTGRES_URL = os.environ.get("RM_TEST_DATABASE_URL", "")
+TEST_PASSWORD = "correct horse battery"
+_CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"')
+
+
+class IsolatedClient(FlaskClient):
+    """Each request runs in a fresh context, as in production: no ``g`` or database
+    session leaks in from the test's own app context (e.g. a cached CSRF token)."""
+
+    def open(self, *args, **kwargs):
+        return contextvars.Context().run(super().open, *args, **kwargs)
+
+
+def _base_config(tmp_path, database_url):
+    return {
+        "TESTING": True,
+        "RM_DATA_DIR": tmp_path,
+        "RM_SECRET_KEY_FILE": tmp_path / "secret.key",
+        "SQLALCHEMY_DATABASE_URI": database_url,
+    }
+
+
+def _upgrade(tmp_path, database_url):
+    from flask_migrate import upgrade
+
+    app = create_app(_base_config(tmp_path, database_url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory):
+    """Run the migrations once per test session; tests start from a copy (or a truncate)."""
+    workdir = tmp_path_factory.mktemp("template")
+    if POSTGRES_URL:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP SCHEMA public CASCADE"))
+            connection.execute(sa.text("CREATE SCHEMA public"))
+        engine.dispose()
+        _upgrade(workdir, POSTGRES_URL)
+        return POSTGRES_URL
+    path = workdir / "template.db"
+    _upgrade(workdir, f"sqlite:///{path}")
+    return path
+
+
+def _fresh_database_url(migrated_template, tmp_path) -> str:
+    if POSTGRES_URL:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as connection:
+            tables = [
+                name
+                for name in sa.inspect(connection).get_table_names()
+                if name != "alembic_version"
+            ]
+            if tables:
+                quoted = ", ".join(f'"{name}"' for name in tables)
+                connection.execute(sa.text(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE"))
+        engine.dispose()
+        return POSTGRES_URL
+    path = tmp_path / "restic-manager.db"
+    shutil.copyfile(migrated_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def app_factory(migrated_template, tmp_path):
+    """Build an app on a fresh migrated database, with config overrides."""
+    made = []
+    database_url = _fresh_database_url(migrated_template, tmp_path)
+
+    def make(**overrides):
+        config = _base_config(tmp_path, database_url)
+        config.update(overrides)
+        app = create_app(config)
+        app.test_client_class = IsolatedClient
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(app_factory):
+    app = app_factory()
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_user(app):
+    counter = iter(range(1, 10_000))
+
+    def make(role: Role = Role.admin, username: str | None = None, password: str = TEST_PASSWORD):
+        user = users.create_user(username or f"{role.value}{next(counter)}", password, role)
+        db.session.commit()
+        return user
+
+    return make
+
+
+def csrf_token(html: str) -> str:
+    match = _CSRF.search(html)
+    assert match, "page has no CSRF token"
+    return match.group(1) or match.group(2)
+
+
+def login(client, username: str, password: str = TEST_PASSWORD):
+    page = client.get("/login")
+    token = csrf_token(page.get_data(as_text=True))
+    return client.post(
+        "/login",
+        data={"csrf_token": token, "username": username, "password": password},
+    )
+
+
+@pytest.fixture
+def login_as(app, make_user):
+    """A test client signed in as a new user of the given role."""
+
+    def sign_in(role: Role = Role.admin):
+        user = make_user(role)
+        browser = app.test_client()
+        response = login(browser, user.username)
+        assert response.status_code == 302, response.get_data(as_text=True)
+        browser.user = user
+        return browser
+
+    return sign_in
+
+
+def form_token(client, path: str) -> str:
+    return csrf_token(client.get(path).get_data(as_text=True))

@@ -1,0 +1,10 @@
+"""WSGI entry point for gunicorn. gevent patches the standard library before anything else
+is imported: psycopg, requests and the database pool must see the cooperative sockets."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+from app import create_app  # noqa: E402
+
+app = create_app()
