@@ -13,7 +13,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         description="restic-manager agent (enrollment and the run loop arrive with the "
         "agent/protocol issue).",
     )
-    parser.add_argument("--version", action="version", version=f"restic-manager-agent {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"restic-manager-agent {__version__}"
+    )
     parser.parse_args(argv)
     print(f"restic-manager-agent {__version__}")
     return 0

@@ -39,7 +39,7 @@ def create_app(config: dict | None = None) -> Flask:
     csrf.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
 
-    from app import authn  # noqa: F401  (registers the Flask-Login loaders)
+    from app import authn
 
     _register_blueprints(app)
     from app.models import Role
@@ -100,7 +100,9 @@ def _configure_database(app: Flask) -> None:
     options = app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
     options.setdefault("pool_pre_ping", True)
     if url.startswith("sqlite"):
-        options.setdefault("connect_args", {"timeout": app.config["RM_SQLITE_BUSY_TIMEOUT_MS"] / 1000})
+        options.setdefault(
+            "connect_args", {"timeout": app.config["RM_SQLITE_BUSY_TIMEOUT_MS"] / 1000}
+        )
     db.init_app(app)
 
 
@@ -142,6 +144,7 @@ def _register_request_hooks(app: Flask) -> None:
             return refused
         if (
             request.method not in SAFE_METHODS
+            and request.routing_exception is None  # let 404/405 answer as themselves
             and not request.path.startswith("/api/agent/")
             and not is_token_request()
         ):

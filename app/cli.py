@@ -90,7 +90,7 @@ def register_cli(app):
         sys.stderr.flush()
         # exec: gunicorn replaces this process (same pid for systemd; fresh interpreter, so
         # wsgi.py can monkey-patch gevent before anything else is imported).
-        os.execv(sys.executable, argv)
+        os.execv(sys.executable, argv)  # noqa: S606  (fixed argv, no shell)
 
     @app.cli.command("setup-url")
     def setup_url_command():
@@ -177,3 +177,7 @@ def main(argv=None) -> int:
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -84,7 +84,13 @@ def register_error_handlers(app):
 
     @app.errorhandler(ServiceError)
     def service_error(error: ServiceError):
-        response = respond_error(error.status, error.message, code=error.code)
+        from app.extensions import db
+
+        db.session.rollback()  # a refused request leaves the database as it was
+        if wants_json() and error.fields:
+            response = error_response(error.status, error.code, error.message, fields=error.fields)
+        else:
+            response = respond_error(error.status, error.message, code=error.code)
         if isinstance(error, RateLimited):
             response = app.make_response(response)
             response.headers["Retry-After"] = str(error.retry_after)

@@ -50,9 +50,7 @@ class SecretBox:
             raise SecretOpenError(f"{table}.{column} of row {row_id} is not a sealed value")
         nonce, body = sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :]
         try:
-            return self._aead.decrypt(
-                nonce, body, _associated_data(table, column, row_id)
-            ).decode()
+            return self._aead.decrypt(nonce, body, _associated_data(table, column, row_id)).decode()
         except InvalidTag:
             raise SecretOpenError(
                 f"{table}.{column} of row {row_id} failed its integrity check "

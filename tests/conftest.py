@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 import sqlalchemy as sa
-
 from flask.testing import FlaskClient
 
 from app import create_app
@@ -20,7 +19,9 @@ from app.services import users
 
 POSTGRES_URL = os.environ.get("RM_TEST_DATABASE_URL", "")
 TEST_PASSWORD = "correct horse battery"
-_CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"')
+_CSRF = re.compile(
+    r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"'
+)
 
 
 class IsolatedClient(FlaskClient):

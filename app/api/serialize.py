@@ -39,3 +39,15 @@ def user_json(user) -> dict:
         "created_at": iso(user.created_at),
         "last_login_at": iso(user.last_login_at),
     }
+
+
+def token_json(token) -> dict:
+    """A token's metadata; the secret value appears only in the create response."""
+    return {
+        "id": token.id,
+        "name": token.name,
+        "prefix": token.display_prefix,
+        "owner": token.user.username,
+        "created_at": iso(token.created_at),
+        "last_used_at": iso(token.last_used_at),
+    }

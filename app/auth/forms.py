@@ -17,7 +17,9 @@ class SetupForm(FlaskForm):
     token = StringField(
         "Setup token",
         validators=[DataRequired(message="Paste the setup token from the server log.")],
-        description="Printed in the server log on start. `restic-manager setup-url` prints a new one.",
+        description=(
+            "Printed in the server log on start; `restic-manager setup-url` prints a new one."
+        ),
     )
     username = StringField(
         "Admin username", validators=[DataRequired(), Length(max=64)], description=USERNAME_RULES

@@ -12,7 +12,7 @@ from app.models import ApiToken, Role, User
 from app.security import hash_token, new_token
 from app.services.errors import NotFound, ValidationFailed
 
-TOKEN_PREFIX = "rmp"
+TOKEN_PREFIX = "rmp"  # noqa: S105  (a label, not a secret)
 _LAST_USED_RESOLUTION_SECONDS = 60
 
 
@@ -21,8 +21,8 @@ def create_token(user: User, name: str, *, now: datetime) -> tuple[ApiToken, str
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise ValidationFailed(
-            "Token name must be 1–100 characters, e.g. the script or tool that will use it.",
-            fields={"name": ["Give the token a name of 1–100 characters."]},
+            "Token name must be 1-100 characters, e.g. the script or tool that will use it.",
+            fields={"name": ["Give the token a name of 1-100 characters."]},
         )
     plain = new_token(TOKEN_PREFIX)
     token = ApiToken(

@@ -17,6 +17,11 @@ class ServiceError(Exception):
         self.fields = fields or {}
 
 
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class ValidationFailed(ServiceError):
     status = 422
     code = "validation_failed"

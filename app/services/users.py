@@ -21,7 +21,7 @@ from app.security import (
 from app.services.errors import Conflict, RateLimited, ValidationFailed
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
-USERNAME_RULES = "1–64 characters: letters, digits and . _ @ - (stored in lower case)."
+USERNAME_RULES = "1-64 characters: letters, digits and . _ @ - (stored in lower case)."
 _SESSION_TOUCH_SECONDS = 60
 
 
@@ -109,11 +109,7 @@ def authenticate(
     _check_rate_limit("address", client_address, max_per_address, window, now, "from your address")
     _check_rate_limit("username", username, max_per_user, window, now, "for this account")
     user = find_user(username) if username else None
-    if (
-        user is not None
-        and user.is_active
-        and verify_password(user.password_hash, password)
-    ):
+    if user is not None and user.is_active and verify_password(user.password_hash, password):
         db.session.execute(
             delete(LoginFailure).where(
                 LoginFailure.scope == "username", LoginFailure.key == username
@@ -129,9 +125,7 @@ def authenticate(
             LoginFailure(scope="username", key=username[:128], attempted_at=now),
         ]
     )
-    db.session.execute(
-        delete(LoginFailure).where(LoginFailure.attempted_at < now - window)
-    )
+    db.session.execute(delete(LoginFailure).where(LoginFailure.attempted_at < now - window))
     db.session.flush()
     return None
 

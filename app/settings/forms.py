@@ -12,4 +12,3 @@ class NewTokenForm(FlaskForm):
         ],
         description="What will use it, e.g. “nightly report script”. You can revoke it any time.",
     )
-

@@ -1,0 +1,117 @@
+"""The README's "done when", for real: `restic-manager serve` (gunicorn + gevent), the printed
+setup URL, creating the admin, minting a token, curl-style API call, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+SETUP_URL = re.compile(r"(http://\S+/login\?setup_token=(rmsetup_\S+))")
+TOKEN = re.compile(r'id="new-token" class="secret__value">(rmp_[^<]+)<')
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up")
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RM_")}
+    env.update({"RM_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"})
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{base}/healthz", time.monotonic() + 30)
+        yield process, base, log_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_first_run_to_api_token_and_graceful_stop(server, tmp_path):
+    process, base, log_path = server
+    output = log_path.read_text()
+    match = SETUP_URL.search(output)
+    assert match, output
+    setup_url, setup_token = match.groups()
+    assert setup_url.startswith(base)
+
+    assert requests.get(f"{base}/readyz", timeout=5).json() == {
+        "status": "ready",
+        "database": "ok",
+    }
+    anonymous = requests.get(f"{base}/api/v1/hosts", timeout=5)
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"] == "unauthenticated"
+
+    browser = requests.Session()
+    page = browser.get(setup_url, timeout=5).text
+    assert "Create the administrator" in page
+    created = browser.post(
+        f"{base}/setup",
+        data={
+            "csrf_token": CSRF.search(page).group(1),
+            "token": setup_token,
+            "username": "admin",
+            "password": "a long enough passphrase",
+            "confirm": "a long enough passphrase",
+        },
+        timeout=10,
+    )
+    assert created.status_code == 200, created.text
+    assert "Add your first host" in created.text
+
+    tokens_page = browser.get(f"{base}/settings/tokens", timeout=5).text
+    minted = browser.post(
+        f"{base}/settings/tokens",
+        data={"csrf_token": CSRF.search(tokens_page).group(1), "name": "curl"},
+        timeout=5,
+    )
+    plain = TOKEN.search(minted.text).group(1)
+    curl = subprocess.run(
+        ["curl", "-sS", "-H", f"Authorization: Bearer {plain}", f"{base}/api/v1/hosts"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    assert curl.stdout.strip() == '{"items":[]}'
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    log = log_path.read_text()
+    assert "a long enough passphrase" not in log
+    assert plain not in log
+    assert "Shutting down" in log or "Handling signal: term" in log
