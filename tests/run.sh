@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install the test dependencies into .venv and run the whole test suite.
+#   tests/run.sh                 # SQLite (default)
+#   RM_TEST_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/restic_manager_test tests/run.sh
+# Extra arguments go to pytest (e.g. tests/run.sh -k login -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python -m pytest "$@"
