@@ -44,7 +44,16 @@ def _announce_setup_if_needed(base_url: str) -> None:
     )
 
 
+def _gunicorn_knows(setting: str) -> bool:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return any(known.name == setting for known in KNOWN_SETTINGS)
+
+
 def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
+    # Newer gunicorn opens a control socket under $HOME; we do not use it, and a sandboxed
+    # service may not write there.
+    extra = ["--no-control-socket"] if _gunicorn_knows("control_socket_disable") else []
     return [
         sys.executable,
         "-m",
@@ -68,6 +77,7 @@ def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
         "-",
         "--access-logformat",
         '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+        *extra,
         "wsgi:app",
     ]
 

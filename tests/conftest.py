@@ -67,7 +67,7 @@ def migrated_template(tmp_path_factory):
     return path
 
 
-def _fresh_database_url(migrated_template, tmp_path) -> str:
+def fresh_database_url(migrated_template, tmp_path) -> str:
     if POSTGRES_URL:
         engine = sa.create_engine(POSTGRES_URL)
         with engine.begin() as connection:
@@ -90,7 +90,7 @@ def _fresh_database_url(migrated_template, tmp_path) -> str:
 def app_factory(migrated_template, tmp_path):
     """Build an app on a fresh migrated database, with config overrides."""
     made = []
-    database_url = _fresh_database_url(migrated_template, tmp_path)
+    database_url = fresh_database_url(migrated_template, tmp_path)
 
     def make(**overrides):
         config = _base_config(tmp_path, database_url)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import fresh_database_url
+
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 SETUP_URL = re.compile(r"(http://\S+/login\?setup_token=(rmsetup_\S+))")
 TOKEN = re.compile(r'id="new-token" class="secret__value">(rmp_[^<]+)<')
@@ -37,11 +39,18 @@ def _wait_for(url: str, deadline: float) -> None:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, migrated_template):
+    """The real server on this run's database (a fresh SQLite copy, or truncated PostgreSQL)."""
     port = _free_port()
     log_path = tmp_path / "server.log"
     env = {key: value for key, value in os.environ.items() if not key.startswith("RM_")}
-    env.update({"RM_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "RM_DATA_DIR": str(tmp_path / "data"),
+            "RM_DATABASE_URL": fresh_database_url(migrated_template, tmp_path),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{port}"],
