@@ -32,6 +32,9 @@ def create_app(config: dict | None = None) -> Flask:
     _configure_secrets(app)
     _configure_session(app)
     _configure_database(app)
+    from app.bus import InProcessBus
+
+    app.extensions["bus"] = InProcessBus()
 
     login_manager.init_app(app)
     login_manager.session_protection = None  # server-side session rows do this job
@@ -120,8 +123,11 @@ def _sqlite_pragmas(dbapi_connection, connection_record):
 
 
 def _register_blueprints(app: Flask) -> None:
+    from app.agent_api import bp as agent_api_bp
     from app.api import bp as api_bp
     from app.auth import bp as auth_bp
+    from app.distribution import bp as distribution_bp
+    from app.hosts import bp as hosts_bp
     from app.settings import bp as settings_bp
     from app.web import bp as web_bp
 
@@ -129,6 +135,9 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth_bp)
     app.register_blueprint(settings_bp, url_prefix="/settings")
     app.register_blueprint(api_bp, url_prefix="/api/v1")
+    app.register_blueprint(agent_api_bp, url_prefix="/api/agent/v1")
+    app.register_blueprint(hosts_bp, url_prefix="/hosts")
+    app.register_blueprint(distribution_bp)
 
 
 def _register_request_hooks(app: Flask) -> None:

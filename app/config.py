@@ -70,5 +70,9 @@ def load_config(environ=None) -> dict:
         ),
         "RM_LOGIN_WINDOW_SECONDS": _int(environ, "RM_LOGIN_WINDOW_SECONDS", 900, 1),
         "RM_OFFLINE_AFTER_SECONDS": _int(environ, "RM_OFFLINE_AFTER_SECONDS", 90, 1),
+        "RM_POLL_WAIT_SECONDS": _int(environ, "RM_POLL_WAIT_SECONDS", 25, 1),
+        "RM_LOG_FLUSH_SECONDS": _int(environ, "RM_LOG_FLUSH_SECONDS", 10, 1),
+        "RM_JOB_LOG_MAX_RECORDS": _int(environ, "RM_JOB_LOG_MAX_RECORDS", 200_000, 100),
+        "RM_MIN_AGENT_PROTOCOL": _int(environ, "RM_MIN_AGENT_PROTOCOL", 1, 1),
         "RM_SQLITE_BUSY_TIMEOUT_MS": _int(environ, "RM_SQLITE_BUSY_TIMEOUT_MS", 5000, 0),
     }

@@ -1,16 +1,26 @@
 """All models, imported here so Alembic and the app see the whole schema."""
 
 from app.models.audit import AuditLog
-from app.models.host import Host
+from app.models.host import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup
+from app.models.job import TERMINAL_STATUSES, AgentEvent, Command, Job, JobLog
 from app.models.user import ApiToken, LoginFailure, Role, SetupToken, User, UserSession
 
 __all__ = [
+    "TERMINAL_STATUSES",
+    "AgentEvent",
+    "AgentToken",
     "ApiToken",
     "AuditLog",
+    "Command",
+    "EnrollmentToken",
     "Host",
+    "HostCredential",
+    "Job",
+    "JobLog",
     "LoginFailure",
     "Role",
     "SetupToken",
+    "SourceGroup",
     "User",
     "UserSession",
 ]

@@ -1,12 +1,12 @@
-"""Backed-up machines. The agent/protocol issue fills in enrollment and liveness."""
+"""Backed-up machines, their agent tokens, enrollment tokens, credentials and source groups."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import JSON, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
 from app.models.types import UTCDateTime, utcnow
@@ -21,13 +21,92 @@ class Host(db.Model):
     arch: Mapped[Optional[str]] = mapped_column(String(32))
     agent_version: Mapped[Optional[str]] = mapped_column(String(32))
     restic_version: Mapped[Optional[str]] = mapped_column(String(32))
+    protocol_version: Mapped[Optional[int]] = mapped_column()
+    boot_id: Mapped[Optional[str]] = mapped_column(String(64))
     repo_status: Mapped[str] = mapped_column(String(32), default="unknown")
+    repo_status_reason: Mapped[Optional[str]] = mapped_column(String(1000))
     tags: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    enrolled_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    source_groups: Mapped[list[SourceGroup]] = relationship(
+        back_populates="host", cascade="all, delete-orphan", passive_deletes=True
+    )
 
     def status(self, now: datetime, offline_after_seconds: int) -> str:
         if self.last_seen_at is None:
             return "never_seen"
         age = (now - self.last_seen_at).total_seconds()
         return "online" if age <= offline_after_seconds else "offline"
+
+
+class AgentToken(db.Model):
+    """The long-lived bearer token an enrolled agent authenticates with (hash only)."""
+
+    __tablename__ = "agent_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    host: Mapped[Host] = relationship()
+
+
+class EnrollmentToken(db.Model):
+    """A one-time token for adding a host; carries the sealed repository credentials."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hostname: Mapped[Optional[str]] = mapped_column(String(255))
+    repo_url_redacted: Mapped[str] = mapped_column(String(1000))
+    paths: Mapped[list] = mapped_column(JSON, default=list)
+    sealed_credentials: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    created_by_user_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    used_by_host_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("hosts.id", ondelete="SET NULL")
+    )
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    used_by_host: Mapped[Optional[Host]] = relationship()
+
+
+class HostCredential(db.Model):
+    """Repository credentials of a host, sealed (kind: everyday | admin)."""
+
+    __tablename__ = "host_credentials"
+    __table_args__ = (UniqueConstraint("host_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="everyday")
+    repo_url: Mapped[str] = mapped_column(String(1000))
+    username: Mapped[Optional[str]] = mapped_column(String(255))
+    sealed_password: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SourceGroup(db.Model):
+    """What to back up on a host; its name is also the snapshot tag."""
+
+    __tablename__ = "source_groups"
+    __table_args__ = (UniqueConstraint("host_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    includes: Mapped[list] = mapped_column(JSON, default=list)
+    excludes: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    host: Mapped[Host] = relationship(back_populates="source_groups")

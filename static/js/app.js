@@ -30,3 +30,20 @@ document.addEventListener("submit", function (event) {
   const question = form.getAttribute("data-confirm");
   if (question && !window.confirm(question)) event.preventDefault();
 });
+
+// Regions marked data-refresh="N" reload themselves every N seconds without a full page load.
+document.querySelectorAll("[data-refresh]").forEach(function (region) {
+  const seconds = Math.max(2, parseInt(region.getAttribute("data-refresh"), 10) || 5);
+  const refresh = function () {
+    if (document.hidden) return;
+    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (response) { return response.ok ? response.text() : null; })
+      .then(function (html) {
+        if (!html) return;
+        const fresh = new DOMParser().parseFromString(html, "text/html").getElementById(region.id);
+        if (fresh) region.innerHTML = fresh.innerHTML;
+      })
+      .catch(function () { /* offline for a moment: try again next tick */ });
+  };
+  setInterval(refresh, seconds * 1000);
+});

@@ -1,0 +1,157 @@
+"""Strict parsing of agent request bodies: a broken or hostile agent gets a precise 4xx."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import request
+
+from app.services.errors import ServiceError, UnsupportedMediaType, ValidationFailed
+from app.services.jobs import LOG_STREAMS, MAX_LOG_TEXT, Event
+
+MAX_EVENTS = 500
+MAX_RECORDS = 500
+MAX_RUNNING = 1000
+MAX_ACKS = 1000
+
+
+def body() -> dict:
+    if not request.is_json:
+        raise UnsupportedMediaType("Send a JSON body with 'Content-Type: application/json'.")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ServiceError("The body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def invalid(field: str, message: str):
+    raise ValidationFailed(f"{field}: {message}", fields={field: [message]})
+
+
+def short_string(data: dict, field: str, *, max_length: int, required: bool = False):
+    value = data.get(field)
+    if value is None:
+        if required:
+            invalid(field, "required")
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        invalid(field, f"must be a non-empty string of at most {max_length} characters")
+    return value
+
+
+def positive_int(value, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > 2**62:
+        invalid(field, "must be a non-negative integer")
+    return value
+
+
+def timestamp(value, field: str) -> datetime:
+    if not isinstance(value, str):
+        invalid(field, "must be an ISO-8601 time")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        invalid(field, "must be an ISO-8601 time")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def running(data: dict) -> list[dict]:
+    items = data.get("running", [])
+    if not isinstance(items, list) or len(items) > MAX_RUNNING:
+        invalid("running", f"must be a list of at most {MAX_RUNNING} jobs")
+    parsed = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            invalid(f"running[{index}]", "must be an object")
+        parsed.append(
+            {
+                "job_id": positive_int(item.get("job_id"), f"running[{index}].job_id"),
+                "attempt_id": short_string(item, "attempt_id", max_length=64, required=True),
+                "state": item.get("state") if item.get("state") == "reporting" else "running",
+            }
+        )
+    return parsed
+
+
+def acks(data: dict) -> list[dict]:
+    items = data.get("acks", [])
+    if not isinstance(items, list) or len(items) > MAX_ACKS:
+        invalid("acks", f"must be a list of at most {MAX_ACKS} acknowledgements")
+    parsed = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):  # a bare command id means "accepted"
+            item = {"command_id": item}
+        if not isinstance(item, dict):
+            invalid(f"acks[{index}]", "must be an object")
+        command_id = short_string(item, "command_id", max_length=32, required=True)
+        result = item.get("result", "accepted")
+        if result not in {"accepted", "duplicate", "rejected", "noop"}:
+            invalid(f"acks[{index}].result", "must be accepted, duplicate, rejected or noop")
+        reason = item.get("reason")
+        parsed.append(
+            {
+                "command_id": command_id,
+                "result": result,
+                "reason": reason[:200] if isinstance(reason, str) else None,
+            }
+        )
+    return parsed
+
+
+def events(data: dict) -> list[Event]:
+    items = data.get("events")
+    if not isinstance(items, list) or not items or len(items) > MAX_EVENTS:
+        invalid("events", f"must be a list of 1 to {MAX_EVENTS} events")
+    parsed = []
+    for index, item in enumerate(items):
+        where = f"events[{index}]"
+        if not isinstance(item, dict):
+            invalid(where, "must be an object")
+        job_id = item.get("job_id")
+        if job_id is not None:
+            job_id = positive_int(job_id, f"{where}.job_id")
+        payload = item.get("data", {})
+        if not isinstance(payload, dict):
+            invalid(f"{where}.data", "must be an object")
+        parsed.append(
+            Event(
+                event_id=short_string(item, "event_id", max_length=64, required=True),
+                type=short_string(item, "type", max_length=32, required=True),
+                job_id=job_id,
+                attempt_id=short_string(item, "attempt_id", max_length=64),
+                ts=timestamp(item.get("ts"), f"{where}.ts"),
+                data=payload,
+            )
+        )
+    return parsed
+
+
+def log_batch(data: dict) -> tuple[str, int, list[dict]]:
+    attempt_id = short_string(data, "attempt_id", max_length=64, required=True)
+    first_seq = data.get("first_seq")
+    if not isinstance(first_seq, int) or isinstance(first_seq, bool) or first_seq < 1:
+        invalid("first_seq", "must be an integer of at least 1")
+    items = data.get("records")
+    if not isinstance(items, list) or not items or len(items) > MAX_RECORDS:
+        invalid("records", f"must be a list of 1 to {MAX_RECORDS} records")
+    records = []
+    for index, item in enumerate(items):
+        where = f"records[{index}]"
+        if not isinstance(item, dict):
+            invalid(where, "must be an object")
+        stream = item.get("stream")
+        if stream not in LOG_STREAMS:
+            invalid(f"{where}.stream", "must be stdout, stderr or agent")
+        text = item.get("text")
+        if not isinstance(text, str) or len(text) > MAX_LOG_TEXT:
+            invalid(f"{where}.text", f"must be a string of at most {MAX_LOG_TEXT} characters")
+        records.append(
+            {
+                "ts": timestamp(item.get("ts"), f"{where}.ts"),
+                "stream": stream,
+                "text": text.replace("\x00", ""),
+            }
+        )
+    return attempt_id, first_seq, records

@@ -1,0 +1,189 @@
+"""Agent protocol endpoints (docs/protocol.md). Each view authenticates the agent itself."""
+
+from __future__ import annotations
+
+import time
+
+from flask import current_app, jsonify, request
+
+from app.access import agent_endpoint
+from app.agent_api import bp, parse
+from app.authn import bearer_token, client_address
+from app.bus import host_key, job_key
+from app.errors import error_response
+from app.extensions import db
+from app.models import Host
+from app.models.types import utcnow
+from app.services import agents, audit, commands, enrollment, jobs
+from app.services.audit import Actor
+from app.services.errors import ServiceError
+
+
+class AgentUnauthenticated(ServiceError):
+    status = 401
+    code = "unauthenticated"
+
+
+def _box():
+    return current_app.extensions["secretbox"]
+
+
+def _bus():
+    return current_app.extensions["bus"]
+
+
+def _authenticated_host() -> Host:
+    host = agents.authenticate(bearer_token(request), now=utcnow())
+    if host is None:
+        raise AgentUnauthenticated(
+            "The agent token is missing, unknown or revoked. Re-enroll this host with a new "
+            "token from the Add host page."
+        )
+    return host
+
+
+@bp.post("/enroll")
+@agent_endpoint
+def enroll():
+    data = parse.body()
+    token = parse.short_string(data, "token", max_length=200, required=True)
+    facts = {
+        "os": parse.short_string(data, "os", max_length=64),
+        "arch": parse.short_string(data, "arch", max_length=32),
+        "agent_version": parse.short_string(data, "agent_version", max_length=32),
+        "restic_version": parse.short_string(data, "restic_version", max_length=32),
+        "protocol_version": data.get("protocol_version")
+        if isinstance(data.get("protocol_version"), int)
+        else None,
+    }
+    now = utcnow()
+    host, agent_token = enrollment.enroll(
+        _box(), token, hostname=data.get("hostname"), facts=facts, now=now
+    )
+    audit.record(
+        Actor.for_agent(host),
+        "host.enrolled",
+        target_type="host",
+        target_id=host.id,
+        payload={"hostname": host.hostname, "os": host.os, "arch": host.arch},
+        client_address=client_address(),
+    )
+    db.session.commit()
+    return jsonify(
+        {
+            "host_id": host.id,
+            "agent_token": agent_token,
+            "settings": agents.settings(current_app.config),
+        }
+    ), 201
+
+
+@bp.post("/hello")
+@agent_endpoint
+def hello():
+    host = _authenticated_host()
+    data = parse.body()
+    running = parse.running(data)
+    now = utcnow()
+    try:
+        agents.hello(host, data, min_protocol=current_app.config["RM_MIN_AGENT_PROTOCOL"], now=now)
+    except agents.ProtocolTooOld as refused:
+        db.session.rollback()
+        return error_response(
+            426,
+            refused.code,
+            refused.message,
+            min_protocol=current_app.config["RM_MIN_AGENT_PROTOCOL"],
+        )
+    reconcile = agents.reconcile(host, running, now=now)
+    db.session.commit()
+    return jsonify(
+        {
+            "host_id": host.id,
+            "settings": agents.settings(current_app.config),
+            "reconcile": reconcile,
+        }
+    )
+
+
+@bp.post("/poll")
+@agent_endpoint
+def poll():
+    host = _authenticated_host()
+    data = parse.body()
+    acks = parse.acks(data)
+    running = parse.running(data)
+    boot_id = parse.short_string(data, "boot_id", max_length=64)
+    hold = current_app.config["RM_POLL_WAIT_SECONDS"]
+    if isinstance(data.get("wait"), (int, float)) and not isinstance(data.get("wait"), bool):
+        hold = max(0.0, min(float(data["wait"]), hold))
+    now = utcnow()
+    agents.touch(host, now=now, boot_id=boot_id)
+    commands.apply_acks(host, acks, now=now)
+    reconcile = agents.reconcile(host, running, now=now)
+    host_id = host.id
+    db.session.commit()
+    db.session.remove()  # hold no database connection while parked
+
+    deadline = time.monotonic() + hold
+    with _bus().listen(host_key(host_id)) as waiter:  # register before checking
+        while True:
+            host = db.session.get(Host, host_id)
+            leased = commands.lease(host, now=utcnow())
+            payload = [commands.delivery_json(_box(), command) for command in leased]
+            db.session.commit()
+            db.session.remove()
+            if payload or reconcile:
+                return jsonify(
+                    {
+                        "commands": payload,
+                        "reconcile": reconcile,
+                        "settings": agents.settings(current_app.config),
+                    }
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not waiter.wait(remaining):
+                return "", 204
+
+
+@bp.post("/events")
+@agent_endpoint
+def events():
+    host = _authenticated_host()
+    batch = parse.events(parse.body())
+    now = utcnow()
+    acked, rejected, touched_jobs = [], [], set()
+    for event in batch:
+        refusal = jobs.apply_event(host, event, now=now)
+        acked.append(event.event_id)
+        if refusal:
+            code, message = refusal
+            rejected.append({"event_id": event.event_id, "error": code, "message": message})
+        elif event.job_id:
+            touched_jobs.add(event.job_id)
+    db.session.commit()
+    for job_id in touched_jobs:
+        _bus().publish(job_key(job_id))
+    return jsonify({"acked": acked, "rejected": rejected})
+
+
+@bp.post("/jobs/<int:job_id>/logs")
+@agent_endpoint
+def logs(job_id: int):
+    host = _authenticated_host()
+    attempt_id, first_seq, records = parse.log_batch(parse.body())
+    job = jobs.get_job_for_agent(host, job_id)
+    try:
+        result = jobs.append_logs(
+            job,
+            attempt_id=attempt_id,
+            first_seq=first_seq,
+            records=records,
+            max_records=current_app.config["RM_JOB_LOG_MAX_RECORDS"],
+        )
+    except jobs.LogGap as gap:
+        db.session.rollback()
+        return error_response(416, gap.code, gap.message, committed_seq=gap.committed_seq)
+    db.session.commit()
+    _bus().publish(job_key(job_id))
+    return jsonify(result)

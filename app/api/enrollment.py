@@ -1,0 +1,93 @@
+"""/api/v1/enrollment-tokens: add hosts from automation."""
+
+from __future__ import annotations
+
+from flask import current_app, jsonify
+from flask_login import current_user
+
+from app.access import Role, require_role
+from app.api import bp
+from app.api.serialize import iso
+from app.api.validation import json_body
+from app.authn import client_address
+from app.extensions import db
+from app.hosts.install import agent_command, install_command
+from app.models.types import utcnow
+from app.services import audit, enrollment
+from app.services.audit import Actor
+
+
+def _token_json(token, plain: str | None = None) -> dict:
+    body = {
+        "id": token.id,
+        "hostname": token.hostname,
+        "repo_url": token.repo_url_redacted,
+        "paths": list(token.paths or []),
+        "created_at": iso(token.created_at),
+        "expires_at": iso(token.expires_at),
+        "expired": token.expires_at <= utcnow(),
+    }
+    if plain:
+        body.update(
+            token=plain,
+            install_command=install_command(plain),
+            agent_command=agent_command(plain),
+        )
+    return body
+
+
+def _audit(action: str, token) -> None:
+    audit.record(
+        Actor.for_user(current_user),
+        action,
+        target_type="enrollment_token",
+        target_id=token.id,
+        payload={"hostname": token.hostname, "repo_url": token.repo_url_redacted},
+        client_address=client_address(),
+    )
+
+
+@bp.get("/enrollment-tokens")
+@require_role(Role.admin)
+def list_enrollment_tokens():
+    tokens = enrollment.outstanding_tokens(utcnow())
+    return jsonify({"items": [_token_json(token) for token in tokens]})
+
+
+@bp.post("/enrollment-tokens")
+@require_role(Role.admin)
+def create_enrollment_token():
+    body = json_body()
+    token, plain = enrollment.mint_token(
+        current_app.extensions["secretbox"],
+        created_by=current_user,
+        hostname=body.get("hostname"),
+        repo_url=body.get("repo_url"),
+        repo_username=body.get("repo_username"),
+        repo_password=body.get("repo_password"),
+        paths=body.get("paths"),
+        now=utcnow(),
+    )
+    _audit("enrollment_token.created", token)
+    db.session.commit()
+    return jsonify(_token_json(token, plain)), 201
+
+
+@bp.post("/enrollment-tokens/<int:token_id>/regenerate")
+@require_role(Role.admin)
+def regenerate_enrollment_token(token_id: int):
+    token = enrollment.get_outstanding(token_id, utcnow())
+    plain = enrollment.regenerate(token, now=utcnow())
+    _audit("enrollment_token.regenerated", token)
+    db.session.commit()
+    return jsonify(_token_json(token, plain)), 201
+
+
+@bp.delete("/enrollment-tokens/<int:token_id>")
+@require_role(Role.admin)
+def revoke_enrollment_token(token_id: int):
+    token = enrollment.get_outstanding(token_id, utcnow())
+    enrollment.revoke(token, now=utcnow())
+    _audit("enrollment_token.revoked", token)
+    db.session.commit()
+    return "", 204

@@ -1,0 +1,7 @@
+"""Host pages: Add host (enrollment tokens) and, later, the host page itself."""
+
+from flask import Blueprint
+
+bp = Blueprint("hosts", __name__)
+
+from app.hosts import routes  # noqa: E402,F401

@@ -1,0 +1,104 @@
+"""The agent side of the server: authentication, hello, heartbeat and reconciliation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import AgentToken, Host, Job
+from app.security import hash_token
+from app.services.errors import ServiceError
+
+PROTOCOL_VERSION = 1
+_TOUCH_SECONDS = 5  # last_seen_at resolution: fewer writes, still "online within seconds"
+
+
+class ProtocolTooOld(ServiceError):
+    status = 426
+    code = "protocol_too_old"
+
+
+def settings(config) -> dict:
+    """Intervals and limits dictated to the fleet (docs/protocol.md)."""
+    return {
+        "poll_wait_seconds": config["RM_POLL_WAIT_SECONDS"],
+        "offline_after_seconds": config["RM_OFFLINE_AFTER_SECONDS"],
+        "log_flush_seconds": config["RM_LOG_FLUSH_SECONDS"],
+        "log_flush_watched_seconds": 1,
+        "max_log_batch_records": 500,
+        "command_lease_seconds": 60,
+    }
+
+
+def authenticate(plain: str, *, now: datetime) -> Optional[Host]:
+    if not plain or not plain.startswith("rma_"):
+        return None
+    token = db.session.scalar(select(AgentToken).where(AgentToken.token_hash == hash_token(plain)))
+    if token is None or token.revoked_at is not None:
+        return None
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        token.last_used_at = now
+    return token.host
+
+
+def touch(host: Host, *, now: datetime, boot_id: Optional[str]) -> None:
+    """The poll is the heartbeat."""
+    if boot_id:
+        host.boot_id = boot_id[:64]
+    if host.last_seen_at is None or (now - host.last_seen_at).total_seconds() >= _TOUCH_SECONDS:
+        host.last_seen_at = now
+
+
+def hello(host: Host, facts: dict, *, min_protocol: int, now: datetime) -> None:
+    protocol = facts.get("protocol_version")
+    if not isinstance(protocol, int) or protocol < min_protocol:
+        raise ProtocolTooOld(
+            f"This agent speaks protocol {protocol}, the server needs at least {min_protocol}. "
+            "Upgrade the agent: rerun the install command from the host page."
+        )
+    for field in ("agent_version", "restic_version", "os", "arch"):
+        value = facts.get(field)
+        if isinstance(value, str) and value:
+            setattr(host, field, value[: 64 if field == "os" else 32])
+    host.protocol_version = protocol
+    host.last_seen_at = now
+    if isinstance(facts.get("boot_id"), str):
+        host.boot_id = facts["boot_id"][:64]
+
+
+def reconcile(host: Host, running: list[dict], *, now: datetime) -> list[dict]:
+    """Compare the agent's running list with ours; returns kill instructions for the agent."""
+    kills = []
+    listed = set()
+    for item in running:
+        job = db.session.get(Job, item["job_id"])
+        listed.add(item["job_id"])
+        if job is None or job.host_id != host.id:
+            kills.append(_kill(item, "unknown_job"))
+        elif job.attempt_id != item["attempt_id"]:
+            kills.append(_kill(item, "stale_attempt"))
+        elif item.get("state") == "running" and (
+            job.cancel_requested_at is not None or job.status in ("cancelled", "lost")
+        ):
+            kills.append(_kill(item, "cancelled"))
+    for job in db.session.scalars(
+        select(Job).where(Job.host_id == host.id, Job.status == "running")
+    ):
+        restarted = job.boot_id is not None and host.boot_id and job.boot_id != host.boot_id
+        if job.id not in listed and restarted:
+            job.status = "cancelled" if job.cancel_requested_at else "lost"
+            job.finished_at = now
+            job.error = "The agent restarted while this job ran and does not know it any more."
+    return kills
+
+
+def _kill(item: dict, reason: str) -> dict:
+    return {
+        "job_id": item["job_id"],
+        "attempt_id": item["attempt_id"],
+        "action": "kill",
+        "reason": reason,
+    }

@@ -1,0 +1,140 @@
+"""Commands for agents: at-least-once delivery with leases, acks and redelivery."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Optional
+
+from sqlalchemy import or_, select, update
+
+from app.extensions import db
+from app.models import Command, Host, Job
+from app.secretbox import SecretBox
+
+LEASE = timedelta(seconds=60)
+MAX_DELIVERIES = 10
+ACK_RESULTS = frozenset({"accepted", "duplicate", "rejected", "noop"})
+
+
+def enqueue(
+    box: SecretBox,
+    host: Host,
+    type_: str,
+    *,
+    payload: dict,
+    secret_payload: Optional[dict] = None,
+    job: Optional[Job] = None,
+    now: datetime,
+) -> Command:
+    """Queue a command; secrets go into a sealed column and are merged in only on delivery."""
+    command = Command(
+        id=uuid.uuid4().hex,
+        host_id=host.id,
+        type=type_,
+        payload=payload,
+        job_id=job.id if job else None,
+        attempt_id=job.attempt_id if job else None,
+        state="queued",
+        created_at=now,
+    )
+    if secret_payload:
+        command.sealed_payload = box.seal(
+            json.dumps(secret_payload), table="commands", column="payload", row_id=command.id
+        )
+    db.session.add(command)
+    db.session.flush()
+    return command
+
+
+def _merge(base: dict, secret: dict) -> dict:
+    merged = dict(base)
+    for key, value in secret.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def delivery_json(box: SecretBox, command: Command) -> dict:
+    payload = command.payload or {}
+    if command.sealed_payload:
+        secret = json.loads(
+            box.open(command.sealed_payload, table="commands", column="payload", row_id=command.id)
+        )
+        payload = _merge(payload, secret)
+    return {
+        "command_id": command.id,
+        "type": command.type,
+        "delivery_count": command.delivery_count,
+        "job_id": command.job_id,
+        "attempt_id": command.attempt_id,
+        "payload": payload,
+    }
+
+
+def lease(host: Host, *, now: datetime, limit: int = 50, lease: timedelta = LEASE) -> list[Command]:
+    """Claim queued commands and those whose lease ran out, oldest first."""
+    candidates = list(
+        db.session.scalars(
+            select(Command)
+            .where(
+                Command.host_id == host.id,
+                or_(
+                    Command.state == "queued",
+                    (Command.state == "leased") & (Command.lease_expires_at <= now),
+                ),
+            )
+            .order_by(Command.created_at, Command.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    leased = []
+    for command in candidates:
+        if command.delivery_count >= MAX_DELIVERIES:
+            command.state = "undeliverable"
+            command.result = f"not acknowledged after {MAX_DELIVERIES} deliveries"
+            _fail_unacknowledged_job(command, now)
+            continue
+        command.state = "leased"
+        command.delivery_count += 1
+        command.lease_expires_at = now + lease
+        leased.append(command)
+    db.session.flush()
+    return leased
+
+
+def _fail_unacknowledged_job(command: Command, now: datetime) -> None:
+    """A job.run the agent never acknowledged fails with a reason people can act on."""
+    if command.type != "job.run" or command.job_id is None:
+        return
+    job = db.session.get(Job, command.job_id)
+    if job is not None and job.status == "queued":
+        job.status = "failed"
+        job.finished_at = now
+        job.error = (
+            f"The agent received this job {MAX_DELIVERIES} times but never acknowledged it; "
+            "check the agent's log on the host."
+        )
+
+
+def apply_acks(host: Host, acks: list[dict], *, now: datetime) -> int:
+    """Mark acknowledged commands (idempotent; unknown or foreign ids are ignored)."""
+    count = 0
+    for ack in acks:
+        result = ack.get("result", "accepted")
+        reason = ack.get("reason")
+        text = result if not reason else f"{result}: {str(reason)[:200]}"
+        count += db.session.execute(
+            update(Command)
+            .where(
+                Command.id == ack["command_id"],
+                Command.host_id == host.id,
+                Command.state.in_(("queued", "leased")),
+            )
+            .values(state="acked", acked_at=now, result=text, lease_expires_at=None)
+        ).rowcount
+    return count

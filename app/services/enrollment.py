@@ -1,0 +1,228 @@
+"""Adding hosts: one-time enrollment tokens and the enrollment itself."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import select, update
+
+from app.extensions import db
+from app.models import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup, User
+from app.secretbox import SecretBox
+from app.security import hash_token, new_token
+from app.services import commands, validate
+from app.services.errors import Conflict, NotFound, ServiceError
+
+TOKEN_TTL = timedelta(hours=1)
+ENROLLMENT_PREFIX = "rme"
+AGENT_PREFIX = "rma"
+DEFAULT_GROUP = "default"
+
+
+class TokenRefused(ServiceError):
+    status = 401
+    code = "invalid_token"
+
+
+def redact_url(url: str) -> str:
+    """A repository URL without any password embedded in it (rest:https://u:p@host/...)."""
+    prefix = ""
+    match = re.match(r"^(rest:|s3:|swift:|b2:|azure:|gs:|rclone:|sftp:)(.*)$", url)
+    if match:
+        prefix, url = match.groups()
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit(parts._replace(netloc=netloc))
+    return prefix + url
+
+
+def _seal_credentials(box: SecretBox, token: EnrollmentToken, credentials: dict) -> None:
+    token.sealed_credentials = box.seal(
+        json.dumps(credentials), table="enrollment_tokens", column="credentials", row_id=token.id
+    )
+
+
+def mint_token(
+    box: SecretBox,
+    *,
+    created_by: Optional[User],
+    hostname,
+    repo_url,
+    repo_username,
+    repo_password,
+    paths,
+    now: datetime,
+) -> tuple[EnrollmentToken, str]:
+    """Validate the Add-host input and mint a one-time token (TTL 1 h)."""
+    hostname = validate.hostname(hostname, required=False)
+    repo_url = validate.text(repo_url, "repo_url", "Repository URL", required=True, max_length=1000)
+    repo_username = validate.text(
+        repo_username, "repo_username", "Repository username", required=False, max_length=255
+    )
+    if not isinstance(repo_password, str) or not repo_password:
+        validate.fail("repo_password", "Repository password is required.")
+    if len(repo_password) > 1024:
+        validate.fail("repo_password", "Repository password must be at most 1024 characters.")
+    paths = validate.absolute_paths(paths)
+    if hostname and db.session.scalar(select(Host.id).where(Host.hostname == hostname)):
+        validate.fail("hostname", f"A host named {hostname} already exists.")
+    plain = new_token(ENROLLMENT_PREFIX)
+    token = EnrollmentToken(
+        token_hash=hash_token(plain),
+        hostname=hostname,
+        repo_url_redacted=redact_url(repo_url),
+        paths=paths,
+        created_by_user_id=created_by.id if created_by else None,
+        created_at=now,
+        expires_at=now + TOKEN_TTL,
+    )
+    db.session.add(token)
+    db.session.flush()  # the row id is part of the sealing's associated data
+    _seal_credentials(
+        box, token, {"url": repo_url, "username": repo_username, "password": repo_password}
+    )
+    db.session.flush()
+    return token, plain
+
+
+def outstanding_tokens(now: datetime) -> list[EnrollmentToken]:
+    """Unused, unrevoked tokens, including those expired in the last week (regenerable)."""
+    return list(
+        db.session.scalars(
+            select(EnrollmentToken)
+            .where(
+                EnrollmentToken.used_at.is_(None),
+                EnrollmentToken.revoked_at.is_(None),
+                EnrollmentToken.expires_at > now - timedelta(days=7),
+            )
+            .order_by(EnrollmentToken.created_at.desc(), EnrollmentToken.id.desc())
+        )
+    )
+
+
+def get_outstanding(token_id: int, now: datetime) -> EnrollmentToken:
+    token = db.session.get(EnrollmentToken, token_id)
+    if token is None or token.used_at or token.revoked_at:
+        raise NotFound("No such outstanding enrollment token.")
+    return token
+
+
+def regenerate(token: EnrollmentToken, *, now: datetime) -> str:
+    """A fresh secret and a fresh hour for the same host details; the old value stops working."""
+    plain = new_token(ENROLLMENT_PREFIX)
+    token.token_hash = hash_token(plain)
+    token.created_at = now
+    token.expires_at = now + TOKEN_TTL
+    db.session.flush()
+    return plain
+
+
+def revoke(token: EnrollmentToken, *, now: datetime) -> None:
+    token.revoked_at = now
+    db.session.flush()
+
+
+def enroll(
+    box: SecretBox, plain: str, *, hostname: str, facts: dict, now: datetime
+) -> tuple[Host, str]:
+    """Consume the token once: create the host, its default group, an agent token and the
+    config.update command that carries the repository credentials to the agent."""
+    token = db.session.scalar(
+        select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(plain or ""))
+    )
+    if token is None or token.revoked_at is not None:
+        raise TokenRefused(
+            "This enrollment token is not valid. Mint a new one on the Add host page."
+        )
+    if token.used_at is not None:
+        host = token.used_by_host
+        raise Conflict(
+            "This enrollment token was already used"
+            + (
+                f" (host {host.hostname} enrolled at {host.enrolled_at:%Y-%m-%d %H:%M} UTC)"
+                if host
+                else ""
+            )
+            + ". Mint a new one on the Add host page.",
+            code="token_used",
+        )
+    if token.expires_at <= now:
+        error = ServiceError(
+            "This enrollment token expired (tokens are valid for one hour). "
+            "Regenerate it on the Add host page.",
+            code="token_expired",
+        )
+        error.status = 410
+        raise error
+    hostname = validate.hostname(token.hostname or hostname)
+    if db.session.scalar(select(Host.id).where(Host.hostname == hostname)):
+        raise Conflict(
+            f"A host named {hostname} is already enrolled. Delete it first or enroll under "
+            "another name.",
+            code="hostname_taken",
+        )
+    # Claim the token with a conditional UPDATE so two racing enrollments cannot both win.
+    claimed = db.session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.id == token.id, EnrollmentToken.used_at.is_(None))
+        .values(used_at=now)
+    ).rowcount
+    if claimed != 1:
+        raise Conflict("This enrollment token was already used.", code="token_used")
+    credentials = json.loads(
+        box.open(
+            token.sealed_credentials,
+            table="enrollment_tokens",
+            column="credentials",
+            row_id=token.id,
+        )
+    )
+    host = Host(
+        hostname=hostname,
+        os=facts.get("os"),
+        arch=facts.get("arch"),
+        agent_version=facts.get("agent_version"),
+        restic_version=facts.get("restic_version"),
+        protocol_version=facts.get("protocol_version"),
+        enrolled_at=now,
+        created_at=now,
+        repo_status="unknown",
+        tags=[],
+    )
+    db.session.add(host)
+    db.session.flush()
+    token.used_by_host_id = host.id
+    token.sealed_credentials = None  # the host's own credential row holds them from now on
+    db.session.add(SourceGroup(host=host, name=DEFAULT_GROUP, includes=list(token.paths or [])))
+    credential = HostCredential(
+        host_id=host.id,
+        kind="everyday",
+        repo_url=credentials["url"],
+        username=credentials.get("username"),
+        sealed_password=b"",
+        updated_at=now,
+    )
+    db.session.add(credential)
+    db.session.flush()
+    credential.sealed_password = box.seal(
+        credentials["password"], table="host_credentials", column="password", row_id=credential.id
+    )
+    agent_plain = new_token(AGENT_PREFIX)
+    db.session.add(AgentToken(host_id=host.id, token_hash=hash_token(agent_plain), created_at=now))
+    commands.enqueue(
+        box,
+        host,
+        "config.update",
+        payload={
+            "repository": {"url": credentials["url"], "username": credentials.get("username")}
+        },
+        secret_payload={"repository": {"password": credentials["password"]}},
+        now=now,
+    )
+    db.session.flush()
+    return host, agent_plain
