@@ -69,7 +69,7 @@ def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
         "--graceful-timeout",
         "20",
         "--worker-connections",
-        "2000",
+        "10000",  # parked long polls and SSE streams each hold one
         # gunicorn would otherwise trust X-Forwarded-Proto from 127.0.0.1 on its own.
         "--forwarded-allow-ips",
         trusted_proxies,

@@ -12,7 +12,18 @@ from app.models import Role
 from tests.conftest import form_token, login
 
 # Reachable without a user session or personal token (agent endpoints check their own token).
-ANONYMOUS_ALLOWED = {"static", "auth.login", "auth.setup", "web.healthz", "web.readyz"}
+ANONYMOUS_ALLOWED = {
+    "static",
+    "auth.login",
+    "auth.setup",
+    "web.healthz",
+    "web.readyz",
+    # A host downloads these with curl before it has any credential; they hold no secret.
+    "distribution.agent_pyz",
+    "distribution.agent_pyz_sha256",
+    "distribution.agent_version",
+    "distribution.install_script",
+}
 # State-changing routes a viewer may use because they touch only the viewer's own things.
 SELF_SERVICE = {
     "auth.logout",

@@ -573,3 +573,38 @@ def test_reporting_jobs_are_never_declared_lost(protocol_app):
     restarted.hello(running=[{"job_id": job_id, "attempt_id": attempt, "state": "reporting"}])
     db.session.expire_all()
     assert db.session.get(Job, job_id).status == "running"
+
+
+def test_jobs_api_refuses_offline_hosts_and_dispatches_to_online_ones(protocol_app, make_user):
+    from app.services import api_tokens
+
+    operator = make_user(Role.operator)
+    _, bearer = api_tokens.create_token(operator, "ci", now=utcnow())
+    db.session.commit()
+    agent, host_id = enroll(protocol_app)
+    api = protocol_app.test_client()
+    auth = {"Authorization": f"Bearer {bearer}"}
+    refused = api.post(f"/api/v1/hosts/{host_id}/jobs", json={"kind": "probe"}, headers=auth)
+    assert refused.status_code == 409
+    assert refused.get_json()["error"] == "host_offline"
+    assert "never seen" in refused.get_json()["message"]
+    assert db.session.scalar(select(func.count()).select_from(Job)) == 0
+    agent.hello()
+    unknown = api.post(f"/api/v1/hosts/{host_id}/jobs", json={"kind": "format-c"}, headers=auth)
+    assert unknown.status_code == 422
+    created = api.post(f"/api/v1/hosts/{host_id}/jobs", json={"kind": "probe"}, headers=auth)
+    assert created.status_code == 201
+    job = created.get_json()
+    assert (job["status"], job["kind"], job["actor"]["label"]) == (
+        "queued",
+        "probe",
+        operator.username,
+    )
+    commands = agent.poll().get_json()["commands"]
+    assert [c["job_id"] for c in commands if c["type"] == "job.run"] == [job["id"]]
+    listed = api.get(f"/api/v1/jobs?host_id={host_id}", headers=auth).get_json()["items"]
+    assert [item["id"] for item in listed] == [job["id"]]
+    assert api.get("/api/v1/jobs/999", headers=auth).status_code == 404
+    assert (
+        api.post("/api/v1/hosts/999/jobs", json={"kind": "probe"}, headers=auth).status_code == 404
+    )

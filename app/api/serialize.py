@@ -51,3 +51,24 @@ def token_json(token) -> dict:
         "created_at": iso(token.created_at),
         "last_used_at": iso(token.last_used_at),
     }
+
+
+def job_json(job) -> dict:
+    return {
+        "id": job.id,
+        "host_id": job.host_id,
+        "kind": job.kind,
+        "status": job.status,
+        "actor": {"type": job.actor_type, "label": job.actor_label},
+        "params": job.params or {},
+        "exit_code": job.exit_code,
+        "error": job.error,
+        "stats": job.stats or {},
+        "progress": job.progress or {},
+        "log_lines": job.log_committed_seq,
+        "log_truncated": job.log_truncated,
+        "lines_dropped": job.lines_dropped,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+    }

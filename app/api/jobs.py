@@ -1,0 +1,88 @@
+"""/api/v1 jobs: start one on a host, list and read them."""
+
+from __future__ import annotations
+
+from flask import current_app, jsonify, request
+from flask_login import current_user
+from sqlalchemy import select
+
+from app.access import Role, require_role
+from app.api import bp
+from app.api.hosts import get_host_or_404
+from app.api.serialize import job_json
+from app.api.validation import json_body
+from app.authn import client_address
+from app.bus import host_key
+from app.extensions import db
+from app.models import Job
+from app.models.types import utcnow
+from app.services import audit, jobs
+from app.services.audit import Actor
+from app.services.errors import Conflict, NotFound, ValidationFailed
+
+# Kinds the agent can run in this release; the jobs issue adds backup, forget, prune, ...
+RUNNABLE_KINDS = ("probe",)
+
+
+@bp.post("/hosts/<int:host_id>/jobs")
+@require_role(Role.operator)
+def start_job(host_id: int):
+    host = get_host_or_404(host_id)
+    body = json_body()
+    kind = body.get("kind")
+    if kind not in RUNNABLE_KINDS:
+        raise ValidationFailed(
+            f"'kind' must be one of: {', '.join(RUNNABLE_KINDS)}.", fields={"kind": ["unknown"]}
+        )
+    now = utcnow()
+    status = host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"])
+    if status != "online":
+        raise Conflict(
+            f"{host.hostname} is {status.replace('_', ' ')}: its agent has not polled the "
+            "server recently, so the job could not start. Check the agent on the host.",
+            code="host_offline",
+        )
+    job = jobs.create_job(
+        current_app.extensions["secretbox"],
+        host,
+        kind,
+        params={},
+        actor=Actor.for_user(current_user),
+        now=now,
+    )
+    audit.record(
+        Actor.for_user(current_user),
+        "job.started",
+        target_type="job",
+        target_id=job.id,
+        payload={"host": host.hostname, "kind": kind},
+        client_address=client_address(),
+    )
+    db.session.commit()
+    current_app.extensions["bus"].publish(host_key(host.id))
+    return jsonify(job_json(job)), 201
+
+
+@bp.get("/jobs")
+@require_role(Role.viewer)
+def list_jobs():
+    query = select(Job).order_by(Job.id.desc()).limit(200)
+    for name in ("host_id",):
+        if request.args.get(name):
+            try:
+                query = query.where(Job.host_id == int(request.args[name]))
+            except ValueError:
+                raise ValidationFailed("host_id must be a number.") from None
+    for name in ("kind", "status"):
+        if request.args.get(name):
+            query = query.where(getattr(Job, name) == request.args[name])
+    return jsonify({"items": [job_json(job) for job in db.session.scalars(query)]})
+
+
+@bp.get("/jobs/<int:job_id>")
+@require_role(Role.viewer)
+def get_job(job_id: int):
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"No job with id {job_id}.")
+    return jsonify(job_json(job))
