@@ -163,3 +163,47 @@ def login_as(app, make_user):
 
 def form_token(client, path: str) -> str:
     return csrf_token(client.get(path).get_data(as_text=True))
+
+
+class LiveServer:
+    """The Flask app on a real socket (threaded werkzeug), for the agent's real HTTP client.
+
+    ``stop()`` and ``start()`` take the server away and bring it back on the same port and
+    database, as an outage would.
+    """
+
+    def __init__(self, app):
+        import socket
+
+        self.app = app
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = None
+        self._thread = None
+
+    def start(self):
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self._server = make_server("127.0.0.1", self.port, self.app, threaded=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(10)
+            self._server = None
+
+
+@pytest.fixture
+def live_server(app_factory):
+    app = app_factory(RM_POLL_WAIT_SECONDS=2, RM_LOG_FLUSH_SECONDS=1, RM_OFFLINE_AFTER_SECONDS=5)
+    server = LiveServer(app)
+    server.start()
+    yield server
+    server.stop()

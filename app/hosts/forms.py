@@ -1,6 +1,17 @@
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, Optional, ValidationError
+
+from app.services import validate
+from app.services.errors import ValidationFailed
+
+
+def _absolute_paths(form, field):
+    """Report bad paths together with the other field errors."""
+    try:
+        validate.absolute_paths(field.data or "")
+    except ValidationFailed as refused:
+        raise ValidationError(refused.message) from None
 
 
 class AddHostForm(FlaskForm):
@@ -31,7 +42,7 @@ class AddHostForm(FlaskForm):
     )
     paths = TextAreaField(
         "Paths to back up",
-        validators=[Optional(), Length(max=20000)],
+        validators=[Optional(), Length(max=20000), _absolute_paths],
         description="One absolute path per line, e.g. /etc and /home. They become the host's "
         "“default” source group; you can change them later.",
     )
