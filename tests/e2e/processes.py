@@ -1,0 +1,106 @@
+"""Real processes for end-to-end tests: `restic-manager serve` and the agent."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RM_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except requests.ConnectionError:
+            last = None
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def require_restic() -> str:
+    """The restic binary; in CI (RM_REQUIRE_RESTIC=1) its absence fails the test."""
+    import pytest
+
+    path = shutil.which("restic")
+    if path is None:
+        if os.environ.get("RM_REQUIRE_RESTIC") == "1":
+            pytest.fail("restic is not installed (apt-get install restic)")
+        pytest.skip("restic is not installed; set RM_REQUIRE_RESTIC=1 to make this fail")
+    return path
+
+
+class Server:
+    """`restic-manager serve` on a fixed port; stop() and start() keep port and data."""
+
+    def __init__(self, tmp_path: Path, env: dict):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / "server.log"
+        self.env = env
+        self.process = None
+
+    def start(self, timeout: float = 30) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+            )
+        wait_until(
+            lambda: requests.get(f"{self.url}/readyz", timeout=2).status_code == 200,
+            timeout,
+            "the server to be ready",
+        )
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=40)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def cli(self, *args: str, stdin: str = "") -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+            timeout=60,
+            check=True,
+        )
+        return result.stdout
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
