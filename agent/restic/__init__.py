@@ -1,0 +1,1 @@
+"""Wrapping the restic CLI: argv builders (pure), one subprocess seam, error classes."""

@@ -1,0 +1,11 @@
+"""``restic cat config``: the cheapest call that proves the repository exists and opens.
+
+``--no-lock``: the probe reads one file and must not fail because a backup or prune holds
+the lock.
+"""
+
+from typing import Tuple
+
+
+def probe_argv(binary: str = "restic") -> Tuple[str, ...]:
+    return (binary, "--no-lock", "cat", "config")

@@ -1,0 +1,359 @@
+"""The run loop: hello once, then long-poll forever; jobs and uploads on their own threads.
+
+In-process use (tests, a contract test against a Flask server)::
+
+    agent = Agent(home, start_delay=0)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run_forever, args=(stop,))
+    thread.start(); ...; stop.set(); thread.join()
+"""
+
+import logging
+import threading
+import uuid
+from typing import Any, Callable, Dict, List, Optional
+
+from agent.backoff import Backoff, start_delay
+from agent.client import (
+    Client,
+    ClientError,
+    PinMismatch,
+    ProtocolTooOld,
+    RetryableError,
+    Unauthorized,
+)
+from agent.config import (
+    AgentConfig,
+    State,
+    load_config,
+    open_secret_store,
+)
+from agent.facts import host_facts
+from agent.journal import SeenCommands
+from agent.paths import AgentPaths, PathLike, resolve_home
+from agent.runner import Runner
+from agent.spool import Spool
+from agent.status import StatusFile
+from agent.uploader import Uploader
+
+SHUTDOWN_UPLOAD_SECONDS = 5.0
+_STOP_CHECK_SECONDS = 0.25
+log = logging.getLogger(__name__)
+
+
+class CommandRejected(Exception):
+    """A command the agent will not carry out; the message becomes the ack's reason."""
+
+
+class _Call:
+    """Runs one blocking request on a daemon thread, so a stop never waits for a long poll.
+
+    An abandoned poll is harmless: commands it may have carried are redelivered when their
+    lease expires.
+    """
+
+    def __init__(self, function: Callable[..., Any], *args: Any):
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        thread = threading.Thread(target=self._run, args=(function, args), daemon=True)
+        thread.start()
+
+    def _run(self, function, args) -> None:
+        try:
+            self.result = function(*args)
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.done.set()
+
+    def wait(self, stop: threading.Event) -> Any:
+        """The result; raises what the call raised; ``_Stopped`` if ``stop`` came first."""
+        while not self.done.wait(_STOP_CHECK_SECONDS):
+            if stop.is_set():
+                raise _Stopped()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _Stopped(Exception):
+    pass
+
+
+class Agent:
+    def __init__(
+        self,
+        home: Optional[PathLike] = None,
+        restic_binary: str = "restic",
+        start_delay: Optional[float] = None,
+        grace_seconds: float = 10.0,
+    ):
+        self.paths = AgentPaths(resolve_home(home))
+        self.config: AgentConfig = load_config(self.paths.config)
+        self.state = State.load(self.paths.state)
+        self.secrets = open_secret_store(self.paths, self.state)
+        self.seen = SeenCommands(self.paths.seen_commands)
+        self.spool = Spool(self.paths.spool, self.config.spool_max_mb * 1024 * 1024)
+        self.status = StatusFile(self.paths.status)
+        self.boot_id = uuid.uuid4().hex
+        self.restic_binary = restic_binary
+        self._start_delay = start_delay
+        self._acks: List[Dict[str, Any]] = []
+        self._acks_lock = threading.Lock()
+        self._backoff = Backoff()
+        self.runner = Runner(
+            self.spool,
+            self.secrets.load,
+            cache_dir=self.paths.cache,
+            restic_binary=restic_binary,
+            grace_seconds=grace_seconds,
+            on_job_end=self._job_ended,
+        )
+        self.client = self._new_client()
+        self.uploader = Uploader(
+            self._new_client(),
+            self.spool,
+            settings=lambda: self.state.settings,
+            cancel_job=self.runner.cancel,
+            is_running=self.runner.is_running,
+        )
+        self.spool.on_event = self._event_spooled
+        self.facts: Dict[str, Any] = {}
+
+    def _new_client(self) -> Client:
+        return Client(
+            self.config.server_url,
+            agent_token=self.state.agent_token,
+            ca_file=self.config.ca_file,
+            pin_sha256=self.config.pin_sha256,
+            poll_wait_seconds=self.state.settings["poll_wait_seconds"],
+        )
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run_forever(self, stop: Optional[threading.Event] = None) -> int:
+        """Run until ``stop`` is set; returns 0. Raises :class:`ProtocolTooOld` on 426."""
+        stop = stop or threading.Event()
+        uploader_stop = threading.Event()
+        uploader_thread = None
+        try:
+            self.status.update(state="starting", running=self.running())
+            self.seen.prune()
+            self.runner.recover_interrupted()
+            delay = start_delay() if self._start_delay is None else self._start_delay
+            if stop.wait(delay):
+                return 0
+            self.facts = host_facts(self.restic_binary)
+            self.uploader.flush_once_logged()  # spooled events before hello, if reachable
+            uploader_thread = threading.Thread(
+                target=self.uploader.run, args=(uploader_stop,), name="uploader", daemon=True
+            )
+            uploader_thread.start()
+            if self._hello(stop):
+                self._poll_forever(stop)
+            return 0
+        finally:
+            uploader_stop.set()
+            self.uploader.wake()
+            if uploader_thread is not None:
+                uploader_thread.join(SHUTDOWN_UPLOAD_SECONDS)
+                if not uploader_thread.is_alive():
+                    self._final_flush()
+            self.status.update(state="stopped", running=self.runner.running())
+
+    def _final_flush(self) -> None:
+        """Deliver what finished jobs left behind, briefly (the next start sends the rest)."""
+        call = _Call(self.uploader.flush_once_logged)
+        call.done.wait(SHUTDOWN_UPLOAD_SECONDS)
+
+    def _hello(self, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            try:
+                answer = _Call(self.client.hello, self.facts, self.boot_id, self.running()).wait(
+                    stop
+                )
+            except _Stopped:
+                return False
+            except ProtocolTooOld:
+                self.status.failed("protocol_too_old", "the server needs a newer agent")
+                raise
+            except ClientError as error:
+                self._wait_after(error, stop)
+                continue
+            self._backoff.reset()
+            log.info("connected to %s as host %s", self.config.server_url, answer.get("host_id"))
+            self._apply_settings(answer.get("settings"))
+            self._reconcile(answer.get("reconcile"))
+            self.status.connected(self.running())
+            return True
+        return False
+
+    def _poll_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._acks_lock:
+                acks = list(self._acks)
+            try:
+                answer = _Call(self.client.poll, self.boot_id, acks, self.running()).wait(stop)
+            except _Stopped:
+                return
+            except ProtocolTooOld:
+                self.status.failed("protocol_too_old", "the server needs a newer agent")
+                raise
+            except ClientError as error:
+                self._wait_after(error, stop)
+                continue
+            self._forget_acks(acks)
+            self._backoff.reset()
+            if answer:
+                self._apply_settings(answer.get("settings"))
+                self._reconcile(answer.get("reconcile"))
+                for command in answer.get("commands") or []:
+                    self.handle_command(command)
+            self.status.connected(self.running())
+
+    def _wait_after(self, error: ClientError, stop: threading.Event) -> None:
+        if isinstance(error, Unauthorized):
+            message = "the server refused this agent's token: re-enroll this host"
+            delay = self._backoff.max_delay()
+            state = "unauthorized"
+        elif isinstance(error, PinMismatch):
+            message, delay, state = str(error), self._backoff.max_delay(), "pin_mismatch"
+        elif isinstance(error, RetryableError):
+            message = str(error)
+            delay = self._backoff.next_delay(error.retry_after)
+            state = "unreachable"
+        else:
+            message = f"the server refused the request: {error}"
+            delay = self._backoff.next_delay()
+            state = "refused"
+        log.warning("%s; retrying in %.1f s", message, delay)
+        self.status.failed(state, message, self.running())
+        stop.wait(delay)
+
+    # -- what the server sends ---------------------------------------------------------
+
+    def handle_command(self, command: Dict[str, Any]) -> None:
+        """Write the command down, act on it, and queue its ack for the next poll."""
+        command_id = command.get("command_id")
+        if not isinstance(command_id, str) or not command_id:
+            log.error("ignoring a command without a command_id")
+            return
+        if command_id in self.seen:
+            self._ack(command_id, "duplicate")
+            return
+        handlers = {
+            "config.update": self._config_update,
+            "job.run": self._job_run,
+            "job.cancel": self._job_cancel,
+        }
+        handler = handlers.get(str(command.get("type")))
+        try:
+            if handler is None:
+                raise CommandRejected("unknown command type")
+            result = handler(command)
+        except CommandRejected as rejection:
+            self.seen.record(command_id)
+            self._ack(command_id, "rejected", str(rejection))
+            return
+        self._ack(command_id, result)
+
+    def _config_update(self, command: Dict[str, Any]) -> str:
+        repository = (command.get("payload") or {}).get("repository")
+        if not isinstance(repository, dict) or not isinstance(repository.get("url"), str):
+            raise CommandRejected("config.update needs repository.url")
+        credentials = {
+            key: repository.get(key)
+            for key in ("url", "username", "password")
+            if isinstance(repository.get(key), str)
+        }
+        self.secrets.save(credentials)
+        self.seen.record(command["command_id"])
+        log.info("repository credentials updated")
+        return "accepted"
+
+    def _job_run(self, command: Dict[str, Any]) -> str:
+        job_id, attempt_id = command.get("job_id"), command.get("attempt_id")
+        payload = command.get("payload") or {}
+        kind = payload.get("kind")
+        if not isinstance(job_id, int) or not isinstance(attempt_id, str) or not kind:
+            raise CommandRejected("job.run needs job_id, attempt_id and payload.kind")
+        if self.runner.is_running(job_id):
+            raise CommandRejected(f"job {job_id} is already running on this host")
+        existing = self.spool.job(job_id)
+        if existing is not None and existing.attempt_id == attempt_id and existing.finished:
+            # Ran here before a crash cut the journal write short: never run an attempt twice.
+            self.seen.record(command["command_id"])
+            return "duplicate"
+        self.runner.prepare(job_id, attempt_id)  # on disk before the ack: survives a crash
+        self.seen.record(command["command_id"])
+        self.runner.start(job_id, attempt_id, str(kind), payload.get("params") or {})
+        self.status.update(running=self.running())
+        self.uploader.wake()
+        return "accepted"
+
+    def _job_cancel(self, command: Dict[str, Any]) -> str:
+        self.seen.record(command["command_id"])
+        job_id = command.get("job_id")
+        if isinstance(job_id, int) and self.runner.cancel(job_id, command.get("attempt_id")):
+            return "accepted"
+        return "noop"
+
+    def _reconcile(self, items: Any) -> None:
+        for item in items or []:
+            if not isinstance(item, dict) or item.get("action") != "kill":
+                continue
+            job_id, reason = item.get("job_id"), str(item.get("reason") or "reconcile")
+            if not isinstance(job_id, int):
+                continue
+            if self.runner.cancel(job_id, item.get("attempt_id"), reason):
+                continue
+            job = self.spool.job(job_id)
+            if job is not None and reason in ("stale_attempt", "unknown_job"):
+                log.info("job %s: the server does not want its data (%s)", job_id, reason)
+                self.spool.remove_job(job_id)
+
+    def _apply_settings(self, settings: Any) -> None:
+        if settings and self.state.update_settings(settings):
+            wait = self.state.settings["poll_wait_seconds"]
+            self.client.poll_wait_seconds = wait
+            self.uploader.client.poll_wait_seconds = wait
+
+    # -- acks and the running list -----------------------------------------------------
+
+    def _ack(self, command_id: str, result: str, reason: Optional[str] = None) -> None:
+        ack = {"command_id": command_id, "result": result}
+        if reason:
+            ack["reason"] = reason
+        with self._acks_lock:
+            self._acks.append(ack)
+
+    def _forget_acks(self, delivered: List[Dict[str, Any]]) -> None:
+        with self._acks_lock:
+            self._acks = [ack for ack in self._acks if ack not in delivered]
+
+    def pending_acks(self) -> List[Dict[str, Any]]:
+        with self._acks_lock:
+            return list(self._acks)
+
+    def running(self) -> List[Dict[str, Any]]:
+        """Jobs restic runs for, plus finished jobs whose data is still spooled."""
+        running = self.runner.running()
+        busy = {item["job_id"] for item in running}
+        for job in self.spool.jobs():
+            if job.job_id not in busy:
+                running.append(
+                    {"job_id": job.job_id, "attempt_id": job.attempt_id, "state": "reporting"}
+                )
+        return running
+
+    def _event_spooled(self, event_type: str) -> None:
+        if event_type != "job.progress":  # progress rides along with the next flush
+            self.uploader.wake()
+
+    def _job_ended(self, job_id: int) -> None:
+        self.uploader.wake()
+        try:
+            self.status.update(running=self.running())
+        except OSError:
+            log.exception("could not write status.json")

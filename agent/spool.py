@@ -1,0 +1,298 @@
+"""Durable outbox on disk: events and per-job log records wait here until the server acks.
+
+Layout under ``<home>/spool/``::
+
+    events/000000000042-<event_id>.json    one event per file; lexical order = creation order
+    jobs/<job_id>/records.ndjson           {"seq","ts","stream","text"} per line, seq never reused
+    jobs/<job_id>/cursor.json              {"attempt_id","acked_seq","next_seq","finished",…}
+    dropped.json                           counts not yet reported as agent.spool_dropped
+
+An event file is deleted only once the server acked its id; a job's directory only once the
+job finished and every record is committed (or the server said it wants no more).
+"""
+
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from agent.jobspool import JobSpool
+from agent.journal import isoformat, utc_now
+from agent.paths import (
+    atomic_write_bytes,
+    atomic_write_json,
+    fsync_dir,
+    make_private_dir,
+    read_json,
+)
+
+MAX_EVENTS_PER_BATCH = 500
+# Events are tiny and some (job.finished) are the only record of an outcome, so they may
+# use a small reserve beyond the quota that log records cannot touch.
+EVENT_RESERVE_BYTES = 1024 * 1024
+ROOM_FOR_REPORT_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, root: Path, max_bytes: int):
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.events_dir = self.root / "events"
+        self.jobs_dir = self.root / "jobs"
+        self._dropped_path = self.root / "dropped.json"
+        for directory in (self.root, self.events_dir, self.jobs_dir):
+            make_private_dir(directory)
+        self._lock = threading.RLock()
+        self._bytes = 0
+        self._events: Dict[str, Tuple[Path, Optional[int]]] = {}  # event_id → (file, job_id)
+        self._counter = 0
+        self._dropped = {"events": 0, "log_records": 0}
+        self._dropped_dirty = False
+        self._jobs: Dict[int, JobSpool] = {}
+        self.on_event: Optional[Callable[[str], None]] = None  # e.g. wake the uploader
+        self._load()
+
+    # -- loading -----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        dropped = read_json(self._dropped_path, default={}) or {}
+        for key in self._dropped:
+            self._dropped[key] = int(dropped.get(key) or 0)
+        for path in sorted(self.events_dir.iterdir()):
+            if path.name.startswith(".") or not path.name.endswith(".json"):
+                path.unlink()  # a temporary file left by a crash mid-write
+                continue
+            try:
+                event = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                log.error("spool: %s is not a valid event; removing it", path.name)
+                path.unlink()
+                continue
+            counter = path.name.partition("-")[0]
+            self._events[event["event_id"]] = (path, event.get("job_id"))
+            self._counter = max(self._counter, int(counter))
+            self._bytes += path.stat().st_size
+        for path in sorted(self.jobs_dir.iterdir()):
+            job = JobSpool.load(path, self)
+            if job is None:
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            self._jobs[job.job_id] = job
+            self._bytes += job.records_bytes
+
+    # -- quota (called by JobSpool too) ------------------------------------------------
+
+    def reserve(self, size: int, for_event: bool = False) -> bool:
+        with self._lock:
+            limit = self.max_bytes + (EVENT_RESERVE_BYTES if for_event else 0)
+            if self._bytes + size > limit:
+                return False
+            self._bytes += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self._bytes = max(0, self._bytes - size)
+
+    def note_dropped(self, events: int = 0, log_records: int = 0) -> None:
+        with self._lock:
+            self._dropped["events"] += events
+            self._dropped["log_records"] += log_records
+            self._dropped_dirty = True
+
+    def dropped_counts(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self._dropped)
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    # -- events ------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        event_type: str,
+        job_id: Optional[int] = None,
+        attempt_id: Optional[str] = None,
+        data: Optional[Dict[str, Any]] = None,
+    ) -> Optional[str]:
+        """Persist a new event; its id, or ``None`` when the spool is full (counted)."""
+        event = {
+            "event_id": uuid.uuid4().hex,
+            "type": event_type,
+            "job_id": job_id,
+            "attempt_id": attempt_id,
+            "ts": isoformat(utc_now()),
+            "data": data or {},
+        }
+        encoded = json.dumps(event, sort_keys=True).encode() + b"\n"
+        with self._lock:
+            if not self.reserve(len(encoded), for_event=True):
+                self.note_dropped(events=1)
+                log.warning("spool full: dropped a %s event (will be reported)", event_type)
+                return None
+            self._counter += 1
+            path = self.events_dir / f"{self._counter:012d}-{event['event_id']}.json"
+            atomic_write_bytes(path, encoded)
+            self._events[event["event_id"]] = (path, job_id)
+        if self.on_event is not None:
+            self.on_event(event_type)
+        return event["event_id"]
+
+    def pending_events(self, limit: int = MAX_EVENTS_PER_BATCH) -> List[Dict[str, Any]]:
+        """The oldest spooled events, in creation order."""
+        with self._lock:
+            paths = sorted(path for path, _ in self._events.values())[:limit]
+        events = []
+        for path in paths:
+            try:
+                events.append(json.loads(path.read_text(encoding="utf-8")))
+            except FileNotFoundError:
+                continue
+        return events
+
+    def ack_events(self, event_ids: Iterable[str]) -> int:
+        """Delete acked events; returns how many were removed."""
+        removed = 0
+        with self._lock:
+            for event_id in event_ids:
+                entry = self._events.pop(event_id, None)
+                if entry is None:
+                    continue
+                path = entry[0]
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                self.release(size)
+                removed += 1
+            if removed:
+                fsync_dir(self.events_dir)
+        return removed
+
+    def event_count(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+    def report_dropped(self) -> Optional[str]:
+        """Emit ``agent.spool_dropped`` for the drops so far, once the spool has room again."""
+        with self._lock:
+            counts = dict(self._dropped)
+            if not (counts["events"] or counts["log_records"]):
+                return None
+            if self._bytes + min(ROOM_FOR_REPORT_BYTES, self.max_bytes // 4) > self.max_bytes:
+                return None
+            event_id = self.add_event("agent.spool_dropped", data=counts)
+            if event_id is not None:
+                self._dropped = {"events": 0, "log_records": 0}
+                self._dropped_dirty = True
+                self.sync()
+            return event_id
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def open_job(self, job_id: int, attempt_id: str) -> JobSpool:
+        """The spool of this job attempt, created (durably) on first use."""
+        with self._lock:
+            existing = self._jobs.get(job_id)
+            if existing is not None and existing.attempt_id == attempt_id:
+                return existing
+            if existing is not None:
+                log.info("job %s: dropping the spool of its older attempt", job_id)
+                self.remove_job(job_id)
+            job = JobSpool.create(self.jobs_dir / str(int(job_id)), job_id, attempt_id, self)
+            self._jobs[job_id] = job
+            return job
+
+    def job(self, job_id: int) -> Optional[JobSpool]:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def jobs(self) -> List[JobSpool]:
+        with self._lock:
+            return [self._jobs[job_id] for job_id in sorted(self._jobs)]
+
+    def remove_job(self, job_id: int) -> None:
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+            if job is None:
+                return
+            job.mark_removed()
+            size = job.records_bytes
+            shutil.rmtree(job.directory, ignore_errors=True)
+            fsync_dir(self.jobs_dir)
+            self.release(size)
+
+    def has_events_for(self, job_id: int) -> bool:
+        with self._lock:
+            return any(owner == job_id for _, owner in self._events.values())
+
+    def remove_delivered_jobs(self, keep: Iterable[int] = ()) -> List[int]:
+        """Delete the directories of finished jobs whose data all reached the server."""
+        keep = set(keep)
+        with self._lock:
+            pending_job_ids = {owner for _, owner in self._events.values()}
+        removed = []
+        for job in self.jobs():
+            if job.job_id in keep or job.job_id in pending_job_ids:
+                continue
+            if job.finished and not job.has_unsent_records():
+                self.remove_job(job.job_id)
+                removed.append(job.job_id)
+        return removed
+
+    # -- durability and reporting ------------------------------------------------------
+
+    def sync(self) -> None:
+        """fsync what is due (job records at most once a second) and the drop counters."""
+        for job in self.jobs():
+            job.sync_if_due()
+        with self._lock:
+            if self._dropped_dirty:
+                atomic_write_json(self._dropped_path, self._dropped)
+                self._dropped_dirty = False
+
+    def stats(self) -> Dict[str, int]:
+        jobs = self.jobs()
+        return {
+            "events": self.event_count(),
+            "log_records": sum(job.unsent_count() for job in jobs),
+            "jobs": len(jobs),
+            "bytes": self.used_bytes,
+        }
+
+
+def spool_stats_from_disk(root: Path) -> Dict[str, int]:
+    """Spool size read without opening it for writing (``status`` while ``run`` runs)."""
+    stats = {"events": 0, "log_records": 0, "jobs": 0, "bytes": 0}
+    if not root.is_dir():
+        return stats
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                stats["bytes"] += (Path(directory) / name).stat().st_size
+            except FileNotFoundError:
+                continue
+    events_dir = root / "events"
+    if events_dir.is_dir():
+        stats["events"] = sum(1 for path in events_dir.iterdir() if path.suffix == ".json")
+    jobs_dir = root / "jobs"
+    if jobs_dir.is_dir():
+        for job_dir in jobs_dir.iterdir():
+            cursor = read_json(job_dir / "cursor.json", default=None)
+            if not isinstance(cursor, dict):
+                continue
+            stats["jobs"] += 1
+            if not cursor.get("stopped"):
+                unsent = int(cursor.get("next_seq", 1)) - 1 - int(cursor.get("acked_seq", 0))
+                stats["log_records"] += max(0, unsent)
+    return stats

@@ -1,0 +1,203 @@
+"""Delivers the spool to the server: events in order, then each job's log records in order.
+
+One thread, one batch in flight at a time. A ``job.finished`` event waits until its job's
+records are committed, so a watcher never sees a job end before its last lines.
+"""
+
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+from agent.backoff import Backoff
+from agent.client import (
+    Client,
+    ClientError,
+    Gap,
+    PayloadTooLarge,
+    Refused,
+    RetryableError,
+    StaleAttempt,
+    Unauthorized,
+)
+from agent.jobspool import JobSpool
+from agent.spool import MAX_EVENTS_PER_BATCH, Spool
+
+CANCEL_STATES = frozenset({"cancelling", "canceling", "cancelled", "canceled"})
+log = logging.getLogger(__name__)
+
+
+class Uploader:
+    def __init__(
+        self,
+        client: Client,
+        spool: Spool,
+        settings: Callable[[], Dict[str, Any]],
+        cancel_job: Callable[[int, Optional[str], str], Any],
+        is_running: Callable[[int], bool] = lambda job_id: False,
+    ):
+        self.client = client
+        self.spool = spool
+        self.settings = settings
+        self.cancel_job = cancel_job
+        self.is_running = is_running
+        self.backoff = Backoff()
+        self.last_error: Optional[str] = None
+        self._wake = threading.Event()
+        self._event_batch = MAX_EVENTS_PER_BATCH
+        self._record_batch: Dict[int, int] = {}
+
+    def wake(self) -> None:
+        """Flush now (a job ended, an event was spooled)."""
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Flush every ``log_flush_seconds`` (or when woken) until ``stop`` is set."""
+        delay = 0.0
+        while not stop.is_set():
+            self._wake.wait(timeout=delay)
+            if stop.is_set():
+                return
+            self._wake.clear()
+            delay = self.flush_once_logged()
+
+    def flush_once_logged(self) -> float:
+        """One flush; returns how long to wait before the next one."""
+        interval = float(self.settings().get("log_flush_seconds", 10))
+        try:
+            self.flush()
+        except Unauthorized as error:
+            self.last_error = f"unauthorized: {error.message}"
+            log.error("uploads refused: the server does not accept this agent's token")
+            return self.backoff.max_delay()
+        except ClientError as error:
+            self.last_error = str(error)
+            retry_after = getattr(error, "retry_after", None)
+            delay = self.backoff.next_delay(retry_after)
+            log.warning("upload failed (%s); retrying in %.1f s", error, delay)
+            return delay
+        except OSError:
+            log.exception("spool error while uploading")
+            return self.backoff.next_delay()
+        self.backoff.reset()
+        self.last_error = None
+        return interval
+
+    def flush(self) -> None:
+        """Deliver everything deliverable now; raises the client error that stopped it."""
+        while True:
+            self.spool.sync()
+            self.spool.report_dropped()
+            sent_events = self._flush_events()
+            sent_records = self._flush_records()
+            self.spool.remove_delivered_jobs(
+                keep=[job.job_id for job in self.spool.jobs() if self.is_running(job.job_id)]
+            )
+            if not (sent_events or sent_records):
+                return
+
+    # -- events ------------------------------------------------------------------------
+
+    def _flush_events(self) -> bool:
+        progressed = False
+        while True:
+            batch = self._next_event_batch()
+            if not batch:
+                return progressed
+            try:
+                answer = self.client.send_events(batch)
+            except (Unauthorized, RetryableError):
+                raise
+            except PayloadTooLarge:
+                self._event_batch = max(1, len(batch) // 2)
+                if len(batch) > 1:
+                    continue
+                self._drop_event(batch[0], "too large for the server")
+                progressed = True
+                continue
+            except Refused as error:
+                if len(batch) > 1:
+                    self._event_batch = max(1, len(batch) // 2)
+                    continue
+                self._drop_event(batch[0], error.message)
+                progressed = True
+                continue
+            self._event_batch = MAX_EVENTS_PER_BATCH
+            done = set(answer.get("acked") or [])
+            for rejection in answer.get("rejected") or []:
+                if isinstance(rejection, dict) and rejection.get("event_id"):
+                    done.add(rejection["event_id"])
+                    log.warning(
+                        "the server rejected event %s: %s",
+                        rejection["event_id"],
+                        rejection.get("message") or rejection.get("error"),
+                    )
+            if not self.spool.ack_events(done & {event["event_id"] for event in batch}):
+                return progressed  # nothing acked: try again at the next flush
+            progressed = True
+
+    def _next_event_batch(self) -> List[Dict[str, Any]]:
+        batch = []
+        for event in self.spool.pending_events(self._event_batch):
+            if event.get("type") == "job.finished" and event.get("job_id") is not None:
+                job = self.spool.job(event["job_id"])
+                if job is not None and job.has_unsent_records():
+                    break  # the job's last lines go first
+            batch.append(event)
+        return batch
+
+    def _drop_event(self, event: Dict[str, Any], reason: str) -> None:
+        log.error("dropping event %s (%s): %s", event["event_id"], event.get("type"), reason)
+        self.spool.ack_events([event["event_id"]])
+
+    # -- log records -------------------------------------------------------------------
+
+    def _flush_records(self) -> bool:
+        progressed = False
+        for job in self.spool.jobs():
+            while self._send_one_batch(job):
+                progressed = True
+        return progressed
+
+    def _send_one_batch(self, job: JobSpool) -> bool:
+        """Send the next batch of ``job``; True if the server took something (or a rewind)."""
+        limit = int(self.settings().get("max_log_batch_records", 500))
+        limit = min(limit, self._record_batch.get(job.job_id, limit))
+        batch = job.pending_batch(max_records=limit)
+        if batch is None:
+            return False
+        first_seq, records = batch
+        before = job.acked_seq
+        try:
+            answer = self.client.send_logs(job.job_id, job.attempt_id, first_seq, records)
+        except Gap as gap:
+            log.info(
+                "job %s: server has records up to %s; resending", job.job_id, gap.committed_seq
+            )
+            job.set_committed(gap.committed_seq)
+            return not job.stopped and job.acked_seq != before
+        except StaleAttempt:
+            log.warning(
+                "job %s: attempt %s is stale; dropping its spool", job.job_id, job.attempt_id
+            )
+            self.cancel_job(job.job_id, job.attempt_id, "stale_attempt")
+            self.spool.remove_job(job.job_id)
+            return False
+        except PayloadTooLarge:
+            if len(records) == 1:
+                job.stop("too_large")
+                return False
+            self._record_batch[job.job_id] = max(1, len(records) // 2)
+            return True
+        except (Unauthorized, RetryableError):
+            raise
+        except Refused as error:
+            log.error("job %s: the server refused its log records: %s", job.job_id, error.message)
+            job.stop(f"refused: {error.code or error.status}")
+            return False
+        job.set_committed(int(answer.get("committed_seq") or 0))
+        if answer.get("truncated"):
+            log.warning("job %s: the server's log cap is reached; no more records", job.job_id)
+            job.stop("truncated")
+        if str(answer.get("job_state") or "") in CANCEL_STATES:
+            self.cancel_job(job.job_id, job.attempt_id, "cancelled")
+        return job.acked_seq != before and not job.stopped

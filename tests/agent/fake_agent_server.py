@@ -1,0 +1,215 @@
+"""A small, real HTTP server that speaks the agent side of docs/protocol.md.
+
+It is deliberately simple (one host, commands delivered once unless redelivered) and
+records everything the agent sends, so tests can assert on the wire traffic.
+"""
+
+import json
+import os
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+AGENT_TOKEN = "rma_fake-agent-token-0123456789"
+SETTINGS = {
+    "poll_wait_seconds": 1,
+    "offline_after_seconds": 90,
+    "log_flush_seconds": 0.2,
+    "log_flush_watched_seconds": 0.2,
+    "max_log_batch_records": 500,
+    "command_lease_seconds": 60,
+}
+_LOGS = re.compile(r"^/api/agent/v1/jobs/(\d+)/logs$")
+
+
+class FakeServer:
+    def __init__(self):
+        self.condition = threading.Condition()
+        self.settings = dict(SETTINGS)
+        self.down = False  # answer every request with a proxy's HTML 502 page
+        self.down_endpoints: set = set()  # … or only these ("poll", "events", …)
+        self.enroll_answer: Tuple[int, Dict[str, Any]] = (
+            201,
+            {"host_id": 7, "agent_token": AGENT_TOKEN, "settings": self.settings},
+        )
+        self.hello_answer: Optional[Tuple[int, Dict[str, Any]]] = None
+        self.queued: List[Dict[str, Any]] = []
+        self.reconcile: List[Dict[str, Any]] = []
+        self.acks: List[Dict[str, Any]] = []
+        self.polls: List[Dict[str, Any]] = []
+        self.hellos: List[Dict[str, Any]] = []
+        self.enrolls: List[Dict[str, Any]] = []
+        self.events: Dict[str, Dict[str, Any]] = {}
+        self.event_order: List[str] = []
+        self.logs: Dict[int, List[Dict[str, Any]]] = {}
+        self.log_requests: List[Dict[str, Any]] = []
+        self.stale_jobs: set = set()
+        self.cancelling_jobs: set = set()
+        self.truncate_at: Dict[int, int] = {}
+        self.raw_bodies: List[bytes] = []
+        self.timeline: List[str] = []  # the path of every request, in arrival order
+        self.committed_when_received: Dict[str, int] = {}  # event_id → job's committed seq
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.fake = self
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def start(self) -> "FakeServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def queue(self, command: Dict[str, Any]) -> None:
+        with self.condition:
+            self.queued.append(command)
+            self.condition.notify_all()
+
+    def committed(self, job_id: int) -> int:
+        with self.condition:
+            return len(self.logs.get(job_id, []))
+
+    def events_of(self, job_id: Optional[int] = None, event_type: Optional[str] = None):
+        with self.condition:
+            found = [self.events[event_id] for event_id in self.event_order]
+        return [
+            event
+            for event in found
+            if (job_id is None or event["job_id"] == job_id)
+            and (event_type is None or event["type"] == event_type)
+        ]
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    def handle(self, path: str, headers, body: Dict[str, Any]) -> Tuple[int, Any]:
+        if path == "/api/agent/v1/enroll":
+            with self.condition:
+                self.enrolls.append(body)
+            return self.enroll_answer
+        if headers.get("Authorization") != f"Bearer {AGENT_TOKEN}":
+            return 401, {"error": "unauthenticated", "message": "unknown agent token"}
+        if path == "/api/agent/v1/hello":
+            with self.condition:
+                self.hellos.append(body)
+            return self.hello_answer or (
+                200,
+                {"host_id": 7, "settings": self.settings, "reconcile": []},
+            )
+        if path == "/api/agent/v1/poll":
+            return self._poll(body)
+        if path == "/api/agent/v1/events":
+            return self._events(body)
+        match = _LOGS.match(path)
+        if match:
+            return self._logs(int(match.group(1)), body)
+        return 404, {"error": "not_found", "message": path}
+
+    def _poll(self, body):
+        deadline = time.monotonic() + self.settings["poll_wait_seconds"]
+        with self.condition:
+            self.polls.append(body)
+            self.acks.extend(body.get("acks") or [])
+            while not (self.queued or self.reconcile):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return 204, None
+                self.condition.wait(remaining)
+            commands, self.queued = self.queued, []
+            reconcile, self.reconcile = self.reconcile, []
+        return 200, {"commands": commands, "reconcile": reconcile, "settings": self.settings}
+
+    def _events(self, body):
+        acked, rejected = [], []
+        with self.condition:
+            for event in body["events"]:
+                if event.get("job_id") in self.stale_jobs:
+                    rejected.append({"event_id": event["event_id"], "error": "stale_attempt"})
+                    continue
+                if event["event_id"] not in self.events:
+                    self.events[event["event_id"]] = event
+                    self.committed_when_received[event["event_id"]] = len(
+                        self.logs.get(event.get("job_id"), [])
+                    )
+                    self.event_order.append(event["event_id"])
+                acked.append(event["event_id"])
+        return 200, {"acked": acked, "rejected": rejected}
+
+    def _logs(self, job_id, body):
+        with self.condition:
+            self.log_requests.append({"job_id": job_id, **body})
+            if job_id in self.stale_jobs:
+                return 409, {"error": "stale_attempt", "message": "not the current attempt"}
+            stored = self.logs.setdefault(job_id, [])
+            committed = len(stored)
+            first_seq = body["first_seq"]
+            if first_seq > committed + 1:
+                return 416, {"error": "log_gap", "committed_seq": committed, "message": "gap"}
+            cap = self.truncate_at.get(job_id)
+            truncated = False
+            for offset, record in enumerate(body["records"]):
+                seq = first_seq + offset
+                if seq <= len(stored):
+                    continue
+                if cap is not None and len(stored) >= cap:
+                    truncated = True
+                    break
+                stored.append({"seq": seq, **record})
+            state = "cancelling" if job_id in self.cancelling_jobs else "running"
+            return 200, {"committed_seq": len(stored), "job_state": state, "truncated": truncated}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_POST(self):
+        fake: FakeServer = self.server.fake
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with fake.condition:
+            fake.raw_bodies.append(raw)
+            fake.timeline.append(self.path.rsplit("/", 1)[-1])
+        if fake.down or self.path.rsplit("/", 1)[-1] in fake.down_endpoints:
+            page = b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"
+            self._send(502, page, "text/html")
+            return
+        status, answer = fake.handle(self.path, self.headers, json.loads(raw or b"{}"))
+        if answer is None:
+            self._send(status, b"", None)
+        else:
+            self._send(status, json.dumps(answer).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: Optional[str]) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+
+
+def all_files(root) -> List[Path]:
+    """Every file under ``root`` (to grep for secrets)."""
+    return [Path(directory) / name for directory, _, names in os.walk(root) for name in names]
