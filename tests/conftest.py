@@ -184,9 +184,12 @@ class LiveServer:
         self._thread = None
 
     def start(self):
+        import logging
         import threading
 
         from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log in tests
 
         self._server = make_server("127.0.0.1", self.port, self.app, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
