@@ -20,7 +20,15 @@ Not a test (pytest does not collect it; no timing assertions). For each N:
    clocks compare).
 
 Prints one markdown table row per N (stdout); progress goes to stderr. ``--json FILE``
-also writes the raw numbers.
+also writes the raw numbers, every (send time, latency, API round trip) sample included.
+Defaults: M = 500 jobs 50 ms apart (25 s, one whole poll cycle; p99 is then the 5th worst
+sample rather than the 2nd), about a minute per N.
+
+``--gc-log`` puts ``gclog/sitecustomize.py`` on the server's PYTHONPATH, which logs the
+worker's garbage-collector pauses into its log; the table then counts the full collections
+that fell into the dispatch window. ``--server-gc freeze|freeze-threshold|off`` is an
+experiment with the worker's collector settings (``gclog/gunicorn_gc.py``), for trying a
+server change before making it; results with it are not the shipped server's.
 """
 
 from __future__ import annotations
@@ -520,6 +528,8 @@ def header(gc_log: bool) -> str:
 
 
 def row(result: dict) -> str:
+    if "failed" in result:
+        return f"| {result['agents']:,} | failed: {result['failed']} |"
     gc = result["gc_window"]
     per_agent = (result["rss_idle_kib"] - result["rss_baseline_kib"]) / result["agents"]
     ended = result["window_polls_ended"] or 1
@@ -574,7 +584,11 @@ def main() -> int:
     results = []
     try:
         for agents in args.agents:
-            results.append(run_once(agents, args, workdir))
+            try:
+                results.append(run_once(agents, args, workdir))
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as failure:
+                log(f"N={agents}: FAILED: {failure}")
+                results.append({"agents": agents, "failed": str(failure)})
     finally:
         if args.keep:
             log(f"kept {workdir}")
