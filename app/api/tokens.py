@@ -12,7 +12,7 @@ from app.api.validation import json_body, string_field
 from app.authn import client_address
 from app.extensions import db
 from app.models.types import utcnow
-from app.services import api_tokens, audit
+from app.services import api_tokens
 from app.services.audit import Actor
 
 
@@ -27,13 +27,8 @@ def list_tokens():
 def create_token():
     name = string_field(json_body(), "name", max_length=100)
     token, plain = api_tokens.create_token(current_user, name, now=utcnow())
-    audit.record(
-        Actor.for_user(current_user),
-        "api_token.created",
-        target_type="api_token",
-        target_id=token.id,
-        payload={"name": token.name, "owner": current_user.username},
-        client_address=client_address(),
+    api_tokens.audit_token(
+        "api_token.created", token, Actor.for_user(current_user), client_address=client_address()
     )
     db.session.commit()
     return jsonify({**token_json(token), "token": plain}), 201
@@ -44,13 +39,8 @@ def create_token():
 def revoke_token(token_id: int):
     token = api_tokens.get_token_of(current_user, token_id)
     api_tokens.revoke_token(token, now=utcnow())
-    audit.record(
-        Actor.for_user(current_user),
-        "api_token.revoked",
-        target_type="api_token",
-        target_id=token.id,
-        payload={"name": token.name, "owner": token.user.username},
-        client_address=client_address(),
+    api_tokens.audit_token(
+        "api_token.revoked", token, Actor.for_user(current_user), client_address=client_address()
     )
     db.session.commit()
     return "", 204

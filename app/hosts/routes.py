@@ -30,6 +30,17 @@ def _render(form: AddHostForm, *, token=None, plain=None, status=200):
     ), status
 
 
+def _audit(action: str, token) -> None:
+    audit.record(
+        Actor.for_user(current_user),
+        action,
+        target_type="enrollment_token",
+        target_id=token.id,
+        payload={"hostname": token.hostname, "repo_url": token.repo_url_redacted},
+        client_address=client_address(),
+    )
+
+
 @bp.get("/new")
 @require_role(Role.admin)
 def new():
@@ -79,14 +90,7 @@ def create():
 def regenerate_token(token_id: int):
     token = enrollment.get_outstanding(token_id, utcnow())
     plain = enrollment.regenerate(token, now=utcnow())
-    audit.record(
-        Actor.for_user(current_user),
-        "enrollment_token.regenerated",
-        target_type="enrollment_token",
-        target_id=token.id,
-        payload={"hostname": token.hostname},
-        client_address=client_address(),
-    )
+    _audit("enrollment_token.regenerated", token)
     db.session.commit()
     return _render(AddHostForm(formdata=None), token=token, plain=plain, status=201)
 
@@ -96,14 +100,7 @@ def regenerate_token(token_id: int):
 def revoke_token(token_id: int):
     token = enrollment.get_outstanding(token_id, utcnow())
     enrollment.revoke(token, now=utcnow())
-    audit.record(
-        Actor.for_user(current_user),
-        "enrollment_token.revoked",
-        target_type="enrollment_token",
-        target_id=token.id,
-        payload={"hostname": token.hostname},
-        client_address=client_address(),
-    )
+    _audit("enrollment_token.revoked", token)
     db.session.commit()
     flash("Enrollment token revoked: the install command no longer works.", "success")
     return redirect(url_for("hosts.new"))

@@ -76,3 +76,17 @@ def get_token_of(user: User, token_id: int) -> ApiToken:
 def revoke_token(token: ApiToken, *, now: datetime) -> None:
     token.revoked_at = now
     db.session.flush()
+
+
+def audit_token(action: str, token: ApiToken, actor, *, client_address=None) -> None:
+    """Audit a token mint or revoke (name and owner only; never the secret)."""
+    from app.services import audit
+
+    audit.record(
+        actor,
+        action,
+        target_type="api_token",
+        target_id=token.id,
+        payload={"name": token.name, "owner": token.user.username},
+        client_address=client_address,
+    )

@@ -11,7 +11,7 @@ from app.authn import client_address
 from app.extensions import db
 from app.models import ApiToken
 from app.models.types import utcnow
-from app.services import api_tokens, audit
+from app.services import api_tokens
 from app.services.audit import Actor
 from app.settings import bp
 from app.settings.forms import NewTokenForm
@@ -58,13 +58,8 @@ def create_token():
     if not form.validate_on_submit():
         return _render(form, status=422)
     token, plain = api_tokens.create_token(current_user, form.name.data, now=utcnow())
-    audit.record(
-        Actor.for_user(current_user),
-        "api_token.created",
-        target_type="api_token",
-        target_id=token.id,
-        payload={"name": token.name, "owner": current_user.username},
-        client_address=client_address(),
+    api_tokens.audit_token(
+        "api_token.created", token, Actor.for_user(current_user), client_address=client_address()
     )
     db.session.commit()
     # Shown in this response only: never put the token in a flash (the cookie is not secret).
@@ -76,13 +71,8 @@ def create_token():
 def revoke_token(token_id: int):
     token = api_tokens.get_token_of(current_user, token_id)
     api_tokens.revoke_token(token, now=utcnow())
-    audit.record(
-        Actor.for_user(current_user),
-        "api_token.revoked",
-        target_type="api_token",
-        target_id=token.id,
-        payload={"name": token.name, "owner": token.user.username},
-        client_address=client_address(),
+    api_tokens.audit_token(
+        "api_token.revoked", token, Actor.for_user(current_user), client_address=client_address()
     )
     db.session.commit()
     flash(f"Token “{token.name}” revoked. Anything using it now gets 401.", "success")
