@@ -141,9 +141,10 @@ def test_enroll_run_online_probe_outage_and_offline(server, restic_repo, tmp_pat
         assert server.stop() == 0
         time.sleep(6)
         server.start()
+        # The agent's backoff (full jitter, capped at 60 s) decides when it tries again.
         wait_until(
             lambda: _host(api, server, host_id)["status"] == "online",
-            30,
+            75,
             "the host to come back online",
         )
         second = _run_job(api, server, host_id)
