@@ -89,7 +89,9 @@ class Agent:
         )
 
 
-def enroll(app, hostname="web-1") -> tuple[Agent, int]:
+def enroll(app, hostname="web-1", *, bring_up=False) -> tuple[Agent, int]:
+    """Enroll a host; unless ``bring_up``, its repository counts as checked already (no
+    automatic probe job gets in the way of tests about something else)."""
     _, plain = mint(app, hostname)
     response = app.test_client().post(
         "/api/agent/v1/enroll",
@@ -107,6 +109,9 @@ def enroll(app, hostname="web-1") -> tuple[Agent, int]:
     body = response.get_json()
     assert body["agent_token"].startswith("rma_")
     assert body["settings"]["poll_wait_seconds"] == 2
+    if not bring_up:
+        db.session.get(Host, body["host_id"]).repo_status = "ready"
+        db.session.commit()
     return Agent(app, body["agent_token"]), body["host_id"]
 
 

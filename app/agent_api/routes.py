@@ -14,7 +14,7 @@ from app.errors import error_response
 from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
-from app.services import agents, audit, commands, enrollment, jobs
+from app.services import agents, audit, commands, enrollment, jobs, repository
 from app.services.audit import Actor
 from app.services.errors import ServiceError
 
@@ -96,7 +96,10 @@ def hello():
             min_protocol=current_app.config["RM_MIN_AGENT_PROTOCOL"],
         )
     reconcile = agents.reconcile(host, running, now=now)
+    brought_up = repository.ensure_brought_up(_box(), host, now=now)
     db.session.commit()
+    if brought_up is not None:
+        _bus().publish(host_key(host.id))
     return jsonify(
         {
             "host_id": host.id,
@@ -121,6 +124,7 @@ def poll():
     agents.touch(host, now=now, boot_id=boot_id)
     commands.apply_acks(host, acks, now=now)
     reconcile = agents.reconcile(host, running, now=now)
+    repository.ensure_brought_up(_box(), host, now=now)  # new credentials saved while away
     host_id = host.id
     db.session.commit()
     db.session.remove()  # hold no database connection while parked
@@ -154,16 +158,19 @@ def events():
     now = utcnow()
     acked, rejected, touched_jobs = [], [], set()
     for event in batch:
-        refusal = jobs.apply_event(host, event, now=now)
+        refusal = jobs.apply_event(host, event, now=now, box=_box())
         acked.append(event.event_id)
         if refusal:
             code, message = refusal
             rejected.append({"event_id": event.event_id, "error": code, "message": message})
         elif event.job_id:
             touched_jobs.add(event.job_id)
+    host_id = host.id
     db.session.commit()
     for job_id in touched_jobs:
         _bus().publish(job_key(job_id))
+    if any(event.type == "repo.status" for event in batch):
+        _bus().publish(host_key(host_id))  # bring-up may have queued an init job
     return jsonify({"acked": acked, "rejected": rejected})
 
 

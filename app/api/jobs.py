@@ -14,14 +14,11 @@ from app.api.validation import json_body
 from app.authn import client_address
 from app.bus import host_key
 from app.extensions import db
-from app.models import Job
+from app.models import Host, Job
 from app.models.types import utcnow
-from app.services import audit, jobs
+from app.services import audit, job_params, jobs, repository
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ValidationFailed
-
-# Kinds the agent can run in this release; the jobs issue adds backup, forget, prune, ...
-RUNNABLE_KINDS = ("probe",)
 
 
 @bp.post("/hosts/<int:host_id>/jobs")
@@ -29,11 +26,13 @@ RUNNABLE_KINDS = ("probe",)
 def start_job(host_id: int):
     host = get_host_or_404(host_id)
     body = json_body()
-    kind = body.get("kind")
-    if kind not in RUNNABLE_KINDS:
-        raise ValidationFailed(
-            f"'kind' must be one of: {', '.join(RUNNABLE_KINDS)}.", fields={"kind": ["unknown"]}
-        )
+    job = start_host_job(host, body.get("kind"), body.get("params"))
+    return jsonify(job_json(job)), 201
+
+
+def start_host_job(host: Host, kind, params) -> Job:
+    """Validate, refuse offline hosts, queue, audit, commit and wake the agent."""
+    kind, params = job_params.validate(host, kind, params)
     now = utcnow()
     status = host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"])
     if status != "online":
@@ -42,25 +41,26 @@ def start_job(host_id: int):
             "server recently, so the job could not start. Check the agent on the host.",
             code="host_offline",
         )
-    job = jobs.create_job(
-        current_app.extensions["secretbox"],
-        host,
-        kind,
-        params={},
-        actor=Actor.for_user(current_user),
-        now=now,
-    )
+    actor = Actor.for_user(current_user)
+    if kind == "probe":
+        job = repository.dispatch_probe(
+            current_app.extensions["secretbox"], host, actor=actor, now=now
+        )
+    else:
+        job = jobs.create_job(
+            current_app.extensions["secretbox"], host, kind, params=params, actor=actor, now=now
+        )
     audit.record(
-        Actor.for_user(current_user),
+        actor,
         "job.started",
         target_type="job",
         target_id=job.id,
-        payload={"host": host.hostname, "kind": kind},
+        payload={"host": host.hostname, "kind": kind, "params": params},
         client_address=client_address(),
     )
     db.session.commit()
     current_app.extensions["bus"].publish(host_key(host.id))
-    return jsonify(job_json(job)), 201
+    return job
 
 
 @bp.get("/jobs")

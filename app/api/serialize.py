@@ -19,10 +19,13 @@ def host_json(host, status: str) -> dict:
         "status": status,
         "repo_status": host.repo_status,
         "last_seen_at": iso(host.last_seen_at),
-        "last_backup_at": None,
-        "last_backup_status": None,
-        "snapshot_count": 0,
-        "repo_size_bytes": None,
+        "repo_status_reason": host.repo_status_reason,
+        "last_backup_at": iso(host.last_backup_at),
+        "last_backup_status": host.last_backup_status,
+        "last_backup_job_id": host.last_backup_job_id,
+        "snapshot_count": host.snapshot_count or 0,
+        "latest_snapshot_at": iso(host.latest_snapshot_at),
+        "repo_size_bytes": host.repo_size_bytes,
         "tags": list(host.tags or []),
         "os": host.os,
         "arch": host.arch,
@@ -71,4 +74,32 @@ def job_json(job) -> dict:
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+    }
+
+
+def snapshot_json(snapshot) -> dict:
+    return {
+        "id": snapshot.snapshot_id,
+        "short_id": snapshot.short_id,
+        "time": iso(snapshot.time),
+        "hostname": snapshot.hostname,
+        "username": snapshot.username,
+        "paths": list(snapshot.paths or []),
+        "tags": list(snapshot.tags or []),
+        "parent": snapshot.parent,
+        "tree": snapshot.tree,
+        "program_version": snapshot.program_version,
+        "summary": snapshot.summary,
+    }
+
+
+def repo_stats_json(stats) -> dict:
+    return {
+        "taken_at": iso(stats.taken_at),
+        "job_id": stats.job_id,
+        "total_size": stats.total_size,
+        "total_uncompressed_size": stats.total_uncompressed_size,
+        "total_blob_count": stats.total_blob_count,
+        "snapshots_count": stats.snapshots_count,
+        "compression_ratio": stats.compression_ratio,
     }

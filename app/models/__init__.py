@@ -3,6 +3,7 @@
 from app.models.audit import AuditLog
 from app.models.host import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup
 from app.models.job import TERMINAL_STATUSES, AgentEvent, Command, Job, JobLog
+from app.models.snapshot import RepoStats, Snapshot
 from app.models.user import ApiToken, LoginFailure, Role, SetupToken, User, UserSession
 
 __all__ = [
@@ -18,8 +19,10 @@ __all__ = [
     "Job",
     "JobLog",
     "LoginFailure",
+    "RepoStats",
     "Role",
     "SetupToken",
+    "Snapshot",
     "SourceGroup",
     "User",
     "UserSession",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import JSON, ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -29,6 +29,13 @@ class Host(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     enrolled_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    # Projections kept current by the agent's reports (dashboard reads them without joins).
+    snapshot_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    latest_snapshot_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    repo_size_bytes: Mapped[Optional[int]] = mapped_column(BigInteger)
+    last_backup_job_id: Mapped[Optional[int]] = mapped_column()
+    last_backup_status: Mapped[Optional[str]] = mapped_column(String(16))
+    last_backup_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
     source_groups: Mapped[list[SourceGroup]] = relationship(
         back_populates="host", cascade="all, delete-orphan", passive_deletes=True

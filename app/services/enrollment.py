@@ -60,14 +60,9 @@ def mint_token(
 ) -> tuple[EnrollmentToken, str]:
     """Validate the Add-host input and mint a one-time token (TTL 1 h)."""
     hostname = validate.hostname(hostname, required=False)
-    repo_url = validate.text(repo_url, "repo_url", "Repository URL", required=True, max_length=1000)
-    repo_username = validate.text(
-        repo_username, "repo_username", "Repository username", required=False, max_length=255
+    repo_url, repo_username, repo_password = validate.repository(
+        repo_url, repo_username, repo_password
     )
-    if not isinstance(repo_password, str) or not repo_password:
-        validate.fail("repo_password", "Repository password is required.")
-    if len(repo_password) > 1024:
-        validate.fail("repo_password", "Repository password must be at most 1024 characters.")
     paths = validate.absolute_paths(paths)
     if hostname and db.session.scalar(select(Host.id).where(Host.hostname == hostname)):
         validate.fail("hostname", f"A host named {hostname} already exists.")

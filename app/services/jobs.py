@@ -12,12 +12,15 @@ from sqlalchemy import insert, select
 from app.extensions import db
 from app.models import AgentEvent, Host, Job, JobLog
 from app.secretbox import SecretBox
-from app.services import commands
+from app.services import commands, repository
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
 FINISHED_STATUSES = frozenset({"succeeded", "warning", "failed", "cancelled"})
 LOG_STREAMS = frozenset({"stdout", "stderr", "agent"})
+JOB_EVENT_TYPES = frozenset(
+    {"job.started", "job.progress", "job.finished", "repo.status", "snapshots.report", "repo.stats"}
+)
 MAX_LOG_TEXT = 16 * 1024
 
 
@@ -69,6 +72,7 @@ def request_cancel(box: SecretBox, job: Job, host: Host, *, now: datetime) -> No
         commands.enqueue(box, host, "job.cancel", payload={}, job=job, now=now)
     if job.status == "queued":
         _finish(job, "cancelled", now, error="Cancelled before it started.")
+        repository.note_backup_finished(host, job)
     db.session.flush()
 
 
@@ -99,11 +103,16 @@ class Event:
     data: dict
 
 
-def apply_event(host: Host, event: Event, *, now: datetime) -> Optional[tuple[str, str]]:
-    """Store and apply one event once. Returns (error code, message) when it is refused."""
+def apply_event(
+    host: Host, event: Event, *, now: datetime, box: Optional[SecretBox] = None
+) -> Optional[tuple[str, str]]:
+    """Store and apply one event once. Returns (error code, message) when it is refused.
+
+    ``box`` lets an event queue follow-up jobs (a missing repository gets an init job).
+    """
     if db.session.get(AgentEvent, event.event_id) is not None:
         return None  # seen before: acknowledged again, applied once
-    refusal = _apply(host, event, now)
+    refusal = _apply(host, event, now, box)
     db.session.add(
         AgentEvent(
             event_id=event.event_id,
@@ -127,33 +136,46 @@ def _job_of(host: Host, event: Event) -> Job | tuple[str, str]:
     return job
 
 
-def _apply(host: Host, event: Event, now: datetime) -> Optional[tuple[str, str]]:
-    if event.type == "repo.status":
-        status = str(event.data.get("status", ""))[:32]
-        if status not in {"ready", "missing", "error", "init_failed"}:
-            return ("invalid_event", f"Unknown repository status {status!r}.")
-        host.repo_status = status
-        host.repo_status_reason = (str(event.data.get("reason") or "")[:1000]) or None
-        return None
-    if event.type == "agent.spool_dropped":
-        from app.services import audit
+def _spool_dropped(host: Host, event: Event) -> None:
+    from app.services import audit
 
-        audit.record(
-            Actor.for_agent(host),
-            "agent.spool_dropped",
-            target_type="host",
-            target_id=host.id,
-            payload={
-                "events": int(event.data.get("events") or 0),
-                "log_records": int(event.data.get("log_records") or 0),
-            },
-        )
+    audit.record(
+        Actor.for_agent(host),
+        "agent.spool_dropped",
+        target_type="host",
+        target_id=host.id,
+        payload={
+            "events": _non_negative(event.data.get("events")),
+            "log_records": _non_negative(event.data.get("log_records")),
+        },
+    )
+
+
+def _non_negative(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _apply(
+    host: Host, event: Event, now: datetime, box: Optional[SecretBox]
+) -> Optional[tuple[str, str]]:
+    if event.type == "agent.spool_dropped":
+        _spool_dropped(host, event)
         return None
-    if not event.type.startswith("job."):
+    if event.type not in JOB_EVENT_TYPES:
         return ("invalid_event", f"Unknown event type {event.type!r}.")
     job = _job_of(host, event)
     if isinstance(job, tuple):
         return job
+    if event.type == "repo.status":
+        status = event.data.get("status")
+        reason = event.data.get("reason")
+        return repository.apply_status(
+            box, host, job, str(status)[:32], reason if isinstance(reason, str) else None, now
+        )
+    if event.type == "snapshots.report":
+        return repository.replace_snapshots(host, event.data, now=now)
+    if event.type == "repo.stats":
+        return repository.record_stats(host, job, event.data, now=event.ts)
     if event.type == "job.started":
         if job.status == "queued":
             job.status = "running"
@@ -162,26 +184,44 @@ def _apply(host: Host, event: Event, now: datetime) -> Optional[tuple[str, str]]
         return None
     if event.type == "job.progress":
         if not job.is_terminal:
-            job.progress = {k: v for k, v in event.data.items() if isinstance(k, str)}
+            job.progress = _progress(event.data)
         return None
-    if event.type == "job.finished":
-        status = event.data.get("status")
-        if status not in FINISHED_STATUSES:
-            return ("invalid_event", f"Unknown job status {status!r}.")
-        if job.is_terminal and job.status != "lost":
-            return None  # first terminal status wins; a real result replaces a "lost" guess
-        job.started_at = job.started_at or event.ts
-        _finish(job, status, event.ts, error=event.data.get("error") or None)
-        if status != "failed" and job.error and not event.data.get("error"):
-            job.error = None
-        exit_code = event.data.get("exit_code")
-        job.exit_code = exit_code if isinstance(exit_code, int) else None
-        stats = event.data.get("stats")
-        job.stats = stats if isinstance(stats, dict) else {}
-        dropped = event.data.get("lines_dropped")
-        job.lines_dropped = dropped if isinstance(dropped, int) and dropped > 0 else 0
-        return None
-    return ("invalid_event", f"Unknown event type {event.type!r}.")
+    return _job_finished(host, job, event)
+
+
+def _progress(data: dict) -> dict:
+    """Numbers and a few short paths; nothing else reaches the database."""
+    progress = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or len(key) > 32:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            progress[key] = value
+        elif key == "current_files" and isinstance(value, list):
+            progress[key] = [item[:1024] for item in value[:4] if isinstance(item, str)]
+    return progress
+
+
+def _job_finished(host: Host, job: Job, event: Event) -> Optional[tuple[str, str]]:
+    status = event.data.get("status")
+    if status not in FINISHED_STATUSES:
+        return ("invalid_event", f"Unknown job status {status!r}.")
+    if job.is_terminal and job.status != "lost":
+        return None  # first terminal status wins; a real result replaces a "lost" guess
+    job.started_at = job.started_at or event.ts
+    error = event.data.get("error")
+    _finish(job, status, event.ts, error=error if isinstance(error, str) and error else None)
+    if status != "failed" and job.error and not event.data.get("error"):
+        job.error = None
+    exit_code = event.data.get("exit_code")
+    job.exit_code = (
+        exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None
+    )
+    stats = event.data.get("stats")
+    job.stats = stats if isinstance(stats, dict) else {}
+    job.lines_dropped = _non_negative(event.data.get("lines_dropped"))
+    repository.note_backup_finished(host, job)
+    return None
 
 
 # --- log records ---------------------------------------------------------------------------

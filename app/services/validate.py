@@ -70,3 +70,16 @@ def absolute_paths(value, field: str = "paths") -> list[str]:
     if len(paths) > 100:
         fail(field, "At most 100 paths.")
     return paths
+
+
+def repository(url, username, password) -> tuple[str, str | None, str]:
+    """The repository connection an operator typed: URL, optional user, password."""
+    url = text(url, "repo_url", "Repository URL", required=True, max_length=1000)
+    username = text(
+        username, "repo_username", "Repository username", required=False, max_length=255
+    )
+    if not isinstance(password, str) or not password:
+        fail("repo_password", "Repository password is required.")
+    if len(password) > 1024:
+        fail("repo_password", "Repository password must be at most 1024 characters.")
+    return url, username, password

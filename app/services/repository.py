@@ -1,0 +1,262 @@
+"""A host's repository as its agent reports it: bring-up, snapshot list, size history."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import delete, insert, select
+
+from app.extensions import db
+from app.models import Host, HostCredential, Job, RepoStats, Snapshot
+from app.secretbox import SecretBox
+from app.services import commands, validate
+from app.services.audit import Actor
+
+MAX_SNAPSHOTS = 100_000
+REPO_STATUSES = frozenset({"unknown", "ready", "missing", "initializing", "error", "init_failed"})
+BRING_UP_KINDS = ("probe", "init")
+_HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$", re.IGNORECASE
+)
+
+Refusal = Optional[tuple[str, str]]
+
+
+def parse_restic_time(value: Any) -> Optional[datetime]:
+    """restic's RFC 3339 times carry nanoseconds; Python takes microseconds."""
+    if not isinstance(value, str):
+        return None
+    match = _RFC3339.match(value.strip())
+    if not match:
+        return None
+    day, clock, fraction, zone = match.groups()
+    micro = (fraction or ".0")[1:7].ljust(6, "0")
+    zone = "+00:00" if not zone or zone.upper() == "Z" else zone
+    if len(zone) == 5:
+        zone = zone[:3] + ":" + zone[3:]
+    try:
+        parsed = datetime.fromisoformat(f"{day}T{clock}.{micro}{zone}")
+    except ValueError:
+        return None
+    return parsed.astimezone(timezone.utc)
+
+
+# --- bring-up ----------------------------------------------------------------------------
+
+
+def active_job(host: Host, kinds: tuple[str, ...]) -> Optional[Job]:
+    return db.session.scalar(
+        select(Job)
+        .where(Job.host_id == host.id, Job.kind.in_(kinds), Job.status.in_(("queued", "running")))
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+
+
+def dispatch_probe(box: SecretBox, host: Host, *, actor: Actor, now: datetime) -> Job:
+    """Check the repository (and initialise it if it is missing); one bring-up at a time."""
+    from app.services.jobs import create_job
+
+    running = active_job(host, BRING_UP_KINDS)
+    if running is not None:
+        return running
+    host.repo_status = "unknown"
+    host.repo_status_reason = None
+    return create_job(box, host, "probe", params={}, actor=actor, now=now)
+
+
+def ensure_brought_up(box: SecretBox, host: Host, *, now: datetime) -> Optional[Job]:
+    """On connect: a host whose repository was never checked gets a probe."""
+    if host.repo_status != "unknown":
+        return None
+    return dispatch_probe(box, host, actor=Actor.system("repository bring-up"), now=now)
+
+
+def apply_status(
+    box: Optional[SecretBox], host: Host, job: Job, status: str, reason: Optional[str], now
+) -> Refusal:
+    if status not in REPO_STATUSES - {"unknown", "initializing"}:
+        return ("invalid_event", f"Unknown repository status {status!r}.")
+    host.repo_status = status
+    host.repo_status_reason = (reason or "")[:1000] or None
+    if status == "missing" and job.kind == "probe" and box is not None:
+        from app.services.jobs import create_job
+
+        if active_job(host, ("init",)) is None:
+            create_job(
+                box, host, "init", params={}, actor=Actor.system("repository bring-up"), now=now
+            )
+        host.repo_status = "initializing"
+        host.repo_status_reason = None
+    return None
+
+
+# --- snapshots ---------------------------------------------------------------------------
+
+
+def _string(item: dict, key: str, limit: int) -> Optional[str]:
+    value = item.get(key)
+    return value[:limit] if isinstance(value, str) and value else None
+
+
+def _string_list(item: dict, key: str) -> list[str]:
+    value = item.get(key)
+    if not isinstance(value, list):
+        return []
+    return [entry[:4096] for entry in value[:1000] if isinstance(entry, str)]
+
+
+def _snapshot_row(host: Host, item: Any, index: int, now: datetime) -> dict | str:
+    if not isinstance(item, dict):
+        return f"snapshots[{index}] must be an object"
+    snapshot_id = item.get("id")
+    if not isinstance(snapshot_id, str) or not _HEX_ID.match(snapshot_id):
+        return f"snapshots[{index}].id must be a hexadecimal restic id"
+    taken = parse_restic_time(item.get("time"))
+    if taken is None:
+        return f"snapshots[{index}].time must be an RFC 3339 time"
+    summary = item.get("summary")
+    return {
+        "host_id": host.id,
+        "snapshot_id": snapshot_id,
+        "short_id": (_string(item, "short_id", 16) or snapshot_id[:8]),
+        "time": taken,
+        "hostname": _string(item, "hostname", 255),
+        "username": _string(item, "username", 255),
+        "paths": _string_list(item, "paths"),
+        "tags": _string_list(item, "tags"),
+        "parent": _string(item, "parent", 64),
+        "tree": _string(item, "tree", 64),
+        "program_version": _string(item, "program_version", 64),
+        "summary": summary if isinstance(summary, dict) else None,
+        "reported_at": now,
+    }
+
+
+def replace_snapshots(host: Host, data: dict, *, now: datetime) -> Refusal:
+    """The agent's list is complete: it replaces the host's list in one transaction."""
+    items = data.get("snapshots")
+    if not isinstance(items, list) or len(items) > MAX_SNAPSHOTS:
+        return ("invalid_event", f"snapshots must be a list of at most {MAX_SNAPSHOTS}.")
+    rows, seen = [], set()
+    for index, item in enumerate(items):
+        row = _snapshot_row(host, item, index, now)
+        if isinstance(row, str):
+            return ("invalid_event", row)
+        if row["snapshot_id"] not in seen:
+            seen.add(row["snapshot_id"])
+            rows.append(row)
+    db.session.execute(delete(Snapshot).where(Snapshot.host_id == host.id))
+    if rows:
+        db.session.execute(insert(Snapshot), rows)
+    host.snapshot_count = len(rows)
+    host.latest_snapshot_at = max((row["time"] for row in rows), default=None)
+    return None
+
+
+def snapshots_of(host: Host, *, tag: Optional[str] = None, limit: Optional[int] = None):
+    query = (
+        select(Snapshot)
+        .where(Snapshot.host_id == host.id)
+        .order_by(Snapshot.time.desc(), Snapshot.id.desc())
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    snapshots = list(db.session.scalars(query))
+    if tag:
+        snapshots = [snapshot for snapshot in snapshots if tag in (snapshot.tags or [])]
+    return snapshots
+
+
+# --- size history ------------------------------------------------------------------------
+
+
+def _count(data: dict, key: str, *, required: bool = False) -> int | str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return f"{key} must be a non-negative integer"
+    return value
+
+
+def record_stats(host: Host, job: Job, data: dict, *, now: datetime) -> Refusal:
+    fields = {}
+    for key in ("total_size", "total_uncompressed_size", "total_blob_count", "snapshots_count"):
+        value = _count(data, key, required=key == "total_size")
+        if isinstance(value, str):
+            return ("invalid_event", value)
+        fields[key] = value
+    ratio = data.get("compression_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))):
+        return ("invalid_event", "compression_ratio must be a number")
+    db.session.add(
+        RepoStats(host_id=host.id, job_id=job.id, taken_at=now, compression_ratio=ratio, **fields)
+    )
+    host.repo_size_bytes = fields["total_size"]
+    return None
+
+
+def size_history(host: Host, limit: int = 90) -> list[RepoStats]:
+    rows = db.session.scalars(
+        select(RepoStats)
+        .where(RepoStats.host_id == host.id)
+        .order_by(RepoStats.taken_at.desc(), RepoStats.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(rows)))
+
+
+def note_backup_finished(host: Host, job: Job) -> None:
+    """The dashboard's "last backup" columns."""
+    if job.kind != "backup" or (host.last_backup_job_id or 0) > job.id:
+        return
+    host.last_backup_job_id = job.id
+    host.last_backup_status = job.status
+    host.last_backup_at = job.finished_at
+
+
+# --- credentials -------------------------------------------------------------------------
+
+
+def credential_of(host: Host, kind: str = "everyday") -> Optional[HostCredential]:
+    return db.session.scalar(
+        select(HostCredential).where(HostCredential.host_id == host.id, HostCredential.kind == kind)
+    )
+
+
+def save_credentials(
+    box: SecretBox, host: Host, *, url, username, password, now: datetime
+) -> HostCredential:
+    """New everyday credentials: sealed here, pushed to the agent, then re-checked (NS-03).
+
+    The probe is queued at once when no bring-up runs; otherwise the next connect of the
+    agent queues it (the status stays ``unknown`` until then).
+    """
+    url, username, password = validate.repository(url, username, password)
+    credential = credential_of(host)
+    if credential is None:
+        credential = HostCredential(host_id=host.id, kind="everyday", sealed_password=b"")
+        db.session.add(credential)
+    credential.repo_url = url
+    credential.username = username
+    credential.updated_at = now
+    db.session.flush()
+    credential.sealed_password = box.seal(
+        password, table="host_credentials", column="password", row_id=credential.id
+    )
+    commands.enqueue(
+        box,
+        host,
+        "config.update",
+        payload={"repository": {"url": url, "username": username}},
+        secret_payload={"repository": {"password": password}},
+        now=now,
+    )
+    host.repo_status = "unknown"
+    host.repo_status_reason = None
+    db.session.flush()
+    return credential
