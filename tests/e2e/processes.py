@@ -104,3 +104,63 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class AgentProcess:
+    """The agent from this checkout (`python -m agent`) with its own home directory."""
+
+    def __init__(self, home: Path, log_path: Path, **env: str):
+        self.home = home
+        self.log_path = log_path
+        self.env = clean_env(RM_AGENT_START_DELAY="0", **env)
+        self.process = None
+
+    def enroll(self, server_url: str, token: str) -> None:
+        command = [sys.executable, "-m", "agent", "--home", str(self.home), "enroll"]
+        command.extend(["--server", server_url, "--token", token])
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent", "--home", str(self.home), "run"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+            )
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def write_tree(root: Path, files: int, size: int = 512, random_bytes: bool = False) -> Path:
+    """``files`` files of ``size`` bytes spread over 100-file directories under ``root``."""
+    for number in range(files):
+        directory = root / f"d{number // 100:04d}"
+        if number % 100 == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+        content = (
+            os.urandom(size)
+            if random_bytes
+            else (f"file {number}\n" * (size // 10 + 1)).encode()[:size]
+        )
+        (directory / f"f{number:06d}.dat").write_bytes(content)
+    return root
