@@ -1,4 +1,4 @@
-"""Host pages: Add host (enrollment tokens) and, later, the host page itself."""
+"""Host pages: Add host (enrollment tokens) and the host page."""
 
 from flask import Blueprint
 

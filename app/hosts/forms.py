@@ -1,9 +1,17 @@
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, StringField, TextAreaField
+from wtforms import (
+    BooleanField,
+    IntegerField,
+    PasswordField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 from app.services import validate
 from app.services.errors import ValidationFailed
+from app.services.job_params import KEEP_COUNTS
 
 
 def _absolute_paths(form, field):
@@ -45,4 +53,201 @@ class AddHostForm(FlaskForm):
         validators=[Optional(), Length(max=20000), _absolute_paths],
         description="One absolute path per line, e.g. /etc and /home. They become the host's "
         "“default” source group; you can change them later.",
+    )
+
+
+# --- host page ---------------------------------------------------------------------------
+# The rules themselves live in app/services/job_params.py (shared with the JSON API); these
+# forms only carry what the operator typed to it and show its messages next to the fields.
+
+
+class RunForm(FlaskForm):
+    """One "Run now" form per job kind; ``prefix`` keeps their field ids apart on one page."""
+
+    class Meta:
+        csrf = False  # every POST is CSRF-checked before it reaches a view (app/__init__.py)
+
+    kind = ""
+    title = ""
+    description = ""
+    button = "Run"
+
+    def __init__(self, host=None, **kwargs):
+        super().__init__(prefix=self.kind, **kwargs)
+
+    def params(self) -> dict:
+        return {}
+
+    def apply_errors(self, fields: dict) -> list[str]:
+        """Put the service's field errors on our fields; return the ones that fit none."""
+        unplaced = []
+        for name, messages in fields.items():
+            short = name.removeprefix("params.").removeprefix("policy.")
+            field = self._fields.get(short)
+            if field is None:
+                unplaced.extend(messages)
+            else:
+                field.errors = [*field.errors, *messages]
+        return unplaced
+
+
+def _number(label: str, description: str = ""):
+    return IntegerField(
+        label,
+        validators=[Optional()],
+        description=description,
+        render_kw={"min": 0, "inputmode": "numeric"},
+    )
+
+
+class BackupForm(RunForm):
+    kind = "backup"
+    title = "Backup"
+    description = "Back up one source group now."
+    button = "Start backup"
+    group = SelectField("Source group", validate_choice=False)
+    limit_upload_kib = _number("Upload limit (KiB/s)", "Empty for no limit.")
+    limit_download_kib = _number("Download limit (KiB/s)", "Empty for no limit.")
+
+    def __init__(self, host=None, **kwargs):
+        super().__init__(host, **kwargs)
+        groups = sorted(host.source_groups, key=lambda g: (g.name != "default", g.name))
+        self.group.choices = [
+            (group.name, f"{group.name} — {', '.join(group.includes) or 'no paths'}")
+            for group in groups
+        ]
+
+    def params(self) -> dict:
+        return {
+            "group": self.group.data or "default",
+            "limit_upload_kib": self.limit_upload_kib.data,
+            "limit_download_kib": self.limit_download_kib.data,
+        }
+
+
+class ForgetForm(RunForm):
+    kind = "forget"
+    title = "Forget"
+    description = (
+        "Remove snapshots the retention policy does not keep. The data stays in the "
+        "repository until a prune."
+    )
+    button = "Apply policy"
+    keep_last = _number("Last")
+    keep_hourly = _number("Hourly")
+    keep_daily = _number("Daily")
+    keep_weekly = _number("Weekly")
+    keep_monthly = _number("Monthly")
+    keep_yearly = _number("Yearly")
+    keep_within = StringField(
+        "Keep within",
+        validators=[Optional(), Length(max=32)],
+        description="A duration such as 1y6m, 30d or 12h.",
+    )
+    tags = StringField(
+        "Only snapshots tagged",
+        validators=[Optional(), Length(max=1000)],
+        description="Comma-separated; empty for every snapshot.",
+    )
+    dry_run = BooleanField(
+        "Dry run: only show what would be removed",
+        default=True,
+    )
+
+    def params(self) -> dict:
+        policy = {
+            name: getattr(self, name).data
+            for name in KEEP_COUNTS
+            if getattr(self, name).data is not None
+        }
+        if self.keep_within.data:
+            policy["keep_within"] = self.keep_within.data.strip()
+        return {"policy": policy, "tags": self.tags.data or "", "dry_run": bool(self.dry_run.data)}
+
+
+class PruneForm(RunForm):
+    kind = "prune"
+    title = "Prune"
+    description = "Delete data no snapshot uses any more. Locks the repository while it runs."
+    button = "Start prune"
+
+
+class CheckForm(RunForm):
+    kind = "check"
+    title = "Check"
+    description = "Verify the repository's structure and, optionally, read back part of the data."
+    button = "Start check"
+    read_data_subset = StringField(
+        "Read data subset",
+        validators=[Optional(), Length(max=32)],
+        description="e.g. 10%, 1/5 or 500M; empty checks the structure only.",
+    )
+
+    def params(self) -> dict:
+        return {"read_data_subset": self.read_data_subset.data or None}
+
+
+class UnlockForm(RunForm):
+    kind = "unlock"
+    title = "Unlock"
+    description = "Remove stale locks left behind by a restic that was killed."
+    button = "Unlock"
+    remove_all = BooleanField(
+        "Remove all locks, also those of restic processes that are still running",
+        description="Only when you are sure nothing else uses the repository: removing a "
+        "live lock can corrupt it.",
+    )
+
+    def params(self) -> dict:
+        return {"remove_all": bool(self.remove_all.data)}
+
+
+class StatsForm(RunForm):
+    kind = "stats"
+    title = "Stats"
+    description = "Measure the repository's size (restic stats --mode raw-data)."
+    button = "Measure"
+
+
+class SnapshotsForm(RunForm):
+    kind = "snapshots"
+    title = "Snapshots"
+    description = "Read the snapshot list from the repository again."
+    button = "Refresh list"
+
+
+RUN_FORMS: dict[str, type[RunForm]] = {
+    form.kind: form
+    for form in (
+        BackupForm,
+        ForgetForm,
+        PruneForm,
+        CheckForm,
+        UnlockForm,
+        StatsForm,
+        SnapshotsForm,
+    )
+}
+
+
+class RepositoryForm(FlaskForm):
+    """New everyday credentials; field names match ``validate.repository``'s messages."""
+
+    repo_url = StringField(
+        "Repository URL",
+        validators=[
+            DataRequired(message="Which repository should this host use?"),
+            Length(max=1000),
+        ],
+        description="The whole URL, also when only the password changes.",
+    )
+    repo_username = StringField(
+        "Repository username",
+        validators=[Optional(), Length(max=255)],
+        description="Only for repositories that need one.",
+    )
+    repo_password = PasswordField(
+        "Repository password",
+        validators=[DataRequired(message="Give the repository password."), Length(max=1024)],
+        description="Sealed on the server and on the host; never shown again.",
     )

@@ -2,24 +2,58 @@
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, render_template
-from sqlalchemy import select, text
+from datetime import timedelta
+
+from flask import current_app, jsonify, make_response, render_template, request, url_for
+from sqlalchemy import text
 
 from app.access import Role, public, require_role
 from app.extensions import db
-from app.models import Host
 from app.models.types import utcnow
-from app.web import bp
+from app.web import bp, fleet
+from app.web.formatting import FILTERS
+
+for _name, _function in FILTERS.items():
+    bp.add_app_template_filter(_function, _name)
+
+
+@bp.app_template_global()
+def job_url(job_id: int) -> str:
+    """The job page (served by the jobs blueprint)."""
+    return f"{request.script_root}/jobs/{int(job_id)}"
+
+
+def refresh_requested(region: str) -> bool:
+    """app.js asks for its regions by id; answer with just the fragment then."""
+    wanted = request.headers.get("X-Refresh-Regions", "")
+    return region in {name.strip() for name in wanted.split(",")}
 
 
 @bp.route("/")
 @require_role(Role.viewer)
 def dashboard():
-    hosts = list(db.session.scalars(select(Host).order_by(Host.hostname)))
     now = utcnow()
-    offline_after = current_app.config["RM_OFFLINE_AFTER_SECONDS"]
-    rows = [(host, host.status(now, offline_after)) for host in hosts]
-    return render_template("dashboard.html", rows=rows)
+    rows = fleet.load_rows(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"])
+    query = fleet.FleetQuery.from_args(request.args)
+    tags = fleet.all_tags(rows)
+    context = {
+        "now": now,
+        "query": query,
+        "rows": fleet.apply(rows, query),
+        "fleet_size": len(rows),
+        "summary": fleet.summarize(rows, fleet.job_counts_since(now - timedelta(hours=24))),
+        "tags": tags,
+        "return_to": url_for("web.dashboard", **query.args()),
+        # built once, not per row: the table may have thousands of rows
+        "host_prefix": f"{request.script_root}/hosts/",
+        "tag_urls": {tag: url_for("web.dashboard", **query.args(tag=tag)) for tag in tags},
+    }
+    if refresh_requested("fleet"):
+        response = make_response(render_template("_fleet.html", **context))
+    else:
+        response = make_response(render_template("dashboard.html", **context))
+    response.vary.add("X-Refresh-Regions")
+    return response
 
 
 @bp.route("/healthz")

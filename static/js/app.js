@@ -32,18 +32,52 @@ document.addEventListener("submit", function (event) {
 });
 
 // Regions marked data-refresh="N" reload themselves every N seconds without a full page load.
-document.querySelectorAll("[data-refresh]").forEach(function (region) {
-  const seconds = Math.max(2, parseInt(region.getAttribute("data-refresh"), 10) || 5);
-  const refresh = function () {
-    if (document.hidden) return;
-    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (response) { return response.ok ? response.text() : null; })
+// One fetch per address (data-refresh-url, else this page's own, query string included)
+// updates every region by id. Nothing is fetched while the tab is hidden, and a region is
+// left alone while someone is typing in it.
+(function () {
+  const regions = Array.from(document.querySelectorAll("[data-refresh][id]"));
+  if (!regions.length) return;
+  const seconds = Math.max(2, Math.min.apply(null, regions.map(function (region) {
+    return parseInt(region.getAttribute("data-refresh"), 10) || 5;
+  })));
+  const groups = new Map();
+  regions.forEach(function (region) {
+    const url = region.getAttribute("data-refresh-url") || window.location.href;
+    if (!groups.has(url)) groups.set(url, []);
+    groups.get(url).push(region);
+  });
+  const editing = function (region) {
+    const active = document.activeElement;
+    return active && region.contains(active) && active.matches("input, select, textarea");
+  };
+  const load = function (url, members) {
+    const ids = members.map(function (region) { return region.id; }).join(",");
+    return fetch(url, {
+      credentials: "same-origin",
+      headers: { "Accept": "text/html", "X-Refresh-Regions": ids },
+    })
+      .then(function (response) { return response.ok && !response.redirected ? response.text() : null; })
       .then(function (html) {
         if (!html) return;
-        const fresh = new DOMParser().parseFromString(html, "text/html").getElementById(region.id);
-        if (fresh) region.innerHTML = fresh.innerHTML;
+        const page = new DOMParser().parseFromString(html, "text/html");
+        members.forEach(function (region) {
+          const fresh = page.getElementById(region.id);
+          if (fresh && !editing(region) && fresh.innerHTML !== region.innerHTML) {
+            region.innerHTML = fresh.innerHTML;
+          }
+        });
       })
       .catch(function () { /* offline for a moment: try again next tick */ });
   };
+  let busy = false;
+  const refresh = function () {
+    if (document.hidden || busy) return;
+    busy = true;
+    const pending = [];
+    groups.forEach(function (members, url) { pending.push(load(url, members)); });
+    Promise.all(pending).then(function () { busy = false; });
+  };
   setInterval(refresh, seconds * 1000);
-});
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(); });
+})();

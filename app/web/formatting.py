@@ -1,0 +1,139 @@
+"""How numbers, times and jobs read on the pages (Jinja filters; pure functions)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+REPO_STATUS_WORDS = {
+    "ready": "ready",
+    "unknown": "checking",
+    "initializing": "initialising",
+    "missing": "missing",
+    "error": "error",
+    "init_failed": "init failed",
+}
+HOST_STATUS_WORDS = {"online": "online", "offline": "offline", "never_seen": "never seen"}
+
+
+def human_bytes(value: Optional[int]) -> str:
+    """1536 -> '1.5 KiB'; None -> '—' (never measured)."""
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in _UNITS:
+        if abs(size) < 1024 or unit == _UNITS[-1]:
+            break
+        size /= 1024
+    if unit == "B":
+        return f"{int(size)} B"
+    return f"{size:.1f} {unit}" if size < 100 else f"{size:.0f} {unit}"
+
+
+def human_duration(seconds: Optional[float]) -> str:
+    """A short duration: '45 s', '3 min 5 s', '2 h 10 min', '3 d 4 h'."""
+    if seconds is None:
+        return "—"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def relative_time(then: Optional[datetime], now: datetime) -> str:
+    """'just now', '5 min ago', '3 h ago', '2 d ago'; 'never' for None."""
+    if then is None:
+        return "never"
+    seconds = (now - then).total_seconds()
+    if seconds < 0:
+        return "in the future"  # a clock skew on the host; say so rather than hide it
+    if seconds < 45:
+        return "just now"
+    if seconds < 3600:
+        return f"{max(1, round(seconds / 60))} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    return f"{int(seconds // 86400)} d ago"
+
+
+def utc(value: Optional[datetime]) -> str:
+    """The absolute time, for titles and tables: '2026-01-31 14:05 UTC'."""
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
+
+
+def job_duration(job) -> Optional[float]:
+    if job.started_at is None:
+        return None
+    end = job.finished_at
+    if end is None:
+        return None
+    return (end - job.started_at).total_seconds()
+
+
+def _stat(stats: dict, key: str) -> Any:
+    value = stats.get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def job_summary(job) -> str:
+    """One line about what a job did: snapshot and data added, kept/removed, or the error."""
+    stats = job.stats or {}
+    if job.status in ("failed", "lost", "cancelled") and job.error:
+        return job.error
+    if job.status == "running":
+        percent = _stat(job.progress or {}, "percent")
+        return f"{percent:.0f}% done" if percent is not None else "running"
+    if job.status == "queued":
+        return "waiting for the agent"
+    parts: list[str] = []
+    if job.kind == "backup":
+        snapshot = stats.get("snapshot_id")
+        if isinstance(snapshot, str) and snapshot:
+            parts.append(f"snapshot {snapshot[:8]}")
+        added = _stat(stats, "data_added")
+        if added is not None:
+            parts.append(f"{human_bytes(int(added))} added")
+        if job.status == "warning":
+            parts.append("some files could not be read")
+    elif job.kind == "forget":
+        kept, removed = _stat(stats, "kept"), _stat(stats, "removed")
+        if kept is not None or removed is not None:
+            parts.append(f"kept {kept or 0}, removed {removed or 0}")
+        if stats.get("dry_run") or (job.params or {}).get("dry_run"):
+            parts.append("dry run")
+    elif job.kind == "snapshots":
+        count = _stat(stats, "count")
+        if count is not None:
+            parts.append(f"{count} snapshot{'' if count == 1 else 's'}")
+    elif job.kind == "stats":
+        size = _stat(stats, "total_size")
+        if size is not None:
+            parts.append(f"{human_bytes(int(size))} in the repository")
+    elif job.kind == "check":
+        subset = (job.params or {}).get("read_data_subset")
+        parts.append(f"read {subset} of the data" if subset else "structure only")
+    elif job.kind == "unlock" and (job.params or {}).get("remove_all"):
+        parts.append("removed all locks")
+    if not parts and job.error:
+        parts.append(job.error)
+    return " · ".join(parts)
+
+
+FILTERS = {
+    "human_bytes": human_bytes,
+    "human_duration": human_duration,
+    "utc": utc,
+    "ago": relative_time,
+    "job_summary": job_summary,
+    "job_duration": job_duration,
+    "repo_status_word": lambda status: REPO_STATUS_WORDS.get(status, status or "—"),
+    "host_status_word": lambda status: HOST_STATUS_WORDS.get(status, status),
+}
