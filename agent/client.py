@@ -183,7 +183,7 @@ class Client:
     def send_logs(
         self, job_id: int, attempt_id: str, first_seq: int, records: List[Dict[str, Any]]
     ) -> Dict[str, Any]:
-        """``POST /jobs/{id}/logs`` → ``{"committed_seq", "job_state", "truncated"}``.
+        """``POST /jobs/{id}/logs`` → ``{"committed_seq", "job_state", "truncated", "watched"}``.
 
         416 → :class:`Gap`, 409 → :class:`StaleAttempt`, 413 → :class:`PayloadTooLarge`.
         """

@@ -6,37 +6,21 @@ Every job emits ``job.started`` first and ``job.finished`` last (with ``final_se
 
 import logging
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from agent import facts
+from agent.config import ConfigError
+from agent.job import Job, JobFailed, JobResult, ResticSetup, RunningJob
+from agent.jobparams import InvalidParams
 from agent.jobspool import JobSpool
+from agent.kinds import KINDS
 from agent.restic import errors, execute
-from agent.restic.environment import Masker, restic_environment, secrets_of
-from agent.restic.probe import probe_argv
 from agent.spool import Spool
 
 CredentialsLoader = Callable[[], Optional[Dict[str, Any]]]
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JobResult:
-    status: str  # succeeded | warning | failed | cancelled
-    exit_code: Optional[int] = None
-    error: Optional[str] = None
-    stats: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunningJob:
-    job_id: int
-    attempt_id: str
-    kind: str
-    params: Dict[str, Any]
-    cancel: threading.Event = field(default_factory=threading.Event)
-    cancel_reason: Optional[str] = None
-    thread: Optional[threading.Thread] = None
+_UNKNOWN = object()
 
 
 class Runner:
@@ -48,6 +32,7 @@ class Runner:
         restic_binary: str = "restic",
         grace_seconds: float = execute.GRACE_SECONDS,
         on_job_end: Optional[Callable[[int], None]] = None,
+        restic_version: Any = _UNKNOWN,
     ):
         self.spool = spool
         self.load_credentials = load_credentials
@@ -57,9 +42,21 @@ class Runner:
         self.on_job_end = on_job_end
         self._lock = threading.Lock()
         self._jobs: Dict[int, RunningJob] = {}
-        self._kinds: Dict[str, Callable[[RunningJob, JobSpool], JobResult]] = {
-            "probe": self._run_probe,
-        }
+        self._version = restic_version
+        self._version_lock = threading.Lock()
+
+    @property
+    def restic_version(self) -> Optional[str]:
+        """The installed restic's version, asked once when first needed (``None``: unknown)."""
+        with self._version_lock:
+            if self._version is _UNKNOWN:
+                self._version = facts.restic_version(self.restic_binary)
+            return self._version
+
+    @restic_version.setter
+    def restic_version(self, version: Optional[str]) -> None:
+        with self._version_lock:
+            self._version = version
 
     # -- control -----------------------------------------------------------------------
 
@@ -128,15 +125,7 @@ class Runner:
         job_spool = self.spool.open_job(job.job_id, job.attempt_id)
         try:
             self.spool.add_event("job.started", job.job_id, job.attempt_id, {})
-            handler = self._kinds.get(job.kind)
-            if handler is None:
-                message = f"this agent version cannot run {job.kind} jobs"
-                job_spool.append("agent", message)
-                result = JobResult("failed", error=message)
-            else:
-                result = handler(job, job_spool)
-        except errors.ResticNotInstalled as error:
-            result = JobResult("failed", error=str(error))
+            result = self._run_kind(job, job_spool)
         except Exception as error:  # never leave a job without its job.finished
             log.exception("job %s: the agent failed while running it", job.job_id)
             result = JobResult("failed", error=f"agent error: {error.__class__.__name__}")
@@ -147,6 +136,29 @@ class Runner:
                 self._jobs.pop(job.job_id, None)
             if self.on_job_end is not None:
                 self.on_job_end(job.job_id)
+
+    def _run_kind(self, job: RunningJob, job_spool: JobSpool) -> JobResult:
+        """The one error funnel: what stops a job early becomes a failed result."""
+        handler = KINDS.get(job.kind)
+        try:
+            if handler is None:
+                raise JobFailed(f"this agent version cannot run {job.kind} jobs")
+            context = Job(job, job_spool, self.spool, self.load_credentials(), self._setup())
+            return handler(context)
+        except InvalidParams as error:
+            message = f"invalid {job.kind} parameters: {error}"
+        except (JobFailed, errors.ResticError, ConfigError) as error:
+            message = str(error)
+        job_spool.append("agent", message)
+        return JobResult("failed", error=message)
+
+    def _setup(self) -> ResticSetup:
+        return ResticSetup(
+            binary=self.restic_binary,
+            version=lambda: self.restic_version,
+            cache_dir=self.cache_dir,
+            grace_seconds=self.grace_seconds,
+        )
 
     def _finish(self, job_spool: JobSpool, result: JobResult) -> None:
         final_seq, lines_dropped = job_spool.finish()
@@ -160,50 +172,3 @@ class Runner:
         }
         self.spool.add_event("job.finished", job_spool.job_id, job_spool.attempt_id, data)
         log.info("job %s finished: %s", job_spool.job_id, result.status)
-
-    def _restic(self, job: RunningJob, job_spool: JobSpool, argv, credentials) -> execute.Outcome:
-        job_spool.append("agent", "$ " + " ".join(argv))
-        return execute.run(
-            argv,
-            restic_environment(credentials, self.cache_dir),
-            on_line=job_spool.append,
-            cancel=job.cancel,
-            masker=Masker(secrets_of(credentials)),
-            grace_seconds=self.grace_seconds,
-        )
-
-    # -- kinds -------------------------------------------------------------------------
-
-    def _run_probe(self, job: RunningJob, job_spool: JobSpool) -> JobResult:
-        """``restic cat config``: ready / missing (the probe worked) or an error."""
-        credentials = self.load_credentials()
-        if not credentials or not credentials.get("url"):
-            reason = "this host has no repository credentials yet"
-            self._repo_status(job, "error", reason)
-            return JobResult("failed", error=reason)
-        try:
-            outcome = self._restic(job, job_spool, probe_argv(self.restic_binary), credentials)
-        except errors.ResticNotInstalled as error:
-            self._repo_status(job, "error", str(error))
-            raise
-        if outcome.cancelled:
-            return JobResult("cancelled", outcome.exit_code, f"stopped: {job.cancel_reason}")
-        failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
-        if failure is None:
-            self._repo_status(job, "ready", None)
-            return JobResult("succeeded", outcome.exit_code)
-        if isinstance(failure, errors.RepositoryNotFound):
-            self._repo_status(job, "missing", str(failure))
-            return JobResult("succeeded", outcome.exit_code)
-        if isinstance(failure, errors.WrongPassword):
-            reason = "wrong repository password (or no matching key)"
-        elif isinstance(failure, errors.Interrupted):
-            reason = "restic was interrupted by a signal the agent did not send"
-        else:
-            reason = str(failure)
-        self._repo_status(job, "error", reason)
-        return JobResult("failed", outcome.exit_code, reason)
-
-    def _repo_status(self, job: RunningJob, status: str, reason: Optional[str]) -> None:
-        data = {"status": status, "reason": reason}
-        self.spool.add_event("repo.status", job.job_id, job.attempt_id, data)

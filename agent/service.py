@@ -24,6 +24,7 @@ from agent.client import (
 )
 from agent.config import (
     AgentConfig,
+    ConfigError,
     State,
     load_config,
     open_secret_store,
@@ -145,6 +146,7 @@ class Agent:
             if stop.wait(delay):
                 return 0
             self.facts = host_facts(self.restic_binary)
+            self.runner.restic_version = self.facts.get("restic_version")  # asked once
             self.uploader.flush_once_logged()  # spooled events before hello, if reachable
             uploader_thread = threading.Thread(
                 target=self.uploader.run, args=(uploader_stop,), name="uploader", daemon=True
@@ -259,17 +261,34 @@ class Agent:
         self._ack(command_id, result)
 
     def _config_update(self, command: Dict[str, Any]) -> str:
-        repository = (command.get("payload") or {}).get("repository")
-        if not isinstance(repository, dict) or not isinstance(repository.get("url"), str):
-            raise CommandRejected("config.update needs repository.url")
-        credentials = {
-            key: repository.get(key)
-            for key in ("url", "username", "password")
-            if isinstance(repository.get(key), str)
-        }
-        self.secrets.save(credentials)
+        """Seal the repository credentials; ``admin_repository`` is kept beside them.
+
+        ``admin_repository`` absent: unchanged; ``null``: removed; an object: replaced.
+        """
+        payload = command.get("payload") or {}
+        has_admin = "admin_repository" in payload
+        everyday = payload.get("repository")
+        if everyday is not None or not has_admin:
+            everyday = _repository_credentials(everyday, "repository")
+        admin = payload.get("admin_repository")
+        if admin is not None:
+            admin = _repository_credentials(admin, "admin_repository")
+        try:
+            stored = self.secrets.load() or {}
+        except ConfigError:
+            stored = {}  # unreadable: this update is what repairs it
+        if everyday is not None:
+            stored = dict(everyday, admin_repository=stored.get("admin_repository"))
+        if has_admin:
+            stored["admin_repository"] = admin
+        if stored.get("admin_repository") is None:
+            stored.pop("admin_repository", None)
+        self.secrets.save(stored)
         self.seen.record(command["command_id"])
-        log.info("repository credentials updated")
+        log.info(
+            "repository credentials updated (admin credentials: %s)",
+            "yes" if stored.get("admin_repository") else "no",
+        )
         return "accepted"
 
     def _job_run(self, command: Dict[str, Any]) -> str:
@@ -357,3 +376,14 @@ class Agent:
             self.status.update(running=self.running())
         except OSError:
             log.exception("could not write status.json")
+
+
+def _repository_credentials(repository: Any, name: str) -> Dict[str, str]:
+    """``{"url", "username", "password"}`` of a command payload; rejects a missing url."""
+    if not isinstance(repository, dict) or not isinstance(repository.get("url"), str):
+        raise CommandRejected(f"config.update needs {name}.url")
+    return {
+        key: repository[key]
+        for key in ("url", "username", "password")
+        if isinstance(repository.get(key), str)
+    }

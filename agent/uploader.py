@@ -2,11 +2,15 @@
 
 One thread, one batch in flight at a time. A ``job.finished`` event waits until its job's
 records are committed, so a watcher never sees a job end before its last lines.
+
+While the server says someone watches a running job (``"watched": true`` in the answer
+to its log records), flushes come every ``log_flush_watched_seconds`` instead of every
+``log_flush_seconds``; ``job.progress`` events, which never wake the uploader, go with them.
 """
 
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from agent.backoff import Backoff
 from agent.client import (
@@ -45,13 +49,14 @@ class Uploader:
         self._wake = threading.Event()
         self._event_batch = MAX_EVENTS_PER_BATCH
         self._record_batch: Dict[int, int] = {}
+        self._watched: Set[int] = set()  # job ids the server last said are watched
 
     def wake(self) -> None:
         """Flush now (a job ended, an event was spooled)."""
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Flush every ``log_flush_seconds`` (or when woken) until ``stop`` is set."""
+        """Flush every interval (or when woken) until ``stop`` is set."""
         delay = 0.0
         while not stop.is_set():
             self._wake.wait(timeout=delay)
@@ -62,7 +67,6 @@ class Uploader:
 
     def flush_once_logged(self) -> float:
         """One flush; returns how long to wait before the next one."""
-        interval = float(self.settings().get("log_flush_seconds", 10))
         try:
             self.flush()
         except Unauthorized as error:
@@ -80,7 +84,18 @@ class Uploader:
             return self.backoff.next_delay()
         self.backoff.reset()
         self.last_error = None
-        return interval
+        return self.flush_interval()
+
+    def flush_interval(self) -> float:
+        """``log_flush_watched_seconds`` while a running job is watched, else the normal one."""
+        settings = self.settings()
+        self._watched = {job_id for job_id in self._watched if self.is_running(job_id)}
+        if self._watched:
+            return float(settings.get("log_flush_watched_seconds", 1))
+        return float(settings.get("log_flush_seconds", 10))
+
+    def is_watched(self, job_id: int) -> bool:
+        return job_id in self._watched
 
     def flush(self) -> None:
         """Deliver everything deliverable now; raises the client error that stopped it."""
@@ -195,6 +210,10 @@ class Uploader:
             job.stop(f"refused: {error.code or error.status}")
             return False
         job.set_committed(int(answer.get("committed_seq") or 0))
+        if answer.get("watched") is True:
+            self._watched.add(job.job_id)
+        else:
+            self._watched.discard(job.job_id)
         if answer.get("truncated"):
             log.warning("job %s: the server's log cap is reached; no more records", job.job_id)
             job.stop("truncated")

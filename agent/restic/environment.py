@@ -31,12 +31,14 @@ def restic_environment(
     credentials: Optional[Mapping[str, Any]],
     cache_dir: Optional[Path] = None,
     base: Optional[Mapping[str, str]] = None,
+    progress_fps: float = 1,
 ) -> Dict[str, str]:
     """A new dict for ``Popen(env=...)``: a few safe variables plus the repository secrets."""
     base = os.environ if base is None else base
     env = {name: base[name] for name in _PASS_THROUGH if name in base}
     env.setdefault("PATH", DEFAULT_PATH)
-    env["RESTIC_PROGRESS_FPS"] = "1"  # restic prints 60 status lines a second otherwise
+    # restic prints 60 status lines a second otherwise, even to a pipe.
+    env["RESTIC_PROGRESS_FPS"] = f"{progress_fps:g}"
     if cache_dir is not None:
         env["RESTIC_CACHE_DIR"] = str(cache_dir)
     if credentials:

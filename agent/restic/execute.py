@@ -3,7 +3,8 @@
 restic runs with stdin closed (otherwise it waits for a password on stdin), a fresh
 environment built by :mod:`agent.restic.environment`, and both output streams read line by
 line on their own threads (a full pipe would block restic). Every line is masked before it
-goes anywhere.
+goes anywhere. Commands that print one JSON document (snapshots, forget, stats) have their
+stdout captured whole instead of handed out line by line.
 """
 
 import collections
@@ -21,6 +22,8 @@ from agent.restic.errors import ResticNotInstalled
 
 GRACE_SECONDS = 10.0
 TAIL_LINES = 20
+MAX_LINE_BYTES = 1024 * 1024  # a longer "line" is handed out in pieces
+MAX_CAPTURE_BYTES = 256 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
 
 LineHandler = Callable[[str, str], None]  # (stream, text)
@@ -33,6 +36,14 @@ class Outcome:
     stderr_tail: List[str] = field(default_factory=list)
     cancelled: bool = False  # we asked it to stop (SIGINT, maybe SIGKILL after the grace)
     killed: bool = False
+    timed_out: bool = False  # stopped like a cancel because ``timeout`` ran out
+    stdout: Optional[str] = None  # with ``capture_stdout``: everything restic printed there
+    stdout_complete: bool = True  # False when the capture hit MAX_CAPTURE_BYTES
+
+    @property
+    def signalled(self) -> bool:
+        """restic died of a signal (our SIGKILL, or someone else's)."""
+        return self.killed or (self.exit_code is not None and self.exit_code < 0)
 
 
 def run(
@@ -43,9 +54,17 @@ def run(
     masker: Optional[Masker] = None,
     grace_seconds: float = GRACE_SECONDS,
     cwd: Optional[str] = None,
+    capture_stdout: bool = False,
+    timeout: Optional[float] = None,
 ) -> Outcome:
-    """Run ``argv`` to completion; ``cancel`` set → SIGINT, SIGKILL after ``grace_seconds``."""
+    """Run ``argv`` to completion; ``cancel`` set → SIGINT, SIGKILL after ``grace_seconds``.
+
+    ``capture_stdout``: stdout goes to ``Outcome.stdout`` instead of ``on_line``.
+    ``timeout``: past it, restic is stopped as if cancelled (``Outcome.timed_out``).
+    """
     mask = masker or Masker([])
+    if cancel is not None and cancel.is_set():
+        return Outcome(exit_code=None, cancelled=True)  # never start what is already cancelled
     try:
         process = subprocess.Popen(
             list(argv),
@@ -61,16 +80,17 @@ def run(
     except PermissionError:
         raise ResticNotInstalled(f"{argv[0]} cannot be executed (permission denied)") from None
     stderr_tail: Deque[str] = collections.deque(maxlen=TAIL_LINES)
+    captured = _Capture() if capture_stdout else None
     readers = [
         threading.Thread(
             target=_pump,
-            args=(process.stdout, "stdout", on_line, mask, None),
+            args=(process.stdout, "stdout", on_line, mask, None, captured),
             name="restic-stdout",
             daemon=True,
         ),
         threading.Thread(
             target=_pump,
-            args=(process.stderr, "stderr", on_line, mask, stderr_tail),
+            args=(process.stderr, "stderr", on_line, mask, stderr_tail, None),
             name="restic-stderr",
             daemon=True,
         ),
@@ -78,6 +98,7 @@ def run(
     for reader in readers:
         reader.start()
     outcome = Outcome(exit_code=None)
+    started_at = time.monotonic()
     interrupted_at: Optional[float] = None
     while True:
         try:
@@ -85,8 +106,10 @@ def run(
             break
         except subprocess.TimeoutExpired:
             pass
-        if cancel is not None and cancel.is_set() and interrupted_at is None:
-            outcome.cancelled = True
+        cancelled = cancel is not None and cancel.is_set()
+        timed_out = timeout is not None and time.monotonic() - started_at > timeout
+        if interrupted_at is None and (cancelled or timed_out):
+            outcome.cancelled, outcome.timed_out = cancelled, not cancelled
             interrupted_at = time.monotonic()
             _signal(process, signal.SIGINT)
         elif (
@@ -100,6 +123,9 @@ def run(
     for reader in readers:
         reader.join(timeout=5)
     outcome.stderr_tail = list(stderr_tail)
+    if captured is not None:
+        outcome.stdout = mask(b"".join(captured.chunks).decode("utf-8", errors="replace"))
+        outcome.stdout_complete = not captured.overflowed
     return outcome
 
 
@@ -108,24 +134,64 @@ def _signal(process: subprocess.Popen, signal_number: int) -> None:
         process.send_signal(signal_number)
 
 
+class _Capture:
+    """stdout kept whole (bounded), for commands that print one JSON document."""
+
+    def __init__(self):
+        self.chunks: List[bytes] = []
+        self.size = 0
+        self.overflowed = False
+
+    def add(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > MAX_CAPTURE_BYTES:
+            self.overflowed = True
+            return
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+
 def _pump(
     pipe: IO[bytes],
     stream: str,
     on_line: Optional[LineHandler],
     mask: Masker,
     tail: Optional[Deque[str]],
+    capture: Optional[_Capture],
 ) -> None:
+    pending = b""
     with pipe:
         while True:
             chunk = pipe.readline(_READ_CHUNK)
-            if not chunk:
-                return
-            text = mask(chunk.decode("utf-8", errors="replace").rstrip("\r\n"))
-            if tail is not None:
-                tail.append(text)
-            if on_line is None:
+            if capture is not None:
+                if not chunk:
+                    return
+                capture.add(chunk)
                 continue
-            try:
-                on_line(stream, text)
-            except Exception:  # a reporting failure never stops restic
-                log.exception("could not record a line of restic output")
+            if chunk:
+                pending += chunk
+                if not chunk.endswith(b"\n") and len(pending) < MAX_LINE_BYTES:
+                    continue  # a long line arrives in several reads: hand it out whole
+            if pending:
+                _deliver(pending, stream, on_line, mask, tail)
+                pending = b""
+            if not chunk:
+                return  # EOF; a last line without newline (restic stopped) went out above
+
+
+def _deliver(
+    raw: bytes,
+    stream: str,
+    on_line: Optional[LineHandler],
+    mask: Masker,
+    tail: Optional[Deque[str]],
+) -> None:
+    # Masked after reassembly, so a secret split across two reads is still found.
+    text = mask(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+    if tail is not None:
+        tail.append(text)
+    if on_line is None:
+        return
+    try:
+        on_line(stream, text)
+    except Exception:  # a reporting failure never stops restic
+        log.exception("could not record a line of restic output")

@@ -5,28 +5,63 @@ from pathlib import Path
 
 import pytest
 from fake_agent_server import AGENT_TOKEN, FakeServer
+from restic_samples import FIXTURES
 
 from agent.config import State, merge_settings, new_secrets_key, write_config
 
 FAKE_RESTIC = """\
 #!{python}
+# A stand-in for restic: it behaves according to RESTIC_REPOSITORY and the subcommand,
+# mostly by replaying the real restic 0.14 captures in tests/agent/fixtures/restic/.
 import json, os, signal, sys, time
+
+FIXTURES = {fixtures!r}
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 with open({record!r}, "a") as handle:
     handle.write(json.dumps({{"argv": sys.argv, "env": dict(os.environ),
                              "stdin_eof": sys.stdin.read() == ""}}) + "\\n")
-if sys.argv[1:] == ["version"]:
-    print("restic 0.14.0 compiled with go1.19.8 on linux/amd64")
-    sys.exit(0)
+
+
+def replay(name):
+    text = open(os.path.join(FIXTURES, name)).read()
+    code = int(text.split("# exit code: ")[1].split("\\n")[0])
+    stdout = text.split("# ===== stdout =====\\n")[1].split("# ===== stderr =====\\n")[0]
+    sys.stdout.write(stdout)
+    sys.stdout.flush()
+    sys.stderr.write(text.split("# ===== stderr =====\\n")[1])
+    sys.exit(code)
+
+
+def version():
+    try:
+        return open(os.path.join(HERE, "version.txt")).read().strip()
+    except FileNotFoundError:
+        return "0.14.0"
+
+
+words = [word for word in sys.argv[1:] if not word.startswith("-")]
+command = words[0] if words else ""
 repo = os.environ.get("RESTIC_REPOSITORY", "")
 password = os.environ.get("RESTIC_PASSWORD", "")
-if repo == "fake:ready":
+if command == "version":
+    print("restic %s compiled with go1.19.8 on linux/amd64" % version())
+    sys.exit(0)
+if command == "unlock" and repo != "fake:locked":
+    replay("98_unlock_text_nothing_to_do.txt")
+if repo in ("fake:ready", "fake:warning", "fake:nolist") and command == "cat":
     print("{{")
     print('  "version": 2,')
     print('  "id": "e8cb0f49df7ea42150bfe1ccab270dd2561a35669ede0008ff435f6bf9d833a1"')
     print("}}")
     print("debug: using password " + password, file=sys.stderr)
     sys.exit(0)
+if repo == "fake:missing" and command == "init":
+    if "--json" in sys.argv:
+        print(json.dumps({{"message_type": "initialized", "id": "e8cb0f49df" + "0" * 54,
+                          "repository": "/srv/repo"}}))
+        sys.exit(0)
+    replay("01_init_json_unsupported.txt")
 if repo == "fake:missing":
     print("Fatal: unable to open config file: stat /srv/repo/config: no such file or directory",
           file=sys.stderr)
@@ -36,6 +71,25 @@ if repo == "fake:missing":
 if repo == "fake:wrongpw":
     print("Fatal: wrong password or no key found", file=sys.stderr)
     sys.exit(1)
+if repo == "fake:locked":
+    replay("E41_forget_blocked_by_stale_lock.txt")
+if repo == "fake:nolist" and command in ("snapshots", "stats"):
+    print("Fatal: unable to load index: connection reset by peer", file=sys.stderr)
+    sys.exit(1)
+if repo == "fake:warning" and command == "backup":
+    replay("22_backup_json_unreadable_files_exit3.txt")
+if repo in ("fake:ready", "fake:warning", "fake:nolist"):
+    replay({{
+        "init": "02_init_again_config_file_already_exists.txt",
+        "backup": "10_backup_json_first.txt",
+        "snapshots": "30_snapshots_json.txt",
+        "stats": "61_stats_json_raw_data.txt",
+        "forget": "90_forget_json_dry_run.txt" if "--dry-run" in sys.argv
+                  else "91_forget_json_keep_daily.txt",
+        "prune": "95_prune_text.txt",
+        "check": "82_check_read_data_subset.txt" if "--read-data-subset=1/2" in sys.argv
+                 else "80_check_text.txt",
+    }}.get(command, "E10_unsupported_backend.txt"))
 if repo.startswith("fake:chatty:"):
     for number in range(int(repo.rsplit(":", 1)[1])):
         print("line %d" % (number + 1))
@@ -47,10 +101,16 @@ if repo.startswith("fake:ticker:"):
     sys.exit(0)
 if repo == "fake:slow":
     def interrupted(signum, frame):
+        if command == "backup":  # stdout ends in the middle of a JSON line (sample E30)
+            sys.stdout.write('{{"message_type":"status","percent_done":0.3')
+            sys.stdout.flush()
         print("\\x1b[2Ksignal interrupt received, cleaning up", file=sys.stderr)
         sys.stderr.flush()
-        sys.exit(130)
+        os._exit(130)
     signal.signal(signal.SIGINT, interrupted)
+    if command == "backup":
+        print('{{"message_type":"status","percent_done":0.25,"total_files":6,'
+              '"total_bytes":900000000,"bytes_done":225000000}}', flush=True)
     print("working", flush=True)
     time.sleep(60)
     sys.exit(0)
@@ -59,6 +119,9 @@ if repo == "fake:stubborn":
     print("ignoring SIGINT", flush=True)
     time.sleep(60)
     sys.exit(0)
+if repo == "fake:oom":
+    print("working", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
 print("Fatal: parsing repository location failed: invalid backend", file=sys.stderr)
 sys.exit(1)
 """
@@ -86,7 +149,9 @@ def fake_restic(tmp_path):
     directory.mkdir()
     record = directory / "calls.ndjson"
     script = directory / "restic"
-    script.write_text(FAKE_RESTIC.format(python=sys.executable, record=str(record)))
+    script.write_text(
+        FAKE_RESTIC.format(python=sys.executable, record=str(record), fixtures=str(FIXTURES))
+    )
     script.chmod(0o755)
     return FakeRestic(script, record)
 
@@ -98,6 +163,10 @@ class FakeRestic:
 
     def __str__(self) -> str:
         return str(self.path)
+
+    def set_version(self, version: str) -> None:
+        """What ``restic version`` answers (0.14.0 until set)."""
+        (self.path.parent / "version.txt").write_text(version)
 
     def calls(self):
         import json

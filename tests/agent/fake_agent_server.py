@@ -48,6 +48,7 @@ class FakeServer:
         self.log_requests: List[Dict[str, Any]] = []
         self.stale_jobs: set = set()
         self.cancelling_jobs: set = set()
+        self.watched_jobs: set = set()  # answer "watched": true for these jobs' records
         self.truncate_at: Dict[int, int] = {}
         self.raw_bodies: List[bytes] = []
         self.timeline: List[str] = []  # the path of every request, in arrival order
@@ -164,7 +165,12 @@ class FakeServer:
                     break
                 stored.append({"seq": seq, **record})
             state = "cancelling" if job_id in self.cancelling_jobs else "running"
-            return 200, {"committed_seq": len(stored), "job_state": state, "truncated": truncated}
+            return 200, {
+                "committed_seq": len(stored),
+                "job_state": state,
+                "truncated": truncated,
+                "watched": job_id in self.watched_jobs,
+            }
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,26 +1,18 @@
 """restic wrapping: pure argv builders, the fresh environment, error classes, the one seam."""
 
+import json
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from restic_samples import sample
 
 from agent.restic import errors, execute
 from agent.restic.environment import Masker, restic_environment, secrets_of
 from agent.restic.probe import probe_argv
 from agent.restic.version import parse_version, version_argv
-
-FIXTURES = Path(__file__).parent / "fixtures" / "restic"
-
-
-def sample(name):
-    """(exit code, stdout lines, stderr lines) of a captured restic 0.14 run."""
-    text = (FIXTURES / name).read_text()
-    exit_code = int(text.split("# exit code: ")[1].split("\n")[0])
-    stdout = text.split("# ===== stdout =====\n")[1].split("# ===== stderr =====")[0]
-    stderr = text.split("# ===== stderr =====\n")[1]
-    return exit_code, stdout.splitlines(), stderr.splitlines()
 
 
 def test_probe_argv_is_exact():
@@ -144,7 +136,7 @@ def test_cancel_sends_sigint(fake_restic):
             cancel.set()
 
     outcome = execute.run(
-        (str(fake_restic), "backup"), restic_environment({"url": "fake:slow"}), on_line, cancel
+        (str(fake_restic), "check"), restic_environment({"url": "fake:slow"}), on_line, cancel
     )
     assert outcome.cancelled and not outcome.killed
     assert outcome.exit_code == 130
@@ -168,3 +160,47 @@ def test_cancel_kills_after_the_grace_when_sigint_is_ignored(fake_restic):
 def test_missing_binary_is_a_clear_error(tmp_path):
     with pytest.raises(errors.ResticNotInstalled, match="not installed"):
         execute.run((str(tmp_path / "no-restic"), "version"), {"PATH": "/nonexistent"})
+
+
+def test_a_long_line_is_handed_out_whole_and_masked_across_reads():
+    # The secret straddles the 64 KiB read boundary of the pump.
+    script = "import sys; sys.stdout.write('x' * 65530 + 'Secret-99' + 'y' * 100000 + '\\nend')"
+    lines = []
+    outcome = execute.run(
+        (sys.executable, "-c", script),
+        {"PATH": "/usr/bin:/bin"},
+        on_line=lambda stream, text: lines.append(text),
+        masker=Masker(["Secret-99"]),
+    )
+    assert outcome.exit_code == 0
+    assert [len(line) for line in lines] == [65530 + 6 + 100000, 3]
+    assert "******" in lines[0] and lines[1] == "end"  # the last line had no newline
+
+
+def test_captured_stdout_is_kept_whole_and_masked():
+    script = "print('[' + ','.join(['{\"id\": \"pw-Secret\"}'] * 20000) + ']')"
+    lines = []
+    outcome = execute.run(
+        (sys.executable, "-c", script),
+        {"PATH": "/usr/bin:/bin"},
+        on_line=lambda stream, text: lines.append(text),
+        masker=Masker(["pw-Secret"]),
+        capture_stdout=True,
+    )
+    assert lines == [] and outcome.stdout_complete
+    assert json.loads(outcome.stdout) == [{"id": "******"}] * 20000
+
+
+def test_timeout_stops_restic_like_a_cancel(fake_restic):
+    outcome = execute.run(
+        (str(fake_restic), "check"), restic_environment({"url": "fake:slow"}), timeout=0.3
+    )
+    assert outcome.timed_out and not outcome.cancelled and outcome.exit_code == 130
+
+
+def test_a_cancelled_job_never_starts_restic(fake_restic):
+    cancel = threading.Event()
+    cancel.set()
+    outcome = execute.run((str(fake_restic), "check"), {}, cancel=cancel)
+    assert outcome.cancelled and outcome.exit_code is None
+    assert fake_restic.calls() == []

@@ -297,3 +297,70 @@ def test_commands_seen_before_a_restart_are_duplicates(fake_server, agent_home, 
     again.handle_command(job_run(40))
     assert again.pending_acks() == [{"command_id": "c-run-40", "result": "duplicate"}]
     assert [call["argv"][1:] for call in fake_restic.calls()] == [["--no-lock", "cat", "config"]]
+
+
+def test_config_update_keeps_admin_credentials_beside_the_everyday_ones(agent_home, fake_restic):
+    agent = Agent(agent_home, restic_binary=str(fake_restic))
+    admin = {"url": "/srv/repo", "username": "admin", "password": "Admin-Secret-7"}
+    update = config_update("c1")
+    update["payload"]["admin_repository"] = admin
+    agent.handle_command(update)
+    assert agent.secrets.load() == {
+        "url": "fake:ready",
+        "username": "",
+        "password": REPO_PASSWORD,
+        "admin_repository": admin,
+    }
+    # Absent: the admin credentials stay; the everyday ones are replaced.
+    agent.handle_command(config_update("c2", url="fake:missing"))
+    stored = agent.secrets.load()
+    assert stored["url"] == "fake:missing" and stored["admin_repository"] == admin
+    # null removes them; a payload with only admin_repository keeps the everyday ones.
+    agent.handle_command(
+        {"command_id": "c3", "type": "config.update", "payload": {"admin_repository": None}}
+    )
+    assert "admin_repository" not in agent.secrets.load()
+    agent.handle_command(
+        {"command_id": "c4", "type": "config.update", "payload": {"admin_repository": admin}}
+    )
+    assert agent.secrets.load()["url"] == "fake:missing"
+    assert agent.secrets.load()["admin_repository"] == admin
+    agent.handle_command(
+        {
+            "command_id": "c5",
+            "type": "config.update",
+            "payload": {"admin_repository": {"password": "x"}},
+        }
+    )
+    assert [ack["result"] for ack in agent.pending_acks()] == ["accepted"] * 4 + ["rejected"]
+    assert agent.pending_acks()[-1]["reason"] == "config.update needs admin_repository.url"
+    assert b"Admin-Secret-7" not in (agent_home / "secrets.sealed").read_bytes()
+
+
+def test_backup_end_to_end_with_its_reports(fake_server, start_agent, fake_restic):
+    fake_restic.set_version("0.15.1")
+    fake_server.queue(config_update(url="fake:missing"))
+    fake_server.queue(job_run(20, kind="init"))
+    start_agent()
+    wait_for(lambda: fake_server.events_of(20, "job.finished"), timeout=20)
+    assert fake_server.events_of(20, "repo.status")[0]["data"]["status"] == "ready"
+    # The version asked at start-up gates init --json; restic is not asked again.
+    assert [call["argv"][1:] for call in fake_restic.calls()] == [["version"], ["init", "--json"]]
+
+    fake_server.queue(config_update("c-config-2", url="fake:ready"))
+    backup = job_run(21, kind="backup")
+    backup["payload"]["params"] = {"group": "default", "paths": ["/etc"], "tags": ["default"]}
+    fake_server.queue(backup)
+    (finished,) = wait_for(lambda: fake_server.events_of(21, "job.finished"), timeout=20)
+    types = [event["type"] for event in fake_server.events_of(21)]
+    assert types == [
+        "job.started",
+        "job.progress",
+        "snapshots.report",
+        "repo.stats",
+        "job.finished",
+    ]
+    assert finished["data"]["status"] == "succeeded"
+    assert len(finished["data"]["stats"]["snapshot_id"]) == 64
+    texts = [record["text"] for record in fake_server.logs[21]]
+    assert any(text.startswith("snapshot 39cddcb5 saved: 4 new") for text in texts)

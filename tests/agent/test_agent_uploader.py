@@ -102,3 +102,34 @@ def test_unreachable_server_keeps_everything_and_backs_off(fake_server, spool):
     fake_server.down = False
     assert uploader.flush_once_logged() == 0.2
     assert spool.event_count() == 0 and len(fake_server.logs[1]) == 3
+
+
+def test_a_watched_running_job_is_flushed_at_the_watched_interval(fake_server, spool):
+    running = {3}
+    uploader = Uploader(
+        Client(fake_server.url, agent_token=AGENT_TOKEN, poll_wait_seconds=1),
+        spool,
+        settings=lambda: {"log_flush_seconds": 10, "log_flush_watched_seconds": 1},
+        cancel_job=lambda job_id, attempt_id, reason: None,
+        is_running=lambda job_id: job_id in running,
+    )
+    job = spool.open_job(3, "a")
+    job.append("agent", "$ restic backup --json -- /etc")
+    assert uploader.flush_once_logged() == 10  # nobody watches
+    fake_server.watched_jobs.add(3)
+    job.append("stdout", "one more line")
+    assert uploader.flush_once_logged() == 1 and uploader.is_watched(3)
+    # Progress events ride along with these frequent flushes.
+    spool.add_event("job.progress", 3, "a", {"percent": 12.5})
+    assert uploader.flush_once_logged() == 1
+    assert fake_server.events_of(3, "job.progress")[0]["data"] == {"percent": 12.5}
+    # The answer to the next records says nobody watches any more …
+    fake_server.watched_jobs.clear()
+    job.append("stdout", "last line")
+    assert uploader.flush_once_logged() == 10
+    # … and a job that ended is not watched, whatever the server said last.
+    fake_server.watched_jobs.add(3)
+    job.append("stdout", "after")
+    assert uploader.flush_once_logged() == 1
+    running.clear()
+    assert uploader.flush_interval() == 10 and not uploader.is_watched(3)

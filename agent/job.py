@@ -1,0 +1,224 @@
+"""One job while it runs: its spool, its cancel flag, and the restic calls it makes."""
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from agent.jobspool import JobSpool
+from agent.restic import errors, execute
+from agent.restic.environment import Masker, restic_environment, secrets_of
+from agent.restic.messages import stderr_text
+from agent.restic.snapshots import parse_snapshots, snapshots_argv
+from agent.restic.stats import parse_raw_data_stats, stats_argv, stats_line
+from agent.restic.unlock import takes_lock, unlock_argv
+from agent.spool import Spool
+
+Credentials = Dict[str, Any]
+TextHandler = Callable[[str], None]
+CREDENTIAL_KEYS = ("url", "username", "password")
+UNLOCK_TIMEOUT_SECONDS = 300.0  # the clean-up unlock cannot be cancelled; it must end
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    status: str  # succeeded | warning | failed | cancelled
+    exit_code: Optional[int] = None
+    error: Optional[str] = None
+    stats: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunningJob:
+    job_id: int
+    attempt_id: str
+    kind: str
+    params: Dict[str, Any]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: Optional[str] = None
+    thread: Optional[threading.Thread] = None
+
+
+class JobFailed(Exception):
+    """The job cannot go on; ``str()`` is its ``error`` for people to read."""
+
+
+@dataclass
+class ResticSetup:
+    """How this agent runs restic (shared by every job)."""
+
+    binary: str = "restic"
+    version: Callable[[], Optional[str]] = lambda: None  # asked only by what needs it
+    cache_dir: Optional[Path] = None
+    grace_seconds: float = execute.GRACE_SECONDS
+
+
+class Job:
+    def __init__(
+        self,
+        running: RunningJob,
+        job_spool: JobSpool,
+        spool: Spool,
+        stored_credentials: Optional[Dict[str, Any]],
+        setup: ResticSetup,
+    ):
+        self.running = running
+        self.params = running.params
+        self.job_spool = job_spool
+        self.spool = spool
+        self.setup = setup
+        self._stored = stored_credentials or {}
+        admin = self._stored.get("admin_repository")
+        self._admin = _only_credentials(admin) if isinstance(admin, dict) else None
+        self.masker = Masker(secrets_of(self._stored) + secrets_of(self._admin))
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def log(self, text: str, stream: str = "agent") -> None:
+        self.job_spool.append(stream, text)
+
+    def emit(self, event_type: str, data: Dict[str, Any]) -> None:
+        self.spool.add_event(event_type, self.running.job_id, self.running.attempt_id, data)
+
+    # -- credentials -------------------------------------------------------------------
+
+    def credentials(self) -> Optional[Credentials]:
+        """The everyday repository credentials, if the server sent them."""
+        everyday = _only_credentials(self._stored)
+        return everyday if everyday.get("url") else None
+
+    def require_credentials(self, admin: bool = False) -> Credentials:
+        """Everyday credentials; with ``admin``, the admin ones when the host has them."""
+        if admin and self._admin and self._admin.get("url"):
+            self.log("using the admin credentials of the repository")
+            return self._admin
+        credentials = self.credentials()
+        if credentials is None:
+            raise JobFailed("this host has no repository credentials yet")
+        return credentials
+
+    # -- running restic ----------------------------------------------------------------
+
+    def restic(
+        self,
+        argv: Sequence[str],
+        credentials: Credentials,
+        on_stdout: Optional[TextHandler] = None,
+        on_stderr: Optional[TextHandler] = None,
+        capture: bool = False,
+        progress_fps: float = 1,
+    ) -> execute.Outcome:
+        """Run restic for this job: the command line and its output go to the job log.
+
+        A restic that died of a signal may leave a stale lock (0.14 to 0.16 do): the agent
+        then runs ``restic unlock`` at once, so the next job is not blocked.
+        """
+        self.log("$ " + " ".join(argv))
+        on_stdout = on_stdout or (lambda text: self.log(text, "stdout"))
+        on_stderr = on_stderr or (lambda text: self.log(stderr_text(text), "stderr"))
+
+        def on_line(stream: str, text: str) -> None:
+            (on_stdout if stream == "stdout" else on_stderr)(text)
+
+        outcome = execute.run(
+            argv,
+            restic_environment(credentials, self.setup.cache_dir, progress_fps=progress_fps),
+            on_line=on_line,
+            cancel=self.running.cancel,
+            masker=self.masker,
+            grace_seconds=self.setup.grace_seconds,
+            capture_stdout=capture,
+        )
+        if outcome.signalled and takes_lock(argv):
+            self._unlock_after_kill(credentials, outcome)
+        return outcome
+
+    def _unlock_after_kill(self, credentials: Credentials, outcome: execute.Outcome) -> None:
+        if outcome.killed:
+            why = "restic did not stop within the grace period and was killed (SIGKILL)"
+        else:
+            why = f"restic died of signal {-(outcome.exit_code or 0)}"
+        self.log(f"{why}; running restic unlock to remove the stale lock it may have left")
+        argv = unlock_argv(self.setup.binary)
+        self.log("$ " + " ".join(argv))
+        try:
+            unlocked = execute.run(
+                argv,
+                restic_environment(credentials, self.setup.cache_dir),
+                on_line=lambda stream, text: self.log(stderr_text(text), stream),
+                masker=self.masker,
+                grace_seconds=self.setup.grace_seconds,
+                timeout=UNLOCK_TIMEOUT_SECONDS,
+            )
+        except errors.ResticError as error:
+            self.log(f"restic unlock could not run: {error}")
+            return
+        failure = errors.classify(unlocked.exit_code, unlocked.stderr_tail)
+        if failure is None and not unlocked.timed_out:
+            self.log("restic unlock finished: stale locks are removed")
+        else:
+            reason = "it took too long" if unlocked.timed_out else errors.describe(failure)
+            self.log(f"restic unlock failed ({reason}); run an unlock job before the next one")
+
+    def query(self, argv: Sequence[str], credentials: Credentials) -> str:
+        """stdout of a restic command that prints one JSON document; raises ResticError."""
+        outcome = self.restic(argv, credentials, capture=True)
+        if outcome.cancelled:
+            raise errors.Interrupted(f"stopped: {self.running.cancel_reason}")
+        failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+        if failure is not None:
+            raise errors.ResticFailed(errors.describe(failure), outcome.exit_code)
+        return self.stdout_of(outcome)
+
+    @staticmethod
+    def stdout_of(outcome: execute.Outcome) -> str:
+        if not outcome.stdout_complete:
+            raise errors.UnexpectedOutput("restic printed more than the agent can read")
+        return outcome.stdout or ""
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def cancelled(self, outcome: execute.Outcome) -> JobResult:
+        reason = self.running.cancel_reason or "cancelled"
+        self.log(f"stopped ({reason})")
+        return JobResult("cancelled", outcome.exit_code, f"stopped: {reason}")
+
+    @staticmethod
+    def failed(outcome: execute.Outcome, failure: errors.ResticError) -> JobResult:
+        return JobResult("failed", outcome.exit_code, errors.describe(failure))
+
+    # -- reports after a job -----------------------------------------------------------
+
+    def report_snapshots(self) -> Optional[List[Dict[str, Any]]]:
+        """Send the complete snapshot list; a failure is logged, never the job's outcome."""
+        try:
+            stdout = self.query(snapshots_argv(self.setup.binary), self._follow_up())
+            snapshots = parse_snapshots(stdout)
+        except (errors.ResticError, JobFailed) as error:
+            self.log(f"could not report the snapshot list: {error}")
+            return None
+        self.emit("snapshots.report", {"snapshots": snapshots})
+        self.log(f"the repository has {len(snapshots)} snapshots")
+        return snapshots
+
+    def report_stats(self) -> Optional[Dict[str, Any]]:
+        """Send ``repo.stats``; a failure is logged, never the job's outcome."""
+        try:
+            stdout = self.query(stats_argv(self.setup.binary), self._follow_up())
+            stats = parse_raw_data_stats(stdout)
+        except (errors.ResticError, JobFailed) as error:
+            self.log(f"could not report the repository size: {error}")
+            return None
+        self.emit("repo.stats", stats)
+        self.log(stats_line(stats))
+        return stats
+
+    def _follow_up(self) -> Credentials:
+        # Read-only and --no-lock: the everyday credentials are enough, even after forget.
+        return self.require_credentials()
+
+
+def _only_credentials(source: Dict[str, Any]) -> Credentials:
+    return {key: source[key] for key in CREDENTIAL_KEYS if isinstance(source.get(key), str)}

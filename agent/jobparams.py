@@ -1,0 +1,141 @@
+"""The agent's own check of ``job.run`` params (docs/protocol.md, "Job kinds").
+
+The server validates them before it queues a job; the agent checks again, because a
+mistake here becomes a restic argument. Unknown keys are ignored, so a newer server can
+add optional params without breaking older agents.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+from agent.restic.forget import KEEP_FLAGS
+
+_KEEP_WITHIN = re.compile(r"^(\d+[ymdh])+$")
+_GROUP_BY_FIELDS = frozenset({"host", "paths", "tags"})
+_SUBSET = re.compile(r"^(?:(?P<n>\d+)/(?P<t>\d+)|(?P<pct>\d+(?:\.\d+)?)%|\d+[KMGTkmgt]?)$")
+
+
+class InvalidParams(ValueError):
+    """The params cannot be used; ``str()`` says which one and why."""
+
+
+@dataclass
+class BackupParams:
+    paths: List[str]
+    excludes: List[str] = field(default_factory=list)
+    tags: List[str] = field(default_factory=list)
+    limit_upload_kib: Optional[int] = None
+    limit_download_kib: Optional[int] = None
+    group: Optional[str] = None
+
+
+@dataclass
+class ForgetParams:
+    policy: Dict[str, Any]
+    tags: List[str] = field(default_factory=list)
+    group_by: Optional[str] = None
+    dry_run: bool = False
+
+
+def backup_params(params: Mapping[str, Any]) -> BackupParams:
+    paths = _strings(params, "paths")
+    if not paths:
+        raise InvalidParams("paths: at least one path to back up is needed")
+    for path in paths:
+        if not os.path.isabs(path):
+            raise InvalidParams(f"paths: {path!r} is not an absolute path")
+    tags = _strings(params, "tags")
+    for tag in tags:
+        if "," in tag:
+            raise InvalidParams(f"tags: {tag!r} contains a comma (restic would split it)")
+    group = params.get("group")
+    if group is not None and not isinstance(group, str):
+        raise InvalidParams("group: must be a string")
+    return BackupParams(
+        paths=paths,
+        excludes=_strings(params, "excludes"),
+        tags=tags,
+        limit_upload_kib=_limit(params, "limit_upload_kib"),
+        limit_download_kib=_limit(params, "limit_download_kib"),
+        group=group,
+    )
+
+
+def forget_params(params: Mapping[str, Any]) -> ForgetParams:
+    policy = params.get("policy")
+    if not isinstance(policy, dict):
+        raise InvalidParams("policy: must be an object with at least one keep rule")
+    rules: Dict[str, Any] = {}
+    for key, _flag in KEEP_FLAGS:
+        value = policy.get(key)
+        if value is None:
+            continue
+        if key == "keep_within":
+            if not isinstance(value, str) or not _KEEP_WITHIN.match(value):
+                raise InvalidParams(f"policy.keep_within: {value!r} is not like 1y2m3d4h")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidParams(f"policy.{key}: must be an integer of at least 1")
+        rules[key] = value
+    if not rules:
+        raise InvalidParams("policy: at least one keep rule is needed (nothing would be kept)")
+    group_by = params.get("group_by")
+    if group_by is not None and not _valid_group_by(group_by):
+        raise InvalidParams("group_by: a comma-separated list of host, paths, tags")
+    dry_run = params.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidParams("dry_run: must be true or false")
+    return ForgetParams(
+        policy=rules, tags=_strings(params, "tags"), group_by=group_by, dry_run=dry_run
+    )
+
+
+def read_data_subset(params: Mapping[str, Any]) -> Optional[str]:
+    """``check``'s ``read_data_subset``: ``None``, ``n/t``, ``x%`` or a size like ``500M``."""
+    value = params.get("read_data_subset")
+    if value is None:
+        return None
+    match = _SUBSET.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidParams(
+            f"read_data_subset: {value!r} is not n/t, a percentage (10%) or a size (500M)"
+        )
+    if match.group("t") is not None and not 1 <= int(match.group("n")) <= int(match.group("t")):
+        raise InvalidParams(f"read_data_subset: {value!r} needs 1 <= n <= t")
+    if match.group("pct") is not None and not 0 < float(match.group("pct")) <= 100:
+        raise InvalidParams(f"read_data_subset: {value!r} must be above 0% and at most 100%")
+    return value
+
+
+def remove_all(params: Mapping[str, Any]) -> bool:
+    """``unlock``'s ``remove_all`` (default false)."""
+    value = params.get("remove_all", False)
+    if not isinstance(value, bool):
+        raise InvalidParams("remove_all: must be true or false")
+    return value
+
+
+def _valid_group_by(value: Any) -> bool:
+    """``host,paths`` and the like; empty means one group for everything."""
+    return isinstance(value, str) and set(filter(None, value.split(","))) <= _GROUP_BY_FIELDS
+
+
+def _strings(params: Mapping[str, Any], key: str) -> List[str]:
+    value = params.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise InvalidParams(f"{key}: must be a list of non-empty strings")
+    if any("\0" in item for item in value):
+        raise InvalidParams(f"{key}: contains a NUL character")
+    return list(value)
+
+
+def _limit(params: Mapping[str, Any], key: str) -> Optional[int]:
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidParams(f"{key}: must be null or a whole number of KiB/s (0 = unlimited)")
+    return value or None

@@ -1,0 +1,208 @@
+"""What each job kind does (docs/protocol.md, "Job kinds"): restic, events, outcome.
+
+Every function takes the running :class:`~agent.job.Job` and returns its
+:class:`~agent.job.JobResult`. Wrong params raise ``InvalidParams`` and missing
+credentials ``JobFailed``; the runner turns both into a failed job.
+"""
+
+from typing import Callable, Dict, Optional
+
+from agent import jobparams
+from agent.job import Job, JobFailed, JobResult
+from agent.progress import BackupReporter
+from agent.restic import errors, execute
+from agent.restic.backup import backup_argv, summary_line
+from agent.restic.check import check_argv
+from agent.restic.forget import counts, forget_argv, group_lines, parse_forget
+from agent.restic.init import init_argv, repository_id
+from agent.restic.probe import probe_argv
+from agent.restic.prune import prune_argv
+from agent.restic.snapshots import full_id, parse_snapshots, snapshots_argv
+from agent.restic.stats import parse_raw_data_stats, stats_argv, stats_line
+from agent.restic.unlock import unlock_argv
+
+PARTIAL_BACKUP = "some source files could not be read; the snapshot was saved without them"
+BACKUP_PROGRESS_FPS = 2  # twice the event rate, so the 1 s throttle always has a fresh line
+
+
+def run_probe(job: Job) -> JobResult:
+    """``restic cat config``: ready / missing (the probe worked) or an error."""
+    try:
+        credentials = job.require_credentials()
+        outcome = job.restic(probe_argv(job.setup.binary), credentials)
+    except (JobFailed, errors.ResticNotInstalled) as error:
+        _repo_status(job, "error", str(error))
+        raise
+    if outcome.cancelled:
+        return job.cancelled(outcome)
+    failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+    if failure is None:
+        _repo_status(job, "ready", None)
+        return JobResult("succeeded", outcome.exit_code)
+    if isinstance(failure, errors.RepositoryNotFound):
+        _repo_status(job, "missing", str(failure))
+        return JobResult("succeeded", outcome.exit_code)
+    reason = errors.describe(failure)
+    _repo_status(job, "error", reason)
+    return JobResult("failed", outcome.exit_code, reason)
+
+
+def run_init(job: Job) -> JobResult:
+    """``restic init``; a repository that already exists counts as done."""
+    try:
+        credentials = job.require_credentials()
+        argv = init_argv(job.setup.binary, job.setup.version())
+        outcome = job.restic(argv, credentials, on_stdout=lambda text: _init_line(job, text))
+    except (JobFailed, errors.ResticNotInstalled) as error:
+        _repo_status(job, "init_failed", str(error))
+        raise
+    if outcome.cancelled:
+        return job.cancelled(outcome)
+    failure = errors.classify(outcome.exit_code, outcome.stderr_tail, "init")
+    if isinstance(failure, errors.AlreadyInitialised):
+        job.log("a repository already exists at this location: nothing to initialise")
+    elif failure is not None:
+        _repo_status(job, "init_failed", errors.describe(failure))
+        return job.failed(outcome, failure)
+    _repo_status(job, "ready", None)
+    return JobResult("succeeded", outcome.exit_code)
+
+
+def _init_line(job: Job, text: str) -> None:
+    # 0.15+ prints one JSON line; say it the way 0.14 does.
+    identifier = repository_id([text]) if text.startswith("{") else None
+    job.log(f"created restic repository {identifier}" if identifier else text, "stdout")
+
+
+def run_backup(job: Job) -> JobResult:
+    params = jobparams.backup_params(job.params)
+    credentials = job.require_credentials()
+    reporter = BackupReporter(job)
+    argv = backup_argv(
+        job.setup.binary,
+        params.paths,
+        params.excludes,
+        params.tags,
+        params.limit_upload_kib,
+        params.limit_download_kib,
+    )
+    outcome = job.restic(
+        argv,
+        credentials,
+        on_stdout=reporter.stdout_line,
+        on_stderr=reporter.stderr_line,
+        progress_fps=BACKUP_PROGRESS_FPS,
+    )
+    if outcome.cancelled:
+        return job.cancelled(outcome)
+    failure = errors.classify(outcome.exit_code, outcome.stderr_tail, "backup")
+    if failure is not None and not isinstance(failure, errors.PartialBackup):
+        return job.failed(outcome, failure)
+    stats = reporter.stats()
+    if stats is None:
+        job.log("restic printed no summary: the backup's numbers are unknown")
+        stats = {"error_count": reporter.error_count}
+    else:
+        job.log(summary_line(stats), "stdout")
+    snapshots = job.report_snapshots()
+    if snapshots and stats.get("snapshot_id") and len(stats["snapshot_id"]) < 64:
+        # 0.14 prints the short id; the list just fetched knows the full one.
+        stats["snapshot_id"] = full_id(stats["snapshot_id"], snapshots) or stats["snapshot_id"]
+    job.report_stats()
+    if failure is not None:
+        return JobResult("warning", outcome.exit_code, PARTIAL_BACKUP, stats)
+    return JobResult("succeeded", outcome.exit_code, None, stats)
+
+
+def run_snapshots(job: Job) -> JobResult:
+    credentials = job.require_credentials()
+    outcome = job.restic(snapshots_argv(job.setup.binary), credentials, capture=True)
+    result = _unsuccessful(job, outcome)
+    if result is not None:
+        return result
+    snapshots = parse_snapshots(job.stdout_of(outcome))
+    job.emit("snapshots.report", {"snapshots": snapshots})
+    job.log(f"the repository has {len(snapshots)} snapshots")
+    return JobResult("succeeded", outcome.exit_code, None, {"count": len(snapshots)})
+
+
+def run_forget(job: Job) -> JobResult:
+    params = jobparams.forget_params(job.params)
+    credentials = job.require_credentials(admin=True)
+    argv = forget_argv(
+        job.setup.binary, params.policy, params.tags, params.group_by, params.dry_run
+    )
+    outcome = job.restic(argv, credentials, capture=True)
+    result = _unsuccessful(job, outcome)
+    if result is not None:
+        return result
+    groups = parse_forget(job.stdout_of(outcome))
+    for line in group_lines(groups, params.dry_run):
+        job.log(line, "stdout")
+    kept, removed = counts(groups)
+    if not params.dry_run:
+        job.report_snapshots()
+        job.report_stats()
+    stats = {"kept": kept, "removed": removed, "dry_run": params.dry_run}
+    return JobResult("succeeded", outcome.exit_code, None, stats)
+
+
+def run_prune(job: Job) -> JobResult:
+    credentials = job.require_credentials(admin=True)
+    outcome = job.restic(prune_argv(job.setup.binary), credentials)
+    result = _unsuccessful(job, outcome)
+    if result is not None:
+        return result
+    job.report_stats()
+    return JobResult("succeeded", outcome.exit_code)
+
+
+def run_check(job: Job) -> JobResult:
+    subset = jobparams.read_data_subset(job.params)
+    credentials = job.require_credentials()
+    outcome = job.restic(check_argv(job.setup.binary, subset), credentials)
+    return _unsuccessful(job, outcome) or JobResult("succeeded", outcome.exit_code)
+
+
+def run_unlock(job: Job) -> JobResult:
+    remove_all = jobparams.remove_all(job.params)
+    credentials = job.require_credentials()
+    outcome = job.restic(unlock_argv(job.setup.binary, remove_all), credentials)
+    return _unsuccessful(job, outcome) or JobResult("succeeded", outcome.exit_code)
+
+
+def run_stats(job: Job) -> JobResult:
+    credentials = job.require_credentials()
+    outcome = job.restic(stats_argv(job.setup.binary), credentials, capture=True)
+    result = _unsuccessful(job, outcome)
+    if result is not None:
+        return result
+    stats = parse_raw_data_stats(job.stdout_of(outcome))
+    job.emit("repo.stats", stats)
+    job.log(stats_line(stats))
+    return JobResult("succeeded", outcome.exit_code, None, stats)
+
+
+def _unsuccessful(job: Job, outcome: execute.Outcome) -> Optional[JobResult]:
+    """The result of a cancelled or failed run; ``None`` when restic succeeded."""
+    if outcome.cancelled:
+        return job.cancelled(outcome)
+    failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+    return None if failure is None else job.failed(outcome, failure)
+
+
+def _repo_status(job: Job, status: str, reason: Optional[str]) -> None:
+    job.emit("repo.status", {"status": status, "reason": reason})
+
+
+KINDS: Dict[str, Callable[[Job], JobResult]] = {
+    "probe": run_probe,
+    "init": run_init,
+    "backup": run_backup,
+    "snapshots": run_snapshots,
+    "forget": run_forget,
+    "prune": run_prune,
+    "check": run_check,
+    "unlock": run_unlock,
+    "stats": run_stats,
+}

@@ -1,0 +1,282 @@
+"""Every job kind against the real restic and real local repositories, including cancels.
+
+Skipped when restic is not installed, unless RM_REQUIRE_RESTIC=1 (CI): then it fails.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+from fake_agent_server import wait_for
+
+from agent.runner import Runner
+from agent.spool import Spool
+
+RESTIC = shutil.which("restic")
+PASSWORD = "real-Jobs-pass-5a4b3c"
+BIG_FILES, BIG_FILE_BYTES = 20, 10 * 1024 * 1024  # 200 MiB of incompressible data
+# … uploaded at 50 MiB/s at most, so the backup lasts seconds even on a fast disk.
+SLOW_BACKUP = {"limit_upload_kib": 50 * 1024}
+
+if RESTIC is None:
+    if os.environ.get("RM_REQUIRE_RESTIC") == "1":
+        pytest.fail("restic is not installed but RM_REQUIRE_RESTIC=1", pytrace=False)
+    pytestmark = pytest.mark.skip(
+        reason="restic is not installed (set RM_REQUIRE_RESTIC=1 to fail)"
+    )
+
+
+def restic_json(repo, *args):
+    """Run restic directly (not through the agent) and parse what it prints."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(repo.parent),
+        "RESTIC_REPOSITORY": str(repo),
+        "RESTIC_PASSWORD": PASSWORD,
+        "RESTIC_CACHE_DIR": str(repo.parent / "direct-cache"),
+    }
+    result = subprocess.run(
+        [RESTIC, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=True
+    )
+    return json.loads(result.stdout)
+
+
+class Jobs:
+    """A runner on a real repository; ``run`` starts one job and waits for its end."""
+
+    def __init__(self, root, repo, grace_seconds=10.0):
+        self.repo = repo
+        self.spool = Spool(root / "spool", max_bytes=10**8)
+        self.runner = Runner(
+            self.spool,
+            lambda: {"url": str(repo), "username": "", "password": PASSWORD},
+            cache_dir=root / "cache",
+            grace_seconds=grace_seconds,
+        )
+        self.next_id = 1
+
+    def start(self, kind, params=None):
+        job_id, self.next_id = self.next_id, self.next_id + 1
+        self.runner.prepare(job_id, "a")
+        assert self.runner.start(job_id, "a", kind, params or {})
+        return job_id
+
+    def run(self, kind, params=None, timeout=120):
+        job_id = self.start(kind, params)
+        assert self.runner.wait_idle(timeout)
+        return self.result(job_id)
+
+    def result(self, job_id):
+        events = [event for event in self.spool.pending_events() if event["job_id"] == job_id]
+        batch = self.spool.job(job_id).pending_batch(max_records=100_000)
+        return Result(events, [record["text"] for record in batch[1]] if batch else [])
+
+    def progress(self, job_id):
+        return [
+            event["data"]
+            for event in self.spool.pending_events()
+            if event["job_id"] == job_id and event["type"] == "job.progress"
+        ]
+
+
+class Result:
+    def __init__(self, events, texts):
+        self.events = events
+        self.texts = texts
+
+    def of(self, event_type):
+        return [event["data"] for event in self.events if event["type"] == event_type]
+
+    @property
+    def finished(self):
+        (data,) = self.of("job.finished")
+        return data
+
+
+def write_tree(root, files, size, random_bytes=False):
+    root.mkdir(parents=True)
+    for number in range(files):
+        content = os.urandom(size) if random_bytes else (b"line %d\n" % number) * (size // 8)
+        (root / f"file-{number:03d}.dat").write_bytes(content)
+    return root
+
+
+def tree_bytes(root):
+    return sum(path.stat().st_size for path in root.iterdir())
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A repository the agent initialised, shared by the lifecycle tests in order."""
+    root = tmp_path_factory.mktemp("real-jobs")
+    jobs = Jobs(root, root / "repo")
+    init = jobs.run("init")
+    assert init.finished["status"] == "succeeded", init.texts
+    assert init.of("repo.status") == [{"status": "ready", "reason": None}]
+    assert (root / "repo" / "config").exists()
+    assert any(text.startswith("created restic repository ") for text in init.texts)
+    again = jobs.run("init")  # an existing repository is not an error
+    assert again.finished["status"] == "succeeded" and again.finished["exit_code"] == 1
+    assert again.of("repo.status") == [{"status": "ready", "reason": None}]
+    return root / "repo"
+
+
+@pytest.fixture
+def jobs(tmp_path, repo):
+    return Jobs(tmp_path, repo)
+
+
+@pytest.fixture(scope="module")
+def big_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big")
+    yield write_tree(root / "data", BIG_FILES, BIG_FILE_BYTES, random_bytes=True)
+    shutil.rmtree(root, ignore_errors=True)  # do not leave 200 MiB behind in /tmp
+
+
+def test_backup_reports_progress_stats_snapshots_and_size(tmp_path, jobs, repo):
+    data = write_tree(tmp_path / "data", 30, 40_000)
+    (data / "big.bin").write_bytes(os.urandom(3_000_000))
+    ran = jobs.run("backup", {"paths": [str(data)], "tags": ["default"], "excludes": ["*.tmp"]})
+    finished = ran.finished
+    assert finished["status"] == "succeeded", ran.texts
+    stats = finished["stats"]
+    assert stats["files_new"] == 31 and stats["files_changed"] == 0
+    assert stats["total_files_processed"] == 31
+    assert stats["total_bytes_processed"] == tree_bytes(data)
+    assert stats["data_added"] > 3_000_000 and stats["error_count"] == 0
+    progress = ran.of("job.progress")
+    assert progress and all(0 <= event["percent"] <= 100 for event in progress)
+    listed = restic_json(repo, "snapshots", "--json")
+    assert ran.of("snapshots.report") == [{"snapshots": listed}]
+    assert stats["snapshot_id"] in [snapshot["id"] for snapshot in listed]  # the full id
+    assert listed[-1]["tags"] == ["default"] and listed[-1]["paths"] == [str(data)]
+    (size,) = ran.of("repo.stats")
+    direct = restic_json(repo, "stats", "--json", "--mode", "raw-data")
+    assert size["total_size"] == direct["total_size"] and size["snapshots_count"] == 1
+    assert any(
+        text.startswith(f"snapshot {stats['snapshot_id'][:8]} saved: 31 new") for text in ran.texts
+    )
+    assert not any('"message_type"' in text for text in ran.texts)
+
+
+def test_snapshots_job_matches_restic(tmp_path, jobs, repo):
+    data = write_tree(tmp_path / "more", 5, 1000)
+    assert jobs.run("backup", {"paths": [str(data)]}).finished["status"] == "succeeded"
+    ran = jobs.run("snapshots")
+    listed = restic_json(repo, "snapshots", "--json")
+    assert len(listed) == 2
+    assert ran.of("snapshots.report") == [{"snapshots": listed}]
+    assert ran.finished["stats"] == {"count": 2}
+
+
+def test_forget_with_a_policy_then_prune(tmp_path, jobs, repo):
+    data = write_tree(tmp_path / "more", 5, 1000)
+    for _ in range(2):
+        assert jobs.run("backup", {"paths": [str(data)]}).finished["status"] == "succeeded"
+    before = restic_json(repo, "snapshots", "--json")
+    assert len(before) == 4  # three groups (paths): one tree per test, this one twice
+    dry = jobs.run("forget", {"policy": {"keep_last": 1}, "dry_run": True})
+    assert dry.finished["stats"] == {"kept": 3, "removed": 1, "dry_run": True}
+    assert dry.of("snapshots.report") == [] and len(restic_json(repo, "snapshots", "--json")) == 4
+    forget = jobs.run("forget", {"policy": {"keep_last": 1}, "group_by": "host,paths"})
+    assert forget.finished["status"] == "succeeded", forget.texts
+    assert forget.finished["stats"] == {"kept": 3, "removed": 1, "dry_run": False}
+    after = restic_json(repo, "snapshots", "--json")
+    assert len(after) == 3
+    assert forget.of("snapshots.report") == [{"snapshots": after}]
+    assert forget.of("repo.stats")[0]["snapshots_count"] == 3
+    prune = jobs.run("prune")
+    assert prune.finished["status"] == "succeeded", prune.texts
+    assert "done" in prune.texts
+    assert prune.of("repo.stats")[0]["total_size"] <= forget.of("repo.stats")[0]["total_size"]
+
+
+def test_check_reads_a_subset_and_unlock_and_stats_run(jobs, repo):
+    check = jobs.run("check", {"read_data_subset": "50%"})
+    assert check.finished["status"] == "succeeded", check.texts
+    assert "no errors were found" in check.texts
+    unlock = jobs.run("unlock")
+    assert unlock.finished["status"] == "succeeded"
+    assert "successfully removed locks" in unlock.texts
+    stats = jobs.run("stats")
+    direct = restic_json(repo, "stats", "--json", "--mode", "raw-data")
+    assert stats.finished["stats"] == stats.of("repo.stats")[0]
+    assert stats.finished["stats"]["total_size"] == direct["total_size"]
+    assert stats.finished["stats"]["total_blob_count"] == direct["total_blob_count"]
+
+
+def test_wrong_params_never_reach_restic(jobs):
+    ran = jobs.run("check", {"read_data_subset": "all of it"})
+    assert ran.finished["status"] == "failed"
+    assert ran.finished["error"].startswith("invalid check parameters: read_data_subset:")
+    assert not any(text.startswith("$ ") for text in ran.texts)
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """Jobs on a new repository of their own, deleted afterwards (it holds big packs)."""
+    jobs = Jobs(tmp_path, tmp_path / "repo", grace_seconds=2.0)
+    assert jobs.run("init").finished["status"] == "succeeded"
+    yield jobs
+    shutil.rmtree(tmp_path / "repo", ignore_errors=True)
+
+
+def wait_for_progress(jobs, job_id, count=2):
+    """Wait until the backup reported ``count`` progress events (it is under way)."""
+    return wait_for(lambda: len(jobs.progress(job_id)) >= count, timeout=60)
+
+
+def test_cancel_of_a_long_backup(fresh, big_tree):
+    jobs = fresh
+    job_id = jobs.start("backup", dict(SLOW_BACKUP, paths=[str(big_tree)]))
+    wait_for_progress(jobs, job_id)
+    asked = time.monotonic()
+    assert jobs.runner.cancel(job_id, "a")
+    assert jobs.runner.wait_idle(30)
+    took = time.monotonic() - asked
+    ran = jobs.result(job_id)
+    assert ran.finished["status"] == "cancelled", ran.texts
+    assert ran.finished["exit_code"] == 130 and took < 10
+    assert 0 < jobs.progress(job_id)[-1]["percent"] < 100
+    assert ran.of("snapshots.report") == []
+    assert not list((jobs.repo / "locks").iterdir())  # restic removed its own lock
+    assert not any("restic unlock" in text for text in ran.texts)
+    # The next job needs an exclusive lock: nothing blocks it.
+    forget = jobs.run("forget", {"policy": {"keep_last": 1}})
+    assert forget.finished["status"] == "succeeded", forget.texts
+
+
+def test_a_restic_that_must_be_killed_is_unlocked_after(fresh, big_tree):
+    jobs = fresh
+    job_id = jobs.start("backup", dict(SLOW_BACKUP, paths=[str(big_tree)]))
+    wait_for_progress(jobs, job_id, count=1)
+    # Freeze restic (as if it hung on a dead backend): SIGINT stays pending, so the agent
+    # has to SIGKILL it after the grace period, and the lock it holds stays behind.
+    (pid,) = [
+        int(line)
+        for line in subprocess.run(
+            ["pgrep", "-P", str(os.getpid()), "-x", "restic"], capture_output=True, text=True
+        ).stdout.split()
+    ]
+    os.kill(pid, signal.SIGSTOP)
+    assert len(list((jobs.repo / "locks").iterdir())) == 1
+    assert jobs.runner.cancel(job_id, "a")
+    assert jobs.runner.wait_idle(30)
+    ran = jobs.result(job_id)
+    assert ran.finished["status"] == "cancelled" and ran.finished["exit_code"] == -9
+    assert (
+        "restic did not stop within the grace period and was killed (SIGKILL); running restic "
+        "unlock to remove the stale lock it may have left"
+    ) in ran.texts
+    assert "successfully removed locks" in ran.texts
+    assert "restic unlock finished: stale locks are removed" in ran.texts
+    assert not list((jobs.repo / "locks").iterdir())
+    # Exclusive-lock jobs run right after.
+    forget = jobs.run("forget", {"policy": {"keep_last": 1}})
+    assert forget.finished["status"] == "succeeded", forget.texts
+    prune = jobs.run("prune")
+    assert prune.finished["status"] == "succeeded", prune.texts
