@@ -248,6 +248,7 @@ class Agent:
             "config.update": self._config_update,
             "job.run": self._job_run,
             "job.cancel": self._job_cancel,
+            "job.watch": self._job_watch,
         }
         handler = handlers.get(str(command.get("type")))
         try:
@@ -315,6 +316,14 @@ class Agent:
         self.seen.record(command["command_id"])
         job_id = command.get("job_id")
         if isinstance(job_id, int) and self.runner.cancel(job_id, command.get("attempt_id")):
+            return "accepted"
+        return "noop"
+
+    def _job_watch(self, command: Dict[str, Any]) -> str:
+        self.seen.record(command["command_id"])
+        job_id = command.get("job_id")
+        if isinstance(job_id, int) and self.runner.is_running(job_id):
+            self.uploader.mark_watched(job_id)
             return "accepted"
         return "noop"
 

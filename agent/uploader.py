@@ -97,6 +97,23 @@ class Uploader:
     def is_watched(self, job_id: int) -> bool:
         return job_id in self._watched
 
+    def mark_watched(self, job_id: int) -> None:
+        """Someone just opened the job's live view (a ``job.watch`` command): flush now."""
+        if self.is_running(job_id):
+            self._watched.add(job_id)
+            self.wake()
+
+    def _note_watched(self, batch: List[Dict[str, Any]], answer: Dict[str, Any]) -> None:
+        """The events answer lists which of the batch's jobs are watched right now."""
+        listed = answer.get("watched")
+        if not isinstance(listed, list):
+            return  # an older server: only log answers say it
+        for job_id in {event.get("job_id") for event in batch if event.get("job_id")}:
+            if job_id in listed:
+                self._watched.add(job_id)
+            else:
+                self._watched.discard(job_id)
+
     def flush(self) -> None:
         """Deliver everything deliverable now; raises the client error that stopped it."""
         while True:
@@ -137,6 +154,7 @@ class Uploader:
                 progressed = True
                 continue
             self._event_batch = MAX_EVENTS_PER_BATCH
+            self._note_watched(batch, answer)
             done = set(answer.get("acked") or [])
             for rejection in answer.get("rejected") or []:
                 if isinstance(rejection, dict) and rejection.get("event_id"):

@@ -142,7 +142,9 @@ class FakeServer:
                     )
                     self.event_order.append(event["event_id"])
                 acked.append(event["event_id"])
-        return 200, {"acked": acked, "rejected": rejected}
+            batch_jobs = {event.get("job_id") for event in body["events"]}
+            watched = sorted(job_id for job_id in self.watched_jobs if job_id in batch_jobs)
+        return 200, {"acked": acked, "rejected": rejected, "watched": watched}
 
     def _logs(self, job_id, body):
         with self.condition:

@@ -364,3 +364,19 @@ def test_backup_end_to_end_with_its_reports(fake_server, start_agent, fake_resti
     assert len(finished["data"]["stats"]["snapshot_id"]) == 64
     texts = [record["text"] for record in fake_server.logs[21]]
     assert any(text.startswith("snapshot 39cddcb5 saved: 4 new") for text in texts)
+
+
+def test_job_watch_makes_a_running_job_flush_at_the_watched_interval(fake_server, start_agent):
+    fake_server.queue(config_update(url="fake:slow"))
+    fake_server.queue(job_run(6))
+    running = start_agent()
+    wait_for(lambda: running.agent.runner.is_running(6))
+    assert not running.agent.uploader.is_watched(6)
+    for command_id, job_id in (("c-watch-6", 6), ("c-watch-77", 77)):
+        fake_server.queue(
+            {"command_id": command_id, "type": "job.watch", "job_id": job_id, "payload": {}}
+        )
+    wait_for(lambda: acks_of(fake_server).get("c-watch-6", {}).get("result") == "accepted")
+    assert acks_of(fake_server)["c-watch-77"]["result"] == "noop"  # not running here
+    assert running.agent.uploader.is_watched(6)
+    running.agent.runner.cancel(6)

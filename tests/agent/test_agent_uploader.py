@@ -133,3 +133,32 @@ def test_a_watched_running_job_is_flushed_at_the_watched_interval(fake_server, s
     assert uploader.flush_once_logged() == 1
     running.clear()
     assert uploader.flush_interval() == 10 and not uploader.is_watched(3)
+
+
+def test_a_job_that_prints_no_lines_learns_it_is_watched_from_events_and_commands(
+    fake_server, spool
+):
+    running = {4}
+    uploader = Uploader(
+        Client(fake_server.url, agent_token=AGENT_TOKEN, poll_wait_seconds=1),
+        spool,
+        settings=lambda: {"log_flush_seconds": 10, "log_flush_watched_seconds": 1},
+        cancel_job=lambda job_id, attempt_id, reason: None,
+        is_running=lambda job_id: job_id in running,
+    )
+    spool.open_job(4, "a")
+    spool.add_event("job.progress", 4, "a", {"percent": 1.0})
+    assert uploader.flush_once_logged() == 10
+    # A backup prints only progress (events, no log lines): the events answer says it.
+    fake_server.watched_jobs.add(4)
+    spool.add_event("job.progress", 4, "a", {"percent": 2.0})
+    assert uploader.flush_once_logged() == 1 and uploader.is_watched(4)
+    fake_server.watched_jobs.clear()
+    spool.add_event("job.progress", 4, "a", {"percent": 3.0})
+    assert uploader.flush_once_logged() == 10 and not uploader.is_watched(4)
+    # A job.watch command marks it at once (someone just opened the job page) …
+    uploader.mark_watched(4)
+    assert uploader.is_watched(4) and uploader.flush_interval() == 1
+    # … but never a job that is not running here.
+    uploader.mark_watched(99)
+    assert not uploader.is_watched(99)

@@ -193,7 +193,8 @@ def test_backup_lifecycle_with_real_restic(server, tmp_path):
         )
         # Cancel a long backup: it stops within seconds and leaves no lock behind.
         _set_group_paths(server, host_id, [str(big)])
-        long_backup = api.run(host_id, "backup")
+        # 500 MB at 25 MB/s: about 20 s, however fast the disk is.
+        long_backup = api.run(host_id, "backup", {"limit_upload_kib": 25_000})
         wait_until(
             lambda: (api.get(f"/jobs/{long_backup}").json()["progress"] or {}).get("percent"),
             60,
