@@ -128,6 +128,7 @@ def _register_blueprints(app: Flask) -> None:
     from app.auth import bp as auth_bp
     from app.distribution import bp as distribution_bp
     from app.hosts import bp as hosts_bp
+    from app.jobs import bp as jobs_bp
     from app.settings import bp as settings_bp
     from app.web import bp as web_bp
 
@@ -137,6 +138,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(agent_api_bp, url_prefix="/api/agent/v1")
     app.register_blueprint(hosts_bp, url_prefix="/hosts")
+    app.register_blueprint(jobs_bp, url_prefix="/jobs")
     app.register_blueprint(distribution_bp)
 
 

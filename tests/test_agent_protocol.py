@@ -415,7 +415,7 @@ def test_events_are_idempotent_and_first_terminal_wins(protocol_app):
     ]
     first = agent.post("/events", {"events": batch})
     assert first.status_code == 200
-    assert first.get_json() == {"acked": ["e1", "e2", "e3"], "rejected": []}
+    assert first.get_json() == {"acked": ["e1", "e2", "e3"], "rejected": [], "watched": []}
     # The same batch again (a blind retry) changes nothing and is acknowledged again.
     assert agent.post("/events", {"events": batch}).get_json()["acked"] == ["e1", "e2", "e3"]
     late = agent.post(
@@ -457,7 +457,12 @@ def test_log_batches_skip_overlap_and_refuse_gaps(protocol_app):
     first = agent.post(
         path, {"attempt_id": attempt, "first_seq": 1, "records": _records(["a", "b", "c"])}
     )
-    assert first.get_json() == {"committed_seq": 3, "job_state": "queued", "truncated": False}
+    assert first.get_json() == {
+        "committed_seq": 3,
+        "job_state": "queued",
+        "truncated": False,
+        "watched": False,
+    }
     # A retry overlapping what is stored: only the new tail is kept.
     overlap = agent.post(
         path, {"attempt_id": attempt, "first_seq": 2, "records": _records(["b", "c", "d"])}
@@ -506,6 +511,7 @@ def test_log_cap_truncates_visibly(app_factory):
             "committed_seq": 100,
             "job_state": "queued",
             "truncated": True,
+            "watched": False,
         }
         assert db.session.get(Job, job_id).log_truncated is True
 

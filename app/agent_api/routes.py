@@ -171,7 +171,11 @@ def events():
         _bus().publish(job_key(job_id))
     if any(event.type == "repo.status" for event in batch):
         _bus().publish(host_key(host_id))  # bring-up may have queued an init job
-    return jsonify({"acked": acked, "rejected": rejected})
+    # Which of the batch's jobs someone follows live: a backup reports progress, not log
+    # lines, so this answer is what keeps its agent flushing every second.
+    batch_jobs = {event.job_id for event in batch if event.job_id}
+    watched = sorted(job_id for job_id in batch_jobs if _bus().waiting(job_key(job_id)) > 0)
+    return jsonify({"acked": acked, "rejected": rejected, "watched": watched})
 
 
 @bp.post("/jobs/<int:job_id>/logs")
@@ -193,4 +197,6 @@ def logs(job_id: int):
         return error_response(416, gap.code, gap.message, committed_seq=gap.committed_seq)
     db.session.commit()
     _bus().publish(job_key(job_id))
+    # Someone follows this job live (an open SSE stream): the agent flushes every second.
+    result["watched"] = _bus().waiting(job_key(job_id)) > 0
     return jsonify(result)

@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__)
 
-from app.api import enrollment, hosts, jobs, me, tokens  # noqa: E402,F401
+from app.api import enrollment, hosts, job_stream, jobs, me, tokens  # noqa: E402,F401

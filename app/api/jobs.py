@@ -43,6 +43,9 @@ def start_host_job(host: Host, kind, params) -> Job:
         )
     actor = Actor.for_user(current_user)
     if kind == "probe":
+        running = repository.active_job(host, repository.BRING_UP_KINDS)
+        if running is not None:
+            return running  # one bring-up at a time: the running one answers the question
         job = repository.dispatch_probe(
             current_app.extensions["secretbox"], host, actor=actor, now=now
         )

@@ -1,0 +1,118 @@
+"""Job pages: recent jobs with filters, one job (live log, progress, cancel)."""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+from werkzeug.routing import BuildError
+
+from app.access import Role, require_role
+from app.api.job_stream import cancel_for_current_user, get_job_or_404, log_notes
+from app.extensions import db
+from app.jobs import bp, display
+from app.models import Host, Job, JobLog
+from app.models.types import utcnow
+from app.services.errors import Conflict
+
+PAGE_LOG_LINES = 2000  # the page shows the last lines; the downloads have them all
+LIST_LIMIT = 200
+
+
+def host_url(host_id: int) -> str | None:
+    """The host's page, once the hosts blueprint has one."""
+    try:
+        return url_for("hosts.show", host_id=host_id)
+    except BuildError:
+        return None
+
+
+def _filters() -> dict:
+    """host_id, kind and status from the query string; unusable values are ignored."""
+    chosen = {}
+    host_id = request.args.get("host_id", "").strip()
+    if host_id.isdigit():
+        chosen["host_id"] = int(host_id)
+    for name in ("kind", "status"):
+        value = request.args.get(name, "").strip()
+        if value and len(value) <= 32:
+            chosen[name] = value
+    return chosen
+
+
+@bp.get("/")
+@require_role(Role.viewer)
+def index():
+    chosen = _filters()
+    query = select(Job, Host.hostname).join(Host, Host.id == Job.host_id)
+    for name, value in chosen.items():
+        query = query.where(getattr(Job, name) == value)
+    rows = db.session.execute(query.order_by(Job.id.desc()).limit(LIST_LIMIT)).all()
+    hosts = db.session.execute(select(Host.id, Host.hostname).order_by(Host.hostname)).all()
+    kinds = db.session.scalars(select(Job.kind).distinct().order_by(Job.kind)).all()
+    return render_template(
+        "jobs/index.html",
+        rows=rows,
+        hosts=hosts,
+        kinds=kinds,
+        statuses=display.STATUSES,
+        chosen=chosen,
+        any_jobs=bool(rows) or db.session.scalar(select(Job.id).limit(1)) is not None,
+        limit=LIST_LIMIT,
+        now=utcnow(),
+        job_duration=display.job_duration,
+        host_url=host_url,
+    )
+
+
+@bp.get("/<int:job_id>")
+@require_role(Role.viewer)
+def show(job_id: int):
+    job = get_job_or_404(job_id)
+    host = db.session.get(Host, job.host_id)
+    records = list(
+        db.session.scalars(
+            select(JobLog)
+            .where(JobLog.job_id == job.id)
+            .order_by(JobLog.seq.desc())
+            .limit(PAGE_LOG_LINES)
+        )
+    )
+    records.reverse()
+    last_seq = records[-1].seq if records else 0
+    now = utcnow()
+    return render_template(
+        "jobs/show.html",
+        job=job,
+        host=host,
+        host_link=host_url(host.id),
+        records=records,
+        last_seq=last_seq,
+        hidden_lines=max(0, (records[0].seq - 1) if records else 0),
+        notes=log_notes(job),
+        status_words=display.status_words(job),
+        stats=display.stats_rows(job.stats) if job.is_terminal else [],
+        progress=display.progress_view(job.progress),
+        duration=display.job_duration(job, now),
+        now=now,
+    )
+
+
+@bp.post("/<int:job_id>/cancel")
+@require_role(Role.operator)
+def cancel(job_id: int):
+    job = get_job_or_404(job_id)
+    try:
+        cancel_for_current_user(job)
+    except Conflict as refused:
+        db.session.rollback()
+        flash(refused.message, "warning")
+        return redirect(url_for("jobs.show", job_id=job_id))
+    if job.status == "cancelled":
+        flash("Job cancelled before it started.", "success")
+    else:
+        flash(
+            "Cancel requested: the agent stops restic within a few seconds "
+            "(a backup in progress leaves no snapshot).",
+            "success",
+        )
+    return redirect(url_for("jobs.show", job_id=job_id))
