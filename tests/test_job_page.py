@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import re
 
-# conftest and test_job_stream by their plain names: found by `pytest` and `python -m pytest`
-from conftest import form_token
 from sqlalchemy import select
-from test_job_stream import AgentCalls, make_host, make_job
 
 from app.extensions import db
 from app.jobs import routes as job_pages
 from app.models import AuditLog, Job, Role
 from app.models.types import utcnow
 from app.services import jobs
+from tests.conftest import form_token
+from tests.test_job_stream import AgentCalls, make_host, make_job
 
 LINE = re.compile(r'<div class="log__line log__line--(\w+)" data-seq="(\d+)">')
 
@@ -129,9 +128,8 @@ def test_long_logs_show_the_last_lines_and_point_to_the_download(app, login_as, 
 def test_truncated_and_dropped_logs_are_explained(app_factory):
     app = app_factory(RM_JOB_LOG_MAX_RECORDS=100)
     with app.app_context():
-        from conftest import login
-
         from app.services import users
+        from tests.conftest import login
 
         user = users.create_user("reader", "correct horse battery", Role.viewer)
         db.session.commit()

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Optional
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from app.extensions import db
 from app.models import Command, Host, Job
@@ -28,7 +28,17 @@ def enqueue(
     job: Optional[Job] = None,
     now: datetime,
 ) -> Command:
-    """Queue a command; secrets go into a sealed column and are merged in only on delivery."""
+    """Queue a command; secrets go into a sealed column and are merged in only on delivery.
+
+    A host's commands are delivered in the order they were queued (by ``created_at``): two
+    queued in one request (new credentials, then the probe that checks them) get distinct,
+    increasing times.
+    """
+    latest = db.session.scalar(
+        select(func.max(Command.created_at)).where(Command.host_id == host.id)
+    )
+    if latest is not None and latest >= now:
+        now = latest + timedelta(microseconds=1)
     command = Command(
         id=uuid.uuid4().hex,
         host_id=host.id,
