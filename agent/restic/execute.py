@@ -101,8 +101,11 @@ def run(
     started_at = time.monotonic()
     interrupted_at: Optional[float] = None
     while True:
+        # Both pipes at EOF means restic is exiting: look at once rather than at the next
+        # tick (Popen.wait(timeout) sleeps in steps of up to 50 ms).
+        _join_until(readers, 0.2)
         try:
-            outcome.exit_code = process.wait(timeout=0.2)
+            outcome.exit_code = process.wait(timeout=0 if _alive(readers) else 0.2)
             break
         except subprocess.TimeoutExpired:
             pass
@@ -127,6 +130,20 @@ def run(
         outcome.stdout = mask(b"".join(captured.chunks).decode("utf-8", errors="replace"))
         outcome.stdout_complete = not captured.overflowed
     return outcome
+
+
+def _alive(readers: List[threading.Thread]) -> bool:
+    return any(reader.is_alive() for reader in readers)
+
+
+def _join_until(readers: List[threading.Thread], seconds: float) -> None:
+    """Wait up to ``seconds`` for both output pipes to close (returns as soon as they do)."""
+    deadline = time.monotonic() + seconds
+    for reader in readers:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        reader.join(remaining)
 
 
 def _signal(process: subprocess.Popen, signal_number: int) -> None:
