@@ -380,7 +380,7 @@ def test_run_now_starts_a_backup_and_opens_the_job(login_as, small_fleet):
     )
     job = db.session.scalar(select(Job).order_by(Job.id.desc()))
     assert response.status_code == 302
-    assert response.headers["Location"] == f"/jobs/{job.id}"
+    assert response.headers["Location"] == f"/jobs/{job.id}#job-head"
     assert (job.kind, job.status, job.params["group"]) == ("backup", "queued", "default")
     assert job.actor_label == operator.user.username
 

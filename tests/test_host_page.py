@@ -297,7 +297,7 @@ def test_run_now_creates_the_job_and_opens_it(login_as, kind, fields, params):
     response = _post(operator, host, kind=kind, **fields)
     assert response.status_code == 302, response.get_data(as_text=True)
     job = _latest_job()
-    assert response.headers["Location"] == f"/jobs/{job.id}"
+    assert response.headers["Location"] == f"/jobs/{job.id}#job-head"
     assert (job.host_id, job.kind, job.params) == (host.id, kind, params)
     assert job.actor_label == operator.user.username
     audit = db.session.scalar(select(AuditLog).where(AuditLog.action == "job.started"))

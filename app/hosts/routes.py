@@ -216,7 +216,8 @@ def run_job(host_id: int):
         else:
             message = "Check the highlighted field."  # the service's words are next to it
         return _refuse(host, form, message, refused.status, None)
-    return redirect(job_url(job.id))
+    # An own fragment: the browser would otherwise carry the form's #run-… to the job page.
+    return redirect(job_url(job.id) + "#job-head")
 
 
 def _refuse(host, form, message, status, back_to_dashboard):
