@@ -22,6 +22,13 @@ UNLOCK_TIMEOUT_SECONDS = 300.0  # the clean-up unlock cannot be cancelled; it mu
 log = logging.getLogger(__name__)
 
 
+_STOP_REASONS = {
+    "cancelled": "restic was stopped because the job was cancelled",
+    "stale_attempt": "restic was stopped: the server started this job again elsewhere",
+    "unknown_job": "restic was stopped: the server does not know this job",
+}
+
+
 @dataclass
 class JobResult:
     status: str  # succeeded | warning | failed | cancelled
@@ -182,8 +189,9 @@ class Job:
 
     def cancelled(self, outcome: execute.Outcome) -> JobResult:
         reason = self.running.cancel_reason or "cancelled"
-        self.log(f"stopped ({reason})")
-        return JobResult("cancelled", outcome.exit_code, f"stopped: {reason}")
+        message = _STOP_REASONS.get(reason, f"restic was stopped ({reason})")
+        self.log(message)
+        return JobResult("cancelled", outcome.exit_code, message)
 
     @staticmethod
     def failed(outcome: execute.Outcome, failure: errors.ResticError) -> JobResult:

@@ -163,6 +163,8 @@
     if (pill && pill.textContent !== status.status) {
       pill.textContent = status.status;
       pill.className = "pill pill--" + status.status;
+      // queued → running: the details (started at, duration, wording) change with it.
+      if (TERMINAL.indexOf(status.status) === -1) refreshDetails();
     }
     if (TERMINAL.indexOf(status.status) !== -1) {
       const cancel = document.getElementById("job-cancel");
@@ -173,7 +175,8 @@
   }
 
   // Replace the regions marked data-job-region with a fresh copy of the page (the header,
-  // details, results and notes) once the job has ended. The log itself stays as it is.
+  // details, results and notes) when the job starts and once it has ended. The log itself
+  // stays as it is.
   function refreshDetails() {
     fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) { return response.ok ? response.text() : null; })

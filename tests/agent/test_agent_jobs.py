@@ -186,7 +186,7 @@ def test_cancelled_backup_is_cancelled_and_its_cut_line_dropped(spool, fake_rest
     assert ran.types == ["job.started", "job.progress", "job.finished"]
     assert ran.of("job.progress")[0]["percent"] == 25.0
     assert ran.finished["status"] == "cancelled" and ran.finished["exit_code"] == 130
-    assert ran.finished["error"] == "stopped: cancelled"
+    assert ran.finished["error"] == "restic was stopped because the job was cancelled"
     assert "signal interrupt received, cleaning up" in ran.texts  # escape code removed
     assert not any("percent_done" in text for text in ran.texts)
     assert "unlock" not in json.dumps(argvs(fake_restic))  # restic removed its own lock
