@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from fake_agent_server import wait_for
@@ -256,12 +257,7 @@ def test_a_restic_that_must_be_killed_is_unlocked_after(fresh, big_tree):
     wait_for_progress(jobs, job_id, count=1)
     # Freeze restic (as if it hung on a dead backend): SIGINT stays pending, so the agent
     # has to SIGKILL it after the grace period, and the lock it holds stays behind.
-    (pid,) = [
-        int(line)
-        for line in subprocess.run(
-            ["pgrep", "-P", str(os.getpid()), "-x", "restic"], capture_output=True, text=True
-        ).stdout.split()
-    ]
+    (pid,) = _live_restic_children(str(big_tree))
     os.kill(pid, signal.SIGSTOP)
     assert len(list((jobs.repo / "locks").iterdir())) == 1
     assert jobs.runner.cancel(job_id, "a")
@@ -280,3 +276,21 @@ def test_a_restic_that_must_be_killed_is_unlocked_after(fresh, big_tree):
     assert forget.finished["status"] == "succeeded", forget.texts
     prune = jobs.run("prune")
     assert prune.finished["status"] == "succeeded", prune.texts
+
+
+def _live_restic_children(path: str) -> list:
+    """restic processes of this test that are alive (not zombies left by earlier tests)
+    and back up ``path``."""
+    found = []
+    listed = subprocess.run(
+        ["pgrep", "-P", str(os.getpid()), "-x", "restic"], capture_output=True, text=True
+    ).stdout.split()
+    for pid in map(int, listed):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if state != "Z" and path.encode() in argv:
+            found.append(pid)
+    return found
