@@ -35,7 +35,7 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.1):
     while time.monotonic() < deadline:
         try:
             last = check()
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy
             last = None
         if last:
             return last

@@ -33,7 +33,7 @@ def _wait_for(url: str, deadline: float) -> None:
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy booting
             time.sleep(0.1)
     raise AssertionError(f"{url} did not come up")
 
