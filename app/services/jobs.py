@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 from app.extensions import db
 from app.models import AgentEvent, Host, Job, JobLog
 from app.secretbox import SecretBox
-from app.services import commands, repository
+from app.services import commands, repository, schedules
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
@@ -161,6 +161,8 @@ def _apply(
     if event.type == "agent.spool_dropped":
         _spool_dropped(host, event)
         return None
+    if event.type == "schedule.applied":
+        return schedules.apply_ack(host, event.data)
     if event.type not in JOB_EVENT_TYPES:
         return ("invalid_event", f"Unknown event type {event.type!r}.")
     job = _job_of(host, event)

@@ -1,0 +1,3 @@
+"""/api/v1 repository maintenance, bandwidth and admin credential of a host."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""/api/v1 source groups of a host."""
+
+from __future__ import annotations

@@ -1,0 +1,16 @@
+"""Schedules: when the agent backs up which groups."""
+
+from __future__ import annotations
+
+from flask import render_template
+
+from app.access import Role, require_role
+from app.api.hosts import get_host_or_404
+from app.hosts import bp
+
+
+@bp.get("/<int:host_id>/schedules")
+@require_role(Role.viewer)
+def schedules(host_id: int):
+    host = get_host_or_404(host_id)
+    return render_template("hosts/tab_stub.html", host=host, tab="schedules")

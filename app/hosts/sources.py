@@ -1,0 +1,16 @@
+"""Sources: the host's source groups."""
+
+from __future__ import annotations
+
+from flask import render_template
+
+from app.access import Role, require_role
+from app.api.hosts import get_host_or_404
+from app.hosts import bp
+
+
+@bp.get("/<int:host_id>/sources")
+@require_role(Role.viewer)
+def sources(host_id: int):
+    host = get_host_or_404(host_id)
+    return render_template("hosts/tab_stub.html", host=host, tab="sources")
