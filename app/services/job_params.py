@@ -157,17 +157,38 @@ def retention_policy(raw: Any, *, field: str, allow_empty: bool = False) -> dict
 
 
 def _forget(host: Host, params: dict) -> dict:
-    _only(params, ("policy", "tags", "group_by", "dry_run"))
-    policy = retention_policy(params.get("policy"), field="params.policy")
+    """One policy (optionally for some tags), or ``groups``: each tag with its own policy
+    (what the maintenance ticker sends: every source group's retention for its tag)."""
+    _only(params, ("policy", "tags", "groups", "group_by", "dry_run"))
     group_by = params.get("group_by") or "host,paths"
     if not isinstance(group_by, str) or not all(part in GROUP_BY for part in group_by.split(",")):
         _fail("group_by", "group_by is a comma-separated list of host, paths and tags.")
-    return {
-        "policy": policy,
-        "tags": _tags(params),
-        "group_by": group_by,
-        "dry_run": _flag(params, "dry_run"),
-    }
+    common = {"group_by": group_by, "dry_run": _flag(params, "dry_run")}
+    if params.get("groups") is not None:
+        if "policy" in params or "tags" in params:
+            _fail("groups", "Give either groups or policy (with tags), not both.")
+        return {"groups": _forget_groups(params["groups"]), **common}
+    policy = retention_policy(params.get("policy"), field="params.policy")
+    return {"policy": policy, "tags": _tags(params), **common}
+
+
+def _forget_groups(value: Any) -> list[dict]:
+    if not isinstance(value, list) or not 1 <= len(value) <= 100:
+        _fail("groups", "groups must be a list of 1 to 100 {tag, policy} objects.")
+    groups, seen = [], set()
+    for index, item in enumerate(value):
+        where = f"groups[{index}]"
+        if not isinstance(item, dict) or set(item) - {"tag", "policy"}:
+            _fail(where, f"{where} must be an object with tag and policy.")
+        tag = item.get("tag")
+        if not isinstance(tag, str) or not _TAG.match(tag):
+            _fail(f"{where}.tag", f"{tag!r} is not a valid tag (letters, digits, . _ : @ + -).")
+        if tag in seen:
+            _fail(f"{where}.tag", f"Tag {tag!r} is listed twice.")
+        seen.add(tag)
+        policy = retention_policy(item.get("policy"), field=f"params.{where}.policy")
+        groups.append({"tag": tag, "policy": policy})
+    return groups
 
 
 def read_data_subset(value: Any) -> str | None:
