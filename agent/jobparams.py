@@ -29,6 +29,12 @@ class BackupParams:
     limit_upload_kib: Optional[int] = None
     limit_download_kib: Optional[int] = None
     group: Optional[str] = None
+    pre_hook: Optional[str] = None
+    post_hook: Optional[str] = None
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self.pre_hook or self.post_hook)
 
 
 @dataclass
@@ -60,7 +66,21 @@ def backup_params(params: Mapping[str, Any]) -> BackupParams:
         limit_upload_kib=_limit(params, "limit_upload_kib"),
         limit_download_kib=_limit(params, "limit_download_kib"),
         group=group,
+        pre_hook=hook(params, "pre_hook"),
+        post_hook=hook(params, "post_hook"),
     )
+
+
+def hook(params: Mapping[str, Any], key: str) -> Optional[str]:
+    """A shell hook: ``None`` (or blank) for none, else the command for ``/bin/sh -c``."""
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidParams(f"{key}: must be null or a shell command")
+    if "\0" in value:
+        raise InvalidParams(f"{key}: contains a NUL character")
+    return value if value.strip() else None
 
 
 def forget_params(params: Mapping[str, Any]) -> ForgetParams:
