@@ -200,23 +200,29 @@ def run_snapshots(job: Job) -> JobResult:
 
 
 def run_forget(job: Job) -> JobResult:
-    params = jobparams.forget_params(job.params)
+    """restic forget once per policy (one per tag for the maintenance forget)."""
+    runs = jobparams.forget_params(job.params)
     credentials = job.require_credentials(admin=True)
-    argv = forget_argv(
-        job.setup.binary, params.policy, params.tags, params.group_by, params.dry_run
-    )
-    outcome = job.restic(argv, credentials, capture=True)
-    result = _unsuccessful(job, outcome)
-    if result is not None:
-        return result
-    groups = parse_forget(job.stdout_of(outcome))
-    for line in group_lines(groups, params.dry_run):
-        job.log(line, "stdout")
-    kept, removed = counts(groups)
-    if not params.dry_run:
+    kept = removed = 0
+    outcome = None
+    for params in runs:
+        argv = forget_argv(
+            job.setup.binary, params.policy, params.tags, params.group_by, params.dry_run
+        )
+        outcome = job.restic(argv, credentials, capture=True)
+        result = _unsuccessful(job, outcome)
+        if result is not None:
+            return result
+        groups = parse_forget(job.stdout_of(outcome))
+        for line in group_lines(groups, params.dry_run):
+            job.log(line, "stdout")
+        run_kept, run_removed = counts(groups)
+        kept, removed = kept + run_kept, removed + run_removed
+    dry_run = runs[0].dry_run
+    if not dry_run:
         job.report_snapshots()
         job.report_stats()
-    stats = {"kept": kept, "removed": removed, "dry_run": params.dry_run}
+    stats = {"kept": kept, "removed": removed, "dry_run": dry_run}
     return JobResult("succeeded", outcome.exit_code, None, stats)
 
 
