@@ -23,7 +23,8 @@ from agent.config import (
 )
 from agent.facts import host_facts
 from agent.journal import isoformat, utc_now
-from agent.paths import HOME_ENV, AgentPaths, resolve_home
+from agent.paths import HOME_ENV, AgentPaths, read_json, resolve_home
+from agent.schedules import ScheduleStore
 from agent.spool import spool_stats_from_disk
 from agent.status import read_status
 
@@ -197,7 +198,21 @@ def collect_status(paths: AgentPaths) -> Dict[str, Any]:
         "last_error_at": status.get("last_error_at"),
         "running": status.get("running") or [],
         "spool": spool_stats_from_disk(paths.spool),
+        "schedules": _schedules(paths, state),
     }
+
+
+def _schedules(paths: AgentPaths, state: State) -> Optional[Dict[str, Any]]:
+    """The applied schedule set without its hook bodies, with each last fire time."""
+    applied = ScheduleStore(paths.schedules, state.secrets_key()).load()
+    if applied is None:
+        return None
+    summary = applied.summary()
+    fires = read_json(paths.schedule_state, default={}) or {}
+    for schedule in summary["schedules"]:
+        entry = fires.get(str(schedule["id"])) if isinstance(fires, dict) else None
+        schedule["last_fire_at"] = entry.get("last_fire_at") if isinstance(entry, dict) else None
+    return summary
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -226,5 +241,20 @@ def status_command(args: argparse.Namespace) -> int:
         "jobs:                 "
         + (", ".join(f"job {job['job_id']} ({job['state']})" for job in jobs) or "none")
     )
+    lines.extend(_schedule_lines(report["schedules"]))
     print("\n".join(lines))
     return EXIT_OK
+
+
+def _schedule_lines(schedules: Optional[Dict[str, Any]]) -> List[str]:
+    if schedules is None:
+        return ["schedules:            none received yet"]
+    lines = [f"schedules:            version {schedules['version']}"]
+    for schedule in schedules["schedules"]:
+        state = "" if schedule["enabled"] else ", disabled"
+        lines.append(
+            f"  {schedule['name']}: {schedule['cron']} ({', '.join(schedule['groups'])}; "
+            f"missed: {schedule['missed_policy']}{state}; "
+            f"last fired {schedule['last_fire_at'] or 'never'})"
+        )
+    return lines

@@ -180,6 +180,13 @@ class Client:
         """``POST /events`` → ``{"acked": [...], "rejected": [...]}``."""
         return self._post("/events", {"events": events})
 
+    def register_run(self, registration: Dict[str, Any]) -> Dict[str, Any]:
+        """``POST /runs`` (a job the agent started) → ``{"job_id", "attempt_id"}``.
+
+        Idempotent by ``run_id``: a repeated registration gets the same ids.
+        """
+        return self._post("/runs", registration)
+
     def send_logs(
         self, job_id: int, attempt_id: str, first_seq: int, records: List[Dict[str, Any]]
     ) -> Dict[str, Any]:

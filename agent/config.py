@@ -53,8 +53,11 @@ pin_sha256 = {pin}
 # Disk space (MiB) for events and job logs kept while the server is unreachable.
 # When it is full, new log lines are counted as dropped and reported, never lost silently.
 spool_max_mb = 256
-# false: refuse pre/post backup hooks sent by the server (the host owner's veto).
+# false: refuse pre/post backup hooks sent by the server (the host owner's veto): a backup
+# that has hooks then fails with "hooks are disabled on this host".
 allow_hooks = true
+# A hook still running after this many seconds is stopped (SIGINT, then SIGKILL).
+hook_timeout_seconds = 3600
 # Where restores may write: comma-separated absolute paths, * for anywhere, empty for nowhere.
 restore_paths = *
 """
@@ -90,6 +93,7 @@ class AgentConfig:
     spool_max_mb: int = 256
     allow_hooks: bool = True
     restore_paths: str = "*"
+    hook_timeout_seconds: float = 3600.0
 
 
 def write_config(path: Path, server_url: str, ca_file: Optional[str], pin: Optional[str]) -> None:
@@ -120,9 +124,19 @@ def load_config(path: Path) -> AgentConfig:
             spool_max_mb=parser.getint("agent", "spool_max_mb", fallback=256),
             allow_hooks=parser.getboolean("agent", "allow_hooks", fallback=True),
             restore_paths=parser.get("agent", "restore_paths", fallback="*").strip(),
+            hook_timeout_seconds=_positive(
+                parser.getfloat("agent", "hook_timeout_seconds", fallback=3600.0),
+                "hook_timeout_seconds",
+            ),
         )
     except ValueError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _positive(value: float, name: str) -> float:
+    if not value > 0:
+        raise ValueError(f"[agent] {name} must be a positive number of seconds")
+    return value
 
 
 def merge_settings(current: Dict[str, Any], received: Any) -> Dict[str, Any]:
@@ -208,16 +222,21 @@ def new_secrets_key() -> str:
 
 
 class SecretStore:
-    """Repository credentials sealed with AES-256-GCM under the key in ``state.json``."""
+    """Repository credentials sealed with AES-256-GCM under the key in ``state.json``.
 
-    def __init__(self, path: Path, key: bytes):
+    ``associated_data`` tells sealed files apart (the schedule set has its own), so one
+    cannot be swapped for another.
+    """
+
+    def __init__(self, path: Path, key: bytes, associated_data: bytes = SECRETS_ASSOCIATED_DATA):
         self.path = path
         self._aead = AESGCM(key)
+        self._associated_data = associated_data
 
     def save(self, credentials: Dict[str, Any]) -> None:
         nonce = os.urandom(_NONCE_BYTES)
         plaintext = json.dumps(credentials, sort_keys=True).encode()
-        sealed = self._aead.encrypt(nonce, plaintext, SECRETS_ASSOCIATED_DATA)
+        sealed = self._aead.encrypt(nonce, plaintext, self._associated_data)
         atomic_write_bytes(self.path, _SEALED_VERSION + nonce + sealed)
 
     def load(self) -> Optional[Dict[str, Any]]:
@@ -230,7 +249,7 @@ class SecretStore:
             raise ConfigError(f"{self.path} is not a sealed secrets file")
         nonce, body = blob[1 : 1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES :]
         try:
-            plaintext = self._aead.decrypt(nonce, body, SECRETS_ASSOCIATED_DATA)
+            plaintext = self._aead.decrypt(nonce, body, self._associated_data)
         except InvalidTag:
             raise ConfigError(
                 f"{self.path} failed its integrity check (tampered, or sealed under another "

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from agent.jobspool import JobSpool
+from agent.jobparams import InvalidParams
+from agent.jobspool import JobKey, JobSpool
 from agent.restic import errors, execute
 from agent.restic.environment import Masker, restic_environment, secrets_of
 from agent.restic.messages import stderr_text
@@ -39,7 +40,7 @@ class JobResult:
 
 @dataclass
 class RunningJob:
-    job_id: int
+    job_id: JobKey  # a run_id (str) until the server registers an agent-started run
     attempt_id: str
     kind: str
     params: Dict[str, Any]
@@ -60,6 +61,18 @@ class ResticSetup:
     version: Callable[[], Optional[str]] = lambda: None  # asked only by what needs it
     cache_dir: Optional[Path] = None
     grace_seconds: float = execute.GRACE_SECONDS
+    allow_hooks: bool = True  # agent.conf's allow_hooks: the host owner's veto
+    hook_timeout_seconds: float = execute.HOOK_TIMEOUT_SECONDS
+
+
+def failed_result(job_spool: JobSpool, kind: str, error: Exception) -> JobResult:
+    """A job stopped by ``error`` (bad params, no credentials, restic): logged, failed."""
+    if isinstance(error, InvalidParams):
+        message = f"invalid {kind} parameters: {error}"
+    else:
+        message = str(error)
+    job_spool.append("agent", message)
+    return JobResult("failed", error=message)
 
 
 class Job:
@@ -105,6 +118,24 @@ class Job:
         if credentials is None:
             raise JobFailed("this host has no repository credentials yet")
         return credentials
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def hook(
+        self, which: str, command: str, variables: Dict[str, str], cancellable: bool = True
+    ) -> execute.Outcome:
+        """Run the ``pre``/``post`` hook; its output goes to the log as ``pre-hook: …``."""
+        prefix = f"{which}-hook:"
+        self.log(f"{prefix} running (timeout {self.setup.hook_timeout_seconds:g} s)")
+        return execute.run_hook(
+            command,
+            variables,
+            on_line=lambda stream, text: self.log(f"{prefix} {text}"),
+            cancel=self.running.cancel if cancellable else None,
+            masker=self.masker,
+            timeout=self.setup.hook_timeout_seconds,
+            grace_seconds=self.setup.grace_seconds,
+        )
 
     # -- running restic ----------------------------------------------------------------
 

@@ -29,6 +29,12 @@ class BackupParams:
     limit_upload_kib: Optional[int] = None
     limit_download_kib: Optional[int] = None
     group: Optional[str] = None
+    pre_hook: Optional[str] = None
+    post_hook: Optional[str] = None
+
+    @property
+    def has_hooks(self) -> bool:
+        return bool(self.pre_hook or self.post_hook)
 
 
 @dataclass
@@ -60,13 +66,52 @@ def backup_params(params: Mapping[str, Any]) -> BackupParams:
         limit_upload_kib=_limit(params, "limit_upload_kib"),
         limit_download_kib=_limit(params, "limit_download_kib"),
         group=group,
+        pre_hook=hook(params, "pre_hook"),
+        post_hook=hook(params, "post_hook"),
     )
 
 
-def forget_params(params: Mapping[str, Any]) -> ForgetParams:
-    policy = params.get("policy")
+def hook(params: Mapping[str, Any], key: str) -> Optional[str]:
+    """A shell hook: ``None`` (or blank) for none, else the command for ``/bin/sh -c``."""
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidParams(f"{key}: must be null or a shell command")
+    if "\0" in value:
+        raise InvalidParams(f"{key}: contains a NUL character")
+    return value if value.strip() else None
+
+
+def forget_params(params: Mapping[str, Any]) -> List[ForgetParams]:
+    """One restic forget per entry: ``policy`` (+ ``tags``), or ``groups`` — each tag with
+    its own policy (the maintenance ticker's forget)."""
+    group_by = params.get("group_by")
+    if group_by is not None and not _valid_group_by(group_by):
+        raise InvalidParams("group_by: a comma-separated list of host, paths, tags")
+    dry_run = params.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidParams("dry_run: must be true or false")
+    groups = params.get("groups")
+    if groups is None:
+        policy = _policy(params.get("policy"), "policy")
+        return [ForgetParams(policy, _strings(params, "tags"), group_by, dry_run)]
+    if not isinstance(groups, list) or not groups:
+        raise InvalidParams("groups: must be a non-empty list of {tag, policy}")
+    runs = []
+    for index, group in enumerate(groups):
+        where = f"groups[{index}]"
+        tag = group.get("tag") if isinstance(group, dict) else None
+        if not isinstance(tag, str) or not tag or "," in tag or "\0" in tag:
+            raise InvalidParams(f"{where}.tag: must be a tag name")
+        policy = _policy(group.get("policy"), f"{where}.policy")
+        runs.append(ForgetParams(policy, [tag], group_by, dry_run))
+    return runs
+
+
+def _policy(policy: Any, where: str) -> Dict[str, Any]:
     if not isinstance(policy, dict):
-        raise InvalidParams("policy: must be an object with at least one keep rule")
+        raise InvalidParams(f"{where}: must be an object with at least one keep rule")
     rules: Dict[str, Any] = {}
     for key, _flag in KEEP_FLAGS:
         value = policy.get(key)
@@ -74,21 +119,13 @@ def forget_params(params: Mapping[str, Any]) -> ForgetParams:
             continue
         if key == "keep_within":
             if not isinstance(value, str) or not _KEEP_WITHIN.match(value):
-                raise InvalidParams(f"policy.keep_within: {value!r} is not like 1y2m3d4h")
+                raise InvalidParams(f"{where}.keep_within: {value!r} is not like 1y2m3d4h")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidParams(f"policy.{key}: must be an integer of at least 1")
+            raise InvalidParams(f"{where}.{key}: must be an integer of at least 1")
         rules[key] = value
     if not rules:
-        raise InvalidParams("policy: at least one keep rule is needed (nothing would be kept)")
-    group_by = params.get("group_by")
-    if group_by is not None and not _valid_group_by(group_by):
-        raise InvalidParams("group_by: a comma-separated list of host, paths, tags")
-    dry_run = params.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise InvalidParams("dry_run: must be true or false")
-    return ForgetParams(
-        policy=rules, tags=_strings(params, "tags"), group_by=group_by, dry_run=dry_run
-    )
+        raise InvalidParams(f"{where}: at least one keep rule is needed (nothing would be kept)")
+    return rules
 
 
 def read_data_subset(params: Mapping[str, Any]) -> Optional[str]:

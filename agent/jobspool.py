@@ -1,12 +1,13 @@
 """One job's log records on disk: ``records.ndjson`` plus ``cursor.json`` (see agent.spool)."""
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from agent.journal import isoformat, utc_now
 from agent.paths import (
@@ -25,6 +26,11 @@ FSYNC_INTERVAL_SECONDS = 1.0
 MAX_BATCH_BYTES = 900 * 1024  # the server takes at most 1 MiB per request
 COMPACT_AFTER_BYTES = 1024 * 1024
 STREAMS = ("stdout", "stderr", "agent")
+RUN_FILE = "run.json"  # an agent-started run not yet registered: its POST /runs body
+
+# A job's key in the spool: the server's job id, or the agent's run_id (a str) while an
+# agent-started run waits for its registration (docs/protocol.md, "POST /runs").
+JobKey = Union[int, str]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +58,10 @@ class JobSpool:
         self.cursor_path = directory / "cursor.json"
         self._spool = spool
         self._lock = threading.RLock()
-        self.job_id = int(cursor["job_id"])
+        job_id = cursor["job_id"]
+        self.job_id: JobKey = job_id if isinstance(job_id, str) else int(job_id)
         self.attempt_id = str(cursor["attempt_id"])
+        self.registration: Optional[Dict[str, Any]] = None  # run.json, for a run
         self.acked_seq = int(cursor.get("acked_seq", 0))
         self.next_seq = int(cursor.get("next_seq", 1))
         self.finished = bool(cursor.get("finished", False))
@@ -69,9 +77,19 @@ class JobSpool:
     # -- creation and recovery ---------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: Path, job_id: int, attempt_id: str, spool: "Spool") -> "JobSpool":
+    def create(
+        cls,
+        directory: Path,
+        job_id: JobKey,
+        attempt_id: str,
+        spool: "Spool",
+        registration: Optional[Dict[str, Any]] = None,
+    ) -> "JobSpool":
         make_private_dir(directory)
         job = cls(directory, spool, {"job_id": job_id, "attempt_id": attempt_id})
+        if registration is not None:
+            atomic_write_json(directory / RUN_FILE, registration)
+            job.registration = registration
         job._write_cursor()
         return job
 
@@ -81,10 +99,28 @@ class JobSpool:
         cursor = read_json(directory / "cursor.json", default=None)
         if not isinstance(cursor, dict) or "attempt_id" not in cursor:
             return None
-        cursor.setdefault("job_id", int(directory.name))
+        if "job_id" not in cursor:
+            if not directory.name.isdigit():
+                return None
+            cursor["job_id"] = int(directory.name)
         job = cls(directory, spool, cursor)
+        if isinstance(job.job_id, str):
+            registration = read_json(directory / RUN_FILE, default=None)
+            job.registration = registration if isinstance(registration, dict) else None
         job._recover_records()
         return job
+
+    def rekey(self, directory: Path, job_id: int, attempt_id: str) -> None:
+        """The run was registered: from now on it is job ``job_id`` in ``directory``."""
+        with self._lock:
+            os.replace(self.directory, directory)
+            self.directory = directory
+            self.records_path = directory / "records.ndjson"
+            self.cursor_path = directory / "cursor.json"
+            self.job_id, self.attempt_id, self.registration = job_id, attempt_id, None
+            self._write_cursor()
+            with contextlib.suppress(FileNotFoundError):
+                (directory / RUN_FILE).unlink()
 
     def _recover_records(self) -> None:
         """Find the last complete record, cut a torn tail, and locate the first unacked one."""

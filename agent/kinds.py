@@ -8,7 +8,8 @@ credentials ``JobFailed``; the runner turns both into a failed job.
 from typing import Callable, Dict, Optional
 
 from agent import jobparams
-from agent.job import Job, JobFailed, JobResult
+from agent.config import ConfigError
+from agent.job import Job, JobFailed, JobResult, failed_result
 from agent.progress import BackupReporter
 from agent.restic import errors, execute
 from agent.restic.backup import backup_argv, summary_line
@@ -23,6 +24,8 @@ from agent.restic.unlock import unlock_argv
 
 PARTIAL_BACKUP = "some source files could not be read; the snapshot was saved without them"
 BACKUP_PROGRESS_FPS = 2  # twice the event rate, so the 1 s throttle always has a fresh line
+HOOKS_DISABLED = "hooks are disabled on this host (allow_hooks = false in agent.conf)"
+_STOPPING_ERRORS = (jobparams.InvalidParams, JobFailed, errors.ResticError, ConfigError)
 
 
 def run_probe(job: Job) -> JobResult:
@@ -75,7 +78,77 @@ def _init_line(job: Job, text: str) -> None:
 
 
 def run_backup(job: Job) -> JobResult:
+    """pre-hook, restic backup, post-hook (docs/protocol.md, "Hooks").
+
+    A failed pre-hook fails the job before restic starts; the post-hook runs whatever
+    happened, with the job's status in ``RM_JOB_STATUS``.
+    """
     params = jobparams.backup_params(job.params)
+    if params.has_hooks and not job.setup.allow_hooks:
+        raise JobFailed(HOOKS_DISABLED)
+    result = JobResult("failed", error="agent error")  # if something unexpected escapes
+    try:
+        result = (_pre_hook(job, params) if params.pre_hook else None) or _backup(job, params)
+    except _STOPPING_ERRORS as error:
+        result = failed_result(job.job_spool, "backup", error)
+    finally:
+        if params.post_hook:
+            _post_hook(job, params, result)
+    return result
+
+
+def _hook_variables(job: Job, params: jobparams.BackupParams, which: str) -> Dict[str, str]:
+    return {
+        "RM_HOOK": which,
+        "RM_JOB_KIND": "backup",
+        "RM_JOB_ID": str(job.running.job_id),
+        "RM_GROUP": params.group or "",
+    }
+
+
+def _pre_hook(job: Job, params: jobparams.BackupParams) -> Optional[JobResult]:
+    """Run the pre-hook; a result (failed/cancelled) when the backup must not run."""
+    assert params.pre_hook is not None
+    outcome = job.hook("pre", params.pre_hook, _hook_variables(job, params, "pre"))
+    if outcome.cancelled:
+        message = "the job was cancelled while its pre-hook ran; restic did not run"
+        job.log(message)
+        return JobResult("cancelled", outcome.exit_code, message)
+    if outcome.timed_out:
+        message = f"pre-hook timed out after {job.setup.hook_timeout_seconds:g} s"
+    elif outcome.exit_code != 0:
+        message = f"pre-hook failed with status {outcome.exit_code}"
+    else:
+        return None
+    job.log(message + "; restic did not run")
+    return JobResult("failed", outcome.exit_code, message)
+
+
+def _post_hook(job: Job, params: jobparams.BackupParams, result: JobResult) -> None:
+    """Run the post-hook; its failure is logged, the job's status stays."""
+    assert params.post_hook is not None
+    variables = _hook_variables(job, params, "post")
+    variables["RM_JOB_STATUS"] = result.status
+    snapshot_id = (result.stats or {}).get("snapshot_id")
+    if snapshot_id:
+        variables["RM_SNAPSHOT_ID"] = str(snapshot_id)
+    try:
+        # After a cancel the post-hook still runs (it may undo what the pre-hook did).
+        outcome = job.hook(
+            "post", params.post_hook, variables, cancellable=result.status != "cancelled"
+        )
+    except errors.ResticError as error:
+        job.log(f"post-hook could not run: {error}")
+        return
+    if outcome.timed_out:
+        job.log(f"post-hook timed out after {job.setup.hook_timeout_seconds:g} s")
+    elif outcome.cancelled:
+        job.log("post-hook stopped: the job was cancelled")
+    elif outcome.exit_code != 0:
+        job.log(f"post-hook failed with status {outcome.exit_code}")
+
+
+def _backup(job: Job, params: jobparams.BackupParams) -> JobResult:
     credentials = job.require_credentials()
     reporter = BackupReporter(job)
     argv = backup_argv(
@@ -127,23 +200,29 @@ def run_snapshots(job: Job) -> JobResult:
 
 
 def run_forget(job: Job) -> JobResult:
-    params = jobparams.forget_params(job.params)
+    """restic forget once per policy (one per tag for the maintenance forget)."""
+    runs = jobparams.forget_params(job.params)
     credentials = job.require_credentials(admin=True)
-    argv = forget_argv(
-        job.setup.binary, params.policy, params.tags, params.group_by, params.dry_run
-    )
-    outcome = job.restic(argv, credentials, capture=True)
-    result = _unsuccessful(job, outcome)
-    if result is not None:
-        return result
-    groups = parse_forget(job.stdout_of(outcome))
-    for line in group_lines(groups, params.dry_run):
-        job.log(line, "stdout")
-    kept, removed = counts(groups)
-    if not params.dry_run:
+    kept = removed = 0
+    outcome = None
+    for params in runs:
+        argv = forget_argv(
+            job.setup.binary, params.policy, params.tags, params.group_by, params.dry_run
+        )
+        outcome = job.restic(argv, credentials, capture=True)
+        result = _unsuccessful(job, outcome)
+        if result is not None:
+            return result
+        groups = parse_forget(job.stdout_of(outcome))
+        for line in group_lines(groups, params.dry_run):
+            job.log(line, "stdout")
+        run_kept, run_removed = counts(groups)
+        kept, removed = kept + run_kept, removed + run_removed
+    dry_run = runs[0].dry_run
+    if not dry_run:
         job.report_snapshots()
         job.report_stats()
-    stats = {"kept": kept, "removed": removed, "dry_run": params.dry_run}
+    stats = {"kept": kept, "removed": removed, "dry_run": dry_run}
     return JobResult("succeeded", outcome.exit_code, None, stats)
 
 

@@ -29,6 +29,8 @@ class AgentPaths:
         self.config = self.home / "agent.conf"
         self.state = self.home / "state.json"
         self.secrets = self.home / "secrets.sealed"
+        self.schedules = self.home / "schedules.sealed"
+        self.schedule_state = self.home / "schedule_state.json"
         self.seen_commands = self.home / "seen_commands.json"
         self.status = self.home / "status.json"
         self.spool = self.home / "spool"

@@ -11,9 +11,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 from agent import facts
 from agent.config import ConfigError
-from agent.job import Job, JobFailed, JobResult, ResticSetup, RunningJob
+from agent.job import Job, JobFailed, JobResult, ResticSetup, RunningJob, failed_result
 from agent.jobparams import InvalidParams
-from agent.jobspool import JobSpool
+from agent.jobspool import JobKey, JobSpool
 from agent.kinds import KINDS
 from agent.restic import errors, execute
 from agent.spool import Spool
@@ -31,8 +31,10 @@ class Runner:
         cache_dir: Optional[Path] = None,
         restic_binary: str = "restic",
         grace_seconds: float = execute.GRACE_SECONDS,
-        on_job_end: Optional[Callable[[int], None]] = None,
+        on_job_end: Optional[Callable[[JobKey], None]] = None,
         restic_version: Any = _UNKNOWN,
+        allow_hooks: bool = True,
+        hook_timeout_seconds: float = execute.HOOK_TIMEOUT_SECONDS,
     ):
         self.spool = spool
         self.load_credentials = load_credentials
@@ -40,8 +42,10 @@ class Runner:
         self.restic_binary = restic_binary
         self.grace_seconds = grace_seconds
         self.on_job_end = on_job_end
+        self.allow_hooks = allow_hooks
+        self.hook_timeout_seconds = hook_timeout_seconds
         self._lock = threading.Lock()
-        self._jobs: Dict[int, RunningJob] = {}
+        self._jobs: Dict[JobKey, RunningJob] = {}
         self._version = restic_version
         self._version_lock = threading.Lock()
 
@@ -64,20 +68,33 @@ class Runner:
         """Create the job's spool on disk (before the command is acked)."""
         return self.spool.open_job(job_id, attempt_id)
 
-    def start(self, job_id: int, attempt_id: str, kind: str, params: Dict[str, Any]) -> bool:
-        """Run the job on its own thread; False if this attempt already runs."""
+    def start(
+        self, job_id: JobKey, attempt_id: str, kind: str, params: Dict[str, Any]
+    ) -> Optional[threading.Thread]:
+        """Run the job on its own thread (returned); ``None`` if this job already runs.
+
+        ``job_id`` is a run_id (str) for an agent-started run the server has not registered.
+        """
         job = RunningJob(job_id, attempt_id, kind, params or {})
         with self._lock:
             if job_id in self._jobs:
-                return False
+                return None
             self._jobs[job_id] = job
-        job.thread = threading.Thread(target=self._run, args=(job,), name=f"job-{job_id}")
-        job.thread.daemon = True
+            job.thread = threading.Thread(target=self._run, args=(job,), name=f"job-{job_id}")
+            job.thread.daemon = True
         job.thread.start()
-        return True
+        return job.thread
+
+    def adopt(self, run_id: str, job_id: int, attempt_id: str) -> None:
+        """The server registered the run: it runs on as ``job_id`` (in ``running()`` too)."""
+        with self._lock:
+            job = self._jobs.pop(run_id, None)
+            if job is not None:
+                job.job_id, job.attempt_id = job_id, attempt_id
+                self._jobs[job_id] = job
 
     def cancel(
-        self, job_id: int, attempt_id: Optional[str] = None, reason: str = "cancelled"
+        self, job_id: JobKey, attempt_id: Optional[str] = None, reason: str = "cancelled"
     ) -> bool:
         """Ask a running job to stop (SIGINT, SIGKILL after the grace); False if not running."""
         with self._lock:
@@ -91,11 +108,13 @@ class Runner:
         return True
 
     def running(self) -> List[Dict[str, Any]]:
+        """Registered jobs that run now (a run the server does not know is not listed)."""
         with self._lock:
-            jobs = sorted(self._jobs.values(), key=lambda job: job.job_id)
+            jobs = [job for job in self._jobs.values() if isinstance(job.job_id, int)]
+        jobs.sort(key=lambda job: job.job_id)
         return [{"job_id": j.job_id, "attempt_id": j.attempt_id, "state": "running"} for j in jobs]
 
-    def is_running(self, job_id: int) -> bool:
+    def is_running(self, job_id: JobKey) -> bool:
         with self._lock:
             return job_id in self._jobs
 
@@ -105,11 +124,12 @@ class Runner:
             threads = [job.thread for job in self._jobs.values() if job.thread is not None]
         for thread in threads:
             thread.join(timeout)
-        return not self.running()
+        with self._lock:
+            return not self._jobs
 
-    def recover_interrupted(self) -> List[int]:
+    def recover_interrupted(self) -> List[JobKey]:
         """At start-up: jobs whose spool never got a ``job.finished`` died with the agent."""
-        recovered = []
+        recovered: List[JobKey] = []
         for job_spool in self.spool.jobs():
             if job_spool.finished or self.is_running(job_spool.job_id):
                 continue
@@ -133,9 +153,10 @@ class Runner:
             self._finish(job_spool, result)
         finally:
             with self._lock:
-                self._jobs.pop(job.job_id, None)
+                job_id = job.job_id  # the server's id if the run was registered meanwhile
+                self._jobs.pop(job_id, None)
             if self.on_job_end is not None:
-                self.on_job_end(job.job_id)
+                self.on_job_end(job_id)
 
     def _run_kind(self, job: RunningJob, job_spool: JobSpool) -> JobResult:
         """The one error funnel: what stops a job early becomes a failed result."""
@@ -145,12 +166,8 @@ class Runner:
                 raise JobFailed(f"this agent version cannot run {job.kind} jobs")
             context = Job(job, job_spool, self.spool, self.load_credentials(), self._setup())
             return handler(context)
-        except InvalidParams as error:
-            message = f"invalid {job.kind} parameters: {error}"
-        except (JobFailed, errors.ResticError, ConfigError) as error:
-            message = str(error)
-        job_spool.append("agent", message)
-        return JobResult("failed", error=message)
+        except (InvalidParams, JobFailed, errors.ResticError, ConfigError) as error:
+            return failed_result(job_spool, job.kind, error)
 
     def _setup(self) -> ResticSetup:
         return ResticSetup(
@@ -158,6 +175,8 @@ class Runner:
             version=lambda: self.restic_version,
             cache_dir=self.cache_dir,
             grace_seconds=self.grace_seconds,
+            allow_hooks=self.allow_hooks,
+            hook_timeout_seconds=self.hook_timeout_seconds,
         )
 
     def _finish(self, job_spool: JobSpool, result: JobResult) -> None:

@@ -11,6 +11,7 @@ In-process use (tests, a contract test against a Flask server)::
 import logging
 import threading
 import uuid
+from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional
 
 from agent.backoff import Backoff, start_delay
@@ -33,6 +34,15 @@ from agent.facts import host_facts
 from agent.journal import SeenCommands
 from agent.paths import AgentPaths, PathLike, resolve_home
 from agent.runner import Runner
+from agent.runs import PlannedRun, RunQueue
+from agent.scheduler import TICK_SECONDS, Scheduler, local_now
+from agent.schedules import (
+    InvalidScheduleSet,
+    Schedule,
+    ScheduleSet,
+    ScheduleStore,
+    parse_schedule_set,
+)
 from agent.spool import Spool
 from agent.status import StatusFile
 from agent.uploader import Uploader
@@ -89,11 +99,14 @@ class Agent:
         restic_binary: str = "restic",
         start_delay: Optional[float] = None,
         grace_seconds: float = 10.0,
+        clock: Optional[Callable[[], datetime]] = None,
+        scheduler_tick_seconds: float = TICK_SECONDS,
     ):
         self.paths = AgentPaths(resolve_home(home))
         self.config: AgentConfig = load_config(self.paths.config)
         self.state = State.load(self.paths.state)
         self.secrets = open_secret_store(self.paths, self.state)
+        self.schedules = ScheduleStore(self.paths.schedules, self.state.secrets_key())
         self.seen = SeenCommands(self.paths.seen_commands)
         self.spool = Spool(self.paths.spool, self.config.spool_max_mb * 1024 * 1024)
         self.status = StatusFile(self.paths.status)
@@ -110,6 +123,8 @@ class Agent:
             restic_binary=restic_binary,
             grace_seconds=grace_seconds,
             on_job_end=self._job_ended,
+            allow_hooks=self.config.allow_hooks,
+            hook_timeout_seconds=self.config.hook_timeout_seconds,
         )
         self.client = self._new_client()
         self.uploader = Uploader(
@@ -118,7 +133,15 @@ class Agent:
             settings=lambda: self.state.settings,
             cancel_job=self.runner.cancel,
             is_running=self.runner.is_running,
+            on_run_registered=self.runner.adopt,
         )
+        self.scheduler = Scheduler(
+            self.paths.schedule_state,
+            self._schedule_fired,
+            now=clock or local_now,
+            tick_seconds=scheduler_tick_seconds,
+        )
+        self.runs = RunQueue(self._new_client(), self.runner, self.spool, self._run_started)
         self.spool.on_event = self._event_spooled
         self.facts: Dict[str, Any] = {}
 
@@ -138,6 +161,7 @@ class Agent:
         stop = stop or threading.Event()
         uploader_stop = threading.Event()
         uploader_thread = None
+        background_stop = threading.Event()
         try:
             self.status.update(state="starting", running=self.running())
             self.seen.prune()
@@ -147,6 +171,7 @@ class Agent:
                 return 0
             self.facts = host_facts(self.restic_binary)
             self.runner.restic_version = self.facts.get("restic_version")  # asked once
+            self._start_schedules(background_stop)  # server reachable or not
             self.uploader.flush_once_logged()  # spooled events before hello, if reachable
             uploader_thread = threading.Thread(
                 target=self.uploader.run, args=(uploader_stop,), name="uploader", daemon=True
@@ -156,6 +181,8 @@ class Agent:
                 self._poll_forever(stop)
             return 0
         finally:
+            background_stop.set()
+            self.scheduler.wake()
             uploader_stop.set()
             self.uploader.wake()
             if uploader_thread is not None:
@@ -163,6 +190,11 @@ class Agent:
                 if not uploader_thread.is_alive():
                     self._final_flush()
             self.status.update(state="stopped", running=self.runner.running())
+
+    def _start_schedules(self, stop: threading.Event) -> None:
+        self.scheduler.apply(self.schedules.load())
+        for name, target in (("scheduler", self.scheduler.run), ("runs", self.runs.run)):
+            threading.Thread(target=target, args=(stop,), name=name, daemon=True).start()
 
     def _final_flush(self) -> None:
         """Deliver what finished jobs left behind, briefly (the next start sends the rest)."""
@@ -249,6 +281,7 @@ class Agent:
             "job.run": self._job_run,
             "job.cancel": self._job_cancel,
             "job.watch": self._job_watch,
+            "schedule.set": self._schedule_set,
         }
         handler = handlers.get(str(command.get("type")))
         try:
@@ -305,12 +338,77 @@ class Agent:
             # Ran here before a crash cut the journal write short: never run an attempt twice.
             self.seen.record(command["command_id"])
             return "duplicate"
+        params = dict(payload.get("params") or {})
+        if kind == "backup":
+            params = self._with_host_limits(params)
         self.runner.prepare(job_id, attempt_id)  # on disk before the ack: survives a crash
         self.seen.record(command["command_id"])
-        self.runner.start(job_id, attempt_id, str(kind), payload.get("params") or {})
+        self.runner.start(job_id, attempt_id, str(kind), params)
         self.status.update(running=self.running())
         self.uploader.wake()
         return "accepted"
+
+    def _with_host_limits(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        """The host-wide bandwidth caps where the job's params set none (an override wins)."""
+        applied = self.schedules.load()
+        if applied is not None:
+            for key, cap in (
+                ("limit_upload_kib", applied.limit_upload_kib),
+                ("limit_download_kib", applied.limit_download_kib),
+            ):
+                if params.get(key) is None and cap:
+                    params[key] = cap
+        return params
+
+    def _schedule_set(self, command: Dict[str, Any]) -> str:
+        """Seal and apply a newer schedule set, then report ``schedule.applied``."""
+        payload = command.get("payload") or {}
+        try:
+            schedule_set = parse_schedule_set(payload)
+        except InvalidScheduleSet as error:
+            raise CommandRejected(f"invalid schedule set: {error}") from None
+        applied = self.schedules.load()
+        if applied is not None and schedule_set.version <= applied.version:
+            self.seen.record(command["command_id"])
+            log.info(
+                "schedule set version %s ignored: version %s is applied",
+                schedule_set.version,
+                applied.version,
+            )
+            return "noop"
+        self.schedules.save(payload)
+        self.seen.record(command["command_id"])
+        self.scheduler.apply(schedule_set)
+        self.spool.add_event("schedule.applied", data={"version": schedule_set.version})
+        log.info(
+            "schedule set version %s applied (%d schedules)",
+            schedule_set.version,
+            len(schedule_set.schedules),
+        )
+        return "accepted"
+
+    def _schedule_fired(
+        self, schedule_set: ScheduleSet, schedule: Schedule, fired_at: datetime
+    ) -> None:
+        """One backup per group of the schedule, in the order listed, queued."""
+        for group_id in schedule.group_ids:
+            group = schedule_set.groups[group_id]
+            self.runs.submit(
+                PlannedRun(
+                    kind="backup",
+                    params=schedule_set.backup_params(group),
+                    fired_at=fired_at,
+                    schedule_id=schedule.id,
+                    schedule_version=schedule_set.version,
+                )
+            )
+
+    def _run_started(self) -> None:
+        self.uploader.wake()
+        try:
+            self.status.update(running=self.running())
+        except OSError:
+            log.exception("could not write status.json")
 
     def _job_cancel(self, command: Dict[str, Any]) -> str:
         self.seen.record(command["command_id"])
@@ -369,7 +467,7 @@ class Agent:
         running = self.runner.running()
         busy = {item["job_id"] for item in running}
         for job in self.spool.jobs():
-            if job.job_id not in busy:
+            if isinstance(job.job_id, int) and job.job_id not in busy:
                 running.append(
                     {"job_id": job.job_id, "attempt_id": job.attempt_id, "state": "reporting"}
                 )

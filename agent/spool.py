@@ -5,6 +5,8 @@ Layout under ``<home>/spool/``::
     events/000000000042-<event_id>.json    one event per file; lexical order = creation order
     jobs/<job_id>/records.ndjson           {"seq","ts","stream","text"} per line, seq never reused
     jobs/<job_id>/cursor.json              {"attempt_id","acked_seq","next_seq","finished",…}
+    jobs/run-<run_id>/…                    the same, plus run.json, for an agent-started run
+                                           the server has not registered yet
     dropped.json                           counts not yet reported as agent.spool_dropped
 
 An event file is deleted only once the server acked its id; a job's directory only once the
@@ -20,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from agent.jobspool import JobSpool
+from agent.jobspool import JobKey, JobSpool
 from agent.journal import isoformat, utc_now
 from agent.paths import (
     atomic_write_bytes,
@@ -54,7 +56,10 @@ class Spool:
         self._counter = 0
         self._dropped = {"events": 0, "log_records": 0}
         self._dropped_dirty = False
-        self._jobs: Dict[int, JobSpool] = {}
+        self._jobs: Dict[JobKey, JobSpool] = {}
+        # run_id → (job_id, attempt_id) of runs registered while this process runs: an event
+        # a job thread writes under its run_id just after the registration still finds its job.
+        self._aliases: Dict[str, Tuple[int, str]] = {}
         self.on_event: Optional[Callable[[str], None]] = None  # e.g. wake the uploader
         self._load()
 
@@ -120,11 +125,23 @@ class Spool:
     def add_event(
         self,
         event_type: str,
-        job_id: Optional[int] = None,
+        job_id: Optional[JobKey] = None,
         attempt_id: Optional[str] = None,
         data: Optional[Dict[str, Any]] = None,
     ) -> Optional[str]:
         """Persist a new event; its id, or ``None`` when the spool is full (counted)."""
+        with self._lock:
+            if isinstance(job_id, str) and job_id in self._aliases:
+                job_id, attempt_id = self._aliases[job_id]
+            return self._add_event(event_type, job_id, attempt_id, data)
+
+    def _add_event(
+        self,
+        event_type: str,
+        job_id: Optional[JobKey],
+        attempt_id: Optional[str],
+        data: Optional[Dict[str, Any]],
+    ) -> Optional[str]:
         event = {
             "event_id": uuid.uuid4().hex,
             "type": event_type,
@@ -200,28 +217,83 @@ class Spool:
 
     # -- jobs --------------------------------------------------------------------------
 
-    def open_job(self, job_id: int, attempt_id: str) -> JobSpool:
+    def open_job(self, job_id: JobKey, attempt_id: str) -> JobSpool:
         """The spool of this job attempt, created (durably) on first use."""
         with self._lock:
+            if isinstance(job_id, str) and job_id in self._aliases:
+                job_id, attempt_id = self._aliases[job_id]
             existing = self._jobs.get(job_id)
             if existing is not None and existing.attempt_id == attempt_id:
                 return existing
             if existing is not None:
                 log.info("job %s: dropping the spool of its older attempt", job_id)
                 self.remove_job(job_id)
-            job = JobSpool.create(self.jobs_dir / str(int(job_id)), job_id, attempt_id, self)
+            job = JobSpool.create(self._job_dir(job_id), job_id, attempt_id, self)
             self._jobs[job_id] = job
             return job
 
-    def job(self, job_id: int) -> Optional[JobSpool]:
+    def open_run(self, run_id: str, registration: Dict[str, Any]) -> JobSpool:
+        """The spool of an agent-started run the server does not know yet (keyed by run_id).
+
+        ``registration`` is the body of its ``POST /runs``, kept until the server answers.
+        """
+        with self._lock:
+            existing = self._jobs.get(run_id)
+            if existing is not None:
+                return existing
+            job = JobSpool.create(self._job_dir(run_id), run_id, run_id, self, registration)
+            self._jobs[run_id] = job
+            return job
+
+    def pending_runs(self) -> List[JobSpool]:
+        """Runs still waiting for their registration, oldest first."""
+        return [job for job in self.jobs() if isinstance(job.job_id, str)]
+
+    def adopt_run(self, run_id: str, job_id: int, attempt_id: str) -> Optional[JobSpool]:
+        """The server registered ``run_id`` as ``job_id``: re-key its records and events.
+
+        Events keep their place in the queue (rewritten in place), so they go out in order.
+        """
+        with self._lock:
+            self._aliases[run_id] = (job_id, attempt_id)
+            for event_id, (path, owner) in list(self._events.items()):
+                if owner == run_id:
+                    self._rekey_event(event_id, path, job_id, attempt_id)
+            job = self._jobs.pop(run_id, None)
+            if job is None:
+                return None
+            if job_id in self._jobs:
+                log.warning("job %s: replacing its spool with run %s", job_id, run_id)
+                self.remove_job(job_id)
+            job.rekey(self._job_dir(job_id), job_id, attempt_id)
+            self._jobs[job_id] = job
+            fsync_dir(self.jobs_dir)
+            return job
+
+    def _rekey_event(self, event_id: str, path: Path, job_id: int, attempt_id: str) -> None:
+        event = json.loads(path.read_text(encoding="utf-8"))
+        event["job_id"], event["attempt_id"] = job_id, attempt_id
+        encoded = json.dumps(event, sort_keys=True).encode() + b"\n"
+        self.release(path.stat().st_size)
+        self._bytes += len(encoded)  # already spooled: never refused for lack of room
+        atomic_write_bytes(path, encoded)
+        self._events[event_id] = (path, job_id)
+
+    def _job_dir(self, job_id: JobKey) -> Path:
+        if isinstance(job_id, str):
+            return self.jobs_dir / f"run-{job_id}"
+        return self.jobs_dir / str(int(job_id))
+
+    def job(self, job_id: JobKey) -> Optional[JobSpool]:
         with self._lock:
             return self._jobs.get(job_id)
 
     def jobs(self) -> List[JobSpool]:
+        """Registered jobs by id, then unregistered runs."""
         with self._lock:
-            return [self._jobs[job_id] for job_id in sorted(self._jobs)]
+            return [self._jobs[job_id] for job_id in sorted(self._jobs, key=_job_order)]
 
-    def remove_job(self, job_id: int) -> None:
+    def remove_job(self, job_id: JobKey) -> None:
         with self._lock:
             job = self._jobs.pop(job_id, None)
             if job is None:
@@ -232,7 +304,7 @@ class Spool:
             fsync_dir(self.jobs_dir)
             self.release(size)
 
-    def has_events_for(self, job_id: int) -> bool:
+    def has_events_for(self, job_id: JobKey) -> bool:
         with self._lock:
             return any(owner == job_id for _, owner in self._events.values())
 
@@ -245,6 +317,8 @@ class Spool:
         for job in self.jobs():
             if job.job_id in keep or job.job_id in pending_job_ids:
                 continue
+            if isinstance(job.job_id, str):
+                continue  # not registered yet: the server has none of it
             if job.finished and not job.has_unsent_records():
                 self.remove_job(job.job_id)
                 removed.append(job.job_id)
@@ -269,6 +343,10 @@ class Spool:
             "jobs": len(jobs),
             "bytes": self.used_bytes,
         }
+
+
+def _job_order(job_id: JobKey) -> Tuple[int, int, str]:
+    return (1, 0, job_id) if isinstance(job_id, str) else (0, job_id, "")
 
 
 def spool_stats_from_disk(root: Path) -> Dict[str, int]:

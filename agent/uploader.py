@@ -6,6 +6,10 @@ records are committed, so a watcher never sees a job end before its last lines.
 While the server says someone watches a running job (``"watched": true`` in the answer
 to its log records), flushes come every ``log_flush_watched_seconds`` instead of every
 ``log_flush_seconds``; ``job.progress`` events, which never wake the uploader, go with them.
+
+Runs the agent started while the server was away are registered (``POST /runs``) at the
+start of every flush; their records and events then go out under the server's ids.
+Until then their events hold back the queue behind them, so everything stays in order.
 """
 
 import logging
@@ -23,7 +27,8 @@ from agent.client import (
     StaleAttempt,
     Unauthorized,
 )
-from agent.jobspool import JobSpool
+from agent.jobspool import JobKey, JobSpool
+from agent.runs import registered_ids
 from agent.spool import MAX_EVENTS_PER_BATCH, Spool
 
 CANCEL_STATES = frozenset({"cancelling", "canceling", "cancelled", "canceled"})
@@ -37,13 +42,15 @@ class Uploader:
         spool: Spool,
         settings: Callable[[], Dict[str, Any]],
         cancel_job: Callable[[int, Optional[str], str], Any],
-        is_running: Callable[[int], bool] = lambda job_id: False,
+        is_running: Callable[[JobKey], bool] = lambda job_id: False,
+        on_run_registered: Callable[[str, int, str], Any] = lambda *ids: None,
     ):
         self.client = client
         self.spool = spool
         self.settings = settings
         self.cancel_job = cancel_job
         self.is_running = is_running
+        self.on_run_registered = on_run_registered
         self.backoff = Backoff()
         self.last_error: Optional[str] = None
         self._wake = threading.Event()
@@ -119,6 +126,7 @@ class Uploader:
         while True:
             self.spool.sync()
             self.spool.report_dropped()
+            self._register_runs()
             sent_events = self._flush_events()
             sent_records = self._flush_records()
             self.spool.remove_delivered_jobs(
@@ -126,6 +134,40 @@ class Uploader:
             )
             if not (sent_events or sent_records):
                 return
+
+    # -- runs the agent started --------------------------------------------------------
+
+    def _register_runs(self) -> None:
+        """``POST /runs`` for every run still keyed by its run_id; adopt the answered ids."""
+        for job in self.spool.pending_runs():
+            run_id = str(job.job_id)
+            if job.registration is None:
+                log.error("run %s: its registration is lost; dropping its data", run_id)
+                self._drop_run(run_id)
+                continue
+            try:
+                answer = self.client.register_run(job.registration)
+            except (Unauthorized, RetryableError):
+                raise
+            except Refused as error:
+                log.error("run %s: the server refused it (%s); dropping its data", run_id, error)
+                self._drop_run(run_id)
+                continue
+            ids = registered_ids(answer)
+            if ids is None:
+                log.error("run %s: the server's answer has no job id; retrying later", run_id)
+                continue
+            job_id, attempt_id = ids
+            log.info("run %s is registered as job %s", run_id, job_id)
+            # The runner first, so a still-running job never appears under both keys.
+            self.on_run_registered(run_id, job_id, attempt_id)
+            self.spool.adopt_run(run_id, job_id, attempt_id)
+
+    def _drop_run(self, run_id: str) -> None:
+        events = [e["event_id"] for e in self.spool.pending_events(10**9) if e["job_id"] == run_id]
+        self.spool.ack_events(events)
+        if not self.is_running(run_id):
+            self.spool.remove_job(run_id)
 
     # -- events ------------------------------------------------------------------------
 
@@ -171,6 +213,8 @@ class Uploader:
     def _next_event_batch(self) -> List[Dict[str, Any]]:
         batch = []
         for event in self.spool.pending_events(self._event_batch):
+            if isinstance(event.get("job_id"), str):
+                break  # a run not registered yet: it and what follows wait
             if event.get("type") == "job.finished" and event.get("job_id") is not None:
                 job = self.spool.job(event["job_id"])
                 if job is not None and job.has_unsent_records():
@@ -187,6 +231,8 @@ class Uploader:
     def _flush_records(self) -> bool:
         progressed = False
         for job in self.spool.jobs():
+            if isinstance(job.job_id, str):
+                continue  # not registered yet
             while self._send_one_batch(job):
                 progressed = True
         return progressed

@@ -29,6 +29,17 @@ def _int(environ, name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _bool(environ, name: str, default: bool) -> bool:
+    raw = (environ.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 def _trusted_proxies(raw: str) -> list:
     """Addresses/networks of reverse proxies whose X-Forwarded-* headers we believe."""
     networks = []
@@ -75,4 +86,6 @@ def load_config(environ=None) -> dict:
         "RM_JOB_LOG_MAX_RECORDS": _int(environ, "RM_JOB_LOG_MAX_RECORDS", 200_000, 100),
         "RM_MIN_AGENT_PROTOCOL": _int(environ, "RM_MIN_AGENT_PROTOCOL", 1, 1),
         "RM_SQLITE_BUSY_TIMEOUT_MS": _int(environ, "RM_SQLITE_BUSY_TIMEOUT_MS", 5000, 0),
+        "RM_TICKER_SECONDS": _int(environ, "RM_TICKER_SECONDS", 30, 1),
+        "RM_TICKER_ENABLED": _bool(environ, "RM_TICKER_ENABLED", True),
     }

@@ -31,6 +31,8 @@ SELF_SERVICE = {
     "settings.revoke_token",
     "api.create_token",
     "api.revoke_token",
+    # A POST that only reads: viewers may preview a retention policy.
+    "api.preview_source_group_retention",
 }
 
 

@@ -441,3 +441,73 @@ def test_finished_backup_sets_the_hosts_last_backup(protocol_app, api):
     assert host["last_backup_status"] == "warning"
     assert host["last_backup_job_id"] == job_id
     assert host["last_backup_at"] == "2026-11-25T20:31:00Z"
+
+
+def test_enrollment_turns_maintenance_on_and_forget_takes_per_group_policies(protocol_app, api):
+    from app.models import RepoMaintenance
+
+    _, host_id = enroll(protocol_app)
+    maintenance = db.session.get(RepoMaintenance, host_id)
+    assert (maintenance.enabled, maintenance.forget_cron, maintenance.check_subset_percent) == (
+        True,
+        "0 3 * * *",
+        5.0,
+    )
+    host = db.session.get(Host, host_id)
+    _, params = job_params.validate(
+        host,
+        "forget",
+        {
+            "groups": [
+                {"tag": "default", "policy": {"keep_daily": "7"}},
+                {"tag": "etc", "policy": {"keep_last": 2}},
+            ]
+        },
+    )
+    assert params == {
+        "groups": [
+            {"tag": "default", "policy": {"keep_daily": 7}},
+            {"tag": "etc", "policy": {"keep_last": 2}},
+        ],
+        "group_by": "host,paths",
+        "dry_run": False,
+    }
+    for bad, message in [
+        ({"groups": []}, "1 to 100"),
+        ({"groups": [{"tag": "a", "policy": {}}]}, "at least one retention rule"),
+        ({"groups": [{"tag": "a", "policy": {"keep_last": 1}}] * 2}, "listed twice"),
+        (
+            {"groups": [{"tag": "a", "policy": {"keep_last": 1}}], "policy": {"keep_last": 1}},
+            "not both",
+        ),
+    ]:
+        with pytest.raises(ValidationFailed) as refused:
+            job_params.validate(host, "forget", bad)
+        assert message in refused.value.message
+
+
+def test_the_admin_credential_follows_a_new_repository_url(protocol_app, api):
+    from app.services import repo_settings
+
+    agent, host_id = enroll(protocol_app)
+    agent.hello()
+    agent.poll()
+    host = db.session.get(Host, host_id)
+    box = protocol_app.extensions["secretbox"]
+    repo_settings.save_admin_credential(
+        box, host, username="admin", password="admin-Secret-9", now=utcnow()
+    )
+    db.session.commit()
+    agent.poll()
+    admin = api(Role.admin)
+    assert admin.get(f"/api/v1/hosts/{host_id}/repository").get_json()["admin_set"] is True
+    admin.put(
+        f"/api/v1/hosts/{host_id}/repository",
+        json={"url": "/srv/moved", "password": NEW_PASSWORD},
+    )
+    update = next(c for c in agent.poll().get_json()["commands"] if c["type"] == "config.update")
+    assert update["payload"]["admin_repository"] == {
+        "url": "/srv/moved",
+        "username": "admin",
+        "password": "admin-Secret-9",
+    }

@@ -14,7 +14,16 @@ from app.errors import error_response
 from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
-from app.services import agents, audit, commands, enrollment, jobs, repository
+from app.services import (
+    agents,
+    audit,
+    commands,
+    enrollment,
+    jobs,
+    pending_runs,
+    repository,
+    schedules,
+)
 from app.services.audit import Actor
 from app.services.errors import ServiceError
 
@@ -97,6 +106,8 @@ def hello():
         )
     reconcile = agents.reconcile(host, running, now=now)
     brought_up = repository.ensure_brought_up(_box(), host, now=now)
+    schedules.ensure_pushed(_box(), host, now=now)  # the agent missed a schedule.set
+    pending_runs.dispatch_for_host(_box(), host, now=now)  # runs that waited for it
     db.session.commit()
     if brought_up is not None:
         _bus().publish(host_key(host.id))

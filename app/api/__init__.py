@@ -4,4 +4,14 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__)
 
-from app.api import enrollment, hosts, job_stream, jobs, me, tokens  # noqa: E402,F401
+from app.api import (  # noqa: E402,F401
+    enrollment,
+    hosts,
+    job_stream,
+    jobs,
+    maintenance,
+    me,
+    schedules,
+    source_groups,
+    tokens,
+)

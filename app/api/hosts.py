@@ -82,6 +82,7 @@ def repository_json(host: Host) -> dict:
         "url": redact_url(credential.repo_url) if credential else None,
         "username": credential.username if credential else None,
         "password_set": bool(credential and credential.sealed_password),
+        "admin_set": repository.credential_of(host, "admin") is not None,
         "updated_at": iso(credential.updated_at) if credential else None,
         "repo_status": host.repo_status,
         "repo_status_reason": host.repo_status_reason,

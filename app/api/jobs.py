@@ -50,8 +50,15 @@ def start_host_job(host: Host, kind, params) -> Job:
             current_app.extensions["secretbox"], host, actor=actor, now=now
         )
     else:
+        box = current_app.extensions["secretbox"]
         job = jobs.create_job(
-            current_app.extensions["secretbox"], host, kind, params=params, actor=actor, now=now
+            box,
+            host,
+            kind,
+            params=params,
+            actor=actor,
+            now=now,
+            secret_params=job_params.sealed_params(box, host, kind, params),
         )
     audit.record(
         actor,

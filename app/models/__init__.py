@@ -3,6 +3,7 @@
 from app.models.audit import AuditLog
 from app.models.host import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup
 from app.models.job import TERMINAL_STATUSES, AgentEvent, Command, Job, JobLog
+from app.models.schedule import PendingRun, RepoMaintenance, Schedule, schedule_source_groups
 from app.models.snapshot import RepoStats, Snapshot
 from app.models.user import ApiToken, LoginFailure, Role, SetupToken, User, UserSession
 
@@ -19,11 +20,15 @@ __all__ = [
     "Job",
     "JobLog",
     "LoginFailure",
+    "PendingRun",
+    "RepoMaintenance",
     "RepoStats",
     "Role",
+    "Schedule",
     "SetupToken",
     "Snapshot",
     "SourceGroup",
     "User",
     "UserSession",
+    "schedule_source_groups",
 ]

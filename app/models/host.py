@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -36,6 +45,15 @@ class Host(db.Model):
     last_backup_job_id: Mapped[Optional[int]] = mapped_column()
     last_backup_status: Mapped[Optional[str]] = mapped_column(String(16))
     last_backup_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    # Schedules: every change bumps schedule_version; the agent acks what it applied.
+    schedule_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    agent_schedule_version: Mapped[Optional[int]] = mapped_column()
+    # Host-wide bandwidth caps (KiB/s) passed to restic's --limit-upload/--limit-download.
+    limit_upload_kib: Mapped[Optional[int]] = mapped_column()
+    limit_download_kib: Mapped[Optional[int]] = mapped_column()
+    # Default hooks for source groups without their own (sealed: host_hooks…).
+    sealed_pre_hook: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    sealed_post_hook: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
 
     source_groups: Mapped[list[SourceGroup]] = relationship(
         back_populates="host", cascade="all, delete-orphan", passive_deletes=True
@@ -114,6 +132,17 @@ class SourceGroup(db.Model):
     name: Mapped[str] = mapped_column(String(64))
     includes: Mapped[list] = mapped_column(JSON, default=list)
     excludes: Mapped[list] = mapped_column(JSON, default=list)
+    # Retention applied by forget to this group's tag: {"keep_daily": 7, "keep_within": "30d"}
+    retention: Mapped[dict] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
+    # A scheduled run that cannot reach the host is retried this often, backing off.
+    retry_max: Mapped[int] = mapped_column(default=3, server_default="3")
+    retry_backoff_seconds: Mapped[int] = mapped_column(default=300, server_default="300")
+    # Shell hooks around a backup (sealed: source_groups:pre_hook:<id>); None = host default.
+    sealed_pre_hook: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    sealed_post_hook: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, server_default=func.now()
+    )
 
     host: Mapped[Host] = relationship(back_populates="source_groups")

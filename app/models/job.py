@@ -29,6 +29,12 @@ class Job(db.Model):
     actor_type: Mapped[str] = mapped_column(String(16))
     actor_label: Mapped[str] = mapped_column(String(255))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
+    schedule_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("schedules.id", ondelete="SET NULL"), index=True
+    )
+    # Jobs the agent started on its own (a schedule fired): its id for the run, so that
+    # registering it again (a retry after an outage) finds the same job.
+    run_id: Mapped[Optional[str]] = mapped_column(String(64), unique=True)
     stats: Mapped[dict] = mapped_column(JSON, default=dict)
     progress: Mapped[dict] = mapped_column(JSON, default=dict)
     exit_code: Mapped[Optional[int]] = mapped_column()

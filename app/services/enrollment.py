@@ -11,7 +11,15 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import select, update
 
 from app.extensions import db
-from app.models import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup, User
+from app.models import (
+    AgentToken,
+    EnrollmentToken,
+    Host,
+    HostCredential,
+    RepoMaintenance,
+    SourceGroup,
+    User,
+)
 from app.secretbox import SecretBox
 from app.security import hash_token, new_token
 from app.services import commands, validate
@@ -21,6 +29,15 @@ TOKEN_TTL = timedelta(hours=1)
 ENROLLMENT_PREFIX = "rme"
 AGENT_PREFIX = "rma"
 DEFAULT_GROUP = "default"
+# Every host starts with maintenance on (UTC): forget applies each group's own retention
+# (groups without one keep everything), prune weekly, check 5 % of the data weekly.
+DEFAULT_MAINTENANCE = {
+    "enabled": True,
+    "forget_cron": "0 3 * * *",
+    "prune_cron": "0 4 * * 0",
+    "check_cron": "0 5 * * 0",
+    "check_subset_percent": 5.0,
+}
 
 
 class TokenRefused(ServiceError):
@@ -194,6 +211,7 @@ def enroll(
     token.used_by_host_id = host.id
     token.sealed_credentials = None  # the host's own credential row holds them from now on
     db.session.add(SourceGroup(host=host, name=DEFAULT_GROUP, includes=list(token.paths or [])))
+    db.session.add(RepoMaintenance(host_id=host.id, updated_at=now, **DEFAULT_MAINTENANCE))
     credential = HostCredential(
         host_id=host.id,
         kind="everyday",

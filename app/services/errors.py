@@ -44,3 +44,8 @@ class RateLimited(ServiceError):
     def __init__(self, message: str, *, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from sqlalchemy import select
 
@@ -23,6 +23,7 @@ KEEP_COUNTS = (
 )
 GROUP_BY = ("host", "paths", "tags")
 MAX_KIB_PER_SECOND = 10_000_000  # 10 GB/s: anything above is a typo
+MAX_KEEP = 100_000
 _DURATION = re.compile(r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$")
 _SUBSET_FRACTION = re.compile(r"^(\d+)/(\d+)$")
 _SUBSET_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
@@ -86,7 +87,9 @@ def _backup(host: Host, params: dict) -> dict:
     for key in ("limit_upload_kib", "limit_download_kib"):
         value = params.get(key)
         limits[key] = (
-            None if value in (None, "", 0) else _positive(value, key, maximum=MAX_KIB_PER_SECOND)
+            getattr(host, key)  # no override for this run: the host-wide cap (or none)
+            if value in (None, "", 0)
+            else _positive(value, key, maximum=MAX_KIB_PER_SECOND)
         )
     return {
         "group": group.name,
@@ -97,34 +100,95 @@ def _backup(host: Host, params: dict) -> dict:
     }
 
 
-def _forget(host: Host, params: dict) -> dict:
-    _only(params, ("policy", "tags", "group_by", "dry_run"))
-    raw = params.get("policy")
+def sealed_params(box, host: Host, kind: str, params: dict) -> Optional[dict]:
+    """What a job.run carries only in its sealed part: a backup's hooks (group's own, else
+    the host's default). Never stored in the job's params nor shown by the API."""
+    if kind != "backup":
+        return None
+    from app.services.source_groups import open_hooks
+
+    group = db.session.scalar(
+        select(SourceGroup).where(
+            SourceGroup.host_id == host.id, SourceGroup.name == params["group"]
+        )
+    )
+    hooks = {name: text for name, text in open_hooks(box, group).items() if text}
+    return hooks or None
+
+
+def retention_policy(raw: Any, *, field: str, allow_empty: bool = False) -> dict:
+    """A forget policy ({"keep_daily": 7, "keep_within": "30d"}), normalised.
+
+    ``field`` prefixes the error keys (``params.policy`` for a forget job, ``retention`` for
+    a source group); ``allow_empty`` accepts ``{}`` (keep everything).
+    """
+
+    def fail(key: str, message: str):
+        name = f"{field}.{key}" if key else field
+        raise ValidationFailed(message, fields={name: [message]})
+
+    if raw is None and allow_empty:
+        return {}
     if not isinstance(raw, dict):
-        _fail("policy", 'policy must be an object such as {"keep_daily": 7}.')
+        fail("", 'The retention policy must be an object such as {"keep_daily": 7}.')
     unknown = sorted(set(raw) - {*KEEP_COUNTS, "keep_within"})
     if unknown:
-        _fail(f"policy.{unknown[0]}", f"Unknown retention rule {unknown[0]!r}.")
+        fail(unknown[0], f"Unknown retention rule {unknown[0]!r}.")
     policy: dict[str, Any] = {}
     for key in KEEP_COUNTS:
-        if raw.get(key) not in (None, "", 0):
-            policy[key] = _positive(raw[key], f"policy.{key}", maximum=100_000)
+        value = raw.get(key)
+        if value in (None, "", 0):
+            continue
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(key, f"{key} must be a whole number ≥ 1 (or empty).")
+        if value > MAX_KEEP:
+            fail(key, f"{key} must be at most {MAX_KEEP}.")
+        policy[key] = value
     within = raw.get("keep_within")
     if within not in (None, ""):
         if not isinstance(within, str) or not within.strip() or not _DURATION.match(within.strip()):
-            _fail("policy.keep_within", "keep_within is a duration such as 1y6m, 30d or 12h.")
+            fail("keep_within", "keep_within is a duration such as 1y6m, 30d or 12h.")
         policy["keep_within"] = within.strip()
-    if not policy:
-        _fail("policy", "Give at least one retention rule (keep last, daily, … or within).")
+    if not policy and not allow_empty:
+        fail("", "Give at least one retention rule (keep last, daily, … or within).")
+    return policy
+
+
+def _forget(host: Host, params: dict) -> dict:
+    """One policy (optionally for some tags), or ``groups``: each tag with its own policy
+    (what the maintenance ticker sends: every source group's retention for its tag)."""
+    _only(params, ("policy", "tags", "groups", "group_by", "dry_run"))
     group_by = params.get("group_by") or "host,paths"
     if not isinstance(group_by, str) or not all(part in GROUP_BY for part in group_by.split(",")):
         _fail("group_by", "group_by is a comma-separated list of host, paths and tags.")
-    return {
-        "policy": policy,
-        "tags": _tags(params),
-        "group_by": group_by,
-        "dry_run": _flag(params, "dry_run"),
-    }
+    common = {"group_by": group_by, "dry_run": _flag(params, "dry_run")}
+    if params.get("groups") is not None:
+        if "policy" in params or "tags" in params:
+            _fail("groups", "Give either groups or policy (with tags), not both.")
+        return {"groups": _forget_groups(params["groups"]), **common}
+    policy = retention_policy(params.get("policy"), field="params.policy")
+    return {"policy": policy, "tags": _tags(params), **common}
+
+
+def _forget_groups(value: Any) -> list[dict]:
+    if not isinstance(value, list) or not 1 <= len(value) <= 100:
+        _fail("groups", "groups must be a list of 1 to 100 {tag, policy} objects.")
+    groups, seen = [], set()
+    for index, item in enumerate(value):
+        where = f"groups[{index}]"
+        if not isinstance(item, dict) or set(item) - {"tag", "policy"}:
+            _fail(where, f"{where} must be an object with tag and policy.")
+        tag = item.get("tag")
+        if not isinstance(tag, str) or not _TAG.match(tag):
+            _fail(f"{where}.tag", f"{tag!r} is not a valid tag (letters, digits, . _ : @ + -).")
+        if tag in seen:
+            _fail(f"{where}.tag", f"Tag {tag!r} is listed twice.")
+        seen.add(tag)
+        policy = retention_policy(item.get("policy"), field=f"params.{where}.policy")
+        groups.append({"tag": tag, "policy": policy})
+    return groups
 
 
 def read_data_subset(value: Any) -> str | None:

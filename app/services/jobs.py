@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 from app.extensions import db
 from app.models import AgentEvent, Host, Job, JobLog
 from app.secretbox import SecretBox
-from app.services import commands, repository
+from app.services import commands, repository, schedules
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
@@ -42,9 +42,20 @@ class StaleAttempt(ServiceError):
 
 
 def create_job(
-    box: SecretBox, host: Host, kind: str, *, params: dict, actor: Actor, now: datetime
+    box: SecretBox,
+    host: Host,
+    kind: str,
+    *,
+    params: dict,
+    actor: Actor,
+    now: datetime,
+    secret_params: Optional[dict] = None,
 ) -> Job:
-    """Queue a job and the job.run command that carries it to the agent."""
+    """Queue a job and the job.run command that carries it to the agent.
+
+    ``secret_params`` (a backup's hooks) reach the agent merged into ``params`` on delivery
+    only: they are sealed in the command, never stored in the job.
+    """
     job = Job(
         host_id=host.id,
         kind=kind,
@@ -58,7 +69,13 @@ def create_job(
     db.session.add(job)
     db.session.flush()
     commands.enqueue(
-        box, host, "job.run", payload={"kind": kind, "params": params}, job=job, now=now
+        box,
+        host,
+        "job.run",
+        payload={"kind": kind, "params": params},
+        secret_payload={"params": secret_params} if secret_params else None,
+        job=job,
+        now=now,
     )
     return job
 
@@ -161,6 +178,8 @@ def _apply(
     if event.type == "agent.spool_dropped":
         _spool_dropped(host, event)
         return None
+    if event.type == "schedule.applied":
+        return schedules.apply_ack(host, event.data)
     if event.type not in JOB_EVENT_TYPES:
         return ("invalid_event", f"Unknown event type {event.type!r}.")
     job = _job_of(host, event)

@@ -248,14 +248,19 @@ def save_credentials(
     credential.sealed_password = box.seal(
         password, table="host_credentials", column="password", row_id=credential.id
     )
-    commands.enqueue(
-        box,
-        host,
-        "config.update",
-        payload={"repository": {"url": url, "username": username}},
-        secret_payload={"repository": {"password": password}},
-        now=now,
-    )
+    payload = {"repository": {"url": url, "username": username}}
+    secret = {"repository": {"password": password}}
+    admin = credential_of(host, "admin")
+    if admin is not None and admin.repo_url != url:
+        # The admin credential is for the same repository: it follows the URL.
+        admin.repo_url = url
+        admin.updated_at = now
+        admin_password = box.open(
+            admin.sealed_password, table="host_credentials", column="password", row_id=admin.id
+        )
+        payload["admin_repository"] = {"url": url, "username": admin.username}
+        secret["admin_repository"] = {"password": admin_password}
+    commands.enqueue(box, host, "config.update", payload=payload, secret_payload=secret, now=now)
     host.repo_status = "unknown"
     host.repo_status_reason = None
     db.session.flush()

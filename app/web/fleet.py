@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import Host, Job
+from app.services import schedules
 
 HOST_STATUSES = ("online", "offline", "never_seen")
 STATUS_FILTERS = (*HOST_STATUSES, "failing")
@@ -31,6 +32,7 @@ MAX_QUERY_LENGTH = 100
 class FleetRow:
     host: Host
     status: str  # online | offline | never_seen
+    next_run: Optional[datetime] = None  # only when exactly one enabled schedule covers it
 
     @property
     def failing(self) -> bool:
@@ -213,12 +215,20 @@ def summarize(rows: Iterable[FleetRow], job_counts: Mapping[str, int]) -> FleetS
     )
 
 
-# --- loading (the only two queries the dashboard makes) ----------------------------------
+# --- loading (the only three queries the dashboard makes) ----------------------------------
 
 
 def load_rows(now: datetime, offline_after_seconds: int) -> list[FleetRow]:
     hosts = db.session.scalars(select(Host).order_by(Host.hostname))
-    return [FleetRow(host, host.status(now, offline_after_seconds)) for host in hosts]
+    crons = schedules.single_enabled_schedules()
+    return [
+        FleetRow(
+            host,
+            host.status(now, offline_after_seconds),
+            schedules.next_run(crons[host.id], after=now) if host.id in crons else None,
+        )
+        for host in hosts
+    ]
 
 
 def job_counts_since(since: datetime) -> dict[str, int]:

@@ -53,6 +53,9 @@ class FakeServer:
         self.raw_bodies: List[bytes] = []
         self.timeline: List[str] = []  # the path of every request, in arrival order
         self.committed_when_received: Dict[str, int] = {}  # event_id → job's committed seq
+        self.runs: Dict[str, Dict[str, Any]] = {}  # run_id → {"body", "job_id", "attempt_id"}
+        self.run_requests: List[Dict[str, Any]] = []
+        self.next_run_job_id = 1000
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.fake = self
@@ -109,6 +112,8 @@ class FakeServer:
             return self._poll(body)
         if path == "/api/agent/v1/events":
             return self._events(body)
+        if path == "/api/agent/v1/runs":
+            return self._runs(body)
         match = _LOGS.match(path)
         if match:
             return self._logs(int(match.group(1)), body)
@@ -145,6 +150,24 @@ class FakeServer:
             batch_jobs = {event.get("job_id") for event in body["events"]}
             watched = sorted(job_id for job_id in self.watched_jobs if job_id in batch_jobs)
         return 200, {"acked": acked, "rejected": rejected, "watched": watched}
+
+    def _runs(self, body):
+        """Idempotent by run_id, like the real server."""
+        with self.condition:
+            self.run_requests.append(body)
+            if not isinstance(body.get("run_id"), str) or body.get("kind") != "backup":
+                return 422, {"error": "validation_failed", "message": "bad run"}
+            known = self.runs.get(body["run_id"])
+            if known is not None:
+                return 200, {"job_id": known["job_id"], "attempt_id": known["attempt_id"]}
+            job_id = self.next_run_job_id
+            self.next_run_job_id += 1
+            self.runs[body["run_id"]] = {
+                "body": body,
+                "job_id": job_id,
+                "attempt_id": f"run-attempt-{job_id}",
+            }
+            return 201, {"job_id": job_id, "attempt_id": f"run-attempt-{job_id}"}
 
     def _logs(self, job_id, body):
         with self.condition:

@@ -206,3 +206,32 @@ def test_a_removed_job_spool_ignores_late_writes(tmp_path):
     assert job.finish() == (1, 1)
     assert not (tmp_path / "spool" / "jobs" / "4").exists()
     assert spool.jobs() == [] and spool.used_bytes == 0
+
+
+def test_a_run_is_adopted_under_the_server_ids_in_order_and_across_a_restart(tmp_path):
+    spool = Spool(tmp_path / "spool", max_bytes=10**7)
+    spool.add_event("schedule.applied", data={"version": 1})
+    job = spool.open_run("r1", {"run_id": "r1", "kind": "backup"})
+    spool.add_event("job.started", "r1", "r1", {})
+    job.append("agent", "written offline")
+    job.finish()
+    spool.add_event("job.finished", "r1", "r1", {"status": "succeeded"})
+    assert [j.job_id for j in spool.pending_runs()] == ["r1"]
+
+    reopened = Spool(tmp_path / "spool", max_bytes=10**7)  # an agent restart
+    (run,) = reopened.pending_runs()
+    assert run.registration == {"run_id": "r1", "kind": "backup"} and run.finished
+    assert reopened.adopt_run("r1", 51, "att-51") is run
+    assert reopened.pending_runs() == [] and reopened.job(51) is run
+    events = [(e["type"], e["job_id"], e["attempt_id"]) for e in reopened.pending_events()]
+    assert events == [
+        ("schedule.applied", None, None),
+        ("job.started", 51, "att-51"),
+        ("job.finished", 51, "att-51"),
+    ]
+    assert run.pending_batch()[1][0]["text"] == "written offline"
+    # A job thread that still writes under the run_id lands on the registered job.
+    reopened.add_event("repo.stats", "r1", "r1", {})
+    assert reopened.pending_events()[-1]["job_id"] == 51
+    assert not (tmp_path / "spool" / "jobs" / "run-r1").exists()
+    assert Spool(tmp_path / "spool", max_bytes=10**7).job(51).attempt_id == "att-51"

@@ -294,3 +294,29 @@ def _live_restic_children(path: str) -> list:
         if state != "Z" and path.encode() in argv:
             found.append(pid)
     return found
+
+
+def test_maintenance_forget_applies_each_groups_policy_to_its_tag(fresh, tmp_path):
+    jobs = fresh
+    for tag, runs in (("etc", 3), ("home", 3)):
+        data = write_tree(tmp_path / tag, 3, 500)
+        for _ in range(runs):
+            backup = jobs.run("backup", {"paths": [str(data)], "tags": [tag]})
+            assert backup.finished["status"] == "succeeded", backup.texts
+    forget = jobs.run(
+        "forget",
+        {
+            "groups": [
+                {"tag": "etc", "policy": {"keep_last": 1}},
+                {"tag": "home", "policy": {"keep_last": 2}},
+            ]
+        },
+    )
+    assert forget.finished["status"] == "succeeded", forget.texts
+    assert forget.finished["stats"] == {"kept": 3, "removed": 3, "dry_run": False}
+    left = restic_json(jobs.repo, "snapshots", "--json")
+    assert sorted(snapshot["tags"][0] for snapshot in left) == ["etc", "home", "home"]
+    assert len(forget.of("snapshots.report")) == 1  # reported once, after both
+    bad = jobs.run("forget", {"groups": [{"tag": "etc", "policy": {}}]})
+    assert bad.finished["status"] == "failed"
+    assert "groups[0].policy: at least one keep rule" in bad.finished["error"]

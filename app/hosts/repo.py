@@ -1,0 +1,252 @@
+"""Repository tab: maintenance cadences, bandwidth caps, admin credential, re-initialise."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, PasswordField, StringField
+
+from app.access import Role, require_role
+from app.api.hosts import get_host_or_404
+from app.api.maintenance import (
+    remove_admin_credential,
+    set_admin_credential,
+    update_bandwidth,
+    update_maintenance,
+)
+from app.authn import client_address
+from app.bus import host_key
+from app.extensions import db
+from app.hosts import bp
+from app.models import Host
+from app.models.types import utcnow
+from app.services import audit, maintenance, repo_settings, repository, schedules
+from app.services.audit import Actor
+from app.services.enrollment import redact_url
+from app.services.errors import ServiceError
+from app.services.jobs import create_job
+
+
+class MaintenanceForm(FlaskForm):
+    forget_cron = StringField(
+        "Forget (cron, UTC)",
+        description="Applies each source group's retention to its own tag. Empty: never.",
+    )
+    prune_cron = StringField(
+        "Prune (cron, UTC)", description="Frees the space forgotten snapshots used. Empty: never."
+    )
+    check_cron = StringField("Check (cron, UTC)", description="Verifies the repository.")
+    check_subset_percent = StringField(
+        "Check reads this % of the data",
+        description="Above 0 and at most 100; empty checks the structure only.",
+    )
+    enabled = BooleanField("Maintenance enabled")
+
+
+class BandwidthForm(FlaskForm):
+    upload_kib = StringField("Upload cap (KiB/s)", description="Empty: unlimited.")
+    download_kib = StringField("Download cap (KiB/s)", description="Empty: unlimited.")
+
+
+class AdminCredentialForm(FlaskForm):
+    username = StringField("Admin username", description="Only for repositories that need one.")
+    password = PasswordField(
+        "Admin password", description="Sealed on the server and on the host; never shown again."
+    )
+
+
+class ReinitForm(FlaskForm):
+    confirm_hostname = StringField("Type the host name to confirm")
+
+
+def _place(form: FlaskForm, refused: ServiceError) -> Optional[str]:
+    """Put the service's messages next to their fields; return the rest as one message."""
+    unplaced = []
+    for name, messages in refused.fields.items():
+        field = form._fields.get(name)
+        if field is None:
+            unplaced.extend(messages)
+        else:
+            field.errors = [*field.errors, *messages]
+    return " ".join(unplaced) if unplaced or not refused.fields else None
+
+
+def _tag_summary(host: Host) -> list[dict]:
+    """Snapshots per tag: how many and the newest (untagged ones under "")."""
+    summary: dict[str, dict] = {}
+    for snapshot in repository.snapshots_of(host):  # newest first
+        for tag in snapshot.tags or [""]:
+            entry = summary.setdefault(tag, {"tag": tag, "count": 0, "newest": snapshot.time})
+            entry["count"] += 1
+    return sorted(summary.values(), key=lambda entry: entry["tag"])
+
+
+def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: int = 200):
+    now = utcnow()
+    settings = repo_settings.maintenance_of(host)
+    forms = forms or {}
+    maintenance_form = forms.get("maintenance") or MaintenanceForm(
+        formdata=None,
+        forget_cron=settings.forget_cron,
+        prune_cron=settings.prune_cron,
+        check_cron=settings.check_cron,
+        check_subset_percent=(
+            f"{settings.check_subset_percent:g}" if settings.check_subset_percent else ""
+        ),
+        enabled=settings.enabled,
+    )
+    bandwidth_form = forms.get("bandwidth") or BandwidthForm(
+        formdata=None,
+        upload_kib=host.limit_upload_kib or "",
+        download_kib=host.limit_download_kib or "",
+    )
+    tasks = []
+    for task in maintenance.TASKS:
+        cron = maintenance.cron_of(settings, task)
+        tasks.append(
+            {
+                "name": task,
+                "cron": cron,
+                "description": schedules.describe(cron) if cron else None,
+                "next_run": maintenance.next_fire(cron, now) if cron else None,
+                "last_job": maintenance.last_job(host, task),
+            }
+        )
+    everyday = repository.credential_of(host)
+    return render_template(
+        "hosts/repo.html",
+        host=host,
+        tab="repo",
+        now=now,
+        status=host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]),
+        settings=settings,
+        tasks=tasks,
+        maintenance_form=maintenance_form,
+        bandwidth_form=bandwidth_form,
+        admin_form=forms.get("admin") or AdminCredentialForm(formdata=None),
+        reinit_form=forms.get("reinit") or ReinitForm(formdata=None),
+        everyday=everyday,
+        everyday_url=redact_url(everyday.repo_url) if everyday else None,
+        admin=repository.credential_of(host, "admin"),
+        tags=_tag_summary(host),
+        problem=problem,
+    ), status
+
+
+def _back(host: Host, anchor: str):
+    return redirect(url_for("hosts.repo", host_id=host.id) + f"#{anchor}")
+
+
+@bp.get("/<int:host_id>/repo")
+@require_role(Role.viewer)
+def repo(host_id: int):
+    return _render(get_host_or_404(host_id))
+
+
+@bp.post("/<int:host_id>/repo/maintenance")
+@require_role(Role.operator)
+def save_maintenance(host_id: int):
+    host = get_host_or_404(host_id)
+    form = MaintenanceForm()
+    if not form.validate():
+        return _render(host, forms={"maintenance": form}, problem="The form expired.", status=400)
+    try:
+        update_maintenance(
+            host,
+            {
+                "forget_cron": form.forget_cron.data,
+                "prune_cron": form.prune_cron.data,
+                "check_cron": form.check_cron.data,
+                "check_subset_percent": form.check_subset_percent.data,
+                "enabled": bool(form.enabled.data),
+            },
+        )
+    except ServiceError as refused:
+        db.session.rollback()
+        problem = _place(form, refused) or "Check the highlighted fields."
+        return _render(host, forms={"maintenance": form}, problem=problem, status=refused.status)
+    flash("Maintenance cadences saved.", "success")
+    return _back(host, "maintenance")
+
+
+@bp.post("/<int:host_id>/repo/bandwidth")
+@require_role(Role.operator)
+def save_bandwidth(host_id: int):
+    host = get_host_or_404(host_id)
+    form = BandwidthForm()
+    if not form.validate():
+        return _render(host, forms={"bandwidth": form}, problem="The form expired.", status=400)
+    try:
+        update_bandwidth(host, form.upload_kib.data, form.download_kib.data)
+    except ServiceError as refused:
+        db.session.rollback()
+        problem = _place(form, refused) or "Check the highlighted fields."
+        return _render(host, forms={"bandwidth": form}, problem=problem, status=refused.status)
+    flash("Bandwidth caps saved; the agent gets them on its next poll.", "success")
+    return _back(host, "bandwidth")
+
+
+@bp.post("/<int:host_id>/repo/admin-credential")
+@require_role(Role.admin)
+def save_admin_credential(host_id: int):
+    host = get_host_or_404(host_id)
+    form = AdminCredentialForm()
+    if not form.validate():
+        return _render(host, forms={"admin": form}, problem="The form expired.", status=400)
+    try:
+        set_admin_credential(host, form.username.data or None, form.password.data)
+    except ServiceError as refused:
+        db.session.rollback()
+        problem = _place(form, refused) or "Check the highlighted fields."
+        return _render(host, forms={"admin": form}, problem=problem, status=refused.status)
+    flash("Admin credential saved; forget and prune use it from now on.", "success")
+    return _back(host, "admin-credential")
+
+
+@bp.post("/<int:host_id>/repo/admin-credential/delete")
+@require_role(Role.admin)
+def delete_admin_credential(host_id: int):
+    host = get_host_or_404(host_id)
+    if remove_admin_credential(host):
+        flash("Admin credential removed.", "success")
+    return _back(host, "admin-credential")
+
+
+@bp.post("/<int:host_id>/repo/reinit")
+@require_role(Role.operator)
+def reinit_repository(host_id: int):
+    """Queue an init job once the operator typed the host name (an existing repository is
+    left as it is: restic refuses to initialise over it)."""
+    host = get_host_or_404(host_id)
+    form = ReinitForm()
+    typed = (request.form.get("confirm_hostname") or "").strip()
+    if not form.validate() or typed != host.hostname:
+        form.confirm_hostname.errors = [f"Type {host.hostname} exactly to confirm."]
+        return _render(host, forms={"reinit": form}, status=422)
+    now = utcnow()
+    if host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]) != "online":
+        return _render(
+            host,
+            forms={"reinit": form},
+            problem=f"{host.hostname} is offline: the agent must be connected to initialise.",
+            status=409,
+        )
+    actor = Actor.for_user(current_user)
+    job = repository.active_job(host, ("init",)) or create_job(
+        current_app.extensions["secretbox"], host, "init", params={}, actor=actor, now=now
+    )
+    audit.record(
+        actor,
+        "host.repo_reinit",
+        target_type="host",
+        target_id=host.id,
+        payload={"host": host.hostname, "job_id": job.id},
+        client_address=client_address(),
+    )
+    db.session.commit()
+    current_app.extensions["bus"].publish(host_key(host.id))
+    flash(f"Initialisation queued as job {job.id}.", "success")
+    return _back(host, "danger-zone")

@@ -1,0 +1,202 @@
+"""Schedules: when the agent backs up which groups."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from flask import current_app, flash, redirect, render_template, url_for
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+from wtforms import BooleanField, SelectField, SelectMultipleField, StringField
+from wtforms.fields.choices import SelectChoice
+from wtforms.widgets import CheckboxInput, ListWidget
+
+from app.access import Role, require_role
+from app.api.hosts import get_host_or_404
+from app.api.schedules import NEXT_RUNS, record_change
+from app.extensions import db
+from app.hosts import bp
+from app.models import Host, Schedule, SourceGroup
+from app.models.types import utcnow
+from app.services import schedules
+from app.services.errors import ServiceError
+
+
+class ScheduleForm(FlaskForm):
+    """Only carries the input: the rules live in the schedules service."""
+
+    name = StringField("Name", description="Unique on this host, e.g. nightly.")
+    cron = StringField("When (cron)", description=schedules.CRON_HELP)
+    source_groups = SelectMultipleField(
+        "Source groups",
+        coerce=int,
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+        description="Each group is backed up as its own job, in this order.",
+    )
+    missed_policy = SelectField(
+        "Missed runs",
+        choices=[
+            SelectChoice("run_once", "Run once when the agent starts again"),
+            SelectChoice("skip", "Skip them"),
+        ],
+        description="A run missed while the host was asleep or the agent stopped.",
+    )
+    enabled = BooleanField("Enabled", default=True)
+
+    def __init__(self, host: Host, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        groups = db.session.scalars(
+            select(SourceGroup).where(SourceGroup.host_id == host.id).order_by(SourceGroup.name)
+        )
+        self.source_groups.choices = [SelectChoice(group.id, group.name) for group in groups]
+
+    def data_for_service(self) -> dict:
+        return {
+            "name": self.name.data or "",
+            "cron": self.cron.data or "",
+            "source_groups": list(self.source_groups.data or []),
+            "missed_policy": self.missed_policy.data,
+            "enabled": bool(self.enabled.data),
+        }
+
+    def apply_errors(self, fields: dict) -> list[str]:
+        """Put the service's messages next to their fields; return those without one."""
+        unplaced = []
+        for name, messages in fields.items():
+            field = self._fields.get(name)
+            if field is None:
+                unplaced.extend(messages)
+            else:
+                field.errors = [*field.errors, *messages]
+        return unplaced
+
+
+def _filled(host: Host, schedule: Schedule) -> ScheduleForm:
+    form = ScheduleForm(host, formdata=None)
+    form.name.data = schedule.name
+    form.cron.data = schedule.cron
+    form.source_groups.data = [group.id for group in schedule.source_groups]
+    form.missed_policy.data = schedule.missed_policy
+    form.enabled.data = schedule.enabled
+    return form
+
+
+def _render(
+    host: Host,
+    *,
+    form: Optional[ScheduleForm] = None,
+    editing: Optional[Schedule] = None,
+    problem: Optional[str] = None,
+    status: int = 200,
+):
+    now = utcnow()
+    items = schedules.schedules_of(host)
+    return render_template(
+        "hosts/schedules.html",
+        host=host,
+        tab="schedules",
+        now=now,
+        status=host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]),
+        schedules=items,
+        last_runs=schedules.last_runs(item.id for item in items),
+        next_runs={item.id: schedules.next_runs(item.cron, NEXT_RUNS, after=now) for item in items},
+        describe=schedules.describe,
+        presets=schedules.CRON_PRESETS,
+        form=form or ScheduleForm(host, formdata=None),
+        editing=editing,
+        problem=problem,
+    ), status
+
+
+def _box():
+    return current_app.extensions["secretbox"]
+
+
+@bp.get("/<int:host_id>/schedules", endpoint="schedules")
+@require_role(Role.viewer)
+def schedules_page(host_id: int):
+    return _render(get_host_or_404(host_id))
+
+
+@bp.post("/<int:host_id>/schedules")
+@require_role(Role.operator)
+def create_schedule(host_id: int):
+    host = get_host_or_404(host_id)
+    form = ScheduleForm(host)
+    if not form.validate():
+        return _render(host, form=form, problem="Check the highlighted fields.", status=422)
+    try:
+        schedule = schedules.create(_box(), host, form.data_for_service(), now=utcnow())
+    except ServiceError as refused:
+        return _refused(host, form, None, refused)
+    record_change(host, schedule, "schedule.created")
+    flash(f"Schedule {schedule.name} saved; the agent gets it on its next poll.", "success")
+    return redirect(url_for("hosts.schedules", host_id=host.id))
+
+
+@bp.get("/<int:host_id>/schedules/<int:schedule_id>/edit")
+@require_role(Role.operator)
+def edit_schedule(host_id: int, schedule_id: int):
+    host = get_host_or_404(host_id)
+    schedule = schedules.get_schedule_or_404(host, schedule_id)
+    return _render(host, form=_filled(host, schedule), editing=schedule)
+
+
+@bp.post("/<int:host_id>/schedules/<int:schedule_id>")
+@require_role(Role.operator)
+def update_schedule(host_id: int, schedule_id: int):
+    host = get_host_or_404(host_id)
+    schedule = schedules.get_schedule_or_404(host, schedule_id)
+    form = ScheduleForm(host)
+    if not form.validate():
+        return _render(
+            host, form=form, editing=schedule, problem="Check the highlighted fields.", status=422
+        )
+    try:
+        schedules.update_schedule(_box(), host, schedule, form.data_for_service(), now=utcnow())
+    except ServiceError as refused:
+        return _refused(host, form, schedule, refused)
+    record_change(host, schedule, "schedule.updated")
+    flash(f"Schedule {schedule.name} saved; the agent gets it on its next poll.", "success")
+    return redirect(url_for("hosts.schedules", host_id=host.id))
+
+
+@bp.post("/<int:host_id>/schedules/<int:schedule_id>/enabled")
+@require_role(Role.operator)
+def toggle_schedule(host_id: int, schedule_id: int):
+    host = get_host_or_404(host_id)
+    schedule = schedules.get_schedule_or_404(host, schedule_id)
+    enabled = not schedule.enabled
+    schedules.update_schedule(_box(), host, schedule, {"enabled": enabled}, now=utcnow())
+    record_change(host, schedule, "schedule.updated")
+    flash(f"Schedule {schedule.name} {'enabled' if enabled else 'disabled'}.", "success")
+    return redirect(url_for("hosts.schedules", host_id=host.id))
+
+
+@bp.post("/<int:host_id>/schedules/<int:schedule_id>/delete")
+@require_role(Role.operator)
+def delete_schedule(host_id: int, schedule_id: int):
+    host = get_host_or_404(host_id)
+    schedule = schedules.get_schedule_or_404(host, schedule_id)
+    name = schedule.name
+    payload = {"name": name, "cron": schedule.cron}
+    schedules.delete(_box(), host, schedule, now=utcnow())
+    record_change(host, None, "schedule.deleted", payload=payload, target_id=schedule_id)
+    flash(f"Schedule {name} deleted; the agent stops running it on its next poll.", "success")
+    return redirect(url_for("hosts.schedules", host_id=host.id))
+
+
+def _refused(host: Host, form: ScheduleForm, schedule: Optional[Schedule], refused: ServiceError):
+    db.session.rollback()  # a refused change leaves everything as it was
+    if schedule is not None:
+        db.session.refresh(schedule)
+    unplaced = form.apply_errors(refused.fields)
+    problem = " ".join(unplaced) if unplaced or not refused.fields else None
+    return _render(
+        host,
+        form=form,
+        editing=schedule,
+        problem=problem or "Check the highlighted fields.",
+        status=refused.status,
+    )

@@ -1,0 +1,212 @@
+"""Sources: the host's source groups (list, create, edit, delete, retention preview)."""
+
+from __future__ import annotations
+
+from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from app.access import Role, require_role
+from app.api.hosts import get_host_or_404
+from app.authn import client_address
+from app.extensions import db
+from app.hosts import bp
+from app.models import Host, SourceGroup
+from app.models.types import utcnow
+from app.services import retention, source_groups
+from app.services.audit import Actor
+from app.services.errors import ServiceError, ValidationFailed
+from app.services.job_params import KEEP_COUNTS
+
+RETENTION_FIELDS = (*KEEP_COUNTS, "keep_within")
+
+
+@bp.get("/<int:host_id>/sources")
+@require_role(Role.viewer)
+def sources(host_id: int):
+    host = get_host_or_404(host_id)
+    groups = source_groups.groups_of(host)
+    return render_template(
+        "hosts/sources.html",
+        host=host,
+        tab="sources",
+        groups=groups,
+        using={group.id: source_groups.schedules_using(group) for group in groups},
+        describe=retention.describe,
+    )
+
+
+def _initial(group: SourceGroup | None) -> dict:
+    """What the form shows first: the group's values, or sensible defaults for a new one."""
+    if group is None:
+        return {
+            "retry_max": str(source_groups.DEFAULT_RETRY_MAX),
+            "retry_backoff_seconds": str(source_groups.DEFAULT_RETRY_BACKOFF_SECONDS),
+        }
+    values = {
+        "name": group.name,
+        "includes": "\n".join(group.includes or []),
+        "excludes": "\n".join(group.excludes or []),
+        "retry_max": str(group.retry_max),
+        "retry_backoff_seconds": str(group.retry_backoff_seconds),
+    }
+    for key in RETENTION_FIELDS:
+        value = (group.retention or {}).get(key)
+        values[key] = "" if value is None else str(value)
+    return values
+
+
+def _submitted(form, *, may_edit_hooks: bool) -> dict:
+    """The service's input from the form; hooks only when the user may change them."""
+    data = {
+        "name": form.get("name", ""),
+        "includes": form.get("includes", ""),
+        "excludes": form.get("excludes", ""),
+        "retention": {key: form.get(key, "").strip() for key in RETENTION_FIELDS},
+        "retry_max": form.get("retry_max", "").strip(),
+        "retry_backoff_seconds": form.get("retry_backoff_seconds", "").strip(),
+    }
+    if may_edit_hooks:
+        for name in source_groups.HOOKS:
+            if form.get(f"remove_{name}"):
+                data[name] = None
+            elif form.get(name, "").strip():
+                data[name] = form[name]
+    return data
+
+
+def _errors(refused: ValidationFailed) -> tuple[dict, str | None]:
+    """Field errors keyed by form field; the message when it fits no field."""
+    errors: dict[str, list[str]] = {}
+    for name, messages in refused.fields.items():
+        key = name.removeprefix("retention.")
+        errors.setdefault(key if key else "retention", []).extend(messages)
+    return errors, None if errors else refused.message
+
+
+def _render_form(host: Host, group, values, *, errors=None, problem=None, preview=None, status=200):
+    return render_template(
+        "hosts/source_form.html",
+        host=host,
+        tab="sources",
+        group=group,
+        values=values,
+        errors=errors or {},
+        problem=problem,
+        preview=preview,
+        retention_fields=RETENTION_FIELDS,
+        may_edit_hooks=current_user.has_role(Role.admin),
+    ), status
+
+
+@bp.get("/<int:host_id>/sources/new")
+@require_role(Role.operator)
+def new_source(host_id: int):
+    return _render_form(get_host_or_404(host_id), None, _initial(None))
+
+
+@bp.get("/<int:host_id>/sources/<int:group_id>/edit")
+@require_role(Role.operator)
+def edit_source(host_id: int, group_id: int):
+    host = get_host_or_404(host_id)
+    group = source_groups.get_group(host, group_id)
+    return _render_form(host, group, _initial(group))
+
+
+def _preview(host: Host, group, values):
+    """The form's retention applied to the stored snapshots of the group's tag (the name in
+    the form: a new group may take over an existing tag); nothing is saved."""
+    policy = {key: values.get(key, "").strip() for key in RETENTION_FIELDS}
+    tag = values.get("name", "").strip() or (group.name if group else "")
+    try:
+        preview = source_groups.preview_retention(host, tag, policy)
+    except ValidationFailed as refused:
+        errors, problem = _errors(refused)
+        return _render_form(host, group, values, errors=errors, problem=problem, status=422)
+    preview["tag"] = tag
+    return _render_form(host, group, values, preview=preview)
+
+
+def _save(host: Host, group: SourceGroup | None):
+    values = request.form.to_dict()
+    if request.form.get("action") == "preview":
+        return _preview(host, group, values)
+    box = current_app.extensions["secretbox"]
+    may_edit_hooks = current_user.has_role(Role.admin)
+    arguments = {
+        "actor": Actor.for_user(current_user),
+        "now": utcnow(),
+        "may_edit_hooks": may_edit_hooks,
+        "client_address": client_address(),
+    }
+    data = _submitted(request.form, may_edit_hooks=may_edit_hooks)
+    try:
+        if group is None:
+            group = source_groups.create(box, host, data, **arguments)
+            verb = "created"
+        else:
+            source_groups.update(box, group, data, **arguments)
+            verb = "saved"
+    except ValidationFailed as refused:
+        db.session.rollback()
+        errors, problem = _errors(refused)
+        return _render_form(
+            host, group, values, errors=errors, problem=problem, status=refused.status
+        )
+    except ServiceError as refused:
+        db.session.rollback()
+        return _render_form(host, group, values, problem=refused.message, status=refused.status)
+    db.session.commit()
+    flash(f"Source group {group.name!r} {verb}; the agent gets the change.", "success")
+    return redirect(url_for("hosts.sources", host_id=host.id) + f"#group-{group.id}")
+
+
+@bp.post("/<int:host_id>/sources")
+@require_role(Role.operator)
+def create_source(host_id: int):
+    return _save(get_host_or_404(host_id), None)
+
+
+@bp.post("/<int:host_id>/sources/<int:group_id>")
+@require_role(Role.operator)
+def update_source(host_id: int, group_id: int):
+    host = get_host_or_404(host_id)
+    return _save(host, source_groups.get_group(host, group_id))
+
+
+@bp.post("/<int:host_id>/sources/<int:group_id>/delete")
+@require_role(Role.operator)
+def delete_source(host_id: int, group_id: int):
+    host = get_host_or_404(host_id)
+    group = source_groups.get_group(host, group_id)
+    name = group.name
+    try:
+        source_groups.delete(
+            current_app.extensions["secretbox"],
+            group,
+            actor=Actor.for_user(current_user),
+            now=utcnow(),
+            client_address=client_address(),
+        )
+    except ServiceError as refused:
+        db.session.rollback()
+        flash(refused.message, "error")
+        return redirect(url_for("hosts.sources", host_id=host.id) + f"#group-{group_id}")
+    db.session.commit()
+    flash(f"Source group {name!r} deleted. Its snapshots stay in the repository.", "success")
+    return redirect(url_for("hosts.sources", host_id=host.id))
+
+
+@bp.get("/<int:host_id>/sources/<int:group_id>/delete")
+@require_role(Role.operator)
+def confirm_delete_source(host_id: int, group_id: int):
+    """Asks first (works without JavaScript) and says up front when deleting is refused."""
+    host = get_host_or_404(host_id)
+    group = source_groups.get_group(host, group_id)
+    return render_template(
+        "hosts/source_delete.html",
+        host=host,
+        tab="sources",
+        group=group,
+        using=source_groups.schedules_using(group),
+        last=len(source_groups.groups_of(host)) <= 1,
+    )

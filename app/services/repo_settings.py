@@ -1,0 +1,163 @@
+"""A host's repository settings: maintenance cadences, bandwidth caps, admin credential."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from app.extensions import db
+from app.models import Host, HostCredential, RepoMaintenance
+from app.secretbox import SecretBox
+from app.services import commands, maintenance, repository, schedules, validate
+from app.services.errors import Conflict, ValidationFailed
+
+MAX_KIB_PER_SECOND = 10_000_000  # 10 GB/s: anything above is a typo
+
+
+def _refuse(field: str, message: str):
+    raise ValidationFailed(message, fields={field: [message]})
+
+
+def _bump(box: SecretBox, host: Host, now: datetime) -> None:
+    """The agent gets the host-wide settings with its schedule set (when that exists)."""
+    if hasattr(schedules, "bump_version"):
+        schedules.bump_version(box, host, now=now)
+
+
+# --- maintenance cadences ------------------------------------------------------------------
+
+
+def maintenance_of(host: Host) -> RepoMaintenance:
+    """The host's settings; a host without a row gets an unsaved one with nothing scheduled."""
+    settings = maintenance.settings_of(host)
+    if settings is None:
+        settings = RepoMaintenance(host_id=host.id, enabled=True)
+    return settings
+
+
+def _cron(value: Any, field: str) -> Optional[str]:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return schedules.validate_cron(value)
+    except ValidationFailed as refused:
+        _refuse(field, refused.message)
+
+
+def _percent(value: Any) -> Optional[float]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().rstrip("%"))
+        except ValueError:
+            _refuse("check_subset_percent", "The check subset is a percentage such as 5 or 2.5.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+        _refuse("check_subset_percent", "The check subset must be above 0 and at most 100 %.")
+    return float(value)
+
+
+def save_maintenance(host: Host, data: dict, *, now: datetime) -> RepoMaintenance:
+    """Replace the cadences (a null cron turns that task off)."""
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        _refuse("enabled", "enabled must be true or false.")
+    values = {
+        f"{task}_cron": _cron(data.get(f"{task}_cron"), f"{task}_cron")
+        for task in maintenance.TASKS
+    }
+    percent = _percent(data.get("check_subset_percent"))
+    settings = maintenance.settings_of(host)
+    if settings is None:
+        settings = RepoMaintenance(host_id=host.id)
+        db.session.add(settings)
+    for key, value in values.items():
+        setattr(settings, key, value)
+    settings.check_subset_percent = percent
+    settings.enabled = enabled
+    settings.updated_at = now
+    db.session.flush()
+    return settings
+
+
+# --- bandwidth -----------------------------------------------------------------------------
+
+
+def _kib(value: Any, field: str) -> Optional[int]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _refuse(field, "A cap is a whole number of KiB/s (at least 1), or empty for none.")
+    if value > MAX_KIB_PER_SECOND:
+        _refuse(field, f"A cap is at most {MAX_KIB_PER_SECOND:,} KiB/s.")
+    return value
+
+
+def save_bandwidth(box: SecretBox, host: Host, upload_kib, download_kib, *, now: datetime) -> None:
+    """Host-wide caps for restic's --limit-upload / --limit-download (None: unlimited)."""
+    upload, download = _kib(upload_kib, "upload_kib"), _kib(download_kib, "download_kib")
+    if (upload, download) == (host.limit_upload_kib, host.limit_download_kib):
+        return
+    host.limit_upload_kib, host.limit_download_kib = upload, download
+    db.session.flush()
+    _bump(box, host, now)
+
+
+# --- admin credential ----------------------------------------------------------------------
+
+
+def save_admin_credential(
+    box: SecretBox, host: Host, username, password, *, now: datetime
+) -> HostCredential:
+    """The credential forget and prune use (the everyday one may be append-only).
+
+    It reaches the same repository URL as the everyday credential; sealed like it and
+    pushed to the agent in a ``config.update`` carrying ``admin_repository``.
+    """
+    everyday = repository.credential_of(host)
+    if everyday is None:
+        raise Conflict(
+            f"{host.hostname} has no repository connection yet: save that first.",
+            code="no_repository",
+        )
+    username = validate.text(username, "username", "Username", required=False, max_length=255)
+    if not isinstance(password, str) or not password:
+        _refuse("password", "The admin password is required.")
+    if len(password) > 1024:
+        _refuse("password", "The admin password must be at most 1024 characters.")
+    credential = repository.credential_of(host, "admin")
+    if credential is None:
+        credential = HostCredential(host_id=host.id, kind="admin", sealed_password=b"")
+        db.session.add(credential)
+    credential.repo_url = everyday.repo_url
+    credential.username = username
+    credential.updated_at = now
+    db.session.flush()
+    credential.sealed_password = box.seal(
+        password, table="host_credentials", column="password", row_id=credential.id
+    )
+    commands.enqueue(
+        box,
+        host,
+        "config.update",
+        payload={"admin_repository": {"url": everyday.repo_url, "username": username}},
+        secret_payload={"admin_repository": {"password": password}},
+        now=now,
+    )
+    db.session.flush()
+    _bump(box, host, now)
+    return credential
+
+
+def remove_admin_credential(box: SecretBox, host: Host, *, now: datetime) -> bool:
+    """Forget the admin credential here and on the agent; False when there was none."""
+    credential = repository.credential_of(host, "admin")
+    if credential is None:
+        return False
+    db.session.delete(credential)
+    commands.enqueue(box, host, "config.update", payload={"admin_repository": None}, now=now)
+    db.session.flush()
+    _bump(box, host, now)
+    return True

@@ -1,0 +1,146 @@
+"""restic's forget policy in pure Python, to preview a retention policy before it is saved.
+
+Follows restic's ``ApplyPolicy`` (internal/restic/snapshot_policy.go): within one group the
+snapshots are walked newest first; every keep-N rule keeps the newest snapshot of each of
+its time buckets (hour, day, ISO week, month, year; "last" makes every snapshot its own
+bucket) until N snapshots were kept by it; keep-within keeps every snapshot younger than
+the duration counted back from the group's newest snapshot. A snapshot is kept when any
+rule keeps it. Groups are restic's default ``--group-by host,paths``.
+
+One difference we cannot avoid: restic buckets a snapshot by the clock of the host that
+took it (the time zone in its timestamp); the server stores times in UTC, so a snapshot
+taken near midnight on a host outside UTC may land in the neighbouring day here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable, Sequence
+
+from app.services.job_params import KEEP_COUNTS
+
+EMPTY_POLICY_REASON = "no retention policy: every snapshot is kept"
+_DURATION_PART = re.compile(r"(\d+)([ymdh])")
+
+_BUCKETS: tuple[tuple[str, str, Callable[[datetime, int], Any]], ...] = (
+    ("keep_last", "last snapshot", lambda time, index: index),
+    ("keep_hourly", "hourly snapshot", lambda time, index: (time.date(), time.hour)),
+    ("keep_daily", "daily snapshot", lambda time, index: time.date()),
+    ("keep_weekly", "weekly snapshot", lambda time, index: time.isocalendar()[:2]),
+    ("keep_monthly", "monthly snapshot", lambda time, index: (time.year, time.month)),
+    ("keep_yearly", "yearly snapshot", lambda time, index: time.year),
+)
+assert tuple(key for key, _, _ in _BUCKETS) == KEEP_COUNTS
+
+
+@dataclass(frozen=True)
+class Decision:
+    snapshot: Any
+    keep: bool
+    reasons: tuple[str, ...]
+
+
+def parse_duration(text: str) -> tuple[int, int, int, int]:
+    """``1y2m3d4h`` as (years, months, days, hours)."""
+    parts = {"y": 0, "m": 0, "d": 0, "h": 0}
+    for number, unit in _DURATION_PART.findall(text or ""):
+        parts[unit] += int(number)
+    return parts["y"], parts["m"], parts["d"], parts["h"]
+
+
+def duration_text(text: str) -> str:
+    """The duration as restic prints it in a reason (zero parts left out)."""
+    years, months, days, hours = parse_duration(text)
+    return "".join(
+        f"{value}{unit}"
+        for value, unit in ((years, "y"), (months, "m"), (days, "d"), (hours, "h"))
+        if value
+    )
+
+
+def subtract(time: datetime, years: int, months: int, days: int, hours: int) -> datetime:
+    """Go's ``t.AddDate(-y, -m, -d).Add(-h hours)``: an overflowing day rolls over
+    (31 March minus one month is 3 March), as restic computes it."""
+    month_index = time.month - 1 - months
+    year = time.year - years + month_index // 12
+    first = time.replace(year=year, month=month_index % 12 + 1, day=1)
+    return first + timedelta(days=time.day - 1 - days) - timedelta(hours=hours)
+
+
+def _newest_first(snapshots: Iterable[Any]) -> list[Any]:
+    return sorted(
+        snapshots,
+        key=lambda snapshot: (snapshot.time, getattr(snapshot, "snapshot_id", "")),
+        reverse=True,
+    )
+
+
+def apply_policy(snapshots: Iterable[Any], policy: dict) -> list[Decision]:
+    """Keep/remove for one group of snapshots (objects with ``.time``), newest first."""
+    ordered = _newest_first(snapshots)
+    if not any(policy.get(key) for key in (*KEEP_COUNTS, "keep_within")):
+        return [Decision(snapshot, True, (EMPTY_POLICY_REASON,)) for snapshot in ordered]
+    if not ordered:
+        return []
+    remaining = {key: int(policy.get(key) or 0) for key in KEEP_COUNTS}
+    last_bucket: dict[str, Any] = {key: object() for key in KEEP_COUNTS}
+    within = policy.get("keep_within")
+    cutoff = subtract(ordered[0].time, *parse_duration(within)) if within else None
+    decisions = []
+    for index, snapshot in enumerate(ordered):
+        reasons = []
+        if cutoff is not None and snapshot.time > cutoff:
+            reasons.append(f"within {duration_text(within)}")
+        for key, reason, bucket_of in _BUCKETS:
+            if remaining[key] <= 0:
+                continue
+            bucket = bucket_of(snapshot.time, index)
+            if bucket != last_bucket[key]:
+                last_bucket[key] = bucket
+                remaining[key] -= 1
+                reasons.append(reason)
+        decisions.append(Decision(snapshot, bool(reasons), tuple(reasons)))
+    return decisions
+
+
+def group_key(snapshot: Any) -> tuple[str, tuple[str, ...]]:
+    """restic's default grouping: the host name and the (sorted) backed-up paths."""
+    return (snapshot.hostname or "", tuple(sorted(snapshot.paths or [])))
+
+
+def preview(snapshots: Sequence[Any], policy: dict) -> list[Decision]:
+    """Decisions for every snapshot, grouped like ``restic forget`` (newest first overall)."""
+    groups: dict[tuple, list[Any]] = {}
+    for snapshot in snapshots:
+        groups.setdefault(group_key(snapshot), []).append(snapshot)
+    decisions = [
+        decision for members in groups.values() for decision in apply_policy(members, policy)
+    ]
+    return sorted(
+        decisions,
+        key=lambda decision: (
+            decision.snapshot.time,
+            getattr(decision.snapshot, "snapshot_id", ""),
+        ),
+        reverse=True,
+    )
+
+
+def describe(policy: dict) -> str:
+    """The policy in words: "the last 3, 7 daily, 4 weekly, everything within 30d"."""
+    if not policy:
+        return "keep every snapshot"
+    words = {
+        "keep_last": "the last {}",
+        "keep_hourly": "{} hourly",
+        "keep_daily": "{} daily",
+        "keep_weekly": "{} weekly",
+        "keep_monthly": "{} monthly",
+        "keep_yearly": "{} yearly",
+    }
+    parts = [words[key].format(policy[key]) for key in KEEP_COUNTS if policy.get(key)]
+    if policy.get("keep_within"):
+        parts.append(f"everything within {policy['keep_within']} of the newest")
+    return "keep " + ", ".join(parts)

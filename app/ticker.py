@@ -1,0 +1,160 @@
+"""The periodic tick (maintenance cadences, pending runs), run by exactly one process.
+
+Every serving process runs a loop; a tick runs only in the process that holds the leader
+lock: a PostgreSQL advisory lock on a dedicated connection, or an exclusive ``flock`` on
+``RM_DATA_DIR/ticker.lock`` with SQLite. The operating system (or PostgreSQL, when the
+session ends) releases the lock when the leader dies, and another process takes over at its
+next tick. Every tick is idempotent, so a tick repeated by a new leader does no harm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from app.extensions import db
+from app.models.types import utcnow
+from app.secretbox import SecretBox
+
+log = logging.getLogger("restic_manager.ticker")
+
+# pg_try_advisory_lock key: "rmtick" in ASCII, so it is recognisable in pg_locks.
+ADVISORY_LOCK_KEY = 0x726D7469636B
+
+
+def tick(box: SecretBox, now: datetime, *, offline_after_seconds: int = 90) -> list:
+    """One pass: due maintenance tasks and pending runs. Commits; returns the new jobs."""
+    from app.services import maintenance, pending_runs
+
+    jobs = maintenance.run_due(box, now, offline_after_seconds=offline_after_seconds)
+    jobs += pending_runs.run_due(box, now, offline_after_seconds=offline_after_seconds)
+    db.session.commit()
+    return jobs
+
+
+class FileLeadership:
+    """SQLite: whoever holds an exclusive lock on the file leads."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
+class AdvisoryLeadership:
+    """PostgreSQL: whoever holds the advisory lock on its own connection leads."""
+
+    def __init__(self, url: str):
+        self._engine = sa.create_engine(url, poolclass=NullPool)
+        self._connection: Optional[sa.Connection] = None
+
+    def acquire(self) -> bool:
+        if self._connection is not None:
+            try:
+                self._connection.execute(sa.text("SELECT 1"))
+                return True
+            except sa.exc.DBAPIError:
+                # The session ended, and with it the lock: compete again.
+                log.warning("ticker: lost the leader connection; competing again")
+                self.release()
+        connection = self._engine.connect()
+        try:
+            held = connection.execute(
+                sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            ).scalar()
+            connection.commit()  # the lock is session-level; no transaction stays open
+        except Exception:
+            connection.close()
+            raise
+        if not held:
+            connection.close()
+            return False
+        self._connection = connection
+        return True
+
+    def release(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                self._connection.close()  # ends the session, which releases the lock
+            self._connection = None
+
+
+def leadership_for(app):
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    if url.startswith("postgresql"):
+        return AdvisoryLeadership(url)
+    return FileLeadership(Path(app.config["RM_DATA_DIR"]) / "ticker.lock")
+
+
+def run(
+    app,
+    stop: threading.Event,
+    *,
+    interval: Optional[float] = None,
+    tick_function: Callable = tick,
+) -> None:
+    """Tick every ``interval`` seconds while leading, until ``stop`` is set."""
+    interval = interval if interval is not None else app.config["RM_TICKER_SECONDS"]
+    leadership = leadership_for(app)
+    leading = False
+    try:
+        while True:
+            with app.app_context():
+                try:
+                    now_leading = leadership.acquire()
+                    if now_leading and not leading:
+                        log.info("ticker: process %s leads", os.getpid())
+                    leading = now_leading
+                    if leading:
+                        tick_function(
+                            app.extensions["secretbox"],
+                            utcnow(),
+                            offline_after_seconds=app.config["RM_OFFLINE_AFTER_SECONDS"],
+                        )
+                except Exception:
+                    log.exception("ticker: the tick failed; trying again at the next one")
+                    db.session.rollback()
+                finally:
+                    db.session.remove()
+            if stop.wait(interval):
+                return
+    finally:
+        leadership.release()
+
+
+def start(app) -> Optional[threading.Thread]:
+    """Start the loop in the background (a greenlet under gevent) when enabled."""
+    if not app.config["RM_TICKER_ENABLED"]:
+        return None
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(app, stop), name="ticker", daemon=True)
+    thread.start()
+    app.extensions["ticker_stop"] = stop
+    return thread
