@@ -5,8 +5,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from app import create_app  # noqa: E402
-from app import ticker  # noqa: E402
+from app import create_app, ticker  # noqa: E402
 
 app = create_app()
 # Each gunicorn worker imports this module, so each runs a ticker loop; only the one that
