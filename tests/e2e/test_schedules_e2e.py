@@ -2,7 +2,8 @@
 own paths, a schedule attached to both; the agent applies it, the server goes away, the
 schedule fires on the agent's clock anyway and backs both groups up with the right paths
 and tags; when the server is back the runs appear as scheduled jobs with their logs, and
-the snapshot list has both tags."""
+the snapshot list has both tags. Then maintenance runs on its cadence from the server's
+ticker."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def server(tmp_path, migrated_template):
         RM_OFFLINE_AFTER_SECONDS="20",
         RM_POLL_WAIT_SECONDS="5",
         RM_LOG_FLUSH_SECONDS="2",
+        RM_TICKER_SECONDS="2",
     )
     server = Server(tmp_path, env)
     server.start()
@@ -128,6 +130,35 @@ def test_a_schedule_fires_on_the_agent_while_the_server_is_down(server, tmp_path
             assert job["log_lines"] > 0
         listed = api.get(f"/hosts/{host_id}/snapshots").json()["items"]
         assert {item["tags"][0] for item in listed} >= {"default", "etc"}
+
+        # Maintenance runs on the server's cadence (the leader's ticker, every 2 s here):
+        # forget applies each group's own retention to its own tag ("default" has none).
+        api.session.put(
+            f"{api.base}/hosts/{host_id}/repo-maintenance",
+            json={
+                "enabled": True,
+                "forget_cron": "* * * * *",
+                "prune_cron": None,
+                "check_cron": None,
+                "check_subset_percent": None,
+            },
+            timeout=10,
+        ).raise_for_status()
+
+        def maintenance_forget():
+            items = api.get(f"/jobs?host_id={host_id}&kind=forget").json()["items"]
+            return next(
+                (
+                    job
+                    for job in items
+                    if job["actor"]["label"] == "maintenance" and job["finished_at"]
+                ),
+                None,
+            )
+
+        forget = wait_until(maintenance_forget, 100, "the maintenance forget", interval=0.5)
+        assert forget["status"] == "succeeded", forget
+        assert forget["params"]["groups"] == [{"tag": "etc", "policy": {"keep_last": 5}}]
     finally:
         agent.kill()
     for where, text in {"server log": server.log(), "agent log": agent.log()}.items():
