@@ -369,3 +369,26 @@ def test_operators_see_no_hook_fields_admins_do(app, login_as):
     url = f"/hosts/{host.id}/sources/{group.id}/edit"
     assert 'name="pre_hook"' not in login_as(Role.operator).get(url).get_data(as_text=True)
     assert 'name="pre_hook"' in login_as(Role.admin).get(url).get_data(as_text=True)
+
+
+def test_sources_tab_default_hooks_form_is_for_admins(app, login_as):
+    host = add_host("web-hooks")
+    operator_page = login_as(Role.operator).get(f"/hosts/{host.id}/sources").get_data(as_text=True)
+    assert "Default hooks" in operator_page and "Only an admin can set hooks." in operator_page
+    assert 'class="hosthead' in operator_page or "hosthead" in operator_page  # the host header
+    admin = login_as(Role.admin)
+    token = form_token(admin, f"/hosts/{host.id}/sources")
+    saved = admin.post(
+        f"/hosts/{host.id}/hooks",
+        data={"csrf_token": token, "pre_hook": "echo before", "post_hook": ""},
+    )
+    assert saved.status_code == 302
+    db.session.expire_all()
+    stored = db.session.get(Host, host.id)
+    assert stored.sealed_pre_hook is not None and stored.sealed_post_hook is None
+    page = admin.get(f"/hosts/{host.id}/sources").get_data(as_text=True)
+    assert "echo before" not in page and "Remove the pre-hook" in page
+    operator = login_as(Role.operator)
+    token = form_token(operator, f"/hosts/{host.id}/sources")
+    refused = operator.post(f"/hosts/{host.id}/hooks", data={"csrf_token": token, "pre_hook": "id"})
+    assert refused.status_code == 403

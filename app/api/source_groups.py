@@ -11,6 +11,7 @@ from app.api.hosts import get_host_or_404
 from app.api.serialize import iso
 from app.api.validation import json_body
 from app.authn import client_address
+from app.bus import host_key
 from app.extensions import db
 from app.models import SourceGroup
 from app.models.types import utcnow
@@ -121,3 +122,27 @@ def preview_source_group_retention(host_id: int, group_id: int):
             "remove": [decision_json(d) for d in preview["remove"]],
         }
     )
+
+
+@bp.get("/hosts/<int:host_id>/hooks")
+@require_role(Role.viewer)
+def get_host_hooks(host_id: int):
+    """Whether the host has default hooks (their text is never returned)."""
+    return jsonify(source_groups.host_hooks_set(get_host_or_404(host_id)))
+
+
+@bp.put("/hosts/<int:host_id>/hooks")
+@require_role(Role.admin)
+def put_host_hooks(host_id: int):
+    """The host's default hooks: groups without their own run these (admin only)."""
+    host = get_host_or_404(host_id)
+    source_groups.save_host_hooks(
+        current_app.extensions["secretbox"],
+        host,
+        json_body(),
+        actor=Actor.for_user(current_user),
+        now=utcnow(),
+    )
+    db.session.commit()
+    current_app.extensions["bus"].publish(host_key(host.id))
+    return jsonify(source_groups.host_hooks_set(host))

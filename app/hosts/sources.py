@@ -8,6 +8,7 @@ from flask_login import current_user
 from app.access import Role, require_role
 from app.api.hosts import get_host_or_404
 from app.authn import client_address
+from app.bus import host_key
 from app.extensions import db
 from app.hosts import bp
 from app.models import Host, SourceGroup
@@ -25,10 +26,14 @@ RETENTION_FIELDS = (*KEEP_COUNTS, "keep_within")
 def sources(host_id: int):
     host = get_host_or_404(host_id)
     groups = source_groups.groups_of(host)
+    now = utcnow()
     return render_template(
         "hosts/sources.html",
         host=host,
         tab="sources",
+        now=now,
+        status=host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]),
+        host_hooks=source_groups.host_hooks_set(host),
         groups=groups,
         using={group.id: source_groups.schedules_using(group) for group in groups},
         describe=retention.describe,
@@ -210,3 +215,38 @@ def confirm_delete_source(host_id: int, group_id: int):
         using=source_groups.schedules_using(group),
         last=len(source_groups.groups_of(host)) <= 1,
     )
+
+
+@bp.post("/<int:host_id>/hooks")
+@require_role(Role.admin)
+def save_host_hooks(host_id: int):
+    """The host's default hooks, from the Sources tab (empty text keeps, a tick removes)."""
+    host = get_host_or_404(host_id)
+    data = {}
+    for name in source_groups.HOOKS:
+        text = request.form.get(name, "")
+        if request.form.get(f"remove_{name}"):
+            data[name] = None
+        elif text.strip():
+            data[name] = text
+    try:
+        changed = source_groups.save_host_hooks(
+            current_app.extensions["secretbox"],
+            host,
+            data,
+            actor=Actor.for_user(current_user),
+            now=utcnow(),
+        )
+    except ValidationFailed as refused:
+        db.session.rollback()
+        flash(refused.message, "error")
+        return redirect(url_for("hosts.sources", host_id=host.id) + "#host-hooks")
+    db.session.commit()
+    current_app.extensions["bus"].publish(host_key(host.id))
+    flash(
+        "Default hooks saved; the agent gets them with its schedule set."
+        if changed
+        else "Nothing changed.",
+        "success" if changed else "info",
+    )
+    return redirect(url_for("hosts.sources", host_id=host.id) + "#host-hooks")

@@ -385,3 +385,53 @@ def preview_retention(host: Host, tag: str, policy: Any) -> dict:
         "keep": [d for d in decisions if d.keep],
         "remove": [d for d in decisions if not d.keep],
     }
+
+
+# --- the host's default hooks ---------------------------------------------------------------
+
+
+def host_hooks_set(host: Host) -> dict:
+    return {f"{name}_set": getattr(host, f"sealed_{name}") is not None for name in HOOKS}
+
+
+def save_host_hooks(box: SecretBox, host: Host, data: Any, *, actor: Actor, now: datetime):
+    """The hooks of groups without their own (admin only: the caller checks the role).
+
+    A key left out keeps that hook; ``null`` or empty text removes it. Returns the names of
+    the hooks that changed (never their text).
+    """
+    if not isinstance(data, dict) or set(data) - set(HOOKS):
+        validate.fail("hooks", "Send pre_hook and/or post_hook (shell text, or null to remove).")
+    changed = []
+    for name in HOOKS:
+        if name not in data:
+            continue
+        wanted = _hook(data[name], name)
+        current = getattr(host, f"sealed_{name}")
+        if current is None and wanted is None:
+            continue
+        unchanged = (
+            current is not None
+            and wanted is not None
+            and (box.open(current, table=HOST_HOOK_TABLE, column=name, row_id=host.id) == wanted)
+        )
+        if unchanged:
+            continue
+        sealed = (
+            None
+            if wanted is None
+            else box.seal(wanted, table=HOST_HOOK_TABLE, column=name, row_id=host.id)
+        )
+        setattr(host, f"sealed_{name}", sealed)
+        changed.append(name)
+    if changed:
+        _changed(box, host, now)
+        audit.record(
+            actor,
+            "host.hooks_updated",
+            target_type="host",
+            target_id=host.id,
+            payload={"hostname": host.hostname, "changed": changed},
+        )
+    db.session.flush()
+    return changed
