@@ -30,6 +30,7 @@ class AgentPaths:
         self.state = self.home / "state.json"
         self.secrets = self.home / "secrets.sealed"
         self.schedules = self.home / "schedules.sealed"
+        self.queued_runs = self.home / "queued-runs.sealed"
         self.schedule_state = self.home / "schedule_state.json"
         self.seen_commands = self.home / "seen_commands.json"
         self.status = self.home / "status.json"

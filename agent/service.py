@@ -34,7 +34,7 @@ from agent.facts import host_facts
 from agent.journal import SeenCommands
 from agent.paths import AgentPaths, PathLike, resolve_home
 from agent.runner import Runner
-from agent.runs import PlannedRun, RunQueue
+from agent.runs import PlannedRun, QueuedRuns, RunQueue
 from agent.scheduler import TICK_SECONDS, Scheduler, local_now
 from agent.schedules import (
     InvalidScheduleSet,
@@ -141,7 +141,13 @@ class Agent:
             now=clock or local_now,
             tick_seconds=scheduler_tick_seconds,
         )
-        self.runs = RunQueue(self._new_client(), self.runner, self.spool, self._run_started)
+        self.runs = RunQueue(
+            self._new_client(),
+            self.runner,
+            self.spool,
+            self._run_started,
+            store=QueuedRuns(self.paths.queued_runs, self.state.secrets_key()),
+        )
         self.spool.on_event = self._event_spooled
         self.facts: Dict[str, Any] = {}
 
