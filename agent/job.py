@@ -47,6 +47,7 @@ class RunningJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_reason: Optional[str] = None
     thread: Optional[threading.Thread] = None
+    on_done: Optional[Callable[[str], None]] = None  # called with the final status
 
 
 class JobFailed(Exception):

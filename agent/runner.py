@@ -69,13 +69,19 @@ class Runner:
         return self.spool.open_job(job_id, attempt_id)
 
     def start(
-        self, job_id: JobKey, attempt_id: str, kind: str, params: Dict[str, Any]
+        self,
+        job_id: JobKey,
+        attempt_id: str,
+        kind: str,
+        params: Dict[str, Any],
+        on_done: Optional[Callable[[str], None]] = None,
     ) -> Optional[threading.Thread]:
         """Run the job on its own thread (returned); ``None`` if this job already runs.
 
         ``job_id`` is a run_id (str) for an agent-started run the server has not registered.
+        ``on_done`` is called with the job's final status.
         """
-        job = RunningJob(job_id, attempt_id, kind, params or {})
+        job = RunningJob(job_id, attempt_id, kind, params or {}, on_done=on_done)
         with self._lock:
             if job_id in self._jobs:
                 return None
@@ -157,6 +163,11 @@ class Runner:
                 self._jobs.pop(job_id, None)
             if self.on_job_end is not None:
                 self.on_job_end(job_id)
+            if job.on_done is not None:
+                try:
+                    job.on_done(result.status)
+                except Exception:
+                    log.exception("job %s: its end could not be handled", job_id)
 
     def _run_kind(self, job: RunningJob, job_spool: JobSpool) -> JobResult:
         """The one error funnel: what stops a job early becomes a failed result."""

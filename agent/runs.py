@@ -12,8 +12,8 @@ import logging
 import queue
 import threading
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -25,6 +25,7 @@ from agent.spool import Spool
 
 HOOK_KEYS = ("pre_hook", "post_hook")
 QUEUE_ASSOCIATED_DATA = b"restic-manager-agent:queued-runs"
+MAX_RETRY_DELAY = 30 * 60  # seconds: backoff doubles up to this
 _STOP_CHECK_SECONDS = 0.25
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,22 @@ class PlannedRun:
     schedule_id: Optional[int] = None
     schedule_version: Optional[int] = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempt: int = 1
+    retry_max: int = 0  # the group's: a failed run is tried again this many times
+    retry_backoff_seconds: int = 300
+    not_before: Optional[datetime] = None  # a retry waits for its backoff
+
+    def retry(self, now: datetime) -> Optional["PlannedRun"]:
+        """The next try of a failed scheduled run, or ``None`` when none is left."""
+        if self.schedule_id is None or self.attempt > self.retry_max:
+            return None
+        delay = min(self.retry_backoff_seconds * 2 ** (self.attempt - 1), MAX_RETRY_DELAY)
+        return replace(
+            self,
+            run_id=uuid.uuid4().hex,
+            attempt=self.attempt + 1,
+            not_before=now + timedelta(seconds=delay),
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -46,11 +63,15 @@ class PlannedRun:
             "schedule_id": self.schedule_id,
             "schedule_version": self.schedule_version,
             "run_id": self.run_id,
+            "attempt": self.attempt,
+            "retry_max": self.retry_max,
+            "retry_backoff_seconds": self.retry_backoff_seconds,
+            "not_before": isoformat(self.not_before) if self.not_before else None,
         }
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "PlannedRun":
-        fired_at = datetime.fromisoformat(str(data["fired_at"]).replace("Z", "+00:00"))
+        fired_at = _parse_time(data["fired_at"])
         return cls(
             kind=str(data["kind"]),
             params=dict(data["params"]),
@@ -58,6 +79,10 @@ class PlannedRun:
             schedule_id=data.get("schedule_id"),
             schedule_version=data.get("schedule_version"),
             run_id=str(data["run_id"]),
+            attempt=int(data.get("attempt") or 1),
+            retry_max=int(data.get("retry_max") or 0),
+            retry_backoff_seconds=int(data.get("retry_backoff_seconds") or 300),
+            not_before=_parse_time(data.get("not_before")),
         )
 
     def registration(self) -> Dict[str, Any]:
@@ -70,6 +95,12 @@ class PlannedRun:
             "params": {k: v for k, v in self.params.items() if k not in HOOK_KEYS},
             "fired_at": isoformat(self.fired_at),
         }
+
+
+def _parse_time(value: Any) -> Optional[datetime]:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def registered_ids(answer: Any) -> Optional[Tuple[int, str]]:
@@ -108,12 +139,15 @@ class RunQueue:
         spool: Spool,
         on_started: Callable[[], None] = lambda: None,
         store: Optional[QueuedRuns] = None,
+        now: Optional[Callable[[], datetime]] = None,
     ):
         self.client = client  # this thread's own (a Client is not thread-safe)
         self.runner = runner
         self.spool = spool
         self.on_started = on_started
         self.store = store
+        self.now = now or (lambda: datetime.now(timezone.utc))
+        self._delayed: List[PlannedRun] = []  # retries waiting for their backoff
         self._lock = threading.Lock()
         self._waiting: List[PlannedRun] = store.load() if store is not None else []
         self._queue: queue.Queue[PlannedRun] = queue.Queue()
@@ -139,12 +173,29 @@ class RunQueue:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def next_due(self) -> Optional[PlannedRun]:
+        """The next run to start now (waits briefly); retries wait for their backoff."""
+        now = self.now()
+        with self._lock:
+            due = [run for run in self._delayed if run.not_before <= now]
+            self._delayed = [run for run in self._delayed if run.not_before > now]
+        for run in due:
+            self._queue.put(run)
+        try:
+            planned = self._queue.get(timeout=_STOP_CHECK_SECONDS)
+        except queue.Empty:
+            return None
+        if planned.not_before is not None and planned.not_before > now:
+            with self._lock:
+                self._delayed.append(planned)
+            return None
+        return planned
+
     def run(self, stop: threading.Event) -> None:
         """Start the queued runs one after the other until ``stop`` is set."""
         while not stop.is_set():
-            try:
-                planned = self._queue.get(timeout=_STOP_CHECK_SECONDS)
-            except queue.Empty:
+            planned = self.next_due()
+            if planned is None:
                 continue
             thread = self.start(planned)
             while thread is not None and thread.is_alive() and not stop.is_set():
@@ -167,7 +218,13 @@ class RunQueue:
         else:
             self.spool.open_run(planned.run_id, body)  # the uploader registers it later
             key, attempt_id = planned.run_id, planned.run_id
-        thread = self.runner.start(key, attempt_id, planned.kind, planned.params)
+        thread = self.runner.start(
+            key,
+            attempt_id,
+            planned.kind,
+            planned.params,
+            on_done=lambda status: self.finished(planned, status),
+        )
         self._started(planned)  # from here the job's own spool remembers it
         if thread is None:
             log.error("run %s: job %s already runs here", planned.run_id, key)
@@ -175,3 +232,21 @@ class RunQueue:
         log.info("run %s started as %s", planned.run_id, f"job {key}" if ids else "offline run")
         self.on_started()
         return thread
+
+    def finished(self, planned: PlannedRun, status: str) -> None:
+        """A failed scheduled run is tried again after its backoff (the group's retry)."""
+        if status != "failed":
+            return
+        retry = planned.retry(self.now())
+        if retry is None:
+            if planned.schedule_id is not None and planned.retry_max:
+                log.warning("run %s failed; no retry left", planned.run_id)
+            return
+        log.info(
+            "run %s failed; try %d of %d at %s",
+            planned.run_id,
+            retry.attempt,
+            retry.retry_max + 1,
+            isoformat(retry.not_before),
+        )
+        self.submit(retry)

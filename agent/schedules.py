@@ -31,6 +31,8 @@ class Group:
     excludes: List[str] = field(default_factory=list)
     pre_hook: Optional[str] = None
     post_hook: Optional[str] = None
+    retry_max: int = 0  # a failed scheduled backup is tried again this many times
+    retry_backoff_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,13 @@ def _group(item: Any) -> Group:
         backup_params({"paths": params.paths, "tags": [name]})  # a name restic can tag with
     except InvalidParams as error:
         raise InvalidScheduleSet(f"group {name!r}: {error}") from None
-    return Group(item["id"], name, params.paths, params.excludes, pre_hook, post_hook)
+    retry_max = item.get("retry_max", 0)
+    backoff = item.get("retry_backoff_seconds", 300)
+    if not _whole(retry_max) or retry_max > 20 or not _whole(backoff) or not 1 <= backoff <= 86400:
+        raise InvalidScheduleSet(f"group {name!r}: retry_max 0-20, retry_backoff_seconds 1-86400")
+    return Group(
+        item["id"], name, params.paths, params.excludes, pre_hook, post_hook, retry_max, backoff
+    )
 
 
 def _schedule(item: Any, groups: Mapping[int, Group]) -> Schedule:

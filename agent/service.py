@@ -406,6 +406,8 @@ class Agent:
                     fired_at=fired_at,
                     schedule_id=schedule.id,
                     schedule_version=schedule_set.version,
+                    retry_max=group.retry_max,
+                    retry_backoff_seconds=group.retry_backoff_seconds,
                 )
             )
 

@@ -254,6 +254,8 @@ def schedule_set(box: SecretBox, host: Host) -> tuple[dict, Optional[dict]]:
             "name": group.name,
             "paths": list(group.includes or []),
             "excludes": list(group.excludes or []),
+            "retry_max": group.retry_max,
+            "retry_backoff_seconds": group.retry_backoff_seconds,
         }
         for group in groups
     ]

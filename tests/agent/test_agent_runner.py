@@ -107,3 +107,14 @@ def test_jobs_interrupted_by_an_agent_restart_are_reported_failed(tmp_path, fake
     assert event["data"]["final_seq"] == 2
     assert "agent stopped" in event["data"]["error"]
     assert runner.recover_interrupted() == []
+
+
+def test_the_caller_learns_how_the_job_ended(spool, fake_restic):
+    """on_done gets the final status (a failed scheduled run is retried from there)."""
+    statuses = []
+    runner = make_runner(spool, fake_restic, {"url": "fake:wrongpw", "password": "Pw-123456"})
+    runner.prepare(5, "att-5")
+    assert runner.start(5, "att-5", "probe", {}, on_done=statuses.append)
+    assert runner.wait_idle(timeout=20)
+    wait_for(lambda: statuses)
+    assert statuses == ["failed"]
