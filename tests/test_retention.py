@@ -251,3 +251,34 @@ def test_times_from_restic_keep_their_instant():
         "2026-01-03 09:15:00.123456"
     )
     assert timedelta(0) == parse_restic_time("2026-01-03T09:15:00Z") - _at("2026-01-03 09:15")
+
+
+def test_days_are_counted_on_the_clock_of_the_host_that_took_the_snapshot():
+    """23:30 and 00:30 at UTC+2 are two days there (restic keeps both with keep_daily 2),
+    though both fall on one UTC day."""
+
+    def snap(ident, utc_hour, offset):
+        time = datetime(2026, 11, 25, utc_hour, 30, tzinfo=timezone.utc)
+        return SimpleNamespace(
+            snapshot_id=ident,
+            time=time,
+            time_offset_minutes=offset,
+            hostname="h",
+            paths=["/etc"],
+            tags=[],
+        )
+
+    for offset, kept in ((120, 2), (0, 1), (None, 1)):
+        decisions = retention.preview(
+            [snap("a", 21, offset), snap("b", 22, offset)], {"keep_daily": 2}
+        )
+        assert sum(decision.keep for decision in decisions) == kept, offset
+
+
+def test_the_offset_restic_wrote_is_kept():
+    from app.services.repository import restic_time_offset
+
+    assert restic_time_offset("2026-11-25T23:30:00.123456789+02:00") == 120
+    assert restic_time_offset("2026-11-25T23:30:00-05:30") == -330
+    assert restic_time_offset("2026-11-25T23:30:00Z") == 0
+    assert restic_time_offset("yesterday") is None

@@ -26,6 +26,8 @@ class Snapshot(db.Model):
     snapshot_id: Mapped[str] = mapped_column(String(64))
     short_id: Mapped[str] = mapped_column(String(16))
     time: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The UTC offset restic wrote (the host's clock): forget buckets days by it.
+    time_offset_minutes: Mapped[Optional[int]] = mapped_column()
     hostname: Mapped[Optional[str]] = mapped_column(String(255))
     username: Mapped[Optional[str]] = mapped_column(String(255))
     paths: Mapped[list] = mapped_column(JSON, default=list)

@@ -25,6 +25,19 @@ _RFC3339 = re.compile(
 Refusal = Optional[tuple[str, str]]
 
 
+def restic_time_offset(value: Any) -> Optional[int]:
+    """Minutes east of UTC in a restic time (``…+02:00`` → 120; ``Z`` → 0)."""
+    match = _RFC3339.match(value.strip()) if isinstance(value, str) else None
+    if not match:
+        return None
+    zone = match.group(4)
+    if not zone or zone.upper() == "Z":
+        return 0
+    sign = -1 if zone[0] == "-" else 1
+    digits = zone[1:].replace(":", "")
+    return sign * (int(digits[:2]) * 60 + int(digits[2:4]))
+
+
 def parse_restic_time(value: Any) -> Optional[datetime]:
     """restic's RFC 3339 times carry nanoseconds; Python takes microseconds."""
     if not isinstance(value, str):
@@ -124,6 +137,7 @@ def _snapshot_row(host: Host, item: Any, index: int, now: datetime) -> dict | st
         "snapshot_id": snapshot_id,
         "short_id": (_string(item, "short_id", 16) or snapshot_id[:8]),
         "time": taken,
+        "time_offset_minutes": restic_time_offset(item.get("time")),
         "hostname": _string(item, "hostname", 255),
         "username": _string(item, "username", 255),
         "paths": _string_list(item, "paths"),

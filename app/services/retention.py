@@ -7,16 +7,16 @@ bucket) until N snapshots were kept by it; keep-within keeps every snapshot youn
 the duration counted back from the group's newest snapshot. A snapshot is kept when any
 rule keeps it. Groups are restic's default ``--group-by host,paths``.
 
-One difference we cannot avoid: restic buckets a snapshot by the clock of the host that
-took it (the time zone in its timestamp); the server stores times in UTC, so a snapshot
-taken near midnight on a host outside UTC may land in the neighbouring day here.
+restic buckets a snapshot by the clock of the host that took it (the UTC offset in its
+timestamp); the server keeps that offset (``Snapshot.time_offset_minutes``) and buckets by
+it too, so a snapshot taken near midnight lands in the same day as in restic.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 from app.services.job_params import KEEP_COUNTS
@@ -69,6 +69,14 @@ def subtract(time: datetime, years: int, months: int, days: int, hours: int) -> 
     return first + timedelta(days=time.day - 1 - days) - timedelta(hours=hours)
 
 
+def _clock(snapshot: Any) -> datetime:
+    """The snapshot's time on the clock of the host that took it (restic's buckets)."""
+    offset = getattr(snapshot, "time_offset_minutes", None)
+    if offset is None or snapshot.time.tzinfo is None:
+        return snapshot.time
+    return snapshot.time.astimezone(timezone(timedelta(minutes=offset)))
+
+
 def _newest_first(snapshots: Iterable[Any]) -> list[Any]:
     return sorted(
         snapshots,
@@ -87,16 +95,16 @@ def apply_policy(snapshots: Iterable[Any], policy: dict) -> list[Decision]:
     remaining = {key: int(policy.get(key) or 0) for key in KEEP_COUNTS}
     last_bucket: dict[str, Any] = {key: object() for key in KEEP_COUNTS}
     within = policy.get("keep_within")
-    cutoff = subtract(ordered[0].time, *parse_duration(within)) if within else None
+    cutoff = subtract(_clock(ordered[0]), *parse_duration(within)) if within else None
     decisions = []
     for index, snapshot in enumerate(ordered):
         reasons = []
-        if cutoff is not None and snapshot.time > cutoff:
+        if cutoff is not None and _clock(snapshot) > cutoff:
             reasons.append(f"within {duration_text(within)}")
         for key, reason, bucket_of in _BUCKETS:
             if remaining[key] <= 0:
                 continue
-            bucket = bucket_of(snapshot.time, index)
+            bucket = bucket_of(_clock(snapshot), index)
             if bucket != last_bucket[key]:
                 last_bucket[key] = bucket
                 remaining[key] -= 1
