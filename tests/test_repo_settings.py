@@ -311,3 +311,27 @@ def test_reinit_needs_the_host_name_and_is_audited(login_as, host):
     [job] = db.session.scalars(select(Job)).all()
     assert job.kind == "init"
     assert "host.repo_reinit" in _actions()
+
+
+def test_the_connection_can_be_changed_from_the_repository_tab(app, login_as, host):
+    admin = login_as(Role.admin)
+    page = admin.get(f"/hosts/{host.id}/repo").get_data(as_text=True)
+    assert "Change the connection" in page and 'name="return_to" value="repo"' in page
+    token = form_token(admin, f"/hosts/{host.id}/repo")
+    saved = admin.post(
+        f"/hosts/{host.id}/repository",
+        data={
+            "csrf_token": token,
+            "return_to": "repo",
+            "repo_url": "/srv/restic/moved",
+            "repo_username": "",
+            "repo_password": "moved-Secret-77",
+        },
+    )
+    assert saved.status_code == 302
+    assert saved.headers["Location"].endswith(f"/hosts/{host.id}/repo")
+    assert "moved-Secret-77" not in admin.get(f"/hosts/{host.id}/repo").get_data(as_text=True)
+    db.session.expire_all()
+    assert repository.credential_of(db.session.get(Host, host.id)).repo_url == "/srv/restic/moved"
+    operator_page = login_as(Role.operator).get(f"/hosts/{host.id}/repo").get_data(as_text=True)
+    assert "Change the connection" not in operator_page

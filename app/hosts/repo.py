@@ -21,6 +21,7 @@ from app.authn import client_address
 from app.bus import host_key
 from app.extensions import db
 from app.hosts import bp
+from app.hosts.routes import _repository_form
 from app.models import Host
 from app.models.types import utcnow
 from app.services import audit, maintenance, repo_settings, repository, schedules
@@ -130,6 +131,7 @@ def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: i
         reinit_form=forms.get("reinit") or ReinitForm(formdata=None),
         everyday=everyday,
         everyday_url=redact_url(everyday.repo_url) if everyday else None,
+        repository_form=_repository_form(everyday),
         admin=repository.credential_of(host, "admin"),
         tags=_tag_summary(host),
         problem=problem,

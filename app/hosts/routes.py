@@ -270,4 +270,6 @@ def update_repository(host_id: int):
             "the agent connects.",
             "success",
         )
+    if request.form.get("return_to") == "repo":  # saved from the Repository tab
+        return redirect(url_for("hosts.repo", host_id=host.id))
     return redirect(url_for("hosts.show", host_id=host.id))
