@@ -138,6 +138,13 @@ def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: i
     ), status
 
 
+def _refused(host: Host, name: str, form: FlaskForm, refused: ServiceError):
+    """The service said no: nothing is kept, the tab comes back with the messages in place."""
+    db.session.rollback()
+    problem = _place(form, refused) or "Check the highlighted fields."
+    return _render(host, forms={name: form}, problem=problem, status=refused.status)
+
+
 def _back(host: Host, anchor: str):
     return redirect(url_for("hosts.repo", host_id=host.id) + f"#{anchor}")
 
@@ -167,9 +174,7 @@ def save_maintenance(host_id: int):
             },
         )
     except ServiceError as refused:
-        db.session.rollback()
-        problem = _place(form, refused) or "Check the highlighted fields."
-        return _render(host, forms={"maintenance": form}, problem=problem, status=refused.status)
+        return _refused(host, "maintenance", form, refused)
     flash("Maintenance cadences saved.", "success")
     return _back(host, "maintenance")
 
@@ -184,9 +189,7 @@ def save_bandwidth(host_id: int):
     try:
         update_bandwidth(host, form.upload_kib.data, form.download_kib.data)
     except ServiceError as refused:
-        db.session.rollback()
-        problem = _place(form, refused) or "Check the highlighted fields."
-        return _render(host, forms={"bandwidth": form}, problem=problem, status=refused.status)
+        return _refused(host, "bandwidth", form, refused)
     flash("Bandwidth caps saved; the agent gets them on its next poll.", "success")
     return _back(host, "bandwidth")
 
@@ -201,9 +204,7 @@ def save_admin_credential(host_id: int):
     try:
         set_admin_credential(host, form.username.data or None, form.password.data)
     except ServiceError as refused:
-        db.session.rollback()
-        problem = _place(form, refused) or "Check the highlighted fields."
-        return _render(host, forms={"admin": form}, problem=problem, status=refused.status)
+        return _refused(host, "admin", form, refused)
     flash("Admin credential saved; forget and prune use it from now on.", "success")
     return _back(host, "admin-credential")
 
