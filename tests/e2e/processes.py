@@ -164,3 +164,17 @@ def write_tree(root: Path, files: int, size: int = 512, random_bytes: bool = Fal
         )
         (directory / f"f{number:06d}.dat").write_bytes(content)
     return root
+
+
+def restic_snapshots(repo: Path, password: str) -> list:
+    """``restic snapshots --json`` run directly (what the tests compare the API with)."""
+    import json
+
+    output = subprocess.run(
+        [require_restic(), "--no-lock", "snapshots", "--json"],
+        env={"RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD": password, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return json.loads(output)

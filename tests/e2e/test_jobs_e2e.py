@@ -7,7 +7,6 @@ leaves no lock behind. No secret appears in any log, response or file."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from tests.e2e.processes import (
     Server,
     clean_env,
     require_restic,
+    restic_snapshots,
     wait_until,
     write_tree,
 )
@@ -70,18 +70,7 @@ class Api:
 
 
 def restic_snapshot_ids(repo) -> list[str]:
-    output = subprocess.run(
-        [require_restic(), "--no-lock", "snapshots", "--json"],
-        env={
-            "RESTIC_REPOSITORY": str(repo),
-            "RESTIC_PASSWORD": REPO_PASSWORD,
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return sorted(snapshot["id"] for snapshot in json.loads(output))
+    return sorted(snapshot["id"] for snapshot in restic_snapshots(repo, REPO_PASSWORD))
 
 
 def sse_events(response) -> list[tuple[str, str | None, str]]:

@@ -7,8 +7,6 @@ ticker."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 
 import pytest
@@ -19,6 +17,7 @@ from tests.e2e.processes import (
     Server,
     clean_env,
     require_restic,
+    restic_snapshots,
     wait_until,
     write_tree,
 )
@@ -42,21 +41,6 @@ def server(tmp_path, migrated_template):
     server.start()
     yield server
     server.kill()
-
-
-def restic_snapshots(repo) -> list[dict]:
-    output = subprocess.run(
-        [require_restic(), "--no-lock", "snapshots", "--json"],
-        env={
-            "RESTIC_REPOSITORY": str(repo),
-            "RESTIC_PASSWORD": REPO_PASSWORD,
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return json.loads(output)
 
 
 def test_a_schedule_fires_on_the_agent_while_the_server_is_down(server, tmp_path):
@@ -106,7 +90,7 @@ def test_a_schedule_fires_on_the_agent_while_the_server_is_down(server, tmp_path
             time.sleep(1)
         assert server.stop() == 0
         snapshots = wait_until(
-            lambda: (found := restic_snapshots(repo)) and len(found) >= 2 and found,
+            lambda: (found := restic_snapshots(repo, REPO_PASSWORD)) and len(found) >= 2 and found,
             90,
             "the scheduled backups to run with the server down",
             interval=1,
