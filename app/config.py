@@ -88,4 +88,9 @@ def load_config(environ=None) -> dict:
         "RM_SQLITE_BUSY_TIMEOUT_MS": _int(environ, "RM_SQLITE_BUSY_TIMEOUT_MS", 5000, 0),
         "RM_TICKER_SECONDS": _int(environ, "RM_TICKER_SECONDS", 30, 1),
         "RM_TICKER_ENABLED": _bool(environ, "RM_TICKER_ENABLED", True),
+        # How long a browser waits for an agent's answer (snapshot browser, downloads).
+        "RM_RPC_WAIT_SECONDS": _int(environ, "RM_RPC_WAIT_SECONDS", 8, 1),
+        # How long a directory listing of a snapshot is reused (snapshots never change).
+        "RM_TREE_CACHE_SECONDS": _int(environ, "RM_TREE_CACHE_SECONDS", 1800, 0),
+        "RM_DOWNLOAD_MAX_MB": _int(environ, "RM_DOWNLOAD_MAX_MB", 1024, 1),
     }

@@ -32,11 +32,13 @@ ADVISORY_LOCK_KEY = 0x726D7469636B
 
 
 def tick(box: SecretBox, now: datetime, *, offline_after_seconds: int = 90) -> list:
-    """One pass: due maintenance tasks and pending runs. Commits; returns the new jobs."""
-    from app.services import maintenance, pending_runs
+    """One pass: due maintenance tasks and pending runs, old agent answers swept. Commits;
+    returns the new jobs."""
+    from app.services import maintenance, pending_runs, rpc
 
     jobs = maintenance.run_due(box, now, offline_after_seconds=offline_after_seconds)
     jobs += pending_runs.run_due(box, now, offline_after_seconds=offline_after_seconds)
+    rpc.sweep(now)
     db.session.commit()
     return jobs
 

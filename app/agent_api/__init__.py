@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("agent_api", __name__)
 
-from app.agent_api import routes, runs  # noqa: E402,F401
+from app.agent_api import routes, rpc, runs  # noqa: E402,F401

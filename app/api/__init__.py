@@ -11,7 +11,9 @@ from app.api import (  # noqa: E402,F401
     jobs,
     maintenance,
     me,
+    restores,
     schedules,
+    snapshot_files,
     source_groups,
     tokens,
 )

@@ -3,6 +3,7 @@
 from app.models.audit import AuditLog
 from app.models.host import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup
 from app.models.job import TERMINAL_STATUSES, AgentEvent, Command, Job, JobLog
+from app.models.rpc import DiffEntry, RpcCall, RpcChunk
 from app.models.schedule import PendingRun, RepoMaintenance, Schedule, schedule_source_groups
 from app.models.snapshot import RepoStats, Snapshot
 from app.models.user import ApiToken, LoginFailure, Role, SetupToken, User, UserSession
@@ -14,6 +15,7 @@ __all__ = [
     "ApiToken",
     "AuditLog",
     "Command",
+    "DiffEntry",
     "EnrollmentToken",
     "Host",
     "HostCredential",
@@ -24,6 +26,8 @@ __all__ = [
     "RepoMaintenance",
     "RepoStats",
     "Role",
+    "RpcCall",
+    "RpcChunk",
     "Schedule",
     "SetupToken",
     "Snapshot",

@@ -11,8 +11,19 @@ from app.extensions import db
 from app.models import Host, SourceGroup
 from app.services.errors import ValidationFailed
 
-RUNNABLE_KINDS = ("backup", "forget", "prune", "check", "unlock", "stats", "snapshots", "probe")
+RUNNABLE_KINDS = (
+    "backup",
+    "forget",
+    "prune",
+    "check",
+    "unlock",
+    "stats",
+    "snapshots",
+    "probe",
+    "diff",
+)
 SYSTEM_KINDS = ("init",)  # queued by the server itself (repository bring-up)
+OWN_ENDPOINT_KINDS = ("restore",)  # POST /hosts/{id}/restores (it needs a confirmation)
 KEEP_COUNTS = (
     "keep_last",
     "keep_hourly",
@@ -224,6 +235,21 @@ def _unlock(host: Host, params: dict) -> dict:
     return {"remove_all": _flag(params, "remove_all")}
 
 
+def _diff(host: Host, params: dict) -> dict:
+    from app.services.rpc import resolve_snapshot
+
+    _only(params, ("snapshot_a", "snapshot_b"))
+    chosen = {}
+    for key in ("snapshot_a", "snapshot_b"):
+        try:
+            chosen[key] = resolve_snapshot(host, params.get(key)).snapshot_id
+        except ValidationFailed as refused:
+            _fail(key, refused.message.replace("snapshot_id", key))
+    if chosen["snapshot_a"] == chosen["snapshot_b"]:
+        _fail("snapshot_b", "Pick two different snapshots to compare.")
+    return chosen
+
+
 def _nothing(host: Host, params: dict) -> dict:
     _only(params, ())
     return {}
@@ -239,11 +265,18 @@ _VALIDATORS: dict[str, Callable[[Host, dict], dict]] = {
     "snapshots": _nothing,
     "probe": _nothing,
     "init": _nothing,
+    "diff": _diff,
 }
 
 
 def validate(host: Host, kind: Any, params: Any) -> tuple[str, dict]:
     """(kind, normalised params) or :class:`ValidationFailed` with a precise message."""
+    if kind in OWN_ENDPOINT_KINDS:
+        message = (
+            "Start a restore with POST /api/v1/hosts/{id}/restores: it checks the target "
+            "and the confirmation an in-place restore needs."
+        )
+        raise ValidationFailed(message, fields={"kind": [message]})
     if kind not in RUNNABLE_KINDS:
         message = f"'kind' must be one of: {', '.join(RUNNABLE_KINDS)}."
         raise ValidationFailed(message, fields={"kind": [message]})

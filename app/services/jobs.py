@@ -5,21 +5,29 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
+from typing import Callable, Optional
 
 from sqlalchemy import insert, select
 
 from app.extensions import db
 from app.models import AgentEvent, Host, Job, JobLog
 from app.secretbox import SecretBox
-from app.services import commands, repository, schedules
+from app.services import commands, diffs, repository, schedules
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
 FINISHED_STATUSES = frozenset({"succeeded", "warning", "failed", "cancelled"})
 LOG_STREAMS = frozenset({"stdout", "stderr", "agent"})
 JOB_EVENT_TYPES = frozenset(
-    {"job.started", "job.progress", "job.finished", "repo.status", "snapshots.report", "repo.stats"}
+    {
+        "job.started",
+        "job.progress",
+        "job.finished",
+        "repo.status",
+        "snapshots.report",
+        "repo.stats",
+        "diff.report",
+    }
 )
 MAX_LOG_TEXT = 16 * 1024
 
@@ -50,8 +58,11 @@ def create_job(
     actor: Actor,
     now: datetime,
     secret_params: Optional[dict] = None,
+    complete_params: Optional[Callable[[Job], dict]] = None,
 ) -> Job:
     """Queue a job and the job.run command that carries it to the agent.
+
+    ``complete_params`` fills in what depends on the job's id (a restore's default target).
 
     ``secret_params`` (a backup's hooks) reach the agent merged into ``params`` on delivery
     only: they are sealed in the command, never stored in the job.
@@ -68,6 +79,8 @@ def create_job(
     )
     db.session.add(job)
     db.session.flush()
+    if complete_params is not None:
+        params = job.params = complete_params(job)
     commands.enqueue(
         box,
         host,
@@ -195,6 +208,8 @@ def _apply(
         return repository.replace_snapshots(host, event.data, now=now)
     if event.type == "repo.stats":
         return repository.record_stats(host, job, event.data, now=event.ts)
+    if event.type == "diff.report":
+        return diffs.record_batch(job, event.data)
     if event.type == "job.started":
         if job.status == "queued":
             job.status = "running"

@@ -1,0 +1,400 @@
+"""Synchronous requests to an agent: ``rpc.ls`` and ``rpc.dump`` (docs/protocol.md).
+
+A person waits in a browser for these. The server queues an ``rpc.*`` command, the agent
+answers on ``/api/agent/v1/rpc/{id}``; the database holds the answer (and, for a dump, the
+bytes until the browser has read them), so the answer may arrive at any worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from sqlalchemy import delete, select, update
+
+from app.extensions import db
+from app.models import Command, Host, RpcCall, RpcChunk, Snapshot
+from app.secretbox import SecretBox
+from app.services import commands
+from app.services.errors import Conflict, NotFound, ServiceError, ValidationFailed
+
+METHODS = ("ls", "dump")
+MAX_ENTRIES = 2000
+MAX_CHUNK_BYTES = 1024 * 1024
+MAX_PATH = 4096
+NODE_TYPES = frozenset({"file", "dir", "symlink", "dev", "chardev", "fifo", "socket", "irregular"})
+ERROR_CODES = frozenset(
+    {
+        "not_found",
+        "not_a_directory",
+        "not_a_file",
+        "too_large",
+        "invalid_params",
+        "no_credentials",
+        "restic_failed",
+        "refused",
+    }
+)
+KEEP_FOR = timedelta(hours=1)  # answers (the listing cache) and abandoned downloads
+_HEX = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+class RpcRefused(ServiceError):
+    """An agent's answer that breaks the protocol (the agent logs it and stops)."""
+
+    status = 422
+    code = "invalid_answer"
+
+
+class RpcGap(ServiceError):
+    status = 416
+    code = "rpc_gap"
+
+    def __init__(self, committed: int):
+        super().__init__(f"Bytes are missing: the server has {committed}; resend from there.")
+        self.committed = committed
+
+
+def rpc_key(rpc_id: str) -> str:
+    """The bus key a waiting browser listens on."""
+    return f"rpc:{rpc_id}"
+
+
+# --- what the browser asks ------------------------------------------------------------------
+
+
+def resolve_snapshot(host: Host, value: Any) -> Snapshot:
+    """One of the host's snapshots by its id or a unique prefix of at least 8 hex digits."""
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if not _HEX.match(text):
+        raise ValidationFailed(
+            "snapshot_id must be a snapshot id: 8 to 64 hexadecimal digits.",
+            fields={"snapshot_id": ["Pick a snapshot (8 to 64 hexadecimal digits)."]},
+        )
+    matches = list(
+        db.session.scalars(
+            select(Snapshot)
+            .where(Snapshot.host_id == host.id, Snapshot.snapshot_id.startswith(text))
+            .limit(2)
+        )
+    )
+    if not matches:
+        raise NotFound(
+            f"{host.hostname} has no snapshot {text[:16]}. The list is what restic reported "
+            "after the last backup; run “Snapshots” to refresh it.",
+            code="snapshot_not_found",
+        )
+    if len(matches) > 1:
+        raise ValidationFailed(
+            f"More than one snapshot starts with {text}: give more digits.",
+            fields={"snapshot_id": ["More than one snapshot starts with these digits."]},
+        )
+    return matches[0]
+
+
+def snapshot_path(value: Any, field: str = "path", *, default: Optional[str] = None) -> str:
+    """An absolute POSIX path inside a snapshot, normalised (``/a/b``; ``/`` for the root).
+
+    ``..`` is refused rather than resolved: a path in a snapshot is what restic printed.
+    """
+    if (value is None or value == "") and default is not None:
+        return default
+    message = None
+    if not isinstance(value, str) or not value:
+        message = "must be an absolute path such as /etc/nginx"
+    elif len(value) > MAX_PATH:
+        message = f"must be at most {MAX_PATH} characters"
+    elif "\x00" in value or "\n" in value or "\r" in value:
+        message = "must not contain NUL or line breaks"
+    elif not value.startswith("/"):
+        message = f"must be absolute (start with /): {value[:200]!r}"
+    elif ".." in value.split("/"):
+        message = "must not contain .. components"
+    if message:
+        raise ValidationFailed(f"{field} {message}.", fields={field: [f"Path {message}."]})
+    normalised = posixpath.normpath(value)
+    return "/" if normalised in ("/", "//") else normalised
+
+
+def cache_key(method: str, snapshot_id: str, path: str) -> str:
+    return hashlib.sha256(f"{method}\x00{snapshot_id}\x00{path}".encode()).hexdigest()
+
+
+def cached_listing(host: Host, key: str, *, now: datetime, max_age_seconds: int):
+    """The newest answered ``ls`` for this question younger than ``max_age_seconds``."""
+    if max_age_seconds <= 0:
+        return None
+    return db.session.scalar(
+        select(RpcCall)
+        .where(
+            RpcCall.host_id == host.id,
+            RpcCall.cache_key == key,
+            RpcCall.status == "answered",
+            RpcCall.created_at >= now - timedelta(seconds=max_age_seconds),
+        )
+        .order_by(RpcCall.created_at.desc())
+        .limit(1)
+    )
+
+
+def pending_call(host: Host, key: str, *, now: datetime) -> Optional[RpcCall]:
+    """A call for the same question still being worked on (a double click asks once)."""
+    return db.session.scalar(
+        select(RpcCall)
+        .where(
+            RpcCall.host_id == host.id,
+            RpcCall.cache_key == key,
+            RpcCall.method == "ls",
+            RpcCall.status == "pending",
+            RpcCall.created_at >= now - timedelta(minutes=2),
+        )
+        .order_by(RpcCall.created_at.desc())
+        .limit(1)
+    )
+
+
+def request_call(
+    box: SecretBox, host: Host, method: str, params: dict, *, key: str, now: datetime
+) -> RpcCall:
+    """Record the call and queue its command; the caller commits and wakes the host."""
+    assert method in METHODS
+    call = RpcCall(
+        id=uuid.uuid4().hex,
+        host_id=host.id,
+        method=method,
+        cache_key=key,
+        params=params,
+        status="pending",
+        created_at=now,
+    )
+    db.session.add(call)
+    db.session.flush()
+    command = commands.enqueue(
+        box, host, f"rpc.{method}", payload=dict(params, rpc_id=call.id), now=now
+    )
+    call.command_id = command.id
+    return call
+
+
+def give_up(call_id: str, *, now: datetime) -> None:
+    """Nobody waits any more: an unsent command is withdrawn, a download's bytes dropped.
+
+    A listing the agent is still working on stays ``pending``: its late answer fills the
+    cache for the next try.
+    """
+    call = db.session.get(RpcCall, call_id, with_for_update=True)
+    if call is None:
+        return
+    db.session.execute(
+        update(Command)
+        .where(Command.id == call.command_id, Command.state == "queued")
+        .values(state="expired", result="nobody waited for the answer any more")
+    )
+    if call.method == "dump" and call.status in ("pending", "answered"):
+        call.status = "closed"
+        call.finished_at = now
+        db.session.execute(delete(RpcChunk).where(RpcChunk.rpc_id == call.id))
+
+
+# --- what the agent answers -----------------------------------------------------------------
+
+
+def call_for_agent(host: Host, rpc_id: str) -> RpcCall:
+    call = db.session.get(RpcCall, rpc_id, with_for_update=True)
+    if call is None or call.host_id != host.id:
+        raise NotFound(f"No request {rpc_id} for this host.", code="rpc_not_found")
+    return call
+
+
+def answer(call: RpcCall, body: Any, *, now: datetime) -> None:
+    """The agent's answer: a listing, a download's header, or an error."""
+    if call.status not in ("pending",):
+        if call.status == "closed":
+            raise _Closed()
+        raise Conflict("This request was answered already.", code="rpc_answered")
+    if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
+        raise RpcRefused('The answer must be {"ok": true, "result": …} or {"ok": false, …}.')
+    call.answered_at = now
+    if not body["ok"]:
+        code, message = _error(body)
+        call.status, call.error_code, call.error_message = "failed", code, message
+        call.finished_at = now
+        return
+    result = body.get("result")
+    if call.method == "ls":
+        call.result = _listing(result, call.params.get("max_entries", MAX_ENTRIES))
+        call.status = "answered"
+        call.finished_at = now
+    else:
+        header = _dump_header(result, call.params.get("max_bytes", 0))
+        call.result, call.size, call.status = header, header["size"], "answered"
+
+
+def append_data(call: RpcCall, offset: Any, data: bytes) -> int:
+    """Store the next bytes of a download; the answer is how many bytes are stored."""
+    if call.method != "dump":
+        raise Conflict("Only a download takes bytes.", code="rpc_not_dump")
+    if call.status == "closed":
+        raise _Closed()
+    if call.status != "answered":
+        raise Conflict(
+            "Bytes are accepted only after the header and before the end.", code="rpc_state"
+        )
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise RpcRefused("offset must be a whole number ≥ 0.")
+    if len(data) > MAX_CHUNK_BYTES:
+        raise _TooLarge(f"A chunk may hold at most {MAX_CHUNK_BYTES} bytes.")
+    committed = call.bytes_committed
+    if offset < committed and offset + len(data) <= committed:
+        return committed  # a repeat of a chunk already stored
+    if offset != committed:
+        raise RpcGap(committed)
+    if committed + len(data) > (call.size or 0):
+        raise _TooLarge(
+            f"More bytes than the {call.size} the header announced: the download is refused."
+        )
+    if data:
+        db.session.add(RpcChunk(rpc_id=call.id, byte_offset=offset, data=data))
+        call.bytes_committed = committed + len(data)
+    return call.bytes_committed
+
+
+def end(call: RpcCall, body: Any, *, now: datetime) -> None:
+    """The last word on a download: complete (sizes must agree) or failed half way."""
+    if call.method != "dump":
+        raise Conflict("Only a download has an end.", code="rpc_not_dump")
+    if call.status == "closed":
+        raise _Closed()
+    if call.status != "answered":
+        raise Conflict("This download has ended already.", code="rpc_state")
+    if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
+        raise RpcRefused('The end must be {"ok": true, "bytes", "sha256"} or {"ok": false, …}.')
+    call.finished_at = now
+    if not body["ok"]:
+        call.status = "failed"
+        call.error_code, call.error_message = _error(body)
+        return
+    size, digest = body.get("bytes"), body.get("sha256")
+    if size != call.bytes_committed or size != call.size:
+        call.status, call.error_code = "failed", "restic_failed"
+        call.error_message = (
+            f"The host sent {call.bytes_committed} of {call.size} bytes and reported {size!r}."
+        )
+        return
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise RpcRefused("sha256 must be 64 lowercase hexadecimal digits.")
+    call.sha256, call.status = digest, "done"
+
+
+class _Closed(ServiceError):
+    status = 410
+    code = "rpc_closed"
+
+    def __init__(self):
+        super().__init__("Nobody waits for this answer any more: stop sending.")
+
+
+class _TooLarge(ServiceError):
+    status = 413
+    code = "too_large"
+
+
+def _error(body: dict) -> tuple[str, str]:
+    code = body.get("error")
+    code = code if isinstance(code, str) and code in ERROR_CODES else "restic_failed"
+    message = body.get("message")
+    if not isinstance(message, str) or not message.strip():
+        message = "The agent could not answer (it gave no reason)."
+    return code, message.strip()[:2000]
+
+
+def _listing(result: Any, max_entries: int) -> dict:
+    if not isinstance(result, dict) or not isinstance(result.get("items"), list):
+        raise RpcRefused('A listing must be {"items": [...], "truncated": bool}.')
+    raw = result["items"]
+    if len(raw) > max_entries:
+        raise RpcRefused(f"A listing may hold at most {max_entries} items.")
+    items = [_node(item, index) for index, item in enumerate(raw)]
+    items.sort(key=lambda item: (item["type"] != "dir", item["name"].lower(), item["name"]))
+    return {"items": items, "truncated": result.get("truncated") is True}
+
+
+def _node(item: Any, index: int) -> dict:
+    def refuse(what: str):
+        raise RpcRefused(f"items[{index}]: {what}.")
+
+    if not isinstance(item, dict):
+        refuse("must be an object")
+    name, path, kind = item.get("name"), item.get("path"), item.get("type")
+    if not isinstance(name, str) or not name or len(name) > 1024 or "/" in name:
+        refuse("name must be a file name")
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > MAX_PATH:
+        refuse("path must be an absolute path")
+    if kind not in NODE_TYPES:
+        refuse(f"type must be one of {', '.join(sorted(NODE_TYPES))}")
+    size = item.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        refuse("size must be a whole number ≥ 0 or null")
+    node = {"name": name, "type": kind, "path": path, "size": size if kind == "file" else None}
+    for key, limit in (("mtime", 64), ("permissions", 32)):
+        value = item.get(key)
+        node[key] = value if isinstance(value, str) and len(value) <= limit else None
+    return node
+
+
+def _dump_header(result: Any, max_bytes: int) -> dict:
+    if not isinstance(result, dict):
+        raise RpcRefused('A download header must be {"name", "size", …}.')
+    name, size = result.get("name"), result.get("size")
+    if not isinstance(name, str) or not name or len(name) > 1024 or "/" in name:
+        raise RpcRefused("name must be a file name.")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise RpcRefused("size must be a whole number ≥ 0.")
+    if size > max_bytes:
+        raise _TooLarge(f"The file is {size} bytes, over the {max_bytes}-byte cap.")
+    mtime = result.get("mtime")
+    return {"name": name, "size": size, "mtime": mtime if isinstance(mtime, str) else None}
+
+
+# --- download: the browser's side of the bytes ----------------------------------------------
+
+
+def take_chunks(call_id: str, from_offset: int, limit: int = 8) -> list[bytes]:
+    """The stored chunks from ``from_offset`` on, removed as they are handed out."""
+    rows = list(
+        db.session.scalars(
+            select(RpcChunk)
+            .where(RpcChunk.rpc_id == call_id, RpcChunk.byte_offset >= from_offset)
+            .order_by(RpcChunk.byte_offset)
+            .limit(limit)
+        )
+    )
+    expected, data = from_offset, []
+    for row in rows:
+        if row.byte_offset != expected:
+            break
+        data.append(row.data)
+        expected += len(row.data)
+    if data:
+        db.session.execute(
+            delete(RpcChunk).where(
+                RpcChunk.rpc_id == call_id,
+                RpcChunk.byte_offset >= from_offset,
+                RpcChunk.byte_offset < expected,
+            )
+        )
+    return data
+
+
+# --- housekeeping ---------------------------------------------------------------------------
+
+
+def sweep(now: datetime) -> int:
+    """Forget calls older than an hour (cached listings, abandoned downloads, their bytes)."""
+    old = select(RpcCall.id).where(RpcCall.created_at < now - KEEP_FOR)
+    db.session.execute(delete(RpcChunk).where(RpcChunk.rpc_id.in_(old)))
+    return db.session.execute(delete(RpcCall).where(RpcCall.created_at < now - KEEP_FOR)).rowcount
