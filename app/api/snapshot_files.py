@@ -57,21 +57,22 @@ class AgentError(ServiceError):
 def snapshot_tree(host_id: int, snapshot_id: str):
     host = get_host_or_404(host_id)
     snapshot = rpc.resolve_snapshot(host, snapshot_id)
+    full_id, short_id = snapshot.snapshot_id, snapshot.short_id  # a commit expires them
     path = rpc.snapshot_path(request.args.get("path"), default="/")
-    key = rpc.cache_key("ls", snapshot.snapshot_id, path)
+    key = rpc.cache_key("ls", full_id, path)
     now = utcnow()
     call = rpc.cached_listing(
         host, key, now=now, max_age_seconds=current_app.config["RM_TREE_CACHE_SECONDS"]
     )
     cached = call is not None
     if call is None:
-        params = {"snapshot_id": snapshot.snapshot_id, "path": path, "max_entries": rpc.MAX_ENTRIES}
+        params = {"snapshot_id": full_id, "path": path, "max_entries": rpc.MAX_ENTRIES}
         call = _ask(host, "ls", params, key, reuse=rpc.pending_call(host, key, now=now))
     result = call.result or {}
     return jsonify(
         {
-            "snapshot_id": snapshot.snapshot_id,
-            "short_id": snapshot.short_id,
+            "snapshot_id": full_id,
+            "short_id": short_id,
             "path": path,
             "items": result.get("items", []),
             "truncated": bool(result.get("truncated")),
@@ -85,25 +86,28 @@ def snapshot_tree(host_id: int, snapshot_id: str):
 def snapshot_download(host_id: int, snapshot_id: str):
     host = get_host_or_404(host_id)
     snapshot = rpc.resolve_snapshot(host, snapshot_id)
+    full_id, short_id = snapshot.snapshot_id, snapshot.short_id  # a commit expires them
     path = rpc.snapshot_path(request.args.get("path"))
     if path == "/":
         raise ValidationFailed("path must name a file.", fields={"path": ["Name a file."]})
     max_bytes = current_app.config["RM_DOWNLOAD_MAX_MB"] * 1024 * 1024
-    params = {"snapshot_id": snapshot.snapshot_id, "path": path, "max_bytes": max_bytes}
-    call = _ask(host, "dump", params, rpc.cache_key("dump", snapshot.snapshot_id, path))
+    params = {"snapshot_id": full_id, "path": path, "max_bytes": max_bytes}
+    actor = Actor.for_user(current_user)  # before the waits detach the user
+    call = _ask(host, "dump", params, rpc.cache_key("dump", full_id, path))
+    call_id = call.id
     header = dict(call.result or {})
     audit.record(
-        Actor.for_user(current_user),
+        actor,
         "snapshot.file_downloaded",
         target_type="host",
         target_id=host.id,
-        payload={"snapshot": snapshot.short_id, "path": path, "size": header.get("size")},
+        payload={"snapshot": short_id, "path": path, "size": header.get("size")},
         client_address=client_address(),
     )
     db.session.commit()
     name = header.get("name") or path.rsplit("/", 1)[-1]
     response = Response(
-        stream_with_context(_stream(call.id, header.get("size") or 0)),
+        stream_with_context(_stream(call_id, header.get("size") or 0)),
         mimetype="application/octet-stream",
     )
     response.headers["Content-Length"] = str(header.get("size") or 0)
