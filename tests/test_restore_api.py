@@ -111,15 +111,18 @@ def test_restore_in_place_needs_the_host_name_and_queues_nothing_without_it(app,
         ({"snapshot_id": "cccccccc"}, None, 404),
         ({"snapshot_id": SNAP_A, "include": ["relative/path"]}, "include", 422),
         ({"snapshot_id": SNAP_A, "include": ["/srv/../etc/shadow"]}, "include", 422),
-        ({"snapshot_id": SNAP_A, "include": "not a list" * 0 or 5}, "include", 422),
+        ({"snapshot_id": SNAP_A, "include": 5}, "include", 422),
         ({"snapshot_id": SNAP_A, "include": ["/a"] * 501}, "include", 422),
         ({"snapshot_id": SNAP_A, "target": "relative"}, "target", 422),
         ({"snapshot_id": SNAP_A, "target": "/"}, "target", 422),
         ({"snapshot_id": SNAP_A, "target": "$HOME/../etc"}, "target", 422),
         ({"snapshot_id": SNAP_A, "in_place": "yes"}, "in_place", 422),
         ({"snapshot_id": SNAP_A, "surprise": 1}, "surprise", 422),
-        ({"snapshot_id": SNAP_A, "in_place": True, "confirm_hostname": "web-1", "target": "/x"},
-         "target", 422),
+        (
+            {"snapshot_id": SNAP_A, "in_place": True, "confirm_hostname": "web-1", "target": "/x"},
+            "target",
+            422,
+        ),
     ],
 )
 def test_restore_refuses_bad_input_precisely(app, host, operator, body, field, status):
@@ -178,7 +181,9 @@ def test_diff_job_resolves_both_snapshots_and_refuses_one_twice(app, host, opera
     same = {"kind": "diff", "params": {"snapshot_a": "aaaaaaaa", "snapshot_b": SNAP_A}}
     answer = client.post(url, json=same, headers=operator)
     assert answer.status_code == 422
-    assert "snapshot_b" in answer.get_json()["fields"]["params.snapshot_b"][0] or True
+    assert answer.get_json()["fields"]["params.snapshot_b"] == [
+        "Pick two different snapshots to compare."
+    ]
     unknown = {"kind": "diff", "params": {"snapshot_a": "aaaaaaaa", "snapshot_b": "ffffffff"}}
     assert client.post(url, json=unknown, headers=operator).status_code == 404
     good = {"kind": "diff", "params": {"snapshot_a": "aaaaaaaa", "snapshot_b": "bbbbbbbb"}}
@@ -195,24 +200,51 @@ def test_diff_report_events_become_a_filterable_paged_table(app, host, operator)
         "diff.report",
         batch=0,
         changes=[
-            {"path": "/srv/data/a.txt", "modifier": "M", "type": "file",
-             "size_before": 20, "size_after": 31},
-            {"path": "/srv/data/sub/b.txt", "modifier": "-", "type": "file",
-             "size_before": 12, "size_after": None},
+            {
+                "path": "/srv/data/a.txt",
+                "modifier": "M",
+                "type": "file",
+                "size_before": 20,
+                "size_after": 31,
+            },
+            {
+                "path": "/srv/data/sub/b.txt",
+                "modifier": "-",
+                "type": "file",
+                "size_before": 12,
+                "size_after": None,
+            },
         ],
     )
     agent.event(
         "diff.report",
         batch=1,
-        changes=[{"path": "/srv/data/sub/c.txt", "modifier": "+", "type": "file",
-                  "size_before": None, "size_after": 3531}],
+        changes=[
+            {
+                "path": "/srv/data/sub/c.txt",
+                "modifier": "+",
+                "type": "file",
+                "size_before": None,
+                "size_after": 3531,
+            }
+        ],
     )
-    agent.finish(stats={"changed_files": 1, "changes": 3, "reported": 3, "truncated": False,
-                        "added": {"files": 1, "bytes": 3531}, "removed": {"files": 1}})
+    agent.finish(
+        stats={
+            "changed_files": 1,
+            "changes": 3,
+            "reported": 3,
+            "truncated": False,
+            "added": {"files": 1, "bytes": 3531},
+            "removed": {"files": 1},
+        }
+    )
     client = app.test_client()
     page = client.get(f"/api/v1/jobs/{job.id}/diff", headers=operator).get_json()
     assert [item["path"] for item in page["items"]] == [
-        "/srv/data/a.txt", "/srv/data/sub/b.txt", "/srv/data/sub/c.txt"
+        "/srv/data/a.txt",
+        "/srv/data/sub/b.txt",
+        "/srv/data/sub/c.txt",
     ]
     assert page["items"][0]["change"] == "modified"
     assert page["counts"] == {"+": 1, "-": 1, "M": 1, "T": 0}
@@ -234,9 +266,14 @@ def test_a_hostile_diff_report_is_rejected_and_stores_nothing(app, host):
         [{"path": "", "modifier": "+"}],
         [{"path": "/ok", "modifier": "+"}] * 1001,
     ):
-        event = {"event_id": f"bad-{len(str(changes))}", "type": "diff.report",
-                 "job_id": job.id, "attempt_id": job.attempt_id,
-                 "ts": "2026-11-25T20:31:00Z", "data": {"changes": changes}}
+        event = {
+            "event_id": f"bad-{len(str(changes))}",
+            "type": "diff.report",
+            "job_id": job.id,
+            "attempt_id": job.attempt_id,
+            "ts": "2026-11-25T20:31:00Z",
+            "data": {"changes": changes},
+        }
         answer = agent.client.post(
             "/api/agent/v1/events", json={"events": [event]}, headers=agent.headers
         ).get_json()
@@ -250,8 +287,12 @@ def test_a_hostile_diff_report_is_rejected_and_stores_nothing(app, host):
 def new_call(app, host: Host, method: str = "ls", **params) -> RpcCall:
     params = params or {"snapshot_id": SNAP_A, "path": "/srv", "max_entries": 2000}
     call = rpc.request_call(
-        app.extensions["secretbox"], host, method, params,
-        key=rpc.cache_key(method, SNAP_A, params.get("path", "/")), now=utcnow(),
+        app.extensions["secretbox"],
+        host,
+        method,
+        params,
+        key=rpc.cache_key(method, SNAP_A, params.get("path", "/")),
+        now=utcnow(),
     )
     db.session.commit()
     return call
@@ -269,8 +310,10 @@ def test_an_answer_is_checked_and_stored_once(app, host):
         {"ok": True, "result": {"items": "nope"}},
         {"ok": True, "result": {"items": [{"name": "a/b", "type": "file", "path": "/a"}]}},
         {"ok": True, "result": {"items": [{"name": "a", "type": "bomb", "path": "/a"}]}},
-        {"ok": True, "result": {"items": [{"name": "a", "type": "file", "path": "/a",
-                                            "size": -1}]}},
+        {
+            "ok": True,
+            "result": {"items": [{"name": "a", "type": "file", "path": "/a", "size": -1}]},
+        },
     ):
         answer = agent_post(app, host, call.id, json=bad)
         assert answer.status_code == 422, bad
@@ -292,7 +335,7 @@ def test_an_answer_is_checked_and_stored_once(app, host):
 
 def test_a_host_cannot_answer_another_hosts_call(app, host):
     call = new_call(app, host)
-    other, other_token = make_host("web-2")
+    _other, other_token = make_host("web-2")
     answer = app.test_client().post(
         f"/api/agent/v1/rpc/{call.id}",
         json={"ok": True, "result": {"items": []}},
@@ -321,9 +364,11 @@ def test_download_bytes_are_ordered_bounded_and_deduplicated(app, host):
     assert gap.status_code == 416 and gap.get_json()["committed"] == 3
     over = agent_post(app, host, f"{call.id}/data?offset=3", data=b"defg", **octets)
     assert over.status_code == 413
-    assert agent_post(app, host, f"{call.id}/data?offset=3", data=b"def", **octets).status_code == 200
-    wrong_size = agent_post(app, host, f"{call.id}/end", json={"ok": True, "bytes": 5,
-                                                            "sha256": "0" * 64})
+    last = agent_post(app, host, f"{call.id}/data?offset=3", data=b"def", **octets)
+    assert last.status_code == 200
+    wrong_size = agent_post(
+        app, host, f"{call.id}/end", json={"ok": True, "bytes": 5, "sha256": "0" * 64}
+    )
     assert wrong_size.status_code == 200
     db.session.expire_all()
     assert db.session.get(RpcCall, call.id).status == "failed"
@@ -334,8 +379,9 @@ def test_a_closed_download_tells_the_agent_to_stop(app, host):
     agent_post(app, host, call.id, json={"ok": True, "result": {"name": "f", "size": 6}})
     rpc.give_up(call.id, now=utcnow())
     db.session.commit()
-    answer = agent_post(app, host, f"{call.id}/data?offset=0", data=b"abc",
-                        content_type="application/octet-stream")
+    answer = agent_post(
+        app, host, f"{call.id}/data?offset=0", data=b"abc", content_type="application/octet-stream"
+    )
     assert answer.status_code == 410
     assert answer.get_json()["error"] == "rpc_closed"
 
@@ -468,9 +514,14 @@ def test_tree_errors_of_the_agent_keep_their_meaning(live):
     server, app, host_id, token = live
 
     def answer(agent, command):
-        agent.post(command["payload"]["rpc_id"], json={
-            "ok": False, "error": "not_found", "message": "/srv/nope is not in snapshot aaaaaaaa"
-        })
+        agent.post(
+            command["payload"]["rpc_id"],
+            json={
+                "ok": False,
+                "error": "not_found",
+                "message": "/srv/nope is not in snapshot aaaaaaaa",
+            },
+        )
 
     agent = FakeAgent(server.url, token, answer)
     agent.start()
@@ -478,7 +529,8 @@ def test_tree_errors_of_the_agent_keep_their_meaning(live):
     answer_ = requests.get(url, headers=live_headers(app), timeout=10)
     assert answer_.status_code == 404
     assert answer_.json() == {
-        "error": "not_found", "message": "/srv/nope is not in snapshot aaaaaaaa"
+        "error": "not_found",
+        "message": "/srv/nope is not in snapshot aaaaaaaa",
     }
     agent.stop.set()
 
@@ -505,24 +557,33 @@ def test_download_streams_the_agents_bytes_intact(live):
         assert payload["path"] == "/srv/data/big.bin"
 
         def send():
-            agent.post(rpc_id, json={"ok": True, "result": {"name": "big.bin",
-                                                            "size": len(content)}})
+            agent.post(
+                rpc_id, json={"ok": True, "result": {"name": "big.bin", "size": len(content)}}
+            )
             for offset in range(0, len(content), 1024 * 1024):
-                chunk = content[offset:offset + 1024 * 1024]
-                reply = agent.post(f"{rpc_id}/data?offset={offset}", data=chunk,
-                                   headers={"Content-Type": "application/octet-stream"})
+                chunk = content[offset : offset + 1024 * 1024]
+                reply = agent.post(
+                    f"{rpc_id}/data?offset={offset}",
+                    data=chunk,
+                    headers={"Content-Type": "application/octet-stream"},
+                )
                 assert reply.status_code == 200, reply.text
                 time.sleep(0.1)
-            agent.post(f"{rpc_id}/end", json={"ok": True, "bytes": len(content),
-                                              "sha256": hashlib.sha256(content).hexdigest()})
+            agent.post(
+                f"{rpc_id}/end",
+                json={
+                    "ok": True,
+                    "bytes": len(content),
+                    "sha256": hashlib.sha256(content).hexdigest(),
+                },
+            )
 
         threading.Thread(target=send, daemon=True).start()
 
     agent = FakeAgent(server.url, token, answer)
     agent.start()
     headers = live_headers(app, Role.operator)
-    url = (f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/download"
-           "?path=/srv/data/big.bin")
+    url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/download?path=/srv/data/big.bin"
     download = requests.get(url, headers=headers, timeout=30)
     assert download.status_code == 200
     assert download.content == content
@@ -543,19 +604,23 @@ def test_download_refusals_come_back_as_json(live):
     server, app, host_id, token = live
 
     def answer(agent, command):
-        agent.post(command["payload"]["rpc_id"], json={
-            "ok": False, "error": "too_large",
-            "message": "/srv/data/big.bin is 5.0 GiB, over the 1.0 GiB download cap",
-        })
+        agent.post(
+            command["payload"]["rpc_id"],
+            json={
+                "ok": False,
+                "error": "too_large",
+                "message": "/srv/data/big.bin is 5.0 GiB, over the 1.0 GiB download cap",
+            },
+        )
 
     agent = FakeAgent(server.url, token, answer)
     agent.start()
-    url = (f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/download"
-           "?path=/srv/data/big.bin")
+    url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/download?path=/srv/data/big.bin"
     refused = requests.get(url, headers=live_headers(app, Role.operator), timeout=10)
     assert refused.status_code == 413
     assert refused.json()["error"] == "too_large"
-    root = requests.get(url.replace("/srv/data/big.bin", "/"),
-                        headers=live_headers(app, Role.operator), timeout=10)
+    root = requests.get(
+        url.replace("/srv/data/big.bin", "/"), headers=live_headers(app, Role.operator), timeout=10
+    )
     assert root.status_code == 422
     agent.stop.set()
