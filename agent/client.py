@@ -6,6 +6,7 @@ the exceptions below. :class:`RetryableError` means "back off and try again"; th
 """
 
 import logging
+import re
 from typing import Any, Dict, List, Optional
 
 import requests
@@ -18,6 +19,8 @@ API_PREFIX = "/api/agent/v1"
 CONNECT_TIMEOUT_SECONDS = 10.0
 READ_MARGIN_SECONDS = 15.0
 RETRYABLE_STATUSES = frozenset({408, 429})
+RPC_READ_SECONDS = 30.0
+_RPC_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,10 @@ class PayloadTooLarge(Refused):
     """413: send a smaller batch."""
 
 
+class Gone(Refused):
+    """410 (``rpc_closed``): nobody waits for this answer any more."""
+
+
 def _refusal_class(status: int, code: str):
     if status == 401:
         return Unauthorized
@@ -89,6 +96,8 @@ def _refusal_class(status: int, code: str):
         return Gap
     if status == 413:
         return PayloadTooLarge
+    if status == 410:
+        return Gone
     if status == 409 and code == "stale_attempt":
         return StaleAttempt
     return Refused
@@ -197,19 +206,52 @@ class Client:
         body = {"attempt_id": attempt_id, "first_seq": first_seq, "records": records}
         return self._post(f"/jobs/{int(job_id)}/logs", body)
 
+    def answer_rpc(self, rpc_id: str, body: Dict[str, Any]) -> Dict[str, Any]:
+        """``POST /rpc/{id}`` (``{"ok": true, "result"}`` or ``{"ok": false, "error", …}``).
+
+        404 unknown call, 409 ``rpc_answered``: both :class:`Refused`.
+        """
+        return self._post(f"/rpc/{_rpc_id(rpc_id)}", body, read_timeout=RPC_READ_SECONDS)
+
+    def send_rpc_data(self, rpc_id: str, offset: int, data: bytes) -> Dict[str, Any]:
+        """``POST /rpc/{id}/data?offset=N`` with raw bytes → ``{"committed": M}``.
+
+        416 ``rpc_gap`` → :class:`Gap` (``body["committed"]``), 413 → :class:`PayloadTooLarge`,
+        410 ``rpc_closed`` → :class:`Gone`.
+        """
+        path = f"/rpc/{_rpc_id(rpc_id)}/data?offset={int(offset)}"
+        return self._post(path, raw=data, read_timeout=RPC_READ_SECONDS)
+
+    def end_rpc(self, rpc_id: str, body: Dict[str, Any]) -> Dict[str, Any]:
+        """``POST /rpc/{id}/end`` (``{"ok", "bytes", "sha256"}`` or an error)."""
+        return self._post(f"/rpc/{_rpc_id(rpc_id)}/end", body, read_timeout=RPC_READ_SECONDS)
+
     # -- plumbing ----------------------------------------------------------------------
 
-    def _post(self, path: str, body: Dict[str, Any], authenticated: bool = True) -> Any:
+    def _post(
+        self,
+        path: str,
+        body: Optional[Dict[str, Any]] = None,
+        authenticated: bool = True,
+        raw: Optional[bytes] = None,
+        read_timeout: Optional[float] = None,
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if authenticated:
             if not self._token:
                 raise Unauthorized(401, "unauthenticated", "this agent has no token: enroll it")
             headers["Authorization"] = f"Bearer {self._token}"
-        timeout = (CONNECT_TIMEOUT_SECONDS, self.poll_wait_seconds + READ_MARGIN_SECONDS)
+        if read_timeout is None:
+            read_timeout = self.poll_wait_seconds + READ_MARGIN_SECONDS
+        timeout = (CONNECT_TIMEOUT_SECONDS, read_timeout)
         url = self.base_url + path
+        content: Dict[str, Any] = {"json": body}
+        if raw is not None:
+            headers["Content-Type"] = "application/octet-stream"
+            content = {"data": raw}
         try:
             response = self.session.post(
-                url, json=body, headers=headers, timeout=timeout, verify=self._verify
+                url, headers=headers, timeout=timeout, verify=self._verify, **content
             )
         except requests.exceptions.SSLError as error:
             if "fingerprint" in str(error).lower():
@@ -265,6 +307,13 @@ def _json_body(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def _rpc_id(rpc_id: str) -> str:
+    """The id goes into a URL path: 32 hex digits only."""
+    if not isinstance(rpc_id, str) or not _RPC_ID.match(rpc_id):
+        raise ValueError("an rpc_id is 32 hex digits")
+    return rpc_id
 
 
 def _short(error: Exception) -> str:

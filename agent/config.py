@@ -58,7 +58,11 @@ spool_max_mb = 256
 allow_hooks = true
 # A hook still running after this many seconds is stopped (SIGINT, then SIGKILL).
 hook_timeout_seconds = 3600
-# Where restores may write: comma-separated absolute paths, * for anywhere, empty for nowhere.
+# Where restores may write (the host owner's veto): comma-separated absolute paths, $HOME
+# allowed (the agent's HOME: /var/lib/restic-manager-agent under the packaged unit), * for
+# anywhere, empty to refuse every restore. A restore into a new directory must target one
+# of them or a directory below one; an in-place restore must only touch paths below them.
+# Example: restore_paths = $HOME/rm-restore, /srv/restore
 restore_paths = *
 """
 

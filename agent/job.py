@@ -63,6 +63,7 @@ class ResticSetup:
     cache_dir: Optional[Path] = None
     grace_seconds: float = execute.GRACE_SECONDS
     allow_hooks: bool = True  # agent.conf's allow_hooks: the host owner's veto
+    restore_paths: str = "*"  # agent.conf's restore_paths: where restores may write
     hook_timeout_seconds: float = execute.HOOK_TIMEOUT_SECONDS
 
 

@@ -15,6 +15,8 @@ from agent.restic.forget import KEEP_FLAGS
 _KEEP_WITHIN = re.compile(r"^(\d+[ymdh])+$")
 _GROUP_BY_FIELDS = frozenset({"host", "paths", "tags"})
 _SUBSET = re.compile(r"^(?:(?P<n>\d+)/(?P<t>\d+)|(?P<pct>\d+(?:\.\d+)?)%|\d+[KMGTkmgt]?)$")
+_SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")
+_TARGET_PREFIXES = ("/", "$HOME", "${HOME}", "~")
 
 
 class InvalidParams(ValueError):
@@ -43,6 +45,21 @@ class ForgetParams:
     tags: List[str] = field(default_factory=list)
     group_by: Optional[str] = None
     dry_run: bool = False
+
+
+@dataclass
+class RestoreParams:
+    snapshot_id: str
+    target: str  # as sent: absolute, or starting with $HOME, ${HOME} or ~ (expanded later)
+    includes: List[str] = field(default_factory=list)
+    in_place: bool = False
+    verify: bool = False
+
+
+@dataclass
+class DiffParams:
+    snapshot_a: str
+    snapshot_b: str
 
 
 def backup_params(params: Mapping[str, Any]) -> BackupParams:
@@ -150,6 +167,59 @@ def remove_all(params: Mapping[str, Any]) -> bool:
     value = params.get("remove_all", False)
     if not isinstance(value, bool):
         raise InvalidParams("remove_all: must be true or false")
+    return value
+
+
+def restore_params(params: Mapping[str, Any]) -> RestoreParams:
+    """``restore``: a snapshot, literal absolute include paths, a target or ``in_place``."""
+    snapshot_id = snapshot_id_param(params, "snapshot_id")
+    includes = _strings(params, "include")
+    for path in includes:
+        if not path.startswith("/"):
+            raise InvalidParams(f"include: {path!r} is not an absolute path")
+    in_place, verify = _flag(params, "in_place"), _flag(params, "verify")
+    target = params.get("target")
+    if in_place:
+        if target not in (None, "", "/"):
+            raise InvalidParams(f"target: an in-place restore writes to /, not {target!r}")
+        target = "/"
+    if not isinstance(target, str) or not target:
+        raise InvalidParams("target: a directory to restore into is needed")
+    if "\0" in target:
+        raise InvalidParams("target: contains a NUL character")
+    if not any(_has_prefix(target, prefix) for prefix in _TARGET_PREFIXES):
+        raise InvalidParams(f"target: {target!r} must be absolute or start with $HOME or ~/")
+    return RestoreParams(snapshot_id, target, includes, in_place, verify)
+
+
+def diff_params(params: Mapping[str, Any]) -> DiffParams:
+    """``diff``: two snapshots, a (older, the source) and b (newer, the target)."""
+    return DiffParams(
+        snapshot_id_param(params, "snapshot_a"), snapshot_id_param(params, "snapshot_b")
+    )
+
+
+def snapshot_id_param(params: Mapping[str, Any], key: str) -> str:
+    """A full snapshot id: 64 lowercase hex digits."""
+    value = params.get(key)
+    if not isinstance(value, str) or not _SNAPSHOT_ID.match(value):
+        raise InvalidParams(f"{key}: must be a full snapshot id (64 hex digits)")
+    return value
+
+
+def _has_prefix(target: str, prefix: str) -> bool:
+    if prefix == "/":
+        return target.startswith("/")
+    rest = target[len(prefix) :]
+    return target.startswith(prefix) and (rest == "" or rest.startswith("/"))
+
+
+def _flag(params: Mapping[str, Any], key: str) -> bool:
+    value = params.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidParams(f"{key}: must be true or false")
     return value
 
 

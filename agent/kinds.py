@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional
 
 from agent import jobparams
 from agent.config import ConfigError
+from agent.diff_job import run_diff
 from agent.job import Job, JobFailed, JobResult, failed_result
 from agent.progress import BackupReporter
 from agent.restic import errors, execute
@@ -21,6 +22,7 @@ from agent.restic.prune import prune_argv
 from agent.restic.snapshots import full_id, parse_snapshots, snapshots_argv
 from agent.restic.stats import parse_raw_data_stats, stats_argv, stats_line
 from agent.restic.unlock import unlock_argv
+from agent.restore_job import run_restore
 
 PARTIAL_BACKUP = "some source files could not be read; the snapshot was saved without them"
 BACKUP_PROGRESS_FPS = 2  # twice the event rate, so the 1 s throttle always has a fresh line
@@ -284,4 +286,6 @@ KINDS: Dict[str, Callable[[Job], JobResult]] = {
     "check": run_check,
     "unlock": run_unlock,
     "stats": run_stats,
+    "restore": run_restore,
+    "diff": run_diff,
 }

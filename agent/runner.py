@@ -35,6 +35,7 @@ class Runner:
         restic_version: Any = _UNKNOWN,
         allow_hooks: bool = True,
         hook_timeout_seconds: float = execute.HOOK_TIMEOUT_SECONDS,
+        restore_paths: str = "*",
     ):
         self.spool = spool
         self.load_credentials = load_credentials
@@ -44,6 +45,7 @@ class Runner:
         self.on_job_end = on_job_end
         self.allow_hooks = allow_hooks
         self.hook_timeout_seconds = hook_timeout_seconds
+        self.restore_paths = restore_paths
         self._lock = threading.Lock()
         self._jobs: Dict[JobKey, RunningJob] = {}
         self._version = restic_version
@@ -188,6 +190,7 @@ class Runner:
             grace_seconds=self.grace_seconds,
             allow_hooks=self.allow_hooks,
             hook_timeout_seconds=self.hook_timeout_seconds,
+            restore_paths=self.restore_paths,
         )
 
     def _finish(self, job_spool: JobSpool, result: JobResult) -> None:

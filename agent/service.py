@@ -33,6 +33,7 @@ from agent.config import (
 from agent.facts import host_facts
 from agent.journal import SeenCommands
 from agent.paths import AgentPaths, PathLike, resolve_home
+from agent.rpc import RpcRunner, rpc_id_of
 from agent.runner import Runner
 from agent.runs import PlannedRun, QueuedRuns, RunQueue
 from agent.scheduler import TICK_SECONDS, Scheduler, local_now
@@ -125,8 +126,15 @@ class Agent:
             on_job_end=self._job_ended,
             allow_hooks=self.config.allow_hooks,
             hook_timeout_seconds=self.config.hook_timeout_seconds,
+            restore_paths=self.config.restore_paths,
         )
         self.client = self._new_client()
+        self.rpc = RpcRunner(
+            self._new_client,
+            self.secrets.load,
+            restic_binary=restic_binary,
+            cache_dir=self.paths.cache,
+        )
         self.uploader = Uploader(
             self._new_client(),
             self.spool,
@@ -288,6 +296,8 @@ class Agent:
             "job.cancel": self._job_cancel,
             "job.watch": self._job_watch,
             "schedule.set": self._schedule_set,
+            "rpc.ls": self._rpc,
+            "rpc.dump": self._rpc,
         }
         handler = handlers.get(str(command.get("type")))
         try:
@@ -352,6 +362,18 @@ class Agent:
         self.runner.start(job_id, attempt_id, str(kind), params)
         self.status.update(running=self.running())
         self.uploader.wake()
+        return "accepted"
+
+    def _rpc(self, command: Dict[str, Any]) -> str:
+        """``rpc.ls`` / ``rpc.dump``: written down, then done on a worker thread."""
+        payload = command.get("payload") or {}
+        try:
+            rpc_id_of(payload)
+        except ValueError as error:
+            raise CommandRejected(f"{command.get('type')}: {error}") from None
+        self.seen.record(command["command_id"])
+        if not self.rpc.submit(str(command["type"]), dict(payload)):
+            raise CommandRejected("too many rpc calls are waiting on this host")
         return "accepted"
 
     def _with_host_limits(self, params: Dict[str, Any]) -> Dict[str, Any]:

@@ -376,6 +376,8 @@ write_unit() {
 #   systemctl edit restic-manager-agent     # then add:
 #   [Service]
 #   ReadWritePaths=/srv/restore
+# HOME is the agent's home, not /root: restores go to $HOME/rm-restore/<job-id> unless the
+# operator names a target, and /root is read-only here (ProtectHome=read-only).
 [Unit]
 Description=restic-manager agent
 After=network-online.target
@@ -385,6 +387,7 @@ Wants=network-online.target
 Type=simple
 User=root
 Environment=RM_AGENT_HOME=/var/lib/restic-manager-agent
+Environment=HOME=/var/lib/restic-manager-agent
 Environment=RESTIC_CACHE_DIR=/var/cache/restic
 ExecStart=/usr/local/bin/restic-manager-agent run
 Restart=always

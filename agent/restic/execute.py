@@ -4,7 +4,8 @@ restic runs with stdin closed (otherwise it waits for a password on stdin), a fr
 environment built by :mod:`agent.restic.environment`, and both output streams read line by
 line on their own threads (a full pipe would block restic). Every line is masked before it
 goes anywhere. Commands that print one JSON document (snapshots, forget, stats) have their
-stdout captured whole instead of handed out line by line.
+stdout captured whole instead of handed out line by line, and ``dump`` has its stdout
+handed out as raw chunks (the bytes of a file: neither split into lines nor masked).
 """
 
 import collections
@@ -34,6 +35,7 @@ MAX_CAPTURE_BYTES = 256 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
 
 LineHandler = Callable[[str, str], None]  # (stream, text)
+ChunkHandler = Callable[[bytes], None]
 log = logging.getLogger(__name__)
 
 
@@ -64,10 +66,14 @@ def run(
     capture_stdout: bool = False,
     timeout: Optional[float] = None,
     process_group: bool = False,
+    on_stdout_chunk: Optional[ChunkHandler] = None,
 ) -> Outcome:
     """Run ``argv`` to completion; ``cancel`` set → SIGINT, SIGKILL after ``grace_seconds``.
 
     ``capture_stdout``: stdout goes to ``Outcome.stdout`` instead of ``on_line``.
+    ``on_stdout_chunk``: stdout is binary and handed out in chunks of at most 64 KiB, as
+    they arrive; a slow handler slows restic down (the pipe fills), and ``run`` returns
+    only after the handler has seen the last chunk.
     ``timeout``: past it, restic is stopped as if cancelled (``Outcome.timed_out``).
     ``process_group``: run in a new session and signal the whole group (a shell's children
     stop with it).
@@ -92,13 +98,22 @@ def run(
         raise ResticNotInstalled(f"{argv[0]} cannot be executed (permission denied)") from None
     stderr_tail: Deque[str] = collections.deque(maxlen=TAIL_LINES)
     captured = _Capture() if capture_stdout else None
-    readers = [
-        threading.Thread(
+    if on_stdout_chunk is not None:
+        stdout_reader = threading.Thread(
+            target=_pump_chunks,
+            args=(process.stdout, on_stdout_chunk),
+            name="restic-stdout",
+            daemon=True,
+        )
+    else:
+        stdout_reader = threading.Thread(
             target=_pump,
             args=(process.stdout, "stdout", on_line, mask, None, captured),
             name="restic-stdout",
             daemon=True,
-        ),
+        )
+    readers = [
+        stdout_reader,
         threading.Thread(
             target=_pump,
             args=(process.stderr, "stderr", on_line, mask, stderr_tail, None),
@@ -134,6 +149,8 @@ def run(
             log.warning("restic ignored SIGINT for %.0f s: killing it", grace_seconds)
             outcome.killed = True
             _signal(process, signal.SIGKILL, process_group)
+    if on_stdout_chunk is not None:
+        stdout_reader.join()  # the caller's last chunk must be handled before we return
     for reader in readers:
         reader.join(timeout=5)
     outcome.stderr_tail = list(stderr_tail)
@@ -247,6 +264,23 @@ def _pump(
                 pending = b""
             if not chunk:
                 return  # EOF; a last line without newline (restic stopped) went out above
+
+
+def _pump_chunks(pipe: IO[bytes], handler: ChunkHandler) -> None:
+    """Binary stdout: every chunk to ``handler``; after a handler failure, drain and drop."""
+    failed = False
+    with pipe:
+        while True:
+            chunk = pipe.read1(_READ_CHUNK)  # type: ignore[attr-defined]
+            if not chunk:
+                return
+            if failed:
+                continue  # keep reading, so restic is never stuck on a full pipe
+            try:
+                handler(chunk)
+            except Exception:
+                log.exception("could not hand on restic's output; dropping the rest")
+                failed = True
 
 
 def _deliver(

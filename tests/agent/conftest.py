@@ -78,8 +78,20 @@ if repo == "fake:nolist" and command in ("snapshots", "stats"):
     sys.exit(1)
 if repo == "fake:warning" and command == "backup":
     replay("22_backup_json_unreadable_files_exit3.txt")
-if repo in ("fake:ready", "fake:warning", "fake:nolist"):
+if repo in ("fake:ready", "fake:damaged") and command == "restore" and "--json" in sys.argv:
+    print(json.dumps({{"message_type": "status", "seconds_elapsed": 1, "percent_done": 0.5,
+                      "total_files": 4, "files_restored": 2, "total_bytes": 3000,
+                      "bytes_restored": 1500}}), flush=True)
+    print(json.dumps({{"message_type": "summary", "seconds_elapsed": 2, "total_files": 4,
+                      "files_restored": 4, "total_bytes": 3000, "bytes_restored": 3000}}))
+    sys.exit(0)
+if repo == "fake:damaged" and command == "restore":
+    replay("E61_restore_from_damaged_repo.txt")
+if repo in ("fake:ready", "fake:warning", "fake:nolist", "fake:damaged"):
     replay({{
+        "restore": "70_restore_text.txt",
+        "ls": "41_ls_json_subdir.txt",
+        "diff": "50_diff_json.txt",
         "init": "02_init_again_config_file_already_exists.txt",
         "backup": "10_backup_json_first.txt",
         "snapshots": "30_snapshots_json.txt",

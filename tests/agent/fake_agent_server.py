@@ -12,6 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
 
 AGENT_TOKEN = "rma_fake-agent-token-0123456789"
 SETTINGS = {
@@ -23,6 +24,7 @@ SETTINGS = {
     "command_lease_seconds": 60,
 }
 _LOGS = re.compile(r"^/api/agent/v1/jobs/(\d+)/logs$")
+_RPC = re.compile(r"^/api/agent/v1/rpc/([0-9a-fA-F]{32})(?:/(data|end))?$")
 
 
 class FakeServer:
@@ -56,6 +58,12 @@ class FakeServer:
         self.runs: Dict[str, Dict[str, Any]] = {}  # run_id → {"body", "job_id", "attempt_id"}
         self.run_requests: List[Dict[str, Any]] = []
         self.next_run_job_id = 1000
+        self.rpc_answers: Dict[str, List[Dict[str, Any]]] = {}  # every answer posted
+        self.rpc_data: Dict[str, bytearray] = {}  # bytes committed per call
+        self.rpc_chunks: Dict[str, List[Tuple[int, int]]] = {}  # (offset, length) received
+        self.rpc_ends: Dict[str, List[Dict[str, Any]]] = {}
+        self.rpc_close_after: Dict[str, int] = {}  # answer 410 once this many bytes are in
+        self.rpc_closed: set = set()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.fake = self
@@ -94,7 +102,17 @@ class FakeServer:
 
     # -- endpoints ---------------------------------------------------------------------
 
-    def handle(self, path: str, headers, body: Dict[str, Any]) -> Tuple[int, Any]:
+    def rpc_answer(self, rpc_id: str) -> Optional[Dict[str, Any]]:
+        with self.condition:
+            answers = self.rpc_answers.get(rpc_id) or []
+            return answers[0] if answers else None
+
+    def rpc_end(self, rpc_id: str) -> Optional[Dict[str, Any]]:
+        with self.condition:
+            ends = self.rpc_ends.get(rpc_id) or []
+            return ends[0] if ends else None
+
+    def handle(self, path: str, headers, body: Any) -> Tuple[int, Any]:
         if path == "/api/agent/v1/enroll":
             with self.condition:
                 self.enrolls.append(body)
@@ -117,6 +135,10 @@ class FakeServer:
         match = _LOGS.match(path)
         if match:
             return self._logs(int(match.group(1)), body)
+        address = urlsplit(path)
+        match = _RPC.match(address.path)
+        if match:
+            return self._rpc(match.group(1), match.group(2), address.query, headers, body)
         return 404, {"error": "not_found", "message": path}
 
     def _poll(self, body):
@@ -169,6 +191,33 @@ class FakeServer:
             }
             return 201, {"job_id": job_id, "attempt_id": f"run-attempt-{job_id}"}
 
+    def _rpc(self, rpc_id, part, query, headers, body):
+        """The three rpc endpoints (docs/protocol.md, "rpc.* commands")."""
+        with self.condition:
+            if part is None:
+                answers = self.rpc_answers.setdefault(rpc_id, [])
+                answers.append(body)
+                if len(answers) > 1:
+                    return 409, {"error": "rpc_answered", "message": "already answered"}
+                return 200, {"ok": True}
+            if part == "end":
+                self.rpc_ends.setdefault(rpc_id, []).append(body)
+                return 200, {"ok": True}
+            if headers.get("Content-Type") != "application/octet-stream":
+                return 415, {"error": "unsupported_media_type", "message": "octet-stream only"}
+            offset = int(parse_qs(query)["offset"][0])
+            self.rpc_chunks.setdefault(rpc_id, []).append((offset, len(body)))
+            stored = self.rpc_data.setdefault(rpc_id, bytearray())
+            if rpc_id in self.rpc_closed:
+                return 410, {"error": "rpc_closed", "message": "nobody waits any more"}
+            if offset > len(stored):
+                return 416, {"error": "rpc_gap", "committed": len(stored), "message": "gap"}
+            stored += body[len(stored) - offset :]
+            close_after = self.rpc_close_after.get(rpc_id)
+            if close_after is not None and len(stored) >= close_after:
+                self.rpc_closed.add(rpc_id)
+            return 200, {"committed": len(stored)}
+
     def _logs(self, job_id, body):
         with self.condition:
             self.log_requests.append({"job_id": job_id, **body})
@@ -214,7 +263,11 @@ class _Handler(BaseHTTPRequestHandler):
             page = b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>"
             self._send(502, page, "text/html")
             return
-        status, answer = fake.handle(self.path, self.headers, json.loads(raw or b"{}"))
+        if urlsplit(self.path).path.endswith("/data"):
+            body: Any = raw  # rpc data: the bytes of a file
+        else:
+            body = json.loads(raw or b"{}")
+        status, answer = fake.handle(self.path, self.headers, body)
         if answer is None:
             self._send(status, b"", None)
         else:

@@ -1,0 +1,402 @@
+"""Synchronous requests from a person waiting in a browser (docs/protocol.md, "rpc.*").
+
+``rpc.ls`` lists one directory of a snapshot, ``rpc.dump`` streams one file of it. Each
+call runs on its own thread, at most ``MAX_CONCURRENT`` at once (the others wait), never on
+the poll loop. restic runs with ``--no-lock`` and the everyday credentials, through the one
+subprocess seam. An answer is never spooled: after a few quick tries it is dropped (the
+person was told "timed out" and can ask again).
+"""
+
+import hashlib
+import logging
+import posixpath
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from agent.client import Client, ClientError, Gap, Gone, Refused, RetryableError
+from agent.config import ConfigError
+from agent.restic import errors, execute
+from agent.restic.dump import dump_argv
+from agent.restic.environment import Masker, restic_environment, secrets_of
+from agent.restic.ls import DirectoryListing, NodeIndex, ls_argv, normalise_path
+from agent.restic.units import format_bytes
+
+MAX_CONCURRENT = 4
+MAX_WAITING = 64  # beyond this, new calls are refused rather than queued without end
+CHUNK_BYTES = 1024 * 1024
+DEFAULT_MAX_ENTRIES = 2000
+RETRY_DELAYS = (0.5, 1.5)  # three tries in all, then the answer is dropped
+LS_TIMEOUT_SECONDS = 300.0
+STOP_GRACE_SECONDS = 2.0  # --no-lock: a killed dump leaves nothing behind
+COMMAND_TYPES = ("rpc.ls", "rpc.dump")
+_RPC_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+_SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")
+log = logging.getLogger(__name__)
+
+Answer = Dict[str, Any]
+
+
+class RpcFailed(Exception):
+    """The call cannot be answered with a result: ``{"ok": false, "error": code, …}``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def answer(self) -> Answer:
+        return {"ok": False, "error": self.code, "message": self.message}
+
+
+def rpc_id_of(payload: Mapping[str, Any]) -> str:
+    """The call's id (32 hex digits); ``ValueError`` when it has none: it cannot be answered."""
+    rpc_id = payload.get("rpc_id")
+    if not isinstance(rpc_id, str) or not _RPC_ID.match(rpc_id):
+        raise ValueError("payload.rpc_id must be 32 hex digits")
+    return rpc_id
+
+
+class RpcRunner:
+    def __init__(
+        self,
+        new_client: Callable[[], Client],
+        load_credentials: Callable[[], Optional[Dict[str, Any]]],
+        restic_binary: str = "restic",
+        cache_dir: Optional[Path] = None,
+        max_concurrent: int = MAX_CONCURRENT,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+    ):
+        self.new_client = new_client
+        self.load_credentials = load_credentials
+        self.restic_binary = restic_binary
+        self.cache_dir = cache_dir
+        self.retry_delays = tuple(retry_delays)
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    def submit(self, command_type: str, payload: Dict[str, Any]) -> bool:
+        """Start the call on its own thread; False when too many are waiting already."""
+        rpc_id = rpc_id_of(payload)
+        with self._lock:
+            if self._pending >= MAX_CONCURRENT + MAX_WAITING:
+                return False
+            self._pending += 1
+        thread = threading.Thread(
+            target=self._run,
+            args=(command_type, rpc_id, payload),
+            name=f"rpc-{rpc_id[:8]}",
+            daemon=True,
+        )
+        thread.start()
+        return True
+
+    def _run(self, command_type: str, rpc_id: str, payload: Dict[str, Any]) -> None:
+        try:
+            with self._slots:
+                client = self.new_client()
+                try:
+                    if command_type == "rpc.dump":
+                        self._dump(client, rpc_id, payload)
+                    else:
+                        self._ls(client, rpc_id, payload)
+                finally:
+                    client.close()
+        except Exception:  # a thread must not die silently
+            log.exception("rpc %s (%s) failed", rpc_id, command_type)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    # -- rpc.ls ------------------------------------------------------------------------
+
+    def _ls(self, client: Client, rpc_id: str, payload: Dict[str, Any]) -> None:
+        try:
+            answer: Answer = {"ok": True, "result": self.list_directory(payload)}
+        except RpcFailed as failure:
+            answer = failure.answer()
+        self._answer(client, rpc_id, answer)
+
+    def list_directory(self, payload: Mapping[str, Any]) -> Dict[str, Any]:
+        """The ``rpc.ls`` result; raises :class:`RpcFailed`."""
+        snapshot_id, path = _snapshot_id(payload), _path(payload)
+        max_entries = _positive_int(payload, "max_entries", DEFAULT_MAX_ENTRIES)
+        credentials, masker = self._credentials()
+        listing = DirectoryListing(path, max_entries)
+        outcome = self._restic(
+            ls_argv(self.restic_binary, snapshot_id, [listing.path]),
+            credentials,
+            masker,
+            on_line=_stdout_to(listing.feed),
+            timeout=LS_TIMEOUT_SECONDS,
+        )
+        _raise_unless_listed(outcome, listing.snapshot, snapshot_id)
+        if not listing.found:
+            raise RpcFailed("not_found", f"{listing.path} is not in snapshot {snapshot_id[:8]}")
+        if not listing.is_directory:
+            kind = (listing.node or {}).get("type") or "file"
+            raise RpcFailed("not_a_directory", f"{listing.path} is a {kind}, not a directory")
+        return {"items": listing.items, "truncated": listing.truncated}
+
+    # -- rpc.dump ----------------------------------------------------------------------
+
+    def _dump(self, client: Client, rpc_id: str, payload: Dict[str, Any]) -> None:
+        try:
+            header, credentials, masker = self.look_up_file(payload)
+        except RpcFailed as failure:
+            self._answer(client, rpc_id, failure.answer())
+            return
+        if not self._answer(client, rpc_id, {"ok": True, "result": header}):
+            return
+        stream = DumpStream(
+            lambda offset, data: self._call(lambda: client.send_rpc_data(rpc_id, offset, data)),
+            limit=header["size"],
+        )
+        argv = dump_argv(self.restic_binary, _snapshot_id(payload), _path(payload))
+        try:
+            outcome = self._restic(
+                argv,
+                credentials,
+                masker,
+                on_stdout_chunk=stream.feed,
+                cancel=stream.stop,
+                grace_seconds=STOP_GRACE_SECONDS,
+            )
+        except RpcFailed as failure:
+            self._end(client, rpc_id, failure.answer())
+            return
+        ending = stream.finish(outcome)
+        if ending is not None:
+            self._end(client, rpc_id, ending)
+
+    def look_up_file(self, payload: Mapping[str, Any]) -> Tuple[Dict[str, Any], Any, Masker]:
+        """The ``rpc.dump`` header of the file (``ls`` of its parent); raises RpcFailed."""
+        snapshot_id, path = _snapshot_id(payload), _path(payload)
+        max_bytes = _positive_int(payload, "max_bytes", None, allow_zero=True)
+        credentials, masker = self._credentials()
+        if path == "/":
+            raise RpcFailed("not_a_file", "/ is a directory, not a file")
+        index = NodeIndex([path])
+        outcome = self._restic(
+            ls_argv(self.restic_binary, snapshot_id, [posixpath.dirname(path)]),
+            credentials,
+            masker,
+            on_line=_stdout_to(index.feed),
+            timeout=LS_TIMEOUT_SECONDS,
+        )
+        _raise_unless_listed(outcome, index.snapshot, snapshot_id)
+        node = index.nodes.get(path)
+        if node is None:
+            raise RpcFailed("not_found", f"{path} is not in snapshot {snapshot_id[:8]}")
+        if node.get("type") != "file":
+            raise RpcFailed("not_a_file", f"{path} is a {node.get('type')}, not a regular file")
+        size = node.get("size") if isinstance(node.get("size"), int) else 0
+        if size > max_bytes:
+            raise RpcFailed(
+                "too_large",
+                f"{path} is {format_bytes(size)} ({size} bytes), more than the "
+                f"{format_bytes(max_bytes)} ({max_bytes} bytes) allowed",
+            )
+        header = {
+            "name": node.get("name") or posixpath.basename(path),
+            "size": size,
+            "mtime": node.get("mtime"),
+            "mode": node.get("mode"),
+        }
+        return header, credentials, masker
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _credentials(self) -> Tuple[Dict[str, str], Masker]:
+        try:
+            stored = self.load_credentials() or {}
+        except ConfigError as error:
+            raise RpcFailed("no_credentials", str(error)) from None
+        credentials = {key: stored[key] for key in ("url", "username", "password") if key in stored}
+        if not credentials.get("url"):
+            raise RpcFailed("no_credentials", "this host has no repository credentials yet")
+        admin = stored.get("admin_repository")
+        secrets = secrets_of(stored) + (secrets_of(admin) if isinstance(admin, dict) else [])
+        return credentials, Masker(secrets)
+
+    def _restic(
+        self, argv: Sequence[str], credentials: Dict[str, str], masker: Masker, **options: Any
+    ) -> execute.Outcome:
+        env = restic_environment(credentials, self.cache_dir)
+        try:
+            return execute.run(argv, env, masker=masker, **options)
+        except errors.ResticNotInstalled as error:
+            raise RpcFailed("restic_failed", str(error)) from None
+
+    def _call(self, request: Callable[[], Answer]) -> Answer:
+        """``request`` tried again after a retryable error, a few times; then it raises."""
+        for delay in (*self.retry_delays, None):
+            try:
+                return request()
+            except RetryableError:
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _answer(self, client: Client, rpc_id: str, answer: Answer) -> bool:
+        """``POST /rpc/{id}``; False (logged) when the server did not take it."""
+        try:
+            self._call(lambda: client.answer_rpc(rpc_id, answer))
+        except ClientError as error:
+            log.warning("rpc %s: the answer could not be delivered, dropped: %s", rpc_id, error)
+            return False
+        return True
+
+    def _end(self, client: Client, rpc_id: str, ending: Answer) -> None:
+        try:
+            self._call(lambda: client.end_rpc(rpc_id, ending))
+        except ClientError as error:
+            log.warning("rpc %s: the end of the download was not delivered: %s", rpc_id, error)
+
+
+class DumpStream:
+    """Bytes from ``restic dump`` to ``POST /rpc/{id}/data`` in chunks of at most 1 MiB.
+
+    ``send(offset, data)`` posts one chunk. A 410 (nobody waits any more), a transfer that
+    cannot go on, or more bytes than ``limit`` set ``stop``, which stops restic.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[int, bytes], Answer],
+        limit: int,
+        chunk_bytes: int = CHUNK_BYTES,
+    ):
+        self.send = send
+        self.limit = limit
+        self.chunk_bytes = chunk_bytes
+        self.stop = threading.Event()
+        self.digest = hashlib.sha256()
+        self.buffer = bytearray()
+        self.sent = 0  # bytes the server has committed
+        self.received = 0  # bytes restic printed
+        self.closed = False  # 410: send nothing else
+        self.problem: Optional[Answer] = None  # why the transfer stopped, for /end
+        self.broken = False  # the server cannot be reached: send nothing else
+
+    def feed(self, chunk: bytes) -> None:
+        if self.stop.is_set():
+            return
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self._give_up(
+                {
+                    "ok": False,
+                    "error": "too_large",
+                    "message": f"restic printed more bytes than the file's size ({self.limit})",
+                }
+            )
+            return
+        self.digest.update(chunk)
+        self.buffer += chunk
+        while len(self.buffer) >= self.chunk_bytes and not self.stop.is_set():
+            self._flush(self.chunk_bytes)
+
+    def finish(self, outcome: execute.Outcome) -> Optional[Answer]:
+        """What to post to ``/end`` once restic exited (``None``: post nothing)."""
+        if self.closed or self.broken:
+            return None
+        if self.problem is not None:
+            return self.problem
+        failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+        if outcome.cancelled or failure is not None:
+            reason = errors.describe(failure) if failure else "restic was stopped"
+            return {"ok": False, "error": "restic_failed", "message": reason}
+        while self.buffer and not self.stop.is_set():
+            self._flush(len(self.buffer))
+        if self.closed or self.broken:
+            return None
+        return {"ok": True, "bytes": self.received, "sha256": self.digest.hexdigest()}
+
+    def _flush(self, length: int) -> None:
+        data = bytes(self.buffer[:length])
+        try:
+            answer = self.send(self.sent, data)
+            committed = answer.get("committed", self.sent + length)
+        except Gap as gap:  # the server counts differently: go on from its count if we can
+            committed = gap.body.get("committed")
+        except Gone:
+            log.info("download closed by the server (nobody waits any more): stopping restic")
+            self.closed = True
+            self.stop.set()
+            return
+        except Refused as refusal:
+            self._give_up({"ok": False, "error": "restic_failed", "message": str(refusal)})
+            return
+        except ClientError as error:
+            log.warning("download stopped: the server cannot be reached: %s", error)
+            self._break()
+            return
+        # Progress or nothing: the server must hold more than before, and no more than sent.
+        if not isinstance(committed, int) or not self.sent < committed <= self.sent + length:
+            log.warning(
+                "download stopped: the server holds %s bytes, the agent sent %s",
+                committed,
+                self.sent + length,
+            )
+            self._break()
+            return
+        del self.buffer[: committed - self.sent]
+        self.sent = committed
+
+    def _break(self) -> None:
+        self.broken = True
+        self.stop.set()
+
+    def _give_up(self, problem: Answer) -> None:
+        self.problem = problem
+        self.stop.set()
+
+
+def _stdout_to(feed: Callable[[str], None]) -> execute.LineHandler:
+    def on_line(stream: str, text: str) -> None:
+        if stream == "stdout":
+            feed(text)
+
+    return on_line
+
+
+def _raise_unless_listed(
+    outcome: execute.Outcome, snapshot: Optional[Dict[str, Any]], snapshot_id: str
+) -> None:
+    if outcome.timed_out:
+        raise RpcFailed("restic_failed", f"restic took longer than {LS_TIMEOUT_SECONDS:g} s")
+    failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+    if failure is not None:
+        raise RpcFailed("restic_failed", errors.describe(failure))
+    if snapshot is None:  # 0.14 exits 0 for an id that matches nothing
+        reason = errors.error_message(outcome.stderr_tail, outcome.exit_code)
+        raise RpcFailed("restic_failed", f"snapshot {snapshot_id[:8]} cannot be read: {reason}")
+
+
+def _snapshot_id(payload: Mapping[str, Any]) -> str:
+    value = payload.get("snapshot_id")
+    if not isinstance(value, str) or not _SNAPSHOT_ID.match(value):
+        raise RpcFailed("invalid_params", "snapshot_id must be a full snapshot id (64 hex digits)")
+    return value
+
+
+def _path(payload: Mapping[str, Any]) -> str:
+    value = payload.get("path")
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise RpcFailed("invalid_params", "path must be an absolute path")
+    return normalise_path(value)
+
+
+def _positive_int(
+    payload: Mapping[str, Any], key: str, default: Optional[int], allow_zero: bool = False
+) -> int:
+    value = payload.get(key, default)
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RpcFailed("invalid_params", f"{key} must be a whole number of at least {low}")
+    return value
