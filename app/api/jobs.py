@@ -34,13 +34,7 @@ def start_host_job(host: Host, kind, params) -> Job:
     """Validate, refuse offline hosts, queue, audit, commit and wake the agent."""
     kind, params = job_params.validate(host, kind, params)
     now = utcnow()
-    status = host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"])
-    if status != "online":
-        raise Conflict(
-            f"{host.hostname} is {status.replace('_', ' ')}: its agent has not polled the "
-            "server recently, so the job could not start. Check the agent on the host.",
-            code="host_offline",
-        )
+    require_online(host, now, "the job")
     actor = Actor.for_user(current_user)
     if kind == "probe":
         running = repository.active_job(host, repository.BRING_UP_KINDS)
@@ -71,6 +65,17 @@ def start_host_job(host: Host, kind, params) -> Job:
     db.session.commit()
     current_app.extensions["bus"].publish(host_key(host.id))
     return job
+
+
+def require_online(host: Host, now, what: str) -> None:
+    """409 ``host_offline`` unless the host's agent polled recently."""
+    status = host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"])
+    if status != "online":
+        raise Conflict(
+            f"{host.hostname} is {status.replace('_', ' ')}: its agent has not polled the "
+            f"server recently, so {what} could not start. Check the agent on the host.",
+            code="host_offline",
+        )
 
 
 @bp.get("/jobs")

@@ -8,6 +8,7 @@ from flask_login import current_user
 from app.access import Role, require_role
 from app.api import bp
 from app.api.hosts import get_host_or_404
+from app.api.jobs import require_online
 from app.api.serialize import job_json
 from app.api.validation import json_body
 from app.authn import client_address
@@ -17,7 +18,7 @@ from app.models import Host, Job
 from app.models.types import utcnow
 from app.services import audit, diffs, jobs, restores
 from app.services.audit import Actor
-from app.services.errors import Conflict, NotFound, ValidationFailed
+from app.services.errors import NotFound, ValidationFailed
 
 
 @bp.post("/hosts/<int:host_id>/restores")
@@ -32,13 +33,7 @@ def start_restore(host: Host, body: dict) -> Job:
     """Validate, refuse offline hosts, queue the restore job, audit, commit, wake the agent."""
     params = restores.validate(host, body)
     now = utcnow()
-    status = host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"])
-    if status != "online":
-        raise Conflict(
-            f"{host.hostname} is {status.replace('_', ' ')}: its agent has not polled the "
-            "server recently, so the restore could not start. Check the agent on the host.",
-            code="host_offline",
-        )
+    require_online(host, now, "the restore")
     actor = Actor.for_user(current_user)
     job = jobs.create_job(
         current_app.extensions["secretbox"],
