@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from flask import current_app, redirect, render_template, request
 from sqlalchemy import select
+from werkzeug.datastructures import MultiDict
 
 from app.access import Role, require_role
 from app.api.hosts import get_host_or_404
 from app.api.jobs import start_host_job
+from app.api.restores import start_restore
 from app.extensions import db
 from app.hosts import bp
 from app.hosts.routes import _render_host
@@ -114,7 +116,7 @@ def _render_wizard(host: Host, values: dict, *, errors=None, problem=None, statu
 @require_role(Role.operator)
 def restore(host_id: int):
     host = get_host_or_404(host_id)
-    values = _submitted({})
+    values = _submitted(MultiDict())
     values["snapshot_id"] = request.args.get("snapshot", "").strip()
     return _render_wizard(host, values)
 
@@ -123,8 +125,6 @@ def restore(host_id: int):
 @require_role(Role.operator)
 def start_restore_from_wizard(host_id: int):
     """Queue the restore; a refusal comes back with everything the operator chose."""
-    from app.api.restores import start_restore  # the lead's module; imported when used
-
     host = get_host_or_404(host_id)
     values = _submitted(request.form)
     try:

@@ -52,6 +52,13 @@ _STATS = {
     "total_blob_count": ("Blobs", "count"),
     "snapshots_count": ("Snapshots", "count"),
     "compression_ratio": ("Compression ratio", "ratio"),
+    "target": ("Restored to", "text"),
+    "in_place": ("In place (overwrote files)", "yesno"),
+    "verify": ("Verified", "yesno"),
+    "files_restored": ("Files restored", "count"),
+    "bytes_restored": ("Data restored", "bytes"),
+    "total_files": ("Files selected", "count"),
+    "total_bytes": ("Data selected", "bytes"),
 }
 
 
@@ -89,12 +96,12 @@ def _guess(key: str) -> str:
     return "count"
 
 
-def stats_rows(stats: dict) -> list[tuple[str, str, str]]:
+def stats_rows(stats: dict, hide: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
     """(label, shown value, full value) for a finished job's stats, known ones first."""
-    stats = stats or {}
+    stats = {key: value for key, value in (stats or {}).items() if key not in hide}
     rows = []
     for key, (label, kind) in _STATS.items():
-        if key in stats:
+        if key in stats and not isinstance(stats[key], (dict, list)):
             rows.append((label, _format(kind, stats[key]), str(stats[key])))
     for key in sorted(set(stats) - set(_STATS)):
         value = stats[key]
@@ -140,4 +147,67 @@ def progress_view(progress: dict) -> dict:
             if isinstance(errors, int) and errors
             else ""
         ),
+    }
+
+
+# --- restore and diff --------------------------------------------------------------------
+
+# restic diff's letters, as words: the page never shows a bare letter.
+CHANGES = {
+    "+": ("added", "added"),
+    "-": ("removed", "removed"),
+    "M": ("modified", "modified"),
+    "T": ("type changed", "type"),
+    "U": ("metadata changed", "other"),
+}
+DIFF_FILTERS = (("+", "added"), ("-", "removed"), ("M", "modified"), ("T", "type changed"))
+
+
+def change_view(modifier: str | None) -> tuple[str, str]:
+    """(word, style) for a diff modifier such as '+', 'M' or a combination like 'MT'."""
+    modifier = modifier or ""
+    if modifier in CHANGES:
+        return CHANGES[modifier]
+    words = [CHANGES[letter][0] for letter in modifier if letter in CHANGES]
+    if not words:
+        return ("changed", "other")
+    style = CHANGES[modifier[0]][1] if modifier[0] in CHANGES else "other"
+    return (", ".join(words), style)
+
+
+def _files_and_bytes(part: Any) -> str:
+    if not isinstance(part, dict):
+        return "—"
+    files, dirs, size = part.get("files"), part.get("dirs"), part.get("bytes")
+    bits = []
+    if isinstance(files, int):
+        bits.append(f"{files:,} file{'' if files == 1 else 's'}")
+    if isinstance(dirs, int) and dirs:
+        bits.append(f"{dirs:,} dir{'' if dirs == 1 else 's'}")
+    text = ", ".join(bits) or "—"
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        text += f" · {human_bytes(size)}"
+    return text
+
+
+def diff_summary(stats: dict) -> dict:
+    """What the top of a diff job's table says, from the job's stats."""
+    stats = stats or {}
+    changed = stats.get("changed_files")
+    changes, reported = stats.get("changes"), stats.get("reported")
+    return {
+        "tiles": [
+            ("added", _files_and_bytes(stats.get("added")), "added"),
+            ("removed", _files_and_bytes(stats.get("removed")), "removed"),
+            (
+                "modified",
+                f"{changed:,} file{'' if changed == 1 else 's'}"
+                if isinstance(changed, int)
+                else "—",
+                "modified",
+            ),
+        ],
+        "changes": changes if isinstance(changes, int) else None,
+        "reported": reported if isinstance(reported, int) else None,
+        "truncated": bool(stats.get("truncated")),
     }

@@ -10,12 +10,14 @@ from app.access import Role, require_role
 from app.api.job_stream import cancel_for_current_user, get_job_or_404, log_notes
 from app.extensions import db
 from app.jobs import bp, display
-from app.models import Host, Job, JobLog
+from app.models import Host, Job, JobLog, Snapshot
 from app.models.types import utcnow
+from app.services.diffs import diff_page
 from app.services.errors import Conflict
 
 PAGE_LOG_LINES = 2000  # the page shows the last lines; the downloads have them all
 LIST_LIMIT = 200
+DIFF_PAGE_SIZE = 100
 
 
 def host_url(host_id: int) -> str | None:
@@ -82,6 +84,7 @@ def show(job_id: int):
     now = utcnow()
     return render_template(
         "jobs/show.html",
+        **_kind_context(job, host),
         job=job,
         host=host,
         host_link=host_url(host.id),
@@ -90,11 +93,61 @@ def show(job_id: int):
         hidden_lines=max(0, (records[0].seq - 1) if records else 0),
         notes=log_notes(job),
         status_words=display.status_words(job),
-        stats=display.stats_rows(job.stats) if job.is_terminal else [],
+        stats=_stats(job),
         progress=display.progress_view(job.progress),
         duration=display.job_duration(job, now),
         now=now,
     )
+
+
+def _stats(job: Job) -> list:
+    """The Results card; a diff's are in its own table, a restore's target is shown above."""
+    if not job.is_terminal or job.kind == "diff":
+        return []
+    hide = ("target", "in_place") if job.kind == "restore" else ()
+    return display.stats_rows(job.stats, hide=hide)
+
+
+def _snapshots_named(host: Host, *ids) -> dict:
+    """The host's stored snapshots by full id, for the short id and time next to an id."""
+    wanted = [value for value in ids if isinstance(value, str) and value]
+    if not wanted:
+        return {}
+    rows = db.session.scalars(
+        select(Snapshot).where(Snapshot.host_id == host.id, Snapshot.snapshot_id.in_(wanted))
+    )
+    return {row.snapshot_id: row for row in rows}
+
+
+def _page_arguments() -> tuple[str | None, int]:
+    modifier = request.args.get("modifier")
+    if modifier not in {letter for letter, _ in display.DIFF_FILTERS}:
+        modifier = None
+    offset = request.args.get("offset", "")
+    return modifier, int(offset) if offset.isdigit() else 0
+
+
+def _kind_context(job: Job, host: Host) -> dict:
+    """What the restore and diff variants of the page show above the log."""
+    params = job.params or {}
+    if job.kind == "restore":
+        return {"snapshots": _snapshots_named(host, params.get("snapshot_id"))}
+    if job.kind != "diff":
+        return {}
+    context = {
+        "snapshots": _snapshots_named(host, params.get("snapshot_a"), params.get("snapshot_b")),
+        "diff": None,
+    }
+    if job.is_terminal:
+        modifier, offset = _page_arguments()
+        context["diff"] = diff_page(job, modifier=modifier, limit=DIFF_PAGE_SIZE, offset=offset)
+        context["diff_modifier"] = modifier
+        context["diff_offset"] = offset
+        context["diff_limit"] = DIFF_PAGE_SIZE
+        context["diff_summary"] = display.diff_summary(job.stats)
+        context["change_view"] = display.change_view
+        context["diff_filters"] = display.DIFF_FILTERS
+    return context
 
 
 @bp.post("/<int:job_id>/cancel")
