@@ -370,3 +370,24 @@ def test_finished_restore_shows_where_the_files_are(app, login_as, host):
     assert "/root/rm-restore/9/etc/hosts" in html
     assert "Files restored" in html
     assert "Data restored" in html and "2.0 KiB" in html
+
+
+def test_job_summaries_of_restores_and_diffs():
+    from types import SimpleNamespace
+
+    from app.web.formatting import job_summary
+
+    def job(kind, params, stats):
+        return SimpleNamespace(
+            kind=kind, status="succeeded", error=None, progress={}, params=params, stats=stats
+        )
+
+    restored = job(
+        "restore",
+        {"target": "$HOME/rm-restore/7", "in_place": False},
+        {"target": "/root/rm-restore/7", "files_restored": 2, "bytes_restored": 2048},
+    )
+    assert job_summary(restored) == "2 files (2.0 KiB) to /root/rm-restore/7"
+    in_place = job("restore", {"target": "/", "in_place": True}, {"files_restored": 1})
+    assert job_summary(in_place) == "1 file (0 B) in place"
+    assert job_summary(job("diff", {}, {"changes": 3})) == "3 changes"

@@ -83,6 +83,18 @@ def _stat(stats: dict, key: str) -> Any:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _restore_summary(stats: dict, params: dict) -> str:
+    files, size = _stat(stats, "files_restored"), _stat(stats, "bytes_restored")
+    where = (
+        "in place"
+        if params.get("in_place")
+        else f"to {stats.get('target') or params.get('target')}"
+    )
+    if files is None:
+        return f"restore {where}"
+    return f"{files} file{'' if files == 1 else 's'} ({human_bytes(int(size or 0))}) {where}"
+
+
 def job_summary(job) -> str:
     """One line about what a job did: snapshot and data added, kept/removed, or the error."""
     stats = job.stats or {}
@@ -120,6 +132,12 @@ def job_summary(job) -> str:
     elif job.kind == "check":
         subset = (job.params or {}).get("read_data_subset")
         parts.append(f"read {subset} of the data" if subset else "structure only")
+    elif job.kind == "restore":
+        parts.append(_restore_summary(stats, job.params or {}))
+    elif job.kind == "diff":
+        changes = _stat(stats, "changes")
+        if changes is not None:
+            parts.append(f"{changes} change{'' if changes == 1 else 's'}")
     elif job.kind == "unlock" and (job.params or {}).get("remove_all"):
         parts.append("removed all locks")
     if not parts and job.error:
