@@ -271,7 +271,11 @@ class TargetWatcher:
 
 
 def tree_size(root: str) -> Tuple[int, int]:
-    """Regular files under ``root`` and their bytes (symlinks not followed)."""
+    """Regular files under ``root`` and their bytes written so far (symlinks not followed).
+
+    restic 0.14 creates each file at its full size before it writes the blobs (a sparse
+    file): the blocks allocated, not the size, tell how much has arrived.
+    """
     files = size = 0
     for directory, _, names in os.walk(root):
         for name in names:
@@ -281,5 +285,5 @@ def tree_size(root: str) -> Tuple[int, int]:
                 continue
             if status.st_mode & 0o170000 == 0o100000:
                 files += 1
-                size += status.st_size
+                size += min(status.st_size, status.st_blocks * 512)
     return files, size

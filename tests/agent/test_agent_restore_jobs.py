@@ -161,3 +161,18 @@ def test_diff_reports_at_most_20000_changes_in_batches_of_1000(monkeypatch, spoo
     assert [report["batch"] for report in ran.of("diff.report")] == [0, 1]
     stats = ran.finished["stats"]
     assert (stats["changes"], stats["reported"], stats["truncated"]) == (3, 2, True)
+
+
+def test_progress_counts_the_bytes_written_not_the_preallocated_size(tmp_path):
+    # restic 0.14 creates each file at its final size, then fills it in.
+    from agent.restore_job import tree_size
+
+    sparse = tmp_path / "target" / "srv" / "big.bin"
+    sparse.parent.mkdir(parents=True)
+    with open(sparse, "wb") as out:
+        out.truncate(64 * 1024 * 1024)
+        out.write(b"x" * 1024 * 1024)
+    (tmp_path / "target" / "small.txt").write_bytes(b"12345")
+    files, written = tree_size(str(tmp_path / "target"))
+    assert files == 2
+    assert 1024 * 1024 <= written < 4 * 1024 * 1024
