@@ -345,6 +345,83 @@ def test_parked_poll_wakes_when_a_command_is_queued(protocol_app):
     assert bus.waiting(f"host:{host_id}") == 0
 
 
+def _park(agent, result, key, wait=10):
+    def run():
+        started = time.monotonic()
+        result[key] = agent.poll(wait=wait)
+        result[key + "_seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _wait_for_waiters(bus, host_id, count):
+    deadline = time.monotonic() + 5
+    while bus.waiting(f"host:{host_id}") != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bus.waiting(f"host:{host_id}") == count
+
+
+def test_a_newer_poll_takes_over_from_one_left_parked(protocol_app):
+    # An agent restarted (or a proxy dropped its connection): its old request is still
+    # parked here. The next command must go to the new poll, not to a dead socket.
+    agent, host_id = enroll(protocol_app)
+    agent.poll()  # takes the config.update
+    bus = protocol_app.extensions["bus"]
+    result = {}
+    stale = _park(agent, result, "stale")
+    _wait_for_waiters(bus, host_id, 1)
+    fresh = _park(agent, result, "fresh")
+    stale.join(5)
+    assert result["stale"].status_code == 204
+    assert result["stale_seconds"] < 1.0  # at once, not after the 2 s hold
+    _wait_for_waiters(bus, host_id, 1)
+    jobs.create_job(
+        protocol_app.extensions["secretbox"],
+        db.session.get(Host, host_id),
+        "probe",
+        params={},
+        actor=Actor.system(),
+        now=utcnow(),
+    )
+    db.session.commit()
+    bus.publish(f"host:{host_id}")
+    fresh.join(10)
+    assert result["fresh"].status_code == 200
+    assert [c["type"] for c in result["fresh"].get_json()["commands"]] == ["job.run"]
+
+
+def test_a_parked_poll_of_an_earlier_boot_gives_way(protocol_app):
+    # With several workers the newer poll may be in another process: its new boot_id,
+    # written to the host row, is what the old request sees.
+    agent, host_id = enroll(protocol_app)
+    agent.poll()
+    bus = protocol_app.extensions["bus"]
+    result = {}
+    stale = _park(agent, result, "stale")
+    _wait_for_waiters(bus, host_id, 1)
+    db.session.get(Host, host_id).boot_id = "boot-after-restart"
+    jobs.create_job(
+        protocol_app.extensions["secretbox"],
+        db.session.get(Host, host_id),
+        "probe",
+        params={},
+        actor=Actor.system(),
+        now=utcnow(),
+    )
+    db.session.commit()
+    bus.publish(f"host:{host_id}")
+    stale.join(5)
+    assert result["stale"].status_code == 204
+    queued = db.session.scalar(
+        select(func.count())
+        .select_from(Command)
+        .where(Command.host_id == host_id, Command.state == "queued")
+    )
+    assert queued == 1  # left for the restarted agent
+
+
 def test_poll_without_work_answers_204_after_the_hold(protocol_app):
     agent, _ = enroll(protocol_app)
     agent.poll()  # takes the config.update

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 
 from flask import current_app, jsonify, request
@@ -39,6 +41,29 @@ def _box():
 
 def _bus():
     return current_app.extensions["bus"]
+
+
+class LatestPolls:
+    """Per process: the ticket of each host's newest long poll."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._tickets: dict[int, int] = {}
+        self._counter = itertools.count(1)
+
+    def take(self, host_id: int) -> int:
+        with self._lock:
+            ticket = next(self._counter)
+            self._tickets[host_id] = ticket
+            return ticket
+
+    def holds(self, host_id: int, ticket: int) -> bool:
+        with self._lock:
+            return self._tickets.get(host_id) == ticket
+
+
+def _latest_polls() -> LatestPolls:
+    return current_app.extensions.setdefault("latest_polls", LatestPolls())
 
 
 def _authenticated_host() -> Host:
@@ -140,10 +165,21 @@ def poll():
     db.session.commit()
     db.session.remove()  # hold no database connection while parked
 
+    # This poll supersedes any still parked for the host: a restarted agent, or one whose
+    # connection a proxy dropped, leaves a request behind that would otherwise lease the
+    # next command and write it to a dead socket (redelivered only after the lease).
+    ticket = _latest_polls().take(host_id)
+    _bus().publish(host_key(host_id))
     deadline = time.monotonic() + hold
     with _bus().listen(host_key(host_id)) as waiter:  # register before checking
         while True:
             host = db.session.get(Host, host_id)
+            superseded = not _latest_polls().holds(host_id, ticket) or (
+                boot_id and host.boot_id and host.boot_id != boot_id[:64]
+            )
+            if superseded:  # another worker's newer poll shows as a new boot_id
+                db.session.remove()
+                return "", 204
             leased = commands.lease(host, now=utcnow())
             payload = [commands.delivery_json(_box(), command) for command in leased]
             db.session.commit()
