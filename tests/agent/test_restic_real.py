@@ -5,7 +5,6 @@ Skipped when restic is not installed, unless RM_REQUIRE_RESTIC=1 (CI): then it f
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 
@@ -16,16 +15,11 @@ from agent.facts import restic_version
 from agent.runner import Runner
 from agent.service import Agent
 from agent.spool import Spool
+from tests.agent.real_restic import RESTIC, needs_restic
 
-RESTIC = shutil.which("restic")
 PASSWORD = "real-Restic-pass-9f8e7d"
 
-if RESTIC is None:
-    if os.environ.get("RM_REQUIRE_RESTIC") == "1":
-        pytest.fail("restic is not installed but RM_REQUIRE_RESTIC=1", pytrace=False)
-    pytestmark = pytest.mark.skip(
-        reason="restic is not installed (set RM_REQUIRE_RESTIC=1 to fail)"
-    )
+pytestmark = needs_restic()
 
 
 @pytest.fixture(scope="module")

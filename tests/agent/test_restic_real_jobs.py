@@ -16,34 +16,19 @@ from fake_agent_server import wait_for
 
 from agent.runner import Runner
 from agent.spool import Spool
+from tests.agent.real_restic import needs_restic, run_restic
 
-RESTIC = shutil.which("restic")
 PASSWORD = "real-Jobs-pass-5a4b3c"
 BIG_FILES, BIG_FILE_BYTES = 20, 10 * 1024 * 1024  # 200 MiB of incompressible data
 # … uploaded at 50 MiB/s at most, so the backup lasts seconds even on a fast disk.
 SLOW_BACKUP = {"limit_upload_kib": 50 * 1024}
 
-if RESTIC is None:
-    if os.environ.get("RM_REQUIRE_RESTIC") == "1":
-        pytest.fail("restic is not installed but RM_REQUIRE_RESTIC=1", pytrace=False)
-    pytestmark = pytest.mark.skip(
-        reason="restic is not installed (set RM_REQUIRE_RESTIC=1 to fail)"
-    )
+pytestmark = needs_restic()
 
 
 def restic_json(repo, *args):
     """Run restic directly (not through the agent) and parse what it prints."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(repo.parent),
-        "RESTIC_REPOSITORY": str(repo),
-        "RESTIC_PASSWORD": PASSWORD,
-        "RESTIC_CACHE_DIR": str(repo.parent / "direct-cache"),
-    }
-    result = subprocess.run(
-        [RESTIC, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=True
-    )
-    return json.loads(result.stdout)
+    return json.loads(run_restic(repo, PASSWORD, *args))
 
 
 class Jobs:

@@ -6,8 +6,6 @@ Skipped when restic is not installed, unless RM_REQUIRE_RESTIC=1 (CI): then it f
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import threading
 import uuid
 
@@ -19,32 +17,17 @@ from agent.rpc import RpcFailed, RpcRunner
 from agent.runner import Runner
 from agent.service import Agent
 from agent.spool import Spool
+from tests.agent.real_restic import RESTIC, needs_restic, run_restic
 
-RESTIC = shutil.which("restic")
 PASSWORD = "real-Restore-pass-7c6d5e"
 BIG_BYTES = 3 * 1024 * 1024 + 12_345  # spans four 1 MiB chunks
 
-if RESTIC is None:
-    if os.environ.get("RM_REQUIRE_RESTIC") == "1":
-        pytest.fail("restic is not installed but RM_REQUIRE_RESTIC=1", pytrace=False)
-    pytestmark = pytest.mark.skip(
-        reason="restic is not installed (set RM_REQUIRE_RESTIC=1 to fail)"
-    )
+pytestmark = needs_restic()
 
 
 def restic(repo, *args):
     """Run restic directly (not through the agent); its stdout."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(repo.parent),
-        "RESTIC_REPOSITORY": str(repo),
-        "RESTIC_PASSWORD": PASSWORD,
-        "RESTIC_CACHE_DIR": str(repo.parent / "direct-cache"),
-    }
-    result = subprocess.run(
-        [RESTIC, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=True
-    )
-    return result.stdout
+    return run_restic(repo, PASSWORD, *args)
 
 
 def back_up(repo, path):
