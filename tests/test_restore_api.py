@@ -510,6 +510,28 @@ def test_tree_says_timed_out_then_uses_the_late_answer(live):
     agent.stop.set()
 
 
+def test_a_listing_never_delivered_is_asked_again_on_the_next_try(live):
+    # The agent stopped polling (but the host still counts as online): the first try times
+    # out and its command is withdrawn. Once the agent is back, the retry must ask anew.
+    server, app, host_id, token = live
+    headers = live_headers(app)
+    url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/tree?path=/srv"
+    assert requests.get(url, headers=headers, timeout=10).status_code == 504
+    with app.app_context():
+        states = db.session.scalars(select(Command.state).where(Command.type == "rpc.ls"))
+        assert list(states) == ["expired"]
+
+    def answer(agent, command):
+        agent.post(command["payload"]["rpc_id"], json={"ok": True, "result": {"items": []}})
+
+    agent = FakeAgent(server.url, token, answer)
+    agent.start()
+    retry = requests.get(url, headers=headers, timeout=10)
+    assert retry.status_code == 200, retry.text
+    assert len(agent.commands) == 1
+    agent.stop.set()
+
+
 def test_tree_errors_of_the_agent_keep_their_meaning(live):
     server, app, host_id, token = live
 

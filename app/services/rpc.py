@@ -183,18 +183,21 @@ def request_call(
 def give_up(call_id: str, *, now: datetime) -> None:
     """Nobody waits any more: an unsent command is withdrawn, a download's bytes dropped.
 
-    A listing the agent is still working on stays ``pending``: its late answer fills the
-    cache for the next try.
+    A listing the agent is working on stays ``pending``: its late answer fills the cache
+    for the next try. One whose command never left is closed, so the next try asks anew
+    instead of waiting for an answer that cannot come.
     """
     call = db.session.get(RpcCall, call_id, with_for_update=True)
     if call is None:
         return
-    db.session.execute(
+    withdrawn = db.session.execute(
         update(Command)
         .where(Command.id == call.command_id, Command.state == "queued")
         .values(state="expired", result="nobody waited for the answer any more")
-    )
-    if call.method == "dump" and call.status in ("pending", "answered"):
+    ).rowcount
+    if (call.status == "pending" and withdrawn) or (
+        call.method == "dump" and call.status in ("pending", "answered")
+    ):
         call.status = "closed"
         call.finished_at = now
         db.session.execute(delete(RpcChunk).where(RpcChunk.rpc_id == call.id))
