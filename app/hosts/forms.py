@@ -79,16 +79,26 @@ class RunForm(FlaskForm):
         return {}
 
     def apply_errors(self, fields: dict) -> list[str]:
-        """Put the service's field errors on our fields; return the ones that fit none."""
-        unplaced = []
-        for name, messages in fields.items():
-            short = name.removeprefix("params.").removeprefix("policy.")
-            field = self._fields.get(short)
-            if field is None:
-                unplaced.extend(messages)
-            else:
-                field.errors = [*field.errors, *messages]
-        return unplaced
+        """Put the service's field errors (``params.…``) on our fields; return the rest."""
+        return place_errors(self, fields, prefixes=("params.", "policy."))
+
+
+def place_errors(form, fields: dict, *, prefixes: tuple[str, ...] = ()) -> list[str]:
+    """Put a service's messages next to the form's fields; return those that fit none.
+
+    ``prefixes`` are stripped from the service's field names first (``params.keep_last``).
+    """
+    unplaced = []
+    for name, messages in fields.items():
+        short = name
+        for prefix in prefixes:
+            short = short.removeprefix(prefix)
+        field = form._fields.get(short)
+        if field is None:
+            unplaced.extend(messages)
+        else:
+            field.errors = [*field.errors, *messages]
+    return unplaced
 
 
 def _number(label: str, description: str = ""):

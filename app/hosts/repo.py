@@ -21,6 +21,7 @@ from app.authn import client_address
 from app.bus import host_key
 from app.extensions import db
 from app.hosts import bp
+from app.hosts.forms import place_errors
 from app.hosts.routes import _repository_form
 from app.models import Host
 from app.models.types import utcnow
@@ -61,18 +62,6 @@ class AdminCredentialForm(FlaskForm):
 
 class ReinitForm(FlaskForm):
     confirm_hostname = StringField("Type the host name to confirm")
-
-
-def _place(form: FlaskForm, refused: ServiceError) -> Optional[str]:
-    """Put the service's messages next to their fields; return the rest as one message."""
-    unplaced = []
-    for name, messages in refused.fields.items():
-        field = form._fields.get(name)
-        if field is None:
-            unplaced.extend(messages)
-        else:
-            field.errors = [*field.errors, *messages]
-    return " ".join(unplaced) if unplaced or not refused.fields else None
 
 
 def _tag_summary(host: Host) -> list[dict]:
@@ -141,8 +130,23 @@ def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: i
 def _refused(host: Host, name: str, form: FlaskForm, refused: ServiceError):
     """The service said no: nothing is kept, the tab comes back with the messages in place."""
     db.session.rollback()
-    problem = _place(form, refused) or "Check the highlighted fields."
+    unplaced = place_errors(form, refused.fields)
+    problem = (" ".join(unplaced) if unplaced or not refused.fields else None) or (
+        "Check the highlighted fields."
+    )
     return _render(host, forms={name: form}, problem=problem, status=refused.status)
+
+
+def _submit(host: Host, name: str, form: FlaskForm, save, *, done: str, anchor: str):
+    """One settings form: check it, let ``save(host)`` apply it, come back to its place."""
+    if not form.validate():
+        return _render(host, forms={name: form}, problem="The form expired.", status=400)
+    try:
+        save(host)
+    except ServiceError as refused:
+        return _refused(host, name, form, refused)
+    flash(done, "success")
+    return _back(host, anchor)
 
 
 def _back(host: Host, anchor: str):
@@ -158,12 +162,12 @@ def repo(host_id: int):
 @bp.post("/<int:host_id>/repo/maintenance")
 @require_role(Role.operator)
 def save_maintenance(host_id: int):
-    host = get_host_or_404(host_id)
     form = MaintenanceForm()
-    if not form.validate():
-        return _render(host, forms={"maintenance": form}, problem="The form expired.", status=400)
-    try:
-        update_maintenance(
+    return _submit(
+        get_host_or_404(host_id),
+        "maintenance",
+        form,
+        lambda host: update_maintenance(
             host,
             {
                 "forget_cron": form.forget_cron.data,
@@ -172,41 +176,38 @@ def save_maintenance(host_id: int):
                 "check_subset_percent": form.check_subset_percent.data,
                 "enabled": bool(form.enabled.data),
             },
-        )
-    except ServiceError as refused:
-        return _refused(host, "maintenance", form, refused)
-    flash("Maintenance cadences saved.", "success")
-    return _back(host, "maintenance")
+        ),
+        done="Maintenance cadences saved.",
+        anchor="maintenance",
+    )
 
 
 @bp.post("/<int:host_id>/repo/bandwidth")
 @require_role(Role.operator)
 def save_bandwidth(host_id: int):
-    host = get_host_or_404(host_id)
     form = BandwidthForm()
-    if not form.validate():
-        return _render(host, forms={"bandwidth": form}, problem="The form expired.", status=400)
-    try:
-        update_bandwidth(host, form.upload_kib.data, form.download_kib.data)
-    except ServiceError as refused:
-        return _refused(host, "bandwidth", form, refused)
-    flash("Bandwidth caps saved; the agent gets them on its next poll.", "success")
-    return _back(host, "bandwidth")
+    return _submit(
+        get_host_or_404(host_id),
+        "bandwidth",
+        form,
+        lambda host: update_bandwidth(host, form.upload_kib.data, form.download_kib.data),
+        done="Bandwidth caps saved; the agent gets them on its next poll.",
+        anchor="bandwidth",
+    )
 
 
 @bp.post("/<int:host_id>/repo/admin-credential")
 @require_role(Role.admin)
 def save_admin_credential(host_id: int):
-    host = get_host_or_404(host_id)
     form = AdminCredentialForm()
-    if not form.validate():
-        return _render(host, forms={"admin": form}, problem="The form expired.", status=400)
-    try:
-        set_admin_credential(host, form.username.data or None, form.password.data)
-    except ServiceError as refused:
-        return _refused(host, "admin", form, refused)
-    flash("Admin credential saved; forget and prune use it from now on.", "success")
-    return _back(host, "admin-credential")
+    return _submit(
+        get_host_or_404(host_id),
+        "admin",
+        form,
+        lambda host: set_admin_credential(host, form.username.data or None, form.password.data),
+        done="Admin credential saved; forget and prune use it from now on.",
+        anchor="admin-credential",
+    )
 
 
 @bp.post("/<int:host_id>/repo/admin-credential/delete")

@@ -16,6 +16,7 @@ from app.api.hosts import get_host_or_404
 from app.api.schedules import NEXT_RUNS, record_change
 from app.extensions import db
 from app.hosts import bp
+from app.hosts.forms import place_errors
 from app.models import Host, Schedule, SourceGroup
 from app.models.types import utcnow
 from app.services import schedules
@@ -59,17 +60,6 @@ class ScheduleForm(FlaskForm):
             "missed_policy": self.missed_policy.data,
             "enabled": bool(self.enabled.data),
         }
-
-    def apply_errors(self, fields: dict) -> list[str]:
-        """Put the service's messages next to their fields; return those without one."""
-        unplaced = []
-        for name, messages in fields.items():
-            field = self._fields.get(name)
-            if field is None:
-                unplaced.extend(messages)
-            else:
-                field.errors = [*field.errors, *messages]
-        return unplaced
 
 
 def _filled(host: Host, schedule: Schedule) -> ScheduleForm:
@@ -191,7 +181,7 @@ def _refused(host: Host, form: ScheduleForm, schedule: Optional[Schedule], refus
     db.session.rollback()  # a refused change leaves everything as it was
     if schedule is not None:
         db.session.refresh(schedule)
-    unplaced = form.apply_errors(refused.fields)
+    unplaced = place_errors(form, refused.fields)
     problem = " ".join(unplaced) if unplaced or not refused.fields else None
     return _render(
         host,
