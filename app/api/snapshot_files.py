@@ -52,13 +52,19 @@ class AgentError(ServiceError):
     code = "agent_error"
 
 
+class AgentRefused(ServiceError):
+    """The agent answered with one of the protocol's error codes: it keeps its meaning."""
+
+    def __init__(self, message: str, *, code: str):
+        super().__init__(message, code=code)
+        self.status = _ERROR_STATUS[code]
+
+
 @bp.get("/hosts/<int:host_id>/snapshots/<snapshot_id>/tree")
 @require_role(Role.viewer)
 def snapshot_tree(host_id: int, snapshot_id: str):
     host = get_host_or_404(host_id)
-    snapshot = rpc.resolve_snapshot(host, snapshot_id)
-    full_id, short_id = snapshot.snapshot_id, snapshot.short_id  # a commit expires them
-    path = rpc.snapshot_path(request.args.get("path"), default="/")
+    full_id, short_id, path = _snapshot_and_path(host, snapshot_id, default="/")
     key = rpc.cache_key("ls", full_id, path)
     now = utcnow()
     call = rpc.cached_listing(
@@ -85,9 +91,7 @@ def snapshot_tree(host_id: int, snapshot_id: str):
 @require_role(Role.operator)
 def snapshot_download(host_id: int, snapshot_id: str):
     host = get_host_or_404(host_id)
-    snapshot = rpc.resolve_snapshot(host, snapshot_id)
-    full_id, short_id = snapshot.snapshot_id, snapshot.short_id  # a commit expires them
-    path = rpc.snapshot_path(request.args.get("path"))
+    full_id, short_id, path = _snapshot_and_path(host, snapshot_id)
     if path == "/":
         raise ValidationFailed("path must name a file.", fields={"path": ["Name a file."]})
     max_bytes = current_app.config["RM_DOWNLOAD_MAX_MB"] * 1024 * 1024
@@ -118,6 +122,16 @@ def snapshot_download(host_id: int, snapshot_id: str):
     return response
 
 
+def _snapshot_and_path(host: Host, snapshot_id: str, default: str | None = None):
+    """(full id, short id, normalised ``?path=``) of one of the host's snapshots.
+
+    Plain strings: the waits that follow commit, which expires the snapshot row.
+    """
+    snapshot = rpc.resolve_snapshot(host, snapshot_id)
+    path = rpc.snapshot_path(request.args.get("path"), default=default)
+    return snapshot.snapshot_id, snapshot.short_id, path
+
+
 def _ask(host: Host, method: str, params: dict, key: str, reuse: RpcCall | None = None):
     """Queue the request (or join one in flight), wake the agent, wait for its answer."""
     config = current_app.config
@@ -145,13 +159,10 @@ def _ask(host: Host, method: str, params: dict, key: str, reuse: RpcCall | None 
             "kept, so the next try is usually quick)."
         )
     if answered.status == "failed":
-        status_code = _ERROR_STATUS.get(answered.error_code)
         message = answered.error_message or "The agent could not answer."
-        if status_code is None:
+        if answered.error_code not in _ERROR_STATUS:
             raise AgentError(f"{hostname}: {message}")
-        error = ServiceError(message, code=answered.error_code)
-        error.status = status_code
-        raise error
+        raise AgentRefused(message, code=answered.error_code)
     return answered
 
 

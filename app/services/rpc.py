@@ -40,6 +40,7 @@ ERROR_CODES = frozenset(
     }
 )
 KEEP_FOR = timedelta(hours=1)  # answers (the listing cache) and abandoned downloads
+JOIN_PENDING_FOR = timedelta(minutes=2)  # a second ask joins a call this young
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 
 
@@ -128,29 +129,23 @@ def cached_listing(host: Host, key: str, *, now: datetime, max_age_seconds: int)
     """The newest answered ``ls`` for this question younger than ``max_age_seconds``."""
     if max_age_seconds <= 0:
         return None
-    return db.session.scalar(
-        select(RpcCall)
-        .where(
-            RpcCall.host_id == host.id,
-            RpcCall.cache_key == key,
-            RpcCall.status == "answered",
-            RpcCall.created_at >= now - timedelta(seconds=max_age_seconds),
-        )
-        .order_by(RpcCall.created_at.desc())
-        .limit(1)
-    )
+    return _newest(host, key, "answered", since=now - timedelta(seconds=max_age_seconds))
 
 
 def pending_call(host: Host, key: str, *, now: datetime) -> Optional[RpcCall]:
     """A call for the same question still being worked on (a double click asks once)."""
+    return _newest(host, key, "pending", since=now - JOIN_PENDING_FOR)
+
+
+def _newest(host: Host, key: str, status: str, *, since: datetime) -> Optional[RpcCall]:
+    # The key names the method too (cache_key): no ``ls`` answer serves a ``dump``.
     return db.session.scalar(
         select(RpcCall)
         .where(
             RpcCall.host_id == host.id,
             RpcCall.cache_key == key,
-            RpcCall.method == "ls",
-            RpcCall.status == "pending",
-            RpcCall.created_at >= now - timedelta(minutes=2),
+            RpcCall.status == status,
+            RpcCall.created_at >= since,
         )
         .order_by(RpcCall.created_at.desc())
         .limit(1)
