@@ -446,6 +446,35 @@ def live(app_factory):
     server.stop()
 
 
+@pytest.fixture
+def run_agent(live):
+    """``run_agent(handler)``: a FakeAgent polling the live server, stopped at the end."""
+    server, _, _, token = live
+    started = []
+
+    def start(handler):
+        agent = FakeAgent(server.url, token, handler)
+        started.append(agent)
+        agent.start()
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop.set()
+        agent.join(5)
+
+
+def refuse_with(error: str, message: str):
+    """A handler that answers every call with the protocol error ``error``."""
+
+    def answer(agent, command):
+        agent.post(
+            command["payload"]["rpc_id"], json={"ok": False, "error": error, "message": message}
+        )
+
+    return answer
+
+
 def live_headers(app, role=Role.viewer):
     from app.services import users
 
@@ -455,8 +484,8 @@ def live_headers(app, role=Role.viewer):
         return bearer(user)
 
 
-def test_tree_waits_for_the_agent_then_serves_from_the_cache(live):
-    server, app, host_id, token = live
+def test_tree_waits_for_the_agent_then_serves_from_the_cache(live, run_agent):
+    server, app, host_id, _ = live
 
     def answer(agent, command):
         payload = command["payload"]
@@ -464,8 +493,7 @@ def test_tree_waits_for_the_agent_then_serves_from_the_cache(live):
         items = [{"name": "a.txt", "type": "file", "path": "/srv/data/a.txt", "size": 20}]
         agent.post(payload["rpc_id"], json={"ok": True, "result": {"items": items}})
 
-    agent = FakeAgent(server.url, token, answer)
-    agent.start()
+    agent = run_agent(answer)
     headers = live_headers(app)
     url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/tree?path=/srv/data/"
     first = requests.get(url, headers=headers, timeout=10)
@@ -475,11 +503,10 @@ def test_tree_waits_for_the_agent_then_serves_from_the_cache(live):
     second = requests.get(url, headers=headers, timeout=10).json()
     assert second["cached"] is True and second["items"] == first.json()["items"]
     assert len(agent.commands) == 1  # asked once
-    agent.stop.set()
 
 
-def test_tree_says_timed_out_then_uses_the_late_answer(live):
-    server, app, host_id, token = live
+def test_tree_says_timed_out_then_uses_the_late_answer(live, run_agent):
+    server, app, host_id, _ = live
     late = threading.Event()
 
     def answer(agent, command):
@@ -489,8 +516,7 @@ def test_tree_says_timed_out_then_uses_the_late_answer(live):
 
         threading.Thread(target=later, daemon=True).start()
 
-    agent = FakeAgent(server.url, token, answer)
-    agent.start()
+    run_agent(answer)
     headers = live_headers(app)
     url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/tree?path=/"
     started = time.monotonic()
@@ -507,13 +533,12 @@ def test_tree_says_timed_out_then_uses_the_late_answer(live):
             break
         time.sleep(0.2)
     assert again.status_code == 200 and again.json()["items"] == []
-    agent.stop.set()
 
 
-def test_a_listing_never_delivered_is_asked_again_on_the_next_try(live):
+def test_a_listing_never_delivered_is_asked_again_on_the_next_try(live, run_agent):
     # The agent stopped polling (but the host still counts as online): the first try times
     # out and its command is withdrawn. Once the agent is back, the retry must ask anew.
-    server, app, host_id, token = live
+    server, app, host_id, _ = live
     headers = live_headers(app)
     url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/tree?path=/srv"
     assert requests.get(url, headers=headers, timeout=10).status_code == 504
@@ -524,29 +549,16 @@ def test_a_listing_never_delivered_is_asked_again_on_the_next_try(live):
     def answer(agent, command):
         agent.post(command["payload"]["rpc_id"], json={"ok": True, "result": {"items": []}})
 
-    agent = FakeAgent(server.url, token, answer)
-    agent.start()
+    agent = run_agent(answer)
     retry = requests.get(url, headers=headers, timeout=10)
     assert retry.status_code == 200, retry.text
     assert len(agent.commands) == 1
-    agent.stop.set()
 
 
-def test_tree_errors_of_the_agent_keep_their_meaning(live):
-    server, app, host_id, token = live
+def test_tree_errors_of_the_agent_keep_their_meaning(live, run_agent):
+    server, app, host_id, _ = live
 
-    def answer(agent, command):
-        agent.post(
-            command["payload"]["rpc_id"],
-            json={
-                "ok": False,
-                "error": "not_found",
-                "message": "/srv/nope is not in snapshot aaaaaaaa",
-            },
-        )
-
-    agent = FakeAgent(server.url, token, answer)
-    agent.start()
+    run_agent(refuse_with("not_found", "/srv/nope is not in snapshot aaaaaaaa"))
     url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/tree?path=/srv/nope"
     answer_ = requests.get(url, headers=live_headers(app), timeout=10)
     assert answer_.status_code == 404
@@ -554,7 +566,6 @@ def test_tree_errors_of_the_agent_keep_their_meaning(live):
         "error": "not_found",
         "message": "/srv/nope is not in snapshot aaaaaaaa",
     }
-    agent.stop.set()
 
 
 def test_tree_of_an_offline_host_answers_at_once(live):
@@ -569,8 +580,8 @@ def test_tree_of_an_offline_host_answers_at_once(live):
         assert db.session.scalar(select(func.count()).select_from(RpcCall)) == 0
 
 
-def test_download_streams_the_agents_bytes_intact(live):
-    server, app, host_id, token = live
+def test_download_streams_the_agents_bytes_intact(live, run_agent):
+    server, app, host_id, _ = live
     content = bytes(range(256)) * 9000  # 2.3 MB: several chunks
 
     def answer(agent, command):
@@ -602,8 +613,7 @@ def test_download_streams_the_agents_bytes_intact(live):
 
         threading.Thread(target=send, daemon=True).start()
 
-    agent = FakeAgent(server.url, token, answer)
-    agent.start()
+    run_agent(answer)
     headers = live_headers(app, Role.operator)
     url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/download?path=/srv/data/big.bin"
     download = requests.get(url, headers=headers, timeout=30)
@@ -619,24 +629,12 @@ def test_download_streams_the_agents_bytes_intact(live):
             select(AuditLog).where(AuditLog.action == "snapshot.file_downloaded")
         )
         assert entry.payload["path"] == "/srv/data/big.bin"
-    agent.stop.set()
 
 
-def test_download_refusals_come_back_as_json(live):
-    server, app, host_id, token = live
+def test_download_refusals_come_back_as_json(live, run_agent):
+    server, app, host_id, _ = live
 
-    def answer(agent, command):
-        agent.post(
-            command["payload"]["rpc_id"],
-            json={
-                "ok": False,
-                "error": "too_large",
-                "message": "/srv/data/big.bin is 5.0 GiB, over the 1.0 GiB download cap",
-            },
-        )
-
-    agent = FakeAgent(server.url, token, answer)
-    agent.start()
+    run_agent(refuse_with("too_large", "/srv/data/big.bin is 5.0 GiB, over the 1.0 GiB cap"))
     url = f"{server.url}/api/v1/hosts/{host_id}/snapshots/aaaaaaaa/download?path=/srv/data/big.bin"
     refused = requests.get(url, headers=live_headers(app, Role.operator), timeout=10)
     assert refused.status_code == 413
@@ -645,4 +643,3 @@ def test_download_refusals_come_back_as_json(live):
         url.replace("/srv/data/big.bin", "/"), headers=live_headers(app, Role.operator), timeout=10
     )
     assert root.status_code == 422
-    agent.stop.set()
