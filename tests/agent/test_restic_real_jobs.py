@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 from fake_agent_server import wait_for
 
-from agent.runner import Runner
-from agent.spool import Spool
-from tests.agent.real_restic import needs_restic, run_restic
+from tests.agent.real_restic import RunnerJobs, needs_restic, run_restic
 
 PASSWORD = "real-Jobs-pass-5a4b3c"
 BIG_FILES, BIG_FILE_BYTES = 20, 10 * 1024 * 1024  # 200 MiB of incompressible data
@@ -31,56 +29,11 @@ def restic_json(repo, *args):
     return json.loads(run_restic(repo, PASSWORD, *args))
 
 
-class Jobs:
-    """A runner on a real repository; ``run`` starts one job and waits for its end."""
-
+class Jobs(RunnerJobs):
     def __init__(self, root, repo, grace_seconds=10.0):
+        credentials = {"url": str(repo), "username": "", "password": PASSWORD}
+        super().__init__(root, lambda: credentials, grace_seconds=grace_seconds)
         self.repo = repo
-        self.spool = Spool(root / "spool", max_bytes=10**8)
-        self.runner = Runner(
-            self.spool,
-            lambda: {"url": str(repo), "username": "", "password": PASSWORD},
-            cache_dir=root / "cache",
-            grace_seconds=grace_seconds,
-        )
-        self.next_id = 1
-
-    def start(self, kind, params=None):
-        job_id, self.next_id = self.next_id, self.next_id + 1
-        self.runner.prepare(job_id, "a")
-        assert self.runner.start(job_id, "a", kind, params or {})
-        return job_id
-
-    def run(self, kind, params=None, timeout=120):
-        job_id = self.start(kind, params)
-        assert self.runner.wait_idle(timeout)
-        return self.result(job_id)
-
-    def result(self, job_id):
-        events = [event for event in self.spool.pending_events() if event["job_id"] == job_id]
-        batch = self.spool.job(job_id).pending_batch(max_records=100_000)
-        return Result(events, [record["text"] for record in batch[1]] if batch else [])
-
-    def progress(self, job_id):
-        return [
-            event["data"]
-            for event in self.spool.pending_events()
-            if event["job_id"] == job_id and event["type"] == "job.progress"
-        ]
-
-
-class Result:
-    def __init__(self, events, texts):
-        self.events = events
-        self.texts = texts
-
-    def of(self, event_type):
-        return [event["data"] for event in self.events if event["type"] == event_type]
-
-    @property
-    def finished(self):
-        (data,) = self.of("job.finished")
-        return data
 
 
 def write_tree(root, files, size, random_bytes=False):

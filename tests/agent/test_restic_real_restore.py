@@ -14,10 +14,8 @@ from fake_agent_server import all_files, wait_for
 
 from agent.client import Client
 from agent.rpc import RpcFailed, RpcRunner
-from agent.runner import Runner
 from agent.service import Agent
-from agent.spool import Spool
-from tests.agent.real_restic import RESTIC, needs_restic, run_restic
+from tests.agent.real_restic import RESTIC, RunnerJobs, needs_restic, run_restic
 
 PASSWORD = "real-Restore-pass-7c6d5e"
 BIG_BYTES = 3 * 1024 * 1024 + 12_345  # spans four 1 MiB chunks
@@ -72,53 +70,11 @@ def repo(tmp_path_factory):
     return built
 
 
-class Jobs:
-    """A runner on the real repository; ``run`` starts one job and waits for its end."""
-
+class Jobs(RunnerJobs):
     def __init__(self, root, repo, restore_paths="*"):
-        self.spool = Spool(root / "spool", max_bytes=10**8)
-        self.runner = Runner(
-            self.spool,
-            lambda: repo.credentials,
-            cache_dir=root / "cache",
-            restore_paths=restore_paths,
-            grace_seconds=5.0,
+        super().__init__(
+            root, lambda: repo.credentials, restore_paths=restore_paths, grace_seconds=5.0
         )
-        self.next_id = 1
-
-    def start(self, kind, params):
-        job_id, self.next_id = self.next_id, self.next_id + 1
-        self.runner.prepare(job_id, "a")
-        assert self.runner.start(job_id, "a", kind, params)
-        return job_id
-
-    def run(self, kind, params, timeout=120):
-        job_id = self.start(kind, params)
-        assert self.runner.wait_idle(timeout)
-        return self.result(job_id)
-
-    def result(self, job_id):
-        events = [event for event in self.spool.pending_events() if event["job_id"] == job_id]
-        batch = self.spool.job(job_id).pending_batch(max_records=100_000)
-        return Result(events, [record["text"] for record in batch[1]] if batch else [])
-
-
-class Result:
-    def __init__(self, events, texts):
-        self.events = events
-        self.texts = texts
-
-    def of(self, event_type):
-        return [event["data"] for event in self.events if event["type"] == event_type]
-
-    @property
-    def finished(self):
-        (data,) = self.of("job.finished")
-        return data
-
-    @property
-    def restic_calls(self):
-        return [text for text in self.texts if text.startswith("$ ")]
 
 
 @pytest.fixture
