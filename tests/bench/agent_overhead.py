@@ -87,8 +87,7 @@ class Fleet:
         )
         self.server = Server(work, env)
         self.server.start()
-        self.server.cli("create-admin", "--username", "bench", "--password-stdin", stdin=PASSWORD)
-        token = self.server.cli("create-token", "--user", "bench", "--name", "bench").strip()
+        token = self.server.admin_token(PASSWORD, username="bench")
         self.api = requests.Session()
         self.api.headers["Authorization"] = f"Bearer {token}"
         self.base = f"{self.server.url}/api/v1"

@@ -89,8 +89,7 @@ def main() -> int:
         server.start()
         agent = None
         try:
-            server.cli("create-admin", "--username", "bench", "--password-stdin", stdin=PASSWORD)
-            token = server.cli("create-token", "--user", "bench", "--name", "bench").strip()
+            token = server.admin_token(PASSWORD, username="bench")
             api = requests.Session()
             api.headers["Authorization"] = f"Bearer {token}"
             base = f"{server.url}/api/v1"

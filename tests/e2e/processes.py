@@ -102,8 +102,42 @@ class Server:
         )
         return result.stdout
 
+    def admin_token(self, password: str, username: str = "admin") -> str:
+        """Create an administrator and mint a personal access token for it (the CLI way)."""
+        self.cli("create-admin", "--username", username, "--password-stdin", stdin=password)
+        return self.cli("create-token", "--user", username, "--name", "e2e").strip()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class Api:
+    """``/api/v1`` with a bearer token; asserts the status it expects."""
+
+    def __init__(self, server: Server, token: str):
+        self.base = f"{server.url}/api/v1"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def get(self, path: str, **kwargs):
+        response = self.session.get(self.base + path, timeout=10, **kwargs)
+        assert response.status_code == 200, response.text
+        return response
+
+    def post(self, path: str, body: dict, expect: int = 201) -> dict:
+        response = self.session.post(self.base + path, json=body, timeout=10)
+        assert response.status_code == expect, response.text
+        return response.json()
+
+    def run(self, host_id: int, kind: str, params: dict | None = None) -> int:
+        return self.post(f"/hosts/{host_id}/jobs", {"kind": kind, "params": params or {}})["id"]
+
+    def wait_job(self, job_id: int, timeout: float = 120) -> dict:
+        def finished():
+            job = self.get(f"/jobs/{job_id}").json()
+            return job if job["finished_at"] else None
+
+        return wait_until(finished, timeout, f"job {job_id} to finish", interval=0.25)
 
 
 class AgentProcess:

@@ -13,8 +13,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import fresh_database_url
-from tests.e2e.processes import ROOT, Server, clean_env, require_restic, wait_until
+from tests.e2e.processes import ROOT, clean_env, require_restic, wait_until
 
 REPO_PASSWORD = "e2e-Repo-Password-7f3a9"
 ADMIN_PASSWORD = "admin password for e2e"
@@ -35,18 +34,12 @@ def restic_repo(tmp_path):
 
 
 @pytest.fixture
-def server(tmp_path, migrated_template):
-    env = clean_env(
-        RM_DATA_DIR=str(tmp_path / "server-data"),
-        RM_DATABASE_URL=fresh_database_url(migrated_template, tmp_path),
+def server(start_server):
+    return start_server(
         RM_OFFLINE_AFTER_SECONDS="4",
         RM_POLL_WAIT_SECONDS="3",
         RM_LOG_FLUSH_SECONDS="1",
     )
-    server = Server(tmp_path, env)
-    server.start()
-    yield server
-    server.kill()
 
 
 def _api(server, token):
@@ -76,8 +69,7 @@ def _run_job(api, server, host_id) -> dict:
 
 
 def test_enroll_run_online_probe_outage_and_offline(server, restic_repo, tmp_path):
-    server.cli("create-admin", "--username", "admin", "--password-stdin", stdin=ADMIN_PASSWORD)
-    token = server.cli("create-token", "--user", "admin", "--name", "e2e").strip()
+    token = server.admin_token(password=ADMIN_PASSWORD)
     api = _api(server, token)
     minted = api.post(
         f"{server.url}/api/v1/enrollment-tokens",

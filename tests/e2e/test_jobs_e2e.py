@@ -10,13 +10,11 @@ import json
 import time
 
 import pytest
-import requests
 
-from tests.conftest import fresh_database_url
 from tests.e2e.processes import (
     AgentProcess,
+    Api,
     Server,
-    clean_env,
     require_restic,
     restic_snapshots,
     wait_until,
@@ -28,45 +26,12 @@ ADMIN_PASSWORD = "admin password for jobs e2e"
 
 
 @pytest.fixture
-def server(tmp_path, migrated_template):
-    env = clean_env(
-        RM_DATA_DIR=str(tmp_path / "server-data"),
-        RM_DATABASE_URL=fresh_database_url(migrated_template, tmp_path),
+def server(start_server):
+    return start_server(
         RM_OFFLINE_AFTER_SECONDS="20",
         RM_POLL_WAIT_SECONDS="10",
         RM_LOG_FLUSH_SECONDS="2",
     )
-    server = Server(tmp_path, env)
-    server.start()
-    yield server
-    server.kill()
-
-
-class Api:
-    def __init__(self, server: Server, token: str):
-        self.base = f"{server.url}/api/v1"
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def get(self, path: str, **kwargs):
-        response = self.session.get(self.base + path, timeout=10, **kwargs)
-        assert response.status_code == 200, response.text
-        return response
-
-    def post(self, path: str, body: dict, expect: int = 201) -> dict:
-        response = self.session.post(self.base + path, json=body, timeout=10)
-        assert response.status_code == expect, response.text
-        return response.json()
-
-    def run(self, host_id: int, kind: str, params: dict | None = None) -> int:
-        return self.post(f"/hosts/{host_id}/jobs", {"kind": kind, "params": params or {}})["id"]
-
-    def wait_job(self, job_id: int, timeout: float = 120) -> dict:
-        def finished():
-            job = self.get(f"/jobs/{job_id}").json()
-            return job if job["finished_at"] else None
-
-        return wait_until(finished, timeout, f"job {job_id} to finish", interval=0.25)
 
 
 def restic_snapshot_ids(repo) -> list[str]:
@@ -97,8 +62,7 @@ def sse_events(response) -> list[tuple[str, str | None, str]]:
 
 def test_backup_lifecycle_with_real_restic(server, tmp_path):
     require_restic()
-    server.cli("create-admin", "--username", "admin", "--password-stdin", stdin=ADMIN_PASSWORD)
-    token = server.cli("create-token", "--user", "admin", "--name", "e2e").strip()
+    token = server.admin_token(password=ADMIN_PASSWORD)
     api = Api(server, token)
     repo = tmp_path / "repo"  # does not exist: the server has it initialised
     small = write_tree(tmp_path / "small", 300, size=700)

@@ -10,28 +10,20 @@ import time
 
 import pytest
 
-from tests.conftest import fresh_database_url
-from tests.e2e.processes import AgentProcess, Server, clean_env, require_restic, wait_until
-from tests.e2e.test_jobs_e2e import Api
+from tests.e2e.processes import AgentProcess, Api, require_restic, wait_until
 
 REPO_PASSWORD = "e2e-Restore-Repo-Password-5d1e"
 ADMIN_PASSWORD = "admin password for restore e2e"
 
 
 @pytest.fixture
-def server(tmp_path, migrated_template):
-    env = clean_env(
-        RM_DATA_DIR=str(tmp_path / "server-data"),
-        RM_DATABASE_URL=fresh_database_url(migrated_template, tmp_path),
+def server(start_server):
+    return start_server(
         RM_OFFLINE_AFTER_SECONDS="20",
         RM_POLL_WAIT_SECONDS="10",
         RM_LOG_FLUSH_SECONDS="2",
         RM_RPC_WAIT_SECONDS="20",  # the first ls opens the repository: slow machines
     )
-    server = Server(tmp_path, env)
-    server.start()
-    yield server
-    server.kill()
 
 
 def set_restore_paths(agent_home, value: str) -> None:
@@ -45,8 +37,7 @@ def set_restore_paths(agent_home, value: str) -> None:
 
 def test_find_a_deleted_file_and_restore_it(server, tmp_path):
     require_restic()
-    server.cli("create-admin", "--username", "admin", "--password-stdin", stdin=ADMIN_PASSWORD)
-    token = server.cli("create-token", "--user", "admin", "--name", "e2e").strip()
+    token = server.admin_token(password=ADMIN_PASSWORD)
     api = Api(server, token)
     home = tmp_path / "home"  # the agent's $HOME: the default restore target lives here
     home.mkdir()

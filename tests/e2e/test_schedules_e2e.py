@@ -11,42 +11,32 @@ import time
 
 import pytest
 
-from tests.conftest import fresh_database_url
 from tests.e2e.processes import (
     AgentProcess,
-    Server,
-    clean_env,
+    Api,
     require_restic,
     restic_snapshots,
     wait_until,
     write_tree,
 )
-from tests.e2e.test_jobs_e2e import Api
 
 REPO_PASSWORD = "e2e-Schedules-Repo-Password-3b1"
 ADMIN_PASSWORD = "admin password for schedules e2e"
 
 
 @pytest.fixture
-def server(tmp_path, migrated_template):
-    env = clean_env(
-        RM_DATA_DIR=str(tmp_path / "server-data"),
-        RM_DATABASE_URL=fresh_database_url(migrated_template, tmp_path),
+def server(start_server):
+    return start_server(
         RM_OFFLINE_AFTER_SECONDS="20",
         RM_POLL_WAIT_SECONDS="5",
         RM_LOG_FLUSH_SECONDS="2",
         RM_TICKER_SECONDS="2",
     )
-    server = Server(tmp_path, env)
-    server.start()
-    yield server
-    server.kill()
 
 
 def test_a_schedule_fires_on_the_agent_while_the_server_is_down(server, tmp_path):
     require_restic()
-    server.cli("create-admin", "--username", "admin", "--password-stdin", stdin=ADMIN_PASSWORD)
-    token = server.cli("create-token", "--user", "admin", "--name", "e2e").strip()
+    token = server.admin_token(password=ADMIN_PASSWORD)
     api = Api(server, token)
     repo = tmp_path / "repo"
     home_tree = write_tree(tmp_path / "home", 40, size=300)
