@@ -377,15 +377,7 @@ def test_a_newer_poll_takes_over_from_one_left_parked(protocol_app):
     assert result["stale"].status_code == 204
     assert result["stale_seconds"] < 1.0  # at once, not after the 2 s hold
     _wait_for_waiters(bus, host_id, 1)
-    jobs.create_job(
-        protocol_app.extensions["secretbox"],
-        db.session.get(Host, host_id),
-        "probe",
-        params={},
-        actor=Actor.system(),
-        now=utcnow(),
-    )
-    db.session.commit()
+    _job(protocol_app, host_id)
     bus.publish(f"host:{host_id}")
     fresh.join(10)
     assert result["fresh"].status_code == 200
@@ -402,15 +394,7 @@ def test_a_parked_poll_of_an_earlier_boot_gives_way(protocol_app):
     stale = _park(agent, result, "stale")
     _wait_for_waiters(bus, host_id, 1)
     db.session.get(Host, host_id).boot_id = "boot-after-restart"
-    jobs.create_job(
-        protocol_app.extensions["secretbox"],
-        db.session.get(Host, host_id),
-        "probe",
-        params={},
-        actor=Actor.system(),
-        now=utcnow(),
-    )
-    db.session.commit()
+    _job(protocol_app, host_id)
     bus.publish(f"host:{host_id}")
     stale.join(5)
     assert result["stale"].status_code == 204
