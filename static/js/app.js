@@ -1,6 +1,17 @@
 // Small enhancements only: every page works without JavaScript.
 "use strict";
 
+// Sizes as app/web/formatting.py human_bytes writes them; the page scripts share it.
+window.humanBytes = function (value) {
+  if (typeof value !== "number") return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let size = value;
+  let unit = 0;
+  while (Math.abs(size) >= 1024 && unit < units.length - 1) { size /= 1024; unit += 1; }
+  if (unit === 0) return Math.trunc(size) + " B";
+  return (size < 100 ? size.toFixed(1) : size.toFixed(0)) + " " + units[unit];
+};
+
 document.addEventListener("click", function (event) {
   const button = event.target.closest("[data-copy]");
   if (!button) return;

@@ -21,15 +21,7 @@
   let following = true;
 
   // --- formatting (as app/web/formatting.py: human_bytes, human_duration) ------------------
-  function bytes(value) {
-    if (typeof value !== "number") return "—";
-    const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let size = value;
-    let unit = 0;
-    while (Math.abs(size) >= 1024 && unit < units.length - 1) { size /= 1024; unit += 1; }
-    if (unit === 0) return Math.trunc(size) + " B";
-    return (size < 100 ? size.toFixed(1) : size.toFixed(0)) + " " + units[unit];
-  }
+  const bytes = window.humanBytes; // app.js
   function duration(value) {
     if (typeof value !== "number") return "—";
     let seconds = Math.max(0, Math.round(value));

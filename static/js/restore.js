@@ -28,15 +28,7 @@
   let generation = 0; // a new snapshot makes answers for the old one stale
 
   // --- formatting (as app/web/formatting.py human_bytes) ------------------------------------
-  function bytes(value) {
-    if (typeof value !== "number") return "";
-    const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let size = value;
-    let unit = 0;
-    while (Math.abs(size) >= 1024 && unit < units.length - 1) { size /= 1024; unit += 1; }
-    if (unit === 0) return Math.trunc(size) + " B";
-    return (size < 100 ? size.toFixed(1) : size.toFixed(0)) + " " + units[unit];
-  }
+  const bytes = window.humanBytes; // app.js
   function stamp(iso) {
     return typeof iso === "string" && iso.length >= 16 ? iso.slice(0, 10) + " " + iso.slice(11, 16) : "";
   }
