@@ -57,16 +57,11 @@ def node_item(node: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-class DirectoryListing:
-    """Fed ``ls --json <id> <path>`` line by line; keeps the direct children of ``path``."""
+class LsReader:
+    """Fed ``ls --json`` line by line: keeps the snapshot line, hands each node to ``take``."""
 
-    def __init__(self, path: str, max_entries: int):
-        self.path = normalise_path(path)
-        self.max_entries = max_entries
+    def __init__(self):
         self.snapshot: Optional[Dict[str, Any]] = None
-        self.node: Optional[Dict[str, Any]] = None  # the directory itself (never for "/")
-        self.items: List[Dict[str, Any]] = []
-        self.truncated = False
 
     def feed(self, line: str) -> None:
         read = read_ls_line(line)
@@ -75,11 +70,30 @@ class DirectoryListing:
         kind, message = read
         if kind == "snapshot":
             self.snapshot = message
-        elif message["path"] == self.path:
-            self.node = message
-        elif posixpath.dirname(message["path"]) == self.path and message["path"] != "/":
+        else:
+            self.take(message)
+
+    def take(self, node: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class DirectoryListing(LsReader):
+    """``ls --json <id> <path>``: keeps the direct children of ``path``."""
+
+    def __init__(self, path: str, max_entries: int):
+        super().__init__()
+        self.path = normalise_path(path)
+        self.max_entries = max_entries
+        self.node: Optional[Dict[str, Any]] = None  # the directory itself (never for "/")
+        self.items: List[Dict[str, Any]] = []
+        self.truncated = False
+
+    def take(self, node: Dict[str, Any]) -> None:
+        if node["path"] == self.path:
+            self.node = node
+        elif posixpath.dirname(node["path"]) == self.path and node["path"] != "/":
             if len(self.items) < self.max_entries:
-                self.items.append(node_item(message))
+                self.items.append(node_item(node))
             else:
                 self.truncated = True
 
@@ -92,41 +106,29 @@ class DirectoryListing:
         return self.path == "/" or (self.node is not None and self.node.get("type") == "dir")
 
 
-class SelectionSize:
-    """Fed ``ls --json --recursive <id> [path…]``: how many files and bytes a restore has."""
+class SelectionSize(LsReader):
+    """``ls --json --recursive <id> [path…]``: how many files and bytes a restore has."""
 
     def __init__(self):
-        self.snapshot: Optional[Dict[str, Any]] = None
+        super().__init__()
         self.files = 0
         self.bytes = 0
 
-    def feed(self, line: str) -> None:
-        read = read_ls_line(line)
-        if read is None:
-            return
-        kind, message = read
-        if kind == "snapshot":
-            self.snapshot = message
-        elif message.get("type") == "file":
-            size = message.get("size")
+    def take(self, node: Dict[str, Any]) -> None:
+        if node.get("type") == "file":
+            size = node.get("size")
             self.files += 1
             self.bytes += size if isinstance(size, int) and size > 0 else 0
 
 
-class NodeIndex:
-    """Fed ``ls --json <id> dir…``: the nodes whose path is wanted (sizes for ``diff``)."""
+class NodeIndex(LsReader):
+    """``ls --json <id> dir…``: the nodes whose path is wanted (sizes for ``diff``)."""
 
     def __init__(self, wanted: Sequence[str]):
+        super().__init__()
         self.wanted = set(wanted)
-        self.snapshot: Optional[Dict[str, Any]] = None
         self.nodes: Dict[str, Dict[str, Any]] = {}
 
-    def feed(self, line: str) -> None:
-        read = read_ls_line(line)
-        if read is None:
-            return
-        kind, message = read
-        if kind == "snapshot":
-            self.snapshot = message
-        elif message["path"] in self.wanted:
-            self.nodes[message["path"]] = message
+    def take(self, node: Dict[str, Any]) -> None:
+        if node["path"] in self.wanted:
+            self.nodes[node["path"]] = node
