@@ -17,8 +17,13 @@ from app.models.types import utcnow
 from app.services import rpc
 
 
-def _publish(rpc_id: str) -> None:
+def _settle(host, rpc_id: str, change):
+    """Apply ``change(call)`` to this host's call, commit, wake whoever waits for it."""
+    call = rpc.call_for_agent(host, rpc_id)
+    result = change(call)
+    db.session.commit()
     current_app.extensions["bus"].publish(rpc.rpc_key(rpc_id))
+    return result
 
 
 @bp.post("/rpc/<rpc_id>")
@@ -26,10 +31,7 @@ def _publish(rpc_id: str) -> None:
 def rpc_answer(rpc_id: str):
     host = _authenticated_host()
     body = parse.body()
-    call = rpc.call_for_agent(host, rpc_id)
-    rpc.answer(call, body, now=utcnow())
-    db.session.commit()
-    _publish(rpc_id)
+    _settle(host, rpc_id, lambda call: rpc.answer(call, body, now=utcnow()))
     return jsonify({"ok": True})
 
 
@@ -44,14 +46,11 @@ def rpc_data(rpc_id: str):
     if request.content_length is not None and request.content_length > rpc.MAX_CHUNK_BYTES:
         return error_response(413, "too_large", f"At most {rpc.MAX_CHUNK_BYTES} bytes a request.")
     data = request.get_data(cache=False)
-    call = rpc.call_for_agent(host, rpc_id)
     try:
-        committed = rpc.append_data(call, offset, data)
+        committed = _settle(host, rpc_id, lambda call: rpc.append_data(call, offset, data))
     except rpc.RpcGap as gap:
         db.session.rollback()
         return error_response(416, gap.code, gap.message, committed=gap.committed)
-    db.session.commit()
-    _publish(rpc_id)
     return jsonify({"committed": committed})
 
 
@@ -60,8 +59,5 @@ def rpc_data(rpc_id: str):
 def rpc_end(rpc_id: str):
     host = _authenticated_host()
     body = parse.body()
-    call = rpc.call_for_agent(host, rpc_id)
-    rpc.end(call, body, now=utcnow())
-    db.session.commit()
-    _publish(rpc_id)
+    _settle(host, rpc_id, lambda call: rpc.end(call, body, now=utcnow()))
     return jsonify({"ok": True})
