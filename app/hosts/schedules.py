@@ -112,17 +112,7 @@ def schedules_page(host_id: int):
 @bp.post("/<int:host_id>/schedules")
 @require_role(Role.operator)
 def create_schedule(host_id: int):
-    host = get_host_or_404(host_id)
-    form = ScheduleForm(host)
-    if not form.validate():
-        return _render(host, form=form, problem="Check the highlighted fields.", status=422)
-    try:
-        schedule = schedules.create(_box(), host, form.data_for_service(), now=utcnow())
-    except ServiceError as refused:
-        return _refused(host, form, None, refused)
-    record_change(host, schedule, "schedule.created")
-    flash(f"Schedule {schedule.name} saved; the agent gets it on its next poll.", "success")
-    return redirect(url_for("hosts.schedules", host_id=host.id))
+    return _save(get_host_or_404(host_id), None)
 
 
 @bp.get("/<int:host_id>/schedules/<int:schedule_id>/edit")
@@ -137,17 +127,26 @@ def edit_schedule(host_id: int, schedule_id: int):
 @require_role(Role.operator)
 def update_schedule(host_id: int, schedule_id: int):
     host = get_host_or_404(host_id)
-    schedule = schedules.get_schedule_or_404(host, schedule_id)
+    return _save(host, schedules.get_schedule_or_404(host, schedule_id))
+
+
+def _save(host: Host, schedule: Optional[Schedule]):
+    """The add (``schedule`` None) or edit form: check, save, audit, back to the list."""
     form = ScheduleForm(host)
     if not form.validate():
         return _render(
             host, form=form, editing=schedule, problem="Check the highlighted fields.", status=422
         )
     try:
-        schedules.update_schedule(_box(), host, schedule, form.data_for_service(), now=utcnow())
+        if schedule is None:
+            schedule = schedules.create(_box(), host, form.data_for_service(), now=utcnow())
+            action = "schedule.created"
+        else:
+            schedules.update_schedule(_box(), host, schedule, form.data_for_service(), now=utcnow())
+            action = "schedule.updated"
     except ServiceError as refused:
         return _refused(host, form, schedule, refused)
-    record_change(host, schedule, "schedule.updated")
+    record_change(host, schedule, action)
     flash(f"Schedule {schedule.name} saved; the agent gets it on its next poll.", "success")
     return redirect(url_for("hosts.schedules", host_id=host.id))
 
