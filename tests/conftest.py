@@ -15,7 +15,8 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.extensions import db
 from app.models import Role
-from app.services import users
+from app.models.types import utcnow
+from app.services import api_tokens, users
 
 POSTGRES_URL = os.environ.get("RM_TEST_DATABASE_URL", "")
 TEST_PASSWORD = "correct horse battery"
@@ -210,3 +211,26 @@ def live_server(app_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def protocol_app(app_factory):
+    """An app whose long polls are held 2 s (agent protocol tests)."""
+    app = app_factory(RM_POLL_WAIT_SECONDS=2)
+    with app.app_context():
+        yield app
+
+
+@pytest.fixture
+def api(app, make_user):
+    """``api(role)``: a test client signed in with a personal access token of that role."""
+
+    def client_for(role=Role.operator):
+        user = make_user(role)
+        _, bearer = api_tokens.create_token(user, "ci", now=utcnow())
+        db.session.commit()
+        client = app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {bearer}"
+        return client
+
+    return client_for

@@ -6,7 +6,6 @@ import threading
 import time
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import func, select
 
 from app.extensions import db
@@ -28,13 +27,6 @@ from app.services.audit import Actor
 
 REPO_PASSWORD = "correct-horse-repo-Secret-42"
 TS = "2026-11-25T20:31:00.000Z"
-
-
-@pytest.fixture
-def protocol_app(app_factory):
-    app = app_factory(RM_POLL_WAIT_SECONDS=2)
-    with app.app_context():
-        yield app
 
 
 def mint(app, hostname="web-1", paths=("/etc", "/home")):

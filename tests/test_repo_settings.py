@@ -20,7 +20,7 @@ from app.models import (
     SourceGroup,
 )
 from app.models.types import utcnow
-from app.services import api_tokens, commands, repository
+from app.services import commands, repository
 from tests.conftest import form_token
 
 ADMIN_PASSWORD = "prune-Everything-42"
@@ -42,19 +42,6 @@ def host(app):
     )
     db.session.commit()
     return host
-
-
-@pytest.fixture
-def api(app, make_user):
-    def client_for(role=Role.operator):
-        user = make_user(role)
-        _, bearer = api_tokens.create_token(user, "ci", now=utcnow())
-        db.session.commit()
-        client = app.test_client()
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {bearer}"
-        return client
-
-    return client_for
 
 
 def _commands(host, type_="config.update"):

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import AuditLog, Command, Host, Job, RepoStats, Role, Snapshot
 from app.models.types import utcnow
-from app.services import api_tokens, job_params
+from app.services import job_params
 from app.services.errors import ValidationFailed
 from tests.test_agent_protocol import TS, enroll
 
@@ -19,23 +19,9 @@ NEW_PASSWORD = "brand-new-Repo-Secret-77"
 
 
 @pytest.fixture
-def protocol_app(app_factory):
-    app = app_factory(RM_POLL_WAIT_SECONDS=2)
-    with app.app_context():
-        yield app
-
-
-@pytest.fixture
-def api(protocol_app, make_user):
-    def client_for(role=Role.operator):
-        user = make_user(role)
-        _, bearer = api_tokens.create_token(user, "ci", now=utcnow())
-        db.session.commit()
-        client = protocol_app.test_client()
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {bearer}"
-        return client
-
-    return client_for
+def app(protocol_app):
+    """The API clients below talk to the protocol app."""
+    return protocol_app
 
 
 def _event(event_id, type_, job_id, attempt, data=None):

@@ -10,24 +10,11 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import AuditLog, Command, Host, Job, Role, Schedule, Snapshot, SourceGroup
 from app.models.types import utcnow
-from app.services import api_tokens, commands
+from app.services import commands
 from tests.conftest import form_token
 from tests.test_dashboard import add_host
 
 HOOK = "pg_dump app > /var/backups/app.sql  # s3cret-hook-body"
-
-
-@pytest.fixture
-def api(app, make_user):
-    def client_for(role=Role.operator):
-        user = make_user(role)
-        _, bearer = api_tokens.create_token(user, "ci", now=utcnow())
-        db.session.commit()
-        client = app.test_client()
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {bearer}"
-        return client
-
-    return client_for
 
 
 def _count(model) -> int:
