@@ -13,7 +13,7 @@ from app.models import Host, Job, Role, SourceGroup
 from app.models.types import utcnow
 from app.web import fleet
 from app.web.fleet import FleetQuery, FleetRow
-from app.web.formatting import human_bytes, human_duration, relative_time
+from app.web.formatting import human_bytes, human_duration, plural, relative_time
 from tests.conftest import form_token
 
 NOW = utcnow()
@@ -198,6 +198,9 @@ def test_formatting():
     assert relative_time(NOW - timedelta(minutes=5), NOW) == "5 min ago"
     assert relative_time(NOW - timedelta(hours=3, minutes=59), NOW) == "3 h ago"
     assert relative_time(NOW - timedelta(days=2), NOW) == "2 d ago"
+    assert plural(1, "line") == "1 line"
+    assert plural(0, "snapshot") == "0 snapshots"
+    assert plural(12345, "entry", "entries") == "12,345 entries"
 
 
 # --- through HTTP ------------------------------------------------------------------------

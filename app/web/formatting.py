@@ -64,6 +64,14 @@ def relative_time(then: Optional[datetime], now: datetime) -> str:
     return f"{int(seconds // 86400)} d ago"
 
 
+def plural(count: Optional[int], word: str, plural_word: Optional[str] = None) -> str:
+    """'1 line', '2 lines', '0 snapshots'; `plural_word` for irregular words ('1 entry')."""
+    count = count or 0
+    if count == 1:
+        return f"1 {word}"
+    return f"{count:,} {plural_word or word + 's'}"
+
+
 def utc(value: Optional[datetime]) -> str:
     """The absolute time, for titles and tables: '2026-01-31 14:05 UTC'."""
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
@@ -149,6 +157,7 @@ FILTERS = {
     "human_bytes": human_bytes,
     "human_duration": human_duration,
     "utc": utc,
+    "plural": plural,
     "ago": relative_time,
     "job_summary": job_summary,
     "job_duration": job_duration,

@@ -12,6 +12,13 @@ window.humanBytes = function (value) {
   return (size < 100 ? size.toFixed(1) : size.toFixed(0)) + " " + units[unit];
 };
 
+// "1 line", "2 lines": formatting.py's plural filter for the page scripts.
+window.plural = function (count, word, pluralWord) {
+  const n = typeof count === "number" ? count : 0;
+  if (n === 1) return "1 " + word;
+  return n.toLocaleString("en-US") + " " + (pluralWord || word + "s");
+};
+
 document.addEventListener("click", function (event) {
   const button = event.target.closest("[data-copy]");
   if (!button) return;
