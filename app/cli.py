@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -50,6 +51,25 @@ def _gunicorn_knows(setting: str) -> bool:
     return any(known.name == setting for known in KNOWN_SETTINGS)
 
 
+GUNICORN_HOOKS = PROJECT_ROOT / "app" / "gunicorn_conf.py"
+
+
+def check_worker_class() -> None:
+    """Load gunicorn's gevent worker here, before announcing anything.
+
+    gunicorn resolves its worker class only after it has started; a missing dependency of the
+    gevent worker (`packaging`, declared only under gunicorn's `gevent` extra) would otherwise
+    surface after the setup URL was printed.
+    """
+    try:
+        importlib.import_module("gunicorn.workers.ggevent")
+    except ImportError as error:
+        raise click.ClickException(
+            f"gunicorn cannot load its gevent worker ({error}). Reinstall the server with "
+            "`install/run-server.sh` (or `pip install -e '.[server]'`)."
+        ) from None
+
+
 def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
     # Newer gunicorn opens a control socket under $HOME; we do not use it, and a sandboxed
     # service may not write there.
@@ -58,6 +78,10 @@ def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
         sys.executable,
         "-m",
         "gunicorn",
+        # Hooks: announce "listening" once a worker has loaded the app; a worker that cannot
+        # load it stops the server with its error as the last line.
+        "--config",
+        str(GUNICORN_HOOKS),
         "--worker-class",
         "gevent",
         "--workers",
@@ -90,12 +114,17 @@ def register_cli(app):
         """Apply migrations, then run gunicorn with gevent workers (SIGTERM stops gracefully)."""
         from flask_migrate import upgrade
 
+        check_worker_class()
         upgrade()
         base_url = current_app.config["RM_BASE_URL"] or f"http://{bind}"
         _announce_setup_if_needed(base_url)
         trusted = ",".join(str(net) for net in current_app.config["RM_TRUSTED_PROXIES"])
         argv = gunicorn_argv(bind, workers, trusted)
-        click.echo(f"restic-manager listening on http://{bind} ({workers} worker(s))", err=True)
+        # Printed by the first worker once it has loaded the application (gunicorn_conf.py).
+        noun = "worker" if workers == 1 else "workers"
+        os.environ["RM_SERVE_ANNOUNCEMENT"] = (
+            f"restic-manager listening on http://{bind} ({workers} {noun})"
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         # exec: gunicorn replaces this process (same pid for systemd; fresh interpreter, so

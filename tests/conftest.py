@@ -18,7 +18,27 @@ from app.models import Role
 from app.models.types import utcnow
 from app.services import api_tokens, users
 
-POSTGRES_URL = os.environ.get("RM_TEST_DATABASE_URL", "")
+
+def _postgres_url_for_this_worker(url: str) -> str:
+    """Under pytest-xdist each worker gets its own database (`<name>_gw0`, ...), created on
+    first use: the tests truncate and re-create schemas, which must not race."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    parsed = sa.engine.make_url(url)
+    name = f"{parsed.database}_{worker}"
+    engine = sa.create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        exists = connection.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+        ).scalar()
+        if not exists:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
+POSTGRES_URL = _postgres_url_for_this_worker(os.environ.get("RM_TEST_DATABASE_URL", ""))
 TEST_PASSWORD = "correct horse battery"
 _CSRF = re.compile(
     r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"'
