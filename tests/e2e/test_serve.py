@@ -38,17 +38,15 @@ def _wait_for(url: str, deadline: float) -> None:
     raise AssertionError(f"{url} did not come up")
 
 
-@pytest.fixture
-def server(tmp_path, migrated_template):
-    """The real server on this run's database (a fresh SQLite copy, or truncated PostgreSQL)."""
-    port = _free_port()
+def _start_serve(tmp_path, database_url, port, extra_env=None):
     log_path = tmp_path / "server.log"
     env = {key: value for key, value in os.environ.items() if not key.startswith("RM_")}
     env.update(
         {
             "RM_DATA_DIR": str(tmp_path / "data"),
-            "RM_DATABASE_URL": fresh_database_url(migrated_template, tmp_path),
+            "RM_DATABASE_URL": database_url,
             "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
         }
     )
     with open(log_path, "wb") as log:
@@ -59,6 +57,16 @@ def server(tmp_path, migrated_template):
             env=env,
             cwd=Path(__file__).resolve().parents[2],
         )
+    return process, log_path
+
+
+@pytest.fixture
+def server(tmp_path, migrated_template):
+    """The real server on this run's database (a fresh SQLite copy, or truncated PostgreSQL)."""
+    port = _free_port()
+    process, log_path = _start_serve(
+        tmp_path, fresh_database_url(migrated_template, tmp_path), port
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{base}/healthz", time.monotonic() + 30)
@@ -74,6 +82,9 @@ def test_serve_first_run_to_api_token_and_graceful_stop(server, tmp_path):
     output = log_path.read_text()
     match = SETUP_URL.search(output)
     assert match, output
+    # "listening" is said by the worker once it has loaded the app, not before it booted.
+    listening = output.index(f"restic-manager listening on {base} (1 worker)")
+    assert output.index("Booting worker") < listening
     setup_url, setup_token = match.groups()
     assert setup_url.startswith(base)
 
@@ -124,3 +135,62 @@ def test_serve_first_run_to_api_token_and_graceful_stop(server, tmp_path):
     assert "a long enough passphrase" not in log
     assert plain not in log
     assert "Shutting down" in log or "Handling signal: term" in log
+
+
+def _refusing_imports(tmp_path, refused: str, error: str):
+    """A sitecustomize that makes importing `refused` fail in every Python process started
+    with it on PYTHONPATH: a worker's failure to boot, for real, without touching the code."""
+    folder = tmp_path / "fault"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name == {refused!r} or name.startswith({refused!r} + '.'):\n"
+        f"            raise {error}\n"
+        "sys.meta_path.insert(0, _Refuse())\n"
+    )
+    return {"PYTHONPATH": str(folder)}
+
+
+def test_a_worker_that_cannot_load_the_app_stops_serve_with_its_error_last(
+    tmp_path, migrated_template
+):
+    # Only gunicorn's worker imports wsgi.py: the serve command itself starts normally.
+    fault = _refusing_imports(
+        tmp_path, "wsgi", "RuntimeError('simulated: the database is unreachable')"
+    )
+    process, log_path = _start_serve(
+        tmp_path, fresh_database_url(migrated_template, tmp_path), _free_port(), fault
+    )
+    try:
+        status = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = log_path.read_text()
+    assert status != 0, output
+    assert "listening on" not in output
+    last_line = output.strip().splitlines()[-1]
+    assert last_line == (
+        "restic-manager could not start: RuntimeError: simulated: the database is unreachable"
+    )
+
+
+def test_serve_refuses_at_once_when_the_gevent_worker_cannot_load(tmp_path, migrated_template):
+    # gunicorn 27's gevent worker imports `packaging`, declared only under gunicorn[gevent].
+    fault = _refusing_imports(
+        tmp_path, "packaging", "ModuleNotFoundError(\"No module named 'packaging'\")"
+    )
+    process, log_path = _start_serve(
+        tmp_path, fresh_database_url(migrated_template, tmp_path), _free_port(), fault
+    )
+    try:
+        status = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = log_path.read_text()
+    assert status == 1, output
+    assert "setup_token" not in output  # nothing is announced before the check
+    assert "gunicorn cannot load its gevent worker (No module named 'packaging')" in output
