@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import datetime
 from typing import Any, Dict, List, Optional
 
 from agent import __version__
@@ -24,6 +25,7 @@ from agent.config import (
 from agent.facts import host_facts
 from agent.journal import isoformat, utc_now
 from agent.paths import HOME_ENV, AgentPaths, read_json, resolve_home
+from agent.scheduler import local_now, next_slot
 from agent.schedules import ScheduleStore
 from agent.spool import spool_stats_from_disk
 from agent.status import read_status
@@ -203,15 +205,21 @@ def collect_status(paths: AgentPaths) -> Dict[str, Any]:
 
 
 def _schedules(paths: AgentPaths, state: State) -> Optional[Dict[str, Any]]:
-    """The applied schedule set without its hook bodies, with each last fire time."""
+    """The applied schedule set without its hook bodies, with when each last fired (``None``:
+    never; a skipped missed run is no fire) and, when enabled, when it fires next."""
     applied = ScheduleStore(paths.schedules, state.secrets_key()).load()
     if applied is None:
         return None
     summary = applied.summary()
     fires = read_json(paths.schedule_state, default={}) or {}
+    now = local_now()
     for schedule in summary["schedules"]:
         entry = fires.get(str(schedule["id"])) if isinstance(fires, dict) else None
-        schedule["last_fire_at"] = entry.get("last_fire_at") if isinstance(entry, dict) else None
+        fired_at = entry.get("fired_at") if isinstance(entry, dict) else None
+        schedule["last_fire_at"] = fired_at if isinstance(fired_at, str) else None
+        schedule["next_fire_at"] = (
+            next_slot(schedule["cron"], now).isoformat() if schedule["enabled"] else None
+        )
     return summary
 
 
@@ -254,7 +262,20 @@ def _schedule_lines(schedules: Optional[Dict[str, Any]]) -> List[str]:
         state = "" if schedule["enabled"] else ", disabled"
         lines.append(
             f"  {schedule['name']}: {schedule['cron']} ({', '.join(schedule['groups'])}; "
-            f"missed: {schedule['missed_policy']}{state}; "
-            f"last fired {schedule['last_fire_at'] or 'never'})"
+            f"missed: {schedule['missed_policy']}{state})"
         )
+        fires = f"    last fired {_readable_time(schedule['last_fire_at']) or 'never'}"
+        if schedule["next_fire_at"]:
+            fires += f", next {_readable_time(schedule['next_fire_at'])}"
+        lines.append(fires)
     return lines
+
+
+def _readable_time(value: Optional[str]) -> Optional[str]:
+    """``2026-12-03 02:30:00+01:00`` (the host's local time, as cron reads it)."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).isoformat(sep=" ", timespec="seconds")
+    except ValueError:
+        return value

@@ -1,12 +1,14 @@
 """Fires the applied schedules on the agent's own clock (docs/protocol.md, "Firing").
 
-Each enabled schedule's last fire time (the cron slot it fired for) is kept in
+Each enabled schedule's newest handled cron slot (``last_fire_at``) is kept in
 ``schedule_state.json`` and written *before* the schedule's jobs start, so a restart never
-fires the same slot twice. A slot is on time when it is the first one since the last fire
-and at most ``ON_TIME_SECONDS`` old; anything else (the agent was stopped, the host slept)
-is a missed run: ``run_once`` fires once now, ``skip`` only moves the last fire time on.
-A schedule seen for the first time (or whose cron changed, or that was re-enabled) starts
-from now: it never fires for the past.
+fires the same slot twice; ``fired_at`` is when it really last fired, for ``status`` (a
+skipped missed run, or a schedule seen for the first time, moves ``last_fire_at`` only).
+A slot is on time when it is the first one since the last fire and at most
+``ON_TIME_SECONDS`` old; anything else (the agent was stopped, the host slept) is a missed
+run: ``run_once`` fires once now, ``skip`` only moves the last fire time on. A schedule seen
+for the first time (or whose cron changed, or that was re-enabled) starts from now: it never
+fires for the past.
 """
 
 import logging
@@ -83,18 +85,24 @@ class Scheduler:
         self._wake.set()
 
     def last_fires(self) -> Dict[str, Optional[str]]:
-        """schedule id → last fire time (ISO 8601), for ``status``."""
+        """schedule id → when it really last fired (ISO 8601; ``None``: never), for ``status``."""
         with self._lock:
-            return {key: entry.get("last_fire_at") for key, entry in self._state.items()}
+            return {key: entry.get("fired_at") for key, entry in self._state.items()}
 
     def _sync_state(self, now: datetime) -> None:
-        enabled = [s for s in (self._set.schedules if self._set else []) if s.enabled]
         state: Dict[str, Dict[str, Any]] = {}
-        for schedule in enabled:
-            entry = self._state.get(str(schedule.id))
-            if entry is None or entry.get("cron") != schedule.cron or not _time(entry):
-                entry = {"cron": schedule.cron, "last_fire_at": now.isoformat()}
-            state[str(schedule.id)] = entry
+        for schedule in self._set.schedules if self._set else []:
+            key = str(schedule.id)
+            entry = self._state.get(key) or {}
+            fired = {"fired_at": entry["fired_at"]} if entry.get("fired_at") else {}
+            if not schedule.enabled:
+                # Only the real fire time is kept: re-enabling starts from now.
+                if fired:
+                    state[key] = fired
+                continue
+            if entry.get("cron") != schedule.cron or not _time(entry):
+                entry = {"cron": schedule.cron, "last_fire_at": now.isoformat(), **fired}
+            state[key] = entry
         if state != self._state:
             self._state = state
             self._save()
@@ -113,8 +121,8 @@ class Scheduler:
             due = []
             for schedule in self._set.schedules if self._set else []:
                 entry = self._state.get(str(schedule.id))
-                if entry is None:
-                    continue  # disabled
+                if entry is None or not schedule.enabled:
+                    continue
                 fired_at = self._due(schedule, entry, now, starting)
                 if fired_at is not None:
                     due.append((schedule, fired_at))
@@ -139,15 +147,18 @@ class Scheduler:
             return None
         late = (now - slot).total_seconds() > ON_TIME_SECONDS
         missed = starting or late or next_slot(schedule.cron, last) < slot
-        entry["last_fire_at"] = slot.isoformat()
-        self._save()  # before the jobs start: a restart never fires this slot again
-        if not missed:
-            return slot
-        if schedule.missed_policy == "run_once":
+        fired_at: Optional[datetime] = slot
+        if missed and schedule.missed_policy == "run_once":
             log.info("schedule %r missed a run: running it once now", schedule.name)
-            return now
-        log.info("schedule %r missed a run: skipped (missed_policy skip)", schedule.name)
-        return None
+            fired_at = now
+        elif missed:
+            log.info("schedule %r missed a run: skipped (missed_policy skip)", schedule.name)
+            fired_at = None
+        entry["last_fire_at"] = slot.isoformat()
+        if fired_at is not None:
+            entry["fired_at"] = fired_at.isoformat()
+        self._save()  # before the jobs start: a restart never fires this slot again
+        return fired_at
 
     def seconds_to_next(self) -> float:
         """How long the thread may sleep: until the next slot, at most ``tick_seconds``."""

@@ -8,7 +8,7 @@ import pytest
 from fake_agent_server import all_files, wait_for
 from test_agent_service import Running, config_update
 
-from agent.cli import collect_status
+from agent.cli import collect_status, main
 from agent.paths import AgentPaths
 from agent.scheduler import Scheduler
 from agent.schedules import parse_schedule_set
@@ -373,3 +373,46 @@ def test_run_now_backups_use_the_host_caps_unless_overridden(agent_home, fake_re
     assert first[first.index("--limit-download") + 1] == "2048"
     assert second[second.index("--limit-upload") + 1] == "100"
     assert "--limit-download" not in second  # 0 = unlimited: the override wins
+
+
+def test_status_shows_when_each_schedule_really_fired(agent_home, fake_restic, capsys):
+    def payload(version=1, enabled=True):
+        return schedule_payload(version, "30 2 * * *", "skip", enabled)
+
+    clock = Clock()
+    agent = Agent(agent_home, restic_binary=str(fake_restic), clock=clock.now)
+    agent.handle_command(schedule_set_command(payload()))
+    scheduler, fired = make_scheduler(agent_home, clock, payload())
+    scheduler.tick()  # first seen at 02:29:30: applying it is no fire
+
+    def schedule_status():
+        assert main(["--home", str(agent_home), "status"]) == 0
+        text = capsys.readouterr().out
+        lines = text.splitlines()
+        (heading,) = [n for n, line in enumerate(lines) if line.startswith("  nightly: 30 2 * * *")]
+        return lines[heading + 1]
+
+    assert schedule_status().startswith("    last fired never, next ")
+    (reported,) = collect_status(AgentPaths(agent_home))["schedules"]["schedules"]
+    assert reported["last_fire_at"] is None
+    assert reported["next_fire_at"]  # the host's clock, not the test's
+    clock.advance(seconds=40)  # 02:30:10
+    assert scheduler.tick() == [4]
+    assert schedule_status().startswith("    last fired 2026-11-25 02:30:00+00:00, next ")
+    assert scheduler.last_fires() == {"4": "2026-11-25T02:30:00+00:00"}
+
+    clock.advance(days=2)  # missed slots, skipped: no fire, the last one stays
+    assert scheduler.tick() == []
+    assert schedule_status().startswith("    last fired 2026-11-25 02:30:00+00:00")
+    assert fired == [(4, datetime(2026, 11, 25, 2, 30, tzinfo=timezone.utc))]
+
+    # Disabled, it keeps its last fire and has no next one; re-enabled, it starts from now.
+    agent.handle_command(schedule_set_command(payload(2, enabled=False), "c-2"))
+    scheduler.apply(parse_schedule_set(payload(2, enabled=False)))  # writes the state last
+    assert schedule_status() == "    last fired 2026-11-25 02:30:00+00:00"
+    (reported,) = collect_status(AgentPaths(agent_home))["schedules"]["schedules"]
+    assert reported["last_fire_at"] == "2026-11-25T02:30:00+00:00"
+    assert reported["next_fire_at"] is None
+    scheduler.apply(parse_schedule_set(payload(3)))
+    assert scheduler.tick() == []
+    assert scheduler.last_fires() == {"4": "2026-11-25T02:30:00+00:00"}
