@@ -26,6 +26,14 @@ def _token_json(token, plain: str | None = None) -> dict:
         "created_at": iso(token.created_at),
         "expires_at": iso(token.expires_at),
         "expired": token.expires_at <= utcnow(),
+        "used_at": iso(token.used_at),
+        "revoked_at": iso(token.revoked_at),
+        # The host it enrolled (the Add host page waits for this), null until it is used.
+        "host": (
+            {"id": token.used_by_host.id, "hostname": token.used_by_host.hostname}
+            if token.used_by_host is not None
+            else None
+        ),
     }
     if plain:
         body.update(
@@ -71,6 +79,13 @@ def create_enrollment_token():
     _audit("enrollment_token.created", token)
     db.session.commit()
     return jsonify(_token_json(token, plain)), 201
+
+
+@bp.get("/enrollment-tokens/<int:token_id>")
+@require_role(Role.admin)
+def get_enrollment_token(token_id: int):
+    """One token, also once used or revoked: ``host`` names the host it enrolled."""
+    return jsonify(_token_json(enrollment.get_token(token_id)))
 
 
 @bp.post("/enrollment-tokens/<int:token_id>/regenerate")

@@ -75,14 +75,16 @@ def mint_token(
     paths,
     now: datetime,
 ) -> tuple[EnrollmentToken, str]:
-    """Validate the Add-host input and mint a one-time token (TTL 1 h)."""
-    hostname = validate.hostname(hostname, required=False)
+    """Validate the Add-host input (every problem at once) and mint a one-time token (1 h)."""
+    errors = validate.FieldErrors()
+    hostname = errors.check(validate.hostname, hostname, required=False)
     repo_url, repo_username, repo_password = validate.repository(
-        repo_url, repo_username, repo_password
+        repo_url, repo_username, repo_password, errors
     )
-    paths = validate.absolute_paths(paths)
+    paths = errors.check(validate.absolute_paths, paths, "paths", label="Paths to back up")
     if hostname and db.session.scalar(select(Host.id).where(Host.hostname == hostname)):
-        validate.fail("hostname", f"A host named {hostname} already exists.")
+        errors.add("hostname", f"A host named {hostname} already exists.")
+    errors.raise_any()
     plain = new_token(ENROLLMENT_PREFIX)
     token = EnrollmentToken(
         token_hash=hash_token(plain),
@@ -115,6 +117,14 @@ def outstanding_tokens(now: datetime) -> list[EnrollmentToken]:
             .order_by(EnrollmentToken.created_at.desc(), EnrollmentToken.id.desc())
         )
     )
+
+
+def get_token(token_id: int) -> EnrollmentToken:
+    """Any token, used, revoked or expired (the Add host page follows it until it enrolls)."""
+    token = db.session.get(EnrollmentToken, token_id)
+    if token is None:
+        raise NotFound(f"There is no enrollment token with id {token_id}.")
+    return token
 
 
 def get_outstanding(token_id: int, now: datetime) -> EnrollmentToken:

@@ -58,15 +58,17 @@ def _percent(value: Any) -> Optional[float]:
 
 
 def save_maintenance(host: Host, data: dict, *, now: datetime) -> RepoMaintenance:
-    """Replace the cadences (a null cron turns that task off)."""
+    """Replace the cadences (a null cron turns that task off); every problem at once."""
+    errors = validate.FieldErrors()
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
-        _refuse("enabled", "enabled must be true or false.")
+        errors.add("enabled", "Maintenance enabled (enabled) must be true or false.")
     values = {
-        f"{task}_cron": _cron(data.get(f"{task}_cron"), f"{task}_cron")
+        f"{task}_cron": errors.check(_cron, data.get(f"{task}_cron"), f"{task}_cron")
         for task in maintenance.TASKS
     }
-    percent = _percent(data.get("check_subset_percent"))
+    percent = errors.check(_percent, data.get("check_subset_percent"))
+    errors.raise_any()
     settings = maintenance.settings_of(host)
     if settings is None:
         settings = RepoMaintenance(host_id=host.id)
@@ -83,21 +85,24 @@ def save_maintenance(host: Host, data: dict, *, now: datetime) -> RepoMaintenanc
 # --- bandwidth -----------------------------------------------------------------------------
 
 
-def _kib(value: Any, field: str) -> Optional[int]:
+def _kib(value: Any, field: str, label: str) -> Optional[int]:
     if value is None or value == "":
         return None
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _refuse(field, "A cap is a whole number of KiB/s (at least 1), or empty for none.")
+        _refuse(field, f"{label} is a whole number of KiB/s (at least 1), or empty for none.")
     if value > MAX_KIB_PER_SECOND:
-        _refuse(field, f"A cap is at most {MAX_KIB_PER_SECOND:,} KiB/s.")
+        _refuse(field, f"{label} is at most {MAX_KIB_PER_SECOND:,} KiB/s.")
     return value
 
 
 def save_bandwidth(box: SecretBox, host: Host, upload_kib, download_kib, *, now: datetime) -> None:
     """Host-wide caps for restic's --limit-upload / --limit-download (None: unlimited)."""
-    upload, download = _kib(upload_kib, "upload_kib"), _kib(download_kib, "download_kib")
+    errors = validate.FieldErrors()
+    upload = errors.check(_kib, upload_kib, "upload_kib", "Upload cap")
+    download = errors.check(_kib, download_kib, "download_kib", "Download cap")
+    errors.raise_any()
     if (upload, download) == (host.limit_upload_kib, host.limit_download_kib):
         return
     host.limit_upload_kib, host.limit_download_kib = upload, download
@@ -122,11 +127,12 @@ def save_admin_credential(
             f"{host.hostname} has no repository connection yet: save that first.",
             code="no_repository",
         )
-    username = validate.text(username, "username", "Username", required=False, max_length=255)
-    if not isinstance(password, str) or not password:
-        _refuse("password", "The admin password is required.")
-    if len(password) > 1024:
-        _refuse("password", "The admin password must be at most 1024 characters.")
+    errors = validate.FieldErrors()
+    username = errors.check(
+        validate.text, username, "username", "Admin username", required=False, max_length=255
+    )
+    password = errors.check(validate.password, password, "password", "Admin password")
+    errors.raise_any()
     credential = repository.credential_of(host, "admin")
     if credential is None:
         credential = HostCredential(host_id=host.id, kind="admin", sealed_password=b"")

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from app.extensions import db
 from app.models import Command, Host, Job, Schedule, SourceGroup
 from app.secretbox import SecretBox
-from app.services import commands
+from app.services import commands, validate
 from app.services.errors import NotFound, ValidationFailed
 
 MAX_NAME = 64
@@ -145,14 +145,35 @@ def _groups(host: Host, value) -> list[SourceGroup]:
 
 def _enabled(value) -> bool:
     if not isinstance(value, bool):
-        _refuse("enabled", "enabled must be true or false.")
+        _refuse("enabled", "Enabled (enabled) must be true or false.")
     return value
 
 
 def _missed_policy(value) -> str:
     if value not in MISSED_POLICIES:
-        _refuse("missed_policy", "missed_policy must be run_once or skip.")
+        _refuse("missed_policy", "Missed runs (missed_policy) must be run_once or skip.")
     return value
+
+
+def _checked(host: Host, data: dict, current: Optional[Schedule], *, partial: bool) -> dict:
+    """The fields of ``data`` (all of them unless ``partial``), every problem at once."""
+    errors = validate.FieldErrors()
+    checks = {
+        "name": lambda value: _name(host, value, current),
+        "cron": validate_cron,
+        "enabled": _enabled,
+        "missed_policy": _missed_policy,
+        "source_groups": lambda value: _groups(host, value),
+    }
+    defaults = {"enabled": True, "missed_policy": "run_once"}
+    values = {}
+    for field, check in checks.items():
+        if field in data:
+            values[field] = errors.check(check, data[field])
+        elif not partial:
+            values[field] = errors.check(check, defaults.get(field))
+    errors.raise_any()
+    return values
 
 
 # --- changes -------------------------------------------------------------------------------
@@ -160,16 +181,10 @@ def _missed_policy(value) -> str:
 
 def create(box: SecretBox, host: Host, data: dict, *, now: datetime) -> Schedule:
     """A new schedule from ``data`` (name, cron, source_groups; enabled, missed_policy)."""
-    schedule = Schedule(
-        host_id=host.id,
-        name=_name(host, data.get("name"), None),
-        cron=validate_cron(data.get("cron")),
-        enabled=_enabled(data.get("enabled", True)),
-        missed_policy=_missed_policy(data.get("missed_policy", "run_once")),
-        created_at=now,
-        updated_at=now,
-    )
-    schedule.source_groups = _groups(host, data.get("source_groups"))
+    values = _checked(host, data, None, partial=False)
+    groups = values.pop("source_groups")
+    schedule = Schedule(host_id=host.id, created_at=now, updated_at=now, **values)
+    schedule.source_groups = groups
     db.session.add(schedule)
     db.session.flush()
     bump_version(box, host, now=now)
@@ -180,16 +195,8 @@ def update_schedule(
     box: SecretBox, host: Host, schedule: Schedule, data: dict, *, now: datetime
 ) -> Schedule:
     """Change the fields present in ``data``; everything is validated before anything moves."""
-    values = {}
-    if "name" in data:
-        values["name"] = _name(host, data["name"], schedule)
-    if "cron" in data:
-        values["cron"] = validate_cron(data["cron"])
-    if "enabled" in data:
-        values["enabled"] = _enabled(data["enabled"])
-    if "missed_policy" in data:
-        values["missed_policy"] = _missed_policy(data["missed_policy"])
-    groups = _groups(host, data["source_groups"]) if "source_groups" in data else None
+    values = _checked(host, data, schedule, partial=True)
+    groups = values.pop("source_groups", None)
     for field, value in values.items():
         setattr(schedule, field, value)
     if groups is not None:

@@ -90,6 +90,26 @@ def open_hooks(box: SecretBox, group: SourceGroup) -> dict[str, Optional[str]]:
 
 # --- validation ----------------------------------------------------------------------------
 
+# The words the Sources form uses; messages name fields by them, not by their JSON keys.
+LABELS = {
+    "name": "Name",
+    "includes": "Paths to back up",
+    "excludes": "Excludes",
+    "retry_max": "Retries when the host is offline",
+    "retry_backoff_seconds": "First retry after (seconds)",
+    "pre_hook": "Pre-hook",
+    "post_hook": "Post-hook",
+}
+RETENTION_LABELS = {
+    "keep_last": "Keep last",
+    "keep_hourly": "Keep hourly",
+    "keep_daily": "Keep daily",
+    "keep_weekly": "Keep weekly",
+    "keep_monthly": "Keep monthly",
+    "keep_yearly": "Keep yearly",
+    "keep_within": "Keep within",
+}
+
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
@@ -105,7 +125,7 @@ def _name(value: Any) -> str:
 
 
 def _includes(value: Any) -> list[str]:
-    paths = validate.absolute_paths(value, "includes")
+    paths = validate.absolute_paths(value, "includes", label=LABELS["includes"])
     if not paths:
         validate.fail("includes", "Give at least one absolute path to back up.")
     return paths
@@ -134,27 +154,57 @@ def _excludes(value: Any) -> list[str]:
     return patterns
 
 
-def _whole(value: Any, field: str, label: str, bounds: tuple[int, int]) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    low, high = bounds
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        validate.fail(field, f"{label} must be a whole number from {low} to {high}.")
-    return value
+def _whole(field: str, bounds: tuple[int, int]):
+    def check(value: Any) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        low, high = bounds
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            validate.fail(field, f"{LABELS[field]} must be a whole number from {low} to {high}.")
+        return value
+
+    return check
 
 
 def _hook(value: Any, name: str) -> Optional[str]:
     """Shell text, or None to remove the hook."""
+    label = LABELS[name]
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str):
-        validate.fail(name, f"{name} must be shell text (or null to remove it).")
+        validate.fail(name, f"{label} must be shell text (or null to remove it).")
     value = value.replace("\r\n", "\n").strip()
     if "\x00" in value:
-        validate.fail(name, f"{name} must not contain NUL characters.")
+        validate.fail(name, f"{label} must not contain NUL characters.")
     if len(value.encode()) > MAX_HOOK_BYTES:
-        validate.fail(name, f"{name} must be at most {MAX_HOOK_BYTES // 1024} KiB.")
+        validate.fail(name, f"{label} must be at most {MAX_HOOK_BYTES // 1024} KiB.")
     return value
+
+
+def clean_retention(value: Any) -> dict:
+    """A group's retention policy ({} keeps everything), every bad rule named in the
+    form's words ("Keep daily", not keep_daily)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return job_params.retention_policy(value, field="retention", allow_empty=True)
+    errors = validate.FieldErrors()
+    policy: dict[str, Any] = {}
+    for key, item in value.items():
+        try:
+            policy.update(
+                job_params.retention_policy({key: item}, field="retention", allow_empty=True)
+            )
+        except ValidationFailed as refused:
+            label = RETENTION_LABELS.get(key)
+            for field, messages in refused.fields.items():
+                for message in messages:
+                    if label and message.startswith(key):
+                        message = label + message[len(key) :]
+                    errors.add(field, message)
+    errors.raise_any()
+    order = list(RETENTION_LABELS)
+    return dict(sorted(policy.items(), key=lambda rule: order.index(rule[0])))
 
 
 def _unique_name(host: Host, name: str, group: Optional[SourceGroup]) -> None:
@@ -165,40 +215,50 @@ def _unique_name(host: Host, name: str, group: Optional[SourceGroup]) -> None:
         validate.fail("name", f"{host.hostname} already has a source group named {name!r}.")
 
 
-def clean(data: dict, *, partial: bool) -> dict:
-    """Validated fields of ``data``; with ``partial`` only those present (hooks apart)."""
+_CHECKS = {
+    "name": _name,
+    "includes": _includes,
+    "excludes": _excludes,
+    "retention": clean_retention,
+    "retry_max": _whole("retry_max", RETRY_MAX),
+    "retry_backoff_seconds": _whole("retry_backoff_seconds", RETRY_BACKOFF_SECONDS),
+}
+_DEFAULTS = {
+    "excludes": [],
+    "retention": {},
+    "retry_max": DEFAULT_RETRY_MAX,
+    "retry_backoff_seconds": DEFAULT_RETRY_BACKOFF_SECONDS,
+}
+
+
+def clean(
+    data: dict,
+    *,
+    partial: bool,
+    host: Optional[Host] = None,
+    group: Optional[SourceGroup] = None,
+) -> dict:
+    """Validated fields of ``data``; with ``partial`` only those present (hooks apart).
+
+    Every problem is reported at once; with ``host`` the name must be free on it (``group``
+    being the one that may keep it)."""
     if not isinstance(data, dict):
         raise ValidationFailed("The source group must be an object.")
-    unknown = sorted(set(data) - {*_FIELDS, *HOOKS})
-    if unknown:
-        validate.fail(unknown[0], f"Unknown field {unknown[0]!r}.")
-    checks = {
-        "name": _name,
-        "includes": _includes,
-        "excludes": _excludes,
-        "retention": lambda value: job_params.retention_policy(
-            value, field="retention", allow_empty=True
-        ),
-        "retry_max": lambda value: _whole(value, "retry_max", "Retry max", RETRY_MAX),
-        "retry_backoff_seconds": lambda value: _whole(
-            value, "retry_backoff_seconds", "Retry backoff", RETRY_BACKOFF_SECONDS
-        ),
-    }
-    defaults = {
-        "excludes": [],
-        "retention": {},
-        "retry_max": DEFAULT_RETRY_MAX,
-        "retry_backoff_seconds": DEFAULT_RETRY_BACKOFF_SECONDS,
-    }
+    errors = validate.FieldErrors()
+    for unknown in sorted(set(data) - {*_FIELDS, *HOOKS}):
+        errors.add(unknown, f"Unknown field {unknown!r}.")
     cleaned: dict[str, Any] = {}
-    for field, check in checks.items():
+    for field, check in _CHECKS.items():
         if field in data:
-            cleaned[field] = check(data[field])
+            cleaned[field] = errors.check(check, data[field])
         elif not partial:
-            cleaned[field] = check(defaults[field]) if field in defaults else check(None)
+            cleaned[field] = errors.check(check, _DEFAULTS.get(field))
     for name in HOOKS:
         if name in data:
-            cleaned[name] = _hook(data[name], name)
+            cleaned[name] = errors.check(_hook, data[name], name)
+    if host is not None and cleaned.get("name"):
+        errors.check(_unique_name, host, cleaned["name"], group)
+    errors.raise_any()
     return cleaned
 
 
@@ -265,8 +325,7 @@ def create(
     may_edit_hooks: bool,
     client_address: Optional[str] = None,
 ) -> SourceGroup:
-    cleaned = clean(data, partial=False)
-    _unique_name(host, cleaned["name"], None)
+    cleaned = clean(data, partial=False, host=host)
     if not may_edit_hooks and any(cleaned.get(name) for name in HOOKS):
         raise Forbidden(HOOKS_NEED_ADMIN, code="hooks_need_admin")
     group = SourceGroup(
@@ -301,9 +360,7 @@ def update(
     client_address: Optional[str] = None,
 ) -> SourceGroup:
     """Change the fields given; a hook left out stays, ``null`` or ``""`` removes it."""
-    cleaned = clean(data, partial=True)
-    if "name" in cleaned:
-        _unique_name(group.host, cleaned["name"], group)
+    cleaned = clean(data, partial=True, host=group.host, group=group)
     before = _summary(group)
     hooks = _apply_hooks(box, group, cleaned, may_edit_hooks=may_edit_hooks)
     for field in _FIELDS:
@@ -377,7 +434,7 @@ def delete(
 
 def preview_retention(host: Host, tag: str, policy: Any) -> dict:
     """Which of the host's stored snapshots tagged ``tag`` the policy keeps and removes."""
-    policy = job_params.retention_policy(policy, field="retention", allow_empty=True)
+    policy = clean_retention(policy)
     decisions = retention.preview(snapshots_of(host, tag=tag), policy) if tag else []
     return {
         "retention": policy,
@@ -402,11 +459,11 @@ def save_host_hooks(box: SecretBox, host: Host, data: Any, *, actor: Actor, now:
     """
     if not isinstance(data, dict) or set(data) - set(HOOKS):
         validate.fail("hooks", "Send pre_hook and/or post_hook (shell text, or null to remove).")
+    errors = validate.FieldErrors()
+    wanted_hooks = {name: errors.check(_hook, data[name], name) for name in HOOKS if name in data}
+    errors.raise_any()
     changed = []
-    for name in HOOKS:
-        if name not in data:
-            continue
-        wanted = _hook(data[name], name)
+    for name, wanted in wanted_hooks.items():
         current = getattr(host, f"sealed_{name}")
         if current is None and wanted is None:
             continue

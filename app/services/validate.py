@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, Callable, Optional
 
 from app.services.errors import ValidationFailed
 
@@ -12,6 +13,46 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def fail(field: str, message: str):
     raise ValidationFailed(message, fields={field: [message]})
+
+
+class FieldErrors:
+    """Every field's problem of one input, so a form shows them all at once.
+
+    ``check`` runs one field's validator and notes its refusal instead of stopping;
+    ``raise_any`` then raises one :class:`ValidationFailed` carrying all of them (its
+    message is every problem in order, so the JSON API's ``message`` says it all too).
+    """
+
+    def __init__(self):
+        self.fields: dict[str, list[str]] = {}
+
+    def add(self, field: str, message: str) -> None:
+        messages = self.fields.setdefault(field, [])
+        if message not in messages:
+            messages.append(message)
+
+    def check(self, validator: Callable[..., Any], *args, **kwargs) -> Optional[Any]:
+        """``validator(*args, **kwargs)``, or None once its refusal is noted."""
+        try:
+            return validator(*args, **kwargs)
+        except ValidationFailed as refused:
+            self.merge(refused)
+            return None
+
+    def merge(self, refused: ValidationFailed) -> None:
+        if not refused.fields:
+            self.add("", refused.message)
+        for field, messages in refused.fields.items():
+            for message in messages or [refused.message]:
+                self.add(field, message)
+
+    def has(self, field: str) -> bool:
+        return field in self.fields
+
+    def raise_any(self) -> None:
+        if self.fields:
+            messages = [message for found in self.fields.values() for message in found]
+            raise ValidationFailed(" ".join(messages), fields=self.fields)
 
 
 def hostname(value, field: str = "hostname", *, required: bool = True) -> str | None:
@@ -46,40 +87,62 @@ def text(value, field: str, label: str, *, required: bool, max_length: int) -> s
     return value
 
 
-def absolute_paths(value, field: str = "paths") -> list[str]:
-    """A list of absolute paths (POSIX `/…` or Windows `C:\\…`), duplicates removed."""
+def absolute_paths(value, field: str = "paths", *, label: str = "Paths") -> list[str]:
+    """A list of absolute paths (POSIX `/…` or Windows `C:\\…`), duplicates removed.
+
+    Every bad line is named, not only the first."""
     if value is None:
         return []
     if isinstance(value, str):
         value = [line for line in value.splitlines()]
     if not isinstance(value, list):
-        fail(field, "Paths must be a list of absolute paths.")
+        fail(field, f"{label} must be a list of absolute paths.")
     paths: list[str] = []
+    problems: list[str] = []
     for item in value:
         if not isinstance(item, str):
-            fail(field, "Each path must be a string.")
+            problems.append("Each path must be a string.")
+            continue
         item = item.strip()
         if not item:
             continue
         if not (item.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", item)):
-            fail(field, f"{item!r} is not an absolute path (start it with / or a drive letter).")
-        if len(item) > 4096 or _CONTROL.search(item):
-            fail(field, f"{item[:60]!r} is too long or contains control characters.")
-        if item not in paths:
+            problems.append(
+                f"{item[:60]!r} is not an absolute path (start it with / or a drive letter)."
+            )
+        elif len(item) > 4096 or _CONTROL.search(item):
+            problems.append(f"{item[:60]!r} is too long or contains control characters.")
+        elif item not in paths:
             paths.append(item)
     if len(paths) > 100:
-        fail(field, "At most 100 paths.")
+        problems.append("At most 100 paths.")
+    if problems:
+        problems = list(dict.fromkeys(problems))
+        raise ValidationFailed(" ".join(problems), fields={field: problems})
     return paths
 
 
-def repository(url, username, password) -> tuple[str, str | None, str]:
-    """The repository connection an operator typed: URL, optional user, password."""
-    url = text(url, "repo_url", "Repository URL", required=True, max_length=1000)
-    username = text(
-        username, "repo_username", "Repository username", required=False, max_length=255
+def password(value, field: str, label: str) -> str:
+    if not isinstance(value, str) or not value:
+        fail(field, f"{label} is required.")
+    if len(value) > 1024:
+        fail(field, f"{label} must be at most 1024 characters.")
+    return value
+
+
+def repository(
+    url, username, secret, errors: Optional[FieldErrors] = None
+) -> tuple[str, str | None, str]:
+    """The repository connection an operator typed: URL, optional user, password.
+
+    Every problem is noted in ``errors`` (raised at once when none is given)."""
+    own = errors is None
+    errors = errors or FieldErrors()
+    url = errors.check(text, url, "repo_url", "Repository URL", required=True, max_length=1000)
+    username = errors.check(
+        text, username, "repo_username", "Repository username", required=False, max_length=255
     )
-    if not isinstance(password, str) or not password:
-        fail("repo_password", "Repository password is required.")
-    if len(password) > 1024:
-        fail("repo_password", "Repository password must be at most 1024 characters.")
-    return url, username, password
+    secret = errors.check(password, secret, "repo_password", "Repository password")
+    if own:
+        errors.raise_any()
+    return url, username, secret
