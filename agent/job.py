@@ -1,6 +1,7 @@
 """One job while it runs: its spool, its cancel flag, and the restic calls it makes."""
 
 import logging
+import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,12 @@ class ResticSetup:
     allow_hooks: bool = True  # agent.conf's allow_hooks: the host owner's veto
     restore_paths: str = "*"  # agent.conf's restore_paths: where restores may write
     hook_timeout_seconds: float = execute.HOOK_TIMEOUT_SECONDS
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """``$ restic backup --json -- '/srv/my data'``: shell-quoted, so a pasted line runs the
+    same command (secrets are never on argv: they travel in the environment)."""
+    return "$ " + shlex.join(argv)
 
 
 def failed_result(job_spool: JobSpool, kind: str, error: Exception) -> JobResult:
@@ -155,7 +162,7 @@ class Job:
         A restic that died of a signal may leave a stale lock (0.14 to 0.16 do): the agent
         then runs ``restic unlock`` at once, so the next job is not blocked.
         """
-        self.log("$ " + " ".join(argv))
+        self.log(command_line(argv))
         on_stdout = on_stdout or (lambda text: self.log(text, "stdout"))
         on_stderr = on_stderr or (lambda text: self.log(stderr_text(text), "stderr"))
 
@@ -182,7 +189,7 @@ class Job:
             why = f"restic died of signal {-(outcome.exit_code or 0)}"
         self.log(f"{why}; running restic unlock to remove the stale lock it may have left")
         argv = unlock_argv(self.setup.binary)
-        self.log("$ " + " ".join(argv))
+        self.log(command_line(argv))
         try:
             unlocked = execute.run(
                 argv,

@@ -13,7 +13,13 @@ from agent.diff_job import run_diff
 from agent.job import Job, JobFailed, JobResult, failed_result
 from agent.progress import BackupReporter
 from agent.restic import errors, execute
-from agent.restic.backup import backup_argv, summary_line
+from agent.restic.backup import (
+    backup_argv,
+    missing_paths_error,
+    nothing_exists_error,
+    nothing_to_back_up,
+    summary_line,
+)
 from agent.restic.check import check_argv
 from agent.restic.forget import counts, forget_argv, group_lines, parse_forget
 from agent.restic.init import init_argv, repository_id
@@ -151,8 +157,14 @@ def _post_hook(job: Job, params: jobparams.BackupParams, result: JobResult) -> N
 
 
 def _backup(job: Job, params: jobparams.BackupParams) -> JobResult:
+    """restic backup, then the snapshot list and the repository size.
+
+    A source path that does not exist makes the job a ``warning`` (restic 0.14 to 0.18 exit
+    0 and only say so on stderr), none existing makes it ``failed``: either way the missing
+    paths are named in the error and listed in ``stats.missing_paths``.
+    """
     credentials = job.require_credentials()
-    reporter = BackupReporter(job)
+    reporter = BackupReporter(job, paths=params.paths)
     argv = backup_argv(
         job.setup.binary,
         params.paths,
@@ -171,12 +183,18 @@ def _backup(job: Job, params: jobparams.BackupParams) -> JobResult:
     if outcome.cancelled:
         return job.cancelled(outcome)
     failure = errors.classify(outcome.exit_code, outcome.stderr_tail, "backup")
+    missing = reporter.missing_paths
+    if failure is not None and nothing_to_back_up(outcome.stderr_tail):
+        missing = missing or list(params.paths)  # restic said none exists
+        message = nothing_exists_error(missing)
+        job.log(message)
+        return JobResult("failed", outcome.exit_code, message, {"missing_paths": missing})
     if failure is not None and not isinstance(failure, errors.PartialBackup):
         return job.failed(outcome, failure)
     stats = reporter.stats()
     if stats is None:
         job.log("restic printed no summary: the backup's numbers are unknown")
-        stats = {"error_count": reporter.error_count}
+        stats = {"error_count": reporter.error_count, "missing_paths": missing}
     else:
         job.log(summary_line(stats), "stdout")
     snapshots = job.report_snapshots()
@@ -184,8 +202,15 @@ def _backup(job: Job, params: jobparams.BackupParams) -> JobResult:
         # 0.14 prints the short id; the list just fetched knows the full one.
         stats["snapshot_id"] = full_id(stats["snapshot_id"], snapshots) or stats["snapshot_id"]
     job.report_stats()
-    if failure is not None:
-        return JobResult("warning", outcome.exit_code, PARTIAL_BACKUP, stats)
+    problems = []
+    if missing:
+        problems.append(missing_paths_error(missing))
+        job.log(problems[-1])
+    # Exit 3 with every file read means a missing source (restic 0.19 exits 3 for those).
+    if stats.get("error_count") or (failure is not None and not missing):
+        problems.append(PARTIAL_BACKUP)
+    if problems:
+        return JobResult("warning", outcome.exit_code, "; ".join(problems), stats)
     return JobResult("succeeded", outcome.exit_code, None, stats)
 
 

@@ -4,11 +4,17 @@
 Every field equal to zero is left out, 0.14/0.15 type ``scan_finished`` as a "status",
 ``seconds_remaining`` is 2^63 when the total is unknown, and after SIGINT stdout may end in
 the middle of a line: the readers below default everything and never raise.
+
+A source path that does not exist is skipped with a plain-text stderr line, even with
+``--json`` (``/srv/x does not exist, skipping``, sample 20): restic 0.14 to 0.18 then exit 0,
+0.19 exits 3. When no source exists at all restic stops with exit 1 (sample 21;
+"all target directories/files do not exist" in 0.14, "all source …" in later versions).
 """
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from agent.restic.messages import json_object
+from agent.restic.messages import clean, error_detail, json_object
 from agent.restic.units import format_bytes, format_seconds
 
 SECONDS_REMAINING_MAX = 366 * 24 * 3600  # beyond a year it is restic not knowing
@@ -108,7 +114,68 @@ def summary_line(stats: Mapping[str, Any]) -> str:
     errors = stats.get("error_count") or 0
     if errors:
         line += f"; {errors} {'item' if errors == 1 else 'items'} could not be read"
+    missing = stats.get("missing_paths") or []
+    if missing:
+        line += f"; {len(missing)} source {'path' if len(missing) == 1 else 'paths'} missing"
     return line
+
+
+MAX_NAMED_PATHS = 10  # the job's error names this many; its stats keep them all
+
+
+def paths_text(paths: Sequence[str]) -> str:
+    """``/srv/a, /srv/b`` — at most MAX_NAMED_PATHS, then ``and 3 more``."""
+    named = ", ".join(paths[:MAX_NAMED_PATHS])
+    more = len(paths) - MAX_NAMED_PATHS
+    return f"{named} and {more} more" if more > 0 else named
+
+
+def missing_paths_error(paths: Sequence[str]) -> str:
+    """The ``error`` of a backup that saved a snapshot without some source paths."""
+    if len(paths) == 1:
+        return f"source path {paths[0]} does not exist; the snapshot holds the other paths"
+    return (
+        f"{len(paths)} source paths do not exist: {paths_text(paths)}; "
+        "the snapshot holds the other paths"
+    )
+
+
+def nothing_exists_error(paths: Sequence[str]) -> str:
+    """The ``error`` of a backup that saved nothing because no source path exists."""
+    if len(paths) == 1:
+        return f"nothing was backed up: source path {paths[0]} does not exist"
+    return f"nothing was backed up: none of the source paths exists ({paths_text(paths)})"
+
+
+_SKIPPED_SUFFIX = " does not exist, skipping"
+_NOTHING_TO_BACK_UP = re.compile(r"all (target|source) directories/files do not exist", re.I)
+_NOT_FOUND = re.compile(r"no such file|not exist|cannot find", re.I)
+
+
+def skipped_source(line: str, paths: Sequence[str] = ()) -> Optional[str]:
+    """The source path restic skipped because it does not exist, if this stderr line says so.
+
+    The plain-text line of every version, and (in case a later restic reports it as a JSON
+    ``error``) an error about one of ``paths`` itself that says it is not there.
+    """
+    message = json_object(line)
+    if message is None:
+        text = clean(line)
+        if text.endswith(_SKIPPED_SUFFIX) and len(text) > len(_SKIPPED_SUFFIX):
+            return text[: -len(_SKIPPED_SUFFIX)]
+        return None
+    item = message.get("item")
+    if message.get("message_type") != "error" or item not in paths:
+        return None
+    error = message.get("error")
+    if isinstance(error, dict) and error.get("Err") == 2:  # ENOENT, 0.14 to 0.17.0
+        return str(item)
+    return str(item) if _NOT_FOUND.search(error_detail(error)) else None
+
+
+def nothing_to_back_up(stderr_lines: Iterable[str]) -> bool:
+    """restic stopped because none of the source paths exists."""
+    return any(_NOTHING_TO_BACK_UP.search(line) for line in stderr_lines)
 
 
 def _number(value: Any) -> float:

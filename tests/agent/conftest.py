@@ -33,6 +33,11 @@ def replay(name):
     sys.exit(code)
 
 
+def load_stdout(name):
+    text = open(os.path.join(FIXTURES, name)).read()
+    return text.split("# ===== stdout =====\\n")[1].split("# ===== stderr =====\\n")[0]
+
+
 def version():
     try:
         return open(os.path.join(HERE, "version.txt")).read().strip()
@@ -78,6 +83,16 @@ if repo == "fake:nolist" and command in ("snapshots", "stats"):
     sys.exit(1)
 if repo == "fake:warning" and command == "backup":
     replay("22_backup_json_unreadable_files_exit3.txt")
+if repo == "fake:onemissing" and command == "backup":
+    replay("20_backup_json_one_source_missing_exit0.txt")
+if repo == "fake:allmissing" and command == "backup":
+    replay("21_backup_json_all_sources_missing_exit1.txt")
+if repo == "fake:missing019" and command == "backup":
+    # restic 0.19: the same skip line, but exit 3 (restic #4467); every file was read.
+    sys.stdout.write(load_stdout("20_backup_json_one_source_missing_exit0.txt"))
+    print("/srv/demo/does-not-exist does not exist, skipping", file=sys.stderr)
+    print("Warning: at least one source file could not be read", file=sys.stderr)
+    sys.exit(3)
 if repo in ("fake:ready", "fake:damaged") and command == "restore" and "--json" in sys.argv:
     print(json.dumps({{"message_type": "status", "seconds_elapsed": 1, "percent_done": 0.5,
                       "total_files": 4, "files_restored": 2, "total_bytes": 3000,
@@ -87,7 +102,8 @@ if repo in ("fake:ready", "fake:damaged") and command == "restore" and "--json" 
     sys.exit(0)
 if repo == "fake:damaged" and command == "restore":
     replay("E61_restore_from_damaged_repo.txt")
-if repo in ("fake:ready", "fake:warning", "fake:nolist", "fake:damaged"):
+if repo in ("fake:ready", "fake:warning", "fake:nolist", "fake:damaged", "fake:onemissing",
+            "fake:allmissing", "fake:missing019"):
     replay({{
         "restore": "70_restore_text.txt",
         "ls": "41_ls_json_subdir.txt",

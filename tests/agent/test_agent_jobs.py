@@ -1,6 +1,7 @@
 """Every job kind through the runner, with the fake restic replaying real 0.14 captures."""
 
 import json
+import shlex
 import threading
 
 import pytest
@@ -99,6 +100,7 @@ def test_backup_reports_progress_summary_snapshots_and_stats(spool, fake_restic)
         "total_bytes_processed": 3000024,
         "duration_seconds": 0.236,
         "error_count": 0,
+        "missing_paths": [],
     }
     assert argvs(fake_restic) == [
         ["backup", "--json", "--tag", "default", "--exclude", "*.tmp", "--", "/etc"],
@@ -127,6 +129,88 @@ def test_backup_with_unreadable_files_is_a_warning(spool, fake_restic):
     )
     assert any(text.endswith("; 3 items could not be read") for text in ran.texts)
     assert ran.of("snapshots.report") and ran.of("repo.stats")  # the snapshot exists
+
+
+def test_logged_command_lines_are_shell_quoted_so_a_pasted_line_runs_the_same(
+    spool, fake_restic
+):
+    params = dict(BACKUP, paths=["/srv/my data", "/srv/it's"], excludes=["*.tmp", "$HOME"])
+    ran = run(spool, fake_restic, "backup", params)
+    logged = [text[2:] for text in ran.texts if text.startswith("$ ")]
+    assert len(logged) == len(fake_restic.calls()) == 3  # backup, snapshots, stats
+    assert [shlex.split(line) for line in logged] == [call["argv"] for call in fake_restic.calls()]
+    assert logged[0].endswith("--exclude '*.tmp' --exclude '$HOME' -- '/srv/my data' '/srv/it'\"'\"'s'")
+    assert EVERYDAY["password"] not in "\n".join(ran.texts)
+
+
+MISSING = "/srv/demo/does-not-exist"
+TWO_PATHS = dict(BACKUP, paths=["/srv/demo/data", MISSING])
+
+
+def test_backup_with_a_missing_source_path_is_a_warning_naming_it(spool, fake_restic):
+    # restic 0.14 to 0.18: exit 0, the path named only by a text line on stderr (sample 20).
+    url = "fake:onemissing"
+    ran = run(spool, fake_restic, "backup", TWO_PATHS, credentials=dict(EVERYDAY, url=url))
+    finished = ran.finished
+    assert finished["status"] == "warning" and finished["exit_code"] == 0
+    assert finished["error"] == (
+        f"source path {MISSING} does not exist; the snapshot holds the other paths"
+    )
+    assert finished["stats"]["missing_paths"] == [MISSING]
+    assert finished["stats"]["error_count"] == 0 and finished["stats"]["files_new"] == 5
+    assert f"{MISSING} does not exist, skipping" in ran.texts  # restic's own line, kept
+    assert any(text.endswith("; 1 source path missing") for text in ran.texts)
+    assert ran.of("snapshots.report") and ran.of("repo.stats")  # the snapshot exists
+
+
+def test_backup_with_a_missing_source_path_exit_3_of_restic_0_19(spool, fake_restic):
+    url = "fake:missing019"
+    ran = run(spool, fake_restic, "backup", TWO_PATHS, credentials=dict(EVERYDAY, url=url))
+    finished = ran.finished
+    assert finished["status"] == "warning" and finished["exit_code"] == 3
+    assert finished["stats"]["missing_paths"] == [MISSING]
+    # every file that exists was read: no claim of unreadable files
+    assert "could not be read" not in finished["error"]
+    assert MISSING in finished["error"]
+
+
+def test_backup_where_no_source_path_exists_fails_naming_them(spool, fake_restic):
+    url = "fake:allmissing"
+    params = dict(BACKUP, paths=[MISSING])
+    ran = run(spool, fake_restic, "backup", params, credentials=dict(EVERYDAY, url=url))
+    finished = ran.finished
+    assert finished["status"] == "failed" and finished["exit_code"] == 1
+    assert finished["error"] == f"nothing was backed up: source path {MISSING} does not exist"
+    assert finished["stats"] == {"missing_paths": [MISSING]}
+    assert ran.types == ["job.started", "job.finished"]  # no snapshot: nothing to report
+
+
+def test_backup_reporter_collects_missing_paths_in_the_given_order():
+    logged = []
+
+    class Job:
+        def log(self, text, stream="agent"):
+            logged.append((stream, text))
+
+        def emit(self, *args):
+            pass
+
+    reporter = BackupReporter(Job(), paths=["/a", "/b c", "/d"])
+    reporter.stderr_line("/d does not exist, skipping")
+    reporter.stderr_line("\x1b[2K/b c does not exist, skipping")
+    reporter.stderr_line("/d does not exist, skipping")  # said twice, listed once
+    # a later restic might say it as a JSON error about the source path itself
+    reporter.stderr_line(
+        '{"message_type":"error","error":{"Op":"lstat","Path":"/a","Err":2},'
+        '"during":"scan","item":"/a"}'
+    )
+    reporter.stderr_line(  # a file below a source is an unreadable file, not a missing path
+        '{"message_type":"error","error":{"message":"no such file"},'
+        '"during":"archival","item":"/d/gone"}'
+    )
+    assert reporter.missing_paths == ["/a", "/b c", "/d"]
+    assert reporter.error_count == 1
+    assert ("stderr", "/b c does not exist, skipping") in logged
 
 
 def test_backup_of_a_locked_repository_fails_without_reports(spool, fake_restic):
