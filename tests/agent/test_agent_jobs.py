@@ -131,15 +131,14 @@ def test_backup_with_unreadable_files_is_a_warning(spool, fake_restic):
     assert ran.of("snapshots.report") and ran.of("repo.stats")  # the snapshot exists
 
 
-def test_logged_command_lines_are_shell_quoted_so_a_pasted_line_runs_the_same(
-    spool, fake_restic
-):
+def test_logged_command_lines_are_shell_quoted_so_a_pasted_line_runs_the_same(spool, fake_restic):
     params = dict(BACKUP, paths=["/srv/my data", "/srv/it's"], excludes=["*.tmp", "$HOME"])
     ran = run(spool, fake_restic, "backup", params)
     logged = [text[2:] for text in ran.texts if text.startswith("$ ")]
     assert len(logged) == len(fake_restic.calls()) == 3  # backup, snapshots, stats
     assert [shlex.split(line) for line in logged] == [call["argv"] for call in fake_restic.calls()]
-    assert logged[0].endswith("--exclude '*.tmp' --exclude '$HOME' -- '/srv/my data' '/srv/it'\"'\"'s'")
+    quoted = "--exclude '*.tmp' --exclude '$HOME' -- '/srv/my data' '/srv/it'\"'\"'s'"
+    assert logged[0].endswith(quoted)
     assert EVERYDAY["password"] not in "\n".join(ran.texts)
 
 
