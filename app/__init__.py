@@ -10,11 +10,21 @@ import sys
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.routing import IntegerConverter
 
 from app.config import PROJECT_ROOT, load_config
 from app.extensions import csrf, db, login_manager, migrate
 
 __version__ = "0.1.0"
+MAX_CONTENT_LENGTH = 16 * 1024 * 1024  # the largest body: an agent's log or file-chunk upload
+
+
+class Int64Converter(IntegerConverter):
+    """``<int:…>`` that matches only what fits a 64-bit column: a larger id is a 404."""
+
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(map, *args, **kwargs)
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -26,6 +36,7 @@ def create_app(config: dict | None = None) -> Flask:
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
     )
+    app.url_map.converters["int"] = Int64Converter  # before any route is added
     app.config.update(load_config())
     app.config.update(config or {})
     _configure_logging(app)
@@ -89,7 +100,8 @@ def _configure_session(app: Flask) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         WTF_CSRF_CHECK_DEFAULT=False,  # checked in before_request, skipping bearer requests
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
-        MAX_CONTENT_LENGTH=app.config.get("MAX_CONTENT_LENGTH", 16 * 1024 * 1024),
+        # Flask's defaults already hold the key (as None): `or`, not a .get() default.
+        MAX_CONTENT_LENGTH=app.config.get("MAX_CONTENT_LENGTH") or MAX_CONTENT_LENGTH,
     )
     app.config["PERMANENT_SESSION_LIFETIME"] = app.config["RM_SESSION_HOURS"] * 3600
 

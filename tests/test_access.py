@@ -18,6 +18,8 @@ ANONYMOUS_ALLOWED = {
     "auth.setup",
     "web.healthz",
     "web.readyz",
+    # The API description holds no data (docs/security.md).
+    "api.openapi",
     # A host downloads these with curl before it has any credential; they hold no secret.
     "distribution.agent_pyz",
     "distribution.agent_pyz_sha256",

@@ -58,7 +58,7 @@ def test_create_read_update_delete_through_the_api(app, api):
             "name": "db",
             "includes": ["/var/lib/postgresql", "/etc/postgresql"],
             "excludes": ["*.tmp"],
-            "retention": {"keep_daily": "7", "keep_within": "30d"},
+            "retention": {"keep_daily": 7, "keep_within": "30d"},
             "pre_hook": HOOK,
         },
     )

@@ -1,8 +1,12 @@
 """/api/v1: the JSON API for people and automation (personal access token or session)."""
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 bp = Blueprint("api", __name__)
+
+# A JSON request to /api/v1 is small: the largest (a restore's include list) stays under
+# 300 KiB. The app-wide limit (MAX_CONTENT_LENGTH) also covers the agent's uploads.
+MAX_BODY_BYTES = 1024 * 1024
 
 from app.api import (  # noqa: E402,F401
     enrollment,
@@ -11,9 +15,18 @@ from app.api import (  # noqa: E402,F401
     jobs,
     maintenance,
     me,
+    openapi,
     restores,
     schedules,
     snapshot_files,
     source_groups,
     tokens,
 )
+from app.api.validation import check_request  # noqa: E402
+
+
+@bp.before_request
+def check_input():
+    """Types, NUL characters, 64-bit integers and body size, before any view runs."""
+    request.max_content_length = MAX_BODY_BYTES
+    check_request(openapi.OPERATIONS.get(request.endpoint), openapi.SCHEMAS)

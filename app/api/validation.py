@@ -1,20 +1,51 @@
-"""Explicit JSON body validation for /api/v1 (no FlaskForm here)."""
+"""Explicit JSON validation for /api/v1 (no FlaskForm here).
+
+Two layers: :func:`check_request` runs before every /api/v1 view and holds the rules that
+are the same everywhere — strict JSON types as the OpenAPI document declares them (``"12"``
+is not an integer), 64-bit integers, no NUL characters, bounded nesting, integer query
+parameters within their bounds — so no input reaches a service or the database in a shape
+it cannot store (a 422, never a 500). The services then check meaning (lengths, ranges,
+names that must exist) with messages for people.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 from flask import request
 
 from app.services.errors import ServiceError, UnsupportedMediaType, ValidationFailed
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_DEPTH = 32
+_JSON_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+}
 
 
 def json_body() -> dict:
     """The request's JSON object, or a precise 400/415 error."""
     if not request.is_json:
         raise UnsupportedMediaType("Send a JSON body with 'Content-Type: application/json'.")
-    body = request.get_json(silent=True)
+    body = _parsed_json()
     if not isinstance(body, dict):
         raise ServiceError("The body must be a JSON object.", code="invalid_json")
     return body
+
+
+def _parsed_json() -> Any:
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise ServiceError(
+            f"The JSON body is nested too deeply (at most {MAX_DEPTH} levels).",
+            code="invalid_json",
+        ) from None
 
 
 def string_field(body: dict, name: str, *, required: bool = True, max_length: int = 255) -> str:
@@ -30,3 +61,132 @@ def string_field(body: dict, name: str, *, required: bool = True, max_length: in
             f"'{name}' must be at most {max_length} characters.", fields={name: ["too long"]}
         )
     return value
+
+
+# --- the boundary every /api/v1 request passes -----------------------------------------------
+
+
+def _refuse(where: str, message: str):
+    """422 naming the field as the services do: ``includes``, not ``includes[3]``."""
+    field = re.sub(r"\[\d+\]", "", where) or "body"
+    raise ValidationFailed(message, fields={field: [message]})
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return {dict: "object", list: "array", str: "string", type(None): "null"}[type(value)]
+
+
+def _is(value: Any, json_type: str) -> bool:
+    if json_type == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if json_type == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, _JSON_TYPES[json_type])
+
+
+class _Checker:
+    """Types, NUL characters, 64-bit integers and depth, against a JSON Schema subset."""
+
+    def __init__(self, schemas: dict):
+        self.schemas = schemas
+
+    def resolve(self, schema: dict) -> dict:
+        while "$ref" in schema:
+            schema = self.schemas[schema["$ref"].rsplit("/", 1)[-1]]
+        return schema
+
+    def matches(self, value: Any, schema: dict, where: str, depth: int) -> bool:
+        try:
+            self.check(value, schema, where, depth)
+        except ValidationFailed:
+            return False
+        return True
+
+    def check(self, value: Any, schema: dict, where: str, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            _refuse(where, f"The JSON body is nested too deeply (at most {MAX_DEPTH} levels).")
+        schema = self.resolve(schema)
+        self.plain(value, where, depth)
+        alternatives = schema.get("anyOf") or schema.get("oneOf")
+        if alternatives:
+            if not any(self.matches(value, option, where, depth) for option in alternatives):
+                for option in alternatives:  # the first alternative's words explain best
+                    self.check(value, option, where, depth)
+            return
+        wanted = schema.get("type")
+        if wanted is not None:
+            types = [wanted] if isinstance(wanted, str) else list(wanted)
+            if not any(_is(value, json_type) for json_type in types):
+                described = " or ".join("null" if t == "null" else f"a JSON {t}" for t in types)
+                label = f"'{where}'" if where else "The body"
+                _refuse(where, f"{label} must be {described}, not {_type_name(value)}.")
+        if isinstance(value, dict):
+            properties = schema.get("properties", {})
+            for key, item in value.items():
+                if key in properties:
+                    self.check(item, properties[key], _join(where, key), depth + 1)
+        elif isinstance(value, list) and "items" in schema:
+            for index, item in enumerate(value):
+                self.check(item, schema["items"], f"{where}[{index}]", depth + 1)
+
+    def plain(self, value: Any, where: str, depth: int) -> None:
+        """What no field may hold, declared or not: NUL, integers past 64 bits, deep nests."""
+        if depth > MAX_DEPTH:
+            _refuse(where, f"The JSON body is nested too deeply (at most {MAX_DEPTH} levels).")
+        if isinstance(value, str) and "\x00" in value:
+            _refuse(where, f"'{where}' must not contain NUL characters (\\u0000).")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:
+                _refuse(where, f"'{where}' is out of range (a 64-bit integer).")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    _refuse(where, "Keys must not contain NUL characters (\\u0000).")
+                self.plain(item, _join(where, key), depth + 1)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self.plain(item, f"{where}[{index}]", depth + 1)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check_parameter(name: str, raw: str, schema: dict) -> None:
+    if "\x00" in raw:
+        _refuse(name, f"'{name}' must not contain NUL characters.")
+    if schema.get("type") != "integer" or raw.strip() == "":
+        return
+    low, high = schema.get("minimum", INT64_MIN), schema.get("maximum", INT64_MAX)
+    text = raw.strip()
+    if not text.lstrip("-").isdigit() or len(text) > 20 or not low <= int(text) <= high:
+        _refuse(name, f"'{name}' must be a whole number from {low} to {high}.")
+
+
+def check_request(operation, schemas: dict) -> None:
+    """Refuse what no /api/v1 view can use; ``operation`` is the route's OpenAPI entry."""
+    declared = {name: schema for name, schema, _ in getattr(operation, "query", ())}
+    for name, raw in request.args.items(multi=True):
+        _check_parameter(name, raw, declared.get(name, {}))
+    for name, schema, _ in getattr(operation, "headers", ()):
+        if name in request.headers:
+            _check_parameter(name, request.headers[name], schema)
+    if request.method in ("GET", "HEAD", "OPTIONS", "DELETE") or not request.content_length:
+        return
+    if not request.is_json:
+        return  # the view answers 415 when it wants JSON
+    body = _parsed_json()
+    if not isinstance(body, dict):
+        return  # not a JSON object: the view answers 400 invalid_json
+    checker = _Checker(schemas)
+    body_schema = getattr(operation, "body", None)
+    if body_schema:
+        checker.check(body, {"$ref": f"#/components/schemas/{body_schema}"}, "")
+    else:
+        checker.plain(body, "", 0)

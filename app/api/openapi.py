@@ -1,0 +1,952 @@
+"""The OpenAPI 3.1 description of /api/v1, built from the URL map plus one entry per route.
+
+Paths and path parameters come from the app's own routes, so they cannot drift; what a
+route takes and answers is written once below (``OPERATIONS``) in terms of the reusable
+component schemas (``SCHEMAS``). A route without an entry is left out of the document —
+``tests/test_openapi.py`` compares the document with the URL map and names it.
+
+Bounds in the schemas are the server's real limits (the services enforce them; the
+document only says what they are), integers are 64-bit, and every error has one shape.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import current_app, jsonify
+
+from app import __version__
+from app.access import PUBLIC, declared_access, public
+from app.api import bp
+from app.models import Role
+
+INT64_MAX = 2**63 - 1
+MAX_PATH = 4096  # app.services.rpc.MAX_PATH
+MAX_PATHS = 100  # app.services.validate.absolute_paths
+MAX_HOOK_BYTES = 8 * 1024
+MAX_KIB_PER_SECOND = 10_000_000
+MAX_KEEP = 100_000
+JOB_KINDS = ("backup", "forget", "prune", "check", "unlock", "stats", "snapshots", "probe", "diff")
+JOB_STATUSES = ("queued", "running", "succeeded", "warning", "failed", "cancelled", "lost")
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$"
+
+# --- schema helpers ------------------------------------------------------------------------
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: dict) -> dict:
+    """``schema`` or JSON null (3.1 style: a type list, or anyOf for references)."""
+    if "type" in schema and isinstance(schema["type"], str):
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def obj(properties: dict, required: tuple[str, ...] = (), *, closed: bool = False, **extra):
+    schema: dict[str, Any] = {"type": "object", "properties": properties, **extra}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def array(items: dict, **extra) -> dict:
+    return {"type": "array", "items": items, **extra}
+
+
+def string(max_length: int | None = None, **extra) -> dict:
+    schema: dict[str, Any] = {"type": "string", **extra}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    return schema
+
+
+def integer(minimum: int = 0, maximum: int = INT64_MAX, **extra) -> dict:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum, **extra}
+
+
+def items_of(name: str, **more) -> dict:
+    return obj({"items": array(ref(name)), **more}, ("items",))
+
+
+ID = integer(1)
+DATE_TIME = {"type": "string", "format": "date-time"}
+MAYBE_DATE_TIME = nullable(DATE_TIME)
+MAYBE_STRING = {"type": ["string", "null"]}
+MAYBE_INTEGER = {"type": ["integer", "null"]}
+ABSOLUTE_PATH = string(MAX_PATH, description="An absolute path (/… or C:\\…).")
+CRON = string(128, description="Five cron fields: minute hour day-of-month month day-of-week.")
+KEEP_COUNT = nullable(integer(0, MAX_KEEP, description="0 or null: rule not used."))
+
+# --- component schemas ---------------------------------------------------------------------
+
+SCHEMAS: dict[str, dict] = {
+    "Error": obj(
+        {
+            "error": string(description="Machine-readable code, e.g. validation_failed."),
+            "message": string(description="A sentence for people."),
+            "fields": {
+                "type": "object",
+                "description": "Per-field problems (422): field name → messages.",
+                "additionalProperties": array({"type": "string"}),
+            },
+        },
+        ("error", "message"),
+    ),
+    "Me": obj(
+        {
+            "id": ID,
+            "username": string(),
+            "role": {"type": "string", "enum": [role.value for role in Role]},
+            "created_at": MAYBE_DATE_TIME,
+            "last_login_at": MAYBE_DATE_TIME,
+            "auth": {"type": "string", "enum": ["token", "session"]},
+        },
+        ("id", "username", "role", "auth"),
+    ),
+    "Token": obj(
+        {
+            "id": ID,
+            "name": string(100),
+            "prefix": string(description="The first characters, to recognise the token."),
+            "owner": string(),
+            "created_at": MAYBE_DATE_TIME,
+            "last_used_at": MAYBE_DATE_TIME,
+        },
+        ("id", "name", "prefix", "owner", "created_at", "last_used_at"),
+    ),
+    "TokenCreated": {
+        "allOf": [
+            ref("Token"),
+            obj(
+                {"token": string(description="The secret: shown in this answer only.")}, ("token",)
+            ),
+        ]
+    },
+    "TokenInput": obj({"name": string(100)}, ("name",)),
+    "Host": obj(
+        {
+            "id": ID,
+            "hostname": string(255),
+            "status": {"type": "string", "enum": ["online", "offline", "never_seen"]},
+            "repo_status": string(
+                description="unknown, ready, initializing, missing, error or init_failed."
+            ),
+            "repo_status_reason": MAYBE_STRING,
+            "last_seen_at": MAYBE_DATE_TIME,
+            "last_backup_at": MAYBE_DATE_TIME,
+            "last_backup_status": MAYBE_STRING,
+            "last_backup_job_id": MAYBE_INTEGER,
+            "last_successful_backup_at": MAYBE_DATE_TIME,
+            "last_successful_backup_job_id": MAYBE_INTEGER,
+            "snapshot_count": integer(),
+            "latest_snapshot_at": MAYBE_DATE_TIME,
+            "repo_size_bytes": nullable(integer(description="Raw data in the repository.")),
+            "tags": array({"type": "string"}),
+            "os": MAYBE_STRING,
+            "arch": MAYBE_STRING,
+            "agent_version": MAYBE_STRING,
+            "restic_version": MAYBE_STRING,
+        },
+        ("id", "hostname", "status", "repo_status", "last_seen_at", "snapshot_count", "tags"),
+    ),
+    "EnrollmentToken": obj(
+        {
+            "id": ID,
+            "hostname": MAYBE_STRING,
+            "repo_url": string(description="Without any password embedded in it."),
+            "paths": array({"type": "string"}),
+            "created_at": DATE_TIME,
+            "expires_at": DATE_TIME,
+            "expired": {"type": "boolean"},
+            "used_at": MAYBE_DATE_TIME,
+            "host_id": nullable(integer(1, description="The host it enrolled, once used.")),
+        },
+        ("id", "hostname", "repo_url", "paths", "created_at", "expires_at", "expired"),
+    ),
+    "EnrollmentTokenCreated": {
+        "allOf": [
+            ref("EnrollmentToken"),
+            obj(
+                {
+                    "token": string(description="One-time secret, valid for one hour."),
+                    "install_command": string(),
+                    "agent_command": string(),
+                },
+                ("token", "install_command", "agent_command"),
+            ),
+        ]
+    },
+    "EnrollmentTokenInput": obj(
+        {
+            "hostname": nullable(
+                string(255, description="Optional: the machine's own name is used when absent.")
+            ),
+            "repo_url": string(1000, minLength=1),
+            "repo_username": nullable(string(255)),
+            "repo_password": string(1024, minLength=1, writeOnly=True),
+            "paths": array(ABSOLUTE_PATH, maxItems=MAX_PATHS),
+        },
+        ("repo_url", "repo_password"),
+    ),
+    "Job": obj(
+        {
+            "id": ID,
+            "host_id": ID,
+            "kind": string(),
+            "status": {"type": "string", "enum": list(JOB_STATUSES)},
+            "actor": obj(
+                {
+                    "type": string(description="user, system, schedule or maintenance."),
+                    "label": string(),
+                },
+                ("type", "label"),
+            ),
+            "params": {"type": "object"},
+            "exit_code": MAYBE_INTEGER,
+            "error": nullable(string(description="Why it failed, for people.")),
+            "summary": nullable(string(description="One line: the error or what it did.")),
+            "stats": ref("JobStats"),
+            "progress": {"type": "object"},
+            "log_lines": integer(),
+            "log_truncated": {"type": "boolean"},
+            "lines_dropped": integer(),
+            "created_at": DATE_TIME,
+            "started_at": MAYBE_DATE_TIME,
+            "finished_at": MAYBE_DATE_TIME,
+        },
+        ("id", "host_id", "kind", "status", "params", "stats", "progress", "created_at"),
+    ),
+    "JobStats": obj(
+        {
+            "snapshot_id": MAYBE_STRING,
+            "data_added": MAYBE_INTEGER,
+            "files_new": MAYBE_INTEGER,
+            "missing_paths": array(
+                {"type": "string"}, description="Backup: source paths that did not exist."
+            ),
+        },
+        description="Depends on the kind (see docs/api.md); known fields are listed.",
+    ),
+    "JobInput": obj(
+        {
+            "kind": {"type": "string", "enum": list(JOB_KINDS)},
+            "params": nullable(
+                obj({}, description="Per kind: see docs/api.md; unknown keys are refused.")
+            ),
+        },
+        ("kind",),
+    ),
+    "LogRecord": obj(
+        {
+            "seq": integer(1),
+            "ts": DATE_TIME,
+            "stream": string(description="stdout, stderr or agent."),
+            "text": string(),
+        },
+        ("seq", "ts", "stream", "text"),
+    ),
+    "Snapshot": obj(
+        {
+            "id": string(64),
+            "short_id": string(16),
+            "time": DATE_TIME,
+            "hostname": MAYBE_STRING,
+            "username": MAYBE_STRING,
+            "paths": array({"type": "string"}),
+            "tags": array({"type": "string"}),
+            "parent": MAYBE_STRING,
+            "tree": MAYBE_STRING,
+            "program_version": MAYBE_STRING,
+            "summary": nullable({"type": "object"}),
+        },
+        ("id", "short_id", "time", "paths", "tags"),
+    ),
+    "RepoStats": obj(
+        {
+            "taken_at": DATE_TIME,
+            "job_id": MAYBE_INTEGER,
+            "total_size": integer(),
+            "total_uncompressed_size": MAYBE_INTEGER,
+            "total_blob_count": MAYBE_INTEGER,
+            "snapshots_count": MAYBE_INTEGER,
+            "compression_ratio": {"type": ["number", "null"]},
+        },
+        ("taken_at", "total_size"),
+    ),
+    "Repository": obj(
+        {
+            "url": nullable(string(description="Redacted: never a password.")),
+            "username": MAYBE_STRING,
+            "password_set": {"type": "boolean"},
+            "admin_set": {"type": "boolean"},
+            "updated_at": MAYBE_DATE_TIME,
+            "repo_status": string(),
+            "repo_status_reason": MAYBE_STRING,
+        },
+        ("url", "username", "password_set", "admin_set", "repo_status"),
+    ),
+    "RepositoryInput": obj(
+        {
+            "url": string(1000, minLength=1),
+            "username": nullable(string(255)),
+            "password": string(1024, minLength=1, writeOnly=True),
+        },
+        ("url", "password"),
+    ),
+    "RetentionPolicy": obj(
+        {
+            **{
+                f"keep_{unit}": KEEP_COUNT
+                for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+            },
+            "keep_within": nullable(
+                string(64, pattern=r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$", examples=["30d"])
+            ),
+        },
+        closed=True,
+    ),
+    "SourceGroup": obj(
+        {
+            "id": ID,
+            "name": string(64),
+            "includes": array({"type": "string"}),
+            "excludes": array({"type": "string"}),
+            "retention": ref("RetentionPolicy"),
+            "retry_max": integer(0, 20),
+            "retry_backoff_seconds": integer(30, 86_400),
+            "pre_hook_set": {"type": "boolean"},
+            "post_hook_set": {"type": "boolean"},
+            "schedules": array({"type": "string"}, description="Names of schedules using it."),
+            "created_at": MAYBE_DATE_TIME,
+            "updated_at": MAYBE_DATE_TIME,
+        },
+        ("id", "name", "includes", "excludes", "retention", "retry_max", "retry_backoff_seconds"),
+    ),
+    "SourceGroupInput": obj(
+        {
+            "name": string(64, pattern=TAG_PATTERN, description="Also the snapshots' tag."),
+            "includes": array(ABSOLUTE_PATH, minItems=1, maxItems=MAX_PATHS),
+            "excludes": array(string(4096), maxItems=100),
+            "retention": nullable(ref("RetentionPolicy")),
+            "retry_max": integer(0, 20),
+            "retry_backoff_seconds": integer(30, 86_400),
+            "pre_hook": nullable(
+                string(MAX_HOOK_BYTES, description="Shell text (admin only); null removes it.")
+            ),
+            "post_hook": nullable(string(MAX_HOOK_BYTES, description="As pre_hook.")),
+        },
+        closed=True,
+    ),
+    "RetentionPreview": obj(
+        {
+            "retention": ref("RetentionPolicy"),
+            "description": string(),
+            "keep": array(ref("RetentionDecision")),
+            "remove": array(ref("RetentionDecision")),
+        },
+        ("retention", "description", "keep", "remove"),
+    ),
+    "RetentionDecision": obj(
+        {
+            "id": string(64),
+            "short_id": string(16),
+            "time": DATE_TIME,
+            "hostname": MAYBE_STRING,
+            "paths": array({"type": "string"}),
+            "tags": array({"type": "string"}),
+            "reasons": array({"type": "string"}),
+        },
+        ("id", "short_id", "time", "reasons"),
+    ),
+    "HooksSet": obj(
+        {"pre_hook_set": {"type": "boolean"}, "post_hook_set": {"type": "boolean"}},
+        ("pre_hook_set", "post_hook_set"),
+    ),
+    "HooksInput": obj(
+        {
+            "pre_hook": nullable(string(MAX_HOOK_BYTES)),
+            "post_hook": nullable(string(MAX_HOOK_BYTES)),
+        },
+        closed=True,
+        description="A key left out keeps that hook; null or empty text removes it.",
+    ),
+    "Schedule": obj(
+        {
+            "id": ID,
+            "name": string(64),
+            "cron": string(128),
+            "cron_description": string(),
+            "enabled": {"type": "boolean"},
+            "missed_policy": {"type": "string", "enum": ["run_once", "skip"]},
+            "source_groups": array({"type": "string"}),
+            "next_runs": array(DATE_TIME),
+            "last_run": nullable(
+                obj(
+                    {"job_id": ID, "status": string(), "finished_at": MAYBE_DATE_TIME},
+                    ("job_id", "status"),
+                )
+            ),
+        },
+        ("id", "name", "cron", "enabled", "missed_policy", "source_groups", "next_runs"),
+    ),
+    "ScheduleList": obj(
+        {
+            "items": array(ref("Schedule")),
+            "schedule_version": integer(),
+            "agent_schedule_version": MAYBE_INTEGER,
+            "in_sync": {"type": "boolean"},
+        },
+        ("items", "schedule_version", "in_sync"),
+    ),
+    "ScheduleInput": obj(
+        {
+            "name": string(64),
+            "cron": CRON,
+            "source_groups": array(
+                {"oneOf": [ID, string(64)]},
+                minItems=1,
+                description="Source groups of the host, by id or by name.",
+            ),
+            "enabled": {"type": "boolean", "default": True},
+            "missed_policy": {"type": "string", "enum": ["run_once", "skip"]},
+        },
+        description="POST needs name, cron and source_groups; PUT changes the keys it sends.",
+    ),
+    "Maintenance": obj(
+        {
+            "enabled": {"type": "boolean"},
+            "forget_cron": MAYBE_STRING,
+            "prune_cron": MAYBE_STRING,
+            "check_cron": MAYBE_STRING,
+            "check_subset_percent": {"type": ["number", "null"]},
+            "tasks": {"type": "object", "additionalProperties": ref("MaintenanceTask")},
+        },
+        ("enabled", "forget_cron", "prune_cron", "check_cron", "tasks"),
+    ),
+    "MaintenanceTask": obj(
+        {
+            "cron": MAYBE_STRING,
+            "description": MAYBE_STRING,
+            "next_run_at": MAYBE_DATE_TIME,
+            "last_job": nullable(
+                obj(
+                    {
+                        "id": ID,
+                        "status": string(),
+                        "created_at": DATE_TIME,
+                        "finished_at": MAYBE_DATE_TIME,
+                    },
+                    ("id", "status"),
+                )
+            ),
+        },
+        ("cron", "next_run_at", "last_job"),
+    ),
+    "MaintenanceInput": obj(
+        {
+            "enabled": {"type": "boolean", "default": True},
+            "forget_cron": nullable(CRON),
+            "prune_cron": nullable(CRON),
+            "check_cron": nullable(CRON),
+            "check_subset_percent": nullable(
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 100}
+            ),
+        },
+        description="Replaces the cadences: a null or absent cron turns that task off.",
+    ),
+    "Bandwidth": obj(
+        {
+            "upload_kib": nullable(integer(1, MAX_KIB_PER_SECOND)),
+            "download_kib": nullable(integer(1, MAX_KIB_PER_SECOND)),
+        },
+        ("upload_kib", "download_kib"),
+        description="KiB/s; null: unlimited.",
+    ),
+    "AdminCredential": obj(
+        {"admin_set": {"type": "boolean"}, "username": MAYBE_STRING, "updated_at": MAYBE_DATE_TIME},
+        ("admin_set", "username", "updated_at"),
+    ),
+    "AdminCredentialInput": obj(
+        {
+            "username": nullable(string(255)),
+            "password": string(1024, minLength=1, writeOnly=True),
+        },
+        ("password",),
+    ),
+    "RestoreInput": obj(
+        {
+            "snapshot_id": string(64, minLength=8, pattern="^[0-9a-fA-F]{8,64}$"),
+            "include": array(string(MAX_PATH), maxItems=500),
+            "target": nullable(string(MAX_PATH)),
+            "in_place": {"type": "boolean", "default": False},
+            "confirm_hostname": nullable(string(255)),
+            "verify": {"type": "boolean", "default": False},
+        },
+        ("snapshot_id",),
+        closed=True,
+    ),
+    "Tree": obj(
+        {
+            "snapshot_id": string(64),
+            "short_id": string(16),
+            "path": string(),
+            "items": array(ref("TreeNode")),
+            "truncated": {"type": "boolean"},
+            "cached": {"type": "boolean"},
+        },
+        ("snapshot_id", "path", "items", "truncated", "cached"),
+    ),
+    "TreeNode": obj(
+        {
+            "name": string(),
+            "type": string(description="file, dir, symlink, …"),
+            "path": string(),
+            "size": MAYBE_INTEGER,
+            "mtime": MAYBE_DATE_TIME,
+        },
+        ("name", "type", "path"),
+    ),
+    "Diff": obj(
+        {
+            "summary": {"type": "object"},
+            "counts": {"type": "object", "additionalProperties": integer()},
+            "items": array(
+                obj(
+                    {
+                        "path": string(),
+                        "modifier": string(),
+                        "change": string(),
+                        "type": MAYBE_STRING,
+                        "size_before": MAYBE_INTEGER,
+                        "size_after": MAYBE_INTEGER,
+                    },
+                    ("path", "modifier"),
+                )
+            ),
+            "total": integer(),
+            "next": MAYBE_INTEGER,
+        },
+        ("summary", "counts", "items", "total", "next"),
+    ),
+}
+
+# --- operations ----------------------------------------------------------------------------
+
+CONFLICT = "Conflict (e.g. host_offline: the agent is not polling)."
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What one route takes and answers; path and path parameters come from the URL map."""
+
+    summary: str
+    tag: str
+    status: int = 200
+    response: dict | None = None  # JSON schema of the success body; None: no body
+    body: str | None = None  # component name of the JSON request body
+    body_required: bool = True
+    query: tuple[tuple[str, dict, str], ...] = ()  # (name, schema, description)
+    errors: tuple[int, ...] = ()  # statuses beyond the ones every call may get
+    media_type: str = "application/json"
+    description: str = ""
+    headers: tuple[tuple[str, dict, str], ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+def _list(name: str) -> dict:
+    return ref(f"{name}List") if f"{name}List" in SCHEMAS else items_of(name)
+
+
+OPERATIONS: dict[str, Operation] = {
+    "api.openapi": Operation("This document (OpenAPI 3.1)", "Meta", response={"type": "object"}),
+    "api.me": Operation("Who am I", "Meta", response=ref("Me")),
+    "api.list_tokens": Operation(
+        "List your personal access tokens", "Tokens", response=_list("Token")
+    ),
+    "api.create_token": Operation(
+        "Mint a personal access token (the secret is in this answer only)",
+        "Tokens",
+        201,
+        ref("TokenCreated"),
+        body="TokenInput",
+    ),
+    "api.revoke_token": Operation("Revoke one of your tokens", "Tokens", 204),
+    "api.list_enrollment_tokens": Operation(
+        "Outstanding enrollment tokens (including those expired in the last week)",
+        "Hosts",
+        response=_list("EnrollmentToken"),
+    ),
+    "api.create_enrollment_token": Operation(
+        "Add a host: mint a one-time enrollment token",
+        "Hosts",
+        201,
+        ref("EnrollmentTokenCreated"),
+        body="EnrollmentTokenInput",
+    ),
+    "api.get_enrollment_token": Operation(
+        "One enrollment token (with host_id once a host enrolled with it)",
+        "Hosts",
+        response=ref("EnrollmentToken"),
+    ),
+    "api.regenerate_enrollment_token": Operation(
+        "A fresh secret and a fresh hour for an outstanding token",
+        "Hosts",
+        201,
+        ref("EnrollmentTokenCreated"),
+    ),
+    "api.revoke_enrollment_token": Operation("Revoke an outstanding token", "Hosts", 204),
+    "api.list_hosts": Operation("List hosts", "Hosts", response=_list("Host")),
+    "api.get_host": Operation("One host", "Hosts", response=ref("Host")),
+    "api.list_snapshots": Operation(
+        "The host's snapshots, newest first",
+        "Snapshots",
+        response=_list("Snapshot"),
+        query=(("tag", string(64), "Only snapshots with this tag."),),
+    ),
+    "api.snapshot_tree": Operation(
+        "One directory of a snapshot (answered by the agent)",
+        "Snapshots",
+        response=ref("Tree"),
+        query=(("path", string(MAX_PATH), "Absolute directory path; default /."),),
+        errors=(409, 502, 504),
+    ),
+    "api.snapshot_download": Operation(
+        "Download one file of a snapshot (streamed from the agent)",
+        "Snapshots",
+        response={"type": "string", "format": "binary"},
+        media_type="application/octet-stream",
+        query=(("path", string(MAX_PATH), "Absolute path of a file (required)."),),
+        errors=(409, 413, 502, 504),
+    ),
+    "api.list_repo_stats": Operation(
+        "Repository size history", "Repository", response=_list("RepoStats")
+    ),
+    "api.get_repository": Operation(
+        "The repository connection (never the password)", "Repository", response=ref("Repository")
+    ),
+    "api.put_repository": Operation(
+        "Replace the repository connection; the repository is checked again",
+        "Repository",
+        response=ref("Repository"),
+        body="RepositoryInput",
+    ),
+    "api.get_repo_maintenance": Operation(
+        "Maintenance cadences (forget, prune, check)", "Repository", response=ref("Maintenance")
+    ),
+    "api.put_repo_maintenance": Operation(
+        "Replace the maintenance cadences",
+        "Repository",
+        response=ref("Maintenance"),
+        body="MaintenanceInput",
+    ),
+    "api.get_bandwidth": Operation("Bandwidth caps", "Repository", response=ref("Bandwidth")),
+    "api.put_bandwidth": Operation(
+        "Replace the bandwidth caps", "Repository", response=ref("Bandwidth"), body="Bandwidth"
+    ),
+    "api.put_admin_credential": Operation(
+        "Set the admin credential (used by forget and prune)",
+        "Repository",
+        response=ref("AdminCredential"),
+        body="AdminCredentialInput",
+        errors=(409,),
+    ),
+    "api.delete_admin_credential": Operation("Remove the admin credential", "Repository", 204),
+    "api.list_source_groups": Operation(
+        "The host's source groups", "Source groups", response=_list("SourceGroup")
+    ),
+    "api.create_source_group": Operation(
+        "Add a source group",
+        "Source groups",
+        201,
+        ref("SourceGroup"),
+        body="SourceGroupInput",
+        description="Needs name and includes; hooks need the admin role.",
+    ),
+    "api.get_source_group": Operation(
+        "One source group", "Source groups", response=ref("SourceGroup")
+    ),
+    "api.update_source_group": Operation(
+        "Change a source group (only the keys sent)",
+        "Source groups",
+        response=ref("SourceGroup"),
+        body="SourceGroupInput",
+    ),
+    "api.delete_source_group": Operation(
+        "Remove a source group", "Source groups", 204, errors=(409,)
+    ),
+    "api.preview_source_group_retention": Operation(
+        "Which snapshots a retention policy would keep and remove (changes nothing)",
+        "Source groups",
+        response=ref("RetentionPreview"),
+        body="RetentionPreviewInput",
+        body_required=False,
+    ),
+    "api.get_host_hooks": Operation(
+        "Whether the host has default hooks (never their text)",
+        "Source groups",
+        response=ref("HooksSet"),
+    ),
+    "api.put_host_hooks": Operation(
+        "Set the host's default hooks (admin)",
+        "Source groups",
+        response=ref("HooksSet"),
+        body="HooksInput",
+    ),
+    "api.list_schedules": Operation(
+        "The host's schedules", "Schedules", response=ref("ScheduleList")
+    ),
+    "api.create_schedule": Operation(
+        "Add a schedule", "Schedules", 201, ref("Schedule"), body="ScheduleInput"
+    ),
+    "api.get_schedule": Operation("One schedule", "Schedules", response=ref("Schedule")),
+    "api.update_schedule": Operation(
+        "Change a schedule (only the keys sent)",
+        "Schedules",
+        response=ref("Schedule"),
+        body="ScheduleInput",
+    ),
+    "api.delete_schedule": Operation("Remove a schedule", "Schedules", 204),
+    "api.start_job": Operation(
+        "Start a job on the host",
+        "Jobs",
+        201,
+        ref("Job"),
+        body="JobInput",
+        errors=(409,),
+        description=CONFLICT,
+    ),
+    "api.create_restore": Operation(
+        "Restore files from a snapshot (a job)",
+        "Jobs",
+        201,
+        ref("Job"),
+        body="RestoreInput",
+        errors=(409,),
+        description=CONFLICT,
+    ),
+    "api.list_jobs": Operation(
+        "The latest 200 jobs, newest first",
+        "Jobs",
+        response=_list("Job"),
+        query=(
+            ("host_id", ID, "Only this host's jobs."),
+            ("kind", string(32), "Only this kind."),
+            ("status", string(16), "Only this status."),
+        ),
+    ),
+    "api.get_job": Operation("One job", "Jobs", response=ref("Job")),
+    "api.cancel_job": Operation(
+        "Cancel a queued or running job", "Jobs", 202, ref("Job"), errors=(409,)
+    ),
+    "api.get_diff": Operation(
+        "The changes a diff job found, one page",
+        "Jobs",
+        response=ref("Diff"),
+        query=(
+            ("modifier", {"type": "string", "enum": ["+", "-", "M", "T"]}, "Only this change."),
+            ("limit", integer(1, 1000, default=100), "Page size."),
+            ("offset", integer(0, default=0), "Rows to skip."),
+        ),
+    ),
+    "api.job_log_text": Operation(
+        "The job's log as text", "Jobs", response={"type": "string"}, media_type="text/plain"
+    ),
+    "api.job_log_ndjson": Operation(
+        "The job's log, one JSON record per line",
+        "Jobs",
+        response={"type": "string", "description": "LogRecord objects, one per line."},
+        media_type="application/x-ndjson",
+    ),
+    "api.stream_job": Operation(
+        "Live log, progress and status (Server-Sent Events)",
+        "Jobs",
+        response={"type": "string", "description": "Events: log, progress, status, end."},
+        media_type="text/event-stream",
+        query=(("after", integer(0), "Send log records after this sequence number."),),
+        headers=(("Last-Event-ID", integer(0), "Resume after this log sequence number."),),
+    ),
+}
+
+SCHEMAS["RetentionPreviewInput"] = obj(
+    {"retention": nullable(ref("RetentionPolicy"))},
+    description="Without a body (or retention), the group's own policy is previewed.",
+)
+
+# --- the document --------------------------------------------------------------------------
+
+_ARGUMENT = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
+_ERROR_TEXT = {
+    400: "Malformed request (e.g. the body is not a JSON object).",
+    401: "No or bad credentials.",
+    403: "Your role is too low (the message names the role needed).",
+    404: "No such object.",
+    409: "Conflict with the current state.",
+    413: "Request body (or the file) too large.",
+    415: "The body is not application/json.",
+    422: "A field is missing or wrong; `fields` names each one.",
+    502: "The agent could not answer.",
+    504: "The agent did not answer in time.",
+}
+
+
+def _path_and_parameters(rule) -> tuple[str, list[dict]]:
+    parameters = []
+
+    def replace(match: re.Match) -> str:
+        converter, name = match.group(1) or "default", match.group(2)
+        schema = ID if converter == "int" else string(64, minLength=1)
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+        return "{" + name + "}"
+
+    return _ARGUMENT.sub(replace, rule.rule), parameters
+
+
+def _role_of(view) -> str:
+    access = declared_access(view)
+    return "public" if access == PUBLIC else getattr(access, "value", str(access))
+
+
+def _operation(endpoint: str, method: str, spec: Operation, view, parameters: list) -> dict:
+    role = _role_of(view)
+    writes = method not in ("GET", "HEAD") and not getattr(view, "_rm_self_service", False)
+    if writes and role in ("viewer",):
+        role = "operator"
+    description = f"Needs the **{role}** role." if role != "public" else "No sign-in needed."
+    if spec.description:
+        description += " " + spec.description
+    operation: dict[str, Any] = {
+        "operationId": endpoint.removeprefix("api."),
+        "summary": spec.summary,
+        "description": description,
+        "tags": [spec.tag],
+        "x-required-role": role,
+    }
+    parameters = list(parameters)
+    for name, schema, text in spec.query:
+        parameters.append(
+            {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+        )
+    for name, schema, text in spec.headers:
+        parameters.append(
+            {"name": name, "in": "header", "required": False, "schema": schema, "description": text}
+        )
+    if parameters:
+        operation["parameters"] = parameters
+    if spec.body:
+        operation["requestBody"] = {
+            "required": spec.body_required,
+            "content": {"application/json": {"schema": ref(spec.body)}},
+        }
+    success: dict[str, Any] = {"description": "OK" if spec.status < 300 else "Done"}
+    if spec.status == 201:
+        success["description"] = "Created"
+    elif spec.status == 202:
+        success["description"] = "Accepted"
+    elif spec.status == 204:
+        success["description"] = "Done (no body)"
+    if spec.response is not None:
+        success["content"] = {spec.media_type: {"schema": spec.response}}
+    responses: dict[str, Any] = {str(spec.status): success}
+    errors = set(spec.errors)
+    if role != "public":
+        errors |= {401, 403}
+    if parameters and any(p["in"] == "path" for p in parameters):
+        errors.add(404)
+    if spec.body:
+        errors |= {400, 413, 415, 422}
+    if spec.query or spec.headers:
+        errors.add(422)
+    for status in sorted(errors):
+        responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
+    responses["default"] = {"$ref": "#/components/responses/Error"}
+    operation["responses"] = responses
+    if role == "public":
+        operation["security"] = []
+    return operation
+
+
+def build_document(app) -> dict:
+    """The whole OpenAPI 3.1 document for ``app``'s /api/v1 routes."""
+    paths: dict[str, dict] = {}
+    rules = sorted(app.url_map.iter_rules(), key=lambda rule: rule.rule)
+    for rule in rules:
+        if not rule.rule.startswith("/api/v1/") or rule.endpoint not in OPERATIONS:
+            continue
+        spec = OPERATIONS[rule.endpoint]
+        path, parameters = _path_and_parameters(rule)
+        view = app.view_functions[rule.endpoint]
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            item = paths.setdefault(path, {})
+            item[method.lower()] = _operation(rule.endpoint, method, spec, view, parameters)
+    error_content = {"application/json": {"schema": ref("Error")}}
+    responses = {
+        f"E{status}": {"description": text, "content": error_content}
+        for status, text in _ERROR_TEXT.items()
+    }
+    responses["Error"] = {"description": "Any other error.", "content": error_content}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "restic-manager API",
+            "version": __version__,
+            "summary": "Backups of a fleet of hosts with restic: hosts, jobs, snapshots, restores.",
+            "description": (
+                "Authenticate with a personal access token (`Authorization: Bearer rmp_…`, "
+                "Settings → API tokens) or, from the browser, with the signed-in session; "
+                "session writes also need the page's CSRF token in `X-CSRFToken`. Errors are "
+                '`{"error": code, "message": text}` (422 adds `fields`). Times are ISO-8601 '
+                'UTC. Lists are `{"items": [...]}`. See docs/api.md for examples.'
+            ),
+            "license": {
+                "name": "PolyForm Noncommercial 1.0.0",
+                "identifier": "PolyForm-Noncommercial-1.0.0",
+            },
+        },
+        "servers": [{"url": "/", "description": "This server"}],
+        "security": [{"bearerToken": []}, {"session": []}],
+        "tags": [
+            {"name": name} for name in dict.fromkeys(spec.tag for spec in OPERATIONS.values())
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": responses,
+            "securitySchemes": {
+                "bearerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A personal access token (rmp_…).",
+                },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "rm_session",
+                    "description": "The browser's session; writes need X-CSRFToken.",
+                },
+            },
+        },
+    }
+
+
+def document() -> dict:
+    """The document of the running app, built once per process."""
+    app = current_app._get_current_object()
+    cached = app.extensions.get("openapi_document")
+    if cached is None:
+        cached = app.extensions["openapi_document"] = build_document(app)
+    return cached
+
+
+@bp.get("/openapi.json")
+@public
+def openapi():
+    """Public on purpose: it describes the API and holds no data (docs/security.md)."""
+    response = jsonify(document())
+    response.headers["Cache-Control"] = "no-cache"
+    return response
