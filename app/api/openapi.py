@@ -165,7 +165,14 @@ SCHEMAS: dict[str, dict] = {
             "expires_at": DATE_TIME,
             "expired": {"type": "boolean"},
             "used_at": MAYBE_DATE_TIME,
-            "host_id": nullable(integer(1, description="The host it enrolled, once used.")),
+            "revoked_at": MAYBE_DATE_TIME,
+            "host": nullable(
+                obj(
+                    {"id": ID, "hostname": string(255)},
+                    ("id", "hostname"),
+                    description="The host it enrolled, once used.",
+                )
+            ),
         },
         ("id", "hostname", "repo_url", "paths", "created_at", "expires_at", "expired"),
     ),
@@ -516,6 +523,7 @@ SCHEMAS: dict[str, dict] = {
         {
             "summary": {"type": "object"},
             "counts": {"type": "object", "additionalProperties": integer()},
+            "sizes": {"type": "object", "description": "Bytes per kind of change."},
             "items": array(
                 obj(
                     {
@@ -590,7 +598,7 @@ OPERATIONS: dict[str, Operation] = {
         body="EnrollmentTokenInput",
     ),
     "api.get_enrollment_token": Operation(
-        "One enrollment token (with host_id once a host enrolled with it)",
+        "One enrollment token, also once used or revoked (host: the host it enrolled)",
         "Hosts",
         response=ref("EnrollmentToken"),
     ),
