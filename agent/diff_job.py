@@ -2,10 +2,12 @@
 
 restic names the changed paths only; the sizes come from listing their parent directories
 in each snapshot (at most ``MAX_DIRECTORIES`` per snapshot, so a huge diff stays cheap).
+The reported changes are in natural order (``file2`` before ``file10``), as people count.
 """
 
 import posixpath
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent import jobparams
 from agent.job import Credentials, Job, JobResult
@@ -59,7 +61,8 @@ def run_diff(job: Job) -> JobResult:
     after = _nodes(job, credentials, params.snapshot_b, collector.changes, in_a=False)
     if job.running.cancel.is_set():
         return job.cancelled(outcome)
-    changes = [describe_change(change, before, after) for change in collector.changes]
+    listed = sorted(collector.changes, key=lambda change: path_key(change["path"]))
+    changes = [describe_change(change, before, after) for change in listed]
     for start in range(0, len(changes), BATCH_SIZE):
         batch = {"batch": start // BATCH_SIZE, "changes": changes[start : start + BATCH_SIZE]}
         job.emit("diff.report", batch)
@@ -95,6 +98,23 @@ def describe_change(
         "size_before": _file_size(old),
         "size_after": _file_size(new),
     }
+
+
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def natural_key(name: str) -> Tuple[Tuple[int, int, str], ...]:
+    """file2 before file10, case folded; digit runs ahead of letters, as in ASCII."""
+    return tuple(
+        (0, int(part), part) if part.isdigit() and part.isascii() else (1, 0, part.casefold())
+        for part in _DIGITS.split(name)
+        if part
+    )
+
+
+def path_key(path: str) -> Tuple[Any, ...]:
+    """Component by component, so a directory comes right before what is in it."""
+    return (tuple(natural_key(part) for part in path.split("/")), path)
 
 
 def parent_directories(changes: List[Dict[str, Any]], in_a: bool, limit: int) -> List[str]:

@@ -248,7 +248,12 @@ def test_diff_report_events_become_a_filterable_paged_table(app, host, operator)
     ]
     assert page["items"][0]["change"] == "modified"
     assert page["counts"] == {"+": 1, "-": 1, "M": 1, "T": 0}
-    assert page["summary"]["added"]["bytes"] == 3531
+    assert page["summary"]["added"]["bytes"] == 3531  # restic's: repository data
+    assert page["sizes"] == {  # the files' sizes, as the items show them
+        "added": {"bytes": 3531, "unknown": 0},
+        "removed": {"bytes": 12, "unknown": 0},
+        "modified": {"bytes_before": 20, "bytes_after": 31, "unknown": 0},
+    }
     added = client.get(f"/api/v1/jobs/{job.id}/diff?modifier=%2B", headers=operator).get_json()
     assert [item["size_after"] for item in added["items"]] == [3531]
     first = client.get(f"/api/v1/jobs/{job.id}/diff?limit=2", headers=operator).get_json()
@@ -321,13 +326,28 @@ def test_an_answer_is_checked_and_stored_once(app, host):
         {"name": "b.txt", "type": "file", "path": "/srv/b.txt", "size": 3, "mtime": "x"},
         {"name": "A", "type": "dir", "path": "/srv/A", "size": 99},
         {"name": "sub", "type": "dir", "path": "/srv/sub"},
+        {"name": "file10", "type": "file", "path": "/srv/file10", "size": 1},
+        {"name": "disk10", "type": "dir", "path": "/srv/disk10"},
+        {"name": "File2", "type": "file", "path": "/srv/File2", "size": 1},
+        {"name": "disk9", "type": "dir", "path": "/srv/disk9"},
+        {"name": "file1", "type": "file", "path": "/srv/file1", "size": 1},
     ]
     answer = agent_post(app, host, call.id, json={"ok": True, "result": {"items": items}})
     assert answer.status_code == 200
     db.session.expire_all()
     stored = db.session.get(RpcCall, call.id)
     assert stored.status == "answered"
-    assert [item["name"] for item in stored.result["items"]] == ["A", "sub", "b.txt"]
+    # Directories first, then as people count: file2 before file10, case aside.
+    assert [item["name"] for item in stored.result["items"]] == [
+        "A",
+        "disk9",
+        "disk10",
+        "sub",
+        "b.txt",
+        "file1",
+        "File2",
+        "file10",
+    ]
     assert stored.result["items"][0]["size"] is None  # only files have sizes
     again = agent_post(app, host, call.id, json={"ok": True, "result": {"items": []}})
     assert again.status_code == 409

@@ -298,7 +298,7 @@ def _finished_diff(host: Host) -> Job:
         ("/srv/data/new/", "+", "dir", None, None),
         ("/srv/data/old.txt", "-", "file", 10, None),
         ("/srv/data/changed.txt", "M", "file", 100, 2048),
-    ] + [(f"/srv/data/new/f{index:03}.txt", "+", "file", None, 27) for index in range(130)]
+    ] + [(f"/srv/data/new/f{index:03}.txt", "+", "file", None, 1000) for index in range(130)]
     for seq, (path, modifier, kind, before, after) in enumerate(rows, start=1):
         db.session.add(
             DiffEntry(
@@ -319,7 +319,12 @@ def test_diff_job_page_shows_a_readable_paged_table(app, login_as, host):
     job = _finished_diff(host)
     browser = login_as(Role.viewer)
     html = browser.get(f"/jobs/{job.id}").get_data(as_text=True)
-    assert "130 files, 1 dir · 3.4 KiB" in html  # added
+    tiles = html.split('class="diffsum"')[1].split("</div>\n  </div>")[0]
+    # The tiles add up the sizes the table shows; restic's blob bytes are labelled apart.
+    assert "130 files, 1 folder" in tiles and "127 KiB" in tiles and "3.4 KiB" not in tiles
+    assert "1 file</span>" in tiles and "10 B" in tiles  # removed
+    assert "100 B → 2.0 KiB" in tiles  # modified, before and after
+    assert "In the repository: 3.4 KiB of data only the newer snapshot uses, 10 B" in html
     assert "change--modified" in html and ">modified</span>" in html
     assert "/srv/data/changed.txt" in html
     assert "2.0 KiB" in html  # size after, in words people read

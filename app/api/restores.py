@@ -83,6 +83,7 @@ def get_diff(job_id: int):
         {
             "summary": page["summary"],
             "counts": page["counts"],
+            "sizes": page["sizes"],
             "items": [
                 {
                     "path": entry.path,

@@ -92,7 +92,48 @@ def diff_page(
     return {
         "summary": job.stats or {},
         "counts": {key: sum(n for m, n in counts.items() if key in m) for key in MODIFIERS},
+        "sizes": file_sizes(job),
         "items": items,
         "total": total,
         "next": offset + limit if offset + limit < total else None,
     }
+
+
+def file_sizes(job: Job) -> dict:
+    """What the table's size columns add up to, per kind of change.
+
+    restic's own ``added.bytes``/``removed.bytes`` (in the job's stats) count deduplicated
+    blobs, folder listings included: repository data, not file sizes. These are the sizes
+    of the files listed: added files after, removed files before, modified ones both.
+    ``unknown`` counts files whose size the agent could not look up.
+    """
+    rows = db.session.execute(
+        select(
+            DiffEntry.modifier,
+            func.count(),
+            func.count(DiffEntry.size_before),
+            func.count(DiffEntry.size_after),
+            func.sum(DiffEntry.size_before),
+            func.sum(DiffEntry.size_after),
+        )
+        .where(DiffEntry.job_id == job.id, DiffEntry.type == "file")
+        .group_by(DiffEntry.modifier)
+    ).all()
+    sizes = {
+        "added": {"bytes": 0, "unknown": 0},
+        "removed": {"bytes": 0, "unknown": 0},
+        "modified": {"bytes_before": 0, "bytes_after": 0, "unknown": 0},
+    }
+    for modifier, files, known_before, known_after, before, after in rows:
+        if "+" in modifier:
+            sizes["added"]["bytes"] += int(after or 0)
+            sizes["added"]["unknown"] += files - known_after
+        elif "-" in modifier:
+            sizes["removed"]["bytes"] += int(before or 0)
+            sizes["removed"]["unknown"] += files - known_before
+        elif "M" in modifier:
+            modified = sizes["modified"]
+            modified["bytes_before"] += int(before or 0)
+            modified["bytes_after"] += int(after or 0)
+            modified["unknown"] += files - min(known_before, known_after)
+    return sizes

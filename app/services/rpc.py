@@ -317,8 +317,21 @@ def _listing(result: Any, max_entries: int) -> dict:
     if len(raw) > max_entries:
         raise RpcRefused(f"A listing may hold at most {max_entries} items.")
     items = [_node(item, index) for index, item in enumerate(raw)]
-    items.sort(key=lambda item: (item["type"] != "dir", item["name"].lower(), item["name"]))
+    items.sort(key=lambda item: (item["type"] != "dir", natural_key(item["name"]), item["name"]))
     return {"items": items, "truncated": result.get("truncated") is True}
+
+
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sorts as people count: file2 before file10, case folded (directories first is the
+    caller's business). Digit runs compare by value, ahead of letters as in ASCII."""
+    return tuple(
+        (0, int(part), part) if part.isascii() and part.isdigit() else (1, 0, part.casefold())
+        for part in _DIGITS.split(name)
+        if part
+    )
 
 
 def _node(item: Any, index: int) -> dict:

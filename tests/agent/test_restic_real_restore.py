@@ -328,6 +328,71 @@ def test_diff_reports_added_removed_and_modified_files_with_sizes(repo, tmp_path
     assert f"M {data}/a.txt" in ran.texts
 
 
+def test_a_diff_lists_files_in_natural_order_and_the_page_adds_up_their_sizes(tmp_path, login_as):
+    """restic's added/removed bytes are deduplicated repository data: a copied file adds
+    almost nothing. The job page's tiles add up the files' sizes the table shows and name
+    restic's figure apart."""
+    from app.extensions import db
+    from app.models import Host, Job, Role
+    from app.models.types import utcnow
+    from app.services import diffs
+    from app.web.formatting import human_bytes
+
+    repo = Repo(tmp_path)
+    restic(repo.path, "init")
+    data = repo.data
+    data.mkdir()
+    payload = os.urandom(300_000)
+    (data / "keep.bin").write_bytes(payload)
+    (data / "old.txt").write_bytes(b"old\n" * 100)
+    first = back_up(repo.path, data)
+    (data / "old.txt").unlink()
+    (data / "copy.bin").write_bytes(payload)  # the same bytes: no new data in the repository
+    for name in ("file10.txt", "file2.txt", "File1.txt"):
+        (data / name).write_bytes(name.encode() * 50)
+    second = back_up(repo.path, data)
+
+    ran = Jobs(tmp_path, repo).run("diff", {"snapshot_a": first, "snapshot_b": second})
+    assert ran.finished["status"] == "succeeded", ran.texts
+    (report,) = ran.of("diff.report")
+    names = [change["path"].rsplit("/", 1)[-1] for change in report["changes"]]
+    assert names == ["copy.bin", "File1.txt", "file2.txt", "file10.txt", "old.txt"]
+    stats = ran.finished["stats"]
+    added_sizes = 300_000 + sum(len(name) * 50 for name in ("file10.txt", "file2.txt", "File1.txt"))
+    assert sum(c["size_after"] for c in report["changes"] if c["modifier"] == "+") == added_sizes
+    assert stats["added"]["bytes"] < 300_000  # repository data, not the files' sizes
+
+    host = Host(hostname="diff-host")
+    db.session.add(host)
+    db.session.flush()
+    job = Job(
+        host_id=host.id,
+        kind="diff",
+        status="succeeded",
+        attempt_id="a" * 32,
+        actor_type="user",
+        actor_label="alice",
+        params={"snapshot_a": first, "snapshot_b": second},
+        stats=stats,
+        started_at=utcnow(),
+        finished_at=utcnow(),
+    )
+    db.session.add(job)
+    db.session.flush()
+    assert diffs.record_batch(job, report) is None
+    db.session.commit()
+    assert diffs.file_sizes(job)["added"] == {"bytes": added_sizes, "unknown": 0}
+
+    html = login_as(Role.viewer).get(f"/jobs/{job.id}").get_data(as_text=True)
+    tiles = html.split('class="diffsum"')[1].split('class="difffilter"')[0]
+    assert "4 files" in tiles and "294 KiB" in tiles  # 301,450 bytes, as listed
+    assert "1 file</span>" in tiles and "400 B" in tiles  # old.txt, removed
+    repository = human_bytes(stats["added"]["bytes"])
+    assert f"In the repository: {repository} of data only the newer snapshot uses" in tiles
+    table = html.split('class="table table--compact difftable"')[1]
+    assert [table.index(name) for name in names] == sorted(table.index(name) for name in names)
+
+
 # -- downloads (rpc.dump) through the fake server ----------------------------------------
 
 
