@@ -157,7 +157,7 @@ def test_job_history_lists_the_latest_25(login_as):
     assert page.count('<td data-label="Job">') == 25
     assert f'<a href="/jobs/{failed.id}">#{failed.id}</a>' in page
     assert page.index(f"#{failed.id}<") < page.index(f"#{backup.id}<")
-    assert "snapshot 01234567 · 3.0 MiB added" in page
+    assert "snapshot 01234567, 3.0 MiB added" in page
     assert "1 min 35 s" in page
     assert "Fatal: repository is locked" in page
     assert "The latest 25 jobs." in page

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from app.web.formatting import job_summary
+
 
 def iso(value: datetime | None) -> str | None:
     """ISO-8601 UTC with a Z, or None."""
@@ -23,6 +25,8 @@ def host_json(host, status: str) -> dict:
         "last_backup_at": iso(host.last_backup_at),
         "last_backup_status": host.last_backup_status,
         "last_backup_job_id": host.last_backup_job_id,
+        "last_successful_backup_at": iso(host.last_successful_backup_at),
+        "last_successful_backup_job_id": host.last_successful_backup_job_id,
         "snapshot_count": host.snapshot_count or 0,
         "latest_snapshot_at": iso(host.latest_snapshot_at),
         "repo_size_bytes": host.repo_size_bytes,
@@ -66,6 +70,7 @@ def job_json(job) -> dict:
         "params": job.params or {},
         "exit_code": job.exit_code,
         "error": job.error,
+        "summary": job_summary(job),  # the line the job tables show
         "stats": job.stats or {},
         "progress": job.progress or {},
         "log_lines": job.log_committed_seq,

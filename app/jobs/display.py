@@ -15,7 +15,7 @@ STATUS_WORDS = {
     "queued": "Waiting for the agent to pick it up.",
     "running": "Running on the host.",
     "succeeded": "Finished successfully.",
-    "warning": "Finished with warnings: some files could not be read, the snapshot exists.",
+    "warning": "Finished with warnings: the snapshot was saved, but not everything is in it.",
     "failed": "Failed.",
     "cancelled": "Cancelled.",
     "lost": "Lost: the agent restarted while the job ran, so its outcome is unknown.",
@@ -43,6 +43,7 @@ _STATS = {
     "total_bytes_processed": ("Data processed", "bytes"),
     "duration_seconds": ("Duration (as restic measured it)", "duration"),
     "error_count": ("Files that could not be read", "count"),
+    "missing_paths": ("Source paths that do not exist", "paths"),
     "kept": ("Snapshots kept", "count"),
     "removed": ("Snapshots removed", "count"),
     "dry_run": ("Dry run (nothing removed)", "yesno"),
@@ -101,7 +102,12 @@ def stats_rows(stats: dict, hide: tuple[str, ...] = ()) -> list[tuple[str, str, 
     stats = {key: value for key, value in (stats or {}).items() if key not in hide}
     rows = []
     for key, (label, kind) in _STATS.items():
-        if key in stats and not isinstance(stats[key], (dict, list)):
+        if kind == "paths":
+            value = stats.get(key) if isinstance(stats.get(key), list) else []
+            paths = [path for path in value if isinstance(path, str)]
+            if paths:
+                rows.append((label, ", ".join(paths), "\n".join(paths)))
+        elif key in stats and not isinstance(stats[key], (dict, list)):
             rows.append((label, _format(kind, stats[key]), str(stats[key])))
     for key in sorted(set(stats) - set(_STATS)):
         value = stats[key]

@@ -28,6 +28,12 @@ def host_url(host_id: int) -> str | None:
         return None
 
 
+@bp.app_template_global()
+def latest_backup_of(host: Host) -> Job | None:
+    """The host's latest backup job, for the result line on the host page."""
+    return db.session.get(Job, host.last_backup_job_id) if host.last_backup_job_id else None
+
+
 def _filters() -> dict:
     """host_id, kind and status from the query string; unusable values are ignored."""
     chosen = {}

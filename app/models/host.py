@@ -42,9 +42,13 @@ class Host(db.Model):
     snapshot_count: Mapped[int] = mapped_column(default=0, server_default="0")
     latest_snapshot_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     repo_size_bytes: Mapped[Optional[int]] = mapped_column(BigInteger)
+    # The latest backup's result, whatever it was (a cancel or a failure included) …
     last_backup_job_id: Mapped[Optional[int]] = mapped_column()
     last_backup_status: Mapped[Optional[str]] = mapped_column(String(16))
     last_backup_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    # … and the latest one that saved a snapshot (succeeded, or warning: a snapshot exists).
+    last_successful_backup_job_id: Mapped[Optional[int]] = mapped_column()
+    last_successful_backup_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     # Schedules: every change bumps schedule_version; the agent acks what it applied.
     schedule_version: Mapped[int] = mapped_column(default=0, server_default="0")
     agent_schedule_version: Mapped[Optional[int]] = mapped_column()

@@ -224,13 +224,27 @@ def size_history(host: Host, limit: int = 90) -> list[RepoStats]:
     return list(reversed(list(rows)))
 
 
+SUCCESSFUL_BACKUP_STATUSES = frozenset({"succeeded", "warning"})  # a snapshot was saved
+
+
 def note_backup_finished(host: Host, job: Job) -> None:
-    """The dashboard's "last backup" columns."""
-    if job.kind != "backup" or (host.last_backup_job_id or 0) > job.id:
+    """The dashboard's "last backup" columns: the latest result, and the latest success.
+
+    A ``warning`` counts as a success here: its snapshot exists and can be restored (the
+    latest result still shows the warning).
+    """
+    if job.kind != "backup":
         return
-    host.last_backup_job_id = job.id
-    host.last_backup_status = job.status
-    host.last_backup_at = job.finished_at
+    if (host.last_backup_job_id or 0) <= job.id:
+        host.last_backup_job_id = job.id
+        host.last_backup_status = job.status
+        host.last_backup_at = job.finished_at
+    if (
+        job.status in SUCCESSFUL_BACKUP_STATUSES
+        and (host.last_successful_backup_job_id or 0) <= job.id
+    ):
+        host.last_successful_backup_job_id = job.id
+        host.last_successful_backup_at = job.finished_at
 
 
 # --- credentials -------------------------------------------------------------------------

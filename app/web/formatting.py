@@ -103,6 +103,46 @@ def _restore_summary(stats: dict, params: dict) -> str:
     return f"{files} file{'' if files == 1 else 's'} ({human_bytes(int(size or 0))}) {where}"
 
 
+MAX_SUMMARY_PATHS = 3  # the one-line summary names this many missing paths; the job all
+
+
+def missing_paths(stats: dict) -> list[str]:
+    """A backup's ``stats.missing_paths``: the source paths that did not exist."""
+    value = (stats or {}).get("missing_paths")
+    if not isinstance(value, list):
+        return []
+    return [path for path in value if isinstance(path, str)]
+
+
+def _paths_text(paths: list[str]) -> str:
+    named = ", ".join(paths[:MAX_SUMMARY_PATHS])
+    more = len(paths) - MAX_SUMMARY_PATHS
+    return f"{named} and {more} more" if more > 0 else named
+
+
+def _backup_summary(job, stats: dict) -> str:
+    """'snapshot 1a2b3c4d, 1,204 files, 4.2 MiB added; 2 paths missing: /srv/a, /srv/b'."""
+    head: list[str] = []
+    snapshot = stats.get("snapshot_id")
+    if isinstance(snapshot, str) and snapshot:
+        head.append(f"snapshot {snapshot[:8]}")
+    files, added = _stat(stats, "total_files_processed"), _stat(stats, "data_added")
+    if files is not None:
+        head.append(plural(int(files), "file"))
+    if added is not None:
+        head.append(f"{human_bytes(int(added))} added")
+    problems: list[str] = []
+    unreadable = _stat(stats, "error_count")
+    if unreadable:
+        problems.append(f"{plural(int(unreadable), 'file')} could not be read")
+    missing = missing_paths(stats)
+    if missing:
+        problems.append(f"{plural(len(missing), 'path')} missing: {_paths_text(missing)}")
+    if job.status == "warning" and not problems:
+        problems.append("some files could not be read")  # a warning from before the counts
+    return "; ".join(part for part in (", ".join(head), *problems) if part)
+
+
 def job_summary(job) -> str:
     """One line about what a job did: snapshot and data added, kept/removed, or the error."""
     stats = job.stats or {}
@@ -115,14 +155,7 @@ def job_summary(job) -> str:
         return "waiting for the agent"
     parts: list[str] = []
     if job.kind == "backup":
-        snapshot = stats.get("snapshot_id")
-        if isinstance(snapshot, str) and snapshot:
-            parts.append(f"snapshot {snapshot[:8]}")
-        added = _stat(stats, "data_added")
-        if added is not None:
-            parts.append(f"{human_bytes(int(added))} added")
-        if job.status == "warning":
-            parts.append("some files could not be read")
+        parts.append(_backup_summary(job, stats))
     elif job.kind == "forget":
         kept, removed = _stat(stats, "kept"), _stat(stats, "removed")
         if kept is not None or removed is not None:
@@ -132,7 +165,7 @@ def job_summary(job) -> str:
     elif job.kind == "snapshots":
         count = _stat(stats, "count")
         if count is not None:
-            parts.append(f"{count} snapshot{'' if count == 1 else 's'}")
+            parts.append(plural(int(count), "snapshot"))
     elif job.kind == "stats":
         size = _stat(stats, "total_size")
         if size is not None:
@@ -145,9 +178,10 @@ def job_summary(job) -> str:
     elif job.kind == "diff":
         changes = _stat(stats, "changes")
         if changes is not None:
-            parts.append(f"{changes} change{'' if changes == 1 else 's'}")
+            parts.append(plural(int(changes), "change"))
     elif job.kind == "unlock" and (job.params or {}).get("remove_all"):
         parts.append("removed all locks")
+    parts = [part for part in parts if part]
     if not parts and job.error:
         parts.append(job.error)
     return " · ".join(parts)
@@ -160,6 +194,7 @@ FILTERS = {
     "plural": plural,
     "ago": relative_time,
     "job_summary": job_summary,
+    "missing_paths": missing_paths,
     "job_duration": job_duration,
     "repo_status_word": lambda status: REPO_STATUS_WORDS.get(status, status or "—"),
     "host_status_word": lambda status: HOST_STATUS_WORDS.get(status, status),
