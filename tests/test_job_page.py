@@ -240,3 +240,73 @@ def test_jobs_list_filters_by_host_kind_and_status(app, login_as):
     assert "No jobs match these filters" in page and "Clear filters" in page
     assert f'<option value="{database.id}" selected>db-1</option>' in page
     assert listed("?host_id=abc&kind=&status=")[0] == [other.id, backup.id, probe.id]
+
+
+# --- live pages: the upload phase, the ticking duration, plurals ------------------------------
+
+
+def test_a_backup_whose_files_are_all_read_says_it_is_uploading(app, login_as):
+    """restic 0.14 prints percent_done 1 (every file read) while it still uploads the last
+    packs and saves the snapshot; it reports nothing about the upload itself."""
+    viewer = login_as(Role.viewer)
+    host, token = make_host()
+    job = make_job(app, host, kind="backup")
+    agent = AgentCalls(app, token, job)
+    agent.event("job.started")
+    agent.logs(["open repository"])
+    agent.event(
+        "job.progress",
+        percent=100.0,
+        files_done=6,
+        total_files=6,
+        bytes_done=150_000_000,
+        total_bytes=150_000_000,
+        seconds_remaining=None,
+        current_files=[],
+        error_count=0,
+    )
+    page = viewer.get(f"/jobs/{job.id}").get_data(as_text=True)
+    assert '<section class="card progress--uploading" id="job-progress">' in page
+    assert 'data-progress="percent_text">uploading</span>' in page
+    assert "100.0 %" not in page
+    assert "all 6 files read" in page and "143 MiB" in page
+    assert "143 MiB of 143 MiB" not in page
+    phase = page.split('data-progress="phase"')[1].split("</p>")[0]
+    assert " hidden" not in phase.split(">")[0]
+    assert "uploading what is left to the repository" in phase
+    assert '<span class="muted" id="job-log-count">1 line</span>' in page
+    assert 'data-kind="backup"' in page
+    assert "css/job.css" in page
+
+    agent.event("job.progress", percent=40.0, files_done=1, total_files=1, bytes_done=10)
+    page = viewer.get(f"/jobs/{job.id}").get_data(as_text=True)
+    assert '<section class="card" id="job-progress">' in page
+    assert "1 of 1 file<" in page and "40.0 %" in page
+    assert 'data-progress="phase" hidden' in page
+
+
+def test_the_duration_carries_its_start_while_running_and_is_final_after(app, login_as):
+    viewer = login_as(Role.viewer)
+    host, token = make_host()
+    job = make_job(app, host, kind="backup")
+    queued = viewer.get(f"/jobs/{job.id}").get_data(as_text=True)
+    assert 'id="job-duration"' not in queued and "not started" in queued
+    agent = AgentCalls(app, token, job)
+    agent.event("job.started")
+    db.session.expire_all()
+    started = db.session.get(Job, job.id).started_at
+    running = viewer.get(f"/jobs/{job.id}").get_data(as_text=True)
+    ticking = re.search(
+        r'<span id="job-duration" data-started-at="([^"]+)" data-now="([^"]+)">([^<]+) so far',
+        running,
+    )
+    assert ticking, running
+    assert ticking.group(1) == started.isoformat(timespec="milliseconds")
+    assert ticking.group(2) > ticking.group(1)  # the server's clock, for the browser's offset
+
+    agent.logs(["one", "two"])
+    agent.finish()
+    finished = viewer.get(f"/jobs/{job.id}").get_data(as_text=True)
+    assert re.search(r'<span id="job-duration">[^<]+</span>', finished)
+    assert "data-started-at" not in finished
+    assert '<span class="muted" id="job-log-count">2 lines</span>' in finished

@@ -1,7 +1,8 @@
 // The job page, live: follows /api/v1/jobs/<id>/stream (Server-Sent Events) after the
 // lines the server rendered, keeps the log scrolled to the bottom unless the reader scrolled
-// up, updates progress and status, and refreshes the page's details when the job ends.
-// Without JavaScript the page still shows the log so far.
+// up, updates progress and status, ticks the duration every second while the job runs, and
+// refreshes the page's details when the job ends. Without JavaScript the page still shows
+// the log so far.
 "use strict";
 
 (function () {
@@ -20,8 +21,9 @@
   let flushScheduled = false;
   let following = true;
 
-  // --- formatting (as app/web/formatting.py: human_bytes, human_duration) ------------------
+  // --- formatting (as app/web/formatting.py: human_bytes, human_duration, plural) ----------
   const bytes = window.humanBytes; // app.js
+  const plural = window.plural; // app.js
   function duration(value) {
     if (typeof value !== "number") return "—";
     let seconds = Math.max(0, Math.round(value));
@@ -67,8 +69,9 @@
     const first = log.firstElementChild;
     if (older && first) {
       const hidden = parseInt(first.getAttribute("data-seq"), 10) - 1;
-      document.getElementById("job-log-older-text").textContent =
-        "The first " + number(hidden) + " lines are not shown here.";
+      document.getElementById("job-log-older-text").textContent = hidden === 1
+        ? "The first line is not shown here."
+        : "The first " + number(hidden) + " lines are not shown here.";
       older.hidden = false;
     }
   }
@@ -84,7 +87,7 @@
     trim();
     log.hidden = false;
     if (empty) empty.hidden = true;
-    count.textContent = number(lastSeq);
+    count.textContent = plural(lastSeq, "line");
     if (stick) log.scrollTop = log.scrollHeight;
     else follow.hidden = false;
   }
@@ -114,41 +117,78 @@
     if (element) element.textContent = text;
   }
 
+  // restic 0.14 reads every file (percent_done 1) while it still uploads the last packs and
+  // saves the snapshot, and reports nothing about the upload: that phase gets its own words
+  // instead of a bar sitting at 100 % (the template words the server-rendered state alike).
   function showProgress(progress) {
     const bar = document.getElementById("job-progress-bar");
     if (!bar) return;
-    document.getElementById("job-progress").hidden = false;
+    const card = document.getElementById("job-progress");
+    card.hidden = false;
     let percent = typeof progress.percent === "number" ? progress.percent : null;
     if (percent !== null) {
       percent = Math.min(100, Math.max(0, percent));
       bar.value = percent;
-      bar.textContent = percent.toFixed(1) + " %";
     }
-    setProgress("percent_text", percent === null ? "" : percent.toFixed(1) + " %");
+    const uploading = panel.getAttribute("data-kind") === "backup" && percent !== null && percent >= 100;
+    card.classList.toggle("progress--uploading", uploading);
+    const percentText = uploading ? "uploading" : percent === null ? "" : percent.toFixed(1) + " %";
+    bar.textContent = percentText;
+    setProgress("percent_text", percentText);
     let files = "";
-    if (isInt(progress.files_done) && isInt(progress.total_files)) {
-      files = number(progress.files_done) + " of " + number(progress.total_files) + " files";
+    if (uploading) {
+      if (isInt(progress.total_files)) files = "all " + plural(progress.total_files, "file") + " read";
+    } else if (isInt(progress.files_done) && isInt(progress.total_files)) {
+      files = number(progress.files_done) + " of " + plural(progress.total_files, "file");
     } else if (isInt(progress.files_done)) {
-      files = number(progress.files_done) + " files";
+      files = plural(progress.files_done, "file");
     }
     setProgress("files", files);
     let size = "";
-    if (typeof progress.bytes_done === "number" && typeof progress.total_bytes === "number") {
+    if (uploading) {
+      if (typeof progress.total_bytes === "number") size = bytes(progress.total_bytes);
+    } else if (typeof progress.bytes_done === "number" && typeof progress.total_bytes === "number") {
       size = bytes(progress.bytes_done) + " of " + bytes(progress.total_bytes);
     } else if (typeof progress.bytes_done === "number") {
       size = bytes(progress.bytes_done);
     }
     setProgress("bytes", size);
     const remaining = progress.seconds_remaining;
-    setProgress("eta", typeof remaining === "number" && remaining >= 0
+    setProgress("eta", !uploading && typeof remaining === "number" && remaining >= 0
       ? "about " + duration(remaining) + " left" : "");
     setProgress("errors", isInt(progress.error_count) && progress.error_count
-      ? number(progress.error_count) + (progress.error_count === 1 ? " file" : " files") +
-        " could not be read"
+      ? plural(progress.error_count, "file") + " could not be read"
       : "");
+    const phase = document.querySelector('[data-progress="phase"]');
+    if (phase) phase.hidden = !uploading;
     const current = Array.isArray(progress.current_files) ? progress.current_files.slice(0, 2) : [];
-    setProgress("current", current.length ? "Now: " + current.join(", ") : "");
+    setProgress("current", current.length && !uploading ? "Now: " + current.join(", ") : "");
   }
+
+  // --- the duration ------------------------------------------------------------------------------
+  // While the job runs the server renders the duration once, with data-started-at and its
+  // own clock (data-now, so a browser clock that is off does not matter); a refresh of the
+  // details may replace the element (queued → running) or end the ticking (finished: no
+  // data-started-at any more).
+  let durationElement = null;
+  let clockOffset = 0;
+  let ticker = null;
+  function tickDuration() {
+    const element = document.getElementById("job-duration");
+    const started = element && Date.parse(element.getAttribute("data-started-at") || "");
+    if (!element || isNaN(started)) return;
+    if (element !== durationElement) {
+      durationElement = element;
+      const serverNow = Date.parse(element.getAttribute("data-now") || "");
+      clockOffset = isNaN(serverNow) ? 0 : serverNow - Date.now();
+    }
+    element.textContent = duration((Date.now() + clockOffset - started) / 1000) + " so far";
+  }
+  function stopTicking() {
+    if (ticker !== null) window.clearInterval(ticker);
+    ticker = null;
+  }
+  if (panel.getAttribute("data-live") === "true") ticker = window.setInterval(tickDuration, 1000);
 
   function showStatus(status) {
     const pill = document.getElementById("job-status");
@@ -159,6 +199,7 @@
       if (TERMINAL.indexOf(status.status) === -1) refreshDetails();
     }
     if (TERMINAL.indexOf(status.status) !== -1) {
+      stopTicking(); // the refreshed details show the final duration
       const cancel = document.getElementById("job-cancel");
       if (cancel) cancel.hidden = true;
       const progress = document.getElementById("job-progress");
