@@ -56,8 +56,13 @@ def declared_access(view):
     return getattr(view, "_rm_access", None)
 
 
+# Pages for people that live under /api/ (the API reference): HTML errors, sign-in redirect.
+HTML_PAGES_UNDER_API = frozenset({"/api/docs"})
+
+
 def is_api_request() -> bool:
-    return request.path.startswith("/api/")
+    """JSON errors and 401s (not a sign-in redirect) for this request."""
+    return request.path.startswith("/api/") and request.path not in HTML_PAGES_UNDER_API
 
 
 def enforce_access():

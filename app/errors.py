@@ -6,6 +6,7 @@ from flask import jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from app.access import is_api_request
 from app.services.errors import RateLimited, ServiceError
 
 _CODES = {
@@ -25,7 +26,7 @@ _CODES = {
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/")
+    return is_api_request()
 
 
 def error_response(status: int, code: str, message: str, **extra):

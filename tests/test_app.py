@@ -122,3 +122,30 @@ def test_proxy_headers_are_ignored_unless_the_peer_is_trusted(app_factory):
         "/login", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
     )
     assert "Secure" in response.headers.get("Set-Cookie", "")
+
+
+def test_the_api_reference_page_renders_the_vendored_swagger_ui(app, client, login_as):
+    from app.models import Role
+
+    anonymous = client.get("/api/docs")
+    assert anonymous.status_code == 302 and anonymous.headers["Location"].startswith("/login")
+    viewer = login_as(Role.viewer)
+    page = viewer.get("/api/docs")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert "script-src 'self';" in page.headers["Content-Security-Policy"]  # not weakened
+    assert "<script>" not in html  # no inline script: the start-up code is a static file
+    assert 'data-spec="/api/v1/openapi.json"' in html and "data-csrf=" in html
+    for asset in (
+        "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        "/static/vendor/swagger-ui/swagger-ui.css",
+        "/static/js/api-docs.js",
+    ):
+        assert asset in html
+        with client.get(asset) as response:
+            assert response.status_code == 200
+    with client.get("/static/vendor/swagger-ui/LICENSE") as license_file:
+        assert "Apache License" in license_file.get_data(as_text=True)
+    assert "<a" in viewer.get("/settings/tokens").get_data(as_text=True).split("/api/docs")[0][-40:]
+    missing = viewer.get("/api/docs/nothing")  # under /api/ but not the page: JSON 404
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"

@@ -56,6 +56,13 @@ def dashboard():
     return response
 
 
+@bp.route("/api/docs")
+@require_role(Role.viewer)
+def api_docs():
+    """The API reference: Swagger UI on /api/v1/openapi.json (docs/api.md)."""
+    return render_template("api_docs.html")
+
+
 @bp.route("/healthz")
 @public
 def healthz():
