@@ -32,7 +32,7 @@
   function stamp(iso) {
     return typeof iso === "string" && iso.length >= 16 ? iso.slice(0, 10) + " " + iso.slice(11, 16) : "";
   }
-  function plural(count, word) { return count + " " + word + (count === 1 ? "" : "s"); }
+  const plural = window.plural; // app.js: "1 item", "2 items"
   function element(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
@@ -178,8 +178,8 @@
     if (!prefix && depth === 0) prefix = "/";
     body.items.forEach(function (item) { list.appendChild(node(item, depth, prefix)); });
     if (body.truncated) {
-      list.appendChild(statusLine("note", "Only the first " + body.items.length +
-        " entries are shown. Type a path below to restore one that is not listed."));
+      list.appendChild(statusLine("note", "Only the first " + plural(body.items.length, "entry", "entries") +
+        " are shown. Type a path below to restore one that is not listed."));
     }
     syncChecks();
   }
