@@ -49,17 +49,18 @@ def test_add_host_shows_the_install_command_once(login_as):
     assert "very secret repo pw" not in str(audit.payload)
 
 
-def test_add_host_reports_every_problem_and_keeps_nothing(login_as):
+def test_add_host_reports_every_problem_at_once_and_keeps_nothing(login_as):
     admin = login_as(Role.admin)
-    response = _submit(admin, hostname="bad name!", paths="relative/path")
+    response = _submit(admin, hostname="bad name!", paths="relative/path\n/etc\nalso/relative")
     assert response.status_code == 422
     page = response.get_data(as_text=True)
-    assert "Where should this host" in page
+    assert "Hostname may contain letters" in page
+    assert "Give the repository URL" in page
     assert "restic encrypts every repository with a password." in page
-    assert "is not an absolute path" in page
-    response = _submit(admin, hostname="bad name!", repo_url="/srv/r", repo_password="pw")
-    assert response.status_code == 422
-    assert "Hostname may contain letters" in response.get_data(as_text=True)
+    assert "&#39;relative/path&#39; is not an absolute path" in page
+    assert "&#39;also/relative&#39; is not an absolute path" in page
+    assert "fix the 4 highlighted fields" in page
+    assert 'value="bad name!"' in page  # what was typed stays
     assert db.session.scalar(select(func.count()).select_from(EnrollmentToken)) == 0
 
 

@@ -449,14 +449,14 @@ def test_schedules_tab_creates_edits_toggles_and_deletes(browser, host_with_grou
     assert created.status_code == 302, created.get_data(as_text=True)
     html = browser.get(page).get_data(as_text=True)
     assert "at 02:30 on Monday" in html and "Next runs (UTC)" in html
-    assert "not applied by the agent yet (server at version 1)" in html
+    assert "schedules</a> waiting for the agent" in html
     schedule = db.session.scalar(select(Schedule))
     assert schedule.missed_policy == "skip" and [g.name for g in schedule.source_groups] == ["db"]
 
     edit = f"{page}/{schedule.id}/edit"
     assert 'value="nightly"' in browser.get(edit).get_data(as_text=True)
     saved = browser.post(
-        f"{page}/{schedule.id}",
+        edit,
         data={
             "csrf_token": form_token(browser, edit),
             "name": "nightly",
@@ -526,7 +526,7 @@ def test_a_refused_edit_leaves_the_schedule_as_it_was(browser, api, host_with_gr
     _create(operator, host_id, name="other")
     page = f"/hosts/{host_id}/schedules"
     response = browser.post(
-        f"{page}/{first['id']}",
+        f"{page}/{first['id']}/edit",
         data={
             "csrf_token": form_token(browser, page),
             "name": "other",
@@ -558,10 +558,10 @@ def test_host_header_says_in_sync_after_the_ack(login_as, api, host_with_groups)
     event = {"event_id": "e1", "type": "schedule.applied", "ts": TS, "data": {"version": 1}}
     agent.post("/events", {"events": [event]})
     viewer = login_as(Role.viewer)
-    assert "in sync" in viewer.get(f"/hosts/{host_id}").get_data(as_text=True)
+    assert "schedules</a> applied" in viewer.get(f"/hosts/{host_id}").get_data(as_text=True)
     _create(api(), host_id, name="second")
     html = viewer.get(f"/hosts/{host_id}").get_data(as_text=True)
-    assert "agent at version 1 (server 2)" in html
+    assert "schedules</a> waiting for the agent" in html and "(server 2)" not in html
 
 
 def test_dashboard_shows_the_next_run_of_a_single_schedule(login_as, api, host_with_groups):

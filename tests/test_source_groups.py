@@ -293,12 +293,12 @@ def test_create_in_the_ui_keeps_input_on_errors_and_saves_when_right(app, login_
         "action": "save",
     }
     before = (_count(SourceGroup), _count(AuditLog))
-    refused = browser.post(f"/hosts/{host.id}/sources", data=form)
+    refused = browser.post(f"/hosts/{host.id}/sources/new", data=form)
     html = refused.get_data(as_text=True)
     assert refused.status_code == 422
     assert "not an absolute path" in html and "relative/path" in html and "*.tmp" in html
     assert (_count(SourceGroup), _count(AuditLog)) == before
-    saved = browser.post(f"/hosts/{host.id}/sources", data={**form, "includes": "/srv/db"})
+    saved = browser.post(f"/hosts/{host.id}/sources/new", data={**form, "includes": "/srv/db"})
     assert saved.status_code == 302
     group = db.session.scalar(select(SourceGroup).where(SourceGroup.name == "db"))
     assert group.includes == ["/srv/db"] and group.retention == {"keep_daily": 7}
@@ -311,7 +311,7 @@ def test_ui_preview_shows_kept_and_removed_without_saving(app, login_as):
     browser = login_as(Role.operator)
     token = form_token(browser, f"/hosts/{host.id}/sources/{group.id}/edit")
     response = browser.post(
-        f"/hosts/{host.id}/sources/{group.id}",
+        f"/hosts/{host.id}/sources/{group.id}/edit",
         data={
             "csrf_token": token,
             "name": "default",

@@ -13,6 +13,7 @@ from app.auth.forms import LoginForm, SetupForm
 from app.authn import SESSION_KEY, client_address
 from app.extensions import db
 from app.models.types import utcnow
+from app.security import password_problems
 from app.services import audit, users
 from app.services.audit import Actor
 from app.services.errors import RateLimited, ServiceError
@@ -99,6 +100,15 @@ def _setup_page(form: SetupForm, status: int = 200):
     return render_template("auth/setup.html", form=form), status
 
 
+def _add_rule_problems(form: SetupForm) -> None:
+    """The service's username and password rules, next to the form's own complaints."""
+    username = users.normalize_username(form.username.data)
+    if username and not form.username.errors:
+        form.username.errors = list(users.username_problems(username))
+    if form.password.data and not form.password.errors:
+        form.password.errors = list(password_problems(form.password.data, username))
+
+
 @bp.route("/setup", methods=["GET", "POST"])
 @public
 def setup():
@@ -109,7 +119,9 @@ def setup():
     form = SetupForm()
     if request.method == "GET":
         return redirect(url_for("auth.login", setup_token=request.args.get("setup_token", "")))
-    if not form.validate_on_submit():
+    form.validate_on_submit()
+    _add_rule_problems(form)
+    if any(field.errors for field in form):  # every problem at once, the token's last
         return _setup_page(form, 422)
     try:
         user = users.complete_setup(

@@ -10,7 +10,7 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField
 
 from app.access import Role, require_role
-from app.api.hosts import get_host_or_404
+from app.api.hosts import get_host_or_404, save_repository
 from app.api.maintenance import (
     remove_admin_credential,
     set_admin_credential,
@@ -21,7 +21,8 @@ from app.authn import client_address
 from app.bus import host_key
 from app.extensions import db
 from app.hosts import bp
-from app.hosts.forms import place_errors
+from app.hosts.forms import RepositoryForm, place_errors
+from app.hosts.routes import _render_host as render_host
 from app.hosts.routes import _repository_form
 from app.models import Host
 from app.models.types import utcnow
@@ -74,7 +75,17 @@ def _tag_summary(host: Host) -> list[dict]:
     return sorted(summary.values(), key=lambda entry: entry["tag"])
 
 
+ANCHORS = {
+    "repository": "connection",
+    "maintenance": "maintenance",
+    "bandwidth": "bandwidth",
+    "admin": "admin-credential",
+    "reinit": "danger-zone",
+}
+
+
 def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: int = 200):
+    """The tab; ``forms`` holds a refused form (by name) to show with its errors in place."""
     now = utcnow()
     settings = repo_settings.maintenance_of(host)
     forms = forms or {}
@@ -120,10 +131,15 @@ def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: i
         reinit_form=forms.get("reinit") or ReinitForm(formdata=None),
         everyday=everyday,
         everyday_url=redact_url(everyday.repo_url) if everyday else None,
-        repository_form=_repository_form(everyday),
+        repository_form=forms.get("repository") or _repository_form(everyday),
         admin=repository.credential_of(host, "admin"),
         tags=_tag_summary(host),
         problem=problem,
+        error_count=sum(1 for form in forms.values() for field in form if field.errors),
+        # Refused forms post elsewhere: the address bar gets the tab's own address back.
+        page_url=url_for("hosts.repo", host_id=host.id) + f"#{ANCHORS[next(iter(forms))]}"
+        if forms
+        else None,
     ), status
 
 
@@ -131,9 +147,7 @@ def _refused(host: Host, name: str, form: FlaskForm, refused: ServiceError):
     """The service said no: nothing is kept, the tab comes back with the messages in place."""
     db.session.rollback()
     unplaced = place_errors(form, refused.fields)
-    problem = (" ".join(unplaced) if unplaced or not refused.fields else None) or (
-        "Check the highlighted fields."
-    )
+    problem = " ".join(unplaced) if unplaced or not refused.fields else None
     return _render(host, forms={name: form}, problem=problem, status=refused.status)
 
 
@@ -157,6 +171,36 @@ def _back(host: Host, anchor: str):
 @require_role(Role.viewer)
 def repo(host_id: int):
     return _render(get_host_or_404(host_id))
+
+
+@bp.post("/<int:host_id>/repository")
+@require_role(Role.admin)
+def update_repository(host_id: int):
+    """New repository connection (from the Overview or this tab); the agent gets it and the
+    repository is checked again. A refusal comes back on the page that sent the form."""
+    host = get_host_or_404(host_id)
+    form = RepositoryForm()
+    from_tab = request.form.get("return_to") == "repo"
+    try:
+        save_repository(host, form.repo_url.data, form.repo_username.data, form.repo_password.data)
+    except ServiceError as refused:
+        db.session.rollback()
+        if from_tab:
+            return _refused(host, "repository", form, refused)
+        unplaced = place_errors(form, refused.fields)
+        problem = " ".join(unplaced) if unplaced or not refused.fields else None
+        return render_host(host, repository_form=form, problem=problem, status=refused.status)
+    if repository.active_job(host, repository.BRING_UP_KINDS) is not None:
+        flash("Repository connection saved. The repository is being checked again.", "success")
+    else:
+        flash(
+            "Repository connection saved. The repository will be checked again as soon as "
+            "the agent connects.",
+            "success",
+        )
+    if from_tab:
+        return redirect(url_for("hosts.repo", host_id=host.id))
+    return redirect(url_for("hosts.show", host_id=host.id))
 
 
 @bp.post("/<int:host_id>/repo/maintenance")

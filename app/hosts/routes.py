@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
 from app.access import Role, require_role
-from app.api.hosts import get_host_or_404, save_repository
+from app.api.hosts import get_host_or_404
 from app.api.jobs import start_host_job
 from app.authn import client_address
 from app.extensions import db
 from app.hosts import bp
-from app.hosts.forms import RUN_FORMS, AddHostForm, RepositoryForm, RunForm
+from app.hosts.forms import RUN_FORMS, AddHostForm, RepositoryForm, RunForm, place_errors
 from app.hosts.install import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
@@ -24,8 +24,15 @@ from app.services.enrollment import redact_url
 from app.services.errors import ServiceError, ValidationFailed
 from app.web.routes import job_url
 
+# Which page load minted which token (request_id -> token id), so that reloading the answer
+# that showed an install command does not mint a second token.
+MINTED_KEY = "add_host_minted"
+MINTED_KEPT = 10
 
-def _render(form: AddHostForm, *, token=None, plain=None, status=200):
+
+def _render(form: AddHostForm, *, token=None, plain=None, problem=None, status=200):
+    """The Add host page; with ``token`` it follows that token until its host enrolls
+    (``plain``, the token itself, only in the one answer that created it)."""
     return render_template(
         "hosts/new.html",
         form=form,
@@ -35,6 +42,10 @@ def _render(form: AddHostForm, *, token=None, plain=None, status=200):
         agent_command=agent_command(plain) if plain else None,
         outstanding=enrollment.outstanding_tokens(utcnow()),
         now=utcnow(),
+        problem=problem,
+        error_count=sum(1 for field in form if field.errors),
+        # The answer to a POST: a reload should show the token's state, not post again.
+        page_url=url_for("hosts.enrollment_token", token_id=token.id) if plain else None,
     ), status
 
 
@@ -49,6 +60,12 @@ def _audit(action: str, token) -> None:
     )
 
 
+def _remember_minted(request_id: str, token_id: int) -> None:
+    minted = dict(session.get(MINTED_KEY) or {})
+    minted[request_id] = token_id
+    session[MINTED_KEY] = dict(list(minted.items())[-MINTED_KEPT:])
+
+
 @bp.get("/new")
 @require_role(Role.admin)
 def new():
@@ -59,8 +76,10 @@ def new():
 @require_role(Role.admin)
 def create():
     form = AddHostForm()
-    if not form.validate_on_submit():
-        return _render(form, status=422)
+    request_id = form.request_id.data or ""
+    earlier = (session.get(MINTED_KEY) or {}).get(request_id)
+    if earlier is not None:  # a reload of the page that showed the token: show its state
+        return redirect(url_for("hosts.enrollment_token", token_id=earlier), 303)
     try:
         token, plain = enrollment.mint_token(
             current_app.extensions["secretbox"],
@@ -74,9 +93,9 @@ def create():
         )
     except ValidationFailed as refused:
         db.session.rollback()
-        for field_name, messages in refused.fields.items():
-            getattr(form, field_name).errors = list(messages)
-        return _render(form, status=422)
+        unplaced = place_errors(form, refused.fields)
+        problem = " ".join(unplaced) if unplaced or not refused.fields else None
+        return _render(form, problem=problem, status=422)
     audit.record(
         Actor.for_user(current_user),
         "enrollment_token.created",
@@ -90,13 +109,26 @@ def create():
         client_address=client_address(),
     )
     db.session.commit()
+    if request_id:
+        _remember_minted(request_id, token.id)
     return _render(AddHostForm(formdata=None), token=token, plain=plain, status=201)
+
+
+@bp.get("/enrollment-tokens/<int:token_id>")
+@require_role(Role.admin)
+def enrollment_token(token_id: int):
+    """Where a token stands (waiting, enrolled, expired, revoked); never the token itself."""
+    return _render(AddHostForm(), token=enrollment.get_token(token_id))
 
 
 @bp.post("/enrollment-tokens/<int:token_id>/regenerate")
 @require_role(Role.admin)
 def regenerate_token(token_id: int):
-    token = enrollment.get_outstanding(token_id, utcnow())
+    token = enrollment.get_token(token_id)
+    issued = token.created_at.isoformat()
+    if token.used_at or token.revoked_at or request.form.get("issued_at", issued) != issued:
+        # A reload of an earlier regenerate, or the host enrolled meanwhile: nothing to do.
+        return redirect(url_for("hosts.enrollment_token", token_id=token.id), 303)
     plain = enrollment.regenerate(token, now=utcnow())
     _audit("enrollment_token.regenerated", token)
     db.session.commit()
@@ -239,37 +271,4 @@ def probe_repository(host_id: int):
         flash(refused.message, "error")
     else:
         flash(f"Checking the repository again (job {job.id}).", "success")
-    return redirect(url_for("hosts.show", host_id=host.id))
-
-
-@bp.post("/<int:host_id>/repository")
-@require_role(Role.admin)
-def update_repository(host_id: int):
-    """New repository connection; the agent gets it and the repository is checked again."""
-    host = get_host_or_404(host_id)
-    form = RepositoryForm()
-    if not form.validate():
-        return _render_host(host, repository_form=form, status=422)
-    try:
-        save_repository(host, form.repo_url.data, form.repo_username.data, form.repo_password.data)
-    except ServiceError as refused:
-        db.session.rollback()
-        placed = False
-        for name, messages in refused.fields.items():
-            field = form._fields.get(name)
-            if field is not None:
-                field.errors = [*field.errors, *messages]
-                placed = True
-        problem = None if placed else refused.message
-        return _render_host(host, repository_form=form, problem=problem, status=refused.status)
-    if repository.active_job(host, repository.BRING_UP_KINDS) is not None:
-        flash("Repository connection saved. The repository is being checked again.", "success")
-    else:
-        flash(
-            "Repository connection saved. The repository will be checked again as soon as "
-            "the agent connects.",
-            "success",
-        )
-    if request.form.get("return_to") == "repo":  # saved from the Repository tab
-        return redirect(url_for("hosts.repo", host_id=host.id))
     return redirect(url_for("hosts.show", host_id=host.id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from flask import current_app, flash, redirect, render_template, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import BooleanField, SelectField, SelectMultipleField, StringField
@@ -82,6 +82,7 @@ def _render(
 ):
     now = utcnow()
     items = schedules.schedules_of(host)
+    form = form or ScheduleForm(host, formdata=None)
     return render_template(
         "hosts/schedules.html",
         host=host,
@@ -93,9 +94,10 @@ def _render(
         next_runs={item.id: schedules.next_runs(item.cron, NEXT_RUNS, after=now) for item in items},
         describe=schedules.describe,
         presets=schedules.CRON_PRESETS,
-        form=form or ScheduleForm(host, formdata=None),
+        form=form,
         editing=editing,
         problem=problem,
+        error_count=sum(1 for field in form if field.errors),
     ), status
 
 
@@ -109,34 +111,36 @@ def schedules_page(host_id: int):
     return _render(get_host_or_404(host_id))
 
 
+# Both forms post to their own page's address (the tab for a new schedule, the edit page
+# for a change): a refused form comes back there and a reload only repeats the check.
 @bp.post("/<int:host_id>/schedules")
 @require_role(Role.operator)
 def create_schedule(host_id: int):
     return _save(get_host_or_404(host_id), None)
 
 
-@bp.get("/<int:host_id>/schedules/<int:schedule_id>/edit")
+@bp.route("/<int:host_id>/schedules/<int:schedule_id>/edit", methods=["GET", "POST"])
 @require_role(Role.operator)
 def edit_schedule(host_id: int, schedule_id: int):
     host = get_host_or_404(host_id)
     schedule = schedules.get_schedule_or_404(host, schedule_id)
+    if request.method == "POST":
+        return _save(host, schedule)
     return _render(host, form=_filled(host, schedule), editing=schedule)
-
-
-@bp.post("/<int:host_id>/schedules/<int:schedule_id>")
-@require_role(Role.operator)
-def update_schedule(host_id: int, schedule_id: int):
-    host = get_host_or_404(host_id)
-    return _save(host, schedules.get_schedule_or_404(host, schedule_id))
 
 
 def _save(host: Host, schedule: Optional[Schedule]):
     """The add (``schedule`` None) or edit form: check, save, audit, back to the list."""
     form = ScheduleForm(host)
     if not form.validate():
-        return _render(
-            host, form=form, editing=schedule, problem="Check the highlighted fields.", status=422
-        )
+        # The form's own complaint (a tampered choice); the service names the rest at once.
+        try:
+            schedules.checked_values(
+                host, form.data_for_service(), schedule, partial=schedule is not None
+            )
+        except ServiceError as refused:
+            place_errors(form, refused.fields)
+        return _render(host, form=form, editing=schedule, status=422)
     try:
         if schedule is None:
             schedule = schedules.create(_box(), host, form.data_for_service(), now=utcnow())
@@ -182,10 +186,4 @@ def _refused(host: Host, form: ScheduleForm, schedule: Optional[Schedule], refus
         db.session.refresh(schedule)
     unplaced = place_errors(form, refused.fields)
     problem = " ".join(unplaced) if unplaced or not refused.fields else None
-    return _render(
-        host,
-        form=form,
-        editing=schedule,
-        problem=problem or "Check the highlighted fields.",
-        status=refused.status,
-    )
+    return _render(host, form=form, editing=schedule, problem=problem, status=refused.status)

@@ -19,14 +19,22 @@ from app.services.errors import ServiceError, ValidationFailed
 from app.services.job_params import KEEP_COUNTS
 
 RETENTION_FIELDS = (*KEEP_COUNTS, "keep_within")
+FORM_FIELDS = (
+    "name",
+    "includes",
+    "excludes",
+    "retention",
+    *RETENTION_FIELDS,
+    "retry_max",
+    "retry_backoff_seconds",
+    *source_groups.HOOKS,
+)
 
 
-@bp.get("/<int:host_id>/sources")
-@require_role(Role.viewer)
-def sources(host_id: int):
-    host = get_host_or_404(host_id)
+def _render_sources(host: Host, *, hook_values=None, hook_errors=None, status: int = 200):
     groups = source_groups.groups_of(host)
     now = utcnow()
+    hook_errors = hook_errors or {}
     return render_template(
         "hosts/sources.html",
         host=host,
@@ -37,7 +45,17 @@ def sources(host_id: int):
         groups=groups,
         using={group.id: source_groups.schedules_using(group) for group in groups},
         describe=retention.describe,
-    )
+        hook_values=hook_values or {},
+        hook_errors=hook_errors,
+        error_count=len(hook_errors),
+        page_url=url_for("hosts.sources", host_id=host.id) + "#host-hooks" if hook_errors else None,
+    ), status
+
+
+@bp.get("/<int:host_id>/sources")
+@require_role(Role.viewer)
+def sources(host_id: int):
+    return _render_sources(get_host_or_404(host_id))
 
 
 def _initial(group: SourceGroup | None) -> dict:
@@ -80,40 +98,59 @@ def _submitted(form, *, may_edit_hooks: bool) -> dict:
 
 
 def _errors(refused: ValidationFailed) -> tuple[dict, str | None]:
-    """Field errors keyed by form field; the message when it fits no field."""
+    """Field errors keyed by the form's fields; what fits none as one message."""
     errors: dict[str, list[str]] = {}
+    unplaced: list[str] = []
     for name, messages in refused.fields.items():
         key = name.removeprefix("retention.")
-        errors.setdefault(key if key else "retention", []).extend(messages)
-    return errors, None if errors else refused.message
+        if key in FORM_FIELDS:
+            errors.setdefault(key, []).extend(messages)
+        else:
+            unplaced.extend(messages)
+    if unplaced or not errors:
+        return errors, " ".join(unplaced) or refused.message
+    return errors, None
 
 
 def _render_form(host: Host, group, values, *, errors=None, problem=None, preview=None, status=200):
+    errors = errors or {}
+    now = utcnow()
     return render_template(
         "hosts/source_form.html",
         host=host,
         tab="sources",
+        now=now,
+        status=host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]),
         group=group,
         values=values,
-        errors=errors or {},
+        errors=errors,
+        error_count=len(errors),
         problem=problem,
         preview=preview,
         retention_fields=RETENTION_FIELDS,
+        labels=source_groups.RETENTION_LABELS,
         may_edit_hooks=current_user.has_role(Role.admin),
     ), status
 
 
-@bp.get("/<int:host_id>/sources/new")
+# Each form posts to its own page's address: a refused form is shown again there, so the
+# address bar stays right and a reload only repeats a check that changes nothing.
+@bp.route("/<int:host_id>/sources/new", methods=["GET", "POST"])
 @require_role(Role.operator)
 def new_source(host_id: int):
-    return _render_form(get_host_or_404(host_id), None, _initial(None))
+    host = get_host_or_404(host_id)
+    if request.method == "POST":
+        return _save(host, None)
+    return _render_form(host, None, _initial(None))
 
 
-@bp.get("/<int:host_id>/sources/<int:group_id>/edit")
+@bp.route("/<int:host_id>/sources/<int:group_id>/edit", methods=["GET", "POST"])
 @require_role(Role.operator)
 def edit_source(host_id: int, group_id: int):
     host = get_host_or_404(host_id)
     group = source_groups.get_group(host, group_id)
+    if request.method == "POST":
+        return _save(host, group)
     return _render_form(host, group, _initial(group))
 
 
@@ -165,19 +202,6 @@ def _save(host: Host, group: SourceGroup | None):
     return redirect(url_for("hosts.sources", host_id=host.id) + f"#group-{group.id}")
 
 
-@bp.post("/<int:host_id>/sources")
-@require_role(Role.operator)
-def create_source(host_id: int):
-    return _save(get_host_or_404(host_id), None)
-
-
-@bp.post("/<int:host_id>/sources/<int:group_id>")
-@require_role(Role.operator)
-def update_source(host_id: int, group_id: int):
-    host = get_host_or_404(host_id)
-    return _save(host, source_groups.get_group(host, group_id))
-
-
 @bp.post("/<int:host_id>/sources/<int:group_id>/delete")
 @require_role(Role.operator)
 def delete_source(host_id: int, group_id: int):
@@ -207,10 +231,13 @@ def confirm_delete_source(host_id: int, group_id: int):
     """Asks first (works without JavaScript) and says up front when deleting is refused."""
     host = get_host_or_404(host_id)
     group = source_groups.get_group(host, group_id)
+    now = utcnow()
     return render_template(
         "hosts/source_delete.html",
         host=host,
         tab="sources",
+        now=now,
+        status=host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]),
         group=group,
         using=source_groups.schedules_using(group),
         last=len(source_groups.groups_of(host)) <= 1,
@@ -239,8 +266,10 @@ def save_host_hooks(host_id: int):
         )
     except ValidationFailed as refused:
         db.session.rollback()
-        flash(refused.message, "error")
-        return redirect(url_for("hosts.sources", host_id=host.id) + "#host-hooks")
+        errors = {name: list(messages) for name, messages in refused.fields.items()}
+        return _render_sources(
+            host, hook_values=request.form.to_dict(), hook_errors=errors, status=refused.status
+        )
     db.session.commit()
     current_app.extensions["bus"].publish(host_key(host.id))
     flash(

@@ -155,7 +155,7 @@ def _missed_policy(value) -> str:
     return value
 
 
-def _checked(host: Host, data: dict, current: Optional[Schedule], *, partial: bool) -> dict:
+def checked_values(host: Host, data: dict, current: Optional[Schedule], *, partial: bool) -> dict:
     """The fields of ``data`` (all of them unless ``partial``), every problem at once."""
     errors = validate.FieldErrors()
     checks = {
@@ -181,7 +181,7 @@ def _checked(host: Host, data: dict, current: Optional[Schedule], *, partial: bo
 
 def create(box: SecretBox, host: Host, data: dict, *, now: datetime) -> Schedule:
     """A new schedule from ``data`` (name, cron, source_groups; enabled, missed_policy)."""
-    values = _checked(host, data, None, partial=False)
+    values = checked_values(host, data, None, partial=False)
     groups = values.pop("source_groups")
     schedule = Schedule(host_id=host.id, created_at=now, updated_at=now, **values)
     schedule.source_groups = groups
@@ -195,7 +195,7 @@ def update_schedule(
     box: SecretBox, host: Host, schedule: Schedule, data: dict, *, now: datetime
 ) -> Schedule:
     """Change the fields present in ``data``; everything is validated before anything moves."""
-    values = _checked(host, data, schedule, partial=True)
+    values = checked_values(host, data, schedule, partial=True)
     groups = values.pop("source_groups", None)
     for field, value in values.items():
         setattr(schedule, field, value)

@@ -72,10 +72,12 @@ def hostname(value, field: str = "hostname", *, required: bool = True) -> str | 
     return value
 
 
-def text(value, field: str, label: str, *, required: bool, max_length: int) -> str | None:
+def text(
+    value, field: str, label: str, *, required: bool, max_length: int, missing: str | None = None
+) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            fail(field, f"{label} is required.")
+            fail(field, missing or f"{label} is required.")
         return None
     if not isinstance(value, str):
         fail(field, f"{label} must be a string.")
@@ -122,9 +124,9 @@ def absolute_paths(value, field: str = "paths", *, label: str = "Paths") -> list
     return paths
 
 
-def password(value, field: str, label: str) -> str:
+def password(value, field: str, label: str, *, missing: str | None = None) -> str:
     if not isinstance(value, str) or not value:
-        fail(field, f"{label} is required.")
+        fail(field, missing or f"{label} is required.")
     if len(value) > 1024:
         fail(field, f"{label} must be at most 1024 characters.")
     return value
@@ -138,11 +140,25 @@ def repository(
     Every problem is noted in ``errors`` (raised at once when none is given)."""
     own = errors is None
     errors = errors or FieldErrors()
-    url = errors.check(text, url, "repo_url", "Repository URL", required=True, max_length=1000)
+    url = errors.check(
+        text,
+        url,
+        "repo_url",
+        "Repository URL",
+        required=True,
+        max_length=1000,
+        missing="Give the repository URL: where should the backups go?",
+    )
     username = errors.check(
         text, username, "repo_username", "Repository username", required=False, max_length=255
     )
-    secret = errors.check(password, secret, "repo_password", "Repository password")
+    secret = errors.check(
+        password,
+        secret,
+        "repo_password",
+        "Repository password",
+        missing="Give the repository password. restic encrypts every repository with a password.",
+    )
     if own:
         errors.raise_any()
     return url, username, secret

@@ -1,5 +1,7 @@
+import secrets
+
 from flask_wtf import FlaskForm
-from wtforms import StringField
+from wtforms import HiddenField, StringField
 from wtforms.validators import DataRequired, Length
 
 
@@ -12,3 +14,5 @@ class NewTokenForm(FlaskForm):
         ],
         description="What will use it, e.g. “nightly report script”. You can revoke it any time.",
     )
+    # One per page load: reloading the answer that showed a token does not mint another.
+    request_id = HiddenField(default=lambda: secrets.token_urlsafe(16))

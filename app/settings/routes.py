@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, url_for
+from flask import flash, redirect, render_template, session, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -30,12 +30,19 @@ def _visible_tokens() -> list[ApiToken]:
     return api_tokens.tokens_of(current_user)
 
 
+# Which page load minted which token, so that a reload of the answer does not mint again.
+MINTED_KEY = "api_token_minted"
+MINTED_KEPT = 10
+
+
 def _render(form: NewTokenForm, new_token: str | None = None, status: int = 200):
     return render_template(
         "settings/tokens.html",
         form=form,
         tokens=_visible_tokens(),
         new_token=new_token,
+        # After a POST: a reload shows the list instead of asking to post again.
+        page_url=url_for("settings.tokens") if new_token else None,
     ), status
 
 
@@ -55,6 +62,11 @@ def tokens():
 @require_role(Role.viewer, self_service=True)
 def create_token():
     form = NewTokenForm()
+    request_id = form.request_id.data or ""
+    minted = dict(session.get(MINTED_KEY) or {})
+    if request_id in minted:
+        flash("That token was already created; it was shown only once.", "info")
+        return redirect(url_for("settings.tokens"), 303)
     if not form.validate_on_submit():
         return _render(form, status=422)
     token, plain = api_tokens.create_token(current_user, form.name.data, now=utcnow())
@@ -62,6 +74,9 @@ def create_token():
         "api_token.created", token, Actor.for_user(current_user), client_address=client_address()
     )
     db.session.commit()
+    if request_id:
+        minted[request_id] = token.id
+        session[MINTED_KEY] = dict(list(minted.items())[-MINTED_KEPT:])
     # Shown in this response only: never put the token in a flash (the cookie is not secret).
     return _render(NewTokenForm(formdata=None), new_token=plain, status=201)
 

@@ -99,3 +99,23 @@ document.addEventListener("submit", function (event) {
   setInterval(refresh, seconds * 1000);
   document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(); });
 })();
+
+// A form refused after a POST to another address is shown again with its errors; put the
+// page's own address back in the address bar, so a reload or a bookmark shows the page
+// instead of posting the form again.
+(function () {
+  const marker = document.querySelector("[data-page-address]");
+  if (!marker || !window.history.replaceState) return;
+  // Also when the address is the same: the entry then no longer carries the POST.
+  window.history.replaceState(null, "", marker.getAttribute("data-page-address"));
+})();
+
+// Buttons with data-fill="#input" data-value="…" (e.g. cron presets) fill that input in.
+document.addEventListener("click", function (event) {
+  const button = event.target.closest("button[data-fill]");
+  if (!button) return;
+  const input = document.querySelector(button.getAttribute("data-fill"));
+  if (!input) return;
+  input.value = button.getAttribute("data-value");
+  input.focus();
+});
