@@ -231,6 +231,8 @@ def small_fleet(app):
     backup = add_job(web1, status="succeeded", finished_at=NOW)
     web1.last_backup_job_id, web1.last_backup_status = backup.id, "succeeded"
     web1.last_backup_at = NOW - timedelta(hours=2)
+    web1.last_successful_backup_job_id = backup.id
+    web1.last_successful_backup_at = web1.last_backup_at
     failed = add_job(db1, status="failed", error="Fatal: unable to open config file")
     db1.last_backup_job_id, db1.last_backup_status = failed.id, "failed"
     db1.last_backup_at = NOW - timedelta(minutes=30)
@@ -261,6 +263,48 @@ def test_tiles_show_fleet_numbers(login_as, small_fleet):
         "3",
         "1 succeeded · 1 failed · 1 active",
     )
+
+
+def test_zero_failed_jobs_are_not_shown_in_red(login_as):
+    host = add_host("calm-1")
+    add_job(host, status="succeeded")
+    html = login_as(Role.viewer).get("/").get_data(as_text=True)
+    assert _tile(html, "Jobs, last 24 h") == ("1", "1 succeeded · 0 failed")
+    assert "tile__failed" not in html and 'tile--bad" href="/jobs/' not in html
+    add_job(host, status="failed", error="Fatal: nope")
+    add_job(host, status="warning")
+    html = login_as(Role.viewer).get("/").get_data(as_text=True)
+    assert '<span class="tile__failed">1 failed</span>' in html
+    assert _tile(html, "Jobs, last 24 h") == ("3", "1 succeeded · 1 failed · 1 warning")
+
+
+def test_last_backup_shows_the_last_success_next_to_a_later_failure(login_as, small_fleet):
+    web1 = small_fleet["web-1"]
+    success_id = web1.last_successful_backup_job_id
+    cancelled = add_job(web1, status="cancelled", error="Cancelled before it started.")
+    web1.last_backup_job_id, web1.last_backup_status = cancelled.id, "cancelled"
+    web1.last_backup_at = utcnow() - timedelta(minutes=5)
+    web1.last_successful_backup_at = utcnow() - timedelta(days=3)
+    db.session.commit()
+    html = login_as(Role.viewer).get("/").get_data(as_text=True)
+    row = re.search(
+        r'<tr[^>]*>\s*<td data-label="Host" class="fleet__host"><a class="hostlink" '
+        rf'href="/hosts/{web1.id}">.*?</tr>',
+        html,
+        re.S,
+    ).group(0)
+    assert 'pill pill--cancelled">cancelled</span>' in row
+    assert "5 min ago" in row
+    assert f'last success <a href="/jobs/{success_id}">' in row and "3 d ago</time>" in row
+    db1_row = html[html.index(">db-1<") :]
+    db1_row = db1_row[: db1_row.index("</tr>")]
+    assert "no successful backup yet" in db1_row
+    # the latest result is the success itself: nothing more to say
+    web1.last_backup_job_id = success_id
+    web1.last_backup_status = "succeeded"
+    db.session.commit()
+    html = login_as(Role.viewer).get("/").get_data(as_text=True)
+    assert "last success" not in html
 
 
 def test_table_columns_links_and_chips(login_as, small_fleet):

@@ -497,3 +497,115 @@ def test_the_admin_credential_follows_a_new_repository_url(protocol_app, api):
         "username": "admin",
         "password": "admin-Secret-9",
     }
+
+
+def _finish(agent, job_id, attempt, event_id, data):
+    answer = agent.post(
+        "/events",
+        {
+            "events": [
+                _event(f"{event_id}-s", "job.started", job_id, attempt),
+                _event(f"{event_id}-f", "job.finished", job_id, attempt, data),
+            ]
+        },
+    ).get_json()
+    assert answer["rejected"] == []
+
+
+def test_missing_source_paths_and_the_last_successful_backup_reach_the_api(protocol_app, api):
+    agent, host_id = enroll(protocol_app)
+    agent.hello()
+    agent.poll()
+    viewer = api(Role.viewer)
+
+    warned, attempt = _running_job(protocol_app, agent, host_id, api)
+    stats = {
+        "snapshot_id": "1a2b3c4d" + "0" * 56,
+        "total_files_processed": 1204,
+        "data_added": int(4.2 * 1024**2),
+        "error_count": 0,
+        "missing_paths": ["/srv/a", "/srv/b"],
+    }
+    error = "2 source paths do not exist: /srv/a, /srv/b; the snapshot holds the other paths"
+    _finish(
+        agent,
+        warned,
+        attempt,
+        "m1",
+        {"status": "warning", "exit_code": 0, "error": error, "stats": stats},
+    )
+    job = viewer.get(f"/api/v1/jobs/{warned}").get_json()
+    assert job["status"] == "warning" and job["error"] == error
+    assert job["stats"]["missing_paths"] == ["/srv/a", "/srv/b"]
+    assert job["summary"] == (
+        "snapshot 1a2b3c4d, 1,204 files, 4.2 MiB added; 2 paths missing: /srv/a, /srv/b"
+    )
+    host = viewer.get(f"/api/v1/hosts/{host_id}").get_json()
+    assert (host["last_backup_status"], host["last_backup_job_id"]) == ("warning", warned)
+    # a warning saved a snapshot: it is the last successful backup too
+    assert host["last_successful_backup_job_id"] == warned
+    assert host["last_successful_backup_at"] == host["last_backup_at"] == "2026-11-25T20:31:00Z"
+
+    cancelled, attempt = _running_job(protocol_app, agent, host_id, api)
+    stopped = "restic was stopped because the job was cancelled"
+    _finish(agent, cancelled, attempt, "m2", {"status": "cancelled", "error": stopped})
+    nothing, attempt = _running_job(protocol_app, agent, host_id, api)
+    none_there = "nothing was backed up: source path /srv/gone does not exist"
+    _finish(
+        agent,
+        nothing,
+        attempt,
+        "m3",
+        {
+            "status": "failed",
+            "exit_code": 1,
+            "error": none_there,
+            "stats": {"missing_paths": ["/srv/gone"]},
+        },
+    )
+    host = viewer.get(f"/api/v1/hosts/{host_id}").get_json()
+    assert (host["last_backup_status"], host["last_backup_job_id"]) == ("failed", nothing)
+    assert host["last_successful_backup_job_id"] == warned  # not hidden by the later runs
+    listed = viewer.get(f"/api/v1/jobs?host_id={host_id}&kind=backup").get_json()["items"]
+    assert [(item["id"], item["summary"]) for item in listed] == [
+        (nothing, none_there),
+        (cancelled, stopped),
+        (warned, job["summary"]),
+    ]
+    assert listed[0]["stats"] == {"missing_paths": ["/srv/gone"]}
+
+
+def test_last_successful_backup_follows_the_highest_job_id(app):
+    """A late result of an older job never replaces a newer one (agents deliver late)."""
+    from app.services.repository import note_backup_finished
+
+    host = Host(hostname="late-1")
+    db.session.add(host)
+    db.session.flush()
+    now = utcnow()
+
+    def finished(job_id, status, kind="backup"):
+        job = Job(
+            id=job_id,
+            host_id=host.id,
+            kind=kind,
+            status=status,
+            attempt_id="a" * 32,
+            actor_type="system",
+            actor_label="t",
+            finished_at=now.replace(microsecond=job_id),
+        )
+        note_backup_finished(host, job)
+
+    finished(5, "succeeded")
+    finished(7, "cancelled")
+    finished(3, "succeeded")  # older, arriving late
+    finished(9, "succeeded", kind="check")  # not a backup
+    assert (host.last_backup_job_id, host.last_backup_status) == (7, "cancelled")
+    assert host.last_successful_backup_job_id == 5
+    assert host.last_successful_backup_at == now.replace(microsecond=5)
+    finished(8, "warning")
+    assert (host.last_backup_job_id, host.last_successful_backup_job_id) == (8, 8)
+    finished(8, "warning")  # the same result again changes nothing
+    assert host.last_successful_backup_job_id == 8
+    db.session.rollback()
