@@ -650,52 +650,75 @@ def check_chromium(path: Path) -> None:
 
 
 def take_screenshots(demo: Demo, out: Path, chromium: Path) -> list[Path]:
+    """Photograph the pages into ``out``; a browser failure becomes a DemoError."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
-    out.mkdir(parents=True, exist_ok=True)
-    url = demo.server.url
-    web = next(host for host in demo.hosts if host.hostname == "web-1")
-    files = next(host for host in demo.hosts if host.hostname == "files-1")
-    shots: list[Path] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
             page = context.new_page()
             page.set_default_timeout(30_000)
-            sign_in(page, url, demo.admin_password)
-
-            def shoot(name: str) -> None:
-                path = out / f"{name}.png"
-                page.evaluate("document.activeElement && document.activeElement.blur()")
-                page.mouse.move(8, VIEWPORT["height"] // 2)  # no hover effect in the picture
-                page.screenshot(path=str(path), animations="disabled", caret="hide")
-                shots.append(path)
-                log(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
-
-            visit(page, f"{url}/jobs/{demo.running_backup}")
-            page.locator("progress").first.wait_for()  # the API already reported progress
-            settle(page)
-            shoot("job-running")
-
-            demo.wait_for_departures()
-
-            visit(page, f"{url}/")
-            settle(page)
-            shoot("dashboard")
-
-            visit(page, f"{url}/hosts/{web.host_id}")
-            settle(page)
-            shoot("host")
-
-            visit(page, f"{url}/jobs/{demo.finished_backup}")
-            settle(page)
-            shoot("job")
-
-            restore_wizard(page, url, files)
-            shoot("restore")
+            try:
+                return photograph(page, demo, out)
+            except PlaywrightError as error:
+                failed = Path(tempfile.gettempdir()) / "screenshots-failure.png"
+                with contextlib.suppress(PlaywrightError):
+                    page.screenshot(path=str(failed), full_page=True)
+                first_line = str(error).strip().splitlines()[0]
+                raise DemoError(
+                    f"the browser step failed on {page.url}: {first_line}\n"
+                    f"(the page as it was: {failed}; has the page's markup changed?)"
+                ) from None
         finally:
-            browser.close()
+            with contextlib.suppress(PlaywrightError):  # e.g. its driver got the Ctrl-C too
+                browser.close()
+
+
+def photograph(page, demo: Demo, out: Path) -> list[Path]:
+    url = demo.server.url
+    web = next(host for host in demo.hosts if host.hostname == "web-1")
+    files = next(host for host in demo.hosts if host.hostname == "files-1")
+    shots: list[Path] = []
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def shoot(name: str, full_page: bool = False) -> None:
+        path = out / f"{name}.png"
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        page.mouse.move(8, VIEWPORT["height"] // 2)  # no hover effect in the picture
+        page.screenshot(path=str(path), full_page=full_page, animations="disabled", caret="hide")
+        shots.append(path)
+        log(f"photographed {name}")
+
+    sign_in(page, url, demo.admin_password)
+
+    visit(page, f"{url}/jobs/{demo.running_backup}")
+    page.locator("progress").first.wait_for()  # the API already reported progress
+    # The "live" marker once the event stream is open (if the page has one).
+    page.wait_for_function(
+        "() => { const live = document.getElementById('job-live');"
+        " return !live || live.hidden || /open/.test(live.className); }"
+    )
+    settle(page)
+    shoot("job-running")
+
+    demo.wait_for_departures()
+    visit(page, f"{url}/")
+    settle(page)
+    shoot("dashboard")
+
+    visit(page, f"{url}/hosts/{web.host_id}")
+    settle(page)
+    shoot("host")
+
+    visit(page, f"{url}/jobs/{demo.finished_backup}")
+    settle(page)
+    shoot("job", full_page=True)  # the whole log, which is short
+
+    restore_wizard(page, url, files)
+    shoot("restore")
     return shots
 
 
@@ -733,7 +756,7 @@ def restore_wizard(page, url: str, host: DemoHost) -> None:
     # Each folder level is listed by the agent (restic ls) through the server, one by one.
     share = host.paths("shares")[0]
     page.locator(f'.tree__toggle[aria-label="Open {share}/finance"]').click(timeout=60_000)
-    for name in ("engineering", "finance/budget-2025-v4.xlsx", "finance/expenses-2024-q4.ods"):
+    for name in ("engineering", "finance/annual-report-2023.pdf", "finance/budget-2025-v4.xlsx"):
         page.locator(f'.tree__check[value="{share}/{name}"]').check(timeout=60_000)
     settle(page)
     # The chosen snapshot row at the top, the opened folder's first entries below it.
@@ -772,7 +795,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     demo = Demo(workspace, processes)
     try:
         demo.seed()
-        shots = take_screenshots(demo, args.out.resolve(), args.chromium)
+        # Photographed into the workspace first: a failed run leaves docs/ as it was.
+        staged = take_screenshots(demo, workspace / "shots", args.chromium)
+        args.out.mkdir(parents=True, exist_ok=True)
+        shots = [Path(shutil.copy(shot, args.out / shot.name)) for shot in staged]
     except DemoError as error:
         print(f"tools/screenshots.py: {error}", file=sys.stderr)
         print(f"--- server log (last lines) ---\n{demo.server.tail()}", file=sys.stderr)
@@ -787,7 +813,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             shutil.rmtree(workspace, ignore_errors=True)
     for shot in shots:
-        log(f"{shot.name}: {shot.stat().st_size // 1024} KB")
+        log(f"wrote {shot} ({shot.stat().st_size // 1024} KB)")
     log(f"done in {time.monotonic() - started:.0f} s")
     return 0
 
