@@ -783,10 +783,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if shutil.which("restic") is None:
         sys.exit("tools/screenshots.py needs restic on PATH (apt-get install restic)")
 
-    # SIGTERM (and SIGHUP) unwind like Ctrl-C, so the finally blocks clean up.
+    # SIGTERM (and SIGHUP) unwind like Ctrl-C, so the finally blocks clean up; Ctrl-C works
+    # even when started from a shell that had it ignored (a background job).
     def interrupted(signal_number, frame):
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)
     started = time.monotonic()
