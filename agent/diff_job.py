@@ -156,12 +156,19 @@ def _file_size(node: Optional[Dict[str, Any]]) -> Optional[int]:
 
 
 def _summary(stats: Dict[str, Any]) -> str:
+    """``3 changes: 1 file and 0 directories added, 1 file … removed, 1 file modified``."""
     added, removed = stats["added"], stats["removed"]
     line = (
-        f"{stats['changes']} changes: {added['files']} files and {added['dirs']} directories "
-        f"added, {removed['files']} files and {removed['dirs']} directories removed, "
-        f"{stats['changed_files']} files modified"
+        f"{_count(stats['changes'], 'change')}: {_count(added['files'], 'file')} and "
+        f"{_count(added['dirs'], 'directory', 'directories')} added, "
+        f"{_count(removed['files'], 'file')} and "
+        f"{_count(removed['dirs'], 'directory', 'directories')} removed, "
+        f"{_count(stats['changed_files'], 'file')} modified"
     )
     if stats["truncated"]:
         line += f" (the first {stats['reported']} are listed)"
     return line
+
+
+def _count(number: int, word: str, plural: Optional[str] = None) -> str:
+    return f"{number} {word if number == 1 else plural or word + 's'}"

@@ -273,7 +273,7 @@ def test_a_backup_whose_files_are_all_read_says_it_is_uploading(app, login_as):
     assert "143 MiB of 143 MiB" not in page
     phase = page.split('data-progress="phase"')[1].split("</p>")[0]
     assert " hidden" not in phase.split(">")[0]
-    assert "uploading what is left to the repository" in phase
+    assert "restic is uploading what is left to the repository" in phase
     assert '<span class="muted" id="job-log-count">1 line</span>' in page
     assert 'data-kind="backup"' in page
     assert "css/job.css" in page

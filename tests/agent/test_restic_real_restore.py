@@ -361,6 +361,8 @@ def test_a_diff_lists_files_in_natural_order_and_the_page_adds_up_their_sizes(tm
     added_sizes = 300_000 + sum(len(name) * 50 for name in ("file10.txt", "file2.txt", "File1.txt"))
     assert sum(c["size_after"] for c in report["changes"] if c["modifier"] == "+") == added_sizes
     assert stats["added"]["bytes"] < 300_000  # repository data, not the files' sizes
+    summary = "5 changes: 4 files and 0 directories added, 1 file and 0 directories removed"
+    assert f"{summary}, 0 files modified" in ran.texts
 
     host = Host(hostname="diff-host")
     db.session.add(host)
