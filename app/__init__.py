@@ -19,11 +19,14 @@ __version__ = "0.1.0"
 MAX_CONTENT_LENGTH = 16 * 1024 * 1024  # the largest body: an agent's log or file-chunk upload
 
 
-class Int64Converter(IntegerConverter):
-    """``<int:…>`` that matches only what fits a 64-bit column: a larger id is a 404."""
+MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
+
+
+class IdConverter(IntegerConverter):
+    """``<int:…>`` that matches only what an id column can hold: a larger id is a 404."""
 
     def __init__(self, map, *args, **kwargs):
-        kwargs.setdefault("max", 2**63 - 1)
+        kwargs.setdefault("max", MAX_ID)
         super().__init__(map, *args, **kwargs)
 
 
@@ -36,7 +39,7 @@ def create_app(config: dict | None = None) -> Flask:
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
     )
-    app.url_map.converters["int"] = Int64Converter  # before any route is added
+    app.url_map.converters["int"] = IdConverter  # before any route is added
     app.config.update(load_config())
     app.config.update(config or {})
     _configure_logging(app)

@@ -67,7 +67,7 @@ def test_operations_carry_roles_security_and_the_error_shape(document):
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "message"]
     path_id = jobs["parameters"][0]["schema"]
-    assert (path_id["type"], path_id["maximum"]) == ("integer", 2**63 - 1)
+    assert (path_id["type"], path_id["maximum"]) == ("integer", 2**31 - 1)
 
 
 def test_bounds_are_the_servers_own(document):

@@ -23,6 +23,7 @@ from app.api import bp
 from app.models import Role
 
 INT64_MAX = 2**63 - 1
+MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL): app.MAX_ID
 MAX_PATH = 4096  # app.services.rpc.MAX_PATH
 MAX_PATHS = 100  # app.services.validate.absolute_paths
 MAX_HOOK_BYTES = 8 * 1024
@@ -74,7 +75,7 @@ def items_of(name: str, **more) -> dict:
     return obj({"items": array(ref(name)), **more}, ("items",))
 
 
-ID = integer(1)
+ID = integer(1, MAX_ID, examples=[1])
 DATE_TIME = {"type": "string", "format": "date-time"}
 MAYBE_DATE_TIME = nullable(DATE_TIME)
 MAYBE_STRING = {"type": ["string", "null"]}
@@ -313,7 +314,7 @@ SCHEMAS: dict[str, dict] = {
                 for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly")
             },
             "keep_within": nullable(
-                string(64, pattern=r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$", examples=["30d"])
+                string(32, pattern=r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$", examples=["30d"])
             ),
         },
         closed=True,

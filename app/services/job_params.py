@@ -35,6 +35,7 @@ KEEP_COUNTS = (
 GROUP_BY = ("host", "paths", "tags")
 MAX_KIB_PER_SECOND = 10_000_000  # 10 GB/s: anything above is a typo
 MAX_KEEP = 100_000
+MAX_DURATION_LENGTH = 32  # keep_within: restic parses each number as a 64-bit integer
 _DURATION = re.compile(r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$")
 _SUBSET_FRACTION = re.compile(r"^(\d+)/(\d+)$")
 _SUBSET_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
@@ -159,7 +160,12 @@ def retention_policy(raw: Any, *, field: str, allow_empty: bool = False) -> dict
         policy[key] = value
     within = raw.get("keep_within")
     if within not in (None, ""):
-        if not isinstance(within, str) or not within.strip() or not _DURATION.match(within.strip()):
+        if (
+            not isinstance(within, str)
+            or not within.strip()
+            or len(within.strip()) > MAX_DURATION_LENGTH
+            or not _DURATION.match(within.strip())
+        ):
             fail("keep_within", "keep_within is a duration such as 1y6m, 30d or 12h.")
         policy["keep_within"] = within.strip()
     if not policy and not allow_empty:
