@@ -10,11 +10,13 @@ run ``playwright install``).
 
 Nothing is faked: it starts ``restic-manager serve`` on a free 127.0.0.1 port with a
 temporary data directory (SQLite), creates the administrator and a personal access token
-with the CLI, enrolls four real agents (each with its own ``--home``; the host name comes
-from its enrollment token) backing up generated files into local restic repositories, runs
-real backups (one of them fails, as a missing dump directory would make it), adds
-schedules, and starts a bandwidth-capped backup so that one job is running. Then headless
-Chromium signs in through the login form and photographs, at 1280x800:
+with the CLI, enrolls five real agents (each with its own ``--home``; the host name comes
+from its enrollment token) backing up generated files into local restic repositories, adds
+source groups and schedules through the API, runs two rounds of real backups (the second
+one of db-1's dumps fails, as a missing dump directory makes it), stops the laptop's agent
+so that it shows as offline, and starts a bandwidth-capped backup so that one job is
+running. Then headless Chromium signs in through the login form and photographs, at
+1280x800:
 
     dashboard.png    the fleet overview
     host.png         a host page (status, snapshots, recent jobs)
@@ -241,7 +243,7 @@ class Api:
 # --- the demo's hosts and their files ----------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: jobs are keyed by (host, group)
 class DemoHost:
     """One demo machine: its source groups (name → paths below its root) and files."""
 
@@ -252,6 +254,7 @@ class DemoHost:
     populate: Callable[[Path, random.Random], None]
     change: Callable[[Path, random.Random], None]  # between the first and second backups
     leaves: bool = False  # its agent stops after the first backups (a laptop gone home)
+    breaks: Optional[str] = None  # the group whose second backup must not succeed
     root: Path = field(default=Path())
     host_id: int = 0
     agent: Optional[subprocess.Popen] = None
@@ -459,6 +462,7 @@ def demo_hosts() -> list[DemoHost]:
             ("after-dump", "15 3 * * *"),
             populate_db,
             change_db,
+            breaks="dumps",
         ),
         DemoHost(
             "files-1",
@@ -510,6 +514,7 @@ class Demo:
     def seed(self) -> None:
         log(f"starting restic-manager serve on {self.server.url}")
         self.server.start()
+        log("creating the administrator and a token")
         self.server.cli(
             "create-admin", "--username", ADMIN, "--password-stdin", stdin=self.admin_password
         )
@@ -517,6 +522,7 @@ class Demo:
         self.api = Api(self.server, token)
         for number, host in enumerate(self.hosts):
             host.root = self.workspace / host.hostname
+            log(f"enrolling {host.hostname}")
             host.populate(host.root, seeded(number))
             self.enroll(host)
         log("waiting for the agents to initialise their repositories")
@@ -529,7 +535,7 @@ class Demo:
         for host in self.hosts:
             self.configure(host)
         log("first round of backups")
-        self.backup_round()
+        self.backup_round(first=True)
         for host in self.hosts:
             if host.leaves:
                 log(f"stopping {host.hostname}'s agent: it will show as offline")
@@ -537,10 +543,8 @@ class Demo:
         for number, host in enumerate(self.hosts):
             host.change(host.root, seeded(100 + number))
         log("second round of backups")
-        jobs = self.backup_round()
-        self.finished_backup = next(
-            job["id"] for job in jobs if job["host_id"] == self.hosts[0].host_id
-        )
+        jobs = self.backup_round(first=False)
+        self.finished_backup = jobs[(self.hosts[0].hostname, next(iter(self.hosts[0].groups)))]
         self.start_running_backup()
 
     def wait_for_departures(self) -> None:
@@ -605,20 +609,29 @@ class Demo:
     def group_body(self, host: DemoHost, name: str) -> dict:
         return {"name": name, "includes": host.paths(name), "retention": host.retention}
 
-    def backup_round(self) -> list[dict]:
-        """One backup of every group of every host but the one left for the running job."""
-        job_ids = []
+    def backup_round(self, *, first: bool) -> dict[tuple[str, str], int]:
+        """One backup of every group of every present host (but the running job's group);
+        any result other than the planned ones stops the run: the pictures would lie.
+        Answers the job ids by (hostname, group)."""
+        started = {}
         for host in self.hosts:
             if host.agent.poll() is not None:
                 continue  # gone away
             for group in host.groups:
-                if group == RUNNING_GROUP:
-                    continue
-                job_ids.append(self.api.backup(host.host_id, group))
-        jobs = self.api.wait_jobs(job_ids)
-        for job in jobs:
-            log(f"  job {job['id']} on host {job['host_id']}: {job['status']}")
-        return jobs
+                if group != RUNNING_GROUP:
+                    started[(host, group)] = self.api.backup(host.host_id, group)
+        finished = self.api.wait_jobs(list(started.values()))
+        results = []
+        for (host, group), job in zip(started, finished):
+            results.append(f"{host.hostname}/{group} {job['status']}")
+            planned_failure = not first and group == host.breaks
+            if (job["status"] == "succeeded") == planned_failure:
+                raise DemoError(
+                    f"backup of {host.hostname}'s {group} group ended {job['status']}, "
+                    f"which the demo did not plan: {job.get('error') or json.dumps(job)}"
+                )
+        log("  " + ", ".join(results))
+        return {(host.hostname, group): job_id for (host, group), job_id in started.items()}
 
     def start_running_backup(self) -> None:
         """A bandwidth-capped backup of the build artifacts, left running for its picture."""
