@@ -94,7 +94,10 @@ def test_jobs_list_has_a_summary_column(app, login_as):
     queued = make_job(app, host, kind="check")
     page = viewer.get("/jobs/").get_data(as_text=True)
     assert '<th scope="col">Summary</th>' in page
-    cells = re.findall(r'<td data-label="Summary" class="([^"]*)">([^<]*)</td>', page)
+    cells = re.findall(
+        r'<td data-label="Summary" class="([^"]*)"><span class="jobsummary__text">([^<]*)</span>',
+        page,
+    )
     assert cells == [
         ("jobsummary", "waiting for the agent"),
         (
