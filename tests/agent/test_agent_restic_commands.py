@@ -3,10 +3,19 @@
 import json
 
 import pytest
-from restic_samples import load
+from restic_samples import load, sample
 
 from agent.restic import errors
-from agent.restic.backup import backup_argv, progress, read_stdout_line, summary_line
+from agent.restic.backup import (
+    backup_argv,
+    missing_paths_error,
+    nothing_exists_error,
+    nothing_to_back_up,
+    progress,
+    read_stdout_line,
+    skipped_source,
+    summary_line,
+)
 from agent.restic.check import check_argv
 from agent.restic.forget import counts, forget_argv, group_lines, parse_forget
 from agent.restic.init import init_argv, repository_id
@@ -168,6 +177,50 @@ def test_init_on_an_existing_repository_is_recognised():
 
 
 # -- backup --------------------------------------------------------------------------------
+
+
+def test_missing_source_lines_of_014_and_later_versions():
+    _, _, stderr = sample("20_backup_json_one_source_missing_exit0.txt")
+    assert [skipped_source(line) for line in stderr] == ["/srv/demo/does-not-exist"]
+    assert not nothing_to_back_up(stderr)
+    code, _, stderr = sample("21_backup_json_all_sources_missing_exit1.txt")
+    assert code == 1 and nothing_to_back_up(stderr)
+    # later wording, and 0.18's JSON exit_error line on stderr
+    assert nothing_to_back_up(["Fatal: all source directories/files do not exist"])
+    assert nothing_to_back_up(
+        [
+            '{"message_type":"exit_error","code":1,'
+            '"message":"Fatal: all source directories/files do not exist"}'
+        ]
+    )
+    assert skipped_source("/srv/a b does not exist, skipping") == "/srv/a b"
+    assert skipped_source(" does not exist, skipping") is None
+    assert skipped_source("Warning: at least one source file could not be read") is None
+    assert skipped_source('{"message_type":"status","percent_done":0}') is None
+    # JSON errors count only for a source path itself, and only when it is not there
+    error = (
+        '{"message_type":"error","error":{"message":"lstat /srv/a: no such file"},"item":"/srv/a"}'
+    )
+    assert skipped_source(error, ["/srv/a"]) == "/srv/a"
+    assert skipped_source(error, ["/srv/b"]) is None
+    denied = (
+        '{"message_type":"error","error":{"Op":"open","Path":"/srv/a","Err":13},"item":"/srv/a"}'
+    )
+    assert skipped_source(denied, ["/srv/a"]) is None
+
+
+def test_missing_paths_messages_name_at_most_ten():
+    assert missing_paths_error(["/a"]) == (
+        "source path /a does not exist; the snapshot holds the other paths"
+    )
+    many = [f"/p{number}" for number in range(12)]
+    assert missing_paths_error(many) == (
+        "12 source paths do not exist: /p0, /p1, /p2, /p3, /p4, /p5, /p6, /p7, /p8, /p9 "
+        "and 2 more; the snapshot holds the other paths"
+    )
+    assert nothing_exists_error(["/a", "/b"]) == (
+        "nothing was backed up: none of the source paths exists (/a, /b)"
+    )
 
 
 def test_backup_status_and_summary_lines_of_014():
