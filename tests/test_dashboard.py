@@ -307,6 +307,27 @@ def test_last_backup_shows_the_last_success_next_to_a_later_failure(login_as, sm
     assert "last success" not in html
 
 
+def _fleet_row(html: str, host) -> str:
+    start = html.index(f'href="/hosts/{host.id}">{host.hostname}<')
+    return html[start : html.index("</tr>", start)]
+
+
+def test_a_backup_in_progress_is_shown_next_to_the_last_result(login_as, small_fleet):
+    web1, db1 = small_fleet["web-1"], small_fleet["db-1"]
+    running = add_job(web1, status="running")
+    db.session.commit()
+    html = login_as(Role.viewer).get("/").get_data(as_text=True)
+    row = _fleet_row(html, web1)
+    assert 'pill pill--succeeded">succeeded</span>' in row  # the last result stays
+    assert f'<a href="/jobs/{running.id}">backup in progress</a>' in row
+    # db-1 runs a check, not a backup: nothing to announce
+    assert "backup in progress" not in _fleet_row(html, db1)
+    running.status = "succeeded"
+    db.session.commit()
+    html = login_as(Role.viewer).get("/").get_data(as_text=True)
+    assert "backup in progress" not in html
+
+
 def test_table_columns_links_and_chips(login_as, small_fleet):
     html = login_as(Role.viewer).get("/").get_data(as_text=True)
     web1, db1 = small_fleet["web-1"], small_fleet["db-1"]
@@ -402,7 +423,8 @@ def test_the_dashboard_makes_the_same_queries_for_4_or_40_hosts(app, login_as, s
     many = count_queries()
     assert len(many) == len(few)
     assert sum("FROM hosts" in statement for statement in many) == 1
-    assert sum("FROM jobs" in statement for statement in many) == 1
+    # one for the 24 h counts, one for the backups in progress
+    assert sum("FROM jobs" in statement for statement in many) == 2
 
 
 # --- run now -----------------------------------------------------------------------------

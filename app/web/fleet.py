@@ -33,6 +33,7 @@ class FleetRow:
     host: Host
     status: str  # online | offline | never_seen
     next_run: Optional[datetime] = None  # only when exactly one enabled schedule covers it
+    active_backup_job_id: Optional[int] = None  # a backup queued or running right now
 
     @property
     def failing(self) -> bool:
@@ -215,17 +216,29 @@ def summarize(rows: Iterable[FleetRow], job_counts: Mapping[str, int]) -> FleetS
     )
 
 
-# --- loading (the only three queries the dashboard makes) ----------------------------------
+# --- loading (the only four queries the dashboard makes) -----------------------------------
+
+
+def active_backups() -> dict[int, int]:
+    """host id -> the newest backup job that is queued or running (few rows: an index scan)."""
+    query = (
+        select(Job.host_id, func.max(Job.id))
+        .where(Job.kind == "backup", Job.status.in_(("queued", "running")))
+        .group_by(Job.host_id)
+    )
+    return {host_id: job_id for host_id, job_id in db.session.execute(query)}
 
 
 def load_rows(now: datetime, offline_after_seconds: int) -> list[FleetRow]:
     hosts = db.session.scalars(select(Host).order_by(Host.hostname))
     crons = schedules.single_enabled_schedules()
+    active = active_backups()
     return [
         FleetRow(
             host,
             host.status(now, offline_after_seconds),
             schedules.next_run(crons[host.id], after=now) if host.id in crons else None,
+            active.get(host.id),
         )
         for host in hosts
     ]
