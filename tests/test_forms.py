@@ -210,6 +210,16 @@ def test_source_group_form_shows_every_problem_in_the_forms_words(login_as):
     assert _count(SourceGroup) == 1
 
 
+def test_enter_in_a_source_group_field_saves_rather_than_previews(login_as):
+    # A browser's implicit submission (Enter in a text field) uses the form's first submit
+    # button; Preview sits before Save in the page, so Save must come first in the markup.
+    host = _host()
+    page = login_as(Role.admin).get(f"/hosts/{host.id}/sources/new").get_data(as_text=True)
+    form = page[page.index('<form method="post"') :]
+    first_submit = re.search(r'<button type="submit" name="action" value="(\w+)"', form)
+    assert first_submit.group(1) == "save"
+
+
 def test_the_api_names_every_bad_field_of_a_source_group(api):
     host = _host()
     admin = api(Role.admin)

@@ -317,7 +317,8 @@ def test_run_now_creates_the_job_and_opens_it(login_as, kind, fields, params):
         (
             "forget",
             {"forget-keep_within": "fortnight"},
-            "keep_within is a duration such as 1y6m, 30d or 12h.",
+            # the service's words, with the form's name for the field
+            "Keep within is a duration such as 1y6m, 30d or 12h.",
             'value="fortnight"',
         ),
         (
@@ -329,7 +330,7 @@ def test_run_now_creates_the_job_and_opens_it(login_as, kind, fields, params):
         (
             "check",
             {"check-read_data_subset": "half"},
-            "read_data_subset must look like 10%, 1/5 or 500M.",
+            "Read data subset must look like 10%, 1/5 or 500M.",
             'value="half"',
         ),
         (

@@ -90,8 +90,19 @@ def place_errors(form, fields: dict, *, prefixes: tuple[str, ...] = ()) -> list[
         if field is None:
             unplaced.extend(messages)
         else:
-            field.errors = [*field.errors, *messages]
+            field.errors = [*field.errors, *(_in_form_words(m, short, field) for m in messages)]
     return unplaced
+
+
+def _in_form_words(message: str, name: str, field) -> str:
+    """The API's words start with the JSON name ("keep_daily must be …"); next to the field,
+    say what the form calls it ("Keep daily must be …")."""
+    if not message.startswith(name + " "):
+        return message
+    label = field.label.text
+    if name.startswith("keep_") and not label.lower().startswith("keep"):
+        label = f"Keep {label.lower()}"  # the Run-now forget form's fields sit under "Keep"
+    return label + message[len(name) :]
 
 
 def _number(label: str, description: str = ""):
