@@ -152,6 +152,12 @@ def test_host_page_shows_the_latest_backup_with_its_missing_paths(app, login_as)
     assert f'href="/jobs/{cancelled.id}"' in block
     assert f'Last successful backup: <a href="/jobs/{warned.id}">' in block
     assert "/srv/a" not in block
+    # the header's Last backup vital says it too, on every tab
+    for tab in ("", "/sources", "/schedules", "/repo"):
+        page = viewer.get(f"/hosts/{host.id}{tab}").get_data(as_text=True)
+        vital = page[page.index('vital__label">Last backup') :]
+        vital = vital[: vital.index('<div class="vital">')]
+        assert f'last success <a href="/jobs/{warned.id}">' in vital, tab
 
 
 def test_host_page_without_backups_has_no_latest_backup_line(login_as):
@@ -175,4 +181,5 @@ def test_a_host_whose_backups_never_succeeded_says_so(app, login_as):
     )
     page = login_as(Role.viewer).get(f"/hosts/{host.id}").get_data(as_text=True)
     assert "No backup of this host has succeeded yet." in page
+    assert '<span class="vital__note">no successful backup yet</span>' in page
     assert "1 source path did not exist on the host and is not backed up" in page
