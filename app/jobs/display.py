@@ -181,38 +181,11 @@ def change_view(modifier: str | None) -> tuple[str, str]:
     return (", ".join(words), style)
 
 
-def _files_and_bytes(part: Any) -> str:
-    if not isinstance(part, dict):
-        return "—"
-    files, dirs, size = part.get("files"), part.get("dirs"), part.get("bytes")
-    bits = []
-    if isinstance(files, int):
-        bits.append(f"{files:,} file{'' if files == 1 else 's'}")
-    if isinstance(dirs, int) and dirs:
-        bits.append(f"{dirs:,} dir{'' if dirs == 1 else 's'}")
-    text = ", ".join(bits) or "—"
-    if isinstance(size, (int, float)) and not isinstance(size, bool):
-        text += f" · {human_bytes(size)}"
-    return text
-
-
 def diff_summary(stats: dict) -> dict:
     """What the top of a diff job's table says, from the job's stats."""
     stats = stats or {}
-    changed = stats.get("changed_files")
     changes, reported = stats.get("changes"), stats.get("reported")
     return {
-        "tiles": [
-            ("added", _files_and_bytes(stats.get("added")), "added"),
-            ("removed", _files_and_bytes(stats.get("removed")), "removed"),
-            (
-                "modified",
-                f"{changed:,} file{'' if changed == 1 else 's'}"
-                if isinstance(changed, int)
-                else "—",
-                "modified",
-            ),
-        ],
         "changes": changes if isinstance(changes, int) else None,
         "reported": reported if isinstance(reported, int) else None,
         "truncated": bool(stats.get("truncated")),
