@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from app.extensions import db
+from app.formatting import job_summary
 from app.models import Host, Role
-from app.web.formatting import job_summary
 from tests.test_job_stream import AgentCalls, make_host, make_job
 
 MIB = 1024**2

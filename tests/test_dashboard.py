@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import delete, event, func, select
 
 from app.extensions import db
+from app.formatting import human_bytes, human_duration, plural, relative_time
 from app.models import Host, Job, Role, SourceGroup
 from app.models.types import utcnow
 from app.web import fleet
 from app.web.fleet import FleetQuery, FleetRow
-from app.web.formatting import human_bytes, human_duration, plural, relative_time
 from tests.conftest import form_token
 
 NOW = utcnow()

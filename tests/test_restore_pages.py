@@ -380,7 +380,7 @@ def test_finished_restore_shows_where_the_files_are(app, login_as, host):
 def test_job_summaries_of_restores_and_diffs():
     from types import SimpleNamespace
 
-    from app.web.formatting import job_summary
+    from app.formatting import job_summary
 
     def job(kind, params, stats):
         return SimpleNamespace(

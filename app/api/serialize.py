@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.web.formatting import job_summary
+from app.formatting import job_summary
 
 
 def iso(value: datetime | None) -> str | None:

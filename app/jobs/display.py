@@ -1,6 +1,6 @@
 """How a job reads on its page: stats labels, progress and status wording.
 
-Sizes and durations come from app.web.formatting (the pages' shared filters);
+Sizes and durations come from app.formatting (the pages' shared filters);
 static/js/job.js formats live progress the same way: keep the three in step.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.web.formatting import human_bytes, human_duration
+from app.formatting import human_bytes, human_duration
 
 STATUS_WORDS = {
     "queued": "Waiting for the agent to pick it up.",

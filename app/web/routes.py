@@ -9,9 +9,9 @@ from sqlalchemy import text
 
 from app.access import Role, public, require_role
 from app.extensions import db
+from app.formatting import FILTERS
 from app.models.types import utcnow
 from app.web import bp, fleet
-from app.web.formatting import FILTERS
 
 for _name, _function in FILTERS.items():
     bp.add_app_template_filter(_function, _name)

@@ -333,10 +333,10 @@ def test_a_diff_lists_files_in_natural_order_and_the_page_adds_up_their_sizes(tm
     almost nothing. The job page's tiles add up the files' sizes the table shows and name
     restic's figure apart."""
     from app.extensions import db
+    from app.formatting import human_bytes
     from app.models import Host, Job, Role
     from app.models.types import utcnow
     from app.services import diffs
-    from app.web.formatting import human_bytes
 
     repo = Repo(tmp_path)
     restic(repo.path, "init")

@@ -1,4 +1,4 @@
-"""How numbers, times and jobs read on the pages (Jinja filters; pure functions)."""
+"""How numbers, times and jobs read, on the pages and in the API (Jinja filters; pure functions)."""
 
 from __future__ import annotations
 
