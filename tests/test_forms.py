@@ -373,6 +373,22 @@ def test_repository_tab_forms_show_every_problem_and_the_tabs_address(login_as):
     assert 'id="repository-connection" open' in page
     assert f'data-page-address="/hosts/{host.id}/repo#connection"' in page
 
+    # From the Overview, a refused connection or run-now form puts the Overview's address back.
+    overview = browser.post(
+        f"/hosts/{host.id}/repository",
+        data={"csrf_token": token, "repo_url": "", "repo_password": ""},
+    )
+    page = overview.get_data(as_text=True)
+    assert overview.status_code == 422
+    assert f'data-page-address="/hosts/{host.id}#repository-connection"' in page
+    run = browser.post(
+        f"/hosts/{host.id}/jobs",
+        data={"csrf_token": token, "kind": "check", "check-read_data_subset": "half"},
+    )
+    assert run.status_code == 422
+    assert f'data-page-address="/hosts/{host.id}#run-check"' in run.get_data(as_text=True)
+    assert "data-page-address" not in browser.get(f"/hosts/{host.id}").get_data(as_text=True)
+
 
 # --- sign-in, setup, API tokens --------------------------------------------------------------
 
