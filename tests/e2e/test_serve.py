@@ -137,9 +137,10 @@ def test_serve_first_run_to_api_token_and_graceful_stop(server, tmp_path):
     assert "Shutting down" in log or "Handling signal: term" in log
 
 
-def _refusing_imports(tmp_path, refused: str, error: str):
-    """A sitecustomize that makes importing `refused` fail in every Python process started
-    with it on PYTHONPATH: a worker's failure to boot, for real, without touching the code."""
+def _serve_with_refused_import(tmp_path, migrated_template, refused: str, error: str):
+    """Run `serve` with a sitecustomize that makes importing `refused` raise `error` in every
+    Python process it starts (a real failure, without touching the code); it must stop by
+    itself. Returns its exit status and everything it printed."""
     folder = tmp_path / "fault"
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(
@@ -150,25 +151,30 @@ def _refusing_imports(tmp_path, refused: str, error: str):
         f"            raise {error}\n"
         "sys.meta_path.insert(0, _Refuse())\n"
     )
-    return {"PYTHONPATH": str(folder)}
-
-
-def test_a_worker_that_cannot_load_the_app_stops_serve_with_its_error_last(
-    tmp_path, migrated_template
-):
-    # Only gunicorn's worker imports wsgi.py: the serve command itself starts normally.
-    fault = _refusing_imports(
-        tmp_path, "wsgi", "RuntimeError('simulated: the database is unreachable')"
-    )
     process, log_path = _start_serve(
-        tmp_path, fresh_database_url(migrated_template, tmp_path), _free_port(), fault
+        tmp_path,
+        fresh_database_url(migrated_template, tmp_path),
+        _free_port(),
+        {"PYTHONPATH": str(folder)},
     )
     try:
         status = process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    output = log_path.read_text()
+    return status, log_path.read_text()
+
+
+def test_a_worker_that_cannot_load_the_app_stops_serve_with_its_error_last(
+    tmp_path, migrated_template
+):
+    # Only gunicorn's worker imports wsgi.py: the serve command itself starts normally.
+    status, output = _serve_with_refused_import(
+        tmp_path,
+        migrated_template,
+        "wsgi",
+        "RuntimeError('simulated: the database is unreachable')",
+    )
     assert status != 0, output
     assert "listening on" not in output
     last_line = output.strip().splitlines()[-1]
@@ -179,18 +185,12 @@ def test_a_worker_that_cannot_load_the_app_stops_serve_with_its_error_last(
 
 def test_serve_refuses_at_once_when_the_gevent_worker_cannot_load(tmp_path, migrated_template):
     # gunicorn 27's gevent worker imports `packaging`, declared only under gunicorn[gevent].
-    fault = _refusing_imports(
-        tmp_path, "packaging", "ModuleNotFoundError(\"No module named 'packaging'\")"
+    status, output = _serve_with_refused_import(
+        tmp_path,
+        migrated_template,
+        "packaging",
+        "ModuleNotFoundError(\"No module named 'packaging'\")",
     )
-    process, log_path = _start_serve(
-        tmp_path, fresh_database_url(migrated_template, tmp_path), _free_port(), fault
-    )
-    try:
-        status = process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    output = log_path.read_text()
     assert status == 1, output
     assert "setup_token" not in output  # nothing is announced before the check
     assert "gunicorn cannot load its gevent worker (No module named 'packaging')" in output
