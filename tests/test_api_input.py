@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from app.extensions import db
@@ -72,6 +74,29 @@ def test_nul_characters_are_refused_with_the_field_named(admin, host):
     body = _error(admin.post(f"{API}/tokens", json={"name": "x\x00"}), 422)
     assert "name" in body["fields"]
     body = _error(admin.put(f"{API}/hosts/{host.id}/hooks", json={"pre\x00": None}), 422)
+
+
+def test_a_chunked_body_passes_the_same_checks(admin, host):
+    # Without Content-Length (Transfer-Encoding: chunked, as gunicorn hands it on) the body
+    # is still read, so it must still be checked.
+    body = b'{"name": "token\\u0000"}'
+    response = admin.post(
+        f"{API}/tokens",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert "NUL" in _error(response, 422)["message"]
+    nested = b'{"name": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    response = admin.post(
+        f"{API}/tokens",
+        input_stream=io.BytesIO(nested),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code in (400, 422), response.get_data(as_text=True)
 
 
 def test_strings_are_not_integers_and_integers_stay_64_bit(admin, host):
