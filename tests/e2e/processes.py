@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -29,6 +30,13 @@ def clean_env(**extra: str) -> dict:
     return env
 
 
+class ProcessError(AssertionError):
+    """A process did not come up, or a command or an API call failed; the message says what.
+
+    An AssertionError, so a test shows it as a failure; the scripts (tests/fuzz,
+    tools/screenshots.py) catch it and print it."""
+
+
 def wait_until(check, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     last = None
@@ -40,7 +48,7 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.1):
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    raise ProcessError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def require_restic() -> str:
@@ -55,41 +63,90 @@ def require_restic() -> str:
     return path
 
 
-class Server:
-    """`restic-manager serve` on a fixed port; stop() and start() keep port and data."""
+class Child:
+    """A long-running child of this checkout writing to ``log_path``.
 
-    def __init__(self, tmp_path: Path, env: dict):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / "server.log"
+    With ``own_group`` it leads a process group of its own and its signals reach its
+    children too (restic under the agent, gunicorn's workers)."""
+
+    stop_timeout = 40.0
+
+    def __init__(self, log_path: Path, env: dict, own_group: bool = False):
+        self.log_path = log_path
         self.env = env
-        self.process = None
+        self.own_group = own_group
+        self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> None:
+    def _spawn(self, argv: list) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env=self.env,
                 cwd=ROOT,
+                start_new_session=self.own_group,
             )
-        wait_until(
-            lambda: requests.get(f"{self.url}/readyz", timeout=2).status_code == 200,
-            timeout,
-            "the server to be ready",
-        )
 
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=40)
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, number: int) -> None:
+        if not self.running():
+            return
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, number)
+        else:
+            self.process.send_signal(number)
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, as systemd sends it; its exit status (None if it never started)."""
+        if self.process is None:
+            return None
+        self.signal(signal.SIGTERM)
+        return self.process.wait(timeout=self.stop_timeout if timeout is None else timeout)
+
+    def stop_or_kill(self, timeout: float | None = None) -> None:
+        """stop(), and SIGKILL if it has not ended within the timeout."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.stop(timeout)
+        self.kill()
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
+        if self.running():
+            self.signal(signal.SIGKILL)
             self.process.wait()
 
-    def cli(self, *args: str, stdin: str = "") -> str:
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+
+class Server(Child):
+    """`restic-manager serve` on a fixed port; stop() and start() keep port and data."""
+
+    def __init__(self, tmp_path: Path, env: dict, own_group: bool = False):
+        super().__init__(tmp_path / "server.log", env, own_group)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> None:
+        self._spawn([sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{self.port}"])
+
+        def ready():
+            if self.process.poll() is not None:
+                raise ProcessError(
+                    f"restic-manager serve exited ({self.process.returncode}):\n{self.tail()}"
+                )
+            return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
+
+        wait_until(ready, timeout, "the server to be ready")
+
+    def cli(self, *args: str, stdin: str = "", timeout: float = 60) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "app.cli", *args],
             input=stdin,
@@ -97,37 +154,46 @@ class Server:
             text=True,
             env=self.env,
             cwd=ROOT,
-            timeout=60,
-            check=True,
+            timeout=timeout,
         )
+        if result.returncode != 0:
+            raise ProcessError(
+                f"restic-manager {args[0]} failed ({result.returncode}): {result.stderr.strip()}"
+            )
         return result.stdout
 
-    def admin_token(self, password: str, username: str = "admin") -> str:
+    def admin_token(self, password: str, username: str = "admin", name: str = "e2e") -> str:
         """Create an administrator and mint a personal access token for it (the CLI way)."""
         self.cli("create-admin", "--username", username, "--password-stdin", stdin=password)
-        return self.cli("create-token", "--user", username, "--name", "e2e").strip()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.cli("create-token", "--user", username, "--name", name).strip()
 
 
 class Api:
     """``/api/v1`` with a bearer token; asserts the status it expects."""
 
-    def __init__(self, server: Server, token: str):
+    def __init__(self, server: Server, token: str, timeout: float = 10):
         self.base = f"{server.url}/api/v1"
+        self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
+    def call(self, method: str, path: str, body=None, expect: int = 200) -> dict:
+        """The answer's JSON ({} when empty); any other status than ``expect`` fails."""
+        response = self.session.request(method, self.base + path, json=body, timeout=self.timeout)
+        if response.status_code != expect:
+            raise ProcessError(
+                f"{method} {path} answered {response.status_code}: {response.text[:500]}"
+            )
+        return response.json() if response.content else {}
+
     def get(self, path: str, **kwargs):
-        response = self.session.get(self.base + path, timeout=10, **kwargs)
-        assert response.status_code == 200, response.text
+        response = self.session.get(self.base + path, timeout=self.timeout, **kwargs)
+        if response.status_code != 200:
+            raise ProcessError(f"GET {path} answered {response.status_code}: {response.text}")
         return response
 
     def post(self, path: str, body: dict, expect: int = 201) -> dict:
-        response = self.session.post(self.base + path, json=body, timeout=10)
-        assert response.status_code == expect, response.text
-        return response.json()
+        return self.call("POST", path, body, expect)
 
     def run(self, host_id: int, kind: str, params: dict | None = None) -> int:
         return self.post(f"/hosts/{host_id}/jobs", {"kind": kind, "params": params or {}})["id"]
@@ -139,50 +205,55 @@ class Api:
 
         return wait_until(finished, timeout, f"job {job_id} to finish", interval=0.25)
 
+    def wait_repo_ready(self, host_id: int, timeout: float = 90) -> dict:
+        """The host once its agent has initialised (or opened) its repository."""
 
-class AgentProcess:
+        def ready():
+            host = self.get(f"/hosts/{host_id}").json()
+            return host if host["repo_status"] == "ready" else None
+
+        return wait_until(ready, timeout, f"host {host_id}'s repository to be ready", 0.25)
+
+
+class AgentProcess(Child):
     """The agent from this checkout (`python -m agent`) with its own home directory."""
 
-    def __init__(self, home: Path, log_path: Path, **env: str):
+    stop_timeout = 60.0
+
+    def __init__(self, home: Path, log_path: Path, own_group: bool = False, **env: str):
+        super().__init__(log_path, clean_env(RM_AGENT_START_DELAY="0", **env), own_group)
         self.home = home
-        self.log_path = log_path
-        self.env = clean_env(RM_AGENT_START_DELAY="0", **env)
-        self.process = None
 
     def enroll(self, server_url: str, token: str) -> None:
+        """Enroll with ``token`` (passed on stdin, as an operator would, not in argv)."""
         command = [sys.executable, "-m", "agent", "--home", str(self.home), "enroll"]
-        command.extend(["--server", server_url, "--token", token])
+        command.extend(["--server", server_url, "--token", "-"])
         result = subprocess.run(
             command,
+            input=token,
             capture_output=True,
             text=True,
             env=self.env,
             cwd=ROOT,
             timeout=60,
         )
-        assert result.returncode == 0, result.stderr
+        if result.returncode != 0:
+            raise ProcessError(f"agent enroll failed: {result.stderr.strip()}")
+
+    def configure(self, **settings: str) -> None:
+        """Set ``key = value`` lines of the enrolled agent's agent.conf."""
+        config = self.home / "agent.conf"
+        lines = config.read_text().splitlines()
+        for key, value in settings.items():
+            found = [n for n, line in enumerate(lines) if line.split("=")[0].strip() == key]
+            if not found:
+                raise ProcessError(f"agent.conf has no {key} setting")
+            for number in found:
+                lines[number] = f"{key} = {value}".rstrip()
+        config.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "--home", str(self.home), "run"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=ROOT,
-            )
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        self._spawn([sys.executable, "-m", "agent", "--home", str(self.home), "run"])
 
 
 def write_tree(root: Path, files: int, size: int = 512, random_bytes: bool = False) -> Path:

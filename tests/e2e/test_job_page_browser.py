@@ -72,12 +72,7 @@ def test_a_running_backup_ticks_and_says_it_is_uploading(server, tmp_path):
     host_id = api.get("/hosts").json()["items"][0]["id"]
     agent.start()
     try:
-        wait_until(
-            lambda: api.get(f"/hosts/{host_id}").json()["repo_status"] == "ready",
-            90,
-            "the repository to be initialised",
-            interval=0.25,
-        )
+        api.wait_repo_ready(host_id)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=CHROMIUM,

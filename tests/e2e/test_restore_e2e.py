@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.processes import AgentProcess, Api, require_restic, wait_until
+from tests.e2e.processes import AgentProcess, Api, require_restic
 
 REPO_PASSWORD = "e2e-Restore-Repo-Password-5d1e"
 ADMIN_PASSWORD = "admin password for restore e2e"
@@ -24,15 +24,6 @@ def server(start_server):
         RM_LOG_FLUSH_SECONDS="2",
         RM_RPC_WAIT_SECONDS="20",  # the first ls opens the repository: slow machines
     )
-
-
-def set_restore_paths(agent_home, value: str) -> None:
-    config = agent_home / "agent.conf"
-    lines = [
-        f"restore_paths = {value}" if line.startswith("restore_paths") else line
-        for line in config.read_text().splitlines()
-    ]
-    config.write_text("\n".join(lines) + "\n")
 
 
 def test_find_a_deleted_file_and_restore_it(server, tmp_path):
@@ -63,16 +54,11 @@ def test_find_a_deleted_file_and_restore_it(server, tmp_path):
     )["token"]
     agent = AgentProcess(tmp_path / "agent-home", tmp_path / "agent.log", HOME=str(home))
     agent.enroll(server.url, enroll_token)
-    set_restore_paths(tmp_path / "agent-home", f"$HOME/rm-restore, {data}")
+    agent.configure(restore_paths=f"$HOME/rm-restore, {data}")
     host_id = api.get("/hosts").json()["items"][0]["id"]
     agent.start()
     try:
-        wait_until(
-            lambda: api.get(f"/hosts/{host_id}").json()["repo_status"] == "ready",
-            90,
-            "repository initialisation",
-            interval=0.25,
-        )
+        api.wait_repo_ready(host_id)
         first = api.wait_job(api.run(host_id, "backup"))
         assert first["status"] == "succeeded", first
         before = first["stats"]["snapshot_id"]

@@ -55,12 +55,7 @@ def test_a_schedule_fires_on_the_agent_while_the_server_is_down(server, tmp_path
     host_id = api.get("/hosts").json()["items"][0]["id"]
     agent.start()
     try:
-        wait_until(
-            lambda: api.get(f"/hosts/{host_id}").json()["repo_status"] == "ready",
-            90,
-            "automatic repository initialisation",
-            interval=0.25,
-        )
+        api.wait_repo_ready(host_id)
         api.post(
             f"/hosts/{host_id}/source-groups",
             {"name": "etc", "includes": [str(etc_tree)], "retention": {"keep_last": 5}},
