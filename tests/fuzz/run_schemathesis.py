@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,9 +32,18 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
-
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.e2e.processes import (  # noqa: E402
+    AgentProcess,
+    Api,
+    ProcessError,
+    Server,
+    clean_env,
+)
+
 PASSWORD = "fuzzing is fun, really"
 LEFT_OUT = ("stream_job",)  # endless by design for a running job (see the docstring)
 LAST = "revoke_token"
@@ -44,25 +51,6 @@ LAST = "revoke_token"
 
 def log(message: str) -> None:
     print(f"[fuzz] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except requests.RequestException:
-            result = None
-        if result:
-            return result
-        time.sleep(0.25)
-    raise SystemExit(f"[fuzz] timed out after {timeout:.0f} s waiting for {what}")
 
 
 # --- the database --------------------------------------------------------------------------
@@ -97,136 +85,21 @@ class FreshPostgres:
 # --- processes -----------------------------------------------------------------------------
 
 
-class Server:
-    def __init__(self, workdir: Path, database_url: str | None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "server.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RM_")}
-        self.env.update(
-            RM_DATA_DIR=str(workdir / "data"),
-            # Short polls and a short offline window: once the agent stops after seeding,
-            # its host is offline within seconds, so nothing the fuzzer queues runs here.
-            RM_POLL_WAIT_SECONDS="1",
-            RM_OFFLINE_AFTER_SECONDS="5",
-            RM_LOG_LEVEL="WARNING",
-            PYTHONUNBUFFERED="1",
-        )
-        if database_url:
-            self.env["RM_DATABASE_URL"] = database_url
-        self.process: subprocess.Popen | None = None
-
-    def cli(self, *args: str, stdin: str = "") -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise SystemExit(f"[fuzz] restic-manager {args[0]} failed: {result.stderr.strip()}")
-        return result.stdout.strip()
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{self.port}"],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=ROOT,
-            )
-        wait_until(
-            lambda: requests.get(f"{self.url}/readyz", timeout=2).status_code == 200,
-            60,
-            "the server",
-        )
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class Agent:
-    """The real agent from this checkout; hooks and restores refused by its own config."""
-
-    def __init__(self, workdir: Path):
-        self.home = workdir / "agent"
-        self.log_path = workdir / "agent.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RM_")}
-        self.env.update(RM_AGENT_START_DELAY="0", PYTHONUNBUFFERED="1")
-        self.process: subprocess.Popen | None = None
-
-    def enroll(self, server_url: str, token: str) -> None:
-        command = [sys.executable, "-m", "agent", "--home", str(self.home), "enroll"]
-        result = subprocess.run(
-            [*command, "--server", server_url, "--token", token],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=60,
-        )
-        if result.returncode != 0:
-            raise SystemExit(f"[fuzz] agent enroll failed: {result.stderr.strip()}")
-        config = self.home / "agent.conf"
-        text = config.read_text()
-        text = text.replace("allow_hooks = true", "allow_hooks = false")
-        text = text.replace("restore_paths = *", "restore_paths =")
-        config.write_text(text)
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "--home", str(self.home), "run"],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=ROOT,
-            )
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def fuzz_server(workdir: Path, database_url: str | None) -> Server:
+    settings = {"RM_DATABASE_URL": database_url} if database_url else {}
+    env = clean_env(
+        RM_DATA_DIR=str(workdir / "data"),
+        # Short polls and a short offline window: once the agent stops after seeding,
+        # its host is offline within seconds, so nothing the fuzzer queues runs here.
+        RM_POLL_WAIT_SECONDS="1",
+        RM_OFFLINE_AFTER_SECONDS="5",
+        RM_LOG_LEVEL="WARNING",
+        **settings,
+    )
+    return Server(workdir, env)
 
 
 # --- seeding ---------------------------------------------------------------------------------
-
-
-class Api:
-    def __init__(self, server: Server, token: str):
-        self.base = f"{server.url}/api/v1"
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def call(self, method: str, path: str, body=None, expect: int = 200) -> dict:
-        response = self.session.request(method, self.base + path, json=body, timeout=30)
-        if response.status_code != expect:
-            raise SystemExit(
-                f"[fuzz] seeding: {method} {path} answered {response.status_code}: "
-                f"{response.text[:500]}"
-            )
-        return response.json() if response.content else {}
-
-    def wait_job(self, job_id: int) -> dict:
-        return wait_until(
-            lambda: (job := self.call("GET", f"/jobs/{job_id}"))["finished_at"] and job,
-            180,
-            f"job {job_id}",
-        )
 
 
 def seed(server: Server, api: Api, workdir: Path, with_agent: bool) -> None:
@@ -235,8 +108,7 @@ def seed(server: Server, api: Api, workdir: Path, with_agent: bool) -> None:
     (source / "etc").mkdir(parents=True)
     for number in range(20):
         (source / "etc" / f"file{number}.conf").write_text(f"setting = {number}\n" * 20)
-    enrollment = api.call(
-        "POST",
+    enrollment = api.post(
         "/enrollment-tokens",
         {
             "hostname": "fuzz-host",
@@ -244,50 +116,34 @@ def seed(server: Server, api: Api, workdir: Path, with_agent: bool) -> None:
             "repo_password": "fuzz repository password",
             "paths": [str(source)],
         },
-        expect=201,
     )
-    api.call(
-        "POST",
-        "/enrollment-tokens",
-        {"repo_url": "/srv/restic/spare", "repo_password": "spare"},
-        expect=201,
-    )
+    api.post("/enrollment-tokens", {"repo_url": "/srv/restic/spare", "repo_password": "spare"})
     for name in ("spare one", "spare two", "spare three"):
-        api.call("POST", "/tokens", {"name": name}, expect=201)
+        api.post("/tokens", {"name": name})
     if not with_agent:
         log("restic not found: no agent, so no host (hosts, jobs and snapshots stay empty)")
         return
-    agent = Agent(workdir)
+    # The real agent from this checkout; hooks and restores refused by its own config.
+    agent = AgentProcess(workdir / "agent", workdir / "agent.log")
     agent.enroll(server.url, enrollment["token"])
+    agent.configure(allow_hooks="false", restore_paths="")
+    host_id = api.get("/hosts").json()["items"][0]["id"]
     agent.start()
     try:
-        host = wait_until(
-            lambda: next(
-                (h for h in api.call("GET", "/hosts")["items"] if h["repo_status"] == "ready"),
-                None,
-            ),
-            120,
-            "the agent's repository to be ready",
-        )
-        host_id = host["id"]
-        backup = api.call("POST", f"/hosts/{host_id}/jobs", {"kind": "backup"}, expect=201)
-        finished = api.wait_job(backup["id"])
+        api.wait_repo_ready(host_id, timeout=120)
+        finished = api.wait_job(api.run(host_id, "backup"), timeout=180)
         log(f"seed backup: {finished['status']} {finished.get('summary') or ''}".rstrip())
-        api.call(
-            "POST",
+        api.post(
             f"/hosts/{host_id}/source-groups",
             {"name": "logs", "includes": [str(source)], "retention": {"keep_daily": 7}},
-            expect=201,
         )
-        api.call(
-            "POST",
+        api.post(
             f"/hosts/{host_id}/schedules",
             {"name": "nightly", "cron": "30 2 * * *", "source_groups": ["default", "logs"]},
-            expect=201,
         )
         api.call("PUT", f"/hosts/{host_id}/bandwidth", {"upload_kib": 1000, "download_kib": None})
     finally:
-        agent.stop()
+        agent.stop_or_kill()
     time.sleep(6)  # past RM_OFFLINE_AFTER_SECONDS: the host is offline, nothing runs here
 
 
@@ -338,20 +194,20 @@ def schemathesis(server: Server, token: str, args, report: Path, only_last: bool
 
 def run(args, database_url: str | None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="rm-fuzz-"))
-    server = Server(workdir, database_url)
+    server = fuzz_server(workdir, database_url)
     log(f"database: {'PostgreSQL' if database_url else 'SQLite'}; work dir {workdir}")
     try:
-        server.cli("db", "upgrade")
-        server.start()
-        server.cli("create-admin", "--username", "fuzzer", "--password-stdin", stdin=PASSWORD)
-        token = server.cli("create-token", "--user", "fuzzer", "--name", "schemathesis")
-        seed(server, Api(server, token), workdir, with_agent=shutil.which("restic") is not None)
+        server.cli("db", "upgrade", timeout=120)
+        server.start(timeout=60)
+        token = server.admin_token(PASSWORD, username="fuzzer", name="schemathesis")
+        api = Api(server, token, timeout=30)
+        seed(server, api, workdir, with_agent=shutil.which("restic") is not None)
         status = schemathesis(server, token, args, workdir / "junit.xml", only_last=False)
         last = schemathesis(server, token, args, workdir / "junit-revoke.xml", only_last=True)
-        server.stop()
+        server.stop_or_kill()
         errors = [
             line
-            for line in server.log_path.read_text(errors="replace").splitlines()
+            for line in server.log().splitlines()
             if "Traceback" in line or "unhandled error" in line
         ]
         if errors:
@@ -364,8 +220,11 @@ def run(args, database_url: str | None) -> int:
         if not failed and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         return 1 if failed else 0
+    except ProcessError as error:
+        log(f"setting up failed: {error} (see {workdir})")
+        return 1
     finally:
-        server.stop()
+        server.stop_or_kill()
 
 
 def main(argv=None) -> int:
