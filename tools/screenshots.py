@@ -37,7 +37,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 DEFAULT_OUT = ROOT / "docs" / "screenshots"
 DEFAULT_CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT = {"width": 1280, "height": 800}
@@ -68,173 +69,45 @@ RUNNING_GROUP = "artifacts"
 RUNNING_LIMIT_KIB = 512
 
 try:
-    import requests
+    from tests.e2e.processes import AgentProcess, Api, ProcessError, Server, clean_env, wait_until
 except ImportError:  # pragma: no cover - guidance for a half-installed checkout
     sys.exit("tools/screenshots.py needs the server extra: pip install -e '.[screenshots]'")
 
 
-class DemoError(Exception):
-    """Something in the demo did not come up; the message says what."""
+class DemoError(ProcessError):
+    """Something in the demo did not go as planned; the message says what."""
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def wait_until(check: Callable, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (requests.ConnectionError, requests.Timeout):
-            last = None
-        if last:
-            return last
-        time.sleep(interval)
-    raise DemoError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RM_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
 # --- processes ---------------------------------------------------------------------------
 
 
-class Processes:
-    """Child processes, each in its own process group so restic children die with them."""
-
-    def __init__(self) -> None:
-        self.children: list[subprocess.Popen] = []
-
-    def start(self, argv: list[str], env: dict, log_path: Path) -> subprocess.Popen:
-        with open(log_path, "ab") as log_file:
-            child = subprocess.Popen(
-                argv,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=ROOT,
-                start_new_session=True,
-            )
-        self.children.append(child)
-        return child
-
-    def stop(self, child: subprocess.Popen) -> None:
-        """SIGTERM, as systemd would send it, and wait for the child to end."""
-        os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-
-    def stop_all(self) -> None:
-        # Agents get SIGTERM; gunicorn gets SIGINT, its quick shutdown (SIGTERM would wait
-        # for the parked long polls). Whatever is left after a few seconds is killed.
-        for child in reversed(self.children):
-            if child.poll() is None:
-                stop = signal.SIGINT if child is self.children[0] else signal.SIGTERM
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, stop)
-        deadline = time.monotonic() + 5
-        for child in reversed(self.children):
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+def stop_all(server: Server, agents: list[AgentProcess]) -> None:
+    """Agents get SIGTERM; gunicorn gets SIGINT, its quick shutdown (SIGTERM would wait for
+    the parked long polls). Whatever is left after a few seconds is killed."""
+    for agent in agents:
+        agent.signal(signal.SIGTERM)
+    server.signal(signal.SIGINT)
+    deadline = time.monotonic() + 5
+    for child in [*agents, server]:
+        if child.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        child.kill()
 
 
-class Server:
-    """``restic-manager serve`` on a free port with its own data directory (SQLite)."""
-
-    def __init__(self, processes: Processes, workspace: Path):
-        self.processes = processes
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workspace / "server.log"
-        self.env = clean_env(
-            RM_DATA_DIR=str(workspace / "server-data"),
-            RM_LOG_FLUSH_SECONDS="1",
-            # The laptop that goes away shows up as offline within the run.
-            RM_POLL_WAIT_SECONDS="8",
-            RM_OFFLINE_AFTER_SECONDS=str(OFFLINE_AFTER_SECONDS),
-        )
-        self.process: Optional[subprocess.Popen] = None
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{self.port}"]
-        self.process = self.processes.start(argv, self.env, self.log_path)
-
-        def ready():
-            if self.process.poll() is not None:
-                raise DemoError(f"restic-manager serve exited:\n{self.tail()}")
-            return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
-
-        wait_until(ready, UNTIL_READY_SECONDS, "the server to be ready")
-
-    def cli(self, *args: str, stdin: str = "") -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=60,
-        )
-        if result.returncode != 0:
-            raise DemoError(f"restic-manager {args[0]} failed: {result.stderr.strip()}")
-        return result.stdout
-
-    def tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-class Api:
-    """``/api/v1`` with a personal access token."""
-
-    def __init__(self, server: Server, token: str):
-        self.base = f"{server.url}/api/v1"
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def call(self, method: str, path: str, body: Optional[dict] = None) -> dict:
-        response = self.session.request(method, self.base + path, json=body, timeout=15)
-        if response.status_code >= 400:
-            raise DemoError(f"{method} {path} answered {response.status_code}: {response.text}")
-        return response.json() if response.content else {}
-
-    def get(self, path: str) -> dict:
-        return self.call("GET", path)
-
-    def post(self, path: str, body: dict) -> dict:
-        return self.call("POST", path, body)
-
-    def put(self, path: str, body: dict) -> dict:
-        return self.call("PUT", path, body)
+class DemoApi(Api):
+    """``/api/v1`` with a personal access token, and the demo's two job helpers."""
 
     def backup(self, host_id: int, group: str, **params) -> int:
-        body = {"kind": "backup", "params": {"group": group, **params}}
-        return self.post(f"/hosts/{host_id}/jobs", body)["id"]
+        return self.run(host_id, "backup", {"group": group, **params})
 
     def wait_jobs(self, job_ids: list[int]) -> list[dict]:
         def finished():
-            jobs = [self.get(f"/jobs/{job_id}") for job_id in job_ids]
+            jobs = [self.get(f"/jobs/{job_id}").json() for job_id in job_ids]
             return jobs if all(job["finished_at"] for job in jobs) else None
 
         return wait_until(finished, JOB_SECONDS, f"jobs {job_ids} to finish", interval=0.5)
@@ -257,7 +130,7 @@ class DemoHost:
     breaks: Optional[str] = None  # the group whose second backup must not succeed
     root: Path = field(default=Path())
     host_id: int = 0
-    agent: Optional[subprocess.Popen] = None
+    agent: Optional[AgentProcess] = None
 
     def paths(self, group: str) -> list[str]:
         return [str(self.root / relative) for relative in self.groups[group]]
@@ -501,25 +374,31 @@ def demo_hosts() -> list[DemoHost]:
 class Demo:
     """The server, the agents and what they did; ``seed()`` brings it all up."""
 
-    def __init__(self, workspace: Path, processes: Processes):
+    def __init__(self, workspace: Path):
         self.workspace = workspace
-        self.processes = processes
-        self.server = Server(processes, workspace)
+        self.server = Server(
+            workspace,
+            clean_env(
+                RM_DATA_DIR=str(workspace / "server-data"),
+                RM_LOG_FLUSH_SECONDS="1",
+                # The laptop that goes away shows up as offline within the run.
+                RM_POLL_WAIT_SECONDS="8",
+                RM_OFFLINE_AFTER_SECONDS=str(OFFLINE_AFTER_SECONDS),
+            ),
+            own_group=True,  # restic under the agents, gunicorn's workers: all stop with them
+        )
         self.admin_password = secrets.token_urlsafe(18)
-        self.api: Optional[Api] = None
+        self.api: Optional[DemoApi] = None
         self.hosts = demo_hosts()
         self.finished_backup: Optional[int] = None
         self.running_backup: Optional[int] = None
 
     def seed(self) -> None:
         log(f"starting restic-manager serve on {self.server.url}")
-        self.server.start()
+        self.server.start(timeout=UNTIL_READY_SECONDS)
         log("creating the administrator and a token")
-        self.server.cli(
-            "create-admin", "--username", ADMIN, "--password-stdin", stdin=self.admin_password
-        )
-        token = self.server.cli("create-token", "--user", ADMIN, "--name", "screenshots").strip()
-        self.api = Api(self.server, token)
+        token = self.server.admin_token(self.admin_password, username=ADMIN, name="screenshots")
+        self.api = DemoApi(self.server, token, timeout=15)
         for number, host in enumerate(self.hosts):
             host.root = self.workspace / host.hostname
             log(f"enrolling {host.hostname}")
@@ -527,11 +406,7 @@ class Demo:
             self.enroll(host)
         log("waiting for the agents to initialise their repositories")
         for host in self.hosts:
-            wait_until(
-                lambda host=host: self.api.get(f"/hosts/{host.host_id}")["repo_status"] == "ready",
-                UNTIL_READY_SECONDS,
-                f"{host.hostname}'s repository to be ready",
-            )
+            self.api.wait_repo_ready(host.host_id, UNTIL_READY_SECONDS)
         for host in self.hosts:
             self.configure(host)
         log("first round of backups")
@@ -539,7 +414,7 @@ class Demo:
         for host in self.hosts:
             if host.leaves:
                 log(f"stopping {host.hostname}'s agent: it will show as offline")
-                self.processes.stop(host.agent)
+                host.agent.stop_or_kill(timeout=10)
         for number, host in enumerate(self.hosts):
             host.change(host.root, seeded(100 + number))
         log("second round of backups")
@@ -552,7 +427,9 @@ class Demo:
         for host in self.hosts:
             if host.leaves:
                 wait_until(
-                    lambda host=host: self.api.get(f"/hosts/{host.host_id}")["status"] == "offline",
+                    lambda host=host: (
+                        self.api.get(f"/hosts/{host.host_id}").json()["status"] == "offline"
+                    ),
                     OFFLINE_AFTER_SECONDS + 30,
                     f"{host.hostname} to show as offline",
                     interval=1,
@@ -569,32 +446,22 @@ class Demo:
                 "paths": host.paths(first_group),
             },
         )
-        env = clean_env(RM_AGENT_START_DELAY="0")
         home = self.workspace / "agents" / host.hostname
-        agent = [sys.executable, "-m", "agent", "--home", str(home)]
-        result = subprocess.run(
-            [*agent, "enroll", "--server", self.server.url, "--token", "-"],
-            input=answer["token"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=60,
-        )
-        if result.returncode != 0:
-            raise DemoError(f"enrolling {host.hostname} failed: {result.stderr.strip()}")
-        hosts = self.api.get("/hosts")["items"]
-        host.host_id = next(item["id"] for item in hosts if item["hostname"] == host.hostname)
         log_path = self.workspace / f"agent-{host.hostname}.log"
-        host.agent = self.processes.start([*agent, "run"], env, log_path)
+        host.agent = AgentProcess(home, log_path, own_group=True)
+        host.agent.enroll(self.server.url, answer["token"])
+        hosts = self.api.get("/hosts").json()["items"]
+        host.host_id = next(item["id"] for item in hosts if item["hostname"] == host.hostname)
+        host.agent.start()
 
     def configure(self, host: DemoHost) -> None:
         """Source groups (the enrollment's one renamed, the others added) and a schedule."""
         base = f"/hosts/{host.host_id}"
-        existing = self.api.get(f"{base}/source-groups")["items"]
+        existing = self.api.get(f"{base}/source-groups").json()["items"]
         names = list(host.groups)
         first = existing[0]
-        self.api.put(
+        self.api.call(
+            "PUT",
             f"{base}/source-groups/{first['id']}",
             {**self.group_body(host, names[0]), "excludes": first.get("excludes") or []},
         )
@@ -615,7 +482,7 @@ class Demo:
         Answers the job ids by (hostname, group)."""
         started = {}
         for host in self.hosts:
-            if host.agent.poll() is not None:
+            if not host.agent.running():
                 continue  # gone away
             for group in host.groups:
                 if group != RUNNING_GROUP:
@@ -641,7 +508,7 @@ class Demo:
         )
 
         def progressing():
-            job = self.api.get(f"/jobs/{self.running_backup}")
+            job = self.api.get(f"/jobs/{self.running_backup}").json()
             if job["finished_at"]:
                 raise DemoError(f"the capped backup ended early: {json.dumps(job)}")
             return (job.get("progress") or {}).get("percent")
@@ -806,15 +673,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGHUP, interrupted)
     started = time.monotonic()
     workspace = Path(tempfile.mkdtemp(prefix="rm-demo-"))
-    processes = Processes()
-    demo = Demo(workspace, processes)
+    demo = Demo(workspace)
     try:
         demo.seed()
         # Photographed into the workspace first: a failed run leaves docs/ as it was.
         staged = take_screenshots(demo, workspace / "shots", args.chromium)
         args.out.mkdir(parents=True, exist_ok=True)
         shots = [Path(shutil.copy(shot, args.out / shot.name)) for shot in staged]
-    except DemoError as error:
+    except ProcessError as error:  # a DemoError, or a process that did not come up
         print(f"tools/screenshots.py: {error}", file=sys.stderr)
         print(f"--- server log (last lines) ---\n{demo.server.tail()}", file=sys.stderr)
         return 1
@@ -822,7 +688,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("tools/screenshots.py: interrupted", file=sys.stderr)
         return 130
     finally:
-        processes.stop_all()
+        stop_all(demo.server, [host.agent for host in reversed(demo.hosts) if host.agent])
         if args.keep:
             log(f"kept {workspace}")
         else:
