@@ -70,6 +70,22 @@ def check_worker_class() -> None:
         ) from None
 
 
+def _apply_migrations(upgrade) -> None:
+    """Bring the schema up to date; an unreachable database is one clear line, not a trace."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.extensions import db
+
+    try:
+        upgrade()
+    except OperationalError as error:
+        where = db.engine.url.render_as_string(hide_password=True)
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise click.ClickException(
+            f"cannot use the database {where} (RM_DATABASE_URL): {reason}"
+        ) from None
+
+
 def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
     # Newer gunicorn opens a control socket under $HOME; we do not use it, and a sandboxed
     # service may not write there.
@@ -115,7 +131,7 @@ def register_cli(app):
         from flask_migrate import upgrade
 
         check_worker_class()
-        upgrade()
+        _apply_migrations(upgrade)
         base_url = current_app.config["RM_BASE_URL"] or f"http://{bind}"
         _announce_setup_if_needed(base_url)
         trusted = ",".join(str(net) for net in current_app.config["RM_TRUSTED_PROXIES"])

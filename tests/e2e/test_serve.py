@@ -194,3 +194,22 @@ def test_serve_refuses_at_once_when_the_gevent_worker_cannot_load(tmp_path, migr
     assert status == 1, output
     assert "setup_token" not in output  # nothing is announced before the check
     assert "gunicorn cannot load its gevent worker (No module named 'packaging')" in output
+
+
+def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path):
+    url = f"postgresql://backup:hunter2-secret@127.0.0.1:{_free_port()}/restic_manager"
+    process, log_path = _start_serve(tmp_path, url, _free_port())
+    try:
+        status = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = log_path.read_text()
+    assert status == 1, output
+    assert (
+        output.strip()
+        .splitlines()[-1]
+        .startswith("Error: cannot use the database postgresql+psycopg://backup:***@127.0.0.1:")
+    )
+    assert "(RM_DATABASE_URL)" in output and "Traceback" not in output
+    assert "hunter2-secret" not in output
