@@ -12,6 +12,8 @@ from agent.cli import main
 from agent.service import Agent
 from tests.conftest import LiveServer
 
+pytestmark = pytest.mark.server  # drives the agent against the real server
+
 LINES = 250
 
 

@@ -13,10 +13,13 @@ from agent.cli import main
 from agent.service import Agent
 
 REPO_PASSWORD = "real-server-Repo-pass-31337"
-pytestmark = pytest.mark.skipif(
-    shutil.which("restic") is None and os.environ.get("RM_REQUIRE_RESTIC") != "1",
-    reason="restic is not installed",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("restic") is None and os.environ.get("RM_REQUIRE_RESTIC") != "1",
+        reason="restic is not installed",
+    ),
+    pytest.mark.server,
+]
 
 
 @pytest.fixture

@@ -328,6 +328,7 @@ def test_diff_reports_added_removed_and_modified_files_with_sizes(repo, tmp_path
     assert f"M {data}/a.txt" in ran.texts
 
 
+@pytest.mark.server
 def test_a_diff_lists_files_in_natural_order_and_the_page_adds_up_their_sizes(tmp_path, login_as):
     """restic's added/removed bytes are deduplicated repository data: a copied file adds
     almost nothing. The job page's tiles add up the files' sizes the table shows and name
