@@ -17,21 +17,18 @@ from typing import Any
 
 from flask import current_app, jsonify
 
-from app import __version__
+from app import MAX_ID, __version__
 from app.access import PUBLIC, declared_access, public
 from app.api import bp
 from app.models import Role
+from app.models.job import STATUSES as JOB_STATUSES
+from app.services.job_params import MAX_KEEP, MAX_KIB_PER_SECOND, TAG_PATTERN
+from app.services.job_params import RUNNABLE_KINDS as JOB_KINDS
+from app.services.rpc import MAX_PATH
+from app.services.source_groups import MAX_HOOK_BYTES
+from app.services.validate import MAX_PATHS
 
 INT64_MAX = 2**63 - 1
-MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL): app.MAX_ID
-MAX_PATH = 4096  # app.services.rpc.MAX_PATH
-MAX_PATHS = 100  # app.services.validate.absolute_paths
-MAX_HOOK_BYTES = 8 * 1024
-MAX_KIB_PER_SECOND = 10_000_000
-MAX_KEEP = 100_000
-JOB_KINDS = ("backup", "forget", "prune", "check", "unlock", "stats", "snapshots", "probe", "diff")
-JOB_STATUSES = ("queued", "running", "succeeded", "warning", "failed", "cancelled", "lost")
-TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$"
 
 # --- schema helpers ------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.extensions import db
 from app.models.types import UTCDateTime, utcnow
 
-TERMINAL_STATUSES = frozenset({"succeeded", "warning", "failed", "cancelled", "lost"})
+STATUSES = ("queued", "running", "succeeded", "warning", "failed", "cancelled", "lost")
+TERMINAL_STATUSES = frozenset(STATUSES[2:])
 
 
 class Job(db.Model):

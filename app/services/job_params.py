@@ -40,7 +40,8 @@ _DURATION = re.compile(r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$")
 _SUBSET_FRACTION = re.compile(r"^(\d+)/(\d+)$")
 _SUBSET_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
 _SUBSET_SIZE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$")
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$"
+_TAG = re.compile(TAG_PATTERN)
 
 
 def _fail(field: str, message: str):

@@ -89,6 +89,10 @@ def text(
     return value
 
 
+MAX_PATHS = 100  # per list (a source group's includes, an enrollment's initial paths)
+MAX_PATH_LENGTH = 4096
+
+
 def absolute_paths(value, field: str = "paths", *, label: str = "Paths") -> list[str]:
     """A list of absolute paths (POSIX `/…` or Windows `C:\\…`), duplicates removed.
 
@@ -112,12 +116,12 @@ def absolute_paths(value, field: str = "paths", *, label: str = "Paths") -> list
             problems.append(
                 f"{item[:60]!r} is not an absolute path (start it with / or a drive letter)."
             )
-        elif len(item) > 4096 or _CONTROL.search(item):
+        elif len(item) > MAX_PATH_LENGTH or _CONTROL.search(item):
             problems.append(f"{item[:60]!r} is too long or contains control characters.")
         elif item not in paths:
             paths.append(item)
-    if len(paths) > 100:
-        problems.append("At most 100 paths.")
+    if len(paths) > MAX_PATHS:
+        problems.append(f"At most {MAX_PATHS} paths.")
     if problems:
         problems = list(dict.fromkeys(problems))
         raise ValidationFailed(" ".join(problems), fields={field: problems})
