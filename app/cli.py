@@ -12,6 +12,7 @@ from flask import current_app
 from flask.cli import FlaskGroup
 
 from app.config import PROJECT_ROOT
+from app.formatting import plural
 
 log = logging.getLogger("restic_manager")
 
@@ -137,9 +138,8 @@ def register_cli(app):
         trusted = ",".join(str(net) for net in current_app.config["RM_TRUSTED_PROXIES"])
         argv = gunicorn_argv(bind, workers, trusted)
         # Printed by the first worker once it has loaded the application (gunicorn_conf.py).
-        noun = "worker" if workers == 1 else "workers"
         os.environ["RM_SERVE_ANNOUNCEMENT"] = (
-            f"restic-manager listening on http://{bind} ({workers} {noun})"
+            f"restic-manager listening on http://{bind} ({plural(workers, 'worker')})"
         )
         sys.stdout.flush()
         sys.stderr.flush()
