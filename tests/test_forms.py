@@ -9,6 +9,7 @@ import re
 from sqlalchemy import func, select
 
 from app.extensions import db
+from app.hosts.forms import RepositoryForm, place_refusal
 from app.models import (
     ApiToken,
     EnrollmentToken,
@@ -21,6 +22,7 @@ from app.models import (
 )
 from app.models.types import utcnow
 from app.services import users
+from app.services.errors import Conflict, ValidationFailed
 from tests.conftest import form_token
 
 TOKEN = re.compile(r"--token (rme_[A-Za-z0-9_-]+)")
@@ -442,3 +444,18 @@ def test_reloading_the_new_api_token_answer_mints_no_second_token(login_as):
     again = browser.post("/settings/tokens", data=data)
     assert again.status_code == 303 and again.headers["Location"] == "/settings/tokens"
     assert _count(ApiToken) == 1
+
+
+def test_a_refusal_is_placed_on_its_fields_or_said_in_the_banner(app):
+    with app.test_request_context("/hosts/1/repository", method="POST"):
+        form = RepositoryForm(meta={"csrf": False})
+        placed = ValidationFailed("bad", fields={"repo_url": ["Repository URL is required."]})
+        assert place_refusal(form, placed) is None  # all of it next to the field
+        assert form.repo_url.errors == ["Repository URL is required."]
+        elsewhere = ValidationFailed("bad", fields={"hostname": ["Not on this form."]})
+        assert place_refusal(RepositoryForm(meta={"csrf": False}), elsewhere) == "Not on this form."
+        # A refusal that names no field keeps its message (it used to vanish: "").
+        refused = Conflict("The agent is offline.", code="host_offline")
+        assert place_refusal(RepositoryForm(meta={"csrf": False}), refused) == (
+            "The agent is offline."
+        )

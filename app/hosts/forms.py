@@ -71,9 +71,9 @@ class RunForm(FlaskForm):
     def params(self) -> dict:
         return {}
 
-    def apply_errors(self, fields: dict) -> list[str]:
-        """Put the service's field errors (``params.…``) on our fields; return the rest."""
-        return place_errors(self, fields, prefixes=("params.", "policy."))
+    def apply_refusal(self, refused) -> str | None:
+        """Put the service's field errors (``params.…``) on our fields (see place_refusal)."""
+        return place_refusal(self, refused, prefixes=("params.", "policy."))
 
 
 def place_errors(form, fields: dict, *, prefixes: tuple[str, ...] = ()) -> list[str]:
@@ -92,6 +92,16 @@ def place_errors(form, fields: dict, *, prefixes: tuple[str, ...] = ()) -> list[
         else:
             field.errors = [*field.errors, *(_in_form_words(m, short, field) for m in messages)]
     return unplaced
+
+
+def place_refusal(form, refused, *, prefixes: tuple[str, ...] = ()) -> str | None:
+    """Put a service's refusal on the form; return the line for the page's problem banner:
+    the messages that fit no field, or the refusal's own message when it names no field
+    (``None`` when every message sits next to its field)."""
+    unplaced = place_errors(form, refused.fields, prefixes=prefixes)
+    if unplaced or not refused.fields:
+        return " ".join(unplaced) or refused.message
+    return None
 
 
 def _in_form_words(message: str, name: str, field) -> str:

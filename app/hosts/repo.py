@@ -21,7 +21,7 @@ from app.authn import client_address
 from app.bus import host_key
 from app.extensions import db
 from app.hosts import bp
-from app.hosts.forms import RepositoryForm, place_errors
+from app.hosts.forms import RepositoryForm, place_refusal
 from app.hosts.routes import _render_host as render_host
 from app.hosts.routes import _repository_form
 from app.models import Host
@@ -146,8 +146,7 @@ def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: i
 def _refused(host: Host, name: str, form: FlaskForm, refused: ServiceError):
     """The service said no: nothing is kept, the tab comes back with the messages in place."""
     db.session.rollback()
-    unplaced = place_errors(form, refused.fields)
-    problem = " ".join(unplaced) if unplaced or not refused.fields else None
+    problem = place_refusal(form, refused)
     return _render(host, forms={name: form}, problem=problem, status=refused.status)
 
 
@@ -187,8 +186,7 @@ def update_repository(host_id: int):
         db.session.rollback()
         if from_tab:
             return _refused(host, "repository", form, refused)
-        unplaced = place_errors(form, refused.fields)
-        problem = " ".join(unplaced) if unplaced or not refused.fields else None
+        problem = place_refusal(form, refused)
         return render_host(host, repository_form=form, problem=problem, status=refused.status)
     if repository.active_job(host, repository.BRING_UP_KINDS) is not None:
         flash("Repository connection saved. The repository is being checked again.", "success")

@@ -14,7 +14,7 @@ from app.api.jobs import start_host_job
 from app.authn import client_address
 from app.extensions import db
 from app.hosts import bp
-from app.hosts.forms import RUN_FORMS, AddHostForm, RepositoryForm, RunForm, place_errors
+from app.hosts.forms import RUN_FORMS, AddHostForm, RepositoryForm, RunForm, place_refusal
 from app.hosts.install import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
@@ -93,8 +93,7 @@ def create():
         )
     except ValidationFailed as refused:
         db.session.rollback()
-        unplaced = place_errors(form, refused.fields)
-        problem = " ".join(unplaced) if unplaced or not refused.fields else None
+        problem = place_refusal(form, refused)
         return _render(form, problem=problem, status=422)
     audit.record(
         Actor.for_user(current_user),
@@ -242,11 +241,8 @@ def run_job(host_id: int):
         db.session.rollback()
         if back_to_dashboard:  # the dashboard shows no fields: say it all in the flash
             return _refuse(host, form, refused.message, refused.status, back_to_dashboard)
-        unplaced = form.apply_errors(refused.fields)
-        if unplaced or not refused.fields:
-            message = " ".join(unplaced) or refused.message
-        else:
-            message = "Check the highlighted field."  # the service's words are next to it
+        # When every message sits next to its field, the banner only points there.
+        message = form.apply_refusal(refused) or "Check the highlighted field."
         return _refuse(host, form, message, refused.status, None)
     # An own fragment: the browser would otherwise carry the form's #run-… to the job page.
     return redirect(job_url(job.id) + "#job-head")

@@ -16,7 +16,7 @@ from app.api.hosts import get_host_or_404
 from app.api.schedules import NEXT_RUNS, record_change
 from app.extensions import db
 from app.hosts import bp
-from app.hosts.forms import place_errors
+from app.hosts.forms import place_errors, place_refusal
 from app.models import Host, Schedule, SourceGroup
 from app.models.types import utcnow
 from app.services import schedules
@@ -184,6 +184,5 @@ def _refused(host: Host, form: ScheduleForm, schedule: Optional[Schedule], refus
     db.session.rollback()  # a refused change leaves everything as it was
     if schedule is not None:
         db.session.refresh(schedule)
-    unplaced = place_errors(form, refused.fields)
-    problem = " ".join(unplaced) if unplaced or not refused.fields else None
+    problem = place_refusal(form, refused)
     return _render(host, form=form, editing=schedule, problem=problem, status=refused.status)
