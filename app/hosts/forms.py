@@ -1,9 +1,6 @@
-import secrets
-
 from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
-    HiddenField,
     IntegerField,
     PasswordField,
     SelectField,
@@ -13,10 +10,7 @@ from wtforms import (
 from wtforms.validators import Length, Optional
 
 from app.services.job_params import KEEP_COUNTS
-
-
-def _request_id() -> str:
-    return secrets.token_urlsafe(16)
+from app.web.once import request_id_field
 
 
 class AddHostForm(FlaskForm):
@@ -46,7 +40,7 @@ class AddHostForm(FlaskForm):
         "“default” source group; you can change them later.",
     )
     # One per page load: a reload of the answer that showed a token does not mint another.
-    request_id = HiddenField(default=_request_id)
+    request_id = request_id_field()
 
 
 # --- host page ---------------------------------------------------------------------------

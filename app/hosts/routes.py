@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -22,12 +22,10 @@ from app.services import audit, enrollment, repository
 from app.services.audit import Actor
 from app.services.enrollment import redact_url
 from app.services.errors import ServiceError, ValidationFailed
+from app.web import once
 from app.web.routes import job_url
 
-# Which page load minted which token (request_id -> token id), so that reloading the answer
-# that showed an install command does not mint a second token.
-MINTED_KEY = "add_host_minted"
-MINTED_KEPT = 10
+MINTED = "add_host_minted"  # session key: which page load minted which token (app.web.once)
 
 
 def _render(form: AddHostForm, *, token=None, plain=None, problem=None, status=200):
@@ -60,12 +58,6 @@ def _audit(action: str, token) -> None:
     )
 
 
-def _remember_minted(request_id: str, token_id: int) -> None:
-    minted = dict(session.get(MINTED_KEY) or {})
-    minted[request_id] = token_id
-    session[MINTED_KEY] = dict(list(minted.items())[-MINTED_KEPT:])
-
-
 @bp.get("/new")
 @require_role(Role.admin)
 def new():
@@ -77,7 +69,7 @@ def new():
 def create():
     form = AddHostForm()
     request_id = form.request_id.data or ""
-    earlier = (session.get(MINTED_KEY) or {}).get(request_id)
+    earlier = once.created_before(MINTED, request_id)
     if earlier is not None:  # a reload of the page that showed the token: show its state
         return redirect(url_for("hosts.enrollment_token", token_id=earlier), 303)
     try:
@@ -108,8 +100,7 @@ def create():
         client_address=client_address(),
     )
     db.session.commit()
-    if request_id:
-        _remember_minted(request_id, token.id)
+    once.remember_created(MINTED, request_id, token.id)
     return _render(AddHostForm(formdata=None), token=token, plain=plain, status=201)
 
 

@@ -1,8 +1,8 @@
-import secrets
-
 from flask_wtf import FlaskForm
-from wtforms import HiddenField, StringField
+from wtforms import StringField
 from wtforms.validators import DataRequired, Length
+
+from app.web.once import request_id_field
 
 
 class NewTokenForm(FlaskForm):
@@ -15,4 +15,4 @@ class NewTokenForm(FlaskForm):
         description="What will use it, e.g. “nightly report script”. You can revoke it any time.",
     )
     # One per page load: reloading the answer that showed a token does not mint another.
-    request_id = HiddenField(default=lambda: secrets.token_urlsafe(16))
+    request_id = request_id_field()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, session, url_for
+from flask import flash, redirect, render_template, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -15,6 +15,7 @@ from app.services import api_tokens
 from app.services.audit import Actor
 from app.settings import bp
 from app.settings.forms import NewTokenForm
+from app.web import once
 
 
 def _visible_tokens() -> list[ApiToken]:
@@ -30,9 +31,7 @@ def _visible_tokens() -> list[ApiToken]:
     return api_tokens.tokens_of(current_user)
 
 
-# Which page load minted which token, so that a reload of the answer does not mint again.
-MINTED_KEY = "api_token_minted"
-MINTED_KEPT = 10
+MINTED = "api_token_minted"  # session key: which page load minted which token (app.web.once)
 
 
 def _render(form: NewTokenForm, new_token: str | None = None, status: int = 200):
@@ -63,8 +62,7 @@ def tokens():
 def create_token():
     form = NewTokenForm()
     request_id = form.request_id.data or ""
-    minted = dict(session.get(MINTED_KEY) or {})
-    if request_id in minted:
+    if once.created_before(MINTED, request_id) is not None:
         flash("That token was already created; it was shown only once.", "info")
         return redirect(url_for("settings.tokens"), 303)
     if not form.validate_on_submit():
@@ -74,9 +72,7 @@ def create_token():
         "api_token.created", token, Actor.for_user(current_user), client_address=client_address()
     )
     db.session.commit()
-    if request_id:
-        minted[request_id] = token.id
-        session[MINTED_KEY] = dict(list(minted.items())[-MINTED_KEPT:])
+    once.remember_created(MINTED, request_id, token.id)
     # Shown in this response only: never put the token in a flash (the cookie is not secret).
     return _render(NewTokenForm(formdata=None), new_token=plain, status=201)
 
