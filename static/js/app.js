@@ -1,7 +1,7 @@
 // Small enhancements only: every page works without JavaScript.
 "use strict";
 
-// Sizes as app/web/formatting.py human_bytes writes them; the page scripts share it.
+// Sizes as app/formatting.py human_bytes writes them; the page scripts share it.
 window.humanBytes = function (value) {
   if (typeof value !== "number") return "—";
   const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -21,7 +21,7 @@
   let flushScheduled = false;
   let following = true;
 
-  // --- formatting (as app/web/formatting.py: human_bytes, human_duration, plural) ----------
+  // --- formatting (as app/formatting.py: human_bytes, human_duration, plural) ----------
   const bytes = window.humanBytes; // app.js
   const plural = window.plural; // app.js
   function duration(value) {

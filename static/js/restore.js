@@ -27,7 +27,7 @@
   let snapshot = null; // {id, short, time, paths}
   let generation = 0; // a new snapshot makes answers for the old one stale
 
-  // --- formatting (as app/web/formatting.py human_bytes) ------------------------------------
+  // --- formatting (as app/formatting.py human_bytes) ------------------------------------
   const bytes = window.humanBytes; // app.js
   function stamp(iso) {
     return typeof iso === "string" && iso.length >= 16 ? iso.slice(0, 10) + " " + iso.slice(11, 16) : "";
