@@ -423,7 +423,7 @@ def test_the_dashboard_makes_the_same_queries_for_4_or_40_hosts(app, login_as, s
     many = count_queries()
     assert len(many) == len(few)
     assert sum("FROM hosts" in statement for statement in many) == 1
-    # one for the 24 h counts, one for the backups in progress
+    # the 24 h counts, and the backups in progress inside the hosts query
     assert sum("FROM jobs" in statement for statement in many) == 2
 
 
