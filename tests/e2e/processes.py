@@ -127,9 +127,13 @@ class Child:
 
 
 class Server(Child):
-    """`restic-manager serve` on a fixed port; stop() and start() keep port and data."""
+    """`restic-manager serve` on a fixed port; stop() and start() keep port and data.
 
-    def __init__(self, tmp_path: Path, env: dict, own_group: bool = False):
+    Its own process group by default: kill() then reaches gunicorn's worker too. Killing
+    only the master left the worker running for seconds, still connected to the database,
+    and the next test's TRUNCATE deadlocked against it on PostgreSQL."""
+
+    def __init__(self, tmp_path: Path, env: dict, own_group: bool = True):
         super().__init__(tmp_path / "server.log", env, own_group)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
