@@ -140,12 +140,12 @@ def _sqlite_pragmas(dbapi_connection, connection_record):
 def _register_blueprints(app: Flask) -> None:
     from app.agent_api import bp as agent_api_bp
     from app.api import bp as api_bp
-    from app.auth import bp as auth_bp
     from app.distribution import bp as distribution_bp
-    from app.hosts import bp as hosts_bp
-    from app.jobs import bp as jobs_bp
-    from app.settings import bp as settings_bp
-    from app.web import bp as web_bp
+    from app.web.auth import bp as auth_bp
+    from app.web.dashboard import bp as web_bp
+    from app.web.hosts import bp as hosts_bp
+    from app.web.jobs import bp as jobs_bp
+    from app.web.settings import bp as settings_bp
 
     app.register_blueprint(web_bp)
     app.register_blueprint(auth_bp)

@@ -12,40 +12,12 @@ from app.extensions import db
 from app.formatting import human_bytes, human_duration, plural, relative_time
 from app.models import Host, Job, Role, SourceGroup
 from app.models.types import utcnow
-from app.web import fleet
-from app.web.fleet import FleetQuery, FleetRow
-from tests.conftest import form_token
+from app.web.dashboard import fleet
+from app.web.dashboard.fleet import FleetQuery, FleetRow
+from tests.factories import form_token, make_host, make_job
 
 NOW = utcnow()
 HOST_LINK = re.compile(r'class="hostlink" href="/hosts/\d+">([^<]+)</a>')
-
-
-def add_host(hostname: str, *, seen_seconds_ago: float | None = 5, **fields) -> Host:
-    """A host as the agent's reports leave it; ``seen_seconds_ago=None``: never seen."""
-    seen = None if seen_seconds_ago is None else utcnow() - timedelta(seconds=seen_seconds_ago)
-    host = Host(hostname=hostname, last_seen_at=seen, **fields)
-    db.session.add(host)
-    db.session.flush()
-    db.session.add(SourceGroup(host_id=host.id, name="default", includes=["/etc"]))
-    db.session.commit()
-    return host
-
-
-def add_job(host: Host, kind="backup", status="succeeded", *, age=timedelta(0), **fields) -> Job:
-    created = utcnow() - age
-    job = Job(
-        host_id=host.id,
-        kind=kind,
-        status=status,
-        attempt_id="a" * 32,
-        actor_type="user",
-        actor_label="alice",
-        created_at=created,
-        **fields,
-    )
-    db.session.add(job)
-    db.session.commit()
-    return job
 
 
 def _row(hostname, status="online", **fields) -> FleetRow:
@@ -208,7 +180,7 @@ def test_formatting():
 
 @pytest.fixture
 def small_fleet(app):
-    web1 = add_host(
+    web1 = make_host(
         "web-1",
         tags=["prod", "web"],
         os="debian",
@@ -217,7 +189,7 @@ def small_fleet(app):
         repo_size_bytes=3 * 1024**3,
         snapshot_count=12,
     )
-    add_host(
+    make_host(
         "web-2",
         seen_seconds_ago=3600,
         tags=["web"],
@@ -226,18 +198,18 @@ def small_fleet(app):
         repo_size_bytes=1024**3,
         snapshot_count=40,
     )
-    db1 = add_host("db-1", tags=["prod"], repo_status="ready", snapshot_count=2)
-    add_host("mail", seen_seconds_ago=None)
-    backup = add_job(web1, status="succeeded", finished_at=NOW)
+    db1 = make_host("db-1", tags=["prod"], repo_status="ready", snapshot_count=2)
+    make_host("mail", seen_seconds_ago=None)
+    backup = make_job(web1, status="succeeded", finished_at=NOW)
     web1.last_backup_job_id, web1.last_backup_status = backup.id, "succeeded"
     web1.last_backup_at = NOW - timedelta(hours=2)
     web1.last_successful_backup_job_id = backup.id
     web1.last_successful_backup_at = web1.last_backup_at
-    failed = add_job(db1, status="failed", error="Fatal: unable to open config file")
+    failed = make_job(db1, status="failed", error="Fatal: unable to open config file")
     db1.last_backup_job_id, db1.last_backup_status = failed.id, "failed"
     db1.last_backup_at = NOW - timedelta(minutes=30)
-    add_job(db1, kind="check", status="running")
-    add_job(db1, status="failed", age=timedelta(hours=25))  # outside the 24 h window
+    make_job(db1, kind="check", status="running")
+    make_job(db1, status="failed", age=timedelta(hours=25))  # outside the 24 h window
     db.session.commit()
     return {"web-1": web1, "db-1": db1}
 
@@ -266,13 +238,13 @@ def test_tiles_show_fleet_numbers(login_as, small_fleet):
 
 
 def test_zero_failed_jobs_are_not_shown_in_red(login_as):
-    host = add_host("calm-1")
-    add_job(host, status="succeeded")
+    host = make_host("calm-1")
+    make_job(host, status="succeeded")
     html = login_as(Role.viewer).get("/").get_data(as_text=True)
     assert _tile(html, "Jobs, last 24 h") == ("1", "1 succeeded · 0 failed")
     assert "tile__failed" not in html and 'tile--bad" href="/jobs/' not in html
-    add_job(host, status="failed", error="Fatal: nope")
-    add_job(host, status="warning")
+    make_job(host, status="failed", error="Fatal: nope")
+    make_job(host, status="warning")
     html = login_as(Role.viewer).get("/").get_data(as_text=True)
     assert '<span class="tile__failed">1 failed</span>' in html
     assert _tile(html, "Jobs, last 24 h") == ("3", "1 succeeded · 1 failed · 1 warning")
@@ -281,7 +253,7 @@ def test_zero_failed_jobs_are_not_shown_in_red(login_as):
 def test_last_backup_shows_the_last_success_next_to_a_later_failure(login_as, small_fleet):
     web1 = small_fleet["web-1"]
     success_id = web1.last_successful_backup_job_id
-    cancelled = add_job(web1, status="cancelled", error="Cancelled before it started.")
+    cancelled = make_job(web1, status="cancelled", error="Cancelled before it started.")
     web1.last_backup_job_id, web1.last_backup_status = cancelled.id, "cancelled"
     web1.last_backup_at = utcnow() - timedelta(minutes=5)
     web1.last_successful_backup_at = utcnow() - timedelta(days=3)
@@ -314,7 +286,7 @@ def _fleet_row(html: str, host) -> str:
 
 def test_a_backup_in_progress_is_shown_next_to_the_last_result(login_as, small_fleet):
     web1, db1 = small_fleet["web-1"], small_fleet["db-1"]
-    running = add_job(web1, status="running")
+    running = make_job(web1, status="running")
     db.session.commit()
     html = login_as(Role.viewer).get("/").get_data(as_text=True)
     row = _fleet_row(html, web1)
@@ -419,7 +391,7 @@ def test_the_dashboard_makes_the_same_queries_for_4_or_40_hosts(app, login_as, s
 
     few = count_queries()
     for number in range(36):
-        add_host(f"bulk-{number:02}", tags=["bulk"], repo_size_bytes=number)
+        make_host(f"bulk-{number:02}", tags=["bulk"], repo_size_bytes=number)
     many = count_queries()
     assert len(many) == len(few)
     assert sum("FROM hosts" in statement for statement in many) == 1

@@ -9,7 +9,6 @@ import re
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.hosts.forms import RepositoryForm, place_refusal
 from app.models import (
     ApiToken,
     EnrollmentToken,
@@ -23,7 +22,8 @@ from app.models import (
 from app.models.types import utcnow
 from app.services import users
 from app.services.errors import Conflict, ValidationFailed
-from tests.conftest import form_token
+from app.web.hosts.forms import RepositoryForm, place_refusal
+from tests.factories import form_token
 
 TOKEN = re.compile(r"--token (rme_[A-Za-z0-9_-]+)")
 ERRORS = re.compile(r'<ul class="field__errors" id="([^"]+)-errors" role="alert">(.*?)</ul>', re.S)

@@ -8,12 +8,11 @@ import pytest
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.hosts.forms import RUN_FORMS
 from app.models import AuditLog, Command, Host, HostCredential, Job, Role, Snapshot
 from app.models.types import utcnow
 from app.services import job_params
-from tests.conftest import form_token
-from tests.test_dashboard import add_host, add_job
+from app.web.hosts.forms import RUN_FORMS
+from tests.factories import form_token, make_host, make_job
 
 REPO_PASSWORD = "Sup3r-secret-repo-pw"
 
@@ -74,7 +73,7 @@ def _latest_job() -> Job | None:
     ],
 )
 def test_repository_panel_says_each_state_in_words(login_as, repo_status, words):
-    host = add_host("web-1", repo_status=repo_status)
+    host = make_host("web-1", repo_status=repo_status)
     page = login_as(Role.operator).get(f"/hosts/{host.id}").get_data(as_text=True)
     assert f"repopanel--{repo_status}" in page
     assert words in page
@@ -87,7 +86,7 @@ def test_repository_panel_says_each_state_in_words(login_as, repo_status, words)
 
 def test_restics_reason_is_shown_verbatim_and_escaped(login_as):
     reason = 'Fatal: <script>alert("x")</script> & wrong password'
-    host = add_host("web-1", repo_status="error", repo_status_reason=reason)
+    host = make_host("web-1", repo_status="error", repo_status_reason=reason)
     page = login_as(Role.viewer).get(f"/hosts/{host.id}").get_data(as_text=True)
     assert "<script>alert" not in page
     assert (
@@ -97,7 +96,7 @@ def test_restics_reason_is_shown_verbatim_and_escaped(login_as):
 
 
 def test_header_and_vitals(login_as):
-    host = add_host(
+    host = make_host(
         "web-1",
         tags=["prod"],
         os="debian",
@@ -109,7 +108,7 @@ def test_header_and_vitals(login_as):
         snapshot_count=3,
         latest_snapshot_at=utcnow() - timedelta(hours=5),
     )
-    job = add_job(host, status="warning", finished_at=utcnow())
+    job = make_job(host, status="warning", finished_at=utcnow())
     host.last_backup_job_id, host.last_backup_status = job.id, "warning"
     host.last_backup_at = utcnow() - timedelta(minutes=10)
     db.session.commit()
@@ -122,7 +121,7 @@ def test_header_and_vitals(login_as):
 
 
 def test_empty_host_page(login_as):
-    host = add_host("fresh", seen_seconds_ago=None)
+    host = make_host("fresh", seen_seconds_ago=None)
     page = login_as(Role.viewer).get(f"/hosts/{host.id}").get_data(as_text=True)
     assert "No snapshots yet." in page
     assert "No jobs yet." in page
@@ -130,7 +129,7 @@ def test_empty_host_page(login_as):
 
 
 def test_snapshots_newest_first_up_to_100(login_as):
-    host = add_host("web-1", repo_status="ready")
+    host = make_host("web-1", repo_status="ready")
     _add_snapshots(host, 103)
     page = login_as(Role.viewer).get(f"/hosts/{host.id}").get_data(as_text=True)
     assert page.count('<td data-label="ID">') == 100
@@ -141,18 +140,18 @@ def test_snapshots_newest_first_up_to_100(login_as):
 
 
 def test_job_history_lists_the_latest_25(login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     started = utcnow() - timedelta(minutes=5)
     for _ in range(26):
-        add_job(host, kind="prune", started_at=started, finished_at=started)
-    backup = add_job(
+        make_job(host, kind="prune", started_at=started, finished_at=started)
+    backup = make_job(
         host,
         status="succeeded",
         started_at=started,
         finished_at=started + timedelta(seconds=95),
         stats={"snapshot_id": "0123456789abcdef", "data_added": 3 * 1024**2},
     )
-    failed = add_job(host, kind="check", status="failed", error="Fatal: repository is locked")
+    failed = make_job(host, kind="check", status="failed", error="Fatal: repository is locked")
     page = login_as(Role.viewer).get(f"/hosts/{host.id}").get_data(as_text=True)
     assert page.count('<td data-label="Job">') == 25
     assert f'<a href="/jobs/{failed.id}">#{failed.id}</a>' in page
@@ -170,7 +169,7 @@ def test_unknown_host_is_a_404_page(login_as):
 
 
 def test_dashboard_rows_link_to_the_host_page(login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     assert f'href="/hosts/{host.id}"' in login_as(Role.viewer).get("/").get_data(as_text=True)
 
 
@@ -178,7 +177,7 @@ def test_dashboard_rows_link_to_the_host_page(login_as):
 
 
 def test_viewers_see_no_forms_and_cannot_post(login_as):
-    host = add_host("web-1", repo_status="error")
+    host = make_host("web-1", repo_status="error")
     viewer = login_as(Role.viewer)
     page = viewer.get(f"/hosts/{host.id}").get_data(as_text=True)
     assert "<form" not in page.split("<main", 1)[1]  # only the sign-out form in the top bar
@@ -196,7 +195,7 @@ def test_viewers_see_no_forms_and_cannot_post(login_as):
 
 
 def test_operators_run_jobs_but_do_not_edit_credentials(login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     operator = login_as(Role.operator)
     page = operator.get(f"/hosts/{host.id}").get_data(as_text=True)
     assert "Run now" in page
@@ -208,7 +207,7 @@ def test_operators_run_jobs_but_do_not_edit_credentials(login_as):
 def test_every_runnable_kind_but_probe_has_a_form(login_as):
     # diff has its own form beside the snapshots (two snapshots to pick): test_restore_pages
     assert set(RUN_FORMS) == set(job_params.RUNNABLE_KINDS) - {"probe", "diff"}
-    host = add_host("web-1")
+    host = make_host("web-1")
     page = login_as(Role.operator).get(f"/hosts/{host.id}").get_data(as_text=True)
     for kind in RUN_FORMS:
         assert f'<input type="hidden" name="kind" value="{kind}">' in page, kind
@@ -218,7 +217,7 @@ def test_every_runnable_kind_but_probe_has_a_form(login_as):
 
 
 def test_retry_queues_a_probe(login_as):
-    host = add_host("web-1", repo_status="init_failed", repo_status_reason="Fatal: denied")
+    host = make_host("web-1", repo_status="init_failed", repo_status_reason="Fatal: denied")
     operator = login_as(Role.operator)
     response = _post(operator, host, "repo/probe")
     assert response.status_code == 302
@@ -233,7 +232,7 @@ def test_retry_queues_a_probe(login_as):
 
 
 def test_retry_on_an_offline_host_says_why(login_as):
-    host = add_host("web-1", seen_seconds_ago=3600, repo_status="error")
+    host = make_host("web-1", seen_seconds_ago=3600, repo_status="error")
     operator = login_as(Role.operator)
     before = _counts()
     response = _post(operator, host, "repo/probe")
@@ -293,7 +292,7 @@ def test_retry_on_an_offline_host_says_why(login_as):
     ],
 )
 def test_run_now_creates_the_job_and_opens_it(login_as, kind, fields, params):
-    host = add_host("web-1")
+    host = make_host("web-1")
     operator = login_as(Role.operator)
     response = _post(operator, host, kind=kind, **fields)
     assert response.status_code == 302, response.get_data(as_text=True)
@@ -342,7 +341,7 @@ def test_run_now_creates_the_job_and_opens_it(login_as, kind, fields, params):
     ],
 )
 def test_validation_errors_keep_the_input_and_change_nothing(login_as, kind, fields, message, kept):
-    host = add_host("web-1")
+    host = make_host("web-1")
     operator = login_as(Role.operator)
     before = _counts()
     response = _post(operator, host, kind=kind, **fields)
@@ -355,7 +354,7 @@ def test_validation_errors_keep_the_input_and_change_nothing(login_as, kind, fie
 
 
 def test_offline_host_is_refused_with_the_reason(login_as):
-    host = add_host("web-1", seen_seconds_ago=3600)
+    host = make_host("web-1", seen_seconds_ago=3600)
     operator = login_as(Role.operator)
     page = operator.get(f"/hosts/{host.id}").get_data(as_text=True)
     assert "The agent is offline: a job started now is refused" in page
@@ -369,7 +368,7 @@ def test_offline_host_is_refused_with_the_reason(login_as):
 
 
 def test_an_unknown_kind_is_refused(login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     operator = login_as(Role.operator)
     before = _counts()
     response = _post(operator, host, kind="probe")
@@ -381,7 +380,7 @@ def test_an_unknown_kind_is_refused(login_as):
 
 
 def test_forget_defaults_to_a_dry_run(login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     page = login_as(Role.operator).get(f"/hosts/{host.id}").get_data(as_text=True)
     assert '<input checked id="forget-dry_run"' in page
     assert 'id="unlock-remove_all" name="unlock-remove_all" type="checkbox"' in page
@@ -392,7 +391,7 @@ def test_forget_defaults_to_a_dry_run(login_as):
 
 
 def test_admin_saves_the_connection_and_the_password_never_comes_back(login_as):
-    host = add_host("web-1", repo_status="error", repo_status_reason="wrong password")
+    host = make_host("web-1", repo_status="error", repo_status_reason="wrong password")
     admin = login_as(Role.admin)
     url = "rest:https://backup:urlsecret@backup.example.com/web-1"
     response = _post(
@@ -419,7 +418,7 @@ def test_admin_saves_the_connection_and_the_password_never_comes_back(login_as):
 
 
 def test_saving_for_an_offline_host_checks_on_the_next_connect(login_as):
-    host = add_host("web-1", seen_seconds_ago=3600, repo_status="error")
+    host = make_host("web-1", seen_seconds_ago=3600, repo_status="error")
     admin = login_as(Role.admin)
     response = _post(admin, host, "repository", repo_url="/srv/restic", repo_password="pw")
     assert response.status_code == 302
@@ -430,7 +429,7 @@ def test_saving_for_an_offline_host_checks_on_the_next_connect(login_as):
 
 
 def test_connection_errors_keep_the_url_but_not_the_password(login_as):
-    host = add_host("web-1", repo_status="ready")
+    host = make_host("web-1", repo_status="ready")
     admin = login_as(Role.admin)
     before = _counts()
     response = _post(

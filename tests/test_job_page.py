@@ -7,20 +7,19 @@ import re
 from sqlalchemy import select
 
 from app.extensions import db
-from app.jobs import routes as job_pages
 from app.models import AuditLog, Job, Role
 from app.models.types import utcnow
 from app.services import jobs
-from tests.conftest import form_token
-from tests.test_job_stream import AgentCalls, make_host, make_job
+from app.web.jobs import routes as job_pages
+from tests.factories import AgentCalls, form_token, login, make_enrolled_host, queue_job
 
 LINE = re.compile(r'<div class="log__line log__line--(\w+)" data-seq="(\d+)">')
 
 
 def test_queued_job_page_without_log_lines(app, login_as):
     operator = login_as(Role.operator)
-    host, _ = make_host()
-    job = make_job(app, host)
+    host, _ = make_enrolled_host()
+    job = queue_job(app, host)
     response = operator.get(f"/jobs/{job.id}")
     assert response.status_code == 200
     page = response.get_data(as_text=True)
@@ -44,8 +43,8 @@ def test_queued_job_page_without_log_lines(app, login_as):
 
 def test_running_job_page_shows_the_log_so_far_and_progress(app, login_as):
     viewer = login_as(Role.viewer)
-    host, token = make_host()
-    job = make_job(app, host, kind="backup")
+    host, token = make_enrolled_host()
+    job = queue_job(app, host, kind="backup")
     agent = AgentCalls(app, token, job)
     agent.event("job.started")
     agent.logs(["open repository", "<script>alert(1)</script>"])
@@ -79,8 +78,8 @@ def test_running_job_page_shows_the_log_so_far_and_progress(app, login_as):
 
 def test_finished_job_page_shows_results_error_and_no_cancel(app, login_as):
     operator = login_as(Role.operator)
-    host, token = make_host()
-    job = make_job(app, host, kind="backup")
+    host, token = make_enrolled_host()
+    job = queue_job(app, host, kind="backup")
     agent = AgentCalls(app, token, job)
     agent.event("job.started")
     agent.logs(["done"])
@@ -115,8 +114,8 @@ def test_finished_job_page_shows_results_error_and_no_cancel(app, login_as):
 def test_long_logs_show_the_last_lines_and_point_to_the_download(app, login_as, monkeypatch):
     monkeypatch.setattr(job_pages, "PAGE_LOG_LINES", 5)
     viewer = login_as(Role.viewer)
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     AgentCalls(app, token, job).logs([f"line {n}" for n in range(1, 13)])
     page = viewer.get(f"/jobs/{job.id}").get_data(as_text=True)
     assert [seq for _, seq in LINE.findall(page)] == ["8", "9", "10", "11", "12"]
@@ -129,14 +128,12 @@ def test_truncated_and_dropped_logs_are_explained(app_factory):
     app = app_factory(RM_JOB_LOG_MAX_RECORDS=100)
     with app.app_context():
         from app.services import users
-        from tests.conftest import login
-
         user = users.create_user("reader", "correct horse battery", Role.viewer)
         db.session.commit()
         browser = app.test_client()
         login(browser, user.username)
-        host, token = make_host()
-        job = make_job(app, host)
+        host, token = make_enrolled_host()
+        job = queue_job(app, host)
         agent = AgentCalls(app, token, job)
         agent.logs([f"line {n}" for n in range(150)])
         agent.finish(lines_dropped=12)
@@ -147,8 +144,8 @@ def test_truncated_and_dropped_logs_are_explained(app_factory):
 
 def test_finished_job_without_lines_says_so(app, login_as):
     viewer = login_as(Role.viewer)
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     AgentCalls(app, token, job).finish(status="failed", exit_code=1, error="Fatal: wrong password")
     page = viewer.get(f"/jobs/{job.id}").get_data(as_text=True)
     assert "This job wrote no log lines." in page
@@ -166,8 +163,8 @@ def test_unknown_job_page_is_a_404_page(login_as):
 
 def test_operator_cancels_from_the_page(app, login_as):
     operator = login_as(Role.operator)
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     AgentCalls(app, token, job).event("job.started")
     token_value = form_token(operator, f"/jobs/{job.id}")
     response = operator.post(f"/jobs/{job.id}/cancel", data={"csrf_token": token_value})
@@ -189,8 +186,8 @@ def test_operator_cancels_from_the_page(app, login_as):
 
 
 def test_cancel_needs_the_operator_role_and_a_csrf_token(app, login_as):
-    host, _ = make_host()
-    job = make_job(app, host)
+    host, _ = make_enrolled_host()
+    job = queue_job(app, host)
     viewer = login_as(Role.viewer)
     token_value = form_token(viewer, f"/jobs/{job.id}")
     assert (
@@ -217,11 +214,11 @@ def test_jobs_list_empty_state(login_as):
 
 def test_jobs_list_filters_by_host_kind_and_status(app, login_as):
     viewer = login_as(Role.viewer)
-    web, _ = make_host("web-1")
-    database, _ = make_host("db-1")
-    probe = make_job(app, web)
-    backup = make_job(app, web, kind="backup")
-    other = make_job(app, database, kind="backup")
+    web, _ = make_enrolled_host("web-1")
+    database, _ = make_enrolled_host("db-1")
+    probe = queue_job(app, web)
+    backup = queue_job(app, web, kind="backup")
+    other = queue_job(app, database, kind="backup")
     jobs.request_cancel(app.extensions["secretbox"], other, database, now=utcnow())
     db.session.commit()
 
@@ -249,8 +246,8 @@ def test_a_backup_whose_files_are_all_read_says_it_is_uploading(app, login_as):
     """restic 0.14 prints percent_done 1 (every file read) while it still uploads the last
     packs and saves the snapshot; it reports nothing about the upload itself."""
     viewer = login_as(Role.viewer)
-    host, token = make_host()
-    job = make_job(app, host, kind="backup")
+    host, token = make_enrolled_host()
+    job = queue_job(app, host, kind="backup")
     agent = AgentCalls(app, token, job)
     agent.event("job.started")
     agent.logs(["open repository"])
@@ -287,8 +284,8 @@ def test_a_backup_whose_files_are_all_read_says_it_is_uploading(app, login_as):
 
 def test_the_duration_carries_its_start_while_running_and_is_final_after(app, login_as):
     viewer = login_as(Role.viewer)
-    host, token = make_host()
-    job = make_job(app, host, kind="backup")
+    host, token = make_enrolled_host()
+    job = queue_job(app, host, kind="backup")
     queued = viewer.get(f"/jobs/{job.id}").get_data(as_text=True)
     assert 'id="job-duration"' not in queued and "not started" in queued
     agent = AgentCalls(app, token, job)

@@ -11,7 +11,7 @@ from app.api.serialize import iso
 from app.api.validation import json_body
 from app.authn import client_address
 from app.extensions import db
-from app.hosts.install import agent_command, install_command
+from app.install_commands import agent_command, install_command
 from app.models.types import utcnow
 from app.services import audit, enrollment
 from app.services.audit import Actor

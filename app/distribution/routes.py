@@ -14,7 +14,7 @@ from app.access import public
 from app.config import PROJECT_ROOT
 from app.distribution import bp
 from app.distribution.build import PYZ_NAME, BuildError, current_build
-from app.hosts.install import server_url
+from app.install_commands import server_url
 
 INSTALL_SCRIPT = PROJECT_ROOT / "install" / "install.sh"
 # The lines install.sh carries for the server to fill in (empty in the repository copy).

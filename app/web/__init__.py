@@ -1,5 +1,5 @@
-from flask import Blueprint
+"""The HTML doors: every page and form blueprint (dashboard, auth, settings, hosts, jobs).
 
-bp = Blueprint("web", __name__)
-
-from app.web import routes  # noqa: E402,F401
+They parse the request, call ``app.services``, commit through ``app.transaction`` and
+render. They never import ``app.api`` (the JSON door onto the same services).
+"""

@@ -10,13 +10,13 @@ from app.api.hosts import get_host_or_404
 from app.authn import client_address
 from app.bus import host_key
 from app.extensions import db
-from app.hosts import bp
 from app.models import Host, SourceGroup
 from app.models.types import utcnow
 from app.services import retention, source_groups
 from app.services.audit import Actor
 from app.services.errors import ServiceError, ValidationFailed
 from app.services.job_params import KEEP_COUNTS
+from app.web.hosts import bp
 
 RETENTION_FIELDS = (*KEEP_COUNTS, "keep_within")
 FORM_FIELDS = (

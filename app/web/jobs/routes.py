@@ -9,11 +9,11 @@ from werkzeug.routing import BuildError
 from app.access import Role, require_role
 from app.api.job_stream import cancel_for_current_user, get_job_or_404, log_notes
 from app.extensions import db
-from app.jobs import bp, display
 from app.models import Host, Job, JobLog, Snapshot
 from app.models.types import utcnow
 from app.services.diffs import diff_page
 from app.services.errors import Conflict
+from app.web.jobs import bp, display
 
 PAGE_LOG_LINES = 2000  # the page shows the last lines; the downloads have them all
 LIST_LIMIT = 200

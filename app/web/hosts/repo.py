@@ -20,10 +20,6 @@ from app.api.maintenance import (
 from app.authn import client_address
 from app.bus import host_key
 from app.extensions import db
-from app.hosts import bp
-from app.hosts.forms import RepositoryForm, place_refusal
-from app.hosts.routes import _render_host as render_host
-from app.hosts.routes import _repository_form
 from app.models import Host
 from app.models.types import utcnow
 from app.services import audit, maintenance, repo_settings, repository, schedules
@@ -31,6 +27,10 @@ from app.services.audit import Actor
 from app.services.enrollment import redact_url
 from app.services.errors import ServiceError
 from app.services.jobs import create_job
+from app.web.hosts import bp
+from app.web.hosts.forms import RepositoryForm, place_refusal
+from app.web.hosts.routes import _render_host as render_host
+from app.web.hosts.routes import _repository_form
 
 
 class MaintenanceForm(FlaskForm):

@@ -15,12 +15,12 @@ from app.access import Role, require_role
 from app.api.hosts import get_host_or_404
 from app.api.schedules import NEXT_RUNS, record_change
 from app.extensions import db
-from app.hosts import bp
-from app.hosts.forms import place_errors, place_refusal
 from app.models import Host, Schedule, SourceGroup
 from app.models.types import utcnow
 from app.services import schedules
 from app.services.errors import ServiceError
+from app.web.hosts import bp
+from app.web.hosts.forms import place_errors, place_refusal
 
 
 class ScheduleForm(FlaskForm):

@@ -11,7 +11,7 @@ from app.access import Role, public, require_role
 from app.extensions import db
 from app.formatting import FILTERS
 from app.models.types import utcnow
-from app.web import bp, fleet
+from app.web.dashboard import bp, fleet
 
 for _name, _function in FILTERS.items():
     bp.add_app_template_filter(_function, _name)

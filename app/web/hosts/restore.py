@@ -11,13 +11,13 @@ from app.api.hosts import get_host_or_404
 from app.api.jobs import start_host_job
 from app.api.restores import start_restore
 from app.extensions import db
-from app.hosts import bp
-from app.hosts.routes import _render_host
 from app.models import Host, Job
 from app.models.types import utcnow
 from app.services import repository
 from app.services.errors import ServiceError
-from app.web.routes import job_url
+from app.web.dashboard.routes import job_url
+from app.web.hosts import bp
+from app.web.hosts.routes import _render_host
 
 WIZARD_SNAPSHOT_LIMIT = 500
 FIELDS = ("snapshot_id", "include", "target", "in_place", "confirm_hostname", "verify")

@@ -13,9 +13,9 @@ from app.models import ApiToken
 from app.models.types import utcnow
 from app.services import api_tokens
 from app.services.audit import Actor
-from app.settings import bp
-from app.settings.forms import NewTokenForm
 from app.web import once
+from app.web.settings import bp
+from app.web.settings.forms import NewTokenForm
 
 
 def _visible_tokens() -> list[ApiToken]:

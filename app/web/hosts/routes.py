@@ -13,9 +13,7 @@ from app.api.hosts import get_host_or_404
 from app.api.jobs import start_host_job
 from app.authn import client_address
 from app.extensions import db
-from app.hosts import bp
-from app.hosts.forms import RUN_FORMS, AddHostForm, RepositoryForm, RunForm, place_refusal
-from app.hosts.install import agent_command, install_command
+from app.install_commands import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
 from app.services import audit, enrollment, repository
@@ -23,7 +21,9 @@ from app.services.audit import Actor
 from app.services.enrollment import redact_url
 from app.services.errors import ServiceError, ValidationFailed
 from app.web import once
-from app.web.routes import job_url
+from app.web.dashboard.routes import job_url
+from app.web.hosts import bp
+from app.web.hosts.forms import RUN_FORMS, AddHostForm, RepositoryForm, RunForm, place_refusal
 
 MINTED = "add_host_minted"  # session key: which page load minted which token (app.web.once)
 

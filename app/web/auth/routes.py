@@ -8,8 +8,6 @@ from flask import current_app, flash, redirect, render_template, request, sessio
 from flask_login import current_user, login_user, logout_user
 
 from app.access import Role, public, require_role
-from app.auth import bp
-from app.auth.forms import LoginForm, SetupForm
 from app.authn import SESSION_KEY, client_address
 from app.extensions import db
 from app.models.types import utcnow
@@ -17,6 +15,8 @@ from app.security import password_problems
 from app.services import audit, users
 from app.services.audit import Actor
 from app.services.errors import RateLimited, ServiceError
+from app.web.auth import bp
+from app.web.auth.forms import LoginForm, SetupForm
 
 
 def _safe_next(target: str | None) -> str:
