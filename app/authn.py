@@ -6,11 +6,13 @@ import ipaddress
 
 from flask import g, request, session
 from flask.sessions import SecureCookieSessionInterface
+from flask_login import current_user
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.extensions import db, login_manager
 from app.models.types import utcnow
 from app.services import api_tokens, users
+from app.services.audit import Actor
 
 SESSION_KEY = "sid"
 
@@ -58,6 +60,11 @@ def is_token_request() -> bool:
 
 def client_address() -> str:
     return request.remote_addr or "unknown"
+
+
+def current_actor() -> Actor:
+    """The signed-in user (session or token) as the services' explicit actor."""
+    return Actor.for_user(current_user)
 
 
 class SessionInterface(SecureCookieSessionInterface):
