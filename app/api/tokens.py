@@ -9,11 +9,10 @@ from app.access import Role, require_role
 from app.api import bp
 from app.api.serialize import token_json
 from app.api.validation import json_body, string_field
-from app.authn import client_address
-from app.extensions import db
+from app.authn import client_address, current_actor
 from app.models.types import utcnow
 from app.services import api_tokens
-from app.services.audit import Actor
+from app.transaction import commit_and_wake
 
 
 @bp.get("/tokens")
@@ -26,11 +25,10 @@ def list_tokens():
 @require_role(Role.viewer, self_service=True)
 def create_token():
     name = string_field(json_body(), "name", max_length=100)
-    token, plain = api_tokens.create_token(current_user, name, now=utcnow())
-    api_tokens.audit_token(
-        "api_token.created", token, Actor.for_user(current_user), client_address=client_address()
+    token, plain = api_tokens.issue_token(
+        current_user, name, actor=current_actor(), client_address=client_address(), now=utcnow()
     )
-    db.session.commit()
+    commit_and_wake()
     return jsonify({**token_json(token), "token": plain}), 201
 
 
@@ -38,9 +36,8 @@ def create_token():
 @require_role(Role.viewer, self_service=True)
 def revoke_token(token_id: int):
     token = api_tokens.get_token_of(current_user, token_id)
-    api_tokens.revoke_token(token, now=utcnow())
-    api_tokens.audit_token(
-        "api_token.revoked", token, Actor.for_user(current_user), client_address=client_address()
+    api_tokens.revoke_token(
+        token, actor=current_actor(), client_address=client_address(), now=utcnow()
     )
-    db.session.commit()
+    commit_and_wake()
     return "", 204

@@ -10,14 +10,26 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import ApiToken, Role, User
 from app.security import hash_token, new_token
+from app.services import audit
+from app.services.audit import Actor
 from app.services.errors import NotFound, ValidationFailed
 
 TOKEN_PREFIX = "rmp"  # noqa: S105  (a label, not a secret)
 _LAST_USED_RESOLUTION_SECONDS = 60
 
 
+def issue_token(
+    user: User, name: str, *, actor: Actor, client_address: Optional[str], now: datetime
+) -> tuple[ApiToken, str]:
+    """Mint a token for ``user`` on ``actor``'s behalf and audit it (settings, API, CLI)."""
+    token, plain = create_token(user, name, now=now)
+    _audit("api_token.created", token, actor, client_address=client_address)
+    return token, plain
+
+
 def create_token(user: User, name: str, *, now: datetime) -> tuple[ApiToken, str]:
-    """Mint a token; the plain value is returned once and never stored."""
+    """Mint a token, unaudited (:func:`issue_token` is the doors' way); the plain value is
+    returned once and never stored."""
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise ValidationFailed(
@@ -73,15 +85,16 @@ def get_token_of(user: User, token_id: int) -> ApiToken:
     return token
 
 
-def revoke_token(token: ApiToken, *, now: datetime) -> None:
+def revoke_token(
+    token: ApiToken, *, actor: Actor, client_address: Optional[str], now: datetime
+) -> None:
     token.revoked_at = now
     db.session.flush()
+    _audit("api_token.revoked", token, actor, client_address=client_address)
 
 
-def audit_token(action: str, token: ApiToken, actor, *, client_address=None) -> None:
+def _audit(action: str, token: ApiToken, actor: Actor, *, client_address=None) -> None:
     """Audit a token mint or revoke (name and owner only; never the secret)."""
-    from app.services import audit
-
     audit.record(
         actor,
         action,

@@ -7,12 +7,12 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from app.access import Role, require_role
-from app.authn import client_address
+from app.authn import client_address, current_actor
 from app.extensions import db
 from app.models import ApiToken
 from app.models.types import utcnow
 from app.services import api_tokens
-from app.services.audit import Actor
+from app.transaction import commit_and_wake
 from app.web import once
 from app.web.settings import bp
 from app.web.settings.forms import NewTokenForm
@@ -67,11 +67,14 @@ def create_token():
         return redirect(url_for("settings.tokens"), 303)
     if not form.validate_on_submit():
         return _render(form, status=422)
-    token, plain = api_tokens.create_token(current_user, form.name.data, now=utcnow())
-    api_tokens.audit_token(
-        "api_token.created", token, Actor.for_user(current_user), client_address=client_address()
+    token, plain = api_tokens.issue_token(
+        current_user,
+        form.name.data,
+        actor=current_actor(),
+        client_address=client_address(),
+        now=utcnow(),
     )
-    db.session.commit()
+    commit_and_wake()
     once.remember_created(MINTED, request_id, token.id)
     # Shown in this response only: never put the token in a flash (the cookie is not secret).
     return _render(NewTokenForm(formdata=None), new_token=plain, status=201)
@@ -81,10 +84,9 @@ def create_token():
 @require_role(Role.viewer, self_service=True)
 def revoke_token(token_id: int):
     token = api_tokens.get_token_of(current_user, token_id)
-    api_tokens.revoke_token(token, now=utcnow())
-    api_tokens.audit_token(
-        "api_token.revoked", token, Actor.for_user(current_user), client_address=client_address()
+    api_tokens.revoke_token(
+        token, actor=current_actor(), client_address=client_address(), now=utcnow()
     )
-    db.session.commit()
+    commit_and_wake()
     flash(f"Token “{token.name}” revoked. Anything using it now gets 401.", "success")
     return redirect(url_for("settings.tokens"))
