@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import re
 import shutil
 
 import pytest
@@ -17,6 +16,7 @@ from app.extensions import db
 from app.models import Role
 from app.models.types import utcnow
 from app.services import api_tokens, users
+from tests.factories import TEST_PASSWORD, login
 
 
 def _postgres_url_for_this_worker(url: str) -> str:
@@ -39,10 +39,6 @@ def _postgres_url_for_this_worker(url: str) -> str:
 
 
 POSTGRES_URL = _postgres_url_for_this_worker(os.environ.get("RM_TEST_DATABASE_URL", ""))
-TEST_PASSWORD = "correct horse battery"
-_CSRF = re.compile(
-    r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"'
-)
 
 
 class IsolatedClient(FlaskClient):
@@ -152,21 +148,6 @@ def make_user(app):
     return make
 
 
-def csrf_token(html: str) -> str:
-    match = _CSRF.search(html)
-    assert match, "page has no CSRF token"
-    return match.group(1) or match.group(2)
-
-
-def login(client, username: str, password: str = TEST_PASSWORD):
-    page = client.get("/login")
-    token = csrf_token(page.get_data(as_text=True))
-    return client.post(
-        "/login",
-        data={"csrf_token": token, "username": username, "password": password},
-    )
-
-
 @pytest.fixture
 def login_as(app, make_user):
     """A test client signed in as a new user of the given role."""
@@ -180,10 +161,6 @@ def login_as(app, make_user):
         return browser
 
     return sign_in
-
-
-def form_token(client, path: str) -> str:
-    return csrf_token(client.get(path).get_data(as_text=True))
 
 
 class LiveServer:

@@ -16,7 +16,7 @@ from app.access import (
     require_role,
 )
 from app.models import Role
-from tests.conftest import form_token, login
+from tests.factories import form_token, login
 
 # Reachable without a user session or personal token (agent endpoints check their own token).
 ANONYMOUS_ALLOWED = {

@@ -24,104 +24,31 @@ from app.models import (
 from app.models.types import utcnow
 from app.services import enrollment, jobs
 from app.services.audit import Actor
+from tests.factories import (
+    ENROLLED_REPO_PASSWORD,
+    Agent,
+    enroll_agent,
+    mint_enrollment_token,
+)
 
-REPO_PASSWORD = "correct-horse-repo-Secret-42"
 TS = "2026-11-25T20:31:00.000Z"
-
-
-def mint(app, hostname="web-1", paths=("/etc", "/home")):
-    token, plain = enrollment.mint_token(
-        app.extensions["secretbox"],
-        created_by=None,
-        hostname=hostname,
-        repo_url="rest:https://backup:pw@backup.example.com/web-1",
-        repo_username="backup",
-        repo_password=REPO_PASSWORD,
-        paths=list(paths),
-        now=utcnow(),
-    )
-    db.session.commit()
-    return token, plain
-
-
-class Agent:
-    """Raw HTTP calls as an agent would make them."""
-
-    def __init__(self, app, token: str, boot_id: str = "boot-1"):
-        self.client = app.test_client()
-        self.token = token
-        self.boot_id = boot_id
-
-    def post(self, path, body, token=None):
-        return self.client.post(
-            f"/api/agent/v1{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {token or self.token}"},
-        )
-
-    def hello(self, running=(), protocol=1):
-        return self.post(
-            "/hello",
-            {
-                "protocol_version": protocol,
-                "agent_version": "0.1.0",
-                "restic_version": "0.14.0",
-                "hostname": "web-1",
-                "os": "linux",
-                "arch": "x86_64",
-                "boot_id": self.boot_id,
-                "running": list(running),
-            },
-        )
-
-    def poll(self, acks=(), running=(), wait=0):
-        return self.post(
-            "/poll",
-            {"boot_id": self.boot_id, "acks": list(acks), "running": list(running), "wait": wait},
-        )
-
-
-def enroll(app, hostname="web-1", *, bring_up=False) -> tuple[Agent, int]:
-    """Enroll a host; unless ``bring_up``, its repository counts as checked already (no
-    automatic probe job gets in the way of tests about something else)."""
-    _, plain = mint(app, hostname)
-    response = app.test_client().post(
-        "/api/agent/v1/enroll",
-        json={
-            "token": plain,
-            "hostname": "ignored-when-token-names-one",
-            "os": "linux",
-            "arch": "x86_64",
-            "agent_version": "0.1.0",
-            "restic_version": "0.14.0",
-            "protocol_version": 1,
-        },
-    )
-    assert response.status_code == 201, response.get_json()
-    body = response.get_json()
-    assert body["agent_token"].startswith("rma_")
-    assert body["settings"]["poll_wait_seconds"] == 2
-    if not bring_up:
-        db.session.get(Host, body["host_id"]).repo_status = "ready"
-        db.session.commit()
-    return Agent(app, body["agent_token"]), body["host_id"]
 
 
 # --- enrollment ------------------------------------------------------------------------------
 
 
 def test_enrollment_creates_host_group_credentials_and_config_command(protocol_app):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     host = db.session.get(Host, host_id)
     assert host.hostname == "web-1"
     assert host.enrolled_at is not None and host.last_seen_at is None
     group = db.session.scalar(select(SourceGroup).where(SourceGroup.host_id == host_id))
     assert (group.name, group.includes) == ("default", ["/etc", "/home"])
     credential = db.session.scalar(select(HostCredential))
-    assert REPO_PASSWORD.encode() not in credential.sealed_password
+    assert ENROLLED_REPO_PASSWORD.encode() not in credential.sealed_password
     command = db.session.scalar(select(Command))
     assert command.type == "config.update"
-    assert REPO_PASSWORD not in str(command.payload)
+    assert ENROLLED_REPO_PASSWORD not in str(command.payload)
     token_row = db.session.scalar(select(EnrollmentToken))
     assert token_row.sealed_credentials is None and token_row.used_by_host_id == host_id
     assert "host.enrolled" in db.session.scalars(select(AuditLog.action)).all()
@@ -133,14 +60,14 @@ def test_enrollment_creates_host_group_credentials_and_config_command(protocol_a
     assert delivered["payload"]["repository"] == {
         "url": "rest:https://backup:pw@backup.example.com/web-1",
         "username": "backup",
-        "password": REPO_PASSWORD,
+        "password": ENROLLED_REPO_PASSWORD,
     }
     for row in db.session.scalars(select(AuditLog)):
-        assert REPO_PASSWORD not in str(row.payload)
+        assert ENROLLED_REPO_PASSWORD not in str(row.payload)
 
 
 def test_enrollment_token_is_single_use(protocol_app):
-    _, plain = mint(protocol_app)
+    _, plain = mint_enrollment_token(protocol_app)
     client = protocol_app.test_client()
     body = {"token": plain, "os": "linux", "protocol_version": 1}
     assert client.post("/api/agent/v1/enroll", json=body).status_code == 201
@@ -152,7 +79,7 @@ def test_enrollment_token_is_single_use(protocol_app):
 
 
 def test_enrollment_token_expires_after_an_hour(protocol_app):
-    token, plain = mint(protocol_app)
+    token, plain = mint_enrollment_token(protocol_app)
     token.expires_at = utcnow() - timedelta(seconds=1)
     db.session.commit()
     response = protocol_app.test_client().post(
@@ -175,7 +102,7 @@ def test_enrollment_refusals_are_precise(protocol_app):
     assert (unknown.status_code, unknown.get_json()["error"]) == (401, "invalid_token")
     assert client.post("/api/agent/v1/enroll", json={}).status_code == 422
     assert client.post("/api/agent/v1/enroll", data="x").status_code == 415
-    _, plain = mint(protocol_app, hostname=None)
+    _, plain = mint_enrollment_token(protocol_app, hostname=None)
     bad_name = client.post("/api/agent/v1/enroll", json={"token": plain, "hostname": "a b;rm"})
     assert bad_name.status_code == 422
     assert db.session.scalar(select(func.count()).select_from(Host)) == 0
@@ -221,7 +148,7 @@ def test_enrollment_token_api_for_automation(protocol_app, make_user):
 
 
 def test_hello_marks_the_host_online_and_refuses_old_protocols(protocol_app):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     api = protocol_app.test_client()
     assert db.session.get(Host, host_id).status(utcnow(), 90) == "never_seen"
     old = agent.hello(protocol=0)
@@ -240,7 +167,7 @@ def test_hello_marks_the_host_online_and_refuses_old_protocols(protocol_app):
 
 
 def test_agent_endpoints_refuse_bad_tokens(protocol_app):
-    agent, _ = enroll(protocol_app)
+    agent, _ = enroll_agent(protocol_app)
     for token in ("rma_wrong", "rmp_personal-token", ""):
         response = agent.post("/poll", {"boot_id": "x"}, token=token or " ")
         assert response.status_code == 401
@@ -248,7 +175,7 @@ def test_agent_endpoints_refuse_bad_tokens(protocol_app):
 
 
 def test_lease_ack_redelivery_and_dedupe(protocol_app):
-    agent, _ = enroll(protocol_app)
+    agent, _ = enroll_agent(protocol_app)
     first = agent.poll().get_json()["commands"]
     assert [c["delivery_count"] for c in first] == [1]
     # Not acked: nothing until the lease runs out, then delivered again.
@@ -271,7 +198,7 @@ def test_lease_ack_redelivery_and_dedupe(protocol_app):
 def test_unacknowledged_job_run_fails_after_max_deliveries(protocol_app):
     from app.services import commands
 
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     host = db.session.get(Host, host_id)
     job = jobs.create_job(
         protocol_app.extensions["secretbox"],
@@ -300,7 +227,7 @@ def test_unacknowledged_job_run_fails_after_max_deliveries(protocol_app):
 
 
 def test_parked_poll_wakes_when_a_command_is_queued(protocol_app):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     first = agent.poll().get_json()["commands"]
     acks = [{"command_id": first[0]["command_id"]}]
     result = {}
@@ -358,7 +285,7 @@ def _wait_for_waiters(bus, host_id, count):
 def test_a_newer_poll_takes_over_from_one_left_parked(protocol_app):
     # An agent restarted (or a proxy dropped its connection): its old request is still
     # parked here. The next command must go to the new poll, not to a dead socket.
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.poll()  # takes the config.update
     bus = protocol_app.extensions["bus"]
     result = {}
@@ -379,7 +306,7 @@ def test_a_newer_poll_takes_over_from_one_left_parked(protocol_app):
 def test_a_parked_poll_of_an_earlier_boot_gives_way(protocol_app):
     # With several workers the newer poll may be in another process: its new boot_id,
     # written to the host row, is what the old request sees.
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.poll()
     bus = protocol_app.extensions["bus"]
     result = {}
@@ -399,7 +326,7 @@ def test_a_parked_poll_of_an_earlier_boot_gives_way(protocol_app):
 
 
 def test_poll_without_work_answers_204_after_the_hold(protocol_app):
-    agent, _ = enroll(protocol_app)
+    agent, _ = enroll_agent(protocol_app)
     agent.poll()  # takes the config.update
     started = time.monotonic()
     response = agent.poll(wait=1)
@@ -408,7 +335,7 @@ def test_poll_without_work_answers_204_after_the_hold(protocol_app):
 
 
 def test_hostile_poll_bodies_get_precise_errors(protocol_app):
-    agent, _ = enroll(protocol_app)
+    agent, _ = enroll_agent(protocol_app)
     cases = [
         {"acks": "all"},
         {"acks": [{"command_id": 5}]},
@@ -448,7 +375,7 @@ def _event(event_id, type_, job_id, attempt_id, **data):
 
 
 def test_events_are_idempotent_and_first_terminal_wins(protocol_app):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     job_id, attempt = _job(protocol_app, host_id)
     batch = [
@@ -484,8 +411,8 @@ def test_events_are_idempotent_and_first_terminal_wins(protocol_app):
 
 
 def test_events_from_stale_attempts_or_other_hosts_are_rejected(protocol_app):
-    agent, host_id = enroll(protocol_app)
-    other, _ = enroll(protocol_app, hostname="db-1")
+    agent, host_id = enroll_agent(protocol_app)
+    other, _ = enroll_agent(protocol_app, hostname="db-1")
     job_id, attempt = _job(protocol_app, host_id)
     stale = agent.post("/events", {"events": [_event("s1", "job.started", job_id, "old")]})
     assert stale.get_json()["rejected"][0]["error"] == "stale_attempt"
@@ -504,7 +431,7 @@ def _records(texts):
 
 
 def test_log_batches_skip_overlap_and_refuse_gaps(protocol_app):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     job_id, attempt = _job(protocol_app, host_id)
     path = f"/jobs/{job_id}/logs"
     first = agent.post(
@@ -550,7 +477,7 @@ def test_log_batches_skip_overlap_and_refuse_gaps(protocol_app):
 def test_log_cap_truncates_visibly(app_factory):
     app = app_factory(RM_JOB_LOG_MAX_RECORDS=100, RM_POLL_WAIT_SECONDS=2)
     with app.app_context():
-        agent, host_id = enroll(app)
+        agent, host_id = enroll_agent(app)
         job_id, attempt = _job(app, host_id)
         response = agent.post(
             f"/jobs/{job_id}/logs",
@@ -570,7 +497,7 @@ def test_log_cap_truncates_visibly(app_factory):
 
 
 def test_cancel_reaches_the_agent_on_log_answers_and_reconcile(protocol_app):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     job_id, attempt = _job(protocol_app, host_id)
     agent.post("/events", {"events": [_event("c1", "job.started", job_id, attempt)]})
@@ -597,7 +524,7 @@ def job_host(host_id):
 
 
 def test_reconcile_marks_jobs_lost_after_an_agent_restart_and_kills_unknown_ones(protocol_app):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     job_id, attempt = _job(protocol_app, host_id)
     agent.post("/events", {"events": [_event("r1", "job.started", job_id, attempt)]})
@@ -629,7 +556,7 @@ def test_reconcile_marks_jobs_lost_after_an_agent_restart_and_kills_unknown_ones
 
 
 def test_reporting_jobs_are_never_declared_lost(protocol_app):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     job_id, attempt = _job(protocol_app, host_id)
     agent.post("/events", {"events": [_event("p1", "job.started", job_id, attempt)]})
@@ -645,7 +572,7 @@ def test_jobs_api_refuses_offline_hosts_and_dispatches_to_online_ones(protocol_a
     operator = make_user(Role.operator)
     _, bearer = api_tokens.create_token(operator, "ci", now=utcnow())
     db.session.commit()
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     api = protocol_app.test_client()
     auth = {"Authorization": f"Bearer {bearer}"}
     refused = api.post(f"/api/v1/hosts/{host_id}/jobs", json={"kind": "probe"}, headers=auth)

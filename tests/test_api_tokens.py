@@ -8,7 +8,7 @@ from app.extensions import db
 from app.models import ApiToken, AuditLog, Role
 from app.models.types import utcnow
 from app.services import api_tokens, users
-from tests.conftest import form_token
+from tests.factories import form_token
 
 TOKEN_IN_PAGE = re.compile(r'<code id="new-token" class="secret__value">(rmp_[^<]+)</code>')
 

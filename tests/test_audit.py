@@ -7,7 +7,7 @@ from app.models import AuditLog, Role
 from app.models.audit import AppendOnlyError
 from app.services import audit
 from app.services.audit import Actor
-from tests.conftest import login
+from tests.factories import login
 
 
 def test_record_writes_actor_target_address_and_redacted_payload(app, make_user):

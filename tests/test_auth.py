@@ -6,7 +6,7 @@ from app.extensions import db
 from app.models import AuditLog, LoginFailure, Role, UserSession
 from app.models.types import utcnow
 from app.services import users
-from tests.conftest import TEST_PASSWORD, csrf_token, form_token, login
+from tests.factories import TEST_PASSWORD, csrf_token, form_token, login
 
 
 def test_login_sets_hardened_cookie_and_opens_dashboard(client, make_user):

@@ -11,7 +11,7 @@ import pytest
 from app.extensions import db
 from app.formatting import job_summary
 from app.models import Host, Role
-from tests.test_job_stream import AgentCalls, make_host, make_job
+from tests.factories import AgentCalls, make_enrolled_host, queue_job
 
 MIB = 1024**2
 WARNING_STATS = {
@@ -26,7 +26,7 @@ WARNING_ERROR = "2 source paths do not exist: /srv/a, /srv/b; the snapshot holds
 
 
 def finished_backup(app, host, token, status, **data):
-    job = make_job(app, host, kind="backup")
+    job = queue_job(app, host, kind="backup")
     agent = AgentCalls(app, token, job)
     agent.event("job.started")
     agent.finish(status=status, **data)
@@ -78,7 +78,7 @@ def test_job_summary(job, summary):
 
 def test_jobs_list_has_a_summary_column(app, login_as):
     viewer = login_as(Role.viewer)
-    host, token = make_host()
+    host, token = make_enrolled_host()
     warned = finished_backup(
         app, host, token, "warning", exit_code=0, error=WARNING_ERROR, stats=WARNING_STATS
     )
@@ -91,7 +91,7 @@ def test_jobs_list_has_a_summary_column(app, login_as):
         error="nothing was backed up: source path /srv/gone does not exist",
         stats={"missing_paths": ["/srv/gone"]},
     )
-    queued = make_job(app, host, kind="check")
+    queued = queue_job(app, host, kind="check")
     page = viewer.get("/jobs/").get_data(as_text=True)
     assert '<th scope="col">Summary</th>' in page
     cells = re.findall(
@@ -117,7 +117,7 @@ def test_jobs_list_has_a_summary_column(app, login_as):
 
 
 def test_job_page_names_the_missing_paths(app, login_as):
-    host, token = make_host()
+    host, token = make_enrolled_host()
     job = finished_backup(
         app, host, token, "warning", exit_code=0, error=WARNING_ERROR, stats=WARNING_STATS
     )
@@ -129,7 +129,7 @@ def test_job_page_names_the_missing_paths(app, login_as):
 
 def test_host_page_shows_the_latest_backup_with_its_missing_paths(app, login_as):
     viewer = login_as(Role.viewer)
-    host, token = make_host()
+    host, token = make_enrolled_host()
     warned = finished_backup(
         app, host, token, "warning", exit_code=0, error=WARNING_ERROR, stats=WARNING_STATS
     )
@@ -169,7 +169,7 @@ def test_host_page_without_backups_has_no_latest_backup_line(login_as):
 
 
 def test_a_host_whose_backups_never_succeeded_says_so(app, login_as):
-    host, token = make_host()
+    host, token = make_enrolled_host()
     finished_backup(
         app,
         host,

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import AuditLog, EnrollmentToken, Role
-from tests.conftest import form_token
+from tests.factories import form_token
 
 TOKEN = re.compile(r"--token (rme_[A-Za-z0-9_-]+)")
 

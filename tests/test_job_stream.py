@@ -13,86 +13,16 @@ from sqlalchemy import func, select
 from app.api import job_stream
 from app.bus import host_key, job_key
 from app.extensions import db
-from app.models import AgentToken, AuditLog, Command, Host, Job, Role
+from app.models import AuditLog, Command, Job, Role
 from app.models.types import utcnow
-from app.security import hash_token, new_token
-from app.services import api_tokens, jobs
-from app.services.audit import Actor
-
-TS = "2026-11-25T20:31:00.123Z"
-
-
-# --- helpers shared with test_job_page.py -----------------------------------------------------
-
-
-def make_host(hostname: str = "web-1") -> tuple[Host, str]:
-    """An enrolled, online host and its agent token."""
-    now = utcnow()
-    host = Host(
-        hostname=hostname,
-        os="linux",
-        arch="x86_64",
-        enrolled_at=now,
-        last_seen_at=now,
-        boot_id="boot-1",
-    )
-    db.session.add(host)
-    db.session.flush()
-    plain = new_token("rma")
-    db.session.add(AgentToken(host_id=host.id, token_hash=hash_token(plain), created_at=now))
-    db.session.commit()
-    return host, plain
-
-
-def make_job(app, host: Host, kind: str = "probe") -> Job:
-    job = jobs.create_job(
-        app.extensions["secretbox"], host, kind, params={}, actor=Actor.system(), now=utcnow()
-    )
-    db.session.commit()
-    return job
-
-
-class AgentCalls:
-    """The agent's side of a job, in raw HTTP against the test app."""
-
-    def __init__(self, app, token: str, job: Job):
-        self.client = app.test_client()
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.job_id = job.id
-        self.attempt_id = job.attempt_id
-        self.next_seq = 1
-        self.events = 0
-
-    def logs(self, texts, stream="stdout"):
-        records = [{"ts": TS, "stream": stream, "text": text} for text in texts]
-        response = self.client.post(
-            f"/api/agent/v1/jobs/{self.job_id}/logs",
-            json={"attempt_id": self.attempt_id, "first_seq": self.next_seq, "records": records},
-            headers=self.headers,
-        )
-        assert response.status_code == 200, response.get_json()
-        self.next_seq = response.get_json()["committed_seq"] + 1
-        return response.get_json()
-
-    def event(self, type_, **data):
-        self.events += 1
-        event = {
-            "event_id": f"{self.job_id}-{type_}-{self.events}",
-            "type": type_,
-            "job_id": self.job_id,
-            "attempt_id": self.attempt_id,
-            "ts": TS,
-            "data": data,
-        }
-        response = self.client.post(
-            "/api/agent/v1/events", json={"events": [event]}, headers=self.headers
-        )
-        assert response.get_json()["rejected"] == [], response.get_json()
-        return response.get_json()
-
-    def finish(self, status="succeeded", **data):
-        data.setdefault("exit_code", 0)
-        self.event("job.finished", status=status, final_seq=self.next_seq - 1, **data)
+from app.services import jobs
+from tests.factories import (
+    TS,
+    AgentCalls,
+    bearer_headers,
+    make_enrolled_host,
+    queue_job,
+)
 
 
 def parse_sse(text: str) -> list[dict]:
@@ -115,23 +45,17 @@ def parse_sse(text: str) -> list[dict]:
     return items
 
 
-def bearer(user) -> dict:
-    _, plain = api_tokens.create_token(user, "stream test", now=utcnow())
-    db.session.commit()
-    return {"Authorization": f"Bearer {plain}"}
-
-
 @pytest.fixture
 def viewer_headers(make_user):
-    return bearer(make_user(Role.viewer))
+    return bearer_headers(make_user(Role.viewer))
 
 
 # --- the stream, read to its end -------------------------------------------------------------
 
 
 def test_stream_sends_every_record_in_order_then_status_and_end(app, viewer_headers):
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
     agent.event("job.started")
     for start in range(0, 1200, 400):  # more than one read batch (500)
@@ -172,8 +96,8 @@ def test_stream_sends_every_record_in_order_then_status_and_end(app, viewer_head
 
 
 def test_stream_resumes_after_last_event_id_or_after(app, viewer_headers):
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
     agent.logs([f"line {n}" for n in range(1, 11)])
     agent.finish()
@@ -197,8 +121,8 @@ def test_stream_resumes_after_last_event_id_or_after(app, viewer_headers):
 
 
 def test_stream_of_a_queued_job_cancelled_before_it_started_ends_at_once(app, viewer_headers):
-    host, _ = make_host()
-    job = make_job(app, host)
+    host, _ = make_enrolled_host()
+    job = queue_job(app, host)
     jobs.request_cancel(app.extensions["secretbox"], job, host, now=utcnow())
     db.session.commit()
     body = app.test_client().get(f"/api/v1/jobs/{job.id}/stream", headers=viewer_headers)
@@ -217,8 +141,8 @@ def test_stream_and_downloads_of_unknown_jobs_are_404_json(app, viewer_headers):
 
 
 def test_stream_needs_a_signed_in_viewer_and_accepts_sessions(app, login_as):
-    host, _ = make_host()
-    job = make_job(app, host)
+    host, _ = make_enrolled_host()
+    job = queue_job(app, host)
     jobs.request_cancel(app.extensions["secretbox"], job, host, now=utcnow())
     db.session.commit()
     anonymous = app.test_client().get(f"/api/v1/jobs/{job.id}/stream")
@@ -233,8 +157,8 @@ def test_stream_needs_a_signed_in_viewer_and_accepts_sessions(app, login_as):
 def test_stream_holds_no_connection_between_reads(app, viewer_headers, monkeypatch):
     """Each chunk is read in its own short session: none is checked out while it is written."""
     monkeypatch.setattr(job_stream, "RECHECK_SECONDS", 0.05)
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
     agent.event("job.started")
     agent.logs(["first"])
@@ -259,8 +183,8 @@ def test_viewers_woken_together_share_one_read(app, viewer_headers, monkeypatch)
     real_read = job_stream._read
     monkeypatch.setattr(job_stream, "_read", lambda *args: reads.append(args) or real_read(*args))
     monkeypatch.setattr(job_stream, "RECHECK_SECONDS", 5.0)
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
     agent.event("job.started")
     db.session.remove()
@@ -287,8 +211,8 @@ def test_a_long_stream_ends_without_end_so_the_browser_reconnects(app, viewer_he
     Last-Event-ID, which signs the viewer in again."""
     monkeypatch.setattr(job_stream, "MAX_STREAM_SECONDS", 0.3)
     monkeypatch.setattr(job_stream, "RECHECK_SECONDS", 0.05)
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     AgentCalls(app, token, job).logs(["only line"])
     response = app.test_client().get(f"/api/v1/jobs/{job.id}/stream", headers=viewer_headers)
     items = parse_sse(response.get_data(as_text=True))
@@ -350,9 +274,9 @@ def test_live_stream_delivers_records_progress_status_and_end(live_server, monke
 
         viewer = users.create_user("watcher", "correct horse battery", Role.viewer)
         db.session.commit()
-        headers = bearer(viewer)
-        host, token = make_host()
-        job = make_job(app, host)
+        headers = bearer_headers(viewer)
+        host, token = make_enrolled_host()
+        job = queue_job(app, host)
         agent = AgentCalls(app, token, job)
         assert agent.logs(["before anyone watched"])["watched"] is False
 
@@ -408,10 +332,10 @@ def test_live_stream_pings_when_silent_and_rechecks_without_wakeups(live_server,
     with app.app_context():
         from app.services import users
 
-        headers = bearer(users.create_user("pinged", "correct horse battery", Role.viewer))
+        headers = bearer_headers(users.create_user("pinged", "correct horse battery", Role.viewer))
         db.session.commit()
-        host, _ = make_host()
-        job = make_job(app, host)
+        host, _ = make_enrolled_host()
+        job = queue_job(app, host)
         job_id = job.id
         reader = StreamReader(f"{live_server.url}/api/v1/jobs/{job_id}/stream", headers)
         reader.start()
@@ -430,8 +354,8 @@ def test_live_stream_pings_when_silent_and_rechecks_without_wakeups(live_server,
 
 
 def test_first_viewer_of_a_running_job_asks_the_agent_to_watch(app, viewer_headers):
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
     client = app.test_client()
     url = f"/api/v1/jobs/{job.id}/stream"
@@ -465,8 +389,8 @@ def test_first_viewer_of_a_running_job_asks_the_agent_to_watch(app, viewer_heade
 
 
 def test_agent_log_answer_says_unwatched_without_streams(app):
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     answer = AgentCalls(app, token, job).logs(["x"])
     assert answer == {
         "committed_seq": 1,
@@ -481,12 +405,12 @@ def test_agent_log_answer_says_unwatched_without_streams(app):
 
 @pytest.fixture
 def operator_headers(make_user):
-    return bearer(make_user(Role.operator))
+    return bearer_headers(make_user(Role.operator))
 
 
 def test_cancel_a_queued_job_ends_it_at_once(app, operator_headers):
-    host, _ = make_host()
-    job = make_job(app, host)
+    host, _ = make_enrolled_host()
+    job = queue_job(app, host)
     bus = app.extensions["bus"]
     with bus.listen(host_key(host.id)) as agent_poll, bus.listen(job_key(job.id)) as viewer:
         response = app.test_client().post(f"/api/v1/jobs/{job.id}/cancel", headers=operator_headers)
@@ -504,8 +428,8 @@ def test_cancel_a_queued_job_ends_it_at_once(app, operator_headers):
 
 
 def test_cancel_a_running_job_asks_the_agent_once(app, operator_headers):
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     AgentCalls(app, token, job).event("job.started")
     client = app.test_client()
     first = client.post(f"/api/v1/jobs/{job.id}/cancel", headers=operator_headers)
@@ -526,8 +450,8 @@ def test_cancel_a_running_job_asks_the_agent_once(app, operator_headers):
 
 
 def test_cancel_a_finished_job_is_a_conflict(app, operator_headers):
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     AgentCalls(app, token, job).finish(status="failed", exit_code=1, error="Fatal: boom")
     response = app.test_client().post(f"/api/v1/jobs/{job.id}/cancel", headers=operator_headers)
     assert response.status_code == 409
@@ -537,8 +461,8 @@ def test_cancel_a_finished_job_is_a_conflict(app, operator_headers):
 
 
 def test_viewers_may_read_but_not_cancel(app, viewer_headers):
-    host, _ = make_host()
-    job = make_job(app, host)
+    host, _ = make_enrolled_host()
+    job = queue_job(app, host)
     client = app.test_client()
     refused = client.post(f"/api/v1/jobs/{job.id}/cancel", headers=viewer_headers)
     assert refused.status_code == 403
@@ -557,9 +481,9 @@ def test_log_txt_has_a_header_every_line_and_the_truncation_note(app_factory, mo
     with app.app_context():
         from app.services import users
 
-        headers = bearer(users.create_user("reader", "correct horse battery", Role.viewer))
-        host, token = make_host()
-        job = make_job(app, host, kind="backup")
+        headers = bearer_headers(users.create_user("reader", "correct horse battery", Role.viewer))
+        host, token = make_enrolled_host()
+        job = queue_job(app, host, kind="backup")
         agent = AgentCalls(app, token, job)
         assert agent.logs([f"line {n}" for n in range(1, 121)])["truncated"] is True
         agent.finish(lines_dropped=7)
@@ -582,8 +506,8 @@ def test_log_txt_has_a_header_every_line_and_the_truncation_note(app_factory, mo
 
 def test_log_ndjson_has_one_record_per_line(app, viewer_headers, monkeypatch):
     monkeypatch.setattr(job_stream, "DOWNLOAD_CHUNK", 2)
-    host, token = make_host()
-    job = make_job(app, host)
+    host, token = make_enrolled_host()
+    job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
     agent.logs(["a", 'quote " and ünïcode', "c"])
     agent.logs(["restic unlock: removed stale locks"], stream="agent")
@@ -595,6 +519,6 @@ def test_log_ndjson_has_one_record_per_line(app, viewer_headers, monkeypatch):
     assert [r["seq"] for r in records] == [1, 2, 3, 4]
     assert records[1] == {"seq": 2, "ts": TS, "stream": "stdout", "text": 'quote " and ünïcode'}
     assert records[3]["stream"] == "agent"
-    empty = make_job(app, host)
+    empty = queue_job(app, host)
     nothing = app.test_client().get(f"/api/v1/jobs/{empty.id}/log.ndjson", headers=viewer_headers)
     assert nothing.status_code == 200 and nothing.get_data() == b""

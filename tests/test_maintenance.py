@@ -11,6 +11,7 @@ from app.extensions import db
 from app.models import Command, Host, Job, RepoMaintenance, SourceGroup
 from app.services import maintenance
 from app.ticker import tick
+from tests.factories import make_host
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday
 
@@ -20,20 +21,14 @@ def box(app):
     return app.extensions["secretbox"]
 
 
-@pytest.fixture
-def make_host(app):
-    def make(hostname="web1", *, seen_at=START, **settings):
-        host = Host(hostname=hostname, last_seen_at=seen_at)
-        db.session.add(host)
-        db.session.flush()
-        db.session.add(SourceGroup(host=host, name="default", includes=["/etc"]))
-        db.session.add(
-            RepoMaintenance(host_id=host.id, updated_at=START - timedelta(days=30), **settings)
-        )
-        db.session.commit()
-        return host
-
-    return make
+def _maintained_host(hostname="web1", *, seen_at=START, **settings) -> Host:
+    """A host last seen at ``seen_at`` with these maintenance settings."""
+    host = make_host(hostname, last_seen_at=seen_at)
+    db.session.add(
+        RepoMaintenance(host_id=host.id, updated_at=START - timedelta(days=30), **settings)
+    )
+    db.session.commit()
+    return host
 
 
 def _jobs(host, kind=None):
@@ -49,8 +44,8 @@ def _tick(box, now, host):
     return tick(box, now, offline_after_seconds=90)
 
 
-def test_prune_is_dispatched_when_due_and_not_again_until_the_next_slot(box, make_host):
-    host = make_host(prune_cron="0 3 * * *")
+def test_prune_is_dispatched_when_due_and_not_again_until_the_next_slot(box):
+    host = _maintained_host(prune_cron="0 3 * * *")
     first = _tick(box, START, host)
     assert [job.kind for job in first] == ["prune"]
     assert first[0].actor_type == "system" and first[0].actor_label == "maintenance"
@@ -69,8 +64,8 @@ def test_prune_is_dispatched_when_due_and_not_again_until_the_next_slot(box, mak
 
 
 @pytest.mark.parametrize("status", ["queued", "running"])
-def test_a_prune_still_queued_or_running_suppresses_the_next(box, make_host, status):
-    host = make_host(prune_cron="*/10 * * * *")
+def test_a_prune_still_queued_or_running_suppresses_the_next(box, status):
+    host = _maintained_host(prune_cron="*/10 * * * *")
     [job] = _tick(box, START, host)
     job.status = status
     db.session.commit()
@@ -84,8 +79,8 @@ def test_a_prune_still_queued_or_running_suppresses_the_next(box, make_host, sta
     assert _tick(box, START + timedelta(minutes=22), host) == []
 
 
-def test_a_new_cadence_waits_for_its_first_slot(box, make_host):
-    host = make_host(check_cron="0 4 * * *", check_subset_percent=2.5)
+def test_a_new_cadence_waits_for_its_first_slot(box):
+    host = _maintained_host(check_cron="0 4 * * *", check_subset_percent=2.5)
     settings = db.session.get(RepoMaintenance, host.id)
     settings.updated_at = START
     db.session.commit()
@@ -94,8 +89,8 @@ def test_a_new_cadence_waits_for_its_first_slot(box, make_host):
     assert check.params == {"read_data_subset": "2.5%"}
 
 
-def test_offline_hosts_are_skipped_and_logged(box, make_host, caplog):
-    host = make_host(prune_cron="0 3 * * *", seen_at=START - timedelta(hours=2))
+def test_offline_hosts_are_skipped_and_logged(box, caplog):
+    host = _maintained_host(prune_cron="0 3 * * *", seen_at=START - timedelta(hours=2))
     caplog.set_level("INFO", logger="restic_manager.maintenance")
     assert tick(box, START, offline_after_seconds=90) == []
     assert _jobs(host) == []
@@ -104,14 +99,14 @@ def test_offline_hosts_are_skipped_and_logged(box, make_host, caplog):
     assert [job.kind for job in _tick(box, START + timedelta(minutes=5), host)] == ["prune"]
 
 
-def test_disabled_maintenance_and_empty_crons_do_nothing(box, make_host):
-    make_host("off", enabled=False, prune_cron="* * * * *")
-    host = make_host("none")
+def test_disabled_maintenance_and_empty_crons_do_nothing(box):
+    _maintained_host("off", enabled=False, prune_cron="* * * * *")
+    host = _maintained_host("none")
     assert _tick(box, START, host) == []
 
 
-def test_forget_applies_each_groups_retention_to_its_tag_in_one_job(box, make_host):
-    host = make_host(forget_cron="0 2 * * *")
+def test_forget_applies_each_groups_retention_to_its_tag_in_one_job(box):
+    host = _maintained_host(forget_cron="0 2 * * *")
     default = db.session.scalar(select(SourceGroup).where(SourceGroup.host_id == host.id))
     default.retention = {"keep_daily": 7, "keep_within": "30d"}
     db.session.add(
@@ -131,13 +126,13 @@ def test_forget_applies_each_groups_retention_to_its_tag_in_one_job(box, make_ho
     }
 
 
-def test_forget_without_any_retention_dispatches_nothing(box, make_host):
-    host = make_host(forget_cron="0 2 * * *", prune_cron="0 2 * * *")
+def test_forget_without_any_retention_dispatches_nothing(box):
+    host = _maintained_host(forget_cron="0 2 * * *", prune_cron="0 2 * * *")
     assert [job.kind for job in _tick(box, START, host)] == ["prune"]
 
 
-def test_last_job_counts_operator_runs_too(box, make_host):
-    host = make_host(check_cron="0 8 * * *")
+def test_last_job_counts_operator_runs_too(box):
+    host = _maintained_host(check_cron="0 8 * * *")
     db.session.add(
         Job(
             host_id=host.id,

@@ -21,7 +21,7 @@ from app.models import (
 )
 from app.models.types import utcnow
 from app.services import commands, repository
-from tests.conftest import form_token
+from tests.factories import form_token
 
 ADMIN_PASSWORD = "prune-Everything-42"
 

@@ -12,7 +12,7 @@ from app.models import AuditLog, Command, Host, Job, RepoStats, Role, Snapshot
 from app.models.types import utcnow
 from app.services import job_params
 from app.services.errors import ValidationFailed
-from tests.test_agent_protocol import TS, enroll
+from tests.factories import TS, enroll_agent
 
 SAMPLES = "/work/shared/reference/restic-samples"
 NEW_PASSWORD = "brand-new-Repo-Secret-77"
@@ -57,7 +57,7 @@ def _snapshot(number: int, tags=("default",), time="2026-11-25T19:38:57.12345678
 
 
 def test_first_connect_probes_then_initialises_a_missing_repository(protocol_app):
-    agent, host_id = enroll(protocol_app, bring_up=True)
+    agent, host_id = enroll_agent(protocol_app, bring_up=True)
     agent.hello()
     agent.hello()  # a second hello does not queue a second probe
     (probe,) = _job_runs(agent)
@@ -98,7 +98,7 @@ def test_first_connect_probes_then_initialises_a_missing_repository(protocol_app
 
 
 def test_init_failure_is_kept_with_restics_reason(protocol_app):
-    agent, host_id = enroll(protocol_app, bring_up=True)
+    agent, host_id = enroll_agent(protocol_app, bring_up=True)
     agent.hello()
     (probe,) = _job_runs(agent)
     reason = "Fatal: create repository at /srv/repo failed: permission denied"
@@ -133,7 +133,7 @@ def test_init_failure_is_kept_with_restics_reason(protocol_app):
 
 
 def test_unknown_repo_status_is_refused_and_changes_nothing(protocol_app):
-    agent, host_id = enroll(protocol_app, bring_up=True)
+    agent, host_id = enroll_agent(protocol_app, bring_up=True)
     agent.hello()
     (probe,) = _job_runs(agent)
     answer = agent.post(
@@ -152,7 +152,7 @@ def test_unknown_repo_status_is_refused_and_changes_nothing(protocol_app):
 
 
 def test_saving_credentials_pushes_them_and_probes_again(protocol_app, api):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     agent.poll()  # the enrollment's config.update
     admin = api(Role.admin)
@@ -189,7 +189,7 @@ def test_saving_credentials_pushes_them_and_probes_again(protocol_app, api):
 
 
 def test_backup_params_come_from_the_source_group(protocol_app):
-    _, host_id = enroll(protocol_app)
+    _, host_id = enroll_agent(protocol_app)
     host = db.session.get(Host, host_id)
     kind, params = job_params.validate(host, "backup", {"limit_upload_kib": "512"})
     assert kind == "backup"
@@ -229,7 +229,7 @@ def test_backup_params_come_from_the_source_group(protocol_app):
     ],
 )
 def test_bad_job_params_get_precise_messages(protocol_app, kind, params, message):
-    _, host_id = enroll(protocol_app)
+    _, host_id = enroll_agent(protocol_app)
     host = db.session.get(Host, host_id)
     with pytest.raises(ValidationFailed) as refused:
         job_params.validate(host, kind, params)
@@ -237,7 +237,7 @@ def test_bad_job_params_get_precise_messages(protocol_app, kind, params, message
 
 
 def test_good_job_params_are_normalised(protocol_app):
-    _, host_id = enroll(protocol_app)
+    _, host_id = enroll_agent(protocol_app)
     host = db.session.get(Host, host_id)
     assert job_params.validate(
         host, "forget", {"policy": {"keep_daily": "7", "keep_within": "1y6m"}, "tags": "a,b"}
@@ -257,7 +257,7 @@ def test_good_job_params_are_normalised(protocol_app):
 
 
 def test_api_runs_every_kind_and_leaves_nothing_behind_on_bad_input(protocol_app, api):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     agent.poll()
     operator = api()
@@ -304,7 +304,7 @@ def _running_job(protocol_app, agent, host_id, api):
 
 
 def test_snapshot_report_replaces_the_list_atomically(protocol_app, api):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     agent.poll()
     job_id, attempt = _running_job(protocol_app, agent, host_id, api)
@@ -351,7 +351,7 @@ def test_snapshot_report_replaces_the_list_atomically(protocol_app, api):
 
 
 def test_repo_stats_keep_a_history_and_set_the_repository_size(protocol_app, api):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     agent.poll()
     job_id, attempt = _running_job(protocol_app, agent, host_id, api)
@@ -388,7 +388,7 @@ def test_repo_stats_keep_a_history_and_set_the_repository_size(protocol_app, api
 
 
 def test_finished_backup_sets_the_hosts_last_backup(protocol_app, api):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     agent.poll()
     job_id, attempt = _running_job(protocol_app, agent, host_id, api)
@@ -432,7 +432,7 @@ def test_finished_backup_sets_the_hosts_last_backup(protocol_app, api):
 def test_enrollment_turns_maintenance_on_and_forget_takes_per_group_policies(protocol_app, api):
     from app.models import RepoMaintenance
 
-    _, host_id = enroll(protocol_app)
+    _, host_id = enroll_agent(protocol_app)
     maintenance = db.session.get(RepoMaintenance, host_id)
     assert (maintenance.enabled, maintenance.forget_cron, maintenance.check_subset_percent) == (
         True,
@@ -475,7 +475,7 @@ def test_enrollment_turns_maintenance_on_and_forget_takes_per_group_policies(pro
 def test_the_admin_credential_follows_a_new_repository_url(protocol_app, api):
     from app.services import repo_settings
 
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     agent.poll()
     host = db.session.get(Host, host_id)
@@ -513,7 +513,7 @@ def _finish(agent, job_id, attempt, event_id, data):
 
 
 def test_missing_source_paths_and_the_last_successful_backup_reach_the_api(protocol_app, api):
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     agent.hello()
     agent.poll()
     viewer = api(Role.viewer)
@@ -577,7 +577,7 @@ def test_missing_source_paths_and_the_last_successful_backup_reach_the_api(proto
 
 def test_last_successful_backup_follows_the_highest_job_id(app):
     """A late result of an older job never replaces a newer one (agents deliver late)."""
-    from app.services.repository import note_backup_finished
+    from app.services.jobs import note_backup_finished
 
     host = Host(hostname="late-1")
     db.session.add(host)

@@ -22,7 +22,7 @@ from app.models.types import utcnow
 from app.models.user import Role
 from app.services import rpc
 from tests.conftest import LiveServer
-from tests.test_job_stream import AgentCalls, bearer, make_host, make_job
+from tests.factories import AgentCalls, bearer_headers, make_enrolled_host, queue_job
 
 SNAP_A = "a" * 8 + "1" * 56
 SNAP_B = "b" * 8 + "2" * 56
@@ -46,12 +46,12 @@ def add_snapshots(host: Host) -> None:
 
 @pytest.fixture
 def operator(make_user):
-    return bearer(make_user(Role.operator))
+    return bearer_headers(make_user(Role.operator))
 
 
 @pytest.fixture
 def host(app):
-    host, token = make_host()
+    host, token = make_enrolled_host()
     add_snapshots(host)
     host.agent_token_plain = token  # for the tests' agent calls
     return host
@@ -151,11 +151,11 @@ def test_restore_accepts_home_and_tilde_targets_for_the_agent_to_expand(app, hos
 def test_restore_is_for_operators_and_online_hosts(app, host, make_user):
     client = app.test_client()
     url = f"/api/v1/hosts/{host.id}/restores"
-    viewer = bearer(make_user(Role.viewer))
+    viewer = bearer_headers(make_user(Role.viewer))
     assert client.post(url, json={"snapshot_id": SNAP_A}, headers=viewer).status_code == 403
     host.last_seen_at = utcnow() - timedelta(hours=1)
     db.session.commit()
-    operator = bearer(make_user(Role.operator))
+    operator = bearer_headers(make_user(Role.operator))
     answer = client.post(url, json={"snapshot_id": SNAP_A}, headers=operator)
     assert answer.status_code == 409
     assert answer.get_json()["error"] == "host_offline"
@@ -193,7 +193,7 @@ def test_diff_job_resolves_both_snapshots_and_refuses_one_twice(app, host, opera
 
 
 def test_diff_report_events_become_a_filterable_paged_table(app, host, operator):
-    job = make_job(app, host, "diff")
+    job = queue_job(app, host, "diff")
     agent = AgentCalls(app, host.agent_token_plain, job)
     agent.event("job.started")
     agent.event(
@@ -263,7 +263,7 @@ def test_diff_report_events_become_a_filterable_paged_table(app, host, operator)
 
 
 def test_a_hostile_diff_report_is_rejected_and_stores_nothing(app, host):
-    job = make_job(app, host, "diff")
+    job = queue_job(app, host, "diff")
     agent = AgentCalls(app, host.agent_token_plain, job)
     for changes in (
         "not a list",
@@ -355,7 +355,7 @@ def test_an_answer_is_checked_and_stored_once(app, host):
 
 def test_a_host_cannot_answer_another_hosts_call(app, host):
     call = new_call(app, host)
-    _other, other_token = make_host("web-2")
+    _other, other_token = make_enrolled_host("web-2")
     answer = app.test_client().post(
         f"/api/agent/v1/rpc/{call.id}",
         json={"ok": True, "result": {"items": []}},
@@ -459,7 +459,7 @@ def live(app_factory):
     server = LiveServer(app)
     server.start()
     with app.app_context():
-        host, token = make_host()
+        host, token = make_enrolled_host()
         add_snapshots(host)
         host_id = host.id
     yield server, app, host_id, token
@@ -501,7 +501,7 @@ def live_headers(app, role=Role.viewer):
     with app.app_context():
         user = users.create_user(f"u-{role.name}-{time.monotonic_ns()}", "pw-123456789012", role)
         db.session.commit()
-        return bearer(user)
+        return bearer_headers(user)
 
 
 def test_tree_waits_for_the_agent_then_serves_from_the_cache(live, run_agent):

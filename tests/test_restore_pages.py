@@ -10,8 +10,7 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import Command, DiffEntry, Host, Job, Role, Snapshot
 from app.models.types import utcnow
-from tests.conftest import form_token
-from tests.test_dashboard import add_host, add_job
+from tests.factories import form_token, make_host, make_job
 
 DASH = "\N{EN DASH}"  # the pager reads f"1{DASH}100 of 133"
 SNAP_OLD = "a" * 8 + "1" * 56
@@ -38,7 +37,7 @@ def _add_snapshots(host: Host) -> None:
 
 @pytest.fixture
 def host(app):
-    host = add_host("web-1", repo_status="ready")
+    host = make_host("web-1", repo_status="ready")
     _add_snapshots(host)
     return host
 
@@ -58,7 +57,7 @@ def _post_restore(browser, host: Host, **fields):
 
 
 def test_wizard_without_snapshots_says_there_is_nothing_to_restore(app, login_as):
-    host = add_host("empty-1", repo_status="ready")
+    host = make_host("empty-1", repo_status="ready")
     page = login_as(Role.operator).get(f"/hosts/{host.id}/restore")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
@@ -128,7 +127,7 @@ def test_a_refused_target_is_shown_next_to_the_field(app, login_as, host):
 
 
 def test_an_offline_host_is_refused_with_the_reason(app, login_as):
-    host = add_host("gone-1", repo_status="ready", seen_seconds_ago=3600)
+    host = make_host("gone-1", repo_status="ready", seen_seconds_ago=3600)
     _add_snapshots(host)
     response = _post_restore(login_as(Role.operator), host, snapshot_id=SNAP_NEW, mode="new")
     assert response.status_code == 409
@@ -212,7 +211,7 @@ def test_host_page_offers_restore_browse_and_compare(app, login_as, host):
 
 
 def test_compare_needs_two_snapshots(app, login_as):
-    host = add_host("one-1", repo_status="ready")
+    host = make_host("one-1", repo_status="ready")
     db.session.add(
         Snapshot(host_id=host.id, snapshot_id=SNAP_NEW, short_id=SNAP_NEW[:8], time=utcnow())
     )
@@ -222,15 +221,15 @@ def test_compare_needs_two_snapshots(app, login_as):
 
 
 def test_last_restore_line_shows_the_latest_restore(app, login_as, host):
-    add_job(host, "restore", "failed", age=timedelta(days=2))
-    latest = add_job(
+    make_job(host, "restore", "failed", age=timedelta(days=2))
+    latest = make_job(
         host,
         "restore",
         "succeeded",
         age=timedelta(hours=2),
         finished_at=utcnow() - timedelta(hours=2),
     )
-    add_job(host, "backup", "succeeded")
+    make_job(host, "backup", "succeeded")
     html = login_as(Role.viewer).get(f"/hosts/{host.id}").get_data(as_text=True)
     line = html.split('class="hosthead__lastrestore"')[1].split("</p>")[0]
     assert "pill--succeeded" in line
@@ -276,7 +275,7 @@ def test_compare_refusals_come_back_next_to_the_form(app, login_as, host):
 
 
 def _finished_diff(host: Host) -> Job:
-    job = add_job(
+    job = make_job(
         host,
         "diff",
         "succeeded",
@@ -349,7 +348,7 @@ def test_diff_job_page_shows_a_readable_paged_table(app, login_as, host):
 
 
 def test_finished_restore_shows_where_the_files_are(app, login_as, host):
-    job = add_job(
+    job = make_job(
         host,
         "restore",
         "succeeded",

@@ -12,8 +12,7 @@ from app.extensions import db
 from app.models import AuditLog, Command, Host, Job, Role, Schedule, SourceGroup
 from app.services import schedules
 from app.services.errors import ValidationFailed
-from tests.conftest import form_token
-from tests.test_agent_protocol import TS, enroll
+from tests.factories import TS, enroll_agent, form_token
 
 PRE_HOOK = "pg_dump --secret-Hook-Body > /var/backups/db.sql"
 POST_HOOK = "echo host-default-post-Hook"
@@ -28,7 +27,7 @@ def app(protocol_app):
 @pytest.fixture
 def host_with_groups(protocol_app):
     """An enrolled host with groups default (/etc, /home) and db (/var/lib/db, hooks)."""
-    agent, host_id = enroll(protocol_app)
+    agent, host_id = enroll_agent(protocol_app)
     box = protocol_app.extensions["secretbox"]
     group = SourceGroup(host_id=host_id, name="db", includes=["/var/lib/db"], excludes=["*.tmp"])
     db.session.add(group)
@@ -140,7 +139,7 @@ def test_names_are_unique_per_host_and_groups_belong_to_the_host(
     assert _create(operator, host_id).status_code == 201
     again = _create(operator, host_id)
     assert again.status_code == 422 and "name" in again.get_json()["fields"]
-    _, other_id = enroll(protocol_app, "db-1")
+    _, other_id = enroll_agent(protocol_app, "db-1")
     other_group = db.session.scalar(select(SourceGroup).where(SourceGroup.host_id == other_id))
     foreign = _create(operator, host_id, name="x", source_groups=[other_group.id])
     assert foreign.status_code == 422
@@ -154,7 +153,7 @@ def test_viewer_cannot_write_and_other_hosts_schedules_are_not_found(
     _, host_id = host_with_groups
     sid = _create(api(), host_id).get_json()["id"]
     assert _create(api(Role.viewer), host_id, name="other").status_code == 403
-    _, other_id = enroll(protocol_app, "db-1")
+    _, other_id = enroll_agent(protocol_app, "db-1")
     assert api().get(f"/api/v1/hosts/{other_id}/schedules/{sid}").status_code == 404
     assert api().delete(f"/api/v1/hosts/{other_id}/schedules/{sid}").status_code == 404
 
@@ -362,7 +361,7 @@ def test_runs_need_the_agent_token(protocol_app, host_with_groups):
 
 def test_a_run_id_of_another_host_is_refused(protocol_app, host_with_groups):
     agent, _ = host_with_groups
-    other, _ = enroll(protocol_app, "db-1")
+    other, _ = enroll_agent(protocol_app, "db-1")
     assert _run(agent, "f" * 32, None).status_code == 201
     assert _run(other, "f" * 32, None).status_code == 409
 

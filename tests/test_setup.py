@@ -6,7 +6,7 @@ from app.extensions import db
 from app.models import AuditLog, Role, SetupToken, User
 from app.models.types import utcnow
 from app.services import users
-from tests.conftest import TEST_PASSWORD, csrf_token
+from tests.factories import TEST_PASSWORD, csrf_token
 
 
 def _setup(client, token, username="admin", password=TEST_PASSWORD, confirm=None):

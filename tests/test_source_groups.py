@@ -11,8 +11,7 @@ from app.extensions import db
 from app.models import AuditLog, Command, Host, Job, Role, Schedule, Snapshot, SourceGroup
 from app.models.types import utcnow
 from app.services import commands
-from tests.conftest import form_token
-from tests.test_dashboard import add_host
+from tests.factories import form_token, make_host
 
 HOOK = "pg_dump app > /var/backups/app.sql  # s3cret-hook-body"
 
@@ -49,7 +48,7 @@ def _add_snapshots(host, tag, days):
 
 
 def test_create_read_update_delete_through_the_api(app, api):
-    host = add_host("web-1")
+    host = make_host("web-1")
     admin = api(Role.admin)
     version = host.schedule_version
     created = admin.post(
@@ -139,7 +138,7 @@ def test_create_read_update_delete_through_the_api(app, api):
     ],
 )
 def test_precise_refusals_change_nothing(app, api, body, field, words):
-    host = add_host("web-1")
+    host = make_host("web-1")
     before = (_count(SourceGroup), _count(AuditLog), _count(Command))
     response = api(Role.admin).post(_groups_url(host), json=body)
     assert response.status_code == 422, response.get_json()
@@ -149,7 +148,7 @@ def test_precise_refusals_change_nothing(app, api, body, field, words):
 
 
 def test_operators_may_not_touch_hooks_and_are_told_why(app, api):
-    host = add_host("web-1")
+    host = make_host("web-1")
     group = host.source_groups[0]
     operator = api(Role.operator)
     refused = operator.put(_groups_url(host, group), json={"pre_hook": "rm -rf /"})
@@ -166,7 +165,7 @@ def test_operators_may_not_touch_hooks_and_are_told_why(app, api):
 
 
 def test_deleting_a_group_a_schedule_uses_names_the_schedules(app, api):
-    host = add_host("web-1")
+    host = make_host("web-1")
     extra = SourceGroup(host_id=host.id, name="db", includes=["/srv"])
     db.session.add(extra)
     db.session.flush()
@@ -183,7 +182,7 @@ def test_deleting_a_group_a_schedule_uses_names_the_schedules(app, api):
 
 
 def test_the_last_group_is_not_deleted(app, api):
-    host = add_host("web-1")
+    host = make_host("web-1")
     response = api().delete(_groups_url(host, host.source_groups[0]))
     assert response.status_code == 409
     assert response.get_json()["error"] == "last_group"
@@ -191,7 +190,7 @@ def test_the_last_group_is_not_deleted(app, api):
 
 
 def test_another_hosts_group_is_not_found(app, api):
-    host, other = add_host("web-1"), add_host("web-2")
+    host, other = make_host("web-1"), make_host("web-2")
     assert api().get(_groups_url(host, other.source_groups[0])).status_code == 404
 
 
@@ -199,7 +198,7 @@ def test_another_hosts_group_is_not_found(app, api):
 
 
 def test_retention_preview_for_viewers(app, api):
-    host = add_host("web-1")
+    host = make_host("web-1")
     group = host.source_groups[0]
     group.retention = {"keep_last": 2}
     db.session.commit()
@@ -224,7 +223,7 @@ def test_retention_preview_for_viewers(app, api):
 
 
 def test_backup_hooks_travel_sealed_and_host_caps_apply(app, api):
-    host = add_host("web-1", limit_upload_kib=512)
+    host = make_host("web-1", limit_upload_kib=512)
     admin = api(Role.admin)
     group = host.source_groups[0]
     assert admin.put(_groups_url(host, group), json={"pre_hook": HOOK}).status_code == 200
@@ -250,7 +249,7 @@ def test_backup_hooks_travel_sealed_and_host_caps_apply(app, api):
 
 
 def test_a_group_without_hooks_uses_the_host_default(app, api):
-    host = add_host("web-1")
+    host = make_host("web-1")
     box = app.extensions["secretbox"]
     host.sealed_post_hook = box.seal("echo done", table="hosts", column="post_hook", row_id=host.id)
     db.session.commit()
@@ -264,7 +263,7 @@ def test_a_group_without_hooks_uses_the_host_default(app, api):
 
 
 def test_sources_tab_lists_groups_with_run_now(app, login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     group = host.source_groups[0]
     group.retention = {"keep_daily": 7}
     db.session.commit()
@@ -279,7 +278,7 @@ def test_sources_tab_lists_groups_with_run_now(app, login_as):
 
 
 def test_create_in_the_ui_keeps_input_on_errors_and_saves_when_right(app, login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     browser = login_as(Role.operator)
     token = form_token(browser, f"/hosts/{host.id}/sources/new")
     form = {
@@ -305,7 +304,7 @@ def test_create_in_the_ui_keeps_input_on_errors_and_saves_when_right(app, login_
 
 
 def test_ui_preview_shows_kept_and_removed_without_saving(app, login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     _add_snapshots(host, "default", 4)
     group = host.source_groups[0]
     browser = login_as(Role.operator)
@@ -331,7 +330,7 @@ def test_ui_preview_shows_kept_and_removed_without_saving(app, login_as):
 
 
 def test_ui_delete_confirms_and_shows_refusals(app, login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     browser = login_as(Role.operator)
     only = host.source_groups[0]
     page = browser.get(f"/hosts/{host.id}/sources/{only.id}/delete")
@@ -351,7 +350,7 @@ def test_ui_delete_confirms_and_shows_refusals(app, login_as):
 
 
 def test_operators_see_no_hook_fields_admins_do(app, login_as):
-    host = add_host("web-1")
+    host = make_host("web-1")
     group = host.source_groups[0]
     url = f"/hosts/{host.id}/sources/{group.id}/edit"
     assert 'name="pre_hook"' not in login_as(Role.operator).get(url).get_data(as_text=True)
@@ -359,7 +358,7 @@ def test_operators_see_no_hook_fields_admins_do(app, login_as):
 
 
 def test_sources_tab_default_hooks_form_is_for_admins(app, login_as):
-    host = add_host("web-hooks")
+    host = make_host("web-hooks")
     operator_page = login_as(Role.operator).get(f"/hosts/{host.id}/sources").get_data(as_text=True)
     assert "Default hooks" in operator_page and "Only an admin can set hooks." in operator_page
     assert 'class="hosthead' in operator_page or "hosthead" in operator_page  # the host header
