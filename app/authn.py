@@ -13,6 +13,7 @@ from app.extensions import db, login_manager
 from app.models.types import utcnow
 from app.services import api_tokens, users
 from app.services.audit import Actor
+from app.transaction import commit_and_wake
 
 SESSION_KEY = "sid"
 
@@ -26,7 +27,7 @@ def load_user_from_session(user_id: str):
     if row is None or str(row.user_id) != user_id:
         return None
     if db.session.dirty:  # last_seen_at moved on
-        db.session.commit()
+        commit_and_wake()
     g.user_session_id = row.id
     return row.user
 
@@ -42,8 +43,8 @@ def load_user_from_bearer(req):
     token = api_tokens.authenticate_token(token_value, now=utcnow())
     if token is None:
         return None
-    if db.session.dirty:
-        db.session.commit()
+    if db.session.dirty:  # last_used_at moved on
+        commit_and_wake()
     g.api_token_id = token.id
     return token.user
 

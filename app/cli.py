@@ -10,17 +10,22 @@ import sys
 import click
 from flask import current_app
 from flask.cli import FlaskGroup
+from flask_migrate import upgrade
+from sqlalchemy.exc import OperationalError
 
+from app import create_app
 from app.config import PROJECT_ROOT
+from app.extensions import db
 from app.formatting import plural
+from app.models import Role
+from app.models.types import utcnow
+from app.services import api_tokens, users
+from app.services.audit import Actor
+from app.services.errors import ServiceError
+from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager")
-
-
-def _audit_actor():
-    from app.services.audit import Actor
-
-    return Actor.system("cli")
+CLI_ACTOR = Actor.system("cli")
 
 
 def setup_url(token: str, base_url: str) -> str:
@@ -29,12 +34,8 @@ def setup_url(token: str, base_url: str) -> str:
 
 def _announce_setup_if_needed(base_url: str) -> None:
     """While no user exists, mint a one-time setup token and print where to use it."""
-    from app.extensions import db
-    from app.models.types import utcnow
-    from app.services import users
-
     token = users.issue_setup_token(now=utcnow())
-    db.session.commit()
+    commit_and_wake()
     if token is None:
         return
     url = setup_url(token, base_url)
@@ -47,6 +48,8 @@ def _announce_setup_if_needed(base_url: str) -> None:
 
 
 def _gunicorn_knows(setting: str) -> bool:
+    # Imported only by `serve`, after check_worker_class has said clearly what is missing
+    # (gunicorn is a server extra: the other commands work without it).
     from gunicorn.config import KNOWN_SETTINGS
 
     return any(known.name == setting for known in KNOWN_SETTINGS)
@@ -71,12 +74,8 @@ def check_worker_class() -> None:
         ) from None
 
 
-def _apply_migrations(upgrade) -> None:
+def _apply_migrations() -> None:
     """Bring the schema up to date; an unreachable database is one clear line, not a trace."""
-    from sqlalchemy.exc import OperationalError
-
-    from app.extensions import db
-
     try:
         upgrade()
     except OperationalError as error:
@@ -129,10 +128,8 @@ def register_cli(app):
     @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
     def serve(bind: str, workers: int):
         """Apply migrations, then run gunicorn with gevent workers (SIGTERM stops gracefully)."""
-        from flask_migrate import upgrade
-
         check_worker_class()
-        _apply_migrations(upgrade)
+        _apply_migrations()
         base_url = current_app.config["RM_BASE_URL"] or f"http://{bind}"
         _announce_setup_if_needed(base_url)
         trusted = ",".join(str(net) for net in current_app.config["RM_TRUSTED_PROXIES"])
@@ -150,8 +147,6 @@ def register_cli(app):
     @app.cli.command("setup-url")
     def setup_url_command():
         """Print a new one-time setup URL (only while no user exists)."""
-        from app.services import users
-
         if users.user_count() > 0:
             raise click.ClickException("setup is already complete: sign in instead")
         base_url = current_app.config["RM_BASE_URL"] or "http://127.0.0.1:8080"
@@ -164,25 +159,15 @@ def register_cli(app):
     )
     def create_admin(username: str, password_stdin: bool):
         """Create an administrator (password from stdin, never from argv)."""
-        from app.extensions import db
-        from app.models import Role
-        from app.services import audit, users
-        from app.services.errors import ServiceError
-
         password = sys.stdin.readline().rstrip("\r\n")
         try:
-            user = users.create_user(username, password, Role.admin)
+            user = users.add_user(
+                username, password, Role.admin, actor=CLI_ACTOR, client_address=None
+            )
         except ServiceError as refused:
             db.session.rollback()
             raise click.ClickException(refused.message) from None
-        audit.record(
-            _audit_actor(),
-            "user.created",
-            target_type="user",
-            target_id=user.id,
-            payload={"username": user.username, "role": user.role},
-        )
-        db.session.commit()
+        commit_and_wake()
         click.echo(f"created admin {user.username}")
 
     @app.cli.command("create-token")
@@ -190,39 +175,23 @@ def register_cli(app):
     @click.option("--name", required=True)
     def create_token(username: str, name: str):
         """Mint a personal access token for a user and print it (shown only once)."""
-        from app.extensions import db
-        from app.models.types import utcnow
-        from app.services import api_tokens, audit, users
-        from app.services.errors import ServiceError
-
         user = users.find_user(username)
         if user is None or not user.is_active:
             raise click.ClickException(f"no active user named {username!r}")
         try:
-            token, plain = api_tokens.create_token(user, name, now=utcnow())
+            _, plain = api_tokens.issue_token(
+                user, name, actor=CLI_ACTOR, client_address=None, now=utcnow()
+            )
         except ServiceError as refused:
             db.session.rollback()
             raise click.ClickException(refused.message) from None
-        audit.record(
-            _audit_actor(),
-            "api_token.created",
-            target_type="api_token",
-            target_id=token.id,
-            payload={"name": token.name, "owner": user.username},
-        )
-        db.session.commit()
+        commit_and_wake()
         click.echo(plain)
-
-
-def _create_app_for_cli():
-    from app import create_app
-
-    return create_app()
 
 
 def main(argv=None) -> int:
     cli = FlaskGroup(
-        create_app=_create_app_for_cli,
+        create_app=create_app,
         name="restic-manager",
         help="restic-manager server. `restic-manager serve` runs it.",
         set_debug_flag=False,

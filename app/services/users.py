@@ -18,6 +18,8 @@ from app.security import (
     password_problems,
     verify_password,
 )
+from app.services import audit
+from app.services.audit import Actor
 from app.services.errors import Conflict, RateLimited, ValidationFailed
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
@@ -56,6 +58,22 @@ def create_user(username: str, password: str, role: Role) -> User:
     user = User(username=username, password_hash=hash_password(password), role=role.value)
     db.session.add(user)
     db.session.flush()
+    return user
+
+
+def add_user(
+    username: str, password: str, role: Role, *, actor: Actor, client_address: Optional[str]
+) -> User:
+    """Create a user on ``actor``'s behalf and audit it (``create-admin``, later the UI)."""
+    user = create_user(username, password, role)
+    audit.record(
+        actor,
+        "user.created",
+        target_type="user",
+        target_id=user.id,
+        payload={"username": user.username, "role": user.role},
+        client_address=client_address,
+    )
     return user
 
 
@@ -102,7 +120,8 @@ def authenticate(
     """The user these credentials belong to, or None. Raises RateLimited when locked out.
 
     The limits are checked before the password so a locked-out guesser learns nothing.
-    Failures are recorded (the caller commits them even when sign-in fails).
+    Both outcomes are audited (``user.login`` / ``user.login_failed``); failures are
+    recorded for the limits too (the caller commits them even when sign-in fails).
     """
     username = normalize_username(username)
     window = timedelta(seconds=window_seconds)
@@ -116,9 +135,22 @@ def authenticate(
             )
         )
         user.last_login_at = now
+        audit.record(
+            Actor.for_user(user),
+            "user.login",
+            target_type="user",
+            target_id=user.id,
+            client_address=client_address,
+        )
         return user
     if user is None:
         verify_password(None, password)  # same cost as a real check
+    audit.record(
+        Actor.system("login"),
+        "user.login_failed",
+        payload={"username": username[:64]},
+        client_address=client_address,
+    )
     db.session.add_all(
         [
             LoginFailure(scope="address", key=client_address, attempted_at=now),
@@ -167,11 +199,15 @@ def load_session(token: str, *, now: datetime) -> Optional[UserSession]:
     return row
 
 
-def end_session(token: str, *, now: datetime) -> None:
+def end_session(token: str, *, actor: Actor, client_address: Optional[str], now: datetime) -> None:
+    """Sign out: the session row is revoked and the sign-out audited."""
     db.session.execute(
         update(UserSession)
         .where(UserSession.token_hash == hash_token(token), UserSession.revoked_at.is_(None))
         .values(revoked_at=now)
+    )
+    audit.record(
+        actor, "user.logout", target_type="user", target_id=actor.id, client_address=client_address
     )
 
 
@@ -204,8 +240,10 @@ def issue_setup_token(*, now: datetime) -> Optional[str]:
     return token
 
 
-def complete_setup(token: str, username: str, password: str, *, now: datetime) -> User:
-    """Create the first admin with a valid setup token; the token is used up."""
+def complete_setup(
+    token: str, username: str, password: str, *, client_address: Optional[str], now: datetime
+) -> User:
+    """Create the first admin with a valid setup token; the token is used up (audited)."""
     if user_count() > 0:
         raise Conflict("Setup is already complete. Sign in instead.", code="setup_complete")
     # Claim the token with one conditional UPDATE, so two racing submissions cannot both win.
@@ -224,4 +262,12 @@ def complete_setup(token: str, username: str, password: str, *, now: datetime) -
             fields={"token": ["Setup token not valid."]},
         )
     user = create_user(username, password, Role.admin)
+    audit.record(
+        Actor.for_user(user),
+        "setup.completed",
+        target_type="user",
+        target_id=user.id,
+        payload={"username": user.username, "role": Role.admin.value},
+        client_address=client_address,
+    )
     return user

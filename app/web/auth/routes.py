@@ -8,13 +8,13 @@ from flask import current_app, flash, redirect, render_template, request, sessio
 from flask_login import current_user, login_user, logout_user
 
 from app.access import Role, public, require_role
-from app.authn import SESSION_KEY, client_address
+from app.authn import SESSION_KEY, client_address, current_actor
 from app.extensions import db
 from app.models.types import utcnow
 from app.security import password_problems
-from app.services import audit, users
-from app.services.audit import Actor
+from app.services import users
 from app.services.errors import RateLimited, ServiceError
+from app.transaction import commit_and_wake
 from app.web.auth import bp
 from app.web.auth.forms import LoginForm, SetupForm
 
@@ -73,25 +73,12 @@ def login():
             response.headers["Retry-After"] = str(refused.retry_after)
             return response
         if user is None:
-            audit.record(
-                Actor.system("login"),
-                "user.login_failed",
-                payload={"username": users.normalize_username(form.username.data)[:64]},
-                client_address=client_address(),
-            )
-            db.session.commit()
+            commit_and_wake()  # the failure counts towards the limits and is audited
             flash("Wrong username or password, or the account is disabled.", "error")
             status = 401
         else:
             _sign_in(user)
-            audit.record(
-                Actor.for_user(user),
-                "user.login",
-                target_type="user",
-                target_id=user.id,
-                client_address=client_address(),
-            )
-            db.session.commit()
+            commit_and_wake()
             return redirect(_safe_next(request.args.get("next")))
     return render_template("auth/login.html", form=form), status
 
@@ -125,7 +112,11 @@ def setup():
         return _setup_page(form, 422)
     try:
         user = users.complete_setup(
-            form.token.data, form.username.data, form.password.data, now=utcnow()
+            form.token.data,
+            form.username.data,
+            form.password.data,
+            client_address=client_address(),
+            now=utcnow(),
         )
     except ServiceError as refused:
         db.session.rollback()
@@ -135,15 +126,7 @@ def setup():
             flash(refused.message, "error")
         return _setup_page(form, refused.status)
     _sign_in(user)
-    audit.record(
-        Actor.for_user(user),
-        "setup.completed",
-        target_type="user",
-        target_id=user.id,
-        payload={"username": user.username, "role": Role.admin.value},
-        client_address=client_address(),
-    )
-    db.session.commit()
+    commit_and_wake()
     flash(f"Welcome, {user.username}. You are the administrator of this server.", "success")
     return redirect(url_for("web.dashboard"))
 
@@ -151,15 +134,13 @@ def setup():
 @bp.route("/logout", methods=["POST"])
 @require_role(Role.viewer, self_service=True)
 def logout():
-    users.end_session(session.get(SESSION_KEY, ""), now=utcnow())
-    audit.record(
-        Actor.for_user(current_user),
-        "user.logout",
-        target_type="user",
-        target_id=current_user.id,
+    users.end_session(
+        session.get(SESSION_KEY, ""),
+        actor=current_actor(),
         client_address=client_address(),
+        now=utcnow(),
     )
-    db.session.commit()
+    commit_and_wake()
     logout_user()
     session.clear()
     flash("You are signed out.", "info")
