@@ -22,11 +22,12 @@ from app.access import PUBLIC, declared_access, public
 from app.api import bp
 from app.models import Role
 from app.models.job import STATUSES as JOB_STATUSES
-from app.services.job_params import MAX_KEEP, MAX_KIB_PER_SECOND, TAG_PATTERN
+from app.services.job_params import MAX_KIB_PER_SECOND
 from app.services.job_params import RUNNABLE_KINDS as JOB_KINDS
+from app.services.retention import MAX_KEEP
 from app.services.rpc import MAX_PATH
 from app.services.source_groups import MAX_HOOK_BYTES
-from app.services.validate import MAX_PATHS
+from app.services.validate import MAX_PATHS, TAG_PATTERN
 
 INT64_MAX = 2**63 - 1
 

@@ -9,7 +9,9 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import Host, SourceGroup
+from app.services import retention, rpc, source_groups
 from app.services.errors import ValidationFailed
+from app.services.validate import TAG
 
 RUNNABLE_KINDS = (
     "backup",
@@ -24,24 +26,11 @@ RUNNABLE_KINDS = (
 )
 SYSTEM_KINDS = ("init",)  # queued by the server itself (repository bring-up)
 OWN_ENDPOINT_KINDS = ("restore",)  # POST /hosts/{id}/restores (it needs a confirmation)
-KEEP_COUNTS = (
-    "keep_last",
-    "keep_hourly",
-    "keep_daily",
-    "keep_weekly",
-    "keep_monthly",
-    "keep_yearly",
-)
 GROUP_BY = ("host", "paths", "tags")
 MAX_KIB_PER_SECOND = 10_000_000  # 10 GB/s: anything above is a typo
-MAX_KEEP = 100_000
-MAX_DURATION_LENGTH = 32  # keep_within: restic parses each number as a 64-bit integer
-_DURATION = re.compile(r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$")
 _SUBSET_FRACTION = re.compile(r"^(\d+)/(\d+)$")
 _SUBSET_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
 _SUBSET_SIZE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
-TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$"
-_TAG = re.compile(TAG_PATTERN)
 
 
 def _fail(field: str, message: str):
@@ -79,7 +68,7 @@ def _tags(params: dict) -> list[str]:
     if not isinstance(value, list) or len(value) > 20:
         _fail("tags", "tags must be a list of at most 20 tags.")
     for tag in value:
-        if not isinstance(tag, str) or not _TAG.match(tag):
+        if not isinstance(tag, str) or not TAG.match(tag):
             _fail("tags", f"{tag!r} is not a valid tag (letters, digits, . _ : @ + -).")
     return list(dict.fromkeys(value))
 
@@ -118,60 +107,13 @@ def sealed_params(box, host: Host, kind: str, params: dict) -> Optional[dict]:
     the host's default). Never stored in the job's params nor shown by the API."""
     if kind != "backup":
         return None
-    from app.services.source_groups import open_hooks
-
     group = db.session.scalar(
         select(SourceGroup).where(
             SourceGroup.host_id == host.id, SourceGroup.name == params["group"]
         )
     )
-    hooks = {name: text for name, text in open_hooks(box, group).items() if text}
+    hooks = {name: text for name, text in source_groups.open_hooks(box, group).items() if text}
     return hooks or None
-
-
-def retention_policy(raw: Any, *, field: str, allow_empty: bool = False) -> dict:
-    """A forget policy ({"keep_daily": 7, "keep_within": "30d"}), normalised.
-
-    ``field`` prefixes the error keys (``params.policy`` for a forget job, ``retention`` for
-    a source group); ``allow_empty`` accepts ``{}`` (keep everything).
-    """
-
-    def fail(key: str, message: str):
-        name = f"{field}.{key}" if key else field
-        raise ValidationFailed(message, fields={name: [message]})
-
-    if raw is None and allow_empty:
-        return {}
-    if not isinstance(raw, dict):
-        fail("", 'The retention policy must be an object such as {"keep_daily": 7}.')
-    unknown = sorted(set(raw) - {*KEEP_COUNTS, "keep_within"})
-    if unknown:
-        fail(unknown[0], f"Unknown retention rule {unknown[0]!r}.")
-    policy: dict[str, Any] = {}
-    for key in KEEP_COUNTS:
-        value = raw.get(key)
-        if value in (None, "", 0):
-            continue
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            fail(key, f"{key} must be a whole number ≥ 1 (or empty).")
-        if value > MAX_KEEP:
-            fail(key, f"{key} must be at most {MAX_KEEP}.")
-        policy[key] = value
-    within = raw.get("keep_within")
-    if within not in (None, ""):
-        if (
-            not isinstance(within, str)
-            or not within.strip()
-            or len(within.strip()) > MAX_DURATION_LENGTH
-            or not _DURATION.match(within.strip())
-        ):
-            fail("keep_within", "keep_within is a duration such as 1y6m, 30d or 12h.")
-        policy["keep_within"] = within.strip()
-    if not policy and not allow_empty:
-        fail("", "Give at least one retention rule (keep last, daily, … or within).")
-    return policy
 
 
 def _forget(host: Host, params: dict) -> dict:
@@ -186,7 +128,7 @@ def _forget(host: Host, params: dict) -> dict:
         if "policy" in params or "tags" in params:
             _fail("groups", "Give either groups or policy (with tags), not both.")
         return {"groups": _forget_groups(params["groups"]), **common}
-    policy = retention_policy(params.get("policy"), field="params.policy")
+    policy = retention.retention_policy(params.get("policy"), field="params.policy")
     return {"policy": policy, "tags": _tags(params), **common}
 
 
@@ -199,12 +141,12 @@ def _forget_groups(value: Any) -> list[dict]:
         if not isinstance(item, dict) or set(item) - {"tag", "policy"}:
             _fail(where, f"{where} must be an object with tag and policy.")
         tag = item.get("tag")
-        if not isinstance(tag, str) or not _TAG.match(tag):
+        if not isinstance(tag, str) or not TAG.match(tag):
             _fail(f"{where}.tag", f"{tag!r} is not a valid tag (letters, digits, . _ : @ + -).")
         if tag in seen:
             _fail(f"{where}.tag", f"Tag {tag!r} is listed twice.")
         seen.add(tag)
-        policy = retention_policy(item.get("policy"), field=f"params.{where}.policy")
+        policy = retention.retention_policy(item.get("policy"), field=f"params.{where}.policy")
         groups.append({"tag": tag, "policy": policy})
     return groups
 
@@ -243,13 +185,11 @@ def _unlock(host: Host, params: dict) -> dict:
 
 
 def _diff(host: Host, params: dict) -> dict:
-    from app.services.rpc import resolve_snapshot
-
     _only(params, ("snapshot_a", "snapshot_b"))
     chosen = {}
     for key in ("snapshot_a", "snapshot_b"):
         try:
-            chosen[key] = resolve_snapshot(host, params.get(key)).snapshot_id
+            chosen[key] = rpc.resolve_snapshot(host, params.get(key)).snapshot_id
         except ValidationFailed as refused:
             _fail(key, refused.message.replace("snapshot_id", key))
     if chosen["snapshot_a"] == chosen["snapshot_b"]:

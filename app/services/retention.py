@@ -19,8 +19,30 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 
-from app.services.job_params import KEEP_COUNTS
+from app.services.errors import ValidationFailed
 
+KEEP_COUNTS = (
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+)
+RULES = (*KEEP_COUNTS, "keep_within")
+RULE_LABELS = {
+    "keep_last": "Keep last",
+    "keep_hourly": "Keep hourly",
+    "keep_daily": "Keep daily",
+    "keep_weekly": "Keep weekly",
+    "keep_monthly": "Keep monthly",
+    "keep_yearly": "Keep yearly",
+    "keep_within": "Keep within",
+}
+MAX_KEEP = 100_000
+MAX_DURATION_LENGTH = 32  # keep_within: restic parses each number as a 64-bit integer
+DURATION_PATTERN = r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$"
+_DURATION = re.compile(DURATION_PATTERN)
 EMPTY_POLICY_REASON = "no retention policy: every snapshot is kept"
 _DURATION_PART = re.compile(r"(\d+)([ymdh])")
 
@@ -40,6 +62,51 @@ class Decision:
     snapshot: Any
     keep: bool
     reasons: tuple[str, ...]
+
+
+def retention_policy(raw: Any, *, field: str, allow_empty: bool = False) -> dict:
+    """A forget policy ({"keep_daily": 7, "keep_within": "30d"}), normalised.
+
+    ``field`` prefixes the error keys (``params.policy`` for a forget job, ``retention`` for
+    a source group); ``allow_empty`` accepts ``{}`` (keep everything).
+    """
+
+    def fail(key: str, message: str):
+        name = f"{field}.{key}" if key else field
+        raise ValidationFailed(message, fields={name: [message]})
+
+    if raw is None and allow_empty:
+        return {}
+    if not isinstance(raw, dict):
+        fail("", 'The retention policy must be an object such as {"keep_daily": 7}.')
+    unknown = sorted(set(raw) - set(RULES))
+    if unknown:
+        fail(unknown[0], f"Unknown retention rule {unknown[0]!r}.")
+    policy: dict[str, Any] = {}
+    for key in KEEP_COUNTS:
+        value = raw.get(key)
+        if value in (None, "", 0):
+            continue
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(key, f"{key} must be a whole number ≥ 1 (or empty).")
+        if value > MAX_KEEP:
+            fail(key, f"{key} must be at most {MAX_KEEP}.")
+        policy[key] = value
+    within = raw.get("keep_within")
+    if within not in (None, ""):
+        if (
+            not isinstance(within, str)
+            or not within.strip()
+            or len(within.strip()) > MAX_DURATION_LENGTH
+            or not _DURATION.match(within.strip())
+        ):
+            fail("keep_within", "keep_within is a duration such as 1y6m, 30d or 12h.")
+        policy["keep_within"] = within.strip()
+    if not policy and not allow_empty:
+        fail("", "Give at least one retention rule (keep last, daily, … or within).")
+    return policy
 
 
 def parse_duration(text: str) -> tuple[int, int, int, int]:
@@ -88,7 +155,7 @@ def _newest_first(snapshots: Iterable[Any]) -> list[Any]:
 def apply_policy(snapshots: Iterable[Any], policy: dict) -> list[Decision]:
     """Keep/remove for one group of snapshots (objects with ``.time``), newest first."""
     ordered = _newest_first(snapshots)
-    if not any(policy.get(key) for key in (*KEEP_COUNTS, "keep_within")):
+    if not any(policy.get(key) for key in RULES):
         return [Decision(snapshot, True, (EMPTY_POLICY_REASON,)) for snapshot in ordered]
     if not ordered:
         return []

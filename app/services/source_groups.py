@@ -16,7 +16,7 @@ from app.extensions import db
 from app.models import Host, Schedule, SourceGroup
 from app.models.schedule import schedule_source_groups
 from app.secretbox import SecretBox
-from app.services import audit, job_params, retention, validate
+from app.services import audit, retention, schedules, validate
 from app.services.audit import Actor
 from app.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.services.repository import snapshots_of
@@ -100,22 +100,13 @@ LABELS = {
     "pre_hook": "Pre-hook",
     "post_hook": "Post-hook",
 }
-RETENTION_LABELS = {
-    "keep_last": "Keep last",
-    "keep_hourly": "Keep hourly",
-    "keep_daily": "Keep daily",
-    "keep_weekly": "Keep weekly",
-    "keep_monthly": "Keep monthly",
-    "keep_yearly": "Keep yearly",
-    "keep_within": "Keep within",
-}
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         validate.fail("name", "Name is required: it becomes the tag of the group's snapshots.")
     value = value.strip()
-    if len(value) > 64 or not job_params._TAG.match(value):
+    if len(value) > 64 or not validate.TAG.match(value):
         validate.fail(
             "name",
             "Name is a restic tag: letters, digits and . _ : @ + - (starting with a letter or "
@@ -187,23 +178,23 @@ def clean_retention(value: Any) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        return job_params.retention_policy(value, field="retention", allow_empty=True)
+        return retention.retention_policy(value, field="retention", allow_empty=True)
     errors = validate.FieldErrors()
     policy: dict[str, Any] = {}
     for key, item in value.items():
         try:
             policy.update(
-                job_params.retention_policy({key: item}, field="retention", allow_empty=True)
+                retention.retention_policy({key: item}, field="retention", allow_empty=True)
             )
         except ValidationFailed as refused:
-            label = RETENTION_LABELS.get(key)
+            label = retention.RULE_LABELS.get(key)
             for field, messages in refused.fields.items():
                 for message in messages:
                     if label and message.startswith(key):
                         message = label + message[len(key) :]
                     errors.add(field, message)
     errors.raise_any()
-    order = list(RETENTION_LABELS)
+    order = list(retention.RULE_LABELS)
     return dict(sorted(policy.items(), key=lambda rule: order.index(rule[0])))
 
 
@@ -310,8 +301,6 @@ def _summary(group: SourceGroup) -> dict:
 
 
 def _changed(box: SecretBox, host: Host, now: datetime) -> None:
-    from app.services import schedules
-
     schedules.bump_version(box, host, now=now)
 
 

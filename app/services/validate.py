@@ -9,6 +9,8 @@ from app.services.errors import ValidationFailed
 
 HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252}[A-Za-z0-9])?$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$"  # a restic tag (and a source group's name)
+TAG = re.compile(TAG_PATTERN)
 
 
 def fail(field: str, message: str):

@@ -9,7 +9,7 @@ from wtforms import (
 )
 from wtforms.validators import Length, Optional
 
-from app.services.job_params import KEEP_COUNTS
+from app.services.retention import KEEP_COUNTS
 from app.web.once import request_id_field
 
 

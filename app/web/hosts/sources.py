@@ -15,10 +15,9 @@ from app.models.types import utcnow
 from app.services import retention, source_groups
 from app.services.audit import Actor
 from app.services.errors import ServiceError, ValidationFailed
-from app.services.job_params import KEEP_COUNTS
+from app.services.retention import RULES as RETENTION_FIELDS
 from app.web.hosts import bp
 
-RETENTION_FIELDS = (*KEEP_COUNTS, "keep_within")
 FORM_FIELDS = (
     "name",
     "includes",
@@ -128,7 +127,7 @@ def _render_form(host: Host, group, values, *, errors=None, problem=None, previe
         problem=problem,
         preview=preview,
         retention_fields=RETENTION_FIELDS,
-        labels=source_groups.RETENTION_LABELS,
+        labels=retention.RULE_LABELS,
         may_edit_hooks=current_user.has_role(Role.admin),
     ), status
 
