@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from flask import current_app, jsonify
-from flask_login import current_user
 
 from app.access import Role, require_role
 from app.api import bp
-from app.api.serialize import iso
 from app.api.validation import json_body
-from app.authn import client_address
-from app.extensions import db
+from app.authn import client_address, current_actor
+from app.formatting import iso
 from app.install_commands import agent_command, install_command
 from app.models.types import utcnow
-from app.services import audit, enrollment
-from app.services.audit import Actor
+from app.services import enrollment
+from app.transaction import commit_and_wake
 
 
 def _token_json(token, plain: str | None = None) -> dict:
@@ -44,17 +42,6 @@ def _token_json(token, plain: str | None = None) -> dict:
     return body
 
 
-def _audit(action: str, token) -> None:
-    audit.record(
-        Actor.for_user(current_user),
-        action,
-        target_type="enrollment_token",
-        target_id=token.id,
-        payload={"hostname": token.hostname, "repo_url": token.repo_url_redacted},
-        client_address=client_address(),
-    )
-
-
 @bp.get("/enrollment-tokens")
 @require_role(Role.admin)
 def list_enrollment_tokens():
@@ -66,9 +53,10 @@ def list_enrollment_tokens():
 @require_role(Role.admin)
 def create_enrollment_token():
     body = json_body()
-    token, plain = enrollment.mint_token(
+    token, plain = enrollment.create_token(
         current_app.extensions["secretbox"],
-        created_by=current_user,
+        actor=current_actor(),
+        client_address=client_address(),
         hostname=body.get("hostname"),
         repo_url=body.get("repo_url"),
         repo_username=body.get("repo_username"),
@@ -76,8 +64,7 @@ def create_enrollment_token():
         paths=body.get("paths"),
         now=utcnow(),
     )
-    _audit("enrollment_token.created", token)
-    db.session.commit()
+    commit_and_wake()
     return jsonify(_token_json(token, plain)), 201
 
 
@@ -92,9 +79,10 @@ def get_enrollment_token(token_id: int):
 @require_role(Role.admin)
 def regenerate_enrollment_token(token_id: int):
     token = enrollment.get_outstanding(token_id, utcnow())
-    plain = enrollment.regenerate(token, now=utcnow())
-    _audit("enrollment_token.regenerated", token)
-    db.session.commit()
+    plain = enrollment.regenerate_token(
+        token, actor=current_actor(), client_address=client_address(), now=utcnow()
+    )
+    commit_and_wake()
     return jsonify(_token_json(token, plain)), 201
 
 
@@ -102,7 +90,8 @@ def regenerate_enrollment_token(token_id: int):
 @require_role(Role.admin)
 def revoke_enrollment_token(token_id: int):
     token = enrollment.get_outstanding(token_id, utcnow())
-    enrollment.revoke(token, now=utcnow())
-    _audit("enrollment_token.revoked", token)
-    db.session.commit()
+    enrollment.revoke_token(
+        token, actor=current_actor(), client_address=client_address(), now=utcnow()
+    )
+    commit_and_wake()
     return "", 204

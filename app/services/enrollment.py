@@ -22,7 +22,8 @@ from app.models import (
 )
 from app.secretbox import SecretBox
 from app.security import hash_token, new_token
-from app.services import commands, validate
+from app.services import audit, commands, validate
+from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
 TOKEN_TTL = timedelta(hours=1)
@@ -64,10 +65,63 @@ def _seal_credentials(box: SecretBox, token: EnrollmentToken, credentials: dict)
     )
 
 
+def create_token(
+    box: SecretBox,
+    *,
+    actor: Actor,
+    client_address: Optional[str],
+    hostname,
+    repo_url,
+    repo_username,
+    repo_password,
+    paths,
+    now: datetime,
+) -> tuple[EnrollmentToken, str]:
+    """Add host: validate, mint a one-time token (1 h) on ``actor``'s behalf and audit it."""
+    token, plain = _mint(
+        box,
+        created_by_user_id=actor.id if actor.type == "user" else None,
+        hostname=hostname,
+        repo_url=repo_url,
+        repo_username=repo_username,
+        repo_password=repo_password,
+        paths=paths,
+        now=now,
+    )
+    _audit(
+        "enrollment_token.created", token, actor, client_address=client_address, paths=token.paths
+    )
+    return token, plain
+
+
 def mint_token(
     box: SecretBox,
     *,
     created_by: Optional[User],
+    hostname,
+    repo_url,
+    repo_username,
+    repo_password,
+    paths,
+    now: datetime,
+) -> tuple[EnrollmentToken, str]:
+    """Mint a token, unaudited (:func:`create_token` is the doors' way; fixtures use this)."""
+    return _mint(
+        box,
+        created_by_user_id=created_by.id if created_by else None,
+        hostname=hostname,
+        repo_url=repo_url,
+        repo_username=repo_username,
+        repo_password=repo_password,
+        paths=paths,
+        now=now,
+    )
+
+
+def _mint(
+    box: SecretBox,
+    *,
+    created_by_user_id: Optional[int],
     hostname,
     repo_url,
     repo_username,
@@ -91,7 +145,7 @@ def mint_token(
         hostname=hostname,
         repo_url_redacted=redact_url(repo_url),
         paths=paths,
-        created_by_user_id=created_by.id if created_by else None,
+        created_by_user_id=created_by_user_id,
         created_at=now,
         expires_at=now + TOKEN_TTL,
     )
@@ -132,6 +186,35 @@ def get_outstanding(token_id: int, now: datetime) -> EnrollmentToken:
     if token is None or token.used_at or token.revoked_at:
         raise NotFound("No such outstanding enrollment token.")
     return token
+
+
+def regenerate_token(
+    token: EnrollmentToken, *, actor: Actor, client_address: Optional[str], now: datetime
+) -> str:
+    """:func:`regenerate`, audited (the doors' way)."""
+    plain = regenerate(token, now=now)
+    _audit("enrollment_token.regenerated", token, actor, client_address=client_address)
+    return plain
+
+
+def revoke_token(
+    token: EnrollmentToken, *, actor: Actor, client_address: Optional[str], now: datetime
+) -> None:
+    """The token stops working at once (audited)."""
+    revoke(token, now=now)
+    _audit("enrollment_token.revoked", token, actor, client_address=client_address)
+
+
+def _audit(action: str, token: EnrollmentToken, actor: Actor, *, client_address, **extra) -> None:
+    """Which host and repository (URL without password); never the token or credentials."""
+    audit.record(
+        actor,
+        action,
+        target_type="enrollment_token",
+        target_id=token.id,
+        payload={"hostname": token.hostname, "repo_url": token.repo_url_redacted, **extra},
+        client_address=client_address,
+    )
 
 
 def regenerate(token: EnrollmentToken, *, now: datetime) -> str:
