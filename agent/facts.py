@@ -5,8 +5,8 @@ import socket
 from typing import Any, Dict, Optional
 
 from agent import PROTOCOL_VERSION, __version__
+from agent.repository import Repository
 from agent.restic import execute
-from agent.restic.environment import restic_environment
 from agent.restic.errors import ResticNotInstalled
 from agent.restic.version import parse_version, version_argv
 
@@ -17,7 +17,7 @@ def restic_version(binary: str = "restic") -> Optional[str]:
     try:
         execute.run(
             version_argv(binary),
-            restic_environment(None),
+            Repository(None).environment(None),  # no repository: asking for the version
             on_line=lambda stream, text: lines.append(text),
         )
     except ResticNotInstalled:

@@ -1,20 +1,30 @@
-"""The agent's own check of ``job.run`` params (docs/protocol.md, "Job kinds").
+"""The agent's guard on ``job.run`` params (docs/protocol.md, "Job kinds").
 
-The server validates them before it queues a job; the agent checks again, because a
-mistake here becomes a restic argument. Unknown keys are ignored, so a newer server can
-add optional params without breaking older agents.
+The server is authoritative: it validates and resolves the params (a backup's bandwidth
+caps included) before it queues a job. The agent checks again what arrives, because a
+mistake here becomes a restic argument; the vocabulary and ranges are the server's
+(app/services/job_params.py), which a contract test proves. Unknown keys are ignored, so a
+newer server can add optional params without breaking older agents.
+
+:func:`parse_params` is the one entry point: a kind's raw params in, its typed params out.
 """
 
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from agent.restic.forget import KEEP_FLAGS
 
-_KEEP_WITHIN = re.compile(r"^(\d+[ymdh])+$")
+# The server's limits (app/services/job_params.py): anything beyond is a typo.
+MAX_KIB_PER_SECOND = 10_000_000
+MAX_KEEP = 100_000
+MAX_DURATION_LENGTH = 32  # keep_within: restic parses each number as a 64-bit integer
+_KEEP_WITHIN = re.compile(r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$")
 _GROUP_BY_FIELDS = frozenset({"host", "paths", "tags"})
-_SUBSET = re.compile(r"^(?:(?P<n>\d+)/(?P<t>\d+)|(?P<pct>\d+(?:\.\d+)?)%|\d+[KMGTkmgt]?)$")
+_SUBSET = re.compile(
+    r"^(?:(?P<n>\d+)/(?P<t>\d+)|(?P<pct>\d+(?:\.\d+)?)%|(?P<size>\d+[KMGTkmgt]?))$"
+)
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")
 _TARGET_PREFIXES = ("/", "$HOME", "${HOME}", "~")
 
@@ -62,6 +72,36 @@ class DiffParams:
     snapshot_b: str
 
 
+@dataclass
+class CheckParams:
+    read_data_subset: Optional[str] = None
+
+
+@dataclass
+class UnlockParams:
+    remove_all: bool = False
+
+
+@dataclass
+class NoParams:
+    """The kinds that take none (probe, init, snapshots, prune, stats)."""
+
+
+def parse_params(kind: str, params: Mapping[str, Any]) -> Any:
+    """The typed params of a ``job.run`` of ``kind``; raises :class:`InvalidParams`.
+
+    Returns :class:`BackupParams`, a list of :class:`ForgetParams` (one restic forget
+    each), :class:`CheckParams`, :class:`UnlockParams`, :class:`RestoreParams`,
+    :class:`DiffParams` or :class:`NoParams`.
+    """
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise InvalidParams(f"{kind!r} is not a job kind")
+    if not isinstance(params, Mapping):
+        raise InvalidParams("params: must be an object")
+    return parser(params)
+
+
 def backup_params(params: Mapping[str, Any]) -> BackupParams:
     paths = _strings(params, "paths")
     if not paths:
@@ -80,8 +120,8 @@ def backup_params(params: Mapping[str, Any]) -> BackupParams:
         paths=paths,
         excludes=_strings(params, "excludes"),
         tags=tags,
-        limit_upload_kib=_limit(params, "limit_upload_kib"),
-        limit_download_kib=_limit(params, "limit_download_kib"),
+        limit_upload_kib=bandwidth_limit(params.get("limit_upload_kib"), "limit_upload_kib"),
+        limit_download_kib=bandwidth_limit(params.get("limit_download_kib"), "limit_download_kib"),
         group=group,
         pre_hook=hook(params, "pre_hook"),
         post_hook=hook(params, "post_hook"),
@@ -135,23 +175,33 @@ def _policy(policy: Any, where: str) -> Dict[str, Any]:
         if value is None:
             continue
         if key == "keep_within":
-            if not isinstance(value, str) or not _KEEP_WITHIN.match(value):
-                raise InvalidParams(f"{where}.keep_within: {value!r} is not like 1y2m3d4h")
+            value = keep_within(value, where)
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidParams(f"{where}.{key}: must be an integer of at least 1")
+        elif value > MAX_KEEP:
+            raise InvalidParams(f"{where}.{key}: must be at most {MAX_KEEP}")
         rules[key] = value
     if not rules:
         raise InvalidParams(f"{where}: at least one keep rule is needed (nothing would be kept)")
     return rules
 
 
-def read_data_subset(params: Mapping[str, Any]) -> Optional[str]:
+def keep_within(value: Any, where: str) -> str:
+    """A duration such as ``1y6m``, ``30d`` or ``12h`` (the server's form, at most 32 long)."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or len(text) > MAX_DURATION_LENGTH or not _KEEP_WITHIN.match(text):
+        raise InvalidParams(f"{where}.keep_within: {value!r} is not like 1y2m3d4h")
+    return text
+
+
+def check_params(params: Mapping[str, Any]) -> CheckParams:
     """``check``'s ``read_data_subset``: ``None``, ``n/t``, ``x%`` or a size like ``500M``."""
     value = params.get("read_data_subset")
     if value is None:
-        return None
+        return CheckParams()
     match = _SUBSET.match(value) if isinstance(value, str) else None
-    if match is None:
+    size = match.group("size") if match is not None else None
+    if match is None or (size is not None and size.startswith("0")):  # the server's rule
         raise InvalidParams(
             f"read_data_subset: {value!r} is not n/t, a percentage (10%) or a size (500M)"
         )
@@ -159,15 +209,15 @@ def read_data_subset(params: Mapping[str, Any]) -> Optional[str]:
         raise InvalidParams(f"read_data_subset: {value!r} needs 1 <= n <= t")
     if match.group("pct") is not None and not 0 < float(match.group("pct")) <= 100:
         raise InvalidParams(f"read_data_subset: {value!r} must be above 0% and at most 100%")
-    return value
+    return CheckParams(value)
 
 
-def remove_all(params: Mapping[str, Any]) -> bool:
+def unlock_params(params: Mapping[str, Any]) -> UnlockParams:
     """``unlock``'s ``remove_all`` (default false)."""
     value = params.get("remove_all", False)
     if not isinstance(value, bool):
         raise InvalidParams("remove_all: must be true or false")
-    return value
+    return UnlockParams(value)
 
 
 def restore_params(params: Mapping[str, Any]) -> RestoreParams:
@@ -239,10 +289,36 @@ def _strings(params: Mapping[str, Any], key: str) -> List[str]:
     return list(value)
 
 
-def _limit(params: Mapping[str, Any], key: str) -> Optional[int]:
-    value = params.get(key)
+def bandwidth_limit(value: Any, key: str) -> Optional[int]:
+    """A bandwidth cap as the server resolved it: ``None`` (or 0) for none, else KiB/s.
+
+    Only guarded here, never resolved: the server sends the effective cap of every backup
+    (its own override, else the host's) and the host caps of scheduled ones.
+    """
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidParams(f"{key}: must be null or a whole number of KiB/s (0 = unlimited)")
+    if value > MAX_KIB_PER_SECOND:
+        raise InvalidParams(f"{key}: must be at most {MAX_KIB_PER_SECOND} KiB/s")
     return value or None
+
+
+def _no_params(params: Mapping[str, Any]) -> NoParams:
+    return NoParams()
+
+
+_PARSERS: Dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "probe": _no_params,
+    "init": _no_params,
+    "backup": backup_params,
+    "forget": forget_params,
+    "prune": _no_params,
+    "check": check_params,
+    "unlock": unlock_params,
+    "stats": _no_params,
+    "snapshots": _no_params,
+    "restore": restore_params,
+    "diff": diff_params,
+}
+KINDS = tuple(_PARSERS)

@@ -18,9 +18,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from agent.client import Client, ClientError, Gap, Gone, Refused, RetryableError
 from agent.config import ConfigError
+from agent.repository import Credentials, Repository
 from agent.restic import errors, execute
 from agent.restic.dump import dump_argv
-from agent.restic.environment import Masker, restic_environment, secrets_of
 from agent.restic.ls import DirectoryListing, NodeIndex, ls_argv, normalise_path
 from agent.restic.units import format_bytes
 
@@ -124,12 +124,12 @@ class RpcRunner:
         """The ``rpc.ls`` result; raises :class:`RpcFailed`."""
         snapshot_id, path = _snapshot_id(payload), _path(payload)
         max_entries = _positive_int(payload, "max_entries", DEFAULT_MAX_ENTRIES)
-        credentials, masker = self._credentials()
+        repository, credentials = self._repository()
         listing = DirectoryListing(path, max_entries)
         outcome = self._restic(
             ls_argv(self.restic_binary, snapshot_id, [listing.path]),
+            repository,
             credentials,
-            masker,
             on_line=_stdout_to(listing.feed),
             timeout=LS_TIMEOUT_SECONDS,
         )
@@ -145,7 +145,7 @@ class RpcRunner:
 
     def _dump(self, client: Client, rpc_id: str, payload: Dict[str, Any]) -> None:
         try:
-            header, credentials, masker = self.look_up_file(payload)
+            header, repository, credentials = self.look_up_file(payload)
         except RpcFailed as failure:
             self._answer(client, rpc_id, failure.answer())
             return
@@ -159,8 +159,8 @@ class RpcRunner:
         try:
             outcome = self._restic(
                 argv,
+                repository,
                 credentials,
-                masker,
                 on_stdout_chunk=stream.feed,
                 cancel=stream.stop,
                 grace_seconds=STOP_GRACE_SECONDS,
@@ -172,18 +172,20 @@ class RpcRunner:
         if ending is not None:
             self._end(client, rpc_id, ending)
 
-    def look_up_file(self, payload: Mapping[str, Any]) -> Tuple[Dict[str, Any], Any, Masker]:
+    def look_up_file(
+        self, payload: Mapping[str, Any]
+    ) -> Tuple[Dict[str, Any], Repository, Credentials]:
         """The ``rpc.dump`` header of the file (``ls`` of its parent); raises RpcFailed."""
         snapshot_id, path = _snapshot_id(payload), _path(payload)
         max_bytes = _positive_int(payload, "max_bytes", None, allow_zero=True)
-        credentials, masker = self._credentials()
+        repository, credentials = self._repository()
         if path == "/":
             raise RpcFailed("not_a_file", "/ is a directory, not a file")
         index = NodeIndex([path])
         outcome = self._restic(
             ls_argv(self.restic_binary, snapshot_id, [posixpath.dirname(path)]),
+            repository,
             credentials,
-            masker,
             on_line=_stdout_to(index.feed),
             timeout=LS_TIMEOUT_SECONDS,
         )
@@ -206,28 +208,31 @@ class RpcRunner:
             "mtime": node.get("mtime"),
             "mode": node.get("mode"),
         }
-        return header, credentials, masker
+        return header, repository, credentials
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _credentials(self) -> Tuple[Dict[str, str], Masker]:
+    def _repository(self) -> Tuple[Repository, Credentials]:
+        """The repository and its everyday credentials; raises RpcFailed without them."""
         try:
-            stored = self.load_credentials() or {}
+            repository = Repository(self.load_credentials(), self.cache_dir)
         except ConfigError as error:
             raise RpcFailed("no_credentials", str(error)) from None
-        credentials = {key: stored[key] for key in ("url", "username", "password") if key in stored}
-        if not credentials.get("url"):
+        credentials = repository.everyday
+        if credentials is None:
             raise RpcFailed("no_credentials", "this host has no repository credentials yet")
-        admin = stored.get("admin_repository")
-        secrets = secrets_of(stored) + (secrets_of(admin) if isinstance(admin, dict) else [])
-        return credentials, Masker(secrets)
+        return repository, credentials
 
     def _restic(
-        self, argv: Sequence[str], credentials: Dict[str, str], masker: Masker, **options: Any
+        self,
+        argv: Sequence[str],
+        repository: Repository,
+        credentials: Credentials,
+        **options: Any,
     ) -> execute.Outcome:
-        env = restic_environment(credentials, self.cache_dir)
+        env = repository.environment(credentials)
         try:
-            return execute.run(argv, env, masker=masker, **options)
+            return execute.run(argv, env, masker=repository.masker, **options)
         except errors.ResticNotInstalled as error:
             raise RpcFailed("restic_failed", str(error)) from None
 

@@ -9,12 +9,13 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from agent import facts
+from agent import facts, hooks
+from agent.actions import ACTIONS
 from agent.config import ConfigError
-from agent.job import Job, JobFailed, JobResult, ResticSetup, RunningJob, failed_result
-from agent.jobparams import InvalidParams
+from agent.jobcontext import Job, JobFailed, JobResult, ResticSetup, RunningJob, failed_result
+from agent.jobparams import InvalidParams, parse_params
 from agent.jobspool import JobKey, JobSpool
-from agent.kinds import KINDS
+from agent.repository import Repository
 from agent.restic import errors, execute
 from agent.spool import Spool
 
@@ -34,7 +35,7 @@ class Runner:
         on_job_end: Optional[Callable[[JobKey], None]] = None,
         restic_version: Any = _UNKNOWN,
         allow_hooks: bool = True,
-        hook_timeout_seconds: float = execute.HOOK_TIMEOUT_SECONDS,
+        hook_timeout_seconds: float = hooks.HOOK_TIMEOUT_SECONDS,
         restore_paths: str = "*",
     ):
         self.spool = spool
@@ -173,12 +174,13 @@ class Runner:
 
     def _run_kind(self, job: RunningJob, job_spool: JobSpool) -> JobResult:
         """The one error funnel: what stops a job early becomes a failed result."""
-        handler = KINDS.get(job.kind)
+        action = ACTIONS.get(job.kind)
         try:
-            if handler is None:
+            if action is None:
                 raise JobFailed(f"this agent version cannot run {job.kind} jobs")
-            context = Job(job, job_spool, self.spool, self.load_credentials(), self._setup())
-            return handler(context)
+            repository = Repository(self.load_credentials(), self.cache_dir)
+            context = Job(job, job_spool, self.spool, repository, self._setup())
+            return action(context, parse_params(job.kind, job.params))
         except (InvalidParams, JobFailed, errors.ResticError, ConfigError) as error:
             return failed_result(job_spool, job.kind, error)
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from croniter import croniter
 
 from agent.config import ConfigError, SecretStore
-from agent.jobparams import InvalidParams, backup_params, hook
+from agent.jobparams import InvalidParams, backup_params, bandwidth_limit, hook
 
 SCHEDULES_ASSOCIATED_DATA = b"restic-manager-agent:schedules"
 MISSED_POLICIES = ("run_once", "skip")
@@ -112,10 +112,11 @@ def parse_schedule_set(payload: Any) -> ScheduleSet:
     limits = payload.get("limits") or {}
     if not isinstance(limits, Mapping):
         raise InvalidScheduleSet("limits: must be an object")
-    upload, download = limits.get("upload_kib"), limits.get("download_kib")
-    for name, value in (("upload_kib", upload), ("download_kib", download)):
-        if value is not None and not _whole(value):
-            raise InvalidScheduleSet(f"limits.{name}: must be null or a whole number of KiB/s")
+    try:  # the host's caps, resolved by the server: guarded like a backup's own
+        upload = bandwidth_limit(limits.get("upload_kib"), "limits.upload_kib")
+        download = bandwidth_limit(limits.get("download_kib"), "limits.download_kib")
+    except InvalidParams as error:
+        raise InvalidScheduleSet(str(error)) from None
     groups: Dict[int, Group] = {}
     for item in _list(payload, "groups"):
         group = _group(item)
@@ -127,8 +128,8 @@ def parse_schedule_set(payload: Any) -> ScheduleSet:
         version=version,
         groups=groups,
         schedules=schedules,
-        limit_upload_kib=upload or None,
-        limit_download_kib=download or None,
+        limit_upload_kib=upload,
+        limit_download_kib=download,
         hooks_allowed_by_server=payload.get("hooks_allowed_by_server", True) is not False,
     )
 

@@ -1,4 +1,4 @@
-"""The ONLY place the agent starts a process: restic, and the backup hooks (``run_hook``).
+"""The ONLY place the agent starts a process: restic, and the backup hooks (:mod:`agent.hooks`).
 
 restic runs with stdin closed (otherwise it waits for a password on stdin), a fresh
 environment built by :mod:`agent.restic.environment`, and both output streams read line by
@@ -17,18 +17,12 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Callable, Deque, Dict, List, Mapping, Optional, Sequence
+from typing import IO, Callable, Deque, Dict, List, Optional, Sequence
 
 from agent.restic.environment import Masker
 from agent.restic.errors import ResticNotInstalled
 
 GRACE_SECONDS = 10.0
-HOOK_TIMEOUT_SECONDS = 3600.0
-HOOK_SHELL = "/bin/sh"
-# What a hook inherits from the agent's environment (never a RESTIC_* variable: the
-# repository credentials are not the hook's business).
-_HOOK_PASS_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TAIL_LINES = 20
 MAX_LINE_BYTES = 1024 * 1024  # a longer "line" is handed out in pieces
 MAX_CAPTURE_BYTES = 256 * 1024 * 1024
@@ -180,46 +174,6 @@ def _signal(process: subprocess.Popen, signal_number: int, group: bool = False) 
             os.killpg(process.pid, signal_number)
         else:
             process.send_signal(signal_number)
-
-
-def hook_environment(
-    variables: Mapping[str, str], base: Optional[Mapping[str, str]] = None
-) -> Dict[str, str]:
-    """A fresh environment for a hook: a few safe variables plus ``RM_*`` ones."""
-    base = os.environ if base is None else base
-    env = {name: base[name] for name in _HOOK_PASS_THROUGH if name in base}
-    env.setdefault("PATH", _DEFAULT_PATH)
-    env.update({name: str(value) for name, value in variables.items()})
-    return env
-
-
-def run_hook(
-    command: str,
-    variables: Mapping[str, str],
-    on_line: Optional[LineHandler] = None,
-    cancel: Optional[threading.Event] = None,
-    masker: Optional[Masker] = None,
-    timeout: float = HOOK_TIMEOUT_SECONDS,
-    grace_seconds: float = GRACE_SECONDS,
-) -> Outcome:
-    """Run a backup hook with ``/bin/sh -c``: stdin closed, fresh env, same stop rules.
-
-    Cancel or ``timeout``: SIGINT to the hook's process group, SIGKILL after the grace.
-    """
-    try:
-        return run(
-            (HOOK_SHELL, "-c", command),
-            hook_environment(variables),
-            on_line=on_line,
-            cancel=cancel,
-            masker=masker,
-            grace_seconds=grace_seconds,
-            cwd="/",
-            timeout=timeout,
-            process_group=True,
-        )
-    except ResticNotInstalled:
-        raise ResticNotInstalled(f"{HOOK_SHELL} cannot run the hook") from None
 
 
 class _Capture:

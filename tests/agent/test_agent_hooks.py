@@ -3,7 +3,7 @@
 import pytest
 from fake_agent_server import wait_for
 
-from agent.kinds import HOOKS_DISABLED
+from agent.actions.backup import HOOKS_DISABLED
 from agent.runner import Runner
 from agent.spool import Spool
 

@@ -8,7 +8,8 @@ import pytest
 from fake_agent_server import wait_for
 from restic_samples import load
 
-from agent.progress import BackupReporter, Throttle
+from agent.actions.backup import BackupReporter
+from agent.jobcontext import Throttle
 from agent.runner import Runner
 from agent.spool import Spool
 

@@ -9,9 +9,10 @@ import pytest
 from restic_samples import load
 
 from agent import jobparams
+from agent.actions.diff import describe_change, parent_directories
+from agent.actions.restore import RestoreReporter, TargetWatcher, make_private_directory
 from agent.client import Gap, Gone, RetryableError
 from agent.config import ConfigError
-from agent.diff_job import describe_change, parent_directories
 from agent.restic import execute
 from agent.restic.diff import diff_argv, read_diff_line
 from agent.restic.dump import dump_argv
@@ -22,7 +23,6 @@ from agent.restic.restore import (
     read_stdout_line,
     restore_argv,
 )
-from agent.restore_job import RestoreReporter, TargetWatcher, make_private_directory
 from agent.restore_policy import RestorePolicy, RestoreRefused, expand_home
 from agent.rpc import DumpStream, rpc_id_of
 

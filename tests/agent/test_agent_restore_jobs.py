@@ -3,6 +3,8 @@
 
 import pytest
 
+from agent.actions import diff as diff_action
+from agent.actions.restore import tree_size
 from agent.runner import Runner
 from agent.spool import Spool
 
@@ -153,10 +155,8 @@ def test_diff_reports_changes_in_batches_with_sizes(spool, fake_restic):
 
 
 def test_diff_reports_at_most_20000_changes_in_batches_of_1000(monkeypatch, spool, fake_restic):
-    from agent import diff_job
-
-    monkeypatch.setattr(diff_job, "MAX_REPORTED", 2)
-    monkeypatch.setattr(diff_job, "BATCH_SIZE", 1)
+    monkeypatch.setattr(diff_action, "MAX_REPORTED", 2)
+    monkeypatch.setattr(diff_action, "BATCH_SIZE", 1)
     ran = run(spool, fake_restic, "diff", {"snapshot_a": OTHER, "snapshot_b": SID})
     assert [report["batch"] for report in ran.of("diff.report")] == [0, 1]
     stats = ran.finished["stats"]
@@ -165,8 +165,6 @@ def test_diff_reports_at_most_20000_changes_in_batches_of_1000(monkeypatch, spoo
 
 def test_progress_counts_the_bytes_written_not_the_preallocated_size(tmp_path):
     # restic 0.14 creates each file at its final size, then fills it in.
-    from agent.restore_job import tree_size
-
     sparse = tmp_path / "target" / "srv" / "big.bin"
     sparse.parent.mkdir(parents=True)
     with open(sparse, "wb") as out:

@@ -1,0 +1,294 @@
+"""What every job kind runs with (the actions in :mod:`agent.actions`): its spool, its
+cancel flag, its repository, the restic calls it makes, and the reports they share.
+
+Every action takes a :class:`Job` and its typed params and returns a :class:`JobResult`.
+Wrong params raise ``InvalidParams`` and a job that cannot go on ``JobFailed``; the runner
+turns both into a failed job.
+"""
+
+import shlex
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from agent import hooks
+from agent.jobparams import InvalidParams
+from agent.jobspool import JobKey, JobSpool
+from agent.repository import Credentials, Repository
+from agent.restic import errors, execute
+from agent.restic.messages import stderr_text
+from agent.restic.snapshots import parse_snapshots, snapshots_argv
+from agent.restic.stats import parse_raw_data_stats, stats_argv, stats_line
+from agent.restic.unlock import takes_lock, unlock_argv
+from agent.spool import Spool
+
+TextHandler = Callable[[str], None]
+UNLOCK_TIMEOUT_SECONDS = 300.0  # the clean-up unlock cannot be cancelled; it must end
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+_STOP_REASONS = {
+    "cancelled": "restic was stopped because the job was cancelled",
+    "stale_attempt": "restic was stopped: the server started this job again elsewhere",
+    "unknown_job": "restic was stopped: the server does not know this job",
+}
+
+
+@dataclass
+class JobResult:
+    status: str  # succeeded | warning | failed | cancelled
+    exit_code: Optional[int] = None
+    error: Optional[str] = None
+    stats: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunningJob:
+    job_id: JobKey  # a run_id (str) until the server registers an agent-started run
+    attempt_id: str
+    kind: str
+    params: Dict[str, Any]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: Optional[str] = None
+    thread: Optional[threading.Thread] = None
+    on_done: Optional[Callable[[str], None]] = None  # called with the final status
+
+
+class JobFailed(Exception):
+    """The job cannot go on; ``str()`` is its ``error`` for people to read."""
+
+
+@dataclass
+class ResticSetup:
+    """How this agent runs restic (shared by every job)."""
+
+    binary: str = "restic"
+    version: Callable[[], Optional[str]] = lambda: None  # asked only by what needs it
+    cache_dir: Optional[Path] = None
+    grace_seconds: float = execute.GRACE_SECONDS
+    allow_hooks: bool = True  # agent.conf's allow_hooks: the host owner's veto
+    restore_paths: str = "*"  # agent.conf's restore_paths: where restores may write
+    hook_timeout_seconds: float = hooks.HOOK_TIMEOUT_SECONDS
+
+
+class Throttle:
+    """``due()`` is true at most once per ``interval`` seconds (progress events)."""
+
+    def __init__(
+        self,
+        interval: float = PROGRESS_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.interval = interval
+        self.clock = clock
+        self._last: Optional[float] = None
+
+    def due(self) -> bool:
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """``$ restic backup --json -- '/srv/my data'``: shell-quoted, so a pasted line runs the
+    same command (secrets are never on argv: they travel in the environment)."""
+    return "$ " + shlex.join(argv)
+
+
+def failed_result(job_spool: JobSpool, kind: str, error: Exception) -> JobResult:
+    """A job stopped by ``error`` (bad params, no credentials, restic): logged, failed."""
+    if isinstance(error, InvalidParams):
+        message = f"invalid {kind} parameters: {error}"
+    else:
+        message = str(error)
+    job_spool.append("agent", message)
+    return JobResult("failed", error=message)
+
+
+class Job:
+    def __init__(
+        self,
+        running: RunningJob,
+        job_spool: JobSpool,
+        spool: Spool,
+        repository: Repository,
+        setup: ResticSetup,
+    ):
+        self.running = running
+        self.job_spool = job_spool
+        self.spool = spool
+        self.repository = repository
+        self.setup = setup
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def log(self, text: str, stream: str = "agent") -> None:
+        self.job_spool.append(stream, text)
+
+    def emit(self, event_type: str, data: Dict[str, Any]) -> None:
+        self.spool.add_event(event_type, self.running.job_id, self.running.attempt_id, data)
+
+    # -- credentials -------------------------------------------------------------------
+
+    def require_credentials(self, admin: bool = False) -> Credentials:
+        """Everyday credentials; with ``admin``, the admin ones when the host has them."""
+        if admin and self.repository.admin is not None:
+            self.log("using the admin credentials of the repository")
+            return self.repository.admin
+        credentials = self.repository.everyday
+        if credentials is None:
+            raise JobFailed("this host has no repository credentials yet")
+        return credentials
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def hook(
+        self, which: str, command: str, variables: Dict[str, str], cancellable: bool = True
+    ) -> execute.Outcome:
+        """Run the ``pre``/``post`` hook; its output goes to the log as ``pre-hook: …``."""
+        prefix = f"{which}-hook:"
+        self.log(f"{prefix} running (timeout {self.setup.hook_timeout_seconds:g} s)")
+        return hooks.run_hook(
+            command,
+            variables,
+            on_line=lambda stream, text: self.log(f"{prefix} {text}"),
+            cancel=self.running.cancel if cancellable else None,
+            masker=self.repository.masker,
+            timeout=self.setup.hook_timeout_seconds,
+            grace_seconds=self.setup.grace_seconds,
+        )
+
+    # -- running restic ----------------------------------------------------------------
+
+    def restic(
+        self,
+        argv: Sequence[str],
+        credentials: Credentials,
+        on_stdout: Optional[TextHandler] = None,
+        on_stderr: Optional[TextHandler] = None,
+        capture: bool = False,
+        progress_fps: float = 1,
+    ) -> execute.Outcome:
+        """Run restic for this job: the command line and its output go to the job log.
+
+        A restic that died of a signal may leave a stale lock (0.14 to 0.16 do): the agent
+        then runs ``restic unlock`` at once, so the next job is not blocked.
+        """
+        self.log(command_line(argv))
+        on_stdout = on_stdout or (lambda text: self.log(text, "stdout"))
+        on_stderr = on_stderr or (lambda text: self.log(stderr_text(text), "stderr"))
+
+        def on_line(stream: str, text: str) -> None:
+            (on_stdout if stream == "stdout" else on_stderr)(text)
+
+        outcome = execute.run(
+            argv,
+            self.repository.environment(credentials, progress_fps=progress_fps),
+            on_line=on_line,
+            cancel=self.running.cancel,
+            masker=self.repository.masker,
+            grace_seconds=self.setup.grace_seconds,
+            capture_stdout=capture,
+        )
+        if outcome.signalled and takes_lock(argv):
+            self._unlock_after_kill(credentials, outcome)
+        return outcome
+
+    def _unlock_after_kill(self, credentials: Credentials, outcome: execute.Outcome) -> None:
+        if outcome.killed:
+            why = "restic did not stop within the grace period and was killed (SIGKILL)"
+        else:
+            why = f"restic died of signal {-(outcome.exit_code or 0)}"
+        self.log(f"{why}; running restic unlock to remove the stale lock it may have left")
+        argv = unlock_argv(self.setup.binary)
+        self.log(command_line(argv))
+        try:
+            unlocked = execute.run(
+                argv,
+                self.repository.environment(credentials),
+                on_line=lambda stream, text: self.log(stderr_text(text), stream),
+                masker=self.repository.masker,
+                grace_seconds=self.setup.grace_seconds,
+                timeout=UNLOCK_TIMEOUT_SECONDS,
+            )
+        except errors.ResticError as error:
+            self.log(f"restic unlock could not run: {error}")
+            return
+        failure = errors.classify(unlocked.exit_code, unlocked.stderr_tail)
+        if failure is None and not unlocked.timed_out:
+            self.log("restic unlock finished: stale locks are removed")
+        else:
+            reason = "it took too long" if unlocked.timed_out else errors.describe(failure)
+            self.log(f"restic unlock failed ({reason}); run an unlock job before the next one")
+
+    def query(self, argv: Sequence[str], credentials: Credentials) -> str:
+        """stdout of a restic command that prints one JSON document; raises ResticError."""
+        outcome = self.restic(argv, credentials, capture=True)
+        if outcome.cancelled:
+            raise errors.Interrupted(f"stopped: {self.running.cancel_reason}")
+        failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+        if failure is not None:
+            raise errors.ResticFailed(errors.describe(failure), outcome.exit_code)
+        return self.stdout_of(outcome)
+
+    @staticmethod
+    def stdout_of(outcome: execute.Outcome) -> str:
+        if not outcome.stdout_complete:
+            raise errors.UnexpectedOutput("restic printed more than the agent can read")
+        return outcome.stdout or ""
+
+    # -- outcomes ----------------------------------------------------------------------
+
+    def cancelled(self, outcome: execute.Outcome) -> JobResult:
+        reason = self.running.cancel_reason or "cancelled"
+        message = _STOP_REASONS.get(reason, f"restic was stopped ({reason})")
+        self.log(message)
+        return JobResult("cancelled", outcome.exit_code, message)
+
+    @staticmethod
+    def failed(outcome: execute.Outcome, failure: errors.ResticError) -> JobResult:
+        return JobResult("failed", outcome.exit_code, errors.describe(failure))
+
+    def unsuccessful(self, outcome: execute.Outcome) -> Optional[JobResult]:
+        """The result of a cancelled or failed run; ``None`` when restic succeeded."""
+        if outcome.cancelled:
+            return self.cancelled(outcome)
+        failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+        return None if failure is None else self.failed(outcome, failure)
+
+    # -- reports -----------------------------------------------------------------------
+
+    def report_repository_status(self, status: str, reason: Optional[str]) -> None:
+        """``repo.status``: ready, missing, error or init_failed (probe and init)."""
+        self.emit("repo.status", {"status": status, "reason": reason})
+
+    def report_snapshots(self) -> Optional[List[Dict[str, Any]]]:
+        """Send the complete snapshot list; a failure is logged, never the job's outcome."""
+        try:
+            stdout = self.query(snapshots_argv(self.setup.binary), self._follow_up())
+            snapshots = parse_snapshots(stdout)
+        except (errors.ResticError, JobFailed) as error:
+            self.log(f"could not report the snapshot list: {error}")
+            return None
+        self.emit("snapshots.report", {"snapshots": snapshots})
+        self.log(f"the repository has {len(snapshots)} snapshots")
+        return snapshots
+
+    def report_stats(self) -> Optional[Dict[str, Any]]:
+        """Send ``repo.stats``; a failure is logged, never the job's outcome."""
+        try:
+            stdout = self.query(stats_argv(self.setup.binary), self._follow_up())
+            stats = parse_raw_data_stats(stdout)
+        except (errors.ResticError, JobFailed) as error:
+            self.log(f"could not report the repository size: {error}")
+            return None
+        self.emit("repo.stats", stats)
+        self.log(stats_line(stats))
+        return stats
+
+    def _follow_up(self) -> Credentials:
+        # Read-only and --no-lock: the everyday credentials are enough, even after forget.
+        return self.require_credentials()
