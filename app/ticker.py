@@ -1,4 +1,4 @@
-"""The periodic tick (maintenance cadences, pending runs), run by exactly one process.
+"""The periodic tick (maintenance cadences, old agent answers), run by exactly one process.
 
 Every serving process runs a loop; a tick runs only in the process that holds the leader
 lock: a PostgreSQL advisory lock on a dedicated connection, or an exclusive ``flock`` on
@@ -24,6 +24,8 @@ from sqlalchemy.pool import NullPool
 from app.extensions import db
 from app.models.types import utcnow
 from app.secretbox import SecretBox
+from app.services import maintenance, rpc
+from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager.ticker")
 
@@ -32,14 +34,11 @@ ADVISORY_LOCK_KEY = 0x726D7469636B
 
 
 def tick(box: SecretBox, now: datetime, *, offline_after_seconds: int = 90) -> list:
-    """One pass: due maintenance tasks and pending runs, old agent answers swept. Commits;
-    returns the new jobs."""
-    from app.services import maintenance, pending_runs, rpc
-
+    """One pass: due maintenance tasks queued, old agent answers swept. Commits (needs an
+    app context, which :func:`run` provides); returns the new jobs."""
     jobs = maintenance.run_due(box, now, offline_after_seconds=offline_after_seconds)
-    jobs += pending_runs.run_due(box, now, offline_after_seconds=offline_after_seconds)
     rpc.sweep(now)
-    db.session.commit()
+    commit_and_wake()
     return jobs
 
 

@@ -578,18 +578,18 @@ def test_a_concurrent_registration_of_the_same_run_answers_with_the_first_job(
     monkeypatch, host_with_groups
 ):
     """The insert of the loser of a race hits the unique run_id and returns the winner."""
-    from app.agent_api import runs
+    from app.services import jobs
 
     agent, _ = host_with_groups
     first = _run(agent, "9" * 32, None)
-    looked_up = runs._existing
+    looked_up = jobs._registered_run
     calls = []
 
     def miss_once(host, run_id):
         calls.append(run_id)
         return None if len(calls) == 1 else looked_up(host, run_id)
 
-    monkeypatch.setattr(runs, "_existing", miss_once)
+    monkeypatch.setattr(jobs, "_registered_run", miss_once)
     again = _run(agent, "9" * 32, None)
     assert again.status_code == 200, again.get_json()
     assert again.get_json() == first.get_json()

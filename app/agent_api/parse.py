@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from flask import request
 
 from app.services.errors import ServiceError, UnsupportedMediaType, ValidationFailed
-from app.services.jobs import LOG_STREAMS, MAX_LOG_TEXT, Event
+from app.services.events import Event
+from app.services.jobs import LOG_STREAMS, MAX_LOG_TEXT
 
 MAX_EVENTS = 500
 MAX_RECORDS = 500

@@ -16,18 +16,11 @@ from app.errors import error_response
 from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
-from app.services import (
-    agents,
-    audit,
-    commands,
-    enrollment,
-    jobs,
-    pending_runs,
-    repository,
-    schedules,
-)
+from app.services import agents, audit, commands, enrollment, jobs, repository, schedules
 from app.services.audit import Actor
-from app.services.errors import ServiceError
+from app.services.errors import EventRejected, ServiceError
+from app.services.events import apply_event
+from app.transaction import commit_and_wake, wake
 
 
 class AgentUnauthenticated(ServiceError):
@@ -102,7 +95,7 @@ def enroll():
         payload={"hostname": host.hostname, "os": host.os, "arch": host.arch},
         client_address=client_address(),
     )
-    db.session.commit()
+    commit_and_wake()
     return jsonify(
         {
             "host_id": host.id,
@@ -132,10 +125,7 @@ def hello():
     reconcile = agents.reconcile(host, running, now=now)
     brought_up = repository.ensure_brought_up(_box(), host, now=now)
     schedules.ensure_pushed(_box(), host, now=now)  # the agent missed a schedule.set
-    pending_runs.dispatch_for_host(_box(), host, now=now)  # runs that waited for it
-    db.session.commit()
-    if brought_up is not None:
-        _bus().publish(host_key(host.id))
+    commit_and_wake(*([host_key(host.id)] if brought_up is not None else []))
     return jsonify(
         {
             "host_id": host.id,
@@ -162,14 +152,14 @@ def poll():
     reconcile = agents.reconcile(host, running, now=now)
     repository.ensure_brought_up(_box(), host, now=now)  # new credentials saved while away
     host_id = host.id
-    db.session.commit()
+    commit_and_wake()
     db.session.remove()  # hold no database connection while parked
 
     # This poll supersedes any still parked for the host: a restarted agent, or one whose
     # connection a proxy dropped, leaves a request behind that would otherwise lease the
     # next command and write it to a dead socket (redelivered only after the lease).
     ticket = _latest_polls().take(host_id)
-    _bus().publish(host_key(host_id))
+    wake(host_key(host_id))
     deadline = time.monotonic() + hold
     with _bus().listen(host_key(host_id)) as waiter:  # register before checking
         while True:
@@ -182,7 +172,7 @@ def poll():
                 return "", 204
             leased = commands.lease(host, now=utcnow())
             payload = [commands.delivery_json(_box(), command) for command in leased]
-            db.session.commit()
+            commit_and_wake()
             db.session.remove()
             if payload or reconcile:
                 return jsonify(
@@ -205,19 +195,20 @@ def events():
     now = utcnow()
     acked, rejected, touched_jobs = [], [], set()
     for event in batch:
-        refusal = jobs.apply_event(host, event, now=now, box=_box())
         acked.append(event.event_id)
-        if refusal:
-            code, message = refusal
-            rejected.append({"event_id": event.event_id, "error": code, "message": message})
-        elif event.job_id:
+        try:
+            apply_event(host, event, now=now, box=_box())
+        except EventRejected as refused:
+            rejected.append(
+                {"event_id": event.event_id, "error": refused.code, "message": refused.message}
+            )
+            continue
+        if event.job_id:
             touched_jobs.add(event.job_id)
-    host_id = host.id
-    db.session.commit()
-    for job_id in touched_jobs:
-        _bus().publish(job_key(job_id))
+    keys = [job_key(job_id) for job_id in touched_jobs]
     if any(event.type == "repo.status" for event in batch):
-        _bus().publish(host_key(host_id))  # bring-up may have queued an init job
+        keys.append(host_key(host.id))  # bring-up may have queued an init job
+    commit_and_wake(*keys)
     # Which of the batch's jobs someone follows live: a backup reports progress, not log
     # lines, so this answer is what keeps its agent flushing every second.
     batch_jobs = {event.job_id for event in batch if event.job_id}
@@ -242,8 +233,7 @@ def logs(job_id: int):
     except jobs.LogGap as gap:
         db.session.rollback()
         return error_response(416, gap.code, gap.message, committed_seq=gap.committed_seq)
-    db.session.commit()
-    _bus().publish(job_key(job_id))
+    commit_and_wake(job_key(job_id))
     # Someone follows this job live (an open SSE stream): the agent flushes every second.
     result["watched"] = _bus().waiting(job_key(job_id)) > 0
     return jsonify(result)

@@ -6,7 +6,7 @@ the bus and re-reads the database anyway; nothing here waits.
 
 from __future__ import annotations
 
-from flask import current_app, jsonify, request
+from flask import jsonify, request
 
 from app.access import agent_endpoint
 from app.agent_api import bp, parse
@@ -15,14 +15,14 @@ from app.errors import error_response
 from app.extensions import db
 from app.models.types import utcnow
 from app.services import rpc
+from app.transaction import commit_and_wake
 
 
 def _settle(host, rpc_id: str, change):
     """Apply ``change(call)`` to this host's call, commit, wake whoever waits for it."""
     call = rpc.call_for_agent(host, rpc_id)
     result = change(call)
-    db.session.commit()
-    current_app.extensions["bus"].publish(rpc.rpc_key(rpc_id))
+    commit_and_wake(rpc.rpc_key(rpc_id))
     return result
 
 

@@ -6,19 +6,14 @@ job row itself records who started it (actor "schedule"). Changes to schedules a
 
 from __future__ import annotations
 
-import uuid
-
 from flask import jsonify
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from app.access import agent_endpoint
 from app.agent_api import bp, parse
 from app.agent_api.routes import _authenticated_host
-from app.extensions import db
-from app.models import Host, Job, Schedule
 from app.models.types import utcnow
-from app.services.errors import Conflict
+from app.services import jobs
+from app.transaction import commit_and_wake
 
 MAX_PATHS = 1000
 MAX_PATH_LENGTH = 4096
@@ -57,17 +52,6 @@ def _params(data: dict) -> dict:
     }
 
 
-def _existing(host: Host, run_id: str):
-    job = db.session.scalar(select(Job).where(Job.run_id == run_id))
-    if job is not None and job.host_id != host.id:
-        raise Conflict(f"Run {run_id} belongs to another host.", code="run_id_taken")
-    return job
-
-
-def _answer(job: Job, status: int):
-    return jsonify({"job_id": job.id, "attempt_id": job.attempt_id}), status
-
-
 @bp.post("/runs")
 @agent_endpoint
 def register_run():
@@ -83,36 +67,14 @@ def register_run():
         parse.invalid("kind", "must be backup (only backups run on a schedule)")
     params = _params(data)
     fired_at = parse.timestamp(data.get("fired_at"), "fired_at")
-    now = utcnow()
 
-    job = _existing(host, run_id)
-    if job is not None:
-        db.session.commit()  # the token's last use
-        return _answer(job, 200)
-    schedule = db.session.get(Schedule, schedule_id) if schedule_id is not None else None
-    if schedule is not None and schedule.host_id != host.id:
-        schedule = None
-    job = Job(
-        host_id=host.id,
-        kind="backup",
-        status="queued",
-        attempt_id=uuid.uuid4().hex,
-        actor_type="schedule",
-        actor_label=schedule.name if schedule else "deleted schedule",
-        params=params,
-        schedule_id=schedule.id if schedule else None,
+    job, created = jobs.register_scheduled_run(
+        host,
         run_id=run_id,
-        created_at=min(fired_at, now),  # when it really started; registration may come later
+        schedule_id=schedule_id,
+        params=params,
+        fired_at=fired_at,
+        now=utcnow(),
     )
-    try:
-        with db.session.begin_nested():
-            db.session.add(job)
-    except IntegrityError:
-        # The same run registered concurrently (a retry racing the first try): answer with it.
-        job = _existing(host, run_id)
-        if job is None:
-            raise
-        db.session.commit()
-        return _answer(job, 200)
-    db.session.commit()
-    return _answer(job, 201)
+    commit_and_wake()  # the job, or only the token's last use for a run registered before
+    return jsonify({"job_id": job.id, "attempt_id": job.attempt_id}), 201 if created else 200

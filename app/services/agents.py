@@ -10,7 +10,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import AgentToken, Host, Job
 from app.security import hash_token
-from app.services import repository
+from app.services import jobs
 from app.services.errors import ServiceError
 
 PROTOCOL_VERSION = 1
@@ -93,7 +93,7 @@ def reconcile(host: Host, running: list[dict], *, now: datetime) -> list[dict]:
             job.status = "cancelled" if job.cancel_requested_at else "lost"
             job.finished_at = now
             job.error = "The agent restarted while this job ran and does not know it any more."
-            repository.note_backup_finished(host, job)
+            jobs.note_backup_finished(host, job)
     return kills
 
 

@@ -8,7 +8,7 @@ from sqlalchemy import func, insert, select
 
 from app.extensions import db
 from app.models import DiffEntry, Job
-from app.services.errors import ValidationFailed
+from app.services.errors import EventRejected, ValidationFailed
 
 MAX_ENTRIES = 20_000  # per job; the job log still lists every change
 MAX_BATCH = 1000
@@ -16,25 +16,29 @@ MODIFIERS = {"+": "added", "-": "removed", "M": "modified", "T": "type changed"}
 _MODIFIER_CHARS = frozenset("+-MTU?")
 
 
-def record_batch(job: Job, data: dict) -> Optional[tuple[str, str]]:
-    """Store one ``diff.report`` event's changes after those already stored."""
+def record_batch(job: Job, data: dict) -> None:
+    """Store one ``diff.report`` event's changes after those already stored; raises
+    :class:`EventRejected` (nothing stored) for a batch that is not one."""
     if job.kind != "diff":
-        return ("invalid_event", "diff.report belongs to diff jobs only.")
+        raise EventRejected("invalid_event", "diff.report belongs to diff jobs only.")
     changes = data.get("changes")
     if not isinstance(changes, list) or len(changes) > MAX_BATCH:
-        return ("invalid_event", f"changes must be a list of at most {MAX_BATCH} changes.")
+        raise EventRejected(
+            "invalid_event", f"changes must be a list of at most {MAX_BATCH} changes."
+        )
     stored = db.session.scalar(select(func.count()).where(DiffEntry.job_id == job.id))
     rows = []
     for index, change in enumerate(changes):
         row = _change(change)
         if row is None:
-            return ("invalid_event", f"changes[{index}] is not a change restic could print.")
+            raise EventRejected(
+                "invalid_event", f"changes[{index}] is not a change restic could print."
+            )
         rows.append(row)
     room = max(0, MAX_ENTRIES - stored)
     rows = [dict(row, job_id=job.id, seq=stored + i + 1) for i, row in enumerate(rows[:room])]
     if rows:
         db.session.execute(insert(DiffEntry), rows)
-    return None
 
 
 def _change(change: Any) -> Optional[dict]:

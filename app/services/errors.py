@@ -49,3 +49,14 @@ class RateLimited(ServiceError):
 class Forbidden(ServiceError):
     status = 403
     code = "forbidden"
+
+
+class EventRejected(ServiceError):
+    """An agent event the server refuses. The batch goes on: the event is acknowledged (and
+    recorded as seen) and listed as rejected with ``code`` and ``message``."""
+
+    status = 422
+    code = "invalid_event"
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message, code=code)

@@ -1,34 +1,24 @@
-"""Job lifecycle as reported by agents: creation, events, log records, cancel."""
+"""Job lifecycle: creation, scheduled runs the agent registers, cancel, the end of a job,
+log records. Agent events are applied in ``events`` (above this module)."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Optional
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
-from app.models import AgentEvent, Host, Job, JobLog
+from app.models import Host, Job, JobLog, Schedule
 from app.secretbox import SecretBox
-from app.services import commands, diffs, repository, schedules
+from app.services import commands
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
-FINISHED_STATUSES = frozenset({"succeeded", "warning", "failed", "cancelled"})
 LOG_STREAMS = frozenset({"stdout", "stderr", "agent"})
-JOB_EVENT_TYPES = frozenset(
-    {
-        "job.started",
-        "job.progress",
-        "job.finished",
-        "repo.status",
-        "snapshots.report",
-        "repo.stats",
-        "diff.report",
-    }
-)
+SUCCESSFUL_BACKUP_STATUSES = frozenset({"succeeded", "warning"})  # a snapshot was saved
 MAX_LOG_TEXT = 16 * 1024
 
 
@@ -93,6 +83,57 @@ def create_job(
     return job
 
 
+def _registered_run(host: Host, run_id: str) -> Optional[Job]:
+    job = db.session.scalar(select(Job).where(Job.run_id == run_id))
+    if job is not None and job.host_id != host.id:
+        raise Conflict(f"Run {run_id} belongs to another host.", code="run_id_taken")
+    return job
+
+
+def register_scheduled_run(
+    host: Host,
+    *,
+    run_id: str,
+    schedule_id: Optional[int],
+    params: dict,
+    fired_at: datetime,
+    now: datetime,
+) -> tuple[Job, bool]:
+    """The job of a backup the agent started on its own (a schedule fired), and whether it
+    is new: the same ``run_id`` registered again answers with its job. A ``run_id`` of
+    another host is a :class:`Conflict`. A schedule deleted since (or another host's) is
+    named "deleted schedule".
+    """
+    job = _registered_run(host, run_id)
+    if job is not None:
+        return job, False
+    schedule = db.session.get(Schedule, schedule_id) if schedule_id is not None else None
+    if schedule is not None and schedule.host_id != host.id:
+        schedule = None
+    job = Job(
+        host_id=host.id,
+        kind="backup",
+        status="queued",
+        attempt_id=uuid.uuid4().hex,
+        actor_type="schedule",
+        actor_label=schedule.name if schedule else "deleted schedule",
+        params=params,
+        schedule_id=schedule.id if schedule else None,
+        run_id=run_id,
+        created_at=min(fired_at, now),  # when it really started; registration may come later
+    )
+    try:
+        with db.session.begin_nested():
+            db.session.add(job)
+    except IntegrityError:
+        # The same run registered concurrently (a retry racing the first try): answer with it.
+        job = _registered_run(host, run_id)
+        if job is None:
+            raise
+        return job, False
+    return job, True
+
+
 def request_cancel(box: SecretBox, job: Job, host: Host, *, now: datetime) -> None:
     """Ask the agent to stop the job; a queued job that never started is cancelled at once."""
     if job.is_terminal:
@@ -101,8 +142,8 @@ def request_cancel(box: SecretBox, job: Job, host: Host, *, now: datetime) -> No
         job.cancel_requested_at = now
         commands.enqueue(box, host, "job.cancel", payload={}, job=job, now=now)
     if job.status == "queued":
-        _finish(job, "cancelled", now, error="Cancelled before it started.")
-        repository.note_backup_finished(host, job)
+        finish(job, "cancelled", now, error="Cancelled before it started.")
+        note_backup_finished(host, job)
     db.session.flush()
 
 
@@ -113,149 +154,32 @@ def job_state(job: Job) -> str:
     return job.status
 
 
-def _finish(job: Job, status: str, now: datetime, *, error: Optional[str] = None) -> None:
+def finish(job: Job, status: str, now: datetime, *, error: Optional[str] = None) -> None:
+    """The job ended with ``status`` at ``now`` (an error message is kept short)."""
     job.status = status
     job.finished_at = now
     if error is not None:
         job.error = error[:2000]
 
 
-# --- events --------------------------------------------------------------------------------
+def note_backup_finished(host: Host, job: Job) -> None:
+    """The dashboard's "last backup" columns: the latest result, and the latest success.
 
-
-@dataclass
-class Event:
-    event_id: str
-    type: str
-    job_id: Optional[int]
-    attempt_id: Optional[str]
-    ts: datetime
-    data: dict
-
-
-def apply_event(
-    host: Host, event: Event, *, now: datetime, box: Optional[SecretBox] = None
-) -> Optional[tuple[str, str]]:
-    """Store and apply one event once. Returns (error code, message) when it is refused.
-
-    ``box`` lets an event queue follow-up jobs (a missing repository gets an init job).
+    A ``warning`` counts as a success here: its snapshot exists and can be restored (the
+    latest result still shows the warning).
     """
-    if db.session.get(AgentEvent, event.event_id) is not None:
-        return None  # seen before: acknowledged again, applied once
-    refusal = _apply(host, event, now, box)
-    db.session.add(
-        AgentEvent(
-            event_id=event.event_id,
-            host_id=host.id,
-            type=event.type,
-            job_id=event.job_id,
-            ts=event.ts,
-            received_at=now,
-        )
-    )
-    db.session.flush()
-    return refusal
-
-
-def _job_of(host: Host, event: Event) -> Job | tuple[str, str]:
-    job = db.session.get(Job, event.job_id, with_for_update=True) if event.job_id else None
-    if job is None or job.host_id != host.id:
-        return ("unknown_job", f"Job {event.job_id} does not exist on this host.")
-    if job.attempt_id != event.attempt_id:
-        return ("stale_attempt", f"Attempt {event.attempt_id} is not job {job.id}'s current one.")
-    return job
-
-
-def _spool_dropped(host: Host, event: Event) -> None:
-    from app.services import audit
-
-    audit.record(
-        Actor.for_agent(host),
-        "agent.spool_dropped",
-        target_type="host",
-        target_id=host.id,
-        payload={
-            "events": _non_negative(event.data.get("events")),
-            "log_records": _non_negative(event.data.get("log_records")),
-        },
-    )
-
-
-def _non_negative(value) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _apply(
-    host: Host, event: Event, now: datetime, box: Optional[SecretBox]
-) -> Optional[tuple[str, str]]:
-    if event.type == "agent.spool_dropped":
-        _spool_dropped(host, event)
-        return None
-    if event.type == "schedule.applied":
-        return schedules.apply_ack(host, event.data)
-    if event.type not in JOB_EVENT_TYPES:
-        return ("invalid_event", f"Unknown event type {event.type!r}.")
-    job = _job_of(host, event)
-    if isinstance(job, tuple):
-        return job
-    if event.type == "repo.status":
-        status = event.data.get("status")
-        reason = event.data.get("reason")
-        return repository.apply_status(
-            box, host, job, str(status)[:32], reason if isinstance(reason, str) else None, now
-        )
-    if event.type == "snapshots.report":
-        return repository.replace_snapshots(host, event.data, now=now)
-    if event.type == "repo.stats":
-        return repository.record_stats(host, job, event.data, now=event.ts)
-    if event.type == "diff.report":
-        return diffs.record_batch(job, event.data)
-    if event.type == "job.started":
-        if job.status == "queued":
-            job.status = "running"
-            job.started_at = event.ts
-            job.boot_id = host.boot_id
-        return None
-    if event.type == "job.progress":
-        if not job.is_terminal:
-            job.progress = _progress(event.data)
-        return None
-    return _job_finished(host, job, event)
-
-
-def _progress(data: dict) -> dict:
-    """Numbers and a few short paths; nothing else reaches the database."""
-    progress = {}
-    for key, value in data.items():
-        if not isinstance(key, str) or len(key) > 32:
-            continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            progress[key] = value
-        elif key == "current_files" and isinstance(value, list):
-            progress[key] = [item[:1024] for item in value[:4] if isinstance(item, str)]
-    return progress
-
-
-def _job_finished(host: Host, job: Job, event: Event) -> Optional[tuple[str, str]]:
-    status = event.data.get("status")
-    if status not in FINISHED_STATUSES:
-        return ("invalid_event", f"Unknown job status {status!r}.")
-    if job.is_terminal and job.status != "lost":
-        return None  # first terminal status wins; a real result replaces a "lost" guess
-    job.started_at = job.started_at or event.ts
-    error = event.data.get("error")
-    _finish(job, status, event.ts, error=error if isinstance(error, str) and error else None)
-    if status != "failed" and job.error and not event.data.get("error"):
-        job.error = None
-    exit_code = event.data.get("exit_code")
-    job.exit_code = (
-        exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None
-    )
-    stats = event.data.get("stats")
-    job.stats = stats if isinstance(stats, dict) else {}
-    job.lines_dropped = _non_negative(event.data.get("lines_dropped"))
-    repository.note_backup_finished(host, job)
-    return None
+    if job.kind != "backup":
+        return
+    if (host.last_backup_job_id or 0) <= job.id:
+        host.last_backup_job_id = job.id
+        host.last_backup_status = job.status
+        host.last_backup_at = job.finished_at
+    if (
+        job.status in SUCCESSFUL_BACKUP_STATUSES
+        and (host.last_successful_backup_job_id or 0) <= job.id
+    ):
+        host.last_successful_backup_job_id = job.id
+        host.last_successful_backup_at = job.finished_at
 
 
 # --- log records ---------------------------------------------------------------------------
@@ -315,3 +239,11 @@ def log_records(job: Job, after_seq: int = 0, limit: int = 1000) -> list[JobLog]
             .limit(limit)
         )
     )
+
+
+def get_job(job_id: int) -> Job:
+    """The job with this id; :class:`NotFound` (404) when there is none."""
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"No job with id {job_id}.")
+    return job

@@ -13,6 +13,7 @@ from app.models import Host, HostCredential, Job, RepoStats, Snapshot
 from app.secretbox import SecretBox
 from app.services import commands, validate
 from app.services.audit import Actor
+from app.services.jobs import create_job
 
 MAX_SNAPSHOTS = 100_000
 REPO_STATUSES = frozenset({"unknown", "ready", "missing", "initializing", "error", "init_failed"})
@@ -71,8 +72,6 @@ def active_job(host: Host, kinds: tuple[str, ...]) -> Optional[Job]:
 
 def dispatch_probe(box: SecretBox, host: Host, *, actor: Actor, now: datetime) -> Job:
     """Check the repository (and initialise it if it is missing); one bring-up at a time."""
-    from app.services.jobs import create_job
-
     running = active_job(host, BRING_UP_KINDS)
     if running is not None:
         return running
@@ -96,8 +95,6 @@ def apply_status(
     host.repo_status = status
     host.repo_status_reason = (reason or "")[:1000] or None
     if status == "missing" and job.kind == "probe" and box is not None:
-        from app.services.jobs import create_job
-
         if active_job(host, ("init",)) is None:
             create_job(
                 box, host, "init", params={}, actor=Actor.system("repository bring-up"), now=now
@@ -222,29 +219,6 @@ def size_history(host: Host, limit: int = 90) -> list[RepoStats]:
         .limit(limit)
     )
     return list(reversed(list(rows)))
-
-
-SUCCESSFUL_BACKUP_STATUSES = frozenset({"succeeded", "warning"})  # a snapshot was saved
-
-
-def note_backup_finished(host: Host, job: Job) -> None:
-    """The dashboard's "last backup" columns: the latest result, and the latest success.
-
-    A ``warning`` counts as a success here: its snapshot exists and can be restored (the
-    latest result still shows the warning).
-    """
-    if job.kind != "backup":
-        return
-    if (host.last_backup_job_id or 0) <= job.id:
-        host.last_backup_job_id = job.id
-        host.last_backup_status = job.status
-        host.last_backup_at = job.finished_at
-    if (
-        job.status in SUCCESSFUL_BACKUP_STATUSES
-        and (host.last_successful_backup_job_id or 0) <= job.id
-    ):
-        host.last_successful_backup_job_id = job.id
-        host.last_successful_backup_at = job.finished_at
 
 
 # --- credentials -------------------------------------------------------------------------
