@@ -4,7 +4,7 @@ from app.models.audit import AuditLog
 from app.models.host import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup
 from app.models.job import TERMINAL_STATUSES, AgentEvent, Command, Job, JobLog
 from app.models.rpc import DiffEntry, RpcCall, RpcChunk
-from app.models.schedule import PendingRun, RepoMaintenance, Schedule, schedule_source_groups
+from app.models.schedule import RepoMaintenance, Schedule, schedule_source_groups
 from app.models.snapshot import RepoStats, Snapshot
 from app.models.user import ApiToken, LoginFailure, Role, SetupToken, User, UserSession
 
@@ -22,7 +22,6 @@ __all__ = [
     "Job",
     "JobLog",
     "LoginFailure",
-    "PendingRun",
     "RepoMaintenance",
     "RepoStats",
     "Role",

@@ -1,12 +1,12 @@
-"""Backup schedules (run by the agent on its own clock), repository maintenance cadences
-(run by the server's ticker) and pending runs for hosts that were offline."""
+"""Backup schedules (run by the agent on its own clock) and repository maintenance cadences
+(run by the server's ticker)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import Column, ForeignKey, Index, String, Table, UniqueConstraint
+from sqlalchemy import Column, ForeignKey, String, Table, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -60,30 +60,4 @@ class RepoMaintenance(db.Model):
     prune_cron: Mapped[Optional[str]] = mapped_column(String(128))
     check_cron: Mapped[Optional[str]] = mapped_column(String(128))
     check_subset_percent: Mapped[Optional[float]] = mapped_column()
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class PendingRun(db.Model):
-    """A scheduled or retried run that could not reach its host yet (dispatched once)."""
-
-    __tablename__ = "pending_runs"
-    __table_args__ = (Index("ix_pending_runs_state_next_attempt_at", "state", "next_attempt_at"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
-    schedule_id: Mapped[Optional[int]] = mapped_column(
-        ForeignKey("schedules.id", ondelete="SET NULL")
-    )
-    source_group_id: Mapped[Optional[int]] = mapped_column(
-        ForeignKey("source_groups.id", ondelete="SET NULL")
-    )
-    kind: Mapped[str] = mapped_column(String(32), default="backup")
-    # pending -> dispatched | abandoned
-    state: Mapped[str] = mapped_column(String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(default=0)
-    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    reason: Mapped[Optional[str]] = mapped_column(String(1000))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
