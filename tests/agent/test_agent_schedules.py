@@ -351,12 +351,20 @@ def test_a_schedule_fired_while_the_server_answers_registers_first(
         running.finish()
 
 
-def test_run_now_backups_use_the_host_caps_unless_overridden(agent_home, fake_restic):
+def test_run_now_backups_use_the_caps_the_server_resolved_and_add_none(agent_home, fake_restic):
+    # The server resolves a run-now backup's caps (its override, else the host's) and sends
+    # them in the params; the agent only guards them, it never falls back to the host caps
+    # of the applied schedule set.
     agent = Agent(agent_home, restic_binary=str(fake_restic))
     agent.handle_command(config_update("c-config"))
     limits = {"upload_kib": 512, "download_kib": 2048}
     agent.handle_command(schedule_set_command(schedule_payload(limits=limits)))
-    for job_id, params in ((1, {}), (2, {"limit_upload_kib": 100, "limit_download_kib": 0})):
+    runs = (
+        (1, {"limit_upload_kib": 512, "limit_download_kib": 2048}),  # the host's caps
+        (2, {"limit_upload_kib": 100, "limit_download_kib": 0}),
+        (3, {}),
+    )
+    for job_id, params in runs:
         params.update({"group": "etc", "paths": ["/etc"]})
         agent.handle_command(
             {
@@ -368,11 +376,12 @@ def test_run_now_backups_use_the_host_caps_unless_overridden(agent_home, fake_re
             }
         )
         assert agent.runner.wait_idle(timeout=20)
-    first, second = (call["argv"] for call in backups(fake_restic))
+    first, second, third = (call["argv"] for call in backups(fake_restic))
     assert first[first.index("--limit-upload") + 1] == "512"
     assert first[first.index("--limit-download") + 1] == "2048"
     assert second[second.index("--limit-upload") + 1] == "100"
-    assert "--limit-download" not in second  # 0 = unlimited: the override wins
+    assert "--limit-download" not in second  # 0 = unlimited
+    assert "--limit-upload" not in third and "--limit-download" not in third
 
 
 def test_status_shows_when_each_schedule_really_fired(agent_home, fake_restic, capsys):
