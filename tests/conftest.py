@@ -1,5 +1,6 @@
 """Fixtures: a migrated database per test (SQLite by default, PostgreSQL with
-RM_TEST_DATABASE_URL), the app, clients and factories."""
+RM_TEST_DATABASE_URL), the app, clients, users and signed-in clients. Test data comes from
+tests/factories.py."""
 
 from __future__ import annotations
 

@@ -26,13 +26,11 @@ from app.services import enrollment, jobs
 from app.services.audit import Actor
 from tests.factories import (
     ENROLLED_REPO_PASSWORD,
+    TS,
     Agent,
     enroll_agent,
     mint_enrollment_token,
 )
-
-TS = "2026-11-25T20:31:00.000Z"
-
 
 # --- enrollment ------------------------------------------------------------------------------
 
