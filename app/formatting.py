@@ -17,6 +17,13 @@ REPO_STATUS_WORDS = {
 HOST_STATUS_WORDS = {"online": "online", "offline": "offline", "never_seen": "never seen"}
 
 
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 UTC with a Z, or None."""
+    if value is None:
+        return None
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def human_bytes(value: Optional[int]) -> str:
     """1536 -> '1.5 KiB'; None -> '—' (never measured)."""
     if value is None:
@@ -199,3 +206,19 @@ FILTERS = {
     "repo_status_word": lambda status: REPO_STATUS_WORDS.get(status, status or "—"),
     "host_status_word": lambda status: HOST_STATUS_WORDS.get(status, status),
 }
+
+
+def log_notes(job) -> list[str]:
+    """Why the stored log is incomplete, if it is (shown on the page and in log.txt)."""
+    notes = []
+    if job.log_truncated:
+        notes.append(
+            f"The log was cut at {job.log_committed_seq:,} lines (RM_JOB_LOG_MAX_RECORDS): "
+            "later lines were not stored."
+        )
+    if job.lines_dropped:
+        notes.append(
+            f"The agent dropped {job.lines_dropped:,} lines before they reached the server "
+            "(its spool was full)."
+        )
+    return notes

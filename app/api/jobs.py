@@ -3,79 +3,40 @@
 from __future__ import annotations
 
 from flask import current_app, jsonify, request
-from flask_login import current_user
 from sqlalchemy import select
 
 from app.access import Role, require_role
 from app.api import bp
-from app.api.hosts import get_host_or_404
 from app.api.serialize import job_json
 from app.api.validation import json_body
-from app.authn import client_address
-from app.bus import host_key
+from app.authn import client_address, current_actor
+from app.bus import host_key, job_key
 from app.extensions import db
-from app.models import Host, Job
+from app.models import Job
 from app.models.types import utcnow
-from app.services import audit, job_params, jobs, repository
-from app.services.audit import Actor
-from app.services.errors import Conflict, NotFound, ValidationFailed
+from app.services import dispatch, jobs
+from app.services.errors import ValidationFailed
+from app.services.hosts import get_host
+from app.transaction import commit_and_wake
 
 
 @bp.post("/hosts/<int:host_id>/jobs")
 @require_role(Role.operator)
 def start_job(host_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     body = json_body()
-    job = start_host_job(host, body.get("kind"), body.get("params"))
-    return jsonify(job_json(job)), 201
-
-
-def start_host_job(host: Host, kind, params) -> Job:
-    """Validate, refuse offline hosts, queue, audit, commit and wake the agent."""
-    kind, params = job_params.validate(host, kind, params)
-    now = utcnow()
-    require_online(host, now, "the job")
-    actor = Actor.for_user(current_user)
-    if kind == "probe":
-        running = repository.active_job(host, repository.BRING_UP_KINDS)
-        if running is not None:
-            return running  # one bring-up at a time: the running one answers the question
-        job = repository.dispatch_probe(
-            current_app.extensions["secretbox"], host, actor=actor, now=now
-        )
-    else:
-        box = current_app.extensions["secretbox"]
-        job = jobs.create_job(
-            box,
-            host,
-            kind,
-            params=params,
-            actor=actor,
-            now=now,
-            secret_params=job_params.sealed_params(box, host, kind, params),
-        )
-    audit.record(
-        actor,
-        "job.started",
-        target_type="job",
-        target_id=job.id,
-        payload={"host": host.hostname, "kind": kind, "params": params},
+    job = dispatch.start_job(
+        current_app.extensions["secretbox"],
+        host,
+        body.get("kind"),
+        body.get("params"),
+        actor=current_actor(),
         client_address=client_address(),
+        now=utcnow(),
+        offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
     )
-    db.session.commit()
-    current_app.extensions["bus"].publish(host_key(host.id))
-    return job
-
-
-def require_online(host: Host, now, what: str) -> None:
-    """409 ``host_offline`` unless the host's agent polled recently."""
-    status = host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"])
-    if status != "online":
-        raise Conflict(
-            f"{host.hostname} is {status.replace('_', ' ')}: its agent has not polled the "
-            f"server recently, so {what} could not start. Check the agent on the host.",
-            code="host_offline",
-        )
+    commit_and_wake(host_key(host.id))
+    return jsonify(job_json(job)), 201
 
 
 @bp.get("/jobs")
@@ -97,7 +58,20 @@ def list_jobs():
 @bp.get("/jobs/<int:job_id>")
 @require_role(Role.viewer)
 def get_job(job_id: int):
-    job = db.session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"No job with id {job_id}.")
-    return jsonify(job_json(job))
+    return jsonify(job_json(jobs.get_job(job_id)))
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@require_role(Role.operator)
+def cancel_job(job_id: int):
+    job = jobs.get_job(job_id)
+    host = dispatch.cancel_job(
+        current_app.extensions["secretbox"],
+        job,
+        actor=current_actor(),
+        client_address=client_address(),
+        now=utcnow(),
+    )
+    # The agent's parked poll picks up job.cancel at once; the job's viewers see it too.
+    commit_and_wake(host_key(host.id), job_key(job.id))
+    return jsonify(job_json(job)), 202

@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from app.formatting import job_summary
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO-8601 UTC with a Z, or None."""
-    if value is None:
-        return None
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+from app.formatting import iso, job_summary
 
 
 def host_json(host, status: str) -> dict:

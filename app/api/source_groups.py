@@ -7,16 +7,15 @@ from flask_login import current_user
 
 from app.access import Role, require_role
 from app.api import bp
-from app.api.hosts import get_host_or_404
-from app.api.serialize import iso
 from app.api.validation import json_body
-from app.authn import client_address
+from app.authn import client_address, current_actor
 from app.bus import host_key
-from app.extensions import db
+from app.formatting import iso
 from app.models import SourceGroup
 from app.models.types import utcnow
 from app.services import source_groups
-from app.services.audit import Actor
+from app.services.hosts import get_host
+from app.transaction import commit_and_wake
 
 
 def source_group_json(group: SourceGroup) -> dict:
@@ -51,7 +50,7 @@ def decision_json(decision) -> dict:
 
 def _change_arguments() -> dict:
     return {
-        "actor": Actor.for_user(current_user),
+        "actor": current_actor(),
         "now": utcnow(),
         "may_edit_hooks": current_user.has_role(Role.admin),
         "client_address": client_address(),
@@ -61,45 +60,45 @@ def _change_arguments() -> dict:
 @bp.get("/hosts/<int:host_id>/source-groups")
 @require_role(Role.viewer)
 def list_source_groups(host_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     return jsonify({"items": [source_group_json(g) for g in source_groups.groups_of(host)]})
 
 
 @bp.post("/hosts/<int:host_id>/source-groups")
 @require_role(Role.operator)
 def create_source_group(host_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     box = current_app.extensions["secretbox"]
     group = source_groups.create(box, host, json_body(), **_change_arguments())
-    db.session.commit()
+    commit_and_wake(host_key(host.id))
     return jsonify(source_group_json(group)), 201
 
 
 @bp.get("/hosts/<int:host_id>/source-groups/<int:group_id>")
 @require_role(Role.viewer)
 def get_source_group(host_id: int, group_id: int):
-    group = source_groups.get_group(get_host_or_404(host_id), group_id)
+    group = source_groups.get_group(get_host(host_id), group_id)
     return jsonify(source_group_json(group))
 
 
 @bp.put("/hosts/<int:host_id>/source-groups/<int:group_id>")
 @require_role(Role.operator)
 def update_source_group(host_id: int, group_id: int):
-    group = source_groups.get_group(get_host_or_404(host_id), group_id)
+    group = source_groups.get_group(get_host(host_id), group_id)
     box = current_app.extensions["secretbox"]
     source_groups.update(box, group, json_body(), **_change_arguments())
-    db.session.commit()
+    commit_and_wake(host_key(host_id))
     return jsonify(source_group_json(group))
 
 
 @bp.delete("/hosts/<int:host_id>/source-groups/<int:group_id>")
 @require_role(Role.operator)
 def delete_source_group(host_id: int, group_id: int):
-    group = source_groups.get_group(get_host_or_404(host_id), group_id)
+    group = source_groups.get_group(get_host(host_id), group_id)
     arguments = _change_arguments()
     del arguments["may_edit_hooks"]
     source_groups.delete(current_app.extensions["secretbox"], group, **arguments)
-    db.session.commit()
+    commit_and_wake(host_key(host_id))
     return "", 204
 
 
@@ -108,7 +107,7 @@ def delete_source_group(host_id: int, group_id: int):
 @bp.post("/hosts/<int:host_id>/source-groups/<int:group_id>/retention-preview")
 @require_role(Role.viewer, self_service=True)
 def preview_source_group_retention(host_id: int, group_id: int):
-    group = source_groups.get_group(get_host_or_404(host_id), group_id)
+    group = source_groups.get_group(get_host(host_id), group_id)
     body = json_body() if request.get_data() else {}
     policy = body.get("retention")
     if policy is None:
@@ -128,21 +127,20 @@ def preview_source_group_retention(host_id: int, group_id: int):
 @require_role(Role.viewer)
 def get_host_hooks(host_id: int):
     """Whether the host has default hooks (their text is never returned)."""
-    return jsonify(source_groups.host_hooks_set(get_host_or_404(host_id)))
+    return jsonify(source_groups.host_hooks_set(get_host(host_id)))
 
 
 @bp.put("/hosts/<int:host_id>/hooks")
 @require_role(Role.admin)
 def put_host_hooks(host_id: int):
     """The host's default hooks: groups without their own run these (admin only)."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     source_groups.save_host_hooks(
         current_app.extensions["secretbox"],
         host,
         json_body(),
-        actor=Actor.for_user(current_user),
+        actor=current_actor(),
         now=utcnow(),
     )
-    db.session.commit()
-    current_app.extensions["bus"].publish(host_key(host.id))
+    commit_and_wake(host_key(host.id))
     return jsonify(source_groups.host_hooks_set(host))

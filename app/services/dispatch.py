@@ -9,10 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
+from sqlalchemy import select
+
 from app.extensions import db
-from app.models import Host, Job
+from app.models import Command, Host, Job
 from app.secretbox import SecretBox
-from app.services import audit, job_params, jobs, repository, restores
+from app.services import audit, commands, job_params, jobs, repository, restores
 from app.services.audit import Actor
 from app.services.errors import Conflict
 from app.services.hosts import require_online
@@ -161,3 +163,22 @@ def reinitialise(
         client_address=client_address,
     )
     return job
+
+
+def watch_job(box: SecretBox, job: Job, *, now: datetime) -> Optional[Host]:
+    """Ask the agent to flush ``job`` every second (docs/protocol.md, "Watched jobs"):
+    queues a ``job.watch`` unless one already waits; returns the host when it queued one."""
+    pending = db.session.scalar(
+        select(Command.id)
+        .where(
+            Command.job_id == job.id,
+            Command.type == "job.watch",
+            Command.state.in_(("queued", "leased")),
+        )
+        .limit(1)
+    )
+    if pending is not None:
+        return None
+    host = db.session.get(Host, job.host_id)
+    commands.enqueue(box, host, "job.watch", payload={}, job=job, now=now)
+    return host

@@ -8,7 +8,8 @@ from typing import Any, Optional
 from app.extensions import db
 from app.models import Host, HostCredential, RepoMaintenance
 from app.secretbox import SecretBox
-from app.services import commands, maintenance, repository, schedules, validate
+from app.services import audit, commands, maintenance, repository, schedules, validate
+from app.services.audit import Actor
 from app.services.errors import Conflict, ValidationFailed
 
 MAX_KIB_PER_SECOND = 10_000_000  # 10 GB/s: anything above is a typo
@@ -166,4 +167,77 @@ def remove_admin_credential(box: SecretBox, host: Host, *, now: datetime) -> boo
     commands.enqueue(box, host, "config.update", payload={"admin_repository": None}, now=now)
     db.session.flush()
     _bump(box, host, now)
+    return True
+
+
+# --- the use cases the doors call: change, then audit (the caller commits and wakes) ------
+
+
+def _audit(host: Host, action: str, payload: dict, actor: Actor, client_address) -> None:
+    audit.record(
+        actor,
+        action,
+        target_type="host",
+        target_id=host.id,
+        payload={"host": host.hostname, **payload},
+        client_address=client_address,
+    )
+
+
+def bandwidth_of(host: Host) -> dict:
+    return {"upload_kib": host.limit_upload_kib, "download_kib": host.limit_download_kib}
+
+
+def update_maintenance(
+    host: Host, data: dict, *, actor: Actor, client_address: Optional[str], now: datetime
+) -> RepoMaintenance:
+    settings = save_maintenance(host, data, now=now)
+    payload = {
+        "enabled": settings.enabled,
+        "forget_cron": settings.forget_cron,
+        "prune_cron": settings.prune_cron,
+        "check_cron": settings.check_cron,
+        "check_subset_percent": settings.check_subset_percent,
+    }
+    _audit(host, "host.maintenance_updated", payload, actor, client_address)
+    return settings
+
+
+def update_bandwidth(
+    box: SecretBox,
+    host: Host,
+    upload_kib,
+    download_kib,
+    *,
+    actor: Actor,
+    client_address: Optional[str],
+    now: datetime,
+) -> None:
+    save_bandwidth(box, host, upload_kib, download_kib, now=now)
+    _audit(host, "host.bandwidth_updated", bandwidth_of(host), actor, client_address)
+
+
+def set_admin_credential(
+    box: SecretBox,
+    host: Host,
+    username,
+    password,
+    *,
+    actor: Actor,
+    client_address: Optional[str],
+    now: datetime,
+) -> HostCredential:
+    credential = save_admin_credential(box, host, username, password, now=now)
+    payload = {"username": credential.username}
+    _audit(host, "host.admin_credential_set", payload, actor, client_address)
+    return credential
+
+
+def unset_admin_credential(
+    box: SecretBox, host: Host, *, actor: Actor, client_address: Optional[str], now: datetime
+) -> bool:
+    """Remove the admin credential, audited; False (nothing done) when there was none."""
+    if not remove_admin_credential(box, host, now=now):
+        return False
+    _audit(host, "host.admin_credential_removed", {}, actor, client_address)
     return True

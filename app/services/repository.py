@@ -11,8 +11,9 @@ from sqlalchemy import delete, insert, select
 from app.extensions import db
 from app.models import Host, HostCredential, Job, RepoStats, Snapshot
 from app.secretbox import SecretBox
-from app.services import commands, validate
+from app.services import audit, commands, validate
 from app.services.audit import Actor
+from app.services.enrollment import redact_url
 from app.services.jobs import create_job
 
 MAX_SNAPSHOTS = 100_000
@@ -266,4 +267,31 @@ def save_credentials(
     host.repo_status = "unknown"
     host.repo_status_reason = None
     db.session.flush()
+    return credential
+
+
+def update_credentials(
+    box: SecretBox,
+    host: Host,
+    *,
+    url,
+    username,
+    password,
+    actor: Actor,
+    client_address: Optional[str],
+    now: datetime,
+    offline_after_seconds: int,
+) -> HostCredential:
+    """New everyday credentials, audited; an online agent is asked to probe at once."""
+    credential = save_credentials(box, host, url=url, username=username, password=password, now=now)
+    audit.record(
+        actor,
+        "host.repository_updated",
+        target_type="host",
+        target_id=host.id,
+        payload={"url": redact_url(credential.repo_url), "username": credential.username},
+        client_address=client_address,
+    )
+    if host.status(now, offline_after_seconds) == "online":
+        dispatch_probe(box, host, actor=actor, now=now)
     return credential

@@ -18,12 +18,14 @@ from sqlalchemy import func, select, update
 from app.extensions import db
 from app.models import Command, Host, Job, Schedule, SourceGroup
 from app.secretbox import SecretBox
-from app.services import commands, validate
+from app.services import audit, commands, validate
+from app.services.audit import Actor
 from app.services.errors import NotFound, ValidationFailed
 
 MAX_NAME = 64
 MAX_CRON = 128
 MISSED_POLICIES = ("run_once", "skip")
+NEXT_RUNS = 3  # next fire times shown per schedule
 COMMAND_TYPE = "schedule.set"
 CRON_HELP = (
     "Five fields: minute hour day-of-month month day-of-week, in the agent's local time, "
@@ -440,3 +442,39 @@ def single_enabled_schedules() -> dict[int, str]:
     ):
         crons.setdefault(host_id, []).append(cron)
     return {host_id: found[0] for host_id, found in crons.items() if len(found) == 1}
+
+
+def audit_payload(schedule: Schedule) -> dict:
+    """What a schedule's audit rows say about it."""
+    return {
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "enabled": schedule.enabled,
+        "missed_policy": schedule.missed_policy,
+        "source_groups": [group.name for group in schedule.source_groups],
+    }
+
+
+def record_change(
+    host: Host,
+    schedule: Optional[Schedule],
+    action: str,
+    *,
+    actor: Actor,
+    client_address: Optional[str],
+    payload: Optional[dict] = None,
+    target_id: Optional[int] = None,
+) -> None:
+    """Audit a change of the host's schedules (``schedule`` None once deleted: give
+    ``payload`` and ``target_id``); the caller commits and wakes the agent's poll, so the
+    new set goes out at once."""
+    payload = dict(payload or audit_payload(schedule))
+    payload.update(host_id=host.id, schedule_version=host.schedule_version)
+    audit.record(
+        actor,
+        action,
+        target_type="schedule",
+        target_id=target_id if schedule is None else schedule.id,
+        payload=payload,
+        client_address=client_address,
+    )

@@ -5,28 +5,20 @@ from __future__ import annotations
 from typing import Optional
 
 from flask import current_app, flash, redirect, render_template, request, url_for
-from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField
 
 from app.access import Role, require_role
-from app.api.hosts import get_host_or_404, save_repository
-from app.api.maintenance import (
-    remove_admin_credential,
-    set_admin_credential,
-    update_bandwidth,
-    update_maintenance,
-)
-from app.authn import client_address
+from app.authn import client_address, current_actor
 from app.bus import host_key
 from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
-from app.services import audit, maintenance, repo_settings, repository, schedules
-from app.services.audit import Actor
+from app.services import dispatch, maintenance, repo_settings, repository, schedules
 from app.services.enrollment import redact_url
 from app.services.errors import ServiceError
-from app.services.jobs import create_job
+from app.services.hosts import get_host
+from app.transaction import commit_and_wake
 from app.web.hosts import bp
 from app.web.hosts.forms import RepositoryForm, place_refusal
 from app.web.hosts.routes import _render_host as render_host
@@ -150,6 +142,14 @@ def _refused(host: Host, name: str, form: FlaskForm, refused: ServiceError):
     return _render(host, forms={name: form}, problem=problem, status=refused.status)
 
 
+def _by_caller() -> dict:
+    return {"actor": current_actor(), "client_address": client_address(), "now": utcnow()}
+
+
+def _box():
+    return current_app.extensions["secretbox"]
+
+
 def _submit(host: Host, name: str, form: FlaskForm, save, *, done: str, anchor: str):
     """One settings form: check it, let ``save(host)`` apply it, come back to its place."""
     if not form.validate():
@@ -158,6 +158,7 @@ def _submit(host: Host, name: str, form: FlaskForm, save, *, done: str, anchor: 
         save(host)
     except ServiceError as refused:
         return _refused(host, name, form, refused)
+    commit_and_wake(host_key(host.id))
     flash(done, "success")
     return _back(host, anchor)
 
@@ -169,7 +170,7 @@ def _back(host: Host, anchor: str):
 @bp.get("/<int:host_id>/repo")
 @require_role(Role.viewer)
 def repo(host_id: int):
-    return _render(get_host_or_404(host_id))
+    return _render(get_host(host_id))
 
 
 @bp.post("/<int:host_id>/repository")
@@ -177,17 +178,26 @@ def repo(host_id: int):
 def update_repository(host_id: int):
     """New repository connection (from the Overview or this tab); the agent gets it and the
     repository is checked again. A refusal comes back on the page that sent the form."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     form = RepositoryForm()
     from_tab = request.form.get("return_to") == "repo"
     try:
-        save_repository(host, form.repo_url.data, form.repo_username.data, form.repo_password.data)
+        repository.update_credentials(
+            _box(),
+            host,
+            url=form.repo_url.data,
+            username=form.repo_username.data,
+            password=form.repo_password.data,
+            offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
+            **_by_caller(),
+        )
     except ServiceError as refused:
         db.session.rollback()
         if from_tab:
             return _refused(host, "repository", form, refused)
         problem = place_refusal(form, refused)
         return render_host(host, repository_form=form, problem=problem, status=refused.status)
+    commit_and_wake(host_key(host.id))
     if repository.active_job(host, repository.BRING_UP_KINDS) is not None:
         flash("Repository connection saved. The repository is being checked again.", "success")
     else:
@@ -206,10 +216,10 @@ def update_repository(host_id: int):
 def save_maintenance(host_id: int):
     form = MaintenanceForm()
     return _submit(
-        get_host_or_404(host_id),
+        get_host(host_id),
         "maintenance",
         form,
-        lambda host: update_maintenance(
+        lambda host: repo_settings.update_maintenance(
             host,
             {
                 "forget_cron": form.forget_cron.data,
@@ -218,6 +228,7 @@ def save_maintenance(host_id: int):
                 "check_subset_percent": form.check_subset_percent.data,
                 "enabled": bool(form.enabled.data),
             },
+            **_by_caller(),
         ),
         done="Maintenance cadences saved.",
         anchor="maintenance",
@@ -229,10 +240,12 @@ def save_maintenance(host_id: int):
 def save_bandwidth(host_id: int):
     form = BandwidthForm()
     return _submit(
-        get_host_or_404(host_id),
+        get_host(host_id),
         "bandwidth",
         form,
-        lambda host: update_bandwidth(host, form.upload_kib.data, form.download_kib.data),
+        lambda host: repo_settings.update_bandwidth(
+            _box(), host, form.upload_kib.data, form.download_kib.data, **_by_caller()
+        ),
         done="Bandwidth caps saved; the agent gets them on its next poll.",
         anchor="bandwidth",
     )
@@ -243,10 +256,12 @@ def save_bandwidth(host_id: int):
 def save_admin_credential(host_id: int):
     form = AdminCredentialForm()
     return _submit(
-        get_host_or_404(host_id),
+        get_host(host_id),
         "admin",
         form,
-        lambda host: set_admin_credential(host, form.username.data or None, form.password.data),
+        lambda host: repo_settings.set_admin_credential(
+            _box(), host, form.username.data or None, form.password.data, **_by_caller()
+        ),
         done="Admin credential saved; forget and prune use it from now on.",
         anchor="admin-credential",
     )
@@ -255,8 +270,9 @@ def save_admin_credential(host_id: int):
 @bp.post("/<int:host_id>/repo/admin-credential/delete")
 @require_role(Role.admin)
 def delete_admin_credential(host_id: int):
-    host = get_host_or_404(host_id)
-    if remove_admin_credential(host):
+    host = get_host(host_id)
+    if repo_settings.unset_admin_credential(_box(), host, **_by_caller()):
+        commit_and_wake(host_key(host.id))
         flash("Admin credential removed.", "success")
     return _back(host, "admin-credential")
 
@@ -266,33 +282,22 @@ def delete_admin_credential(host_id: int):
 def reinit_repository(host_id: int):
     """Queue an init job once the operator typed the host name (an existing repository is
     left as it is: restic refuses to initialise over it)."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     form = ReinitForm()
     typed = (request.form.get("confirm_hostname") or "").strip()
     if not form.validate() or typed != host.hostname:
         form.confirm_hostname.errors = [f"Type {host.hostname} exactly to confirm."]
         return _render(host, forms={"reinit": form}, status=422)
-    now = utcnow()
-    if host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]) != "online":
-        return _render(
+    try:
+        job = dispatch.reinitialise(
+            _box(),
             host,
-            forms={"reinit": form},
-            problem=f"{host.hostname} is offline: the agent must be connected to initialise.",
-            status=409,
+            offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
+            **_by_caller(),
         )
-    actor = Actor.for_user(current_user)
-    job = repository.active_job(host, ("init",)) or create_job(
-        current_app.extensions["secretbox"], host, "init", params={}, actor=actor, now=now
-    )
-    audit.record(
-        actor,
-        "host.repo_reinit",
-        target_type="host",
-        target_id=host.id,
-        payload={"host": host.hostname, "job_id": job.id},
-        client_address=client_address(),
-    )
-    db.session.commit()
-    current_app.extensions["bus"].publish(host_key(host.id))
+    except ServiceError as refused:
+        db.session.rollback()
+        return _render(host, forms={"reinit": form}, problem=refused.message, status=refused.status)
+    commit_and_wake(host_key(host.id))
     flash(f"Initialisation queued as job {job.id}.", "success")
     return _back(host, "danger-zone")

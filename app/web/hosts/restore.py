@@ -7,17 +7,18 @@ from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
 from app.access import Role, require_role
-from app.api.hosts import get_host_or_404
-from app.api.jobs import start_host_job
-from app.api.restores import start_restore
+from app.authn import client_address, current_actor
+from app.bus import host_key
 from app.extensions import db
 from app.models import Host, Job
 from app.models.types import utcnow
-from app.services import repository
+from app.services import dispatch, repository
 from app.services.errors import ServiceError
+from app.services.hosts import get_host
+from app.transaction import commit_and_wake
 from app.web.dashboard.routes import job_url
 from app.web.hosts import bp
-from app.web.hosts.routes import _render_host
+from app.web.hosts.routes import _render_host, start_job
 
 WIZARD_SNAPSHOT_LIMIT = 500
 FIELDS = ("snapshot_id", "include", "target", "in_place", "confirm_hostname", "verify")
@@ -115,7 +116,7 @@ def _render_wizard(host: Host, values: dict, *, errors=None, problem=None, statu
 @bp.get("/<int:host_id>/restore")
 @require_role(Role.operator)
 def restore(host_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     values = _submitted(MultiDict())
     values["snapshot_id"] = request.args.get("snapshot", "").strip()
     return _render_wizard(host, values)
@@ -125,14 +126,23 @@ def restore(host_id: int):
 @require_role(Role.operator)
 def start_restore_from_wizard(host_id: int):
     """Queue the restore; a refusal comes back with everything the operator chose."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     values = _submitted(request.form)
     try:
-        job = start_restore(host, restore_body(values))
+        job = dispatch.start_restore(
+            current_app.extensions["secretbox"],
+            host,
+            restore_body(values),
+            actor=current_actor(),
+            client_address=client_address(),
+            now=utcnow(),
+            offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
+        )
     except ServiceError as refused:
         db.session.rollback()
         errors, problem = _place(refused)
         return _render_wizard(host, values, errors=errors, problem=problem, status=refused.status)
+    commit_and_wake(host_key(host.id))
     return redirect(job_url(job.id) + "#job-head")
 
 
@@ -140,7 +150,7 @@ def start_restore_from_wizard(host_id: int):
 @require_role(Role.operator)
 def diff_snapshots(host_id: int):
     """Compare two snapshots: a diff job; refusals come back on the host page."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     params = {
         "snapshot_a": request.form.get("snapshot_a", "").strip(),
         "snapshot_b": request.form.get("snapshot_b", "").strip(),
@@ -148,7 +158,7 @@ def diff_snapshots(host_id: int):
     if params["snapshot_a"] and params["snapshot_a"] == params["snapshot_b"]:
         return _render_host(host, problem="Pick two different snapshots to compare.", status=422)
     try:
-        job = start_host_job(host, "diff", params)
+        job = start_job(host, "diff", params)
     except ServiceError as refused:
         db.session.rollback()
         messages = [m for value in (refused.fields or {}).values() for m in _as_list(value)]

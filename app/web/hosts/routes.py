@@ -9,17 +9,18 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from app.access import Role, require_role
-from app.api.hosts import get_host_or_404
-from app.api.jobs import start_host_job
-from app.authn import client_address
+from app.authn import client_address, current_actor
+from app.bus import host_key
 from app.extensions import db
 from app.install_commands import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
-from app.services import audit, enrollment, repository
+from app.services import audit, dispatch, enrollment, repository
 from app.services.audit import Actor
 from app.services.enrollment import redact_url
 from app.services.errors import ServiceError, ValidationFailed
+from app.services.hosts import get_host
+from app.transaction import commit_and_wake
 from app.web import once
 from app.web.dashboard.routes import job_url
 from app.web.hosts import bp
@@ -195,6 +196,22 @@ def _render_host(
     return render_template("hosts/show.html", **context), status
 
 
+def start_job(host: Host, kind: str, params: dict) -> Job:
+    """A Run-now form's job (or Retry, or Compare): queued, audited, the agent woken."""
+    job = dispatch.start_job(
+        current_app.extensions["secretbox"],
+        host,
+        kind,
+        params,
+        actor=current_actor(),
+        client_address=client_address(),
+        now=utcnow(),
+        offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
+    )
+    commit_and_wake(host_key(host.id))
+    return job
+
+
 def _dashboard_return(target: str | None) -> str | None:
     """Run-now from the dashboard goes back there, filters and all; nowhere else."""
     if not target:
@@ -209,14 +226,14 @@ def _dashboard_return(target: str | None) -> str | None:
 @bp.get("/<int:host_id>")
 @require_role(Role.viewer)
 def show(host_id: int):
-    return _render_host(get_host_or_404(host_id))
+    return _render_host(get_host(host_id))
 
 
 @bp.post("/<int:host_id>/jobs")
 @require_role(Role.operator)
 def run_job(host_id: int):
     """Start a job from a run-now form; a refusal comes back on the page that sent it."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     back_to_dashboard = _dashboard_return(request.form.get("return_to"))
     kind = request.form.get("kind", "")
     form_class = RUN_FORMS.get(kind)
@@ -227,7 +244,7 @@ def run_job(host_id: int):
     if not form.validate():
         return _refuse(host, form, "Check the highlighted field.", 422, back_to_dashboard)
     try:
-        job = start_host_job(host, kind, form.params())
+        job = start_job(host, kind, form.params())
     except ServiceError as refused:
         db.session.rollback()
         if back_to_dashboard:  # the dashboard shows no fields: say it all in the flash
@@ -250,9 +267,9 @@ def _refuse(host, form, message, status, back_to_dashboard):
 @require_role(Role.operator)
 def probe_repository(host_id: int):
     """Retry: check the repository again (and initialise it if it is missing)."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     try:
-        job = start_host_job(host, "probe", {})
+        job = start_job(host, "probe", {})
     except ServiceError as refused:
         db.session.rollback()
         flash(refused.message, "error")

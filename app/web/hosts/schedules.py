@@ -12,13 +12,16 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from app.access import Role, require_role
-from app.api.hosts import get_host_or_404
-from app.api.schedules import NEXT_RUNS, record_change
+from app.authn import client_address, current_actor
+from app.bus import host_key
 from app.extensions import db
 from app.models import Host, Schedule, SourceGroup
 from app.models.types import utcnow
 from app.services import schedules
 from app.services.errors import ServiceError
+from app.services.hosts import get_host
+from app.services.schedules import NEXT_RUNS
+from app.transaction import commit_and_wake
 from app.web.hosts import bp
 from app.web.hosts.forms import place_errors, place_refusal
 
@@ -105,10 +108,18 @@ def _box():
     return current_app.extensions["secretbox"]
 
 
+def _recorded(host: Host, schedule: Optional[Schedule], action: str, **kwargs) -> None:
+    """Audit, commit, and wake the agent's poll so the new set goes out at once."""
+    schedules.record_change(
+        host, schedule, action, actor=current_actor(), client_address=client_address(), **kwargs
+    )
+    commit_and_wake(host_key(host.id))
+
+
 @bp.get("/<int:host_id>/schedules", endpoint="schedules")
 @require_role(Role.viewer)
 def schedules_page(host_id: int):
-    return _render(get_host_or_404(host_id))
+    return _render(get_host(host_id))
 
 
 # Both forms post to their own page's address (the tab for a new schedule, the edit page
@@ -116,13 +127,13 @@ def schedules_page(host_id: int):
 @bp.post("/<int:host_id>/schedules")
 @require_role(Role.operator)
 def create_schedule(host_id: int):
-    return _save(get_host_or_404(host_id), None)
+    return _save(get_host(host_id), None)
 
 
 @bp.route("/<int:host_id>/schedules/<int:schedule_id>/edit", methods=["GET", "POST"])
 @require_role(Role.operator)
 def edit_schedule(host_id: int, schedule_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     schedule = schedules.get_schedule_or_404(host, schedule_id)
     if request.method == "POST":
         return _save(host, schedule)
@@ -150,7 +161,7 @@ def _save(host: Host, schedule: Optional[Schedule]):
             action = "schedule.updated"
     except ServiceError as refused:
         return _refused(host, form, schedule, refused)
-    record_change(host, schedule, action)
+    _recorded(host, schedule, action)
     flash(f"Schedule {schedule.name} saved; the agent gets it on its next poll.", "success")
     return redirect(url_for("hosts.schedules", host_id=host.id))
 
@@ -158,11 +169,11 @@ def _save(host: Host, schedule: Optional[Schedule]):
 @bp.post("/<int:host_id>/schedules/<int:schedule_id>/enabled")
 @require_role(Role.operator)
 def toggle_schedule(host_id: int, schedule_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     schedule = schedules.get_schedule_or_404(host, schedule_id)
     enabled = not schedule.enabled
     schedules.update_schedule(_box(), host, schedule, {"enabled": enabled}, now=utcnow())
-    record_change(host, schedule, "schedule.updated")
+    _recorded(host, schedule, "schedule.updated")
     flash(f"Schedule {schedule.name} {'enabled' if enabled else 'disabled'}.", "success")
     return redirect(url_for("hosts.schedules", host_id=host.id))
 
@@ -170,12 +181,12 @@ def toggle_schedule(host_id: int, schedule_id: int):
 @bp.post("/<int:host_id>/schedules/<int:schedule_id>/delete")
 @require_role(Role.operator)
 def delete_schedule(host_id: int, schedule_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     schedule = schedules.get_schedule_or_404(host, schedule_id)
     name = schedule.name
     payload = {"name": name, "cron": schedule.cron}
     schedules.delete(_box(), host, schedule, now=utcnow())
-    record_change(host, None, "schedule.deleted", payload=payload, target_id=schedule_id)
+    _recorded(host, None, "schedule.deleted", payload=payload, target_id=schedule_id)
     flash(f"Schedule {name} deleted; the agent stops running it on its next poll.", "success")
     return redirect(url_for("hosts.schedules", host_id=host.id))
 

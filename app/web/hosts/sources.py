@@ -6,16 +6,16 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask_login import current_user
 
 from app.access import Role, require_role
-from app.api.hosts import get_host_or_404
-from app.authn import client_address
+from app.authn import client_address, current_actor
 from app.bus import host_key
 from app.extensions import db
 from app.models import Host, SourceGroup
 from app.models.types import utcnow
 from app.services import retention, source_groups
-from app.services.audit import Actor
 from app.services.errors import ServiceError, ValidationFailed
+from app.services.hosts import get_host
 from app.services.retention import RULES as RETENTION_FIELDS
+from app.transaction import commit_and_wake
 from app.web.hosts import bp
 
 FORM_FIELDS = (
@@ -54,7 +54,7 @@ def _render_sources(host: Host, *, hook_values=None, hook_errors=None, status: i
 @bp.get("/<int:host_id>/sources")
 @require_role(Role.viewer)
 def sources(host_id: int):
-    return _render_sources(get_host_or_404(host_id))
+    return _render_sources(get_host(host_id))
 
 
 def _initial(group: SourceGroup | None) -> dict:
@@ -137,7 +137,7 @@ def _render_form(host: Host, group, values, *, errors=None, problem=None, previe
 @bp.route("/<int:host_id>/sources/new", methods=["GET", "POST"])
 @require_role(Role.operator)
 def new_source(host_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     if request.method == "POST":
         return _save(host, None)
     return _render_form(host, None, _initial(None))
@@ -146,7 +146,7 @@ def new_source(host_id: int):
 @bp.route("/<int:host_id>/sources/<int:group_id>/edit", methods=["GET", "POST"])
 @require_role(Role.operator)
 def edit_source(host_id: int, group_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     group = source_groups.get_group(host, group_id)
     if request.method == "POST":
         return _save(host, group)
@@ -174,7 +174,7 @@ def _save(host: Host, group: SourceGroup | None):
     box = current_app.extensions["secretbox"]
     may_edit_hooks = current_user.has_role(Role.admin)
     arguments = {
-        "actor": Actor.for_user(current_user),
+        "actor": current_actor(),
         "now": utcnow(),
         "may_edit_hooks": may_edit_hooks,
         "client_address": client_address(),
@@ -196,7 +196,7 @@ def _save(host: Host, group: SourceGroup | None):
     except ServiceError as refused:
         db.session.rollback()
         return _render_form(host, group, values, problem=refused.message, status=refused.status)
-    db.session.commit()
+    commit_and_wake(host_key(host.id))
     flash(f"Source group {group.name!r} {verb}; the agent gets the change.", "success")
     return redirect(url_for("hosts.sources", host_id=host.id) + f"#group-{group.id}")
 
@@ -204,14 +204,14 @@ def _save(host: Host, group: SourceGroup | None):
 @bp.post("/<int:host_id>/sources/<int:group_id>/delete")
 @require_role(Role.operator)
 def delete_source(host_id: int, group_id: int):
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     group = source_groups.get_group(host, group_id)
     name = group.name
     try:
         source_groups.delete(
             current_app.extensions["secretbox"],
             group,
-            actor=Actor.for_user(current_user),
+            actor=current_actor(),
             now=utcnow(),
             client_address=client_address(),
         )
@@ -219,7 +219,7 @@ def delete_source(host_id: int, group_id: int):
         db.session.rollback()
         flash(refused.message, "error")
         return redirect(url_for("hosts.sources", host_id=host.id) + f"#group-{group_id}")
-    db.session.commit()
+    commit_and_wake(host_key(host.id))
     flash(f"Source group {name!r} deleted. Its snapshots stay in the repository.", "success")
     return redirect(url_for("hosts.sources", host_id=host.id))
 
@@ -228,7 +228,7 @@ def delete_source(host_id: int, group_id: int):
 @require_role(Role.operator)
 def confirm_delete_source(host_id: int, group_id: int):
     """Asks first (works without JavaScript) and says up front when deleting is refused."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     group = source_groups.get_group(host, group_id)
     now = utcnow()
     return render_template(
@@ -247,7 +247,7 @@ def confirm_delete_source(host_id: int, group_id: int):
 @require_role(Role.admin)
 def save_host_hooks(host_id: int):
     """The host's default hooks, from the Sources tab (empty text keeps, a tick removes)."""
-    host = get_host_or_404(host_id)
+    host = get_host(host_id)
     data = {}
     for name in source_groups.HOOKS:
         text = request.form.get(name, "")
@@ -260,7 +260,7 @@ def save_host_hooks(host_id: int):
             current_app.extensions["secretbox"],
             host,
             data,
-            actor=Actor.for_user(current_user),
+            actor=current_actor(),
             now=utcnow(),
         )
     except ValidationFailed as refused:
@@ -269,8 +269,7 @@ def save_host_hooks(host_id: int):
         return _render_sources(
             host, hook_values=request.form.to_dict(), hook_errors=errors, status=refused.status
         )
-    db.session.commit()
-    current_app.extensions["bus"].publish(host_key(host.id))
+    commit_and_wake(host_key(host.id))
     flash(
         "Default hooks saved; the agent gets them with its schedule set."
         if changed

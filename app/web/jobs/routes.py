@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 from werkzeug.routing import BuildError
 
 from app.access import Role, require_role
-from app.api.job_stream import cancel_for_current_user, get_job_or_404, log_notes
+from app.authn import client_address, current_actor
+from app.bus import host_key, job_key
 from app.extensions import db
+from app.formatting import log_notes
 from app.models import Host, Job, JobLog, Snapshot
 from app.models.types import utcnow
+from app.services import dispatch
 from app.services.diffs import diff_page
 from app.services.errors import Conflict
+from app.services.jobs import get_job
+from app.transaction import commit_and_wake
 from app.web.jobs import bp, display
 
 PAGE_LOG_LINES = 2000  # the page shows the last lines; the downloads have them all
@@ -75,7 +80,7 @@ def index():
 @bp.get("/<int:job_id>")
 @require_role(Role.viewer)
 def show(job_id: int):
-    job = get_job_or_404(job_id)
+    job = get_job(job_id)
     host = db.session.get(Host, job.host_id)
     records = list(
         db.session.scalars(
@@ -159,13 +164,20 @@ def _kind_context(job: Job, host: Host) -> dict:
 @bp.post("/<int:job_id>/cancel")
 @require_role(Role.operator)
 def cancel(job_id: int):
-    job = get_job_or_404(job_id)
+    job = get_job(job_id)
     try:
-        cancel_for_current_user(job)
+        host = dispatch.cancel_job(
+            current_app.extensions["secretbox"],
+            job,
+            actor=current_actor(),
+            client_address=client_address(),
+            now=utcnow(),
+        )
     except Conflict as refused:
         db.session.rollback()
         flash(refused.message, "warning")
         return redirect(url_for("jobs.show", job_id=job_id))
+    commit_and_wake(host_key(host.id), job_key(job.id))
     if job.status == "cancelled":
         flash("Job cancelled before it started.", "success")
     else:
