@@ -13,73 +13,43 @@ import time
 from urllib.parse import quote
 
 from flask import Response, current_app, jsonify, request, stream_with_context
-from flask_login import current_user
 
 from app.access import Role, require_role
 from app.api import bp
-from app.api.hosts import get_host_or_404
-from app.authn import client_address
+from app.authn import client_address, current_actor
 from app.bus import host_key
 from app.extensions import db
 from app.models import Host, RpcCall
 from app.models.types import utcnow
-from app.services import audit, rpc
-from app.services.audit import Actor
-from app.services.errors import Conflict, ServiceError, ValidationFailed
+from app.services import rpc
+from app.services.hosts import get_host
+from app.transaction import commit_and_wake
 
 RECHECK_SECONDS = 0.5  # the answer may reach another worker: re-read the database this often
 STALL_SECONDS = 60.0  # a download that gets no byte for this long is given up
 log = logging.getLogger(__name__)
 
-_ERROR_STATUS = {
-    "not_found": 404,
-    "not_a_directory": 422,
-    "not_a_file": 422,
-    "too_large": 413,
-    "invalid_params": 422,
-    "refused": 403,
-    "no_credentials": 409,
-}
-
-
-class AgentTimeout(ServiceError):
-    status = 504
-    code = "agent_timeout"
-
-
-class AgentError(ServiceError):
-    status = 502
-    code = "agent_error"
-
-
-class AgentRefused(ServiceError):
-    """The agent answered with one of the protocol's error codes: it keeps its meaning."""
-
-    def __init__(self, message: str, *, code: str):
-        super().__init__(message, code=code)
-        self.status = _ERROR_STATUS[code]
-
 
 @bp.get("/hosts/<int:host_id>/snapshots/<snapshot_id>/tree")
 @require_role(Role.viewer)
 def snapshot_tree(host_id: int, snapshot_id: str):
-    host = get_host_or_404(host_id)
-    full_id, short_id, path = _snapshot_and_path(host, snapshot_id, default="/")
-    key = rpc.cache_key("ls", full_id, path)
-    now = utcnow()
+    host = get_host(host_id)
+    question = rpc.listing_question(host, snapshot_id, request.args.get("path"))
     call = rpc.cached_listing(
-        host, key, now=now, max_age_seconds=current_app.config["RM_TREE_CACHE_SECONDS"]
+        host,
+        question.key,
+        now=utcnow(),
+        max_age_seconds=current_app.config["RM_TREE_CACHE_SECONDS"],
     )
     cached = call is not None
     if call is None:
-        params = {"snapshot_id": full_id, "path": path, "max_entries": rpc.MAX_ENTRIES}
-        call = _ask(host, "ls", params, key, reuse=rpc.pending_call(host, key, now=now))
+        call = _ask(host, question)
     result = call.result or {}
     return jsonify(
         {
-            "snapshot_id": full_id,
-            "short_id": short_id,
-            "path": path,
+            "snapshot_id": question.snapshot_id,
+            "short_id": question.short_id,
+            "path": question.path,
             "items": result.get("items", []),
             "truncated": bool(result.get("truncated")),
             "cached": cached,
@@ -90,26 +60,22 @@ def snapshot_tree(host_id: int, snapshot_id: str):
 @bp.get("/hosts/<int:host_id>/snapshots/<snapshot_id>/download")
 @require_role(Role.operator)
 def snapshot_download(host_id: int, snapshot_id: str):
-    host = get_host_or_404(host_id)
-    full_id, short_id, path = _snapshot_and_path(host, snapshot_id)
-    if path == "/":
-        raise ValidationFailed("path must name a file.", fields={"path": ["Name a file."]})
-    max_bytes = current_app.config["RM_DOWNLOAD_MAX_MB"] * 1024 * 1024
-    params = {"snapshot_id": full_id, "path": path, "max_bytes": max_bytes}
-    actor = Actor.for_user(current_user)  # before the waits detach the user
-    call = _ask(host, "dump", params, rpc.cache_key("dump", full_id, path))
+    host = get_host(host_id)
+    question = rpc.download_question(
+        host,
+        snapshot_id,
+        request.args.get("path"),
+        max_bytes=current_app.config["RM_DOWNLOAD_MAX_MB"] * 1024 * 1024,
+    )
+    actor, host_id = current_actor(), host.id  # before the waits detach the user and host
+    call = _ask(host, question)
     call_id = call.id
     header = dict(call.result or {})
-    audit.record(
-        actor,
-        "snapshot.file_downloaded",
-        target_type="host",
-        target_id=host.id,
-        payload={"snapshot": short_id, "path": path, "size": header.get("size")},
-        client_address=client_address(),
+    rpc.record_download(
+        actor, host_id, question, size=header.get("size"), client_address=client_address()
     )
-    db.session.commit()
-    name = header.get("name") or path.rsplit("/", 1)[-1]
+    commit_and_wake()
+    name = header.get("name") or question.path.rsplit("/", 1)[-1]
     response = Response(
         stream_with_context(_stream(call_id, header.get("size") or 0)),
         mimetype="application/octet-stream",
@@ -122,48 +88,24 @@ def snapshot_download(host_id: int, snapshot_id: str):
     return response
 
 
-def _snapshot_and_path(host: Host, snapshot_id: str, default: str | None = None):
-    """(full id, short id, normalised ``?path=``) of one of the host's snapshots.
-
-    Plain strings: the waits that follow commit, which expires the snapshot row.
-    """
-    snapshot = rpc.resolve_snapshot(host, snapshot_id)
-    path = rpc.snapshot_path(request.args.get("path"), default=default)
-    return snapshot.snapshot_id, snapshot.short_id, path
-
-
-def _ask(host: Host, method: str, params: dict, key: str, reuse: RpcCall | None = None):
-    """Queue the request (or join one in flight), wake the agent, wait for its answer."""
+def _ask(host: Host, question: rpc.Question) -> RpcCall:
+    """Queue the question (or join one in flight), wake the agent, wait for its answer."""
     config = current_app.config
-    now = utcnow()
-    status = host.status(now, config["RM_OFFLINE_AFTER_SECONDS"])
-    if status != "online":
-        raise Conflict(
-            f"{host.hostname} is {status.replace('_', ' ')}: only its agent can read the "
-            "snapshot, and it has not polled the server recently. Start the agent and try again.",
-            code="host_offline",
-        )
-    call = reuse or rpc.request_call(
-        current_app.extensions["secretbox"], host, method, params, key=key, now=now
+    call_id = rpc.ask(
+        current_app.extensions["secretbox"],
+        host,
+        question,
+        now=utcnow(),
+        offline_after_seconds=config["RM_OFFLINE_AFTER_SECONDS"],
     )
-    call_id, hostname = call.id, host.hostname
-    db.session.commit()
-    current_app.extensions["bus"].publish(host_key(host.id))
+    hostname = host.hostname
+    commit_and_wake(host_key(host.id))
     answered = _wait(call_id, config["RM_RPC_WAIT_SECONDS"])
     if answered is None:
         rpc.give_up(call_id, now=utcnow())
-        db.session.commit()
-        raise AgentTimeout(
-            f"The agent on {hostname} did not answer within {config['RM_RPC_WAIT_SECONDS']} s. "
-            "It may be busy opening the repository; try again in a moment (a late answer is "
-            "kept, so the next try is usually quick)."
-        )
-    if answered.status == "failed":
-        message = answered.error_message or "The agent could not answer."
-        if answered.error_code not in _ERROR_STATUS:
-            raise AgentError(f"{hostname}: {message}")
-        raise AgentRefused(message, code=answered.error_code)
-    return answered
+        commit_and_wake()
+        raise rpc.AgentTimeout(hostname, config["RM_RPC_WAIT_SECONDS"])
+    return rpc.answer_of(answered, hostname=hostname)
 
 
 def _wait(call_id: str, seconds: float) -> RpcCall | None:
@@ -199,7 +141,7 @@ def _stream(call_id: str, size: int):
                 call = db.session.get(RpcCall, call_id, populate_existing=True)
                 state = None if call is None else call.status
                 expected_digest = None if call is None else call.sha256
-                db.session.commit()
+                commit_and_wake()  # the chunks handed out are gone
                 db.session.remove()
                 for chunk in chunks:
                     digest.update(chunk)
@@ -225,7 +167,7 @@ def _stream(call_id: str, size: int):
         if not finished:
             with current_app.app_context():
                 rpc.give_up(call_id, now=utcnow())
-                db.session.commit()
+                commit_and_wake()
                 db.session.remove()
 
 

@@ -11,6 +11,7 @@ import hashlib
 import posixpath
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
@@ -19,7 +20,8 @@ from sqlalchemy import delete, select, update
 from app.extensions import db
 from app.models import Command, Host, RpcCall, RpcChunk, Snapshot
 from app.secretbox import SecretBox
-from app.services import commands
+from app.services import audit, commands
+from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError, ValidationFailed
 
 METHODS = ("ls", "dump")
@@ -42,6 +44,16 @@ ERROR_CODES = frozenset(
 KEEP_FOR = timedelta(hours=1)  # answers (the listing cache) and abandoned downloads
 JOIN_PENDING_FOR = timedelta(minutes=2)  # a second ask joins a call this young
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
+# How the browser hears an agent's refusal (the protocol's error codes keep their meaning).
+_ERROR_STATUS = {
+    "not_found": 404,
+    "not_a_directory": 422,
+    "not_a_file": 422,
+    "too_large": 413,
+    "invalid_params": 422,
+    "refused": 403,
+    "no_credentials": 409,
+}
 
 
 class RpcRefused(ServiceError):
@@ -58,6 +70,31 @@ class RpcGap(ServiceError):
     def __init__(self, committed: int):
         super().__init__(f"Bytes are missing: the server has {committed}; resend from there.")
         self.committed = committed
+
+
+class AgentTimeout(ServiceError):
+    status = 504
+    code = "agent_timeout"
+
+    def __init__(self, hostname: str, waited_seconds: float):
+        super().__init__(
+            f"The agent on {hostname} did not answer within {waited_seconds} s. "
+            "It may be busy opening the repository; try again in a moment (a late answer is "
+            "kept, so the next try is usually quick)."
+        )
+
+
+class AgentError(ServiceError):
+    status = 502
+    code = "agent_error"
+
+
+class AgentRefused(ServiceError):
+    """The agent answered with one of the protocol's error codes: it keeps its meaning."""
+
+    def __init__(self, message: str, *, code: str):
+        super().__init__(message, code=code)
+        self.status = _ERROR_STATUS[code]
 
 
 def rpc_key(rpc_id: str) -> str:
@@ -196,6 +233,95 @@ def give_up(call_id: str, *, now: datetime) -> None:
         call.status = "closed"
         call.finished_at = now
         db.session.execute(delete(RpcChunk).where(RpcChunk.rpc_id == call.id))
+
+
+@dataclass(frozen=True)
+class Question:
+    """What to ask a host's agent about one snapshot (plain values: they outlive the waits,
+    which commit and close the session)."""
+
+    method: str
+    snapshot_id: str
+    short_id: str
+    path: str
+    params: dict
+    key: str
+
+
+def listing_question(host: Host, snapshot_id: Any, path: Any) -> Question:
+    """``ls`` of one directory of one of the host's snapshots (``/`` when no path is given)."""
+    snapshot = resolve_snapshot(host, snapshot_id)
+    path = snapshot_path(path, default="/")
+    params = {"snapshot_id": snapshot.snapshot_id, "path": path, "max_entries": MAX_ENTRIES}
+    return Question(
+        "ls",
+        snapshot.snapshot_id,
+        snapshot.short_id,
+        path,
+        params,
+        cache_key("ls", snapshot.snapshot_id, path),
+    )
+
+
+def download_question(host: Host, snapshot_id: Any, path: Any, *, max_bytes: int) -> Question:
+    """``dump`` of one file of one of the host's snapshots, refused above ``max_bytes``."""
+    snapshot = resolve_snapshot(host, snapshot_id)
+    path = snapshot_path(path)
+    if path == "/":
+        raise ValidationFailed("path must name a file.", fields={"path": ["Name a file."]})
+    params = {"snapshot_id": snapshot.snapshot_id, "path": path, "max_bytes": max_bytes}
+    return Question(
+        "dump",
+        snapshot.snapshot_id,
+        snapshot.short_id,
+        path,
+        params,
+        cache_key("dump", snapshot.snapshot_id, path),
+    )
+
+
+def ask(
+    box: SecretBox, host: Host, question: Question, *, now: datetime, offline_after_seconds: int
+) -> str:
+    """Queue the question for the host's agent (a listing joins the same one in flight) and
+    return the call id; the caller commits, wakes the host and waits on :func:`rpc_key`."""
+    status = host.status(now, offline_after_seconds)
+    if status != "online":
+        raise Conflict(
+            f"{host.hostname} is {status.replace('_', ' ')}: only its agent can read the "
+            "snapshot, and it has not polled the server recently. Start the agent and try again.",
+            code="host_offline",
+        )
+    call = pending_call(host, question.key, now=now) if question.method == "ls" else None
+    if call is None:
+        call = request_call(
+            box, host, question.method, question.params, key=question.key, now=now
+        )
+    return call.id
+
+
+def answer_of(call: RpcCall, *, hostname: str) -> RpcCall:
+    """The call the agent answered, or its refusal raised as the matching error."""
+    if call.status == "failed":
+        message = call.error_message or "The agent could not answer."
+        if call.error_code not in _ERROR_STATUS:
+            raise AgentError(f"{hostname}: {message}")
+        raise AgentRefused(message, code=call.error_code)
+    return call
+
+
+def record_download(
+    actor: Actor, host_id: int, question: Question, *, size, client_address: Optional[str]
+) -> None:
+    """Audit a file handed out of a snapshot (which file, how big; never its content)."""
+    audit.record(
+        actor,
+        "snapshot.file_downloaded",
+        target_type="host",
+        target_id=host_id,
+        payload={"snapshot": question.short_id, "path": question.path, "size": size},
+        client_address=client_address,
+    )
 
 
 # --- what the agent answers -----------------------------------------------------------------
