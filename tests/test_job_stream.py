@@ -10,7 +10,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from app.api import job_stream
+from app import live
 from app.bus import host_key, job_key
 from app.extensions import db
 from app.models import AuditLog, Command, Job, Role
@@ -156,7 +156,7 @@ def test_stream_needs_a_signed_in_viewer_and_accepts_sessions(app, login_as):
 
 def test_stream_holds_no_connection_between_reads(app, viewer_headers, monkeypatch):
     """Each chunk is read in its own short session: none is checked out while it is written."""
-    monkeypatch.setattr(job_stream, "RECHECK_SECONDS", 0.05)
+    monkeypatch.setattr(live, "RECHECK_SECONDS", 0.05)
     host, token = make_enrolled_host()
     job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
@@ -180,9 +180,9 @@ def test_stream_holds_no_connection_between_reads(app, viewer_headers, monkeypat
 def test_viewers_woken_together_share_one_read(app, viewer_headers, monkeypatch):
     """One publish, three viewers: the records are read (and encoded) once, not three times."""
     reads = []
-    real_read = job_stream._read
-    monkeypatch.setattr(job_stream, "_read", lambda *args: reads.append(args) or real_read(*args))
-    monkeypatch.setattr(job_stream, "RECHECK_SECONDS", 5.0)
+    real_read = live._read
+    monkeypatch.setattr(live, "_read", lambda *args: reads.append(args) or real_read(*args))
+    monkeypatch.setattr(live, "RECHECK_SECONDS", 5.0)
     host, token = make_enrolled_host()
     job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
@@ -209,8 +209,8 @@ def test_viewers_woken_together_share_one_read(app, viewer_headers, monkeypatch)
 def test_a_long_stream_ends_without_end_so_the_browser_reconnects(app, viewer_headers, monkeypatch):
     """After MAX_STREAM_SECONDS the stream stops (no `end`): EventSource reconnects with
     Last-Event-ID, which signs the viewer in again."""
-    monkeypatch.setattr(job_stream, "MAX_STREAM_SECONDS", 0.3)
-    monkeypatch.setattr(job_stream, "RECHECK_SECONDS", 0.05)
+    monkeypatch.setattr(live, "MAX_STREAM_SECONDS", 0.3)
+    monkeypatch.setattr(live, "RECHECK_SECONDS", 0.05)
     host, token = make_enrolled_host()
     job = queue_job(app, host)
     AgentCalls(app, token, job).logs(["only line"])
@@ -266,7 +266,7 @@ class StreamReader(threading.Thread):
 
 
 def test_live_stream_delivers_records_progress_status_and_end(live_server, monkeypatch):
-    monkeypatch.setattr(job_stream, "RECHECK_SECONDS", 30.0)  # only bus wakeups move it
+    monkeypatch.setattr(live, "RECHECK_SECONDS", 30.0)  # only bus wakeups move it
     app = live_server.app
     bus = app.extensions["bus"]
     with app.app_context():
@@ -326,8 +326,8 @@ def test_live_stream_delivers_records_progress_status_and_end(live_server, monke
 
 
 def test_live_stream_pings_when_silent_and_rechecks_without_wakeups(live_server, monkeypatch):
-    monkeypatch.setattr(job_stream, "PING_SECONDS", 0.3)
-    monkeypatch.setattr(job_stream, "RECHECK_SECONDS", 0.1)
+    monkeypatch.setattr(live, "PING_SECONDS", 0.3)
+    monkeypatch.setattr(live, "RECHECK_SECONDS", 0.1)
     app = live_server.app
     with app.app_context():
         from app.services import users
@@ -476,7 +476,7 @@ def test_viewers_may_read_but_not_cancel(app, viewer_headers):
 
 
 def test_log_txt_has_a_header_every_line_and_the_truncation_note(app_factory, monkeypatch):
-    monkeypatch.setattr(job_stream, "DOWNLOAD_CHUNK", 3)  # several chunks for a small log
+    monkeypatch.setattr(live, "DOWNLOAD_CHUNK", 3)  # several chunks for a small log
     app = app_factory(RM_JOB_LOG_MAX_RECORDS=100)
     with app.app_context():
         from app.services import users
@@ -505,7 +505,7 @@ def test_log_txt_has_a_header_every_line_and_the_truncation_note(app_factory, mo
 
 
 def test_log_ndjson_has_one_record_per_line(app, viewer_headers, monkeypatch):
-    monkeypatch.setattr(job_stream, "DOWNLOAD_CHUNK", 2)
+    monkeypatch.setattr(live, "DOWNLOAD_CHUNK", 2)
     host, token = make_enrolled_host()
     job = queue_job(app, host)
     agent = AgentCalls(app, token, job)
