@@ -1,11 +1,14 @@
 """The ONLY place the agent starts a process: restic, and the backup hooks (:mod:`agent.hooks`).
 
-restic runs with stdin closed (otherwise it waits for a password on stdin), a fresh
-environment built by :mod:`agent.restic.environment`, and both output streams read line by
-line on their own threads (a full pipe would block restic). Every line is masked before it
-goes anywhere. Commands that print one JSON document (snapshots, forget, stats) have their
-stdout captured whole instead of handed out line by line, and ``dump`` has its stdout
-handed out as raw chunks (the bytes of a file: neither split into lines nor masked).
+:func:`run` is the seam everything else goes through (and tests replace), in three steps:
+:func:`start` the process with stdin closed (otherwise restic waits for a password on
+stdin) and a fresh environment (:mod:`agent.repository`); :func:`supervise` it until it
+exits, stopping it on a cancel or a timeout; :class:`Output` collects both output streams,
+read line by line on their own threads (a full pipe would block restic). Every line is
+masked before it goes anywhere. Commands that print one JSON document (snapshots, forget,
+stats) have their stdout captured whole instead of handed out line by line, and ``dump``
+has its stdout handed out as raw chunks (the bytes of a file: neither split into lines
+nor masked).
 """
 
 import collections
@@ -72,11 +75,25 @@ def run(
     ``process_group``: run in a new session and signal the whole group (a shell's children
     stop with it).
     """
-    mask = masker or Masker([])
     if cancel is not None and cancel.is_set():
         return Outcome(exit_code=None, cancelled=True)  # never start what is already cancelled
+    process = start(argv, env, cwd, process_group)
+    output = Output(process, on_line, masker or Masker([]), capture_stdout, on_stdout_chunk)
+    outcome = supervise(process, output, cancel, timeout, grace_seconds, process_group)
+    output.collect(outcome)
+    return outcome
+
+
+# -- start -------------------------------------------------------------------------------
+
+
+def start(
+    argv: Sequence[str], env: Dict[str, str], cwd: Optional[str], process_group: bool
+) -> subprocess.Popen:
+    """The process, stdin closed and both output streams piped; ResticNotInstalled when
+    ``argv[0]`` cannot be run."""
     try:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -90,43 +107,30 @@ def run(
         raise ResticNotInstalled(f"{argv[0]} is not installed (or not on PATH)") from None
     except PermissionError:
         raise ResticNotInstalled(f"{argv[0]} cannot be executed (permission denied)") from None
-    stderr_tail: Deque[str] = collections.deque(maxlen=TAIL_LINES)
-    captured = _Capture() if capture_stdout else None
-    if on_stdout_chunk is not None:
-        stdout_reader = threading.Thread(
-            target=_pump_chunks,
-            args=(process.stdout, on_stdout_chunk),
-            name="restic-stdout",
-            daemon=True,
-        )
-    else:
-        stdout_reader = threading.Thread(
-            target=_pump,
-            args=(process.stdout, "stdout", on_line, mask, None, captured),
-            name="restic-stdout",
-            daemon=True,
-        )
-    readers = [
-        stdout_reader,
-        threading.Thread(
-            target=_pump,
-            args=(process.stderr, "stderr", on_line, mask, stderr_tail, None),
-            name="restic-stderr",
-            daemon=True,
-        ),
-    ]
-    for reader in readers:
-        reader.start()
+
+
+# -- supervise ---------------------------------------------------------------------------
+
+
+def supervise(
+    process: subprocess.Popen,
+    output: "Output",
+    cancel: Optional[threading.Event],
+    timeout: Optional[float],
+    grace_seconds: float,
+    process_group: bool,
+) -> Outcome:
+    """Wait for the exit; a cancel or the timeout sends SIGINT, the grace's end SIGKILL."""
     outcome = Outcome(exit_code=None)
     started_at = time.monotonic()
     interrupted_at: Optional[float] = None
     while True:
         # Both pipes at EOF means restic is exiting: look at once rather than at the next
         # tick (Popen.wait(timeout) sleeps in steps of up to 50 ms).
-        _join_until(readers, 0.2)
+        output.join_until(0.2)
         try:
-            outcome.exit_code = process.wait(timeout=0 if _alive(readers) else 0.2)
-            break
+            outcome.exit_code = process.wait(timeout=0 if output.open() else 0.2)
+            return outcome
         except subprocess.TimeoutExpired:
             pass
         cancelled = cancel is not None and cancel.is_set()
@@ -143,29 +147,6 @@ def run(
             log.warning("restic ignored SIGINT for %.0f s: killing it", grace_seconds)
             outcome.killed = True
             _signal(process, signal.SIGKILL, process_group)
-    if on_stdout_chunk is not None:
-        stdout_reader.join()  # the caller's last chunk must be handled before we return
-    for reader in readers:
-        reader.join(timeout=5)
-    outcome.stderr_tail = list(stderr_tail)
-    if captured is not None:
-        outcome.stdout = mask(b"".join(captured.chunks).decode("utf-8", errors="replace"))
-        outcome.stdout_complete = not captured.overflowed
-    return outcome
-
-
-def _alive(readers: List[threading.Thread]) -> bool:
-    return any(reader.is_alive() for reader in readers)
-
-
-def _join_until(readers: List[threading.Thread], seconds: float) -> None:
-    """Wait up to ``seconds`` for both output pipes to close (returns as soon as they do)."""
-    deadline = time.monotonic() + seconds
-    for reader in readers:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        reader.join(remaining)
 
 
 def _signal(process: subprocess.Popen, signal_number: int, group: bool = False) -> None:
@@ -174,6 +155,78 @@ def _signal(process: subprocess.Popen, signal_number: int, group: bool = False) 
             os.killpg(process.pid, signal_number)
         else:
             process.send_signal(signal_number)
+
+
+# -- collect -----------------------------------------------------------------------------
+
+
+class Output:
+    """Both output streams read on their own threads (a full pipe would block restic):
+    lines masked and handed out, the last lines of stderr kept, stdout captured whole or
+    handed out in raw chunks when asked."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen,
+        on_line: Optional[LineHandler],
+        mask: Masker,
+        capture_stdout: bool,
+        on_stdout_chunk: Optional[ChunkHandler],
+    ):
+        self.mask = mask
+        self.stderr_tail: Deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.captured = _Capture() if capture_stdout else None
+        self.chunked = on_stdout_chunk is not None
+        if on_stdout_chunk is not None:
+            self.stdout_reader = threading.Thread(
+                target=_pump_chunks,
+                args=(process.stdout, on_stdout_chunk),
+                name="restic-stdout",
+                daemon=True,
+            )
+        else:
+            self.stdout_reader = threading.Thread(
+                target=_pump,
+                args=(process.stdout, "stdout", on_line, mask, None, self.captured),
+                name="restic-stdout",
+                daemon=True,
+            )
+        self.readers = [
+            self.stdout_reader,
+            threading.Thread(
+                target=_pump,
+                args=(process.stderr, "stderr", on_line, mask, self.stderr_tail, None),
+                name="restic-stderr",
+                daemon=True,
+            ),
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def open(self) -> bool:
+        """A pipe is still open (restic may still print)."""
+        return any(reader.is_alive() for reader in self.readers)
+
+    def join_until(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for both pipes to close (returns as soon as they do)."""
+        deadline = time.monotonic() + seconds
+        for reader in self.readers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            reader.join(remaining)
+
+    def collect(self, outcome: Outcome) -> None:
+        """After the exit: the stderr tail and the captured stdout into ``outcome``."""
+        if self.chunked:
+            self.stdout_reader.join()  # the caller's last chunk must be handled before we return
+        for reader in self.readers:
+            reader.join(timeout=5)
+        outcome.stderr_tail = list(self.stderr_tail)
+        if self.captured is not None:
+            text = b"".join(self.captured.chunks).decode("utf-8", errors="replace")
+            outcome.stdout = self.mask(text)
+            outcome.stdout_complete = not self.captured.overflowed
 
 
 class _Capture:
