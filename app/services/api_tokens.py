@@ -72,6 +72,19 @@ def tokens_of(user: User) -> list[ApiToken]:
     )
 
 
+def visible_tokens(user: User) -> list[ApiToken]:
+    """One's own live tokens; an admin also sees (and may revoke) everyone else's."""
+    if not user.has_role(Role.admin):
+        return tokens_of(user)
+    return list(
+        db.session.scalars(
+            select(ApiToken)
+            .where(ApiToken.revoked_at.is_(None))
+            .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+        )
+    )
+
+
 def get_token_of(user: User, token_id: int) -> ApiToken:
     """A live token the user may revoke: their own, or anyone's for an admin."""
     token = db.session.get(ApiToken, token_id)

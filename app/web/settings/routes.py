@@ -4,32 +4,15 @@ from __future__ import annotations
 
 from flask import flash, redirect, render_template, url_for
 from flask_login import current_user
-from sqlalchemy import select
 
 from app.access import Role, require_role
 from app.authn import client_address, current_actor
-from app.extensions import db
-from app.models import ApiToken
 from app.models.types import utcnow
 from app.services import api_tokens
 from app.transaction import commit_and_wake
 from app.web import once
 from app.web.settings import bp
 from app.web.settings.forms import NewTokenForm
-
-
-def _visible_tokens() -> list[ApiToken]:
-    """One's own tokens; an admin also sees (and may revoke) everyone else's."""
-    if current_user.has_role(Role.admin):
-        return list(
-            db.session.scalars(
-                select(ApiToken)
-                .where(ApiToken.revoked_at.is_(None))
-                .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
-            )
-        )
-    return api_tokens.tokens_of(current_user)
-
 
 MINTED = "api_token_minted"  # session key: which page load minted which token (app.web.once)
 
@@ -38,7 +21,7 @@ def _render(form: NewTokenForm, new_token: str | None = None, status: int = 200)
     return render_template(
         "settings/tokens.html",
         form=form,
-        tokens=_visible_tokens(),
+        tokens=api_tokens.visible_tokens(current_user),
         new_token=new_token,
         # After a POST: a reload shows the list instead of asking to post again.
         page_url=url_for("settings.tokens") if new_token else None,
