@@ -321,4 +321,3 @@ _PARSERS: Dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "restore": restore_params,
     "diff": diff_params,
 }
-KINDS = tuple(_PARSERS)

@@ -31,7 +31,6 @@ DEFAULT_MAX_ENTRIES = 2000
 RETRY_DELAYS = (0.5, 1.5)  # three tries in all, then the answer is dropped
 LS_TIMEOUT_SECONDS = 300.0
 STOP_GRACE_SECONDS = 2.0  # --no-lock: a killed dump leaves nothing behind
-COMMAND_TYPES = ("rpc.ls", "rpc.dump")
 _RPC_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")
 log = logging.getLogger(__name__)

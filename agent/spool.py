@@ -304,10 +304,6 @@ class Spool:
             fsync_dir(self.jobs_dir)
             self.release(size)
 
-    def has_events_for(self, job_id: JobKey) -> bool:
-        with self._lock:
-            return any(owner == job_id for _, owner in self._events.values())
-
     def remove_delivered_jobs(self, keep: Iterable[int] = ()) -> List[int]:
         """Delete the directories of finished jobs whose data all reached the server."""
         keep = set(keep)

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from fake_agent_server import all_files, wait_for
-from test_agent_service import Running, config_update
+from running_agent import Running, config_update
 
 from agent.cli import collect_status, main
 from agent.paths import AgentPaths
