@@ -22,7 +22,8 @@ from app.models import (
 from app.models.types import utcnow
 from app.services import users
 from app.services.errors import Conflict, ValidationFailed
-from app.web.hosts.forms import RepositoryForm, place_refusal
+from app.web.forms import place_refusal
+from app.web.hosts.forms import RepositoryForm
 from tests.factories import form_token
 
 TOKEN = re.compile(r"--token (rme_[A-Za-z0-9_-]+)")

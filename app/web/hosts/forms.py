@@ -10,6 +10,7 @@ from wtforms import (
 from wtforms.validators import Length, Optional
 
 from app.services.retention import KEEP_COUNTS
+from app.web.forms import place_refusal
 from app.web.once import request_id_field
 
 
@@ -68,45 +69,6 @@ class RunForm(FlaskForm):
     def apply_refusal(self, refused) -> str | None:
         """Put the service's field errors (``params.…``) on our fields (see place_refusal)."""
         return place_refusal(self, refused, prefixes=("params.", "policy."))
-
-
-def place_errors(form, fields: dict, *, prefixes: tuple[str, ...] = ()) -> list[str]:
-    """Put a service's messages next to the form's fields; return those that fit none.
-
-    ``prefixes`` are stripped from the service's field names first (``params.keep_last``).
-    """
-    unplaced = []
-    for name, messages in fields.items():
-        short = name
-        for prefix in prefixes:
-            short = short.removeprefix(prefix)
-        field = form._fields.get(short)
-        if field is None:
-            unplaced.extend(messages)
-        else:
-            field.errors = [*field.errors, *(_in_form_words(m, short, field) for m in messages)]
-    return unplaced
-
-
-def place_refusal(form, refused, *, prefixes: tuple[str, ...] = ()) -> str | None:
-    """Put a service's refusal on the form; return the line for the page's problem banner:
-    the messages that fit no field, or the refusal's own message when it names no field
-    (``None`` when every message sits next to its field)."""
-    unplaced = place_errors(form, refused.fields, prefixes=prefixes)
-    if unplaced or not refused.fields:
-        return " ".join(unplaced) or refused.message
-    return None
-
-
-def _in_form_words(message: str, name: str, field) -> str:
-    """The API's words start with the JSON name ("keep_daily must be …"); next to the field,
-    say what the form calls it ("Keep daily must be …")."""
-    if not message.startswith(name + " "):
-        return message
-    label = field.label.text
-    if name.startswith("keep_") and not label.lower().startswith("keep"):
-        label = f"Keep {label.lower()}"  # the Run-now forget form's fields sit under "Keep"
-    return label + message[len(name) :]
 
 
 def _number(label: str, description: str = ""):

@@ -19,8 +19,9 @@ from app.services.enrollment import redact_url
 from app.services.errors import ServiceError
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
+from app.web.forms import place_refusal
 from app.web.hosts import bp
-from app.web.hosts.forms import RepositoryForm, place_refusal
+from app.web.hosts.forms import RepositoryForm
 from app.web.hosts.routes import _render_host as render_host
 from app.web.hosts.routes import _repository_form
 

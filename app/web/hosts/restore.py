@@ -17,6 +17,7 @@ from app.services.errors import ServiceError
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
 from app.web.dashboard.routes import job_url
+from app.web.forms import sort_refusal
 from app.web.hosts import bp
 from app.web.hosts.routes import _render_host, start_job
 
@@ -81,18 +82,9 @@ def restore_body(values: dict) -> dict:
     return body
 
 
-def _place(refused: ServiceError) -> tuple[dict, str | None]:
-    """Messages by wizard field; the service's message when none fits a field."""
-    errors: dict[str, list[str]] = {}
-    for name, messages in (refused.fields or {}).items():
-        base = name.split("[", 1)[0].split(".", 1)[0]
-        key = base if base in FIELDS else None
-        if key is None:
-            continue
-        if isinstance(messages, str):
-            messages = [messages]
-        errors.setdefault(key, []).extend(messages)
-    return errors, (None if errors else refused.message)
+def _wizard_field(name: str) -> str | None:
+    base = name.split("[", 1)[0].split(".", 1)[0]
+    return base if base in FIELDS else None
 
 
 def _render_wizard(host: Host, values: dict, *, errors=None, problem=None, status=200):
@@ -140,7 +132,7 @@ def start_restore_from_wizard(host_id: int):
         )
     except ServiceError as refused:
         db.session.rollback()
-        errors, problem = _place(refused)
+        errors, problem = sort_refusal(refused, _wizard_field)
         return _render_wizard(host, values, errors=errors, problem=problem, status=refused.status)
     commit_and_wake(host_key(host.id))
     return redirect(job_url(job.id) + "#job-head")

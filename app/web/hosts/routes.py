@@ -23,8 +23,9 @@ from app.services.hosts import get_host
 from app.transaction import commit_and_wake
 from app.web import once
 from app.web.dashboard.routes import job_url
+from app.web.forms import place_refusal
 from app.web.hosts import bp
-from app.web.hosts.forms import RUN_FORMS, AddHostForm, RepositoryForm, RunForm, place_refusal
+from app.web.hosts.forms import RUN_FORMS, AddHostForm, RepositoryForm, RunForm
 
 MINTED = "add_host_minted"  # session key: which page load minted which token (app.web.once)
 

@@ -22,8 +22,8 @@ from app.services.errors import ServiceError
 from app.services.hosts import get_host
 from app.services.schedules import NEXT_RUNS
 from app.transaction import commit_and_wake
+from app.web.forms import place_errors, place_refusal
 from app.web.hosts import bp
-from app.web.hosts.forms import place_errors, place_refusal
 
 
 class ScheduleForm(FlaskForm):

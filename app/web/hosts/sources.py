@@ -16,6 +16,7 @@ from app.services.errors import ServiceError, ValidationFailed
 from app.services.hosts import get_host
 from app.services.retention import RULES as RETENTION_FIELDS
 from app.transaction import commit_and_wake
+from app.web.forms import sort_refusal
 from app.web.hosts import bp
 
 FORM_FIELDS = (
@@ -96,19 +97,9 @@ def _submitted(form, *, may_edit_hooks: bool) -> dict:
     return data
 
 
-def _errors(refused: ValidationFailed) -> tuple[dict, str | None]:
-    """Field errors keyed by the form's fields; what fits none as one message."""
-    errors: dict[str, list[str]] = {}
-    unplaced: list[str] = []
-    for name, messages in refused.fields.items():
-        key = name.removeprefix("retention.")
-        if key in FORM_FIELDS:
-            errors.setdefault(key, []).extend(messages)
-        else:
-            unplaced.extend(messages)
-    if unplaced or not errors:
-        return errors, " ".join(unplaced) or refused.message
-    return errors, None
+def _form_field(name: str) -> str | None:
+    key = name.removeprefix("retention.")
+    return key if key in FORM_FIELDS else None
 
 
 def _render_form(host: Host, group, values, *, errors=None, problem=None, preview=None, status=200):
@@ -161,7 +152,7 @@ def _preview(host: Host, group, values):
     try:
         preview = source_groups.preview_retention(host, tag, policy)
     except ValidationFailed as refused:
-        errors, problem = _errors(refused)
+        errors, problem = sort_refusal(refused, _form_field)
         return _render_form(host, group, values, errors=errors, problem=problem, status=422)
     preview["tag"] = tag
     return _render_form(host, group, values, preview=preview)
@@ -189,7 +180,7 @@ def _save(host: Host, group: SourceGroup | None):
             verb = "saved"
     except ValidationFailed as refused:
         db.session.rollback()
-        errors, problem = _errors(refused)
+        errors, problem = sort_refusal(refused, _form_field)
         return _render_form(
             host, group, values, errors=errors, problem=problem, status=refused.status
         )
