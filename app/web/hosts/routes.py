@@ -5,7 +5,6 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import current_app, flash, redirect, render_template, request, url_for
-from flask_login import current_user
 from sqlalchemy import select
 
 from app.access import Role, require_role
@@ -15,8 +14,7 @@ from app.extensions import db
 from app.install_commands import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
-from app.services import audit, dispatch, enrollment, repository
-from app.services.audit import Actor
+from app.services import dispatch, enrollment, repository
 from app.services.enrollment import redact_url
 from app.services.errors import ServiceError, ValidationFailed
 from app.services.hosts import get_host
@@ -49,17 +47,6 @@ def _render(form: AddHostForm, *, token=None, plain=None, problem=None, status=2
     ), status
 
 
-def _audit(action: str, token) -> None:
-    audit.record(
-        Actor.for_user(current_user),
-        action,
-        target_type="enrollment_token",
-        target_id=token.id,
-        payload={"hostname": token.hostname, "repo_url": token.repo_url_redacted},
-        client_address=client_address(),
-    )
-
-
 @bp.get("/new")
 @require_role(Role.admin)
 def new():
@@ -75,9 +62,10 @@ def create():
     if earlier is not None:  # a reload of the page that showed the token: show its state
         return redirect(url_for("hosts.enrollment_token", token_id=earlier), 303)
     try:
-        token, plain = enrollment.mint_token(
+        token, plain = enrollment.create_token(
             current_app.extensions["secretbox"],
-            created_by=current_user,
+            actor=current_actor(),
+            client_address=client_address(),
             hostname=form.hostname.data,
             repo_url=form.repo_url.data,
             repo_username=form.repo_username.data,
@@ -89,19 +77,7 @@ def create():
         db.session.rollback()
         problem = place_refusal(form, refused)
         return _render(form, problem=problem, status=422)
-    audit.record(
-        Actor.for_user(current_user),
-        "enrollment_token.created",
-        target_type="enrollment_token",
-        target_id=token.id,
-        payload={
-            "hostname": token.hostname,
-            "repo_url": token.repo_url_redacted,
-            "paths": token.paths,
-        },
-        client_address=client_address(),
-    )
-    db.session.commit()
+    commit_and_wake()
     once.remember_created(MINTED, request_id, token.id)
     return _render(AddHostForm(formdata=None), token=token, plain=plain, status=201)
 
@@ -121,9 +97,10 @@ def regenerate_token(token_id: int):
     if token.used_at or token.revoked_at or request.form.get("issued_at", issued) != issued:
         # A reload of an earlier regenerate, or the host enrolled meanwhile: nothing to do.
         return redirect(url_for("hosts.enrollment_token", token_id=token.id), 303)
-    plain = enrollment.regenerate(token, now=utcnow())
-    _audit("enrollment_token.regenerated", token)
-    db.session.commit()
+    plain = enrollment.regenerate_token(
+        token, actor=current_actor(), client_address=client_address(), now=utcnow()
+    )
+    commit_and_wake()
     return _render(AddHostForm(formdata=None), token=token, plain=plain, status=201)
 
 
@@ -131,9 +108,10 @@ def regenerate_token(token_id: int):
 @require_role(Role.admin)
 def revoke_token(token_id: int):
     token = enrollment.get_outstanding(token_id, utcnow())
-    enrollment.revoke(token, now=utcnow())
-    _audit("enrollment_token.revoked", token)
-    db.session.commit()
+    enrollment.revoke_token(
+        token, actor=current_actor(), client_address=client_address(), now=utcnow()
+    )
+    commit_and_wake()
     flash("Enrollment token revoked: the install command no longer works.", "success")
     return redirect(url_for("hosts.new"))
 
