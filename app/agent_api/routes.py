@@ -16,8 +16,7 @@ from app.errors import error_response
 from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
-from app.services import agents, audit, commands, enrollment, jobs, repository, schedules
-from app.services.audit import Actor
+from app.services import agents, commands, enrollment, jobs, repository, schedules
 from app.services.errors import EventRejected, ServiceError
 from app.services.events import apply_event
 from app.transaction import commit_and_wake, wake
@@ -85,15 +84,12 @@ def enroll():
     }
     now = utcnow()
     host, agent_token = enrollment.enroll(
-        _box(), token, hostname=data.get("hostname"), facts=facts, now=now
-    )
-    audit.record(
-        Actor.for_agent(host),
-        "host.enrolled",
-        target_type="host",
-        target_id=host.id,
-        payload={"hostname": host.hostname, "os": host.os, "arch": host.arch},
+        _box(),
+        token,
+        hostname=data.get("hostname"),
+        facts=facts,
         client_address=client_address(),
+        now=now,
     )
     commit_and_wake()
     return jsonify(

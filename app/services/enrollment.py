@@ -233,10 +233,17 @@ def revoke(token: EnrollmentToken, *, now: datetime) -> None:
 
 
 def enroll(
-    box: SecretBox, plain: str, *, hostname: str, facts: dict, now: datetime
+    box: SecretBox,
+    plain: str,
+    *,
+    hostname: str,
+    facts: dict,
+    client_address: Optional[str],
+    now: datetime,
 ) -> tuple[Host, str]:
     """Consume the token once: create the host, its default group, an agent token and the
-    config.update command that carries the repository credentials to the agent."""
+    config.update command that carries the repository credentials to the agent; audited
+    as ``host.enrolled`` by the new host's agent."""
     token = db.session.scalar(
         select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(plain or ""))
     )
@@ -330,5 +337,12 @@ def enroll(
         secret_payload={"repository": {"password": credentials["password"]}},
         now=now,
     )
-    db.session.flush()
+    audit.record(
+        Actor.for_agent(host),
+        "host.enrolled",
+        target_type="host",
+        target_id=host.id,
+        payload={"hostname": host.hostname, "os": host.os, "arch": host.arch},
+        client_address=client_address,
+    )
     return host, agent_plain

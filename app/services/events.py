@@ -85,12 +85,6 @@ def _job_of(host: Host, event: Event) -> Job:
     return job
 
 
-def _refused(refusal: Optional[tuple[str, str]]) -> None:
-    """``repository`` and ``schedules`` still answer a refusal as (code, message)."""
-    if refusal is not None:
-        raise EventRejected(*refusal)
-
-
 def _spool_dropped(host: Host, event: Event) -> None:
     audit.record(
         Actor.for_agent(host),
@@ -113,7 +107,7 @@ def _apply(host: Host, event: Event, now: datetime, box: Optional[SecretBox]) ->
         _spool_dropped(host, event)
         return
     if event.type == "schedule.applied":
-        _refused(schedules.apply_ack(host, event.data))
+        schedules.apply_ack(host, event.data)
         return
     if event.type not in JOB_EVENT_TYPES:
         raise EventRejected("invalid_event", f"Unknown event type {event.type!r}.")
@@ -121,15 +115,13 @@ def _apply(host: Host, event: Event, now: datetime, box: Optional[SecretBox]) ->
     if event.type == "repo.status":
         status = event.data.get("status")
         reason = event.data.get("reason")
-        _refused(
-            repository.apply_status(
-                box, host, job, str(status)[:32], reason if isinstance(reason, str) else None, now
-            )
+        repository.apply_status(
+            box, host, job, str(status)[:32], reason if isinstance(reason, str) else None, now
         )
     elif event.type == "snapshots.report":
-        _refused(repository.replace_snapshots(host, event.data, now=now))
+        repository.replace_snapshots(host, event.data, now=now)
     elif event.type == "repo.stats":
-        _refused(repository.record_stats(host, job, event.data, now=event.ts))
+        repository.record_stats(host, job, event.data, now=event.ts)
     elif event.type == "diff.report":
         diffs.record_batch(job, event.data)
     elif event.type == "job.started":

@@ -20,6 +20,7 @@ from app.secretbox import SecretBox
 from app.services import job_params
 from app.services.audit import Actor
 from app.services.errors import ValidationFailed
+from app.services.jobs import create_job
 
 log = logging.getLogger("restic_manager.maintenance")
 
@@ -107,8 +108,6 @@ def task_params(host: Host, settings: RepoMaintenance, task: str) -> Optional[di
 
 def run_due(box: SecretBox, now: datetime, *, offline_after_seconds: int) -> list[Job]:
     """Dispatch every maintenance task whose slot has come; offline hosts are skipped."""
-    from app.services.jobs import create_job
-
     dispatched = []
     rows = db.session.execute(
         select(RepoMaintenance, Host)

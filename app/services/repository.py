@@ -14,6 +14,7 @@ from app.secretbox import SecretBox
 from app.services import audit, commands, validate
 from app.services.audit import Actor
 from app.services.enrollment import redact_url
+from app.services.errors import EventRejected
 from app.services.jobs import create_job
 
 MAX_SNAPSHOTS = 100_000
@@ -24,7 +25,6 @@ _RFC3339 = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$", re.IGNORECASE
 )
 
-Refusal = Optional[tuple[str, str]]
 
 
 def restic_time_offset(value: Any) -> Optional[int]:
@@ -90,9 +90,9 @@ def ensure_brought_up(box: SecretBox, host: Host, *, now: datetime) -> Optional[
 
 def apply_status(
     box: Optional[SecretBox], host: Host, job: Job, status: str, reason: Optional[str], now
-) -> Refusal:
+) -> None:
     if status not in REPO_STATUSES - {"unknown", "initializing"}:
-        return ("invalid_event", f"Unknown repository status {status!r}.")
+        raise EventRejected("invalid_event", f"Unknown repository status {status!r}.")
     host.repo_status = status
     host.repo_status_reason = (reason or "")[:1000] or None
     if status == "missing" and job.kind == "probe" and box is not None:
@@ -102,7 +102,6 @@ def apply_status(
             )
         host.repo_status = "initializing"
         host.repo_status_reason = None
-    return None
 
 
 # --- snapshots ---------------------------------------------------------------------------
@@ -148,16 +147,20 @@ def _snapshot_row(host: Host, item: Any, index: int, now: datetime) -> dict | st
     }
 
 
-def replace_snapshots(host: Host, data: dict, *, now: datetime) -> Refusal:
-    """The agent's list is complete: it replaces the host's list in one transaction."""
+def replace_snapshots(host: Host, data: dict, *, now: datetime) -> None:
+    """The agent's list is complete: it replaces the host's list in one transaction.
+
+    Raises :class:`EventRejected` for a malformed list (nothing is replaced)."""
     items = data.get("snapshots")
     if not isinstance(items, list) or len(items) > MAX_SNAPSHOTS:
-        return ("invalid_event", f"snapshots must be a list of at most {MAX_SNAPSHOTS}.")
+        raise EventRejected(
+            "invalid_event", f"snapshots must be a list of at most {MAX_SNAPSHOTS}."
+        )
     rows, seen = [], set()
     for index, item in enumerate(items):
         row = _snapshot_row(host, item, index, now)
         if isinstance(row, str):
-            return ("invalid_event", row)
+            raise EventRejected("invalid_event", row)
         if row["snapshot_id"] not in seen:
             seen.add(row["snapshot_id"])
             rows.append(row)
@@ -166,7 +169,6 @@ def replace_snapshots(host: Host, data: dict, *, now: datetime) -> Refusal:
         db.session.execute(insert(Snapshot), rows)
     host.snapshot_count = len(rows)
     host.latest_snapshot_at = max((row["time"] for row in rows), default=None)
-    return None
 
 
 def snapshots_of(host: Host, *, tag: Optional[str] = None, limit: Optional[int] = None):
@@ -195,21 +197,20 @@ def _count(data: dict, key: str, *, required: bool = False) -> int | str | None:
     return value
 
 
-def record_stats(host: Host, job: Job, data: dict, *, now: datetime) -> Refusal:
+def record_stats(host: Host, job: Job, data: dict, *, now: datetime) -> None:
     fields = {}
     for key in ("total_size", "total_uncompressed_size", "total_blob_count", "snapshots_count"):
         value = _count(data, key, required=key == "total_size")
         if isinstance(value, str):
-            return ("invalid_event", value)
+            raise EventRejected("invalid_event", value)
         fields[key] = value
     ratio = data.get("compression_ratio")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))):
-        return ("invalid_event", "compression_ratio must be a number")
+        raise EventRejected("invalid_event", "compression_ratio must be a number")
     db.session.add(
         RepoStats(host_id=host.id, job_id=job.id, taken_at=now, compression_ratio=ratio, **fields)
     )
     host.repo_size_bytes = fields["total_size"]
-    return None
 
 
 def size_history(host: Host, limit: int = 90) -> list[RepoStats]:

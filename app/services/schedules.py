@@ -20,7 +20,7 @@ from app.models import Command, Host, Job, Schedule, SourceGroup
 from app.secretbox import SecretBox
 from app.services import audit, commands, validate
 from app.services.audit import Actor
-from app.services.errors import NotFound, ValidationFailed
+from app.services.errors import EventRejected, NotFound, ValidationFailed
 
 MAX_NAME = 64
 MAX_CRON = 128
@@ -323,15 +323,16 @@ def ensure_pushed(box: SecretBox, host: Host, *, now: datetime) -> Optional[Comm
     return None if waiting else push(box, host, now=now)
 
 
-def apply_ack(host: Host, data: dict) -> Optional[tuple[str, str]]:
+def apply_ack(host: Host, data: dict) -> None:
     """A ``schedule.applied`` event: the agent runs this version of the host's schedules."""
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        return ("invalid_event", "schedule.applied needs a non-negative integer version.")
+        raise EventRejected(
+            "invalid_event", "schedule.applied needs a non-negative integer version."
+        )
     if version > host.schedule_version:
-        return None  # a version the server never sent (a restored database): not in sync
+        return  # a version the server never sent (a restored database): not in sync
     host.agent_schedule_version = version
-    return None
 
 
 # --- cron in words and next run times (pure) -----------------------------------------------
