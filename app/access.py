@@ -15,6 +15,7 @@ from functools import wraps
 from flask import current_app, g, redirect, request, url_for
 from flask_login import current_user
 
+from app.errors import forbidden, is_api_request, unauthenticated
 from app.models import Role
 
 PUBLIC = "public"
@@ -56,19 +57,8 @@ def declared_access(view):
     return getattr(view, "_rm_access", None)
 
 
-# Pages for people that live under /api/ (the API reference): HTML errors, sign-in redirect.
-HTML_PAGES_UNDER_API = frozenset({"/api/docs"})
-
-
-def is_api_request() -> bool:
-    """JSON errors and 401s (not a sign-in redirect) for this request."""
-    return request.path.startswith("/api/") and request.path not in HTML_PAGES_UNDER_API
-
-
 def enforce_access():
     """before_request hook: deny unless the route's declaration allows this caller."""
-    from app.errors import forbidden, unauthenticated
-
     endpoint = request.endpoint
     if endpoint is None or endpoint in _ALWAYS_PUBLIC_ENDPOINTS:
         return None  # unknown URLs become 404s; static files are public

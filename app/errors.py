@@ -6,7 +6,7 @@ from flask import jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from app.access import is_api_request
+from app.extensions import db
 from app.services.errors import RateLimited, ServiceError
 
 _CODES = {
@@ -23,6 +23,15 @@ _CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+# Pages for people that live under /api/ (the API reference): HTML errors, sign-in redirect.
+HTML_PAGES_UNDER_API = frozenset({"/api/docs"})
+
+
+def is_api_request() -> bool:
+    """JSON errors and 401s (not a sign-in redirect) for this request."""
+    return request.path.startswith("/api/") and request.path not in HTML_PAGES_UNDER_API
 
 
 def wants_json() -> bool:
@@ -85,8 +94,6 @@ def register_error_handlers(app):
 
     @app.errorhandler(ServiceError)
     def service_error(error: ServiceError):
-        from app.extensions import db
-
         db.session.rollback()  # a refused request leaves the database as it was
         if wants_json() and error.fields:
             response = error_response(error.status, error.code, error.message, fields=error.fields)

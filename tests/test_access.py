@@ -9,12 +9,12 @@ from werkzeug.routing import IntegerConverter
 
 from app.access import (
     AGENT,
-    HTML_PAGES_UNDER_API,
     PUBLIC,
     SAFE_METHODS,
     declared_access,
     require_role,
 )
+from app.errors import HTML_PAGES_UNDER_API
 from app.models import Role
 from tests.factories import form_token, login
 
