@@ -76,7 +76,7 @@ def big_tree(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)  # do not leave 200 MiB behind in /tmp
 
 
-def test_backup_reports_progress_stats_snapshots_and_size(tmp_path, jobs, repo):
+def backup_reports_progress_stats_snapshots_and_size(tmp_path, jobs, repo):
     data = write_tree(tmp_path / "data", 30, 40_000)
     (data / "big.bin").write_bytes(os.urandom(3_000_000))
     ran = jobs.run("backup", {"paths": [str(data)], "tags": ["default"], "excludes": ["*.tmp"]})
@@ -102,7 +102,7 @@ def test_backup_reports_progress_stats_snapshots_and_size(tmp_path, jobs, repo):
     assert not any('"message_type"' in text for text in ran.texts)
 
 
-def test_snapshots_job_matches_restic(tmp_path, jobs, repo):
+def snapshots_job_matches_restic(tmp_path, jobs, repo):
     data = write_tree(tmp_path / "more", 5, 1000)
     assert jobs.run("backup", {"paths": [str(data)]}).finished["status"] == "succeeded"
     ran = jobs.run("snapshots")
@@ -112,7 +112,7 @@ def test_snapshots_job_matches_restic(tmp_path, jobs, repo):
     assert ran.finished["stats"] == {"count": 2}
 
 
-def test_forget_with_a_policy_then_prune(tmp_path, jobs, repo):
+def forget_with_a_policy_then_prune(tmp_path, jobs, repo):
     data = write_tree(tmp_path / "more", 5, 1000)
     for _ in range(2):
         assert jobs.run("backup", {"paths": [str(data)]}).finished["status"] == "succeeded"
@@ -134,7 +134,7 @@ def test_forget_with_a_policy_then_prune(tmp_path, jobs, repo):
     assert prune.of("repo.stats")[0]["total_size"] <= forget.of("repo.stats")[0]["total_size"]
 
 
-def test_check_reads_a_subset_and_unlock_and_stats_run(jobs, repo):
+def check_reads_a_subset_and_unlock_and_stats_run(tmp_path, jobs, repo):
     check = jobs.run("check", {"read_data_subset": "50%"})
     assert check.finished["status"] == "succeeded", check.texts
     assert "no errors were found" in check.texts
@@ -146,6 +146,21 @@ def test_check_reads_a_subset_and_unlock_and_stats_run(jobs, repo):
     assert stats.finished["stats"] == stats.of("repo.stats")[0]
     assert stats.finished["stats"]["total_size"] == direct["total_size"]
     assert stats.finished["stats"]["total_blob_count"] == direct["total_blob_count"]
+
+
+def test_one_repository_from_its_first_backup_to_prune(tmp_path, repo):
+    # The steps build on each other's snapshots in one repository: one test runs them in
+    # order (pytest-xdist hands the tests of a module to different workers, each of which
+    # would make the module's repository afresh).
+    for step in (
+        backup_reports_progress_stats_snapshots_and_size,
+        snapshots_job_matches_restic,
+        forget_with_a_policy_then_prune,
+        check_reads_a_subset_and_unlock_and_stats_run,
+    ):
+        root = tmp_path / step.__name__
+        root.mkdir()
+        step(root, Jobs(root, repo), repo)
 
 
 def test_wrong_params_never_reach_restic(jobs):
