@@ -16,8 +16,9 @@ from app import create_app
 from app.extensions import db
 from app.models import Role
 from app.models.types import utcnow
-from app.services import api_tokens, users
-from tests.factories import TEST_PASSWORD, login
+from app.services import api_tokens
+from tests import factories
+from tests.factories import login
 
 
 def _postgres_url_for_this_worker(url: str) -> str:
@@ -139,14 +140,8 @@ def client(app):
 
 @pytest.fixture
 def make_user(app):
-    counter = iter(range(1, 10_000))
-
-    def make(role: Role = Role.admin, username: str | None = None, password: str = TEST_PASSWORD):
-        user = users.create_user(username or f"{role.value}{next(counter)}", password, role)
-        db.session.commit()
-        return user
-
-    return make
+    """``make_user(role, username=None, password=TEST_PASSWORD)`` (tests.factories)."""
+    return factories.make_user
 
 
 @pytest.fixture

@@ -8,14 +8,15 @@ tests/conftest.py.
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import timedelta
 
 from app.extensions import db
-from app.models import AgentToken, Host, Job, SourceGroup
+from app.models import AgentToken, Host, Job, Role, SourceGroup
 from app.models.types import utcnow
 from app.security import hash_token, new_token
-from app.services import api_tokens, enrollment, jobs
+from app.services import api_tokens, enrollment, jobs, users
 from app.services.audit import Actor
 
 TEST_PASSWORD = "correct horse battery"
@@ -54,6 +55,18 @@ def bearer_headers(user) -> dict:
     _, plain = api_tokens.create_token(user, "stream test", now=utcnow())
     db.session.commit()
     return {"Authorization": f"Bearer {plain}"}
+
+
+# --- users -----------------------------------------------------------------------------------
+
+_user_numbers = itertools.count(1)
+
+
+def make_user(role: Role = Role.admin, username: str | None = None, password: str = TEST_PASSWORD):
+    """A user of ``role`` (named after it, e.g. ``operator3``, unless ``username``)."""
+    user = users.create_user(username or f"{role.value}{next(_user_numbers)}", password, role)
+    db.session.commit()
+    return user
 
 
 # --- hosts -----------------------------------------------------------------------------------
