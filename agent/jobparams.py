@@ -26,6 +26,7 @@ _SUBSET = re.compile(
     r"^(?:(?P<n>\d+)/(?P<t>\d+)|(?P<pct>\d+(?:\.\d+)?)%|(?P<size>\d+[KMGTkmgt]?))$"
 )
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$")  # the server's TAG_PATTERN
 _TARGET_PREFIXES = ("/", "$HOME", "${HOME}", "~")
 
 
@@ -109,10 +110,7 @@ def backup_params(params: Mapping[str, Any]) -> BackupParams:
     for path in paths:
         if not os.path.isabs(path):
             raise InvalidParams(f"paths: {path!r} is not an absolute path")
-    tags = _strings(params, "tags")
-    for tag in tags:
-        if "," in tag:
-            raise InvalidParams(f"tags: {tag!r} contains a comma (restic would split it)")
+    tags = _tags(params)
     group = params.get("group")
     if group is not None and not isinstance(group, str):
         raise InvalidParams("group: must be a string")
@@ -152,14 +150,14 @@ def forget_params(params: Mapping[str, Any]) -> List[ForgetParams]:
     groups = params.get("groups")
     if groups is None:
         policy = _policy(params.get("policy"), "policy")
-        return [ForgetParams(policy, _strings(params, "tags"), group_by, dry_run)]
+        return [ForgetParams(policy, _tags(params), group_by, dry_run)]
     if not isinstance(groups, list) or not groups:
         raise InvalidParams("groups: must be a non-empty list of {tag, policy}")
     runs = []
     for index, group in enumerate(groups):
         where = f"groups[{index}]"
         tag = group.get("tag") if isinstance(group, dict) else None
-        if not isinstance(tag, str) or not tag or "," in tag or "\0" in tag:
+        if not isinstance(tag, str) or not _TAG.match(tag):
             raise InvalidParams(f"{where}.tag: must be a tag name")
         policy = _policy(group.get("policy"), f"{where}.policy")
         runs.append(ForgetParams(policy, [tag], group_by, dry_run))
@@ -239,14 +237,21 @@ def restore_params(params: Mapping[str, Any]) -> RestoreParams:
         raise InvalidParams("target: contains a NUL character")
     if not any(_has_prefix(target, prefix) for prefix in _TARGET_PREFIXES):
         raise InvalidParams(f"target: {target!r} must be absolute or start with $HOME or ~/")
+    if ".." in target.split("/"):
+        raise InvalidParams(f"target: {target!r} must not contain .. components")
+    if not in_place and target.rstrip("/") == "":
+        raise InvalidParams("target: restoring into / is an in-place restore (in_place: true)")
     return RestoreParams(snapshot_id, target, includes, in_place, verify)
 
 
 def diff_params(params: Mapping[str, Any]) -> DiffParams:
     """``diff``: two snapshots, a (older, the source) and b (newer, the target)."""
-    return DiffParams(
+    chosen = DiffParams(
         snapshot_id_param(params, "snapshot_a"), snapshot_id_param(params, "snapshot_b")
     )
+    if chosen.snapshot_a == chosen.snapshot_b:
+        raise InvalidParams("snapshot_b: the two snapshots to compare must differ")
+    return chosen
 
 
 def snapshot_id_param(params: Mapping[str, Any], key: str) -> str:
@@ -287,6 +292,17 @@ def _strings(params: Mapping[str, Any], key: str) -> List[str]:
     if any("\0" in item for item in value):
         raise InvalidParams(f"{key}: contains a NUL character")
     return list(value)
+
+
+def _tags(params: Mapping[str, Any]) -> List[str]:
+    """restic tags as the server writes them (no commas: restic would split them)."""
+    tags = _strings(params, "tags")
+    for tag in tags:
+        if "," in tag:
+            raise InvalidParams(f"tags: {tag!r} contains a comma (restic would split it)")
+        if not _TAG.match(tag):
+            raise InvalidParams(f"tags: {tag!r} is not a tag (letters, digits, . _ : @ + -)")
+    return tags
 
 
 def bandwidth_limit(value: Any, key: str) -> Optional[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from agent.diff_job import natural_key as agent_natural_key
+from agent.actions.diff import natural_key as agent_natural_key
 from app.services.rpc import natural_key as server_natural_key
 
 NAMES = [

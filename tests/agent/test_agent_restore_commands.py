@@ -280,7 +280,7 @@ def test_restore_params_accept_home_targets_and_in_place():
     assert params.target == "$HOME/rm-restore/3" and params.includes == []
     in_place = jobparams.restore_params({"snapshot_id": SID, "in_place": True, "target": "/"})
     assert in_place.target == "/" and in_place.in_place
-    assert jobparams.diff_params({"snapshot_a": SID, "snapshot_b": SID}).snapshot_b == SID
+    assert jobparams.diff_params({"snapshot_a": SID[::-1], "snapshot_b": SID}).snapshot_b == SID
     with pytest.raises(jobparams.InvalidParams, match="snapshot_b"):
         jobparams.diff_params({"snapshot_a": SID, "snapshot_b": SID[:8]})
 
