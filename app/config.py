@@ -40,6 +40,19 @@ def _bool(environ, name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _allowed_hosts(raw: str) -> list[str]:
+    """Host names (optionally with :port) the server answers to when RM_BASE_URL is unset."""
+    hosts = []
+    for part in filter(None, (p.strip().lower() for p in raw.split(","))):
+        if "/" in part or any(char.isspace() for char in part):
+            raise ConfigError(
+                f"RM_ALLOWED_HOSTS: {part!r} is not a host name (expected e.g. "
+                "backup.example.com or backup.example.com:8443, comma-separated)"
+            )
+        hosts.append(part)
+    return hosts
+
+
 def _trusted_proxies(raw: str) -> list:
     """Addresses/networks of reverse proxies whose X-Forwarded-* headers we believe."""
     networks = []
@@ -93,4 +106,10 @@ def load_config(environ=None) -> dict:
         # How long a directory listing of a snapshot is reused (snapshots never change).
         "RM_TREE_CACHE_SECONDS": _int(environ, "RM_TREE_CACHE_SECONDS", 1800, 0),
         "RM_DOWNLOAD_MAX_MB": _int(environ, "RM_DOWNLOAD_MAX_MB", 1024, 1),
+        # The largest request body anyone may send (agents' log batches and file chunks).
+        "RM_MAX_BODY_MB": _int(environ, "RM_MAX_BODY_MB", 16, 1),
+        # A running or queued job whose host stays offline this long ends "lost".
+        "RM_LOST_JOB_AFTER_SECONDS": _int(environ, "RM_LOST_JOB_AFTER_SECONDS", 900, 60),
+        # Without RM_BASE_URL, install commands use the request's host only if listed here.
+        "RM_ALLOWED_HOSTS": _allowed_hosts(environ.get("RM_ALLOWED_HOSTS", "")),
     }
