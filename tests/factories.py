@@ -185,9 +185,7 @@ def enroll_agent(app, hostname="web-1", *, bring_up=False) -> tuple[Agent, int]:
 # --- jobs ------------------------------------------------------------------------------------
 
 
-def make_job(
-    host: Host, kind="backup", status="succeeded", *, age=timedelta(0), **fields
-) -> Job:
+def make_job(host: Host, kind="backup", status="succeeded", *, age=timedelta(0), **fields) -> Job:
     """A job row in any state, created ``age`` ago by the user alice (no command queued)."""
     job = Job(
         host_id=host.id,

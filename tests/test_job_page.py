@@ -128,6 +128,7 @@ def test_truncated_and_dropped_logs_are_explained(app_factory):
     app = app_factory(RM_JOB_LOG_MAX_RECORDS=100)
     with app.app_context():
         from app.services import users
+
         user = users.create_user("reader", "correct horse battery", Role.viewer)
         db.session.commit()
         browser = app.test_client()
