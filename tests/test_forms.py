@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import re
 
+from flask import current_app
 from sqlalchemy import func, select
 
 from app.extensions import db
@@ -13,14 +14,13 @@ from app.models import (
     ApiToken,
     EnrollmentToken,
     Host,
-    HostCredential,
     Role,
     Schedule,
     SourceGroup,
     User,
 )
 from app.models.types import utcnow
-from app.services import users
+from app.services import repository, users
 from app.services.errors import Conflict, ValidationFailed
 from app.web.forms import place_refusal
 from app.web.hosts.forms import RepositoryForm
@@ -47,10 +47,14 @@ def _host(hostname: str = "web-1") -> Host:
     db.session.add(host)
     db.session.flush()
     db.session.add(SourceGroup(host_id=host.id, name="default", includes=["/etc"]))
-    db.session.add(
-        HostCredential(
-            host_id=host.id, kind="everyday", repo_url="/srv/restic/web-1", sealed_password=b"x"
-        )
+    repository.new_credential(
+        current_app.extensions["secretbox"],
+        host,
+        "everyday",
+        url="/srv/restic/web-1",
+        username=None,
+        password="x",
+        now=utcnow(),
     )
     db.session.commit()
     return host

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from flask import current_app
 from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import AuditLog, Command, Host, HostCredential, Job, Role, Snapshot
 from app.models.types import utcnow
-from app.services import job_params
+from app.services import job_params, repository
 from app.web.hosts.forms import RUN_FORMS
 from tests.factories import form_token, make_host, make_job
 
@@ -411,7 +412,10 @@ def test_admin_saves_the_connection_and_the_password_never_comes_back(login_as):
     assert 'name="repo_url" placeholder' in page and f'value="{url}"' not in page
     assert 'name="repo_username" type="text" value="restic"' in page
     credential = db.session.scalar(select(HostCredential))
-    assert credential.repo_url == url and REPO_PASSWORD.encode() not in credential.sealed_password
+    assert credential.repo_url_redacted == "rest:https://backup:***@backup.example.com/web-1"
+    assert repository.repo_url_of(current_app.extensions["secretbox"], credential) == url
+    assert b"urlsecret" not in credential.sealed_repo_url
+    assert REPO_PASSWORD.encode() not in credential.sealed_password
     assert _latest_job().kind == "probe"
     db.session.expire_all()
     assert db.session.get(Host, host.id).repo_status == "unknown"

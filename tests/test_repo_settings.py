@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
@@ -319,6 +320,10 @@ def test_the_connection_can_be_changed_from_the_repository_tab(app, login_as, ho
     assert saved.headers["Location"].endswith(f"/hosts/{host.id}/repo")
     assert "moved-Secret-77" not in admin.get(f"/hosts/{host.id}/repo").get_data(as_text=True)
     db.session.expire_all()
-    assert repository.credential_of(db.session.get(Host, host.id)).repo_url == "/srv/restic/moved"
+    credential = repository.credential_of(db.session.get(Host, host.id))
+    assert credential.repo_url_redacted == "/srv/restic/moved"
+    assert repository.repo_url_of(current_app.extensions["secretbox"], credential) == (
+        "/srv/restic/moved"
+    )
     operator_page = login_as(Role.operator).get(f"/hosts/{host.id}/repo").get_data(as_text=True)
     assert "Change the connection" not in operator_page

@@ -14,7 +14,6 @@ from app.formatting import iso
 from app.models import Host
 from app.models.types import utcnow
 from app.services import hosts, repository
-from app.services.enrollment import redact_url
 from app.transaction import commit_and_wake
 
 
@@ -82,7 +81,7 @@ def put_repository(host_id: int):
 def repository_json(host: Host) -> dict:
     credential = repository.credential_of(host)
     return {
-        "url": redact_url(credential.repo_url) if credential else None,
+        "url": credential.repo_url_redacted if credential else None,
         "username": credential.username if credential else None,
         "password_set": bool(credential and credential.sealed_password),
         "admin_set": repository.credential_of(host, "admin") is not None,

@@ -111,7 +111,11 @@ class EnrollmentToken(db.Model):
 
 
 class HostCredential(db.Model):
-    """Repository credentials of a host, sealed (kind: everyday | admin)."""
+    """Repository credentials of a host, sealed (kind: everyday | admin).
+
+    The URL may carry a password (``rest:https://user:secret@host/repo``), so the whole of
+    it is sealed (``host_credentials:repo_url:<id>``); only its redacted form is in clear.
+    """
 
     __tablename__ = "host_credentials"
     __table_args__ = (UniqueConstraint("host_id", "kind"),)
@@ -119,7 +123,8 @@ class HostCredential(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(16), default="everyday")
-    repo_url: Mapped[str] = mapped_column(String(1000))
+    repo_url_redacted: Mapped[str] = mapped_column(String(1000))
+    sealed_repo_url: Mapped[bytes] = mapped_column(LargeBinary)
     username: Mapped[Optional[str]] = mapped_column(String(255))
     sealed_password: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

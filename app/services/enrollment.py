@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timedelta
 from typing import Optional
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select, update
 
@@ -15,14 +13,13 @@ from app.models import (
     AgentToken,
     EnrollmentToken,
     Host,
-    HostCredential,
     RepoMaintenance,
     SourceGroup,
     User,
 )
 from app.secretbox import SecretBox
 from app.security import hash_token, new_token
-from app.services import audit, commands, validate
+from app.services import audit, commands, repository, validate
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
@@ -44,19 +41,6 @@ DEFAULT_MAINTENANCE = {
 class TokenRefused(ServiceError):
     status = 401
     code = "invalid_token"
-
-
-def redact_url(url: str) -> str:
-    """A repository URL without any password embedded in it (rest:https://u:p@host/...)."""
-    prefix = ""
-    match = re.match(r"^(rest:|s3:|swift:|b2:|azure:|gs:|rclone:|sftp:)(.*)$", url)
-    if match:
-        prefix, url = match.groups()
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        url = urlunsplit(parts._replace(netloc=netloc))
-    return prefix + url
 
 
 def _seal_credentials(box: SecretBox, token: EnrollmentToken, credentials: dict) -> None:
@@ -143,7 +127,7 @@ def _mint(
     token = EnrollmentToken(
         token_hash=hash_token(plain),
         hostname=hostname,
-        repo_url_redacted=redact_url(repo_url),
+        repo_url_redacted=repository.redact_url(repo_url),
         paths=paths,
         created_by_user_id=created_by_user_id,
         created_at=now,
@@ -312,31 +296,24 @@ def enroll(
     token.sealed_credentials = None  # the host's own credential row holds them from now on
     db.session.add(SourceGroup(host=host, name=DEFAULT_GROUP, includes=list(token.paths or [])))
     db.session.add(RepoMaintenance(host_id=host.id, updated_at=now, **DEFAULT_MAINTENANCE))
-    credential = HostCredential(
-        host_id=host.id,
-        kind="everyday",
-        repo_url=credentials["url"],
+    repository.new_credential(
+        box,
+        host,
+        "everyday",
+        url=credentials["url"],
         username=credentials.get("username"),
-        sealed_password=b"",
-        updated_at=now,
-    )
-    db.session.add(credential)
-    db.session.flush()
-    credential.sealed_password = box.seal(
-        credentials["password"], table="host_credentials", column="password", row_id=credential.id
+        password=credentials["password"],
+        now=now,
     )
     agent_plain = new_token(AGENT_PREFIX)
     db.session.add(AgentToken(host_id=host.id, token_hash=hash_token(agent_plain), created_at=now))
-    commands.enqueue(
-        box,
-        host,
-        "config.update",
-        payload={
-            "repository": {"url": credentials["url"], "username": credentials.get("username")}
-        },
-        secret_payload={"repository": {"password": credentials["password"]}},
-        now=now,
+    payload, secret = repository.config_update(
+        "everyday",
+        url=credentials["url"],
+        username=credentials.get("username"),
+        password=credentials["password"],
     )
+    commands.enqueue(box, host, "config.update", payload=payload, secret_payload=secret, now=now)
     audit.record(
         Actor.for_agent(host),
         "host.enrolled",

@@ -134,25 +134,20 @@ def save_admin_credential(
     )
     password = errors.check(validate.password, password, "password", "Admin password")
     errors.raise_any()
+    url = repository.repo_url_of(box, everyday)
     credential = repository.credential_of(host, "admin")
     if credential is None:
-        credential = HostCredential(host_id=host.id, kind="admin", sealed_password=b"")
-        db.session.add(credential)
-    credential.repo_url = everyday.repo_url
-    credential.username = username
-    credential.updated_at = now
-    db.session.flush()
-    credential.sealed_password = box.seal(
-        password, table="host_credentials", column="password", row_id=credential.id
+        credential = repository.new_credential(
+            box, host, "admin", url=url, username=username, password=password, now=now
+        )
+    else:
+        credential.username = username
+        credential.updated_at = now
+        repository.set_secrets(box, credential, url=url, password=password)
+    payload, secret = repository.config_update(
+        "admin", url=url, username=username, password=password
     )
-    commands.enqueue(
-        box,
-        host,
-        "config.update",
-        payload={"admin_repository": {"url": everyday.repo_url, "username": username}},
-        secret_payload={"admin_repository": {"password": password}},
-        now=now,
-    )
+    commands.enqueue(box, host, "config.update", payload=payload, secret_payload=secret, now=now)
     db.session.flush()
     _bump(box, host, now)
     return credential

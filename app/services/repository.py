@@ -13,7 +13,6 @@ from app.models import Host, HostCredential, Job, RepoStats, Snapshot
 from app.secretbox import SecretBox
 from app.services import audit, commands, validate
 from app.services.audit import Actor
-from app.services.enrollment import redact_url
 from app.services.errors import EventRejected
 from app.services.jobs import create_job
 
@@ -24,7 +23,8 @@ _HEX_ID = re.compile(r"^[0-9a-f]{8,64}$")
 _RFC3339 = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$", re.IGNORECASE
 )
-
+_BACKEND_PREFIX = re.compile(r"^(rest|s3|swift|b2|azure|gs|rclone|sftp):(?!//)")
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def restic_time_offset(value: Any) -> Optional[int]:
@@ -226,9 +226,93 @@ def size_history(host: Host, limit: int = 90) -> list[RepoStats]:
 # --- credentials -------------------------------------------------------------------------
 
 
+def redact_url(url: str) -> str:
+    """A repository URL without any password embedded in it (``rest:https://u:***@host/…``).
+
+    Covers ``scheme://user:password@host`` after any restic backend prefix, and the scp-like
+    ``sftp:user:password@host:/path``.
+    """
+    backend = _BACKEND_PREFIX.match(url)
+    start = backend.end() if backend else 0
+    scheme = _URL_SCHEME.match(url[start:])
+    start += scheme.end() if scheme else 0
+    ends = [index for index in (url.find(mark, start) for mark in "/?#") if index != -1]
+    end = min(ends, default=len(url))
+    userinfo, at, host = url[start:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return url[:start] + f"{user}:***@{host}" + url[end:]
+
+
 def credential_of(host: Host, kind: str = "everyday") -> Optional[HostCredential]:
     return db.session.scalar(
         select(HostCredential).where(HostCredential.host_id == host.id, HostCredential.kind == kind)
+    )
+
+
+def seal_repo_url(box: SecretBox, credential: HostCredential, url: str) -> None:
+    """The whole URL sealed (it may hold a password), its redacted form kept for display."""
+    credential.repo_url_redacted = redact_url(url)
+    credential.sealed_repo_url = box.seal(
+        url, table="host_credentials", column="repo_url", row_id=credential.id
+    )
+
+
+def repo_url_of(box: SecretBox, credential: HostCredential) -> str:
+    """The whole URL, password included: for the agent's sealed command only."""
+    return box.open(
+        credential.sealed_repo_url,
+        table="host_credentials",
+        column="repo_url",
+        row_id=credential.id,
+    )
+
+
+def form_url(box: SecretBox, credential: Optional[HostCredential]) -> Optional[str]:
+    """The URL to prefill a form with: ``None`` when it holds a password (never shown)."""
+    if credential is None:
+        return None
+    url = repo_url_of(box, credential)
+    return url if url == credential.repo_url_redacted else None
+
+
+def new_credential(
+    box: SecretBox, host: Host, kind: str, *, url: str, username, password: str, now: datetime
+) -> HostCredential:
+    """A credential row with its URL and password sealed (both bound to the row's id)."""
+    credential = HostCredential(
+        host_id=host.id,
+        kind=kind,
+        repo_url_redacted=redact_url(url),
+        sealed_repo_url=b"",
+        sealed_password=b"",
+        username=username,
+        updated_at=now,
+    )
+    db.session.add(credential)
+    db.session.flush()  # the row id is part of the sealing's associated data
+    set_secrets(box, credential, url=url, password=password)
+    return credential
+
+
+def set_secrets(box: SecretBox, credential: HostCredential, *, url: str, password: str) -> None:
+    seal_repo_url(box, credential, url)
+    credential.sealed_password = box.seal(
+        password, table="host_credentials", column="password", row_id=credential.id
+    )
+
+
+def config_update(kind: str, *, url: str, username, password: str) -> tuple[dict, dict]:
+    """A ``config.update`` section as (clear, sealed) parts: the URL travels sealed.
+
+    The clear part holds the redacted URL; the server merges the sealed part over it on
+    delivery, so the agent receives the whole URL.
+    """
+    key = "repository" if kind == "everyday" else "admin_repository"
+    return (
+        {key: {"url": redact_url(url), "username": username}},
+        {key: {"url": url, "password": password}},
     )
 
 
@@ -243,27 +327,27 @@ def save_credentials(
     url, username, password = validate.repository(url, username, password)
     credential = credential_of(host)
     if credential is None:
-        credential = HostCredential(host_id=host.id, kind="everyday", sealed_password=b"")
-        db.session.add(credential)
-    credential.repo_url = url
-    credential.username = username
-    credential.updated_at = now
-    db.session.flush()
-    credential.sealed_password = box.seal(
-        password, table="host_credentials", column="password", row_id=credential.id
-    )
-    payload = {"repository": {"url": url, "username": username}}
-    secret = {"repository": {"password": password}}
+        credential = new_credential(
+            box, host, "everyday", url=url, username=username, password=password, now=now
+        )
+    else:
+        credential.username = username
+        credential.updated_at = now
+        set_secrets(box, credential, url=url, password=password)
+    payload, secret = config_update("everyday", url=url, username=username, password=password)
     admin = credential_of(host, "admin")
-    if admin is not None and admin.repo_url != url:
+    if admin is not None and repo_url_of(box, admin) != url:
         # The admin credential is for the same repository: it follows the URL.
-        admin.repo_url = url
-        admin.updated_at = now
         admin_password = box.open(
             admin.sealed_password, table="host_credentials", column="password", row_id=admin.id
         )
-        payload["admin_repository"] = {"url": url, "username": admin.username}
-        secret["admin_repository"] = {"password": admin_password}
+        seal_repo_url(box, admin, url)
+        admin.updated_at = now
+        admin_clear, admin_secret = config_update(
+            "admin", url=url, username=admin.username, password=admin_password
+        )
+        payload.update(admin_clear)
+        secret.update(admin_secret)
     commands.enqueue(box, host, "config.update", payload=payload, secret_payload=secret, now=now)
     host.repo_status = "unknown"
     host.repo_status_reason = None
@@ -290,7 +374,7 @@ def update_credentials(
         "host.repository_updated",
         target_type="host",
         target_id=host.id,
-        payload={"url": redact_url(credential.repo_url), "username": credential.username},
+        payload={"url": credential.repo_url_redacted, "username": credential.username},
         client_address=client_address,
     )
     if host.status(now, offline_after_seconds) == "online":

@@ -15,7 +15,6 @@ from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
 from app.services import dispatch, maintenance, repo_settings, repository, schedules
-from app.services.enrollment import redact_url
 from app.services.errors import ServiceError
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
@@ -123,7 +122,7 @@ def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: i
         admin_form=forms.get("admin") or AdminCredentialForm(formdata=None),
         reinit_form=forms.get("reinit") or ReinitForm(formdata=None),
         everyday=everyday,
-        everyday_url=redact_url(everyday.repo_url) if everyday else None,
+        everyday_url=everyday.repo_url_redacted if everyday else None,
         repository_form=forms.get("repository") or _repository_form(everyday),
         admin=repository.credential_of(host, "admin"),
         tags=_tag_summary(host),

@@ -15,7 +15,6 @@ from app.install_commands import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
 from app.services import dispatch, enrollment, repository
-from app.services.enrollment import redact_url
 from app.services.errors import ServiceError, ValidationFailed
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
@@ -138,8 +137,7 @@ def _repository_form(credential) -> RepositoryForm:
     form = RepositoryForm(formdata=None)
     if credential is not None:
         form.repo_username.data = credential.username
-        if redact_url(credential.repo_url) == credential.repo_url:
-            form.repo_url.data = credential.repo_url
+        form.repo_url.data = repository.form_url(current_app.extensions["secretbox"], credential)
     return form
 
 
@@ -165,7 +163,7 @@ def _render_host(
         "more_snapshots": len(snapshots) > SNAPSHOT_LIMIT,
         "jobs": list(jobs),
         "job_limit": JOB_HISTORY_LIMIT,
-        "repo_url": redact_url(credential.repo_url) if credential else None,
+        "repo_url": credential.repo_url_redacted if credential else None,
         "repo_username": credential.username if credential else None,
         "run_forms": _run_forms(host, submitted),
         "active_kind": submitted.kind if submitted is not None else None,
