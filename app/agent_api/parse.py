@@ -1,7 +1,14 @@
-"""Strict parsing of agent request bodies: a broken or hostile agent gets a precise 4xx."""
+"""Strict parsing of agent request bodies: a broken or hostile agent gets a precise 4xx.
+
+:func:`body` is the boundary every agent body passes (docs/protocol.md, "Input rules"):
+nesting depth, no NUL characters (log text excepted: stripped, as always) or lone
+surrogates, integers within 64 bits, no NaN, and the JSON type of each top-level field
+(``"12"`` is not an integer). The helpers below then read the fields they need.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 from flask import request
@@ -9,23 +16,96 @@ from flask import request
 from app.services.errors import ServiceError, UnsupportedMediaType, ValidationFailed
 from app.services.events import Event
 from app.services.jobs import LOG_STREAMS, MAX_LOG_TEXT
+from app.services.validate import MAX_JSON_DEPTH, echo, json_problem
 
 MAX_EVENTS = 500
 MAX_RECORDS = 500
 MAX_RUNNING = 1000
 MAX_ACKS = 1000
+# Agent clocks are wrong sometimes, but never by centuries: a time outside this range is a
+# bug or an attack, and would render as "1-01-01" or overflow date arithmetic.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)
+
+_STRING, _INTEGER, _NUMBER = (str, type(None)), (int, type(None)), (int, float, type(None))
+_BOOLEAN, _LIST, _OBJECT = (bool, type(None)), (list, type(None)), (dict, type(None))
+# The JSON type of each top-level field, per endpoint (null always means "absent").
+FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "agent_api.enroll": {
+        "token": _STRING,
+        "hostname": _STRING,
+        "os": _STRING,
+        "arch": _STRING,
+        "agent_version": _STRING,
+        "restic_version": _STRING,
+        "protocol_version": _INTEGER,
+    },
+    "agent_api.hello": {
+        "protocol_version": _INTEGER,
+        "agent_version": _STRING,
+        "restic_version": _STRING,
+        "hostname": _STRING,
+        "os": _STRING,
+        "arch": _STRING,
+        "boot_id": _STRING,
+        "running": _LIST,
+    },
+    "agent_api.poll": {"boot_id": _STRING, "acks": _LIST, "running": _LIST, "wait": _NUMBER},
+    "agent_api.events": {"events": _LIST},
+    "agent_api.logs": {"attempt_id": _STRING, "first_seq": _INTEGER, "records": _LIST},
+    "agent_api.register_run": {
+        "run_id": _STRING,
+        "schedule_id": _INTEGER,
+        "schedule_version": _INTEGER,
+        "kind": _STRING,
+        "params": _OBJECT,
+        "fired_at": _STRING,
+    },
+    "agent_api.rpc_answer": {
+        "ok": _BOOLEAN,
+        "result": _OBJECT,
+        "error": _STRING,
+        "message": _STRING,
+    },
+    "agent_api.rpc_end": {
+        "ok": _BOOLEAN,
+        "bytes": _INTEGER,
+        "sha256": _STRING,
+        "error": _STRING,
+        "message": _STRING,
+    },
+}
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+_JSON_NAMES.update({list: "a list", dict: "an object", type(None): "null"})
+_LOG_TEXT = re.compile(r"^records\[\d+\]\.text$")
 
 
 def body() -> dict:
+    """The request's JSON object, checked at the boundary (see the module docstring)."""
     if not request.is_json:
         raise UnsupportedMediaType("Send a JSON body with 'Content-Type: application/json'.")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # json.loads gives up long before MAX_JSON_DEPTH matters
+        raise ServiceError(
+            f"The JSON body is nested too deeply (at most {MAX_JSON_DEPTH} levels).",
+            code="invalid_json",
+        ) from None
     if not isinstance(data, dict):
         raise ServiceError("The body must be a JSON object.", code="invalid_json")
+    found = json_problem(data, nul_allowed=_LOG_TEXT.match)
+    if found:
+        invalid(*found)
+    for field, types in FIELD_TYPES.get(request.endpoint or "", {}).items():
+        value = data.get(field)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            wanted = " or ".join(_JSON_NAMES[kind] for kind in types)
+            invalid(field, f"must be {wanted}, not {_JSON_NAMES[type(value)]}")
     return data
 
 
 def invalid(field: str, message: str):
+    field = echo(field)
     raise ValidationFailed(f"{field}: {message}", fields={field: [message]})
 
 
@@ -47,15 +127,19 @@ def positive_int(value, field: str) -> int:
 
 
 def timestamp(value, field: str) -> datetime:
-    if not isinstance(value, str):
+    """An ISO-8601 time between 1970 and 9998 (UTC when it names no offset)."""
+    if not isinstance(value, str) or len(value) > 64:
         invalid(field, "must be an ISO-8601 time")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         invalid(field, "must be an ISO-8601 time")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    if not EARLIEST <= parsed < LATEST:
+        invalid(field, "must be a time between 1970 and 9998")
+    return parsed
 
 
 def running(data: dict) -> list[dict]:

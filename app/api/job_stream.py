@@ -8,6 +8,7 @@ from flask import Response, current_app, request
 
 from app.access import Role, require_role
 from app.api import bp
+from app.api.validation import query_integer
 from app.bus import host_key
 from app.extensions import db
 from app.formatting import iso, log_notes
@@ -15,26 +16,23 @@ from app.live import feeds, job_events, log_chunks, ndjson_line, text_line
 from app.models import Host
 from app.models.types import utcnow
 from app.services import dispatch
-from app.services.errors import ValidationFailed
 from app.services.jobs import get_job
+from app.services.validate import INT64_MAX
 from app.transaction import commit_and_wake
 
 
 def _resume_point() -> int:
-    """Last-Event-ID (a reconnecting EventSource) wins over ?after= (the page's first open)."""
+    """Last-Event-ID (a reconnecting EventSource) wins over ?after= (the page's first open).
+
+    A log sequence number is a 64-bit column: anything else is a 422 before the stream
+    opens, never a stream cut short."""
     for name, raw in (
         ("Last-Event-ID", request.headers.get("Last-Event-ID")),
         ("after", request.args.get("after")),
     ):
         if raw is None or raw.strip() == "":
             continue
-        try:
-            return max(0, int(raw))
-        except ValueError:
-            raise ValidationFailed(
-                f"{name} must be a log sequence number (a whole number), got {raw[:40]!r}.",
-                fields={name: ["not a number"]},
-            ) from None
+        return query_integer(name, raw, 0, INT64_MAX)
     return 0
 
 

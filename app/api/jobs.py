@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import current_app, jsonify, request
 from sqlalchemy import select
 
+from app import MAX_ID
 from app.access import Role, require_role
 from app.api import bp
 from app.api.serialize import job_json
-from app.api.validation import json_body
+from app.api.validation import json_body, query_integer
 from app.authn import client_address, current_actor
 from app.bus import host_key, job_key
 from app.extensions import db
@@ -17,6 +18,7 @@ from app.models.types import utcnow
 from app.services import dispatch, jobs
 from app.services.errors import ValidationFailed
 from app.services.hosts import get_host
+from app.services.validate import unstorable
 from app.transaction import commit_and_wake
 
 
@@ -43,15 +45,16 @@ def start_job(host_id: int):
 @require_role(Role.viewer)
 def list_jobs():
     query = select(Job).order_by(Job.id.desc()).limit(200)
-    for name in ("host_id",):
-        if request.args.get(name):
-            try:
-                query = query.where(Job.host_id == int(request.args[name]))
-            except ValueError:
-                raise ValidationFailed("host_id must be a number.") from None
+    if request.args.get("host_id", "").strip():
+        host_id = query_integer("host_id", request.args["host_id"], 1, MAX_ID)
+        query = query.where(Job.host_id == host_id)
     for name in ("kind", "status"):
-        if request.args.get(name):
-            query = query.where(getattr(Job, name) == request.args[name])
+        value = request.args.get(name)
+        if value:
+            reason = unstorable(value)
+            if reason:
+                raise ValidationFailed(f"'{name}' {reason}.", fields={name: [reason]})
+            query = query.where(getattr(Job, name) == value)
     return jsonify({"items": [job_json(job) for job in db.session.scalars(query)]})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, Optional
 
@@ -11,6 +12,78 @@ HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252}[A-Za-z0-9])
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$"  # a restic tag (and a source group's name)
 TAG = re.compile(TAG_PATTERN)
+
+
+# What no stored string or number may hold, whoever sent it (docs/api.md, docs/protocol.md):
+# PostgreSQL refuses NUL in text and JSON; a lone surrogate cannot be encoded as UTF-8 (the
+# database driver, restic's argv and every page would fail on it); the id and counter
+# columns are 64-bit; JSON has no NaN or Infinity; deep nests only cost stack.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_JSON_DEPTH = 32
+ECHO_LENGTH = 40  # how much of a refused value (or field name) an error message repeats
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def echo(value: Any, limit: int = ECHO_LENGTH) -> str:
+    """``value`` as an error message may repeat it: at most ``limit`` characters, printable
+    (a 10 MB refused value is not sent back, nor a lone surrogate that breaks the page)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
+
+
+def unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be stored (a NUL or a lone surrogate), or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters (\\u0000)"
+    if _SURROGATE.search(text):
+        return "must not contain lone surrogates (\\ud800-\\udfff): send valid Unicode"
+    return None
+
+
+def json_problem(
+    value: Any,
+    where: str = "",
+    depth: int = 0,
+    *,
+    nul_allowed: Callable[[str], bool] = lambda where: False,
+) -> tuple[str, str] | None:
+    """The first ``(field, reason)`` that no JSON field may hold, or None.
+
+    ``field`` is a path such as ``events[3].data.reason``; ``nul_allowed(field)`` exempts
+    a field whose NUL characters the caller strips itself (agent log text)."""
+    if depth > MAX_JSON_DEPTH:
+        return where, f"is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+    if isinstance(value, str):
+        reason = unstorable(value.replace("\x00", "") if nul_allowed(where) else value)
+        return (where, reason) if reason else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            return where, "is out of range (a 64-bit integer)"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, "must be a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            reason = unstorable(key)
+            if reason:
+                return where, f"has a key that {reason}"
+            found = json_problem(item, _join(where, key), depth + 1, nul_allowed=nul_allowed)
+            if found:
+                return found
+        return None
+    for index, item in enumerate(value):  # a list: json.loads makes nothing else
+        found = json_problem(item, f"{where}[{index}]", depth + 1, nul_allowed=nul_allowed)
+        if found:
+            return found
+    return None
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def fail(field: str, message: str):
