@@ -20,7 +20,8 @@ from agent.restic.forget import KEEP_FLAGS
 MAX_KIB_PER_SECOND = 10_000_000
 MAX_KEEP = 100_000
 MAX_DURATION_LENGTH = 32  # keep_within: restic parses each number as a 64-bit integer
-_KEEP_WITHIN = re.compile(r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$")
+MAX_DURATION_NUMBER = 100_000  # each number of keep_within (Go's Duration wraps past 2.5M h)
+_KEEP_WITHIN = re.compile(r"^(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+h)?$")
 _GROUP_BY_FIELDS = frozenset({"host", "paths", "tags"})
 _SUBSET = re.compile(
     r"^(?:(?P<n>\d+)/(?P<t>\d+)|(?P<pct>\d+(?:\.\d+)?)%|(?P<size>\d+[KMGTkmgt]?))$"
@@ -188,7 +189,11 @@ def keep_within(value: Any, where: str) -> str:
     """A duration such as ``1y6m``, ``30d`` or ``12h`` (the server's form, at most 32 long)."""
     text = value.strip() if isinstance(value, str) else ""
     if not text or len(text) > MAX_DURATION_LENGTH or not _KEEP_WITHIN.match(text):
-        raise InvalidParams(f"{where}.keep_within: {value!r} is not like 1y2m3d4h")
+        raise InvalidParams(f"{where}.keep_within: {value!r:.40} is not like 1y2m3d4h")
+    if any(int(number) > MAX_DURATION_NUMBER for number in re.findall(r"[0-9]+", text)):
+        raise InvalidParams(
+            f"{where}.keep_within: each number must be at most {MAX_DURATION_NUMBER}"
+        )
     return text
 
 

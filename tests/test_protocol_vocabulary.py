@@ -90,6 +90,15 @@ EXAMPLES = [
         for value in ("6m1y", "1w", "d", "30", "30 d", "-1d", "9" * 40 + "d", 30, "30d\x00")
     ],
     *[("forget_groups", ("groups", 0, "policy", "keep_within"), v, True) for v in ("2m",)],
+    # keep_within's numbers are bounded (restic's hours wrap a Go Duration past 2.5M)
+    *[
+        ("forget", ("policy", "keep_within"), value, True)
+        for value in ("100000h", "9999y", "100000y100000m100000d100000h", "0d")
+    ],
+    *[
+        ("forget", ("policy", "keep_within"), value, False)
+        for value in ("100001d", "1y100001h", "999999999999y", "\u0663d", "1\ud800d")
+    ],
     *[("forget_groups", ("groups", 0, "policy", "keep_last"), v, False) for v in (0.5, -3)],
     ("forget_groups", ("groups", 0, "tag"), "a,b", False),
     ("forget", ("policy",), {}, False),  # nothing would be kept

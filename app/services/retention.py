@@ -41,10 +41,14 @@ RULE_LABELS = {
 }
 MAX_KEEP = 100_000
 MAX_DURATION_LENGTH = 32  # keep_within: restic parses each number as a 64-bit integer
-DURATION_PATTERN = r"^(?:\d+y)?(?:\d+m)?(?:\d+d)?(?:\d+h)?$"
+# Each number of keep_within: restic turns the hours into a Go Duration, which wraps past
+# 2,562,047 hours; 100,000 of any unit is already "keep everything".
+MAX_DURATION_NUMBER = 100_000
+DURATION_PATTERN = r"^(?:[0-9]+y)?(?:[0-9]+m)?(?:[0-9]+d)?(?:[0-9]+h)?$"
 _DURATION = re.compile(DURATION_PATTERN)
 EMPTY_POLICY_REASON = "no retention policy: every snapshot is kept"
-_DURATION_PART = re.compile(r"(\d+)([ymdh])")
+_DURATION_PART = re.compile(r"([0-9]+)([ymdh])")
+_BEGINNING = datetime.min.replace(tzinfo=timezone.utc)
 
 _BUCKETS: tuple[tuple[str, str, Callable[[datetime, int], Any]], ...] = (
     ("keep_last", "last snapshot", lambda time, index: index),
@@ -87,8 +91,8 @@ def retention_policy(raw: Any, *, field: str, allow_empty: bool = False) -> dict
         value = raw.get(key)
         if value in (None, "", 0):
             continue
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value.strip())
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
+            value = int(value.strip())  # an HTML form posts strings; the JSON API refused them
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             fail(key, f"{key} must be a whole number ≥ 1 (or empty).")
         if value > MAX_KEEP:
@@ -103,6 +107,11 @@ def retention_policy(raw: Any, *, field: str, allow_empty: bool = False) -> dict
             or not _DURATION.match(within.strip())
         ):
             fail("keep_within", "keep_within is a duration such as 1y6m, 30d or 12h.")
+        if max(parse_duration(within)) > MAX_DURATION_NUMBER:
+            fail(
+                "keep_within",
+                f"keep_within: each number must be at most {MAX_DURATION_NUMBER} (100y is plenty).",
+            )
         policy["keep_within"] = within.strip()
     if not policy and not allow_empty:
         fail("", "Give at least one retention rule (keep last, daily, … or within).")
@@ -129,11 +138,15 @@ def duration_text(text: str) -> str:
 
 def subtract(time: datetime, years: int, months: int, days: int, hours: int) -> datetime:
     """Go's ``t.AddDate(-y, -m, -d).Add(-h hours)``: an overflowing day rolls over
-    (31 March minus one month is 3 March), as restic computes it."""
+    (31 March minus one month is 3 March), as restic computes it; a duration reaching
+    before year 1 (a policy stored before durations were bounded) gives year 1."""
     month_index = time.month - 1 - months
     year = time.year - years + month_index // 12
-    first = time.replace(year=year, month=month_index % 12 + 1, day=1)
-    return first + timedelta(days=time.day - 1 - days) - timedelta(hours=hours)
+    try:
+        first = time.replace(year=year, month=month_index % 12 + 1, day=1)
+        return first + timedelta(days=time.day - 1 - days) - timedelta(hours=hours)
+    except (ValueError, OverflowError):  # before year 1: every snapshot is within
+        return _BEGINNING
 
 
 def _clock(snapshot: Any) -> datetime:
