@@ -1,4 +1,5 @@
-"""The periodic tick (maintenance cadences, old agent answers), run by exactly one process.
+"""The periodic tick (maintenance cadences, lost jobs, old agent answers), run by exactly one
+process.
 
 Every serving process runs a loop; a tick runs only in the process that holds the leader
 lock: a PostgreSQL advisory lock on a dedicated connection, or an exclusive ``flock`` on
@@ -21,10 +22,11 @@ from typing import Callable, Optional
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from app.bus import job_key
 from app.extensions import db
 from app.models.types import utcnow
 from app.secretbox import SecretBox
-from app.services import maintenance, rpc
+from app.services import jobs, maintenance, rpc
 from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager.ticker")
@@ -33,13 +35,27 @@ log = logging.getLogger("restic_manager.ticker")
 ADVISORY_LOCK_KEY = 0x726D7469636B
 
 
-def tick(box: SecretBox, now: datetime, *, offline_after_seconds: int = 90) -> list:
-    """One pass: due maintenance tasks queued, old agent answers swept. Commits (needs an
-    app context, which :func:`run` provides); returns the new jobs."""
-    jobs = maintenance.run_due(box, now, offline_after_seconds=offline_after_seconds)
+def tick(
+    box: SecretBox,
+    now: datetime,
+    *,
+    offline_after_seconds: int = 90,
+    lost_after_seconds: int = 900,
+    listening_since: Optional[datetime] = None,
+) -> list:
+    """One pass: jobs of long-silent hosts marked lost, due maintenance tasks queued, old
+    agent answers swept. Commits (needs an app context, which :func:`run` provides);
+    returns the new jobs."""
+    lost = jobs.mark_lost(
+        now,
+        lost_after_seconds=lost_after_seconds,
+        offline_after_seconds=offline_after_seconds,
+        listening_since=listening_since,
+    )
+    queued = maintenance.run_due(box, now, offline_after_seconds=offline_after_seconds)
     rpc.sweep(now)
-    commit_and_wake()
-    return jobs
+    commit_and_wake(*(job_key(job.id) for job in lost))  # live job pages show the end
+    return queued
 
 
 class FileLeadership:
@@ -125,6 +141,7 @@ def run(
     interval = interval if interval is not None else app.config["RM_TICKER_SECONDS"]
     leadership = leadership_for(app)
     leading = False
+    listening_since = utcnow()  # agents' silence before this is the server's own downtime
     try:
         while True:
             with app.app_context():
@@ -138,6 +155,8 @@ def run(
                             app.extensions["secretbox"],
                             utcnow(),
                             offline_after_seconds=app.config["RM_OFFLINE_AFTER_SECONDS"],
+                            lost_after_seconds=app.config["RM_LOST_JOB_AFTER_SECONDS"],
+                            listening_since=listening_since,
                         )
                 except Exception:
                     log.exception("ticker: the tick failed; trying again at the next one")

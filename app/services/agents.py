@@ -82,18 +82,28 @@ def reconcile(host: Host, running: list[dict], *, now: datetime) -> list[dict]:
         elif job.attempt_id != item["attempt_id"]:
             kills.append(_kill(item, "stale_attempt"))
         elif item.get("state") == "running" and (
-            job.cancel_requested_at is not None or job.status in ("cancelled", "lost")
+            job.cancel_requested_at is not None or job.status == "cancelled"
         ):
             kills.append(_kill(item, "cancelled"))
+        elif item.get("state") == "running" and job.status == "lost":
+            jobs.revive(job, host)  # it was only silent (a network outage): it runs on
     for job in db.session.scalars(
-        select(Job).where(Job.host_id == host.id, Job.status == "running")
+        select(Job).where(Job.host_id == host.id, Job.status.in_(("queued", "running")))
     ):
         restarted = job.boot_id is not None and host.boot_id and job.boot_id != host.boot_id
-        if job.id not in listed and restarted:
+        if job.id in listed or not restarted:
+            continue
+        if job.status == "running":
             job.status = "cancelled" if job.cancel_requested_at else "lost"
-            job.finished_at = now
             job.error = "The agent restarted while this job ran and does not know it any more."
-            jobs.note_backup_finished(host, job)
+        else:  # a run an earlier agent process registered but never started
+            job.status = "lost"
+            job.error = (
+                "The agent restarted before this run started and does not list it: it was "
+                "marked lost. If the agent runs it after all, its result is recorded."
+            )
+        job.finished_at = now
+        jobs.note_backup_finished(host, job)
     return kills
 
 

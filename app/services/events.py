@@ -129,7 +129,9 @@ def _apply(host: Host, event: Event, now: datetime, box: Optional[SecretBox]) ->
             job.status = "running"
             job.started_at = event.ts
             job.boot_id = host.boot_id
+        jobs.revive(job, host, started_at=event.ts)  # a late start of a job marked lost
     elif event.type == "job.progress":
+        jobs.revive(job, host, started_at=event.ts)
         if not job.is_terminal:
             job.progress = _progress(event.data)
     else:
@@ -155,6 +157,8 @@ def _job_finished(host: Host, job: Job, event: Event) -> None:
         raise EventRejected("invalid_event", f"Unknown job status {status!r}.")
     if job.is_terminal and job.status != "lost":
         return  # first terminal status wins; a real result replaces a "lost" guess
+    if job.status == "lost":
+        job.error = None  # the guess's reason; the agent's own error (if any) follows
     job.started_at = job.started_at or event.ts
     error = event.data.get("error")
     jobs.finish(job, status, event.ts, error=error if isinstance(error, str) and error else None)

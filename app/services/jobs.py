@@ -1,19 +1,20 @@
-"""Job lifecycle: creation, scheduled runs the agent registers, cancel, the end of a job,
-log records. Agent events are applied in ``events`` (above this module)."""
+"""Job lifecycle: creation, scheduled runs the agent registers, cancel, the end of a job
+(lost jobs included), log records. Agent events are applied in ``events`` (above this
+module)."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable, Optional
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
-from app.models import Host, Job, JobLog, Schedule
+from app.models import Command, Host, Job, JobLog, Schedule
 from app.secretbox import SecretBox
-from app.services import commands
+from app.services import audit, commands
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
@@ -121,6 +122,7 @@ def register_scheduled_run(
         schedule_id=schedule.id if schedule else None,
         run_id=run_id,
         created_at=min(fired_at, now),  # when it really started; registration may come later
+        boot_id=host.boot_id,  # the agent run that registered it (see agents.reconcile)
     )
     try:
         with db.session.begin_nested():
@@ -180,6 +182,122 @@ def note_backup_finished(host: Host, job: Job) -> None:
     ):
         host.last_successful_backup_job_id = job.id
         host.last_successful_backup_at = job.finished_at
+
+
+# --- lost jobs ---------------------------------------------------------------------------
+
+LOST_ACTOR = Actor.system("lost-job timeout")
+
+
+def mark_lost(
+    now: datetime,
+    *,
+    lost_after_seconds: int,
+    offline_after_seconds: int,
+    listening_since: Optional[datetime] = None,
+) -> list[Job]:
+    """End ``lost`` every queued or running job whose host has been silent too long.
+
+    Silent: no poll or hello for ``lost_after_seconds`` (and at least the offline time), and
+    the job is at least that old. Only silence the server heard counts: until it has been
+    listening that long (``listening_since``, when its ticker started) nothing is lost, so
+    a server that was down does not blame the agents for it. A queued job's undelivered or
+    unacknowledged ``job.run`` is withdrawn, so it does not start hours later. Idempotent;
+    returns the jobs it ended.
+    """
+    silence = timedelta(seconds=max(lost_after_seconds, offline_after_seconds))
+    cutoff = now - silence
+    if listening_since is not None and listening_since > cutoff:
+        return []
+    stuck = db.session.scalars(
+        select(Job)
+        .join(Host, Host.id == Job.host_id)
+        .where(
+            Job.status.in_(("queued", "running")),
+            Job.created_at <= cutoff,
+            or_(Host.last_seen_at.is_(None), Host.last_seen_at <= cutoff),
+        )
+        .order_by(Job.id)
+        .with_for_update(of=Job, skip_locked=True)
+    ).all()
+    for job in stuck:
+        host = db.session.get(Host, job.host_id)
+        was = job.status
+        if was == "queued":
+            _withdraw_job_run(job)
+        finish(job, "lost", now, error=lost_reason(host, was, now))
+        note_backup_finished(host, job)
+        audit.record(
+            LOST_ACTOR,
+            "job.lost",
+            target_type="job",
+            target_id=job.id,
+            payload={
+                "host_id": host.id,
+                "hostname": host.hostname,
+                "was": was,
+                "last_seen_at": host.last_seen_at.isoformat() if host.last_seen_at else None,
+            },
+        )
+    db.session.flush()
+    return stuck
+
+
+def lost_reason(host: Host, was: str, now: datetime) -> str:
+    """The sentence a lost job shows: whose silence, since when, what happens next."""
+    if host.last_seen_at is None:
+        heard = f"The agent on {host.hostname} has never been heard from"
+    else:
+        silent = _duration_words((now - host.last_seen_at).total_seconds())
+        since = host.last_seen_at.strftime("%Y-%m-%d %H:%M UTC")
+        heard = f"The agent on {host.hostname} has not been heard from for {silent} (since {since})"
+    if was == "queued":
+        return (
+            f"{heard}, so the job never started: it was marked lost and is not sent again. "
+            "If the agent already has it and reports it, its result is recorded."
+        )
+    return (
+        f"{heard}: the job was marked lost. "
+        "If the agent comes back and reports it, its result is recorded."
+    )
+
+
+def _duration_words(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 120:
+        return f"{minutes} minute{'' if minutes == 1 else 's'}"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} hours"
+    return f"{hours // 24} days"
+
+
+def _withdraw_job_run(job: Job) -> None:
+    """The agent has not acknowledged this job's ``job.run``: it is not delivered again."""
+    db.session.execute(
+        update(Command)
+        .where(
+            Command.job_id == job.id,
+            Command.type == "job.run",
+            Command.state.in_(("queued", "leased")),
+        )
+        .values(
+            state="undeliverable",
+            result="withdrawn: the job was marked lost",
+            lease_expires_at=None,
+        )
+    )
+
+
+def revive(job: Job, host: Host, *, started_at: Optional[datetime] = None) -> None:
+    """A ``lost`` job its agent reports as running after all: it runs again (truth wins)."""
+    if job.status != "lost":
+        return
+    job.status = "running"
+    job.finished_at = None
+    job.error = None
+    job.started_at = job.started_at or started_at
+    job.boot_id = host.boot_id
 
 
 # --- log records ---------------------------------------------------------------------------
