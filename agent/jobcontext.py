@@ -21,12 +21,15 @@ from agent.restic import errors, execute
 from agent.restic.messages import stderr_text
 from agent.restic.snapshots import parse_snapshots, snapshots_argv
 from agent.restic.stats import parse_raw_data_stats, stats_argv, stats_line
-from agent.restic.unlock import takes_lock, unlock_argv
+from agent.restic.unlock import takes_lock, unlock_argv, with_retry_lock
 from agent.spool import Spool
 
 TextHandler = Callable[[str], None]
 UNLOCK_TIMEOUT_SECONDS = 300.0  # the clean-up unlock cannot be cancelled; it must end
 PROGRESS_INTERVAL_SECONDS = 1.0
+# A maintenance job that meets another process's lock tries again after these delays:
+# three tries over two minutes (restic 0.16+ also waits up to 2 min itself each time).
+LOCK_RETRY_DELAYS = (30.0, 90.0)
 
 _STOP_REASONS = {
     "cancelled": "restic was stopped because the job was cancelled",
@@ -70,6 +73,7 @@ class ResticSetup:
     allow_hooks: bool = True  # agent.conf's allow_hooks: the host owner's veto
     restore_paths: str = "*"  # agent.conf's restore_paths: where restores may write
     hook_timeout_seconds: float = hooks.HOOK_TIMEOUT_SECONDS
+    lock_retry_delays: Sequence[float] = LOCK_RETRY_DELAYS
 
 
 class Throttle:
@@ -122,6 +126,7 @@ class Job:
         self.spool = spool
         self.repository = repository
         self.setup = setup
+        self._locked_tries = 0  # > 1 once restic_retrying_when_locked had to try again
 
     # -- reporting ---------------------------------------------------------------------
 
@@ -174,9 +179,12 @@ class Job:
     ) -> execute.Outcome:
         """Run restic for this job: the command line and its output go to the job log.
 
-        A restic that died of a signal may leave a stale lock (0.14 to 0.16 do): the agent
-        then runs ``restic unlock`` at once, so the next job is not blocked.
+        A command that locks the repository gets ``--retry-lock`` where restic has it
+        (0.16+). A restic that died of a signal may leave a stale lock (0.14 to 0.16 do):
+        the agent then runs ``restic unlock`` at once, so the next job is not blocked.
         """
+        if takes_lock(argv):
+            argv = with_retry_lock(argv, self.setup.version())
         self.log(command_line(argv))
         on_stdout = on_stdout or (lambda text: self.log(text, "stdout"))
         on_stderr = on_stderr or (lambda text: self.log(stderr_text(text), "stderr"))
@@ -194,15 +202,49 @@ class Job:
             capture_stdout=capture,
         )
         if outcome.signalled and takes_lock(argv):
-            self._unlock_after_kill(credentials, outcome)
+            if outcome.killed:
+                why = "restic did not stop within the grace period and was killed (SIGKILL)"
+            else:
+                why = f"restic died of signal {-(outcome.exit_code or 0)}"
+            self.remove_stale_locks(
+                credentials,
+                f"{why}; running restic unlock to remove the stale lock it may have left",
+            )
         return outcome
 
-    def _unlock_after_kill(self, credentials: Credentials, outcome: execute.Outcome) -> None:
-        if outcome.killed:
-            why = "restic did not stop within the grace period and was killed (SIGKILL)"
-        else:
-            why = f"restic died of signal {-(outcome.exit_code or 0)}"
-        self.log(f"{why}; running restic unlock to remove the stale lock it may have left")
+    def restic_retrying_when_locked(
+        self, argv: Sequence[str], credentials: Credentials, **options: Any
+    ) -> execute.Outcome:
+        """:meth:`restic` for maintenance: when another process holds a lock, remove stale
+        locks and try again after each of ``lock_retry_delays`` (cancellable)."""
+        delays = list(self.setup.lock_retry_delays)
+        self._locked_tries = 1
+        outcome = self.restic(argv, credentials, **options)
+        for delay in delays:
+            failure = (
+                None
+                if outcome.cancelled
+                else errors.classify(outcome.exit_code, outcome.stderr_tail)
+            )
+            if not isinstance(failure, errors.RepositoryLocked):
+                break
+            self.log(
+                f"{errors.describe(failure)}; trying again in {delay:g} s "
+                f"(try {self._locked_tries + 1} of {len(delays) + 1})"
+            )
+            self.remove_stale_locks(credentials, "running restic unlock first (stale locks only)")
+            if self.running.cancel.wait(delay):
+                return execute.Outcome(exit_code=None, cancelled=True)
+            self._locked_tries += 1
+            outcome = self.restic(argv, credentials, **options)
+        return outcome
+
+    def remove_stale_locks(self, credentials: Credentials, why: str) -> bool:
+        """``restic unlock`` (stale locks only, never ``--remove-all``); True if it worked.
+
+        Its failure is logged, never the job's outcome.
+        """
+        self.log(why)
         argv = unlock_argv(self.setup.binary)
         self.log(command_line(argv))
         try:
@@ -216,13 +258,14 @@ class Job:
             )
         except errors.ResticError as error:
             self.log(f"restic unlock could not run: {error}")
-            return
+            return False
         failure = errors.classify(unlocked.exit_code, unlocked.stderr_tail)
         if failure is None and not unlocked.timed_out:
             self.log("restic unlock finished: stale locks are removed")
-        else:
-            reason = "it took too long" if unlocked.timed_out else errors.describe(failure)
-            self.log(f"restic unlock failed ({reason}); run an unlock job before the next one")
+            return True
+        reason = "it took too long" if unlocked.timed_out else errors.describe(failure)
+        self.log(f"restic unlock failed ({reason}); run an unlock job before the next one")
+        return False
 
     def query(self, argv: Sequence[str], credentials: Credentials) -> str:
         """stdout of a restic command that prints one JSON document; raises ResticError."""
@@ -248,9 +291,16 @@ class Job:
         self.log(message)
         return JobResult("cancelled", outcome.exit_code, message)
 
-    @staticmethod
-    def failed(outcome: execute.Outcome, failure: errors.ResticError) -> JobResult:
-        return JobResult("failed", outcome.exit_code, errors.describe(failure))
+    def failed(self, outcome: execute.Outcome, failure: errors.ResticError) -> JobResult:
+        message = errors.describe(failure)
+        if isinstance(failure, errors.RepositoryLocked) and self._locked_tries > 1:
+            message = (
+                f"the repository stayed locked through {self._locked_tries} tries over "
+                f"{sum(self.setup.lock_retry_delays):g} s; if no other restic is using it, "
+                f"run an unlock job ({message})"
+            )
+            self.log(message)
+        return JobResult("failed", outcome.exit_code, message)
 
     def unsuccessful(self, outcome: execute.Outcome) -> Optional[JobResult]:
         """The result of a cancelled or failed run; ``None`` when restic succeeded."""

@@ -1,13 +1,16 @@
-"""The seen-commands journal: command ids written down before they are acked."""
+"""What the agent must remember across a restart: the commands it has seen (written down
+before they are acked) and the jobs a stop cut short (their locks may be stale)."""
 
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from agent.paths import atomic_write_json, read_json
 
 KEEP_FOR = timedelta(days=7)
+INTERRUPTED_JOBS_FILE = "interrupted_jobs.json"  # in the agent's home
+JobKey = Union[int, str]  # as in agent.jobspool
 
 
 def utc_now() -> datetime:
@@ -75,3 +78,37 @@ class SeenCommands:
         for command_id in stale:
             del self._entries[command_id]
         return len(stale)
+
+
+class InterruptedJobs:
+    """``interrupted_jobs.json``: jobs an agent stop cut short, whose restic may have left
+    a stale lock. Written when the restarted agent reports them; cleared once ``restic
+    unlock`` has run, so a second restart in between does not forget them.
+
+    Without a ``path`` (tests) the list lives in memory only.
+    """
+
+    def __init__(self, path: Optional[Path] = None):
+        self.path = path
+        self._lock = threading.Lock()
+        loaded = read_json(path, default=[]) if path is not None else []
+        self._job_ids: List[JobKey] = list(loaded) if isinstance(loaded, list) else []
+
+    def add(self, job_ids: Sequence[JobKey]) -> None:
+        with self._lock:
+            self._job_ids += [job_id for job_id in job_ids if job_id not in self._job_ids]
+            self._write()
+
+    def pending(self) -> List[JobKey]:
+        with self._lock:
+            return list(self._job_ids)
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._job_ids:
+                self._job_ids = []
+                self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, self._job_ids)

@@ -1,20 +1,34 @@
 """Runs ``job.run`` commands, one thread per job, reporting through the spool.
 
 Every job emits ``job.started`` first and ``job.finished`` last (with ``final_seq`` and
-``lines_dropped``); what comes between depends on its kind.
+``lines_dropped``); what comes between depends on its kind. A job that needs the
+repository waits for its turn first (:mod:`agent.locks`, saying so in its log), and after
+a restart that cut a job short the first such job removes stale locks before it starts.
 """
 
+import contextlib
 import logging
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from agent import facts, hooks
 from agent.actions import ACTIONS
 from agent.config import ConfigError
-from agent.jobcontext import Job, JobFailed, JobResult, ResticSetup, RunningJob, failed_result
+from agent.jobcontext import (
+    LOCK_RETRY_DELAYS,
+    Job,
+    JobFailed,
+    JobResult,
+    ResticSetup,
+    RunningJob,
+    failed_result,
+)
 from agent.jobparams import InvalidParams, parse_params
 from agent.jobspool import JobKey, JobSpool
+from agent.journal import InterruptedJobs
+from agent.locks import EXCLUSIVE, LOCK_MODES, RepositoryLocks, Turn, waiting_line
 from agent.repository import Repository
 from agent.restic import errors, execute
 from agent.spool import Spool
@@ -37,6 +51,8 @@ class Runner:
         allow_hooks: bool = True,
         hook_timeout_seconds: float = hooks.HOOK_TIMEOUT_SECONDS,
         restore_paths: str = "*",
+        interrupted: Optional[InterruptedJobs] = None,
+        lock_retry_delays: Sequence[float] = LOCK_RETRY_DELAYS,
     ):
         self.spool = spool
         self.load_credentials = load_credentials
@@ -47,6 +63,9 @@ class Runner:
         self.allow_hooks = allow_hooks
         self.hook_timeout_seconds = hook_timeout_seconds
         self.restore_paths = restore_paths
+        self.interrupted = interrupted or InterruptedJobs()
+        self.lock_retry_delays = lock_retry_delays
+        self.repository_locks = RepositoryLocks()
         self._lock = threading.Lock()
         self._jobs: Dict[JobKey, RunningJob] = {}
         self._version = restic_version
@@ -137,7 +156,11 @@ class Runner:
             return not self._jobs
 
     def recover_interrupted(self) -> List[JobKey]:
-        """At start-up: jobs whose spool never got a ``job.finished`` died with the agent."""
+        """At start-up: jobs whose spool never got a ``job.finished`` died with the agent.
+
+        Their restic may have left a stale lock: the next job that needs the repository
+        runs ``restic unlock`` first (remembered on disk until it has).
+        """
         recovered: List[JobKey] = []
         for job_spool in self.spool.jobs():
             if job_spool.finished or self.is_running(job_spool.job_id):
@@ -146,6 +169,8 @@ class Runner:
             job_spool.append("agent", message)
             self._finish(job_spool, JobResult("failed", error=message))
             recovered.append(job_spool.job_id)
+        if recovered:
+            self.interrupted.add(recovered)
         return recovered
 
     # -- the job thread ----------------------------------------------------------------
@@ -180,9 +205,64 @@ class Runner:
                 raise JobFailed(f"this agent version cannot run {job.kind} jobs")
             repository = Repository(self.load_credentials(), self.cache_dir)
             context = Job(job, job_spool, self.spool, repository, self._setup())
-            return action(context, parse_params(job.kind, job.params))
+            params = parse_params(job.kind, job.params)
+            mode = LOCK_MODES.get(job.kind)
+            everyday = repository.everyday
+            if mode is None or everyday is None:  # no lock, or it fails for want of credentials
+                return action(context, params)
+            return self._run_in_turn(
+                context, everyday["url"], mode, lambda: action(context, params)
+            )
         except (InvalidParams, JobFailed, errors.ResticError, ConfigError) as error:
             return failed_result(job_spool, job.kind, error)
+
+    def _run_in_turn(
+        self, job: Job, repository: str, mode: str, action: Callable[[], JobResult]
+    ) -> JobResult:
+        """Run ``action`` once the repository is this job's (shared, or to itself)."""
+        if self.interrupted.pending():
+            with self._turn(job, repository, EXCLUSIVE) as granted:
+                if not granted:
+                    return _cancelled_while_waiting(job)
+                self._remove_stale_locks(job)
+        with self._turn(job, repository, mode) as granted:
+            if not granted:
+                return _cancelled_while_waiting(job)
+            return action()
+
+    @contextlib.contextmanager
+    def _turn(self, job: Job, repository: str, mode: str) -> Iterator[bool]:
+        """Hold the repository for the block; yields False when cancelled while waiting."""
+        running = job.running
+        turn = Turn(repository, lambda: running.job_id, running.kind, mode)
+        waited_since: List[float] = []
+
+        def on_wait(blockers: Sequence[Turn]) -> None:
+            waited_since[:] = waited_since or [time.monotonic()]
+            job.log(waiting_line(turn, blockers))
+
+        granted = self.repository_locks.acquire(turn, running.cancel, on_wait)
+        if granted and waited_since:
+            seconds = time.monotonic() - waited_since[0]
+            job.log(f"the repository is free: {running.kind} starts (waited {seconds:.0f} s)")
+        try:
+            yield granted
+        finally:
+            if granted:
+                self.repository_locks.release(turn)
+
+    def _remove_stale_locks(self, job: Job) -> None:
+        """After a restart that cut jobs short: ``restic unlock`` (stale locks only)."""
+        interrupted = self.interrupted.pending()
+        if not interrupted:
+            return  # a job before this one did it
+        names = ", ".join(str(job_id) for job_id in interrupted)
+        why = (
+            f"the agent was restarted while job {names} ran: running restic unlock to remove "
+            "the stale locks its restic may have left (stale locks only)"
+        )
+        if job.remove_stale_locks(job.require_credentials(), why):
+            self.interrupted.clear()
 
     def _setup(self) -> ResticSetup:
         return ResticSetup(
@@ -193,6 +273,7 @@ class Runner:
             allow_hooks=self.allow_hooks,
             hook_timeout_seconds=self.hook_timeout_seconds,
             restore_paths=self.restore_paths,
+            lock_retry_delays=self.lock_retry_delays,
         )
 
     def _finish(self, job_spool: JobSpool, result: JobResult) -> None:
@@ -207,3 +288,13 @@ class Runner:
         }
         self.spool.add_event("job.finished", job_spool.job_id, job_spool.attempt_id, data)
         log.info("job %s finished: %s", job_spool.job_id, result.status)
+
+
+def _cancelled_while_waiting(job: Job) -> JobResult:
+    reason = job.running.cancel_reason or "cancelled"
+    if reason == "cancelled":
+        message = "the job was cancelled while it waited for the repository; restic did not run"
+    else:
+        message = f"the job was stopped ({reason}) while it waited for the repository"
+    job.log(message)
+    return JobResult("cancelled", None, message)

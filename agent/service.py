@@ -21,7 +21,7 @@ from agent.client import Client
 from agent.commands import Commands
 from agent.config import AgentConfig, State, load_config, open_secret_store
 from agent.facts import host_facts
-from agent.journal import SeenCommands
+from agent.journal import INTERRUPTED_JOBS_FILE, InterruptedJobs, SeenCommands
 from agent.loop import BackgroundCall, ServerLoop
 from agent.paths import AgentPaths, PathLike, resolve_home
 from agent.rpc import RpcRunner
@@ -68,6 +68,7 @@ class Agent:
             allow_hooks=self.config.allow_hooks,
             hook_timeout_seconds=self.config.hook_timeout_seconds,
             restore_paths=self.config.restore_paths,
+            interrupted=InterruptedJobs(self.paths.home / INTERRUPTED_JOBS_FILE),
         )
         self.client = self._new_client()
         self.rpc = RpcRunner(

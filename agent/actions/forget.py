@@ -1,6 +1,7 @@
 """``forget``: restic forget once per policy (one per tag for the maintenance forget), with
 the admin credentials when the host has them; kept/removed counts in the log and the
-stats, then the snapshot list and the repository size are reported (not on a dry run)."""
+stats, then the snapshot list and the repository size are reported (not on a dry run).
+Each restic forget is tried again while another process holds a lock."""
 
 from typing import List
 
@@ -17,7 +18,7 @@ def run(job: Job, runs: List[ForgetParams]) -> JobResult:
         argv = forget_argv(
             job.setup.binary, params.policy, params.tags, params.group_by, params.dry_run
         )
-        outcome = job.restic(argv, credentials, capture=True)
+        outcome = job.restic_retrying_when_locked(argv, credentials, capture=True)
         result = job.unsuccessful(outcome)
         if result is not None:
             return result

@@ -76,7 +76,9 @@ def test_restore_on_016_reads_json_progress(spool, fake_restic, tmp_path):
     ran = run(
         spool, fake_restic, "restore", {"snapshot_id": SID, "target": str(target)}, version="0.16.4"
     )
-    assert argvs(fake_restic) == [["restore", "--json", SID, "--target", str(target)]]
+    assert argvs(fake_restic) == [  # 0.16+ waits for another process's lock itself
+        ["--retry-lock=2m", "restore", "--json", SID, "--target", str(target)]
+    ]
     assert ran.of("job.progress") == [
         {
             "percent": 50.0,
