@@ -155,6 +155,8 @@ def job_summary(job) -> str:
     stats = job.stats or {}
     if job.status in ("failed", "lost", "cancelled") and job.error:
         return job.error
+    if job.status == "lost":
+        return "outcome unknown: the server lost touch with the agent"
     if job.status == "running":
         percent = _stat(job.progress or {}, "percent")
         return f"{percent:.0f}% done" if percent is not None else "running"

@@ -4,12 +4,14 @@ same attempt still records the real outcome, and a restarted agent's forgotten r
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
 
 from app import ticker
 from app.extensions import db
+from app.formatting import job_summary
 from app.models import AuditLog, Command, Host, Job, JobLog, Role
 from app.models.types import utcnow
 from app.services import jobs
@@ -337,3 +339,20 @@ def test_a_lost_job_reads_clearly_on_its_page_and_in_the_list(app, login_as):
     assert "Cancel job" not in page
     listing = viewer.get("/jobs/").get_data(as_text=True)
     assert "jobsummary--error" in listing and "has not been heard from" in listing
+
+
+@pytest.mark.parametrize(
+    ("error", "summary"),
+    [
+        (
+            "The agent on web-1 has not been heard from …",
+            "The agent on web-1 has not been heard from …",
+        ),
+        (None, "outcome unknown: the server lost touch with the agent"),
+    ],
+)
+def test_the_summary_of_a_lost_job(error, summary):
+    job = SimpleNamespace(
+        status="lost", kind="backup", stats={}, error=error, params={}, progress={}
+    )
+    assert job_summary(job) == summary
