@@ -35,6 +35,9 @@ SECRETS_ASSOCIATED_DATA = b"restic-manager-agent:secrets"
 _SEALED_VERSION = b"\x01"
 _NONCE_BYTES = 12
 _PIN = re.compile(r"^[0-9a-f]{64}$")
+# The host owner's defaults (agent.backup_policy and agent.restore_policy explain them).
+DEFAULT_BACKUP_PATHS = "/"
+DEFAULT_RESTORE_PATHS = "$HOME/rm-restore, backup_paths"
 
 CONFIG_TEMPLATE = """\
 # restic-manager agent configuration, written by `restic-manager-agent enroll`.
@@ -58,12 +61,20 @@ spool_max_mb = 256
 allow_hooks = true
 # A hook still running after this many seconds is stopped (SIGINT, then SIGKILL).
 hook_timeout_seconds = 3600
+# What the server may read on this host (backups, downloads): comma-separated absolute
+# paths, * for everything, empty for nothing. The secret stores (/etc/shadow, /etc/gshadow
+# and their - backups, /etc/ssh/*_key, /root/.ssh, the agent's home) are left out of
+# backups and downloads unless you name them here (or write *); a backup of a directory
+# that holds one (/etc) skips it. Example: backup_paths = /srv, /home, /etc
+backup_paths = {backup_paths}
 # Where restores may write (the host owner's veto): comma-separated absolute paths, $HOME
 # allowed (the agent's HOME: /var/lib/restic-manager-agent under the packaged unit), * for
 # anywhere, empty to refuse every restore. A restore into a new directory must target one
 # of them or a directory below one; an in-place restore must only touch paths below them.
-# Example: restore_paths = $HOME/rm-restore, /srv/restore
-restore_paths = *
+# The word backup_paths also allows in-place restores of what backup_paths allows, except
+# system directories (/etc, /root, /usr, /boot, ...) and the secret stores.
+# Example: restore_paths = $HOME/rm-restore, backup_paths, /srv/restore
+restore_paths = {restore_paths}
 """
 
 
@@ -96,12 +107,19 @@ class AgentConfig:
     pin_sha256: Optional[str] = None
     spool_max_mb: int = 256
     allow_hooks: bool = True
-    restore_paths: str = "*"
+    backup_paths: str = DEFAULT_BACKUP_PATHS
+    restore_paths: str = DEFAULT_RESTORE_PATHS
     hook_timeout_seconds: float = 3600.0
 
 
 def write_config(path: Path, server_url: str, ca_file: Optional[str], pin: Optional[str]) -> None:
-    text = CONFIG_TEMPLATE.format(url=server_url, ca_file=ca_file or "", pin=pin or "")
+    text = CONFIG_TEMPLATE.format(
+        url=server_url,
+        ca_file=ca_file or "",
+        pin=pin or "",
+        backup_paths=DEFAULT_BACKUP_PATHS,
+        restore_paths=DEFAULT_RESTORE_PATHS,
+    )
     atomic_write_bytes(path, text.encode())
 
 
@@ -127,7 +145,10 @@ def load_config(path: Path) -> AgentConfig:
             pin_sha256=normalise_pin(parser.get("server", "pin_sha256", fallback="")),
             spool_max_mb=parser.getint("agent", "spool_max_mb", fallback=256),
             allow_hooks=parser.getboolean("agent", "allow_hooks", fallback=True),
-            restore_paths=parser.get("agent", "restore_paths", fallback="*").strip(),
+            backup_paths=parser.get("agent", "backup_paths", fallback=DEFAULT_BACKUP_PATHS).strip(),
+            restore_paths=parser.get(
+                "agent", "restore_paths", fallback=DEFAULT_RESTORE_PATHS
+            ).strip(),
             hook_timeout_seconds=_positive(
                 parser.getfloat("agent", "hook_timeout_seconds", fallback=3600.0),
                 "hook_timeout_seconds",

@@ -3,14 +3,16 @@
 import contextlib
 import json
 import os
+import posixpath
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 DEFAULT_HOME = "/var/lib/restic-manager-agent"
 HOME_ENV = "RM_AGENT_HOME"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+_HOME_PREFIXES = ("${HOME}", "$HOME", "~")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -19,6 +21,30 @@ def resolve_home(home: Optional[PathLike] = None) -> Path:
     """``--home`` wins over ``RM_AGENT_HOME``, which wins over the default."""
     chosen = home or os.environ.get(HOME_ENV) or DEFAULT_HOME
     return Path(chosen).expanduser().absolute()
+
+
+def expand_home(path: str, environ: Optional[Mapping[str, str]] = None) -> str:
+    """A leading ``$HOME``, ``${HOME}`` or ``~`` replaced by the agent's ``HOME``.
+
+    ``~user`` is not expanded (it stays relative, and is refused as such). ``ValueError``
+    when the path needs ``HOME`` and the agent has none.
+    """
+    environ = os.environ if environ is None else environ
+    for prefix in _HOME_PREFIXES:
+        rest = path[len(prefix) :]
+        if path.startswith(prefix) and (rest == "" or rest.startswith("/")):
+            home = environ.get("HOME") or ""
+            if not home.startswith("/"):
+                raise ValueError(f"{path} needs HOME, but the agent's HOME is not set")
+            return home.rstrip("/") + rest if rest else home
+    return path
+
+
+def normalise_absolute(path: str) -> str:
+    """Absolute, without ``..``, ``.`` and doubled slashes; ``ValueError`` when relative."""
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} is not an absolute path")
+    return "/" + posixpath.normpath(path).lstrip("/")
 
 
 class AgentPaths:

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+from agent.backup_policy import BackupPolicy
 from agent.client import Client, ClientError, Gap, Gone, Refused, RetryableError
-from agent.config import ConfigError
+from agent.config import DEFAULT_BACKUP_PATHS, ConfigError
 from agent.repository import Credentials, Repository
 from agent.restic import errors, execute
 from agent.restic.dump import dump_argv
@@ -67,8 +68,12 @@ class RpcRunner:
         cache_dir: Optional[Path] = None,
         max_concurrent: int = MAX_CONCURRENT,
         retry_delays: Sequence[float] = RETRY_DELAYS,
+        backup_paths: str = DEFAULT_BACKUP_PATHS,
+        agent_home: Optional[Path] = None,
     ):
         self.new_client = new_client
+        self.backup_paths = backup_paths  # agent.conf's: what the server may read here
+        self.agent_home = agent_home
         self.load_credentials = load_credentials
         self.restic_binary = restic_binary
         self.cache_dir = cache_dir
@@ -177,9 +182,10 @@ class RpcRunner:
         """The ``rpc.dump`` header of the file (``ls`` of its parent); raises RpcFailed."""
         snapshot_id, path = _snapshot_id(payload), _path(payload)
         max_bytes = _positive_int(payload, "max_bytes", None, allow_zero=True)
-        repository, credentials = self._repository()
         if path == "/":
             raise RpcFailed("not_a_file", "/ is a directory, not a file")
+        self.check_readable(path)
+        repository, credentials = self._repository()
         index = NodeIndex([path])
         outcome = self._restic(
             ls_argv(self.restic_binary, snapshot_id, [posixpath.dirname(path)]),
@@ -208,6 +214,19 @@ class RpcRunner:
             "mode": node.get("mode"),
         }
         return header, repository, credentials
+
+    def check_readable(self, path: str) -> None:
+        """Raise RpcFailed ``refused`` when ``backup_paths`` keeps ``path`` from the server.
+
+        The path is the one in the snapshot: it is checked as written (the host's symlinks
+        have nothing to do with it).
+        """
+        try:
+            reason = BackupPolicy(self.backup_paths, agent_home=self.agent_home).refusal(path)
+        except ConfigError as error:
+            raise RpcFailed("refused", f"download refused by this host: {error}") from None
+        if reason is not None:
+            raise RpcFailed("refused", f"download refused by this host: {reason}")
 
     # -- plumbing ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ Then the snapshot list and the repository size are reported.
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from agent.backup_policy import BackupRefused, policy_of
 from agent.config import ConfigError
 from agent.jobcontext import Job, JobFailed, JobResult, Throttle, failed_result
 from agent.jobparams import BackupParams, InvalidParams
@@ -33,18 +34,49 @@ _STOPPING_ERRORS = (InvalidParams, JobFailed, errors.ResticError, ConfigError)
 
 
 def run(job: Job, params: BackupParams) -> JobResult:
-    """The hooks around the backup: the post-hook runs whatever happened."""
+    """The hooks around the backup: the post-hook runs whatever happened.
+
+    The host owner's vetoes come first (``allow_hooks``, ``backup_paths``): a refused backup
+    runs neither hook nor restic.
+    """
     if params.has_hooks and not job.setup.allow_hooks:
         raise JobFailed(HOOKS_DISABLED)
+    excludes = allowed_excludes(job, params)
     result = JobResult("failed", error="agent error")  # if something unexpected escapes
     try:
-        result = (_pre_hook(job, params) if params.pre_hook else None) or _backup(job, params)
+        result = (_pre_hook(job, params) if params.pre_hook else None) or _backup(
+            job, params, excludes
+        )
     except _STOPPING_ERRORS as error:
         result = failed_result(job.job_spool, "backup", error)
     finally:
         if params.post_hook:
             _post_hook(job, params, result)
     return result
+
+
+def allowed_excludes(job: Job, params: BackupParams) -> List[str]:
+    """The ``--exclude`` patterns that keep secret stores out of the snapshot; raises
+    JobFailed when a path may not be backed up (``backup_paths`` in agent.conf)."""
+    policy = policy_of(job.setup)
+    try:
+        policy.check(params.paths)
+    except BackupRefused as refusal:
+        raise JobFailed(str(refusal)) from None
+    stores: List[str] = []
+    excludes: List[str] = []
+    for path in params.paths:
+        for store, pattern in policy.excludes(path):
+            if pattern not in excludes:
+                stores.append(store)
+                excludes.append(pattern)
+    if stores:
+        job.log(
+            "not backing up the secret stores "
+            + ", ".join(dict.fromkeys(stores))
+            + " (kept out by backup_paths in agent.conf)"
+        )
+    return excludes
 
 
 # -- hooks -----------------------------------------------------------------------------
@@ -104,7 +136,7 @@ def _post_hook(job: Job, params: BackupParams, result: JobResult) -> None:
 # -- restic backup ---------------------------------------------------------------------
 
 
-def _backup(job: Job, params: BackupParams) -> JobResult:
+def _backup(job: Job, params: BackupParams, secret_excludes: Sequence[str] = ()) -> JobResult:
     """restic backup, then the snapshot list and the repository size.
 
     A source path that does not exist makes the job a ``warning`` (restic 0.14 to 0.18 exit
@@ -116,7 +148,7 @@ def _backup(job: Job, params: BackupParams) -> JobResult:
     argv = backup_argv(
         job.setup.binary,
         params.paths,
-        params.excludes,
+        [*params.excludes, *secret_excludes],
         params.tags,
         params.limit_upload_kib,
         params.limit_download_kib,

@@ -14,8 +14,10 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from agent.backup_policy import policy_of
 from agent.jobcontext import Job, JobFailed, JobResult, Throttle
 from agent.jobparams import InvalidParams, RestoreParams
+from agent.paths import expand_home, normalise_absolute
 from agent.repository import Credentials
 from agent.restic import errors, execute
 from agent.restic.ls import DirectoryListing, SelectionSize, ls_argv, normalise_path
@@ -23,7 +25,7 @@ from agent.restic.messages import stderr_text
 from agent.restic.restore import RESTORE_JSON, ignored_error, read_stdout_line, restore_argv
 from agent.restic.units import format_bytes
 from agent.restic.version import at_least
-from agent.restore_policy import RestorePolicy, RestoreRefused, expand_home, normalise
+from agent.restore_policy import RestorePolicy, RestoreRefused
 
 WATCH_INTERVAL_SECONDS = 2.0
 _ERRORS_KEPT = 3
@@ -45,7 +47,7 @@ def run(job: Job, params: RestoreParams) -> JobResult:
 
 
 def _restore(job: Job, params: RestoreParams) -> JobResult:
-    policy = RestorePolicy(job.setup.restore_paths)
+    policy = RestorePolicy(job.setup.restore_paths, backup=policy_of(job.setup))
     target = restore_target(params)
     credentials = job.require_credentials()
     if params.in_place:
@@ -55,7 +57,7 @@ def _restore(job: Job, params: RestoreParams) -> JobResult:
     else:
         touched = [target]
     try:
-        policy.check(touched)
+        policy.check(touched, in_place=params.in_place)
     except RestoreRefused as refusal:
         raise JobFailed(str(refusal)) from None
     json_output = at_least(job.setup.version(), RESTORE_JSON)
@@ -102,7 +104,7 @@ def restore_target(params: RestoreParams) -> str:
     if params.in_place:
         return "/"
     try:
-        return normalise(expand_home(params.target))
+        return normalise_absolute(expand_home(params.target))
     except ValueError as error:
         raise InvalidParams(f"target: {error}") from None
 

@@ -13,6 +13,7 @@ from agent.actions.diff import describe_change, parent_directories
 from agent.actions.restore import RestoreReporter, TargetWatcher, make_private_directory
 from agent.client import Gap, Gone, RetryableError
 from agent.config import ConfigError
+from agent.paths import expand_home
 from agent.restic import execute
 from agent.restic.diff import diff_argv, read_diff_line
 from agent.restic.dump import dump_argv
@@ -23,7 +24,7 @@ from agent.restic.restore import (
     read_stdout_line,
     restore_argv,
 )
-from agent.restore_policy import RestorePolicy, RestoreRefused, expand_home
+from agent.restore_policy import RestorePolicy, RestoreRefused
 from agent.rpc import DumpStream, rpc_id_of
 
 SID = "39cddcb58e6e2e74cf4b0c439cc17c0e27c6d88972355872f04b25b17f777062"
@@ -291,7 +292,7 @@ def test_home_expansion():
         assert expand_home(spelling, environ) == "/var/lib/restic-manager-agent/r/1"
     assert expand_home("~", environ) == "/var/lib/restic-manager-agent"
     assert expand_home("$HOMEX/r", environ) == "$HOMEX/r"
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError, match="HOME is not set"):
         expand_home("~/r", {})
 
 
