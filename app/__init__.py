@@ -6,17 +6,19 @@ import hashlib
 import hmac
 import logging
 import sys
+from pathlib import Path
 
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.routing import IntegerConverter
 
+from app import datadir
 from app.config import PROJECT_ROOT, load_config
 from app.extensions import csrf, db, login_manager, migrate
+from app.limits import limit_request_body, max_body_bytes
 
 __version__ = "0.1.0"
-MAX_CONTENT_LENGTH = 16 * 1024 * 1024  # the largest body: an agent's log or file-chunk upload
 
 
 MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
@@ -59,9 +61,11 @@ def create_app(config: dict | None = None) -> Flask:
     from app import authn
 
     _register_blueprints(app)
+    from app.install_commands import server_url_problem
     from app.models import Role
 
     app.jinja_env.globals["Role"] = Role
+    app.jinja_env.globals["server_url_problem"] = server_url_problem
     _register_request_hooks(app)
 
     from app.errors import register_error_handlers
@@ -86,7 +90,10 @@ def _configure_logging(app: Flask) -> None:
 def _configure_secrets(app: Flask) -> None:
     from app.secretbox import SecretBox, load_or_create_key
 
-    key = load_or_create_key(app.config["RM_SECRET_KEY_FILE"])
+    datadir.private_directory(Path(app.config["RM_DATA_DIR"]), app.logger)
+    key_file = Path(app.config["RM_SECRET_KEY_FILE"])
+    key = load_or_create_key(key_file)
+    datadir.private_file(key_file, app.logger)
     app.extensions["secretbox"] = SecretBox(key)
     # The cookie-signing key is derived, so there is one secret file to back up.
     if not app.config.get("SECRET_KEY"):
@@ -103,8 +110,9 @@ def _configure_session(app: Flask) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         WTF_CSRF_CHECK_DEFAULT=False,  # checked in before_request, skipping bearer requests
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
-        # Flask's defaults already hold the key (as None): `or`, not a .get() default.
-        MAX_CONTENT_LENGTH=app.config.get("MAX_CONTENT_LENGTH") or MAX_CONTENT_LENGTH,
+        # Set outright: Flask's defaults hold the key as None, so a fallback never applies.
+        # app.limits lowers it per request for the endpoints anyone may call.
+        MAX_CONTENT_LENGTH=max_body_bytes(app.config),
     )
     app.config["PERMANENT_SESSION_LIFETIME"] = app.config["RM_SESSION_HOURS"] * 3600
 
@@ -112,9 +120,9 @@ def _configure_session(app: Flask) -> None:
 def _configure_database(app: Flask) -> None:
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        from pathlib import Path
-
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True, mode=datadir.PRIVATE_DIRECTORY)
+        datadir.private_sqlite_database(path, app.logger)
     options = app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
     options.setdefault("pool_pre_ping", True)
     if url.startswith("sqlite"):
@@ -163,6 +171,9 @@ def _register_request_hooks(app: Flask) -> None:
     from app.access import SAFE_METHODS, enforce_access
     from app.authn import is_token_request
 
+    # First: nothing before it may read the body (the CSRF check reads the form).
+    app.before_request(limit_request_body)
+
     @app.before_request
     def check_access_then_csrf():
         refused = enforce_access()
@@ -188,5 +199,9 @@ def _register_request_hooks(app: Flask) -> None:
             "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
         )
         if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        elif response.mimetype == "text/html" and request.endpoint != "static":
+            # Pages show what a signed-in user may see (and forms carry a CSRF token): a
+            # shared or back-button cache must not keep them. Static files stay cacheable.
             response.headers.setdefault("Cache-Control", "no-store")
         return response

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from flask import jsonify, render_template, request
+import logging
+
+from flask import jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from app.extensions import db
+from app.limits import describe_size
 from app.services.errors import RateLimited, ServiceError
+
+log = logging.getLogger("restic_manager")
+
+# How long a client should wait before retrying when the database cannot take the request.
+RETRY_AFTER_SECONDS = 5
+# SQLSTATE classes of a database that is there but cannot serve now: 08 connection
+# exception, 53 insufficient resources, 57 operator intervention (shutdown, cancelled by a
+# lock or statement timeout), 58 system error (I/O); 25006 a read-only transaction (a
+# standby after a failover, default_transaction_read_only); 40001/40P01 serialisation
+# failure and deadlock, which a retry resolves.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+_UNAVAILABLE_SQLSTATES = frozenset({"25006", "40001", "40P01", "55P03"})
 
 _CODES = {
     400: "bad_request",
@@ -62,8 +79,10 @@ def _default_title(status: int) -> str:
         403: "Not allowed",
         404: "Page not found",
         405: "Not allowed here",
+        413: "Too large",
         429: "Slow down",
         500: "Something went wrong",
+        503: "Temporarily unavailable",
     }.get(status, "Error")
 
 
@@ -115,10 +134,24 @@ def register_error_handlers(app):
             )
         elif error.code == 405:
             message = f"{request.method} is not allowed on {request.path}."
+        elif error.code == 413 and message == type(error).description:
+            # Werkzeug's own words when a body without Content-Length ran over the limit.
+            limit = request.max_content_length
+            message = f"The request body is over the {describe_size(limit)} accepted here."
         response = app.make_response(respond_error(error.code or 500, message))
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
+
+    @app.errorhandler(DBAPIError)
+    def database_error(error: DBAPIError):
+        if not is_database_unavailable(error):
+            raise error  # a bug or bad input the boundary missed: not the database's fault
+        return database_unavailable(error)
+
+    @app.errorhandler(PoolTimeout)
+    def pool_exhausted(error: PoolTimeout):
+        return database_unavailable(error)
 
     if app.testing:
         return  # let tests see the real exception
@@ -127,3 +160,46 @@ def register_error_handlers(app):
     def unexpected(error: Exception):
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return respond_error(500, "An unexpected error happened; it has been logged.")
+
+
+def is_database_unavailable(error: DBAPIError) -> bool:
+    """The database is busy, gone, read-only or failing, as opposed to refusing our SQL."""
+    if error.connection_invalidated or isinstance(error, OperationalError):
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    return sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+
+
+def database_unavailable(error: Exception):
+    """503 with Retry-After, the transaction rolled back; says what kind, not the SQL."""
+    log.warning(
+        "database unavailable on %s %s: %s", request.method, request.path, _reason(error)
+    )
+    try:
+        db.session.rollback()
+    except DBAPIError as rollback_error:  # the connection is gone: drop the session
+        log.warning("rollback after a database fault failed too: %s", _reason(rollback_error))
+    db.session.remove()
+    message = (
+        "The database cannot take this request right now (it is busy, unreachable or "
+        f"read-only). Nothing was changed; try again in {RETRY_AFTER_SECONDS} seconds."
+    )
+    if wants_json():
+        response = error_response(503, "unavailable", message)
+    else:
+        # A page of its own: the layout would ask the database who is signed in.
+        response = make_response(
+            render_template(
+                "errors/unavailable.html", message=message, retry_after=RETRY_AFTER_SECONDS
+            ),
+            503,
+        )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _reason(error: Exception) -> str:
+    """The driver's first line (``database is locked``), never the statement or its values."""
+    original = getattr(error, "orig", None) or error
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0] if lines else ''}"

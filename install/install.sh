@@ -133,7 +133,8 @@ check_options() {
     case $SERVER in
     https://?*) ;;
     http://?*) warn "$SERVER is plain HTTP: the enrollment token and the agent's traffic travel unencrypted" ;;
-    '') die "--server is required (the restic-manager server's URL, e.g. https://backup.example.com)" ;;
+    '') die "--server is required (the restic-manager server's URL, e.g. https://backup.example.com); the server did not fill it in because it does not know its public address: set RM_BASE_URL (or RM_ALLOWED_HOSTS) on the server" ;;
+    SERVER_URL) die "replace SERVER_URL in the install command with the restic-manager server's URL (e.g. https://backup.example.com), or set RM_BASE_URL on the server and create a new command" ;;
     *) die "--server must be an http:// or https:// URL, not '$SERVER'" ;;
     esac
     if [ -z "$TOKEN" ] && [ ! -f "$AGENT_HOME/state.json" ]; then

@@ -81,7 +81,7 @@ def agent_version():
 def render_install_script(base_url: str, minimum_python: str) -> str:
     """install.sh with this server's URL and the archive's minimum Python filled in."""
     script = INSTALL_SCRIPT.read_text(encoding="utf-8")
-    if not SAFE_URL.match(base_url):
+    if base_url and not SAFE_URL.match(base_url):
         # An odd Host header or base URL: the script then insists on --server.
         current_app.logger.warning("install.sh: not pre-filling unusual server URL %r", base_url)
         base_url = ""
@@ -96,7 +96,9 @@ def render_install_script(base_url: str, minimum_python: str) -> str:
 @bp.get("/install/install.sh")
 @public
 def install_script():
-    script = render_install_script(server_url(), _build().requires_python)
+    # Empty when the server does not know its address: the script then asks for --server
+    # and says to set RM_BASE_URL.
+    script = render_install_script(server_url() or "", _build().requires_python)
     response = Response(script, mimetype="text/x-shellscript")
     response.cache_control.no_store = True  # it names the server the request came through
     return response

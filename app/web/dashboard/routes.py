@@ -8,10 +8,14 @@ from flask import current_app, jsonify, make_response, render_template, request,
 from sqlalchemy import text
 
 from app.access import Role, public, require_role
+from app.errors import RETRY_AFTER_SECONDS
 from app.extensions import db
 from app.formatting import FILTERS
 from app.models.types import utcnow
 from app.web.dashboard import bp, fleet
+
+# Alembic's one-row table exists wherever the schema does.
+READINESS_WRITE = "UPDATE alembic_version SET version_num = version_num"
 
 for _name, _function in FILTERS.items():
     bp.add_app_template_filter(_function, _name)
@@ -73,13 +77,23 @@ def healthz():
 @bp.route("/readyz")
 @public
 def readyz():
-    """Ready for traffic: the database answers."""
+    """Ready for traffic: the database answers and accepts a write (rolled back)."""
+    stage = "unreachable"
     try:
         db.session.execute(text("SELECT 1"))
+        stage = "not writable"
+        if db.engine.dialect.name == "postgresql":
+            # A held lock should make the probe fail, not hang it.
+            db.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+        # A real write that changes nothing: it needs the write lock (SQLite), a row lock
+        # and a read-write transaction (PostgreSQL) and is rolled back below.
+        db.session.execute(text(READINESS_WRITE))
     except Exception as error:  # any failure means not ready; say which kind, not details
-        current_app.logger.warning("readiness check failed: %s", type(error).__name__)
-        db.session.rollback()
-        return jsonify({"status": "unavailable", "database": "unreachable"}), 503
+        current_app.logger.warning("readiness check failed (%s): %s", stage, type(error).__name__)
+        response = jsonify({"status": "unavailable", "database": stage})
+        response.status_code = 503
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
     finally:
-        db.session.remove()
+        db.session.remove()  # closing rolls the write back and returns the connection
     return jsonify({"status": "ready", "database": "ok"})
