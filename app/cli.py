@@ -8,6 +8,8 @@ import os
 import sys
 
 import click
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask import current_app
 from flask.cli import FlaskGroup
 from flask_migrate import upgrade
@@ -86,6 +88,24 @@ def _apply_migrations() -> None:
         ) from None
 
 
+def _schema_is_current() -> bool:
+    """The database is at the migrations' head (so upgrading would print only noise)."""
+    config = current_app.extensions["migrate"].migrate.get_config()
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    with db.engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads()) == heads
+
+
+def ensure_schema() -> None:
+    """Apply migrations first when the schema is missing or behind (before the first serve)."""
+    try:
+        current = _schema_is_current()
+    except OperationalError:
+        current = False  # let the upgrade say clearly what is wrong with the database
+    if not current:
+        _apply_migrations()
+
+
 def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
     # Newer gunicorn opens a control socket under $HOME; we do not use it, and a sandboxed
     # service may not write there.
@@ -147,6 +167,7 @@ def register_cli(app):
     @app.cli.command("setup-url")
     def setup_url_command():
         """Print a new one-time setup URL (only while no user exists)."""
+        ensure_schema()
         if users.user_count() > 0:
             raise click.ClickException("setup is already complete: sign in instead")
         base_url = current_app.config["RM_BASE_URL"] or "http://127.0.0.1:8080"
@@ -160,6 +181,7 @@ def register_cli(app):
     def create_admin(username: str, password_stdin: bool):
         """Create an administrator (password from stdin, never from argv)."""
         password = sys.stdin.readline().rstrip("\r\n")
+        ensure_schema()
         try:
             user = users.add_user(
                 username, password, Role.admin, actor=CLI_ACTOR, client_address=None
@@ -175,6 +197,7 @@ def register_cli(app):
     @click.option("--name", required=True)
     def create_token(username: str, name: str):
         """Mint a personal access token for a user and print it (shown only once)."""
+        ensure_schema()
         user = users.find_user(username)
         if user is None or not user.is_active:
             raise click.ClickException(f"no active user named {username!r}")
