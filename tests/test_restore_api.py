@@ -495,7 +495,7 @@ def refuse_with(error: str, message: str):
     return answer
 
 
-def live_headers(app, role=Role.viewer):
+def live_headers(app, role=Role.operator):  # browsing needs operator (issue 13)
     from app.services import users
 
     with app.app_context():
@@ -523,6 +523,14 @@ def test_tree_waits_for_the_agent_then_serves_from_the_cache(live, run_agent):
     second = requests.get(url, headers=headers, timeout=10).json()
     assert second["cached"] is True and second["items"] == first.json()["items"]
     assert len(agent.commands) == 1  # asked once
+    with app.app_context():  # both listings audited with the path (issue 13)
+        audited = db.session.scalars(
+            select(AuditLog).where(AuditLog.action == "snapshot.directory_listed")
+        ).all()
+        assert [(entry.payload["path"], entry.payload["cached"]) for entry in audited] == [
+            ("/srv/data", False),
+            ("/srv/data", True),
+        ]
 
 
 def test_tree_says_timed_out_then_uses_the_late_answer(live, run_agent):
@@ -641,7 +649,7 @@ def test_download_streams_the_agents_bytes_intact(live, run_agent):
     assert download.content == content
     assert download.headers["Content-Length"] == str(len(content))
     assert 'filename="big.bin"' in download.headers["Content-Disposition"]
-    viewer = requests.get(url, headers=live_headers(app), timeout=10)
+    viewer = requests.get(url, headers=live_headers(app, Role.viewer), timeout=10)
     assert viewer.status_code == 403
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(RpcChunk)) == 0

@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 
 
 @bp.get("/hosts/<int:host_id>/snapshots/<snapshot_id>/tree")
-@require_role(Role.viewer)
+@require_role(Role.operator)
 def snapshot_tree(host_id: int, snapshot_id: str):
+    """Operators only, audited with the path: a listing tells what a host holds."""
     host = get_host(host_id)
     question = rpc.listing_question(host, snapshot_id, request.args.get("path"))
+    actor, host_id = current_actor(), host.id  # before the waits detach the user and host
     call = rpc.cached_listing(
         host,
         question.key,
@@ -45,6 +47,8 @@ def snapshot_tree(host_id: int, snapshot_id: str):
     if call is None:
         call = _ask(host, question)
     result = call.result or {}
+    rpc.record_listing(actor, host_id, question, cached=cached, client_address=client_address())
+    commit_and_wake()
     return jsonify(
         {
             "snapshot_id": question.snapshot_id,

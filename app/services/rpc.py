@@ -146,8 +146,8 @@ def snapshot_path(value: Any, field: str = "path", *, default: Optional[str] = N
         message = "must be an absolute path such as /etc/nginx"
     elif len(value) > MAX_PATH:
         message = f"must be at most {MAX_PATH} characters"
-    elif "\x00" in value or "\n" in value or "\r" in value:
-        message = "must not contain NUL or line breaks"
+    elif "\x00" in value:
+        message = "must not contain NUL"  # line breaks are fine: file names may hold them
     elif not value.startswith("/"):
         message = f"must be absolute (start with /): {value[:200]!r}"
     elif ".." in value.split("/"):
@@ -320,6 +320,20 @@ def record_download(
         target_type="host",
         target_id=host_id,
         payload={"snapshot": question.short_id, "path": question.path, "size": size},
+        client_address=client_address,
+    )
+
+
+def record_listing(
+    actor: Actor, host_id: int, question: Question, *, cached: bool, client_address: Optional[str]
+) -> None:
+    """Audit a directory of a snapshot shown to somebody (which one; never its names)."""
+    audit.record(
+        actor,
+        "snapshot.directory_listed",
+        target_type="host",
+        target_id=host_id,
+        payload={"snapshot": question.short_id, "path": question.path, "cached": cached},
         client_address=client_address,
     )
 
