@@ -4,10 +4,12 @@ retries of maintenance that meets a lock, and stale locks after a restart (fake 
 The same stories against the real restic are in test_restic_real_locks.py.
 """
 
+import json
 import threading
 
 import pytest
 from fake_agent_server import wait_for
+from running_agent import Running, config_update, job_run
 
 from agent.journal import InterruptedJobs
 from agent.locks import EXCLUSIVE, SHARED, RepositoryLocks, Turn, waiting_line
@@ -18,6 +20,7 @@ from agent.restic.prune import prune_argv
 from agent.restic.snapshots import snapshots_argv
 from agent.restic.unlock import takes_lock, unlock_argv, with_retry_lock
 from agent.runner import Runner
+from agent.service import Agent
 from agent.spool import Spool
 
 READY = {"url": "fake:ready", "username": "", "password": "Locks-Pw-1"}
@@ -317,3 +320,21 @@ def test_a_failed_unlock_stays_pending(tmp_path, fake_restic):
     assert subcommands(fake_restic) == ["unlock", "check"]
     assert any(text.startswith("restic unlock failed (") for text in texts(spool, 1))
     assert InterruptedJobs(journal).pending() == [8]
+
+
+def test_the_agent_remembers_interrupted_jobs_in_its_home(agent_home, fake_server, fake_restic):
+    """The wiring: a restarted Agent writes the interrupted job down and the next check
+    (sent by the server) runs restic unlock first."""
+    Spool(agent_home / "spool", max_bytes=10**7).open_job(8, "a").append("stdout", "half-way")
+    fake_server.queue(config_update())
+    running = Running(Agent(agent_home, restic_binary=str(fake_restic)))
+    try:
+        wait_for(lambda: fake_server.events_of(8, "job.finished"), timeout=20)
+        assert json.loads((agent_home / "interrupted_jobs.json").read_text()) == [8]
+        fake_server.queue(job_run(12, kind="check"))
+        (finished,) = wait_for(lambda: fake_server.events_of(12, "job.finished"), timeout=20)
+        assert finished["data"]["status"] == "succeeded"
+        assert subcommands(fake_restic)[-2:] == ["unlock", "check"]
+        assert json.loads((agent_home / "interrupted_jobs.json").read_text()) == []
+    finally:
+        running.finish()
