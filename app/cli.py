@@ -19,6 +19,7 @@ from app import create_app
 from app.config import PROJECT_ROOT
 from app.extensions import db
 from app.formatting import plural
+from app.install_commands import LOOPBACK_NAMES
 from app.models import Role
 from app.models.types import utcnow
 from app.services import api_tokens, users
@@ -106,6 +107,21 @@ def ensure_schema() -> None:
         _apply_migrations()
 
 
+def warn_if_address_unknown(bind: str) -> None:
+    """Reachable from elsewhere, but with no configured public address, install commands
+    cannot name this server (a request's Host header is not trusted for that)."""
+    config = current_app.config
+    host = bind.rsplit(":", 1)[0].strip("[]").lower()
+    if config["RM_BASE_URL"] or config["RM_ALLOWED_HOSTS"] or host in LOOPBACK_NAMES:
+        return
+    click.echo(
+        "RM_BASE_URL is not set: agent install commands will name this server only when it "
+        "is opened as localhost. Set RM_BASE_URL=https://<its public address> (or list the "
+        "names it is reached by in RM_ALLOWED_HOSTS).",
+        err=True,
+    )
+
+
 def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
     # Newer gunicorn opens a control socket under $HOME; we do not use it, and a sandboxed
     # service may not write there.
@@ -152,6 +168,7 @@ def register_cli(app):
         _apply_migrations()
         base_url = current_app.config["RM_BASE_URL"] or f"http://{bind}"
         _announce_setup_if_needed(base_url)
+        warn_if_address_unknown(bind)
         trusted = ",".join(str(net) for net in current_app.config["RM_TRUSTED_PROXIES"])
         argv = gunicorn_argv(bind, workers, trusted)
         # Printed by the first worker once it has loaded the application (gunicorn_conf.py).

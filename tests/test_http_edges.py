@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import create_app
+from app.cli import warn_if_address_unknown
 from app.extensions import db
 from app.limits import SMALL_BODY_BYTES
 from app.models import ApiToken, Role, User
@@ -358,6 +359,23 @@ def test_add_host_page_says_what_to_configure(app, login_as):
     assert "RM_BASE_URL" in page and "RM_ALLOWED_HOSTS" in page
     local = login_as(Role.admin).get("/hosts/new").get_data(as_text=True)  # localhost
     assert 'id="server-address"' not in local
+
+
+@pytest.mark.parametrize(
+    ("bind", "config", "warned"),
+    [
+        ("127.0.0.1:8080", {}, False),
+        ("[::1]:8080", {}, False),
+        ("0.0.0.0:8080", {}, True),
+        ("0.0.0.0:8080", {"RM_BASE_URL": "https://backup.example.com"}, False),
+        ("0.0.0.0:8080", {"RM_ALLOWED_HOSTS": ["backup.example.com"]}, False),
+    ],
+)
+def test_serve_reminds_to_set_the_public_address(app_factory, capsys, bind, config, warned):
+    app = app_factory(**config)
+    with app.app_context():
+        warn_if_address_unknown(bind)
+    assert ("RM_BASE_URL is not set" in capsys.readouterr().err) is warned
 
 
 # --- CLI before the first serve ----------------------------------------------------------------
