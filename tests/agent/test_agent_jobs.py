@@ -104,7 +104,11 @@ def test_backup_reports_progress_summary_snapshots_and_stats(spool, fake_restic)
         "missing_paths": [],
     }
     assert argvs(fake_restic) == [
-        ["backup", "--json", "--tag", "default", "--exclude", "*.tmp", "--", "/etc"],
+        # backup_paths' default keeps the secret stores under /etc out (docs/agent.md)
+        ["backup", "--json", "--tag", "default", "--exclude", "*.tmp"]
+        + ["--exclude", "/etc/shadow", "--exclude", "/etc/shadow-"]
+        + ["--exclude", "/etc/gshadow", "--exclude", "/etc/gshadow-"]
+        + ["--exclude", "/etc/ssh/*_key", "--", "/etc"],
         ["--no-lock", "snapshots", "--json"],
         ["--no-lock", "stats", "--json", "--mode", "raw-data"],
     ]
