@@ -105,10 +105,12 @@ def test_backup_reports_progress_summary_snapshots_and_stats(spool, fake_restic)
     }
     assert argvs(fake_restic) == [
         # backup_paths' default keeps the secret stores under /etc out (docs/agent.md)
-        ["backup", "--json", "--tag", "default", "--exclude", "*.tmp"]
-        + ["--exclude", "/etc/shadow", "--exclude", "/etc/shadow-"]
-        + ["--exclude", "/etc/gshadow", "--exclude", "/etc/gshadow-"]
-        + ["--exclude", "/etc/ssh/*_key", "--", "/etc"],
+        [
+            *("backup", "--json", "--tag", "default", "--exclude", "*.tmp"),
+            *("--exclude", "/etc/shadow", "--exclude", "/etc/shadow-"),
+            *("--exclude", "/etc/gshadow", "--exclude", "/etc/gshadow-"),
+            *("--exclude", "/etc/ssh/*_key", "--", "/etc"),
+        ],
         ["--no-lock", "snapshots", "--json"],
         ["--no-lock", "stats", "--json", "--mode", "raw-data"],
     ]
