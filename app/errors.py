@@ -135,9 +135,10 @@ def register_error_handlers(app):
         elif error.code == 405:
             message = f"{request.method} is not allowed on {request.path}."
         elif error.code == 413 and message == type(error).description:
-            # Werkzeug's own words when a body without Content-Length ran over the limit.
+            # Werkzeug's own words: a body over a view's own, lower limit (/api/v1's 1 MiB).
             limit = request.max_content_length
-            message = f"The request body is over the {describe_size(limit)} accepted here."
+            if limit:
+                message = f"The request body is over the {describe_size(limit)} accepted here."
         response = app.make_response(respond_error(error.code or 500, message))
         if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
