@@ -20,6 +20,7 @@ TAG = re.compile(TAG_PATTERN)
 # columns are 64-bit; JSON has no NaN or Infinity; deep nests only cost stack.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_JSON_DEPTH = 32
+MAX_KEY_LENGTH = 128  # no field of either protocol is named by more; longer is an attack
 ECHO_LENGTH = 40  # how much of a refused value (or field name) an error message repeats
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -68,6 +69,8 @@ def json_problem(
         return None if math.isfinite(value) else (where, "must be a finite number")
     if isinstance(value, dict):
         for key, item in value.items():
+            if len(key) > MAX_KEY_LENGTH:
+                return where, f"has a key longer than {MAX_KEY_LENGTH} characters"
             reason = unstorable(key)
             if reason:
                 return where, f"has a key that {reason}"
