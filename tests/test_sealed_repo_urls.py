@@ -1,7 +1,8 @@
 """A password inside a repository URL is sealed wherever the server keeps it (issue 13):
-after an enrollment, a change of connection and an admin credential, no table (nor, on
-SQLite, the raw database file), API answer, page, audit row or log line holds it, while
-the agent — the real agent code — still receives and keeps the whole URL."""
+after an enrollment, a change of connection and an admin credential, no table row, raw
+database file (SQLite's file and WAL, PostgreSQL's heap files), API answer, page, audit row
+or log line holds it, while the agent — the real agent code — still receives and keeps the
+whole URL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import threading
 import time
 
+import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy import select
 
@@ -103,6 +105,28 @@ def _raw_bytes(paths) -> bytes:
     return b"".join(blobs)
 
 
+def _raw_postgresql_tables() -> bytes:
+    """Every table's heap file (and TOAST) as it is on disk after a checkpoint."""
+    with db.engine.connect() as connection:
+        if connection.dialect.name != "postgresql":
+            return b""
+        connection.execute(sa.text("CHECKPOINT"))
+        paths = connection.execute(
+            sa.text(
+                "SELECT pg_relation_filepath(oid), pg_relation_filepath(reltoastrelid)"
+                " FROM pg_class WHERE relname = ANY(:tables)"
+            ),
+            {"tables": [table.name for table in db.metadata.sorted_tables]},
+        ).all()
+        read = sa.text("SELECT pg_read_binary_file(:path)")
+        return b"".join(
+            bytes(connection.execute(read, {"path": path}).scalar())
+            for pair in paths
+            for path in pair
+            if path
+        )
+
+
 def test_no_url_password_at_rest_in_answers_audit_or_logs(app, login_as, make_user, caplog):
     caplog.set_level(logging.DEBUG)
     api = app.test_client()
@@ -147,12 +171,12 @@ def test_no_url_password_at_rest_in_answers_audit_or_logs(app, login_as, make_us
     assert (everyday.repo_url_redacted, admin.repo_url_redacted) == (CHANGED_REDACTED,) * 2
 
     files = _database_files()
-    before_checkpoint = _raw_bytes(files)
+    before_checkpoint = _raw_bytes(files) + _raw_postgresql_tables()
     db.session.remove()
     db.engine.dispose()  # the last connection checkpoints the WAL into the main file
     after_checkpoint = _raw_bytes(files)
-    if files:  # the grep sees the file's text: the redacted URL is there in clear
-        assert b"backup:***@backup.example.com" in before_checkpoint + after_checkpoint
+    # The grep sees the files' text: the redacted URL is there in clear.
+    assert b"backup:***@backup.example.com" in before_checkpoint + after_checkpoint
     for password in URL_PASSWORDS:
         assert password.encode() not in before_checkpoint
         assert password.encode() not in after_checkpoint

@@ -71,6 +71,18 @@ def _secure_delete(connection):
         connection.exec_driver_sql("PRAGMA secure_delete = ON")
 
 
+def _purge_leftovers():
+    """What the old clear values leave behind once committed: PostgreSQL's old row versions
+    and the dropped column's bytes (VACUUM FULL rewrites both tables without them), and
+    SQLite's write-ahead log (secure_delete already overwrote its freed pages)."""
+    dialect = op.get_bind().dialect.name
+    with op.get_context().autocommit_block():
+        if dialect == "postgresql":
+            op.execute("VACUUM FULL host_credentials, commands")
+        elif dialect == "sqlite":
+            op.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def _open_secret(box, command_id, sealed):
     if not sealed:
         return {}
@@ -130,6 +142,7 @@ def upgrade():
                 .where(commands.c.id == command_id)
                 .values(payload=payload, sealed_payload=_seal_secret(box, command_id, secret))
             )
+    _purge_leftovers()
 
 
 def downgrade():
