@@ -18,7 +18,10 @@ STATUS_WORDS = {
     "warning": "Finished with warnings: the snapshot was saved, but not everything is in it.",
     "failed": "Failed.",
     "cancelled": "Cancelled.",
-    "lost": "Lost: the agent restarted while the job ran, so its outcome is unknown.",
+    "lost": (
+        "Lost: the agent restarted, or the server lost touch with it, while the job was "
+        "waiting or running, so its outcome is unknown until the agent reports it."
+    ),
 }
 STATUSES = tuple(STATUS_WORDS)
 
