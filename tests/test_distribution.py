@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import CONFIG_TEMPLATE, load_config
+from agent.config import (
+    CONFIG_TEMPLATE,
+    DEFAULT_BACKUP_PATHS,
+    DEFAULT_RESTORE_PATHS,
+    load_config,
+)
 from app.config import PROJECT_ROOT
 from app.distribution import build as agent_build
 from app.distribution.routes import render_install_script
@@ -324,7 +329,13 @@ def test_agent_conf_example_has_exactly_the_settings_enroll_writes(tmp_path):
         return {section: set(parser[section]) for section in parser.sections()}
 
     example = PROJECT_ROOT / "install" / "agent.conf.example"
-    written = CONFIG_TEMPLATE.format(url="https://backup.example.com", ca_file="", pin="")
+    written = CONFIG_TEMPLATE.format(
+        url="https://backup.example.com",
+        ca_file="",
+        pin="",
+        backup_paths=DEFAULT_BACKUP_PATHS,
+        restore_paths=DEFAULT_RESTORE_PATHS,
+    )
     assert keys(example.read_text()) == keys(written)
     assert load_config(example).server_url == "https://backup.example.com"
 
