@@ -70,18 +70,22 @@ class RepositoryLocks:
             line = self._lines.setdefault(turn.repository, [])
             line.append(turn)
             announced: Optional[List[Turn]] = None
-            while True:
-                blockers = _blockers(line, turn)
-                if not blockers:
-                    turn.granted = True
-                    return True
-                if cancel is not None and cancel.is_set():
-                    self._leave(turn)
-                    return False
-                if on_wait is not None and blockers != announced:
-                    on_wait(blockers)
-                    announced = blockers
-                self._condition.wait(self.poll_seconds)
+            try:
+                while True:
+                    blockers = _blockers(line, turn)
+                    if not blockers:
+                        turn.granted = True
+                        return True
+                    if cancel is not None and cancel.is_set():
+                        self._leave(turn)
+                        return False
+                    if on_wait is not None and blockers != announced:
+                        on_wait(blockers)
+                        announced = blockers
+                    self._condition.wait(self.poll_seconds)
+            except BaseException:  # a failing on_wait must not block the line for good
+                self._leave(turn)
+                raise
 
     def release(self, turn: Turn) -> None:
         with self._condition:

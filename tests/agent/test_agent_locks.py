@@ -176,6 +176,20 @@ def test_other_repositories_do_not_wait_and_a_cancel_leaves_the_line():
     assert locks.acquire(check)  # the cancelled forget is no longer in the way
 
 
+def test_a_failing_announcement_leaves_the_line():
+    locks = RepositoryLocks(poll_seconds=0.01)
+    backup = turn("repo", 1, "backup", SHARED)
+    assert locks.acquire(backup)
+
+    def broken(blockers):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        locks.acquire(turn("repo", 2, "prune", EXCLUSIVE), on_wait=broken)
+    locks.release(backup)
+    assert locks.acquire(turn("repo", 3, "check", EXCLUSIVE))  # nothing left in the way
+
+
 def test_waiting_lines_say_who_and_why():
     prune = turn("r", 3, "prune", EXCLUSIVE)
     backups = [turn("r", 1, "backup", SHARED), turn("r", 2, "backup", SHARED)]
