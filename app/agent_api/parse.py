@@ -29,7 +29,8 @@ LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 _STRING, _INTEGER, _NUMBER = (str, type(None)), (int, type(None)), (int, float, type(None))
 _BOOLEAN, _LIST, _OBJECT = (bool, type(None)), (list, type(None)), (dict, type(None))
-# The JSON type of each top-level field, per endpoint (null always means "absent").
+# The JSON type of each field, per endpoint (null always means "absent"): every top-level
+# field, and the nested ones a service compares with a set of known values.
 FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "agent_api.enroll": {
         "token": _STRING,
@@ -51,8 +52,19 @@ FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "running": _LIST,
     },
     "agent_api.poll": {"boot_id": _STRING, "acks": _LIST, "running": _LIST, "wait": _NUMBER},
-    "agent_api.events": {"events": _LIST},
-    "agent_api.logs": {"attempt_id": _STRING, "first_seq": _INTEGER, "records": _LIST},
+    "agent_api.events": {
+        "events": _LIST,
+        "events[].data": _OBJECT,
+        "events[].data.status": _STRING,  # job.finished, repo.status
+        "events[].data.reason": _STRING,
+        "events[].data.error": _STRING,
+    },
+    "agent_api.logs": {
+        "attempt_id": _STRING,
+        "first_seq": _INTEGER,
+        "records": _LIST,
+        "records[].stream": _STRING,
+    },
     "agent_api.register_run": {
         "run_id": _STRING,
         "schedule_id": _INTEGER,
@@ -64,6 +76,7 @@ FIELD_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "agent_api.rpc_answer": {
         "ok": _BOOLEAN,
         "result": _OBJECT,
+        "result.items[].type": _STRING,
         "error": _STRING,
         "message": _STRING,
     },
@@ -96,12 +109,28 @@ def body() -> dict:
     found = json_problem(data, nul_allowed=_LOG_TEXT.match)
     if found:
         invalid(*found)
-    for field, types in FIELD_TYPES.get(request.endpoint or "", {}).items():
-        value = data.get(field)
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            wanted = " or ".join(_JSON_NAMES[kind] for kind in types)
-            invalid(field, f"must be {wanted}, not {_JSON_NAMES[type(value)]}")
+    for path, types in FIELD_TYPES.get(request.endpoint or "", {}).items():
+        for field, value in _values_at(data, path.split(".")):
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                wanted = " or ".join(_JSON_NAMES[kind] for kind in types)
+                invalid(field, f"must be {wanted}, not {_JSON_NAMES[type(value)]}")
     return data
+
+
+def _values_at(data: dict, steps: list[str], where: str = ""):
+    """``(field, value)`` at a path such as ``events[].data.status`` (``[]``: each item)."""
+    name, rest = steps[0].removesuffix("[]"), steps[1:]
+    field = f"{where}.{name}" if where else name
+    value = data.get(name)
+    if not steps[0].endswith("[]"):
+        if not rest:
+            yield field, value
+        elif isinstance(value, dict):
+            yield from _values_at(value, rest, field)
+        return
+    for index, item in enumerate(value if isinstance(value, list) else []):
+        if isinstance(item, dict) and rest:
+            yield from _values_at(item, rest, f"{field}[{index}]")
 
 
 def invalid(field: str, message: str):
@@ -154,7 +183,7 @@ def running(data: dict) -> list[dict]:
             {
                 "job_id": positive_int(item.get("job_id"), f"running[{index}].job_id"),
                 "attempt_id": short_string(item, "attempt_id", max_length=64, required=True),
-                "state": item.get("state") if item.get("state") == "reporting" else "running",
+                "state": "reporting" if item.get("state") == "reporting" else "running",
             }
         )
     return parsed
@@ -172,7 +201,12 @@ def acks(data: dict) -> list[dict]:
             invalid(f"acks[{index}]", "must be an object")
         command_id = short_string(item, "command_id", max_length=32, required=True)
         result = item.get("result", "accepted")
-        if result not in {"accepted", "duplicate", "rejected", "noop"}:
+        if not isinstance(result, str) or result not in {
+            "accepted",
+            "duplicate",
+            "rejected",
+            "noop",
+        }:
             invalid(f"acks[{index}].result", "must be accepted, duplicate, rejected or noop")
         reason = item.get("reason")
         parsed.append(
@@ -227,7 +261,7 @@ def log_batch(data: dict) -> tuple[str, int, list[dict]]:
         if not isinstance(item, dict):
             invalid(where, "must be an object")
         stream = item.get("stream")
-        if stream not in LOG_STREAMS:
+        if not isinstance(stream, str) or stream not in LOG_STREAMS:
             invalid(f"{where}.stream", "must be stdout, stderr or agent")
         text = item.get("text")
         if not isinstance(text, str) or len(text) > MAX_LOG_TEXT:
