@@ -73,8 +73,9 @@ def _secure_delete(connection):
 
 def _purge_leftovers():
     """What the old clear values leave behind once committed: PostgreSQL's old row versions
-    and the dropped column's bytes (VACUUM FULL rewrites both tables without them), and
-    SQLite's write-ahead log (secure_delete already overwrote its freed pages)."""
+    and the dropped column's bytes (VACUUM FULL rewrites both tables without them, unless
+    a transaction elsewhere in the cluster is older than this migration: then the next
+    VACUUM does), and SQLite's write-ahead log (secure_delete overwrote the freed pages)."""
     dialect = op.get_bind().dialect.name
     with op.get_context().autocommit_block():
         if dialect == "postgresql":
