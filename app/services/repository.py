@@ -260,7 +260,8 @@ def seal_repo_url(box: SecretBox, credential: HostCredential, url: str) -> None:
 
 
 def repo_url_of(box: SecretBox, credential: HostCredential) -> str:
-    """The whole URL, password included: for the agent's sealed command only."""
+    """The whole URL, password included: for sealed command parts and comparisons, never
+    for display (``repo_url_redacted`` is that)."""
     return box.open(
         credential.sealed_repo_url,
         table="host_credentials",
@@ -297,6 +298,7 @@ def new_credential(
 
 
 def set_secrets(box: SecretBox, credential: HostCredential, *, url: str, password: str) -> None:
+    """Seal a new URL and password into an existing (flushed) credential row."""
     seal_repo_url(box, credential, url)
     credential.sealed_password = box.seal(
         password, table="host_credentials", column="password", row_id=credential.id
