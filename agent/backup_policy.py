@@ -14,7 +14,7 @@ import posixpath
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
-from agent.config import DEFAULT_BACKUP_PATHS, ConfigError
+from agent.config import ConfigError
 from agent.paths import DEFAULT_HOME, expand_home, normalise_absolute, resolve_home
 
 ANYWHERE = "*"
@@ -187,12 +187,5 @@ def resolved_parent(path: str) -> str:
 
 
 def policy_of(setup: Any) -> BackupPolicy:
-    """The policy a job or an rpc runs under (``setup``: a ``ResticSetup`` or ``RpcRunner``).
-
-    Until the runner's ``ResticSetup`` carries ``backup_paths`` from agent.conf, a setup
-    without it gets the default (the deny-list on).
-    """
-    return BackupPolicy(
-        getattr(setup, "backup_paths", DEFAULT_BACKUP_PATHS),
-        agent_home=getattr(setup, "agent_home", None),
-    )
+    """The policy a job or an rpc runs under (``setup``: a ``ResticSetup`` or ``RpcRunner``)."""
+    return BackupPolicy(setup.backup_paths, agent_home=setup.agent_home)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from agent import hooks
+from agent.config import DEFAULT_BACKUP_PATHS, DEFAULT_RESTORE_PATHS
 from agent.jobparams import InvalidParams
 from agent.jobspool import JobKey, JobSpool
 from agent.repository import Credentials, Repository
@@ -71,7 +72,9 @@ class ResticSetup:
     cache_dir: Optional[Path] = None
     grace_seconds: float = execute.GRACE_SECONDS
     allow_hooks: bool = True  # agent.conf's allow_hooks: the host owner's veto
-    restore_paths: str = "*"  # agent.conf's restore_paths: where restores may write
+    restore_paths: str = DEFAULT_RESTORE_PATHS  # agent.conf's: where restores may write
+    backup_paths: str = DEFAULT_BACKUP_PATHS  # agent.conf's: what the server may read here
+    agent_home: Optional[Path] = None  # kept out of backups with the secret stores
     hook_timeout_seconds: float = hooks.HOOK_TIMEOUT_SECONDS
     lock_retry_delays: Sequence[float] = LOCK_RETRY_DELAYS
 

@@ -137,4 +137,3 @@ class RestorePolicy:
         if self.backed_up:
             entries.append(f"{BACKED_UP} (in place)")
         return ", ".join(entries) or "nothing"
-

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from agent import facts, hooks
 from agent.actions import ACTIONS
-from agent.config import ConfigError
+from agent.config import DEFAULT_BACKUP_PATHS, DEFAULT_RESTORE_PATHS, ConfigError
 from agent.jobcontext import (
     LOCK_RETRY_DELAYS,
     Job,
@@ -50,7 +50,9 @@ class Runner:
         restic_version: Any = _UNKNOWN,
         allow_hooks: bool = True,
         hook_timeout_seconds: float = hooks.HOOK_TIMEOUT_SECONDS,
-        restore_paths: str = "*",
+        restore_paths: str = DEFAULT_RESTORE_PATHS,
+        backup_paths: str = DEFAULT_BACKUP_PATHS,
+        agent_home: Optional[Path] = None,
         interrupted: Optional[InterruptedJobs] = None,
         lock_retry_delays: Sequence[float] = LOCK_RETRY_DELAYS,
     ):
@@ -63,6 +65,8 @@ class Runner:
         self.allow_hooks = allow_hooks
         self.hook_timeout_seconds = hook_timeout_seconds
         self.restore_paths = restore_paths
+        self.backup_paths = backup_paths
+        self.agent_home = agent_home
         self.interrupted = interrupted or InterruptedJobs()
         self.lock_retry_delays = lock_retry_delays
         self.repository_locks = RepositoryLocks()
@@ -273,6 +277,8 @@ class Runner:
             allow_hooks=self.allow_hooks,
             hook_timeout_seconds=self.hook_timeout_seconds,
             restore_paths=self.restore_paths,
+            backup_paths=self.backup_paths,
+            agent_home=self.agent_home,
             lock_retry_delays=self.lock_retry_delays,
         )
 

@@ -68,6 +68,8 @@ class Agent:
             allow_hooks=self.config.allow_hooks,
             hook_timeout_seconds=self.config.hook_timeout_seconds,
             restore_paths=self.config.restore_paths,
+            backup_paths=self.config.backup_paths,
+            agent_home=self.paths.home,
             interrupted=InterruptedJobs(self.paths.home / INTERRUPTED_JOBS_FILE),
         )
         self.client = self._new_client()
@@ -76,6 +78,8 @@ class Agent:
             self.secrets.load,
             restic_binary=restic_binary,
             cache_dir=self.paths.cache,
+            backup_paths=self.config.backup_paths,
+            agent_home=self.paths.home,
         )
         self.uploader = Uploader(
             self._new_client(),

@@ -33,7 +33,9 @@ class Ran:
 
 
 def run(spool, fake_restic, kind, params, url="fake:ready", version="0.14.0", **kwargs):
+    """One job on a host whose owner allows restores anywhere (unless ``restore_paths``)."""
     credentials = {"url": url, "username": "", "password": "Restore-Pw-1"}
+    kwargs.setdefault("restore_paths", "*")
     runner = Runner(
         spool, lambda: credentials, restic_binary=str(fake_restic), restic_version=version, **kwargs
     )
