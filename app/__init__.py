@@ -170,9 +170,13 @@ def _register_request_hooks(app: Flask) -> None:
 
     from app.access import SAFE_METHODS, enforce_access
     from app.authn import is_token_request
+    from app.web.input import bp as input_bp
 
     # First: nothing before it may read the body (the CSRF check reads the form).
     app.before_request(limit_request_body)
+    # Then NUL characters and lone surrogates in form fields, query strings and path
+    # segments are refused for every route (it reads form bodies, so after the limit).
+    app.register_blueprint(input_bp)
 
     @app.before_request
     def check_access_then_csrf():

@@ -8,15 +8,17 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import ApiToken, Role, Schedule, SourceGroup
+from app.services import source_groups
+from app.services.errors import ValidationFailed
 from app.web import input as form_input
 from tests.factories import form_token, make_host
 
 
 @pytest.fixture
 def guarded(app):
-    """The app with the input hook (the factory registers it; a test app may predate that)."""
-    if "input" not in app.blueprints:
-        app.register_blueprint(form_input.bp)
+    """The app as the factory makes it: the input hook is registered."""
+    assert "input" in app.blueprints
+    assert form_input.refuse_unstorable_input in app.before_request_funcs[None]
     return app
 
 
@@ -92,3 +94,11 @@ def test_invalid_utf_8_in_a_form_is_replaced_not_a_500(guarded, login_as):
     )
     assert response.status_code == 422  # the form's own errors (name, cron)
     assert _count(Schedule) == 0
+
+
+def test_hook_text_is_checked_by_its_service_so_the_form_keeps_every_message(guarded):
+    """Hooks skip the up-front check: their service names NUL and surrogates itself."""
+    for text, words in (("echo \x00", "NUL"), ("echo \ud800", "surrogates")):
+        with pytest.raises(ValidationFailed) as refused:
+            source_groups._hook(text, "pre_hook")
+        assert words in refused.value.fields["pre_hook"][0]

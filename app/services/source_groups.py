@@ -167,6 +167,8 @@ def _hook(value: Any, name: str) -> Optional[str]:
     value = value.replace("\r\n", "\n").strip()
     if "\x00" in value:
         validate.fail(name, f"{label} must not contain NUL characters.")
+    if validate.unstorable(value):
+        validate.fail(name, f"{label} must be valid text (no lone surrogates).")
     if len(value.encode()) > MAX_HOOK_BYTES:
         validate.fail(name, f"{label} must be at most {MAX_HOOK_BYTES // 1024} KiB.")
     return value

@@ -21,6 +21,9 @@ from app.services.validate import echo, unstorable
 bp = Blueprint("input", __name__)
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Form fields whose service refuses NUL and surrogates itself, so the form shows the message
+# under the field together with every other problem (the hooks of a source group or host).
+_CHECKED_BY_THEIR_SERVICE = frozenset({"pre_hook", "post_hook"})
 
 
 @bp.before_app_request
@@ -39,4 +42,6 @@ def _fields():
             yield name, value
     yield from request.args.items(multi=True)
     if request.method in ("POST", "PUT", "PATCH") and request.mimetype in _FORM_TYPES:
-        yield from request.form.items(multi=True)
+        for name, value in request.form.items(multi=True):
+            if name not in _CHECKED_BY_THEIR_SERVICE:
+                yield name, value
