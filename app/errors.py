@@ -173,9 +173,7 @@ def is_database_unavailable(error: DBAPIError) -> bool:
 
 def database_unavailable(error: Exception):
     """503 with Retry-After, the transaction rolled back; says what kind, not the SQL."""
-    log.warning(
-        "database unavailable on %s %s: %s", request.method, request.path, _reason(error)
-    )
+    log.warning("database unavailable on %s %s: %s", request.method, request.path, _reason(error))
     try:
         db.session.rollback()
     except DBAPIError as rollback_error:  # the connection is gone: drop the session

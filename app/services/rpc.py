@@ -294,9 +294,7 @@ def ask(
         )
     call = pending_call(host, question.key, now=now) if question.method == "ls" else None
     if call is None:
-        call = request_call(
-            box, host, question.method, question.params, key=question.key, now=now
-        )
+        call = request_call(box, host, question.method, question.params, key=question.key, now=now)
     return call.id
 
 

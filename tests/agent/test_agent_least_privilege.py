@@ -150,7 +150,6 @@ def real_restic(test):
     return test
 
 
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("least-privilege")
