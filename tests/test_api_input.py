@@ -228,6 +228,16 @@ def test_json_numbers_are_finite(admin, host, number):
             "retention.keep_daily",
         ),
         ("/hosts/{id}/repo-maintenance", {"check_subset_percent": "5"}, "check_subset_percent"),
+        (
+            "/hosts/{id}/jobs",
+            {"kind": "forget", "params": {"policy": {"keep_daily": "7"}}},
+            "params.policy.keep_daily",
+        ),
+        (
+            "/hosts/{id}/jobs",
+            {"kind": "backup", "params": {"limit_upload_kib": "512"}},
+            "params.limit_upload_kib",
+        ),
     ],
 )
 def test_the_api_refuses_strings_for_integers(admin, host, path, body, field):
@@ -235,7 +245,7 @@ def test_the_api_refuses_strings_for_integers(admin, host, path, body, field):
     refused = _error(
         admin.open(
             API + path.format(id=host.id),
-            method="PUT" if "source" not in path else "POST",
+            method="POST" if "source" in path or "jobs" in path else "PUT",
             json=body,
         ),
         422,

@@ -243,7 +243,22 @@ SCHEMAS: dict[str, dict] = {
         {
             "kind": {"type": "string", "enum": list(JOB_KINDS)},
             "params": nullable(
-                obj({}, description="Per kind: see docs/api.md; unknown keys are refused.")
+                obj(
+                    {
+                        "group": string(64),
+                        "limit_upload_kib": nullable(integer(0, MAX_KIB_PER_SECOND)),
+                        "limit_download_kib": nullable(integer(0, MAX_KIB_PER_SECOND)),
+                        "policy": ref("RetentionPolicy"),
+                        "groups": array(obj({"tag": string(64), "policy": ref("RetentionPolicy")})),
+                        "group_by": string(32),
+                        "dry_run": {"type": "boolean"},
+                        "read_data_subset": nullable(string(32)),
+                        "remove_all": {"type": "boolean"},
+                        "snapshot_a": string(64),
+                        "snapshot_b": string(64),
+                    },
+                    description="Per kind: see docs/api.md; unknown keys are refused.",
+                )
             ),
         },
         ("kind",),
