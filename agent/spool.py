@@ -41,6 +41,18 @@ ROOM_FOR_REPORT_BYTES = 64 * 1024
 log = logging.getLogger(__name__)
 
 
+
+def storable(value: Any) -> Any:
+    """``value`` without NUL characters in its strings: the server refuses them in event
+    data (restic's stderr, decoded with replacement, can carry one into an error)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {key: storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
+
 class Spool:
     def __init__(self, root: Path, max_bytes: int):
         self.root = Path(root)
@@ -148,7 +160,7 @@ class Spool:
             "job_id": job_id,
             "attempt_id": attempt_id,
             "ts": isoformat(utc_now()),
-            "data": data or {},
+            "data": storable(data or {}),
         }
         encoded = json.dumps(event, sort_keys=True).encode() + b"\n"
         with self._lock:

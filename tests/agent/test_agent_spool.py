@@ -235,3 +235,12 @@ def test_a_run_is_adopted_under_the_server_ids_in_order_and_across_a_restart(tmp
     assert reopened.pending_events()[-1]["job_id"] == 51
     assert not (tmp_path / "spool" / "jobs" / "run-r1").exists()
     assert Spool(tmp_path / "spool", max_bytes=10**7).job(51).attempt_id == "att-51"
+
+
+def test_event_data_loses_nul_characters_the_server_would_refuse(tmp_path):
+    spool = Spool(tmp_path / "spool", 1024 * 1024)
+    spool.add_event(
+        "job.finished", 7, "att", {"error": "restic: bad\x00 byte", "paths": ["/a\x00b"]}
+    )
+    (event,) = spool.pending_events()
+    assert event["data"] == {"error": "restic: bad byte", "paths": ["/ab"]}
