@@ -41,7 +41,6 @@ ROOM_FOR_REPORT_BYTES = 64 * 1024
 log = logging.getLogger(__name__)
 
 
-
 def storable(value: Any) -> Any:
     """``value`` without NUL characters in its strings: the server refuses them in event
     data (restic's stderr, decoded with replacement, can carry one into an error)."""
@@ -52,6 +51,7 @@ def storable(value: Any) -> Any:
     if isinstance(value, list):
         return [storable(item) for item in value]
     return value
+
 
 class Spool:
     def __init__(self, root: Path, max_bytes: int):
