@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select
@@ -395,3 +396,21 @@ def test_job_summaries_of_restores_and_diffs():
     in_place = job("restore", {"target": "/", "in_place": True}, {"files_restored": 1})
     assert job_summary(in_place) == "1 file (0 B) in place"
     assert job_summary(job("diff", {}, {"changes": 3})) == "3 changes"
+
+
+def test_a_ticked_file_whose_name_holds_a_newline_is_restored_by_that_name(app, login_as, host):
+    """Ticked paths travel percent-encoded: a form would send a newline in a value as CRLF."""
+    browser = login_as(Role.operator)
+    name = "/srv/data/two\nlines.txt"
+    response = _post_restore(
+        browser, host, snapshot_id=SNAP_NEW, include=[quote(name)], mode="new", target=""
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)[:400]
+    job = db.session.scalar(select(Job).order_by(Job.id.desc()))
+    assert job.params["include"] == [name]
+
+    refused = _post_restore(
+        browser, host, snapshot_id=SNAP_NEW, include=[quote(name)], mode="new", target="relative"
+    )
+    assert refused.status_code == 422
+    assert f'name="include" value="{quote(name)}" checked' in refused.get_data(as_text=True)

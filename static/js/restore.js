@@ -330,7 +330,7 @@
       const box = element("input");
       box.type = "checkbox";
       box.name = "include";
-      box.value = path;
+      box.value = encodeURIComponent(path); // a form would turn a newline in a name into CRLF
       box.checked = true;
       box.addEventListener("change", function () { if (!box.checked) tick(path, false); });
       label.appendChild(box);
@@ -424,7 +424,9 @@
   });
 
   // --- start ---------------------------------------------------------------------------------------
-  selectionList.querySelectorAll('input[name="include"]').forEach(function (box) { selected.add(box.value); });
+  selectionList.querySelectorAll('input[name="include"]').forEach(function (box) {
+    selected.add(decodeURIComponent(box.value));
+  });
   renderSelection();
   if (!typed.value.trim() && typedBox) typedBox.open = false;
   const preselected = form.querySelector('input[name="snapshot_id"]:checked');

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from flask import current_app, redirect, render_template, request
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
@@ -58,7 +60,10 @@ def _submitted(form) -> dict:
     """What the operator chose, as typed: re-rendered untouched when the restore is refused."""
     return {
         "snapshot_id": form.get("snapshot_id", "").strip(),
-        "ticked": list(dict.fromkeys(path for path in form.getlist("include") if path.strip())),
+        # Ticked paths arrive percent-encoded (a newline in a file name would become CRLF).
+        "ticked": list(
+            dict.fromkeys(unquote(path) for path in form.getlist("include") if path.strip())
+        ),
         "typed": form.get("paths", ""),
         "mode": "in_place" if form.get("mode") == "in_place" else "new",
         "target": form.get("target", "").strip(),
