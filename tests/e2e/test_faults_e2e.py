@@ -6,8 +6,10 @@ a backup runs. Every job ends once, no log line is lost or doubled, no lock is l
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,11 @@ def restic_ids(repo: Path) -> list[str]:
     return sorted(snapshot["id"] for snapshot in restic_snapshots(repo, REPO_PASSWORD))
 
 
+def snapshot_time(snapshot: dict) -> datetime:
+    """restic's snapshot time (nanoseconds, its own time zone) as an aware datetime."""
+    return datetime.fromisoformat(re.sub(r"\.\d+", "", snapshot["time"]).replace("Z", "+00:00"))
+
+
 def repo_locks(repo: Path) -> list[Path]:
     return list((repo / "locks").iterdir())
 
@@ -186,12 +193,12 @@ def test_server_down_while_an_every_minute_schedule_fires(start_server, tmp_path
     )
     while time.localtime().tm_sec > 50:  # stop well before a slot, not while one registers
         time.sleep(0.5)
-    stopped_at = time.strftime("%Y-%m-%dT%H:%M:%S")  # restic's snapshot times: local time
+    stopped_at = datetime.now(timezone.utc)
     assert server.stop() == 0
 
     def fired_while_down():
         snapshots = restic_snapshots(host.repo, REPO_PASSWORD)
-        return [snapshot for snapshot in snapshots if snapshot["time"][:19] > stopped_at]
+        return [snapshot for snapshot in snapshots if snapshot_time(snapshot) > stopped_at]
 
     # Two slots fire with the server away; the agent runs them and spools their reports.
     down = wait_until(
