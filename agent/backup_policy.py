@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from agent.config import ConfigError
-from agent.paths import DEFAULT_HOME, expand_home, normalise_absolute, resolve_home
+from agent.paths import DEFAULT_HOME, normalise_absolute, path_list, resolve_home
 
 ANYWHERE = "*"
 # Where this host keeps what would make whoever reads it root (or the host itself). Globs
@@ -95,21 +95,14 @@ class BackupPolicy:
         environ: Optional[Mapping[str, str]] = None,
     ):
         self.spec = spec
-        self.anywhere = False
-        self.allowed: List[str] = []
-        for entry in (part.strip() for part in spec.split(",")):
-            if not entry:
-                continue
-            if entry == ANYWHERE:
-                self.anywhere = True
-                continue
-            try:
-                self.allowed.append(normalise_absolute(expand_home(entry, environ)))
-            except ValueError as error:
-                raise ConfigError(
-                    f"backup_paths in agent.conf: {error} "
-                    "(use absolute paths, $HOME/…, or * for everything)"
-                ) from None
+        try:
+            self.allowed, named = path_list(spec, (ANYWHERE,), environ)
+        except ValueError as error:
+            raise ConfigError(
+                f"backup_paths in agent.conf: {error} "
+                "(use absolute paths, $HOME/…, or * for everything)"
+            ) from None
+        self.anywhere = ANYWHERE in named
         homes = {str(resolve_home()), str(agent_home or DEFAULT_HOME)} - {DEFAULT_HOME}
         self.secret_stores = [SecretStore(pattern) for pattern in SECRET_STORES] + [
             SecretStore(home, literal=True) for home in sorted(homes)

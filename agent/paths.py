@@ -6,7 +6,7 @@ import os
 import posixpath
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional, Set, Tuple, Union
 
 DEFAULT_HOME = "/var/lib/restic-manager-agent"
 HOME_ENV = "RM_AGENT_HOME"
@@ -45,6 +45,22 @@ def normalise_absolute(path: str) -> str:
     if not path.startswith("/"):
         raise ValueError(f"{path!r} is not an absolute path")
     return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def path_list(
+    spec: str, keywords: Tuple[str, ...], environ: Optional[Mapping[str, str]] = None
+) -> Tuple[List[str], Set[str]]:
+    """An agent.conf path list (``backup_paths``, ``restore_paths``): its absolute paths
+    (``$HOME`` expanded, normalised) and which of ``keywords`` (``*``, ...) it names.
+    ``ValueError`` for an entry that is neither."""
+    paths: List[str] = []
+    named: Set[str] = set()
+    for entry in (part.strip() for part in spec.split(",")):
+        if entry in keywords:
+            named.add(entry)
+        elif entry:
+            paths.append(normalise_absolute(expand_home(entry, environ)))
+    return paths, named
 
 
 class AgentPaths:

@@ -10,11 +10,11 @@ write into ``/etc``.
 """
 
 import os
-from typing import List, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from agent.backup_policy import BackupPolicy, is_within
 from agent.config import DEFAULT_BACKUP_PATHS, ConfigError
-from agent.paths import DEFAULT_HOME, expand_home, normalise_absolute
+from agent.paths import DEFAULT_HOME, normalise_absolute, path_list
 
 ANYWHERE = "*"
 BACKED_UP = "backup_paths"
@@ -63,27 +63,17 @@ class RestorePolicy:
         backup: Optional[BackupPolicy] = None,
     ):
         self.spec = spec
-        self.anywhere = False
-        self.backed_up = False
-        self.allowed: List[str] = []
         self.backup = backup
-        for entry in (part.strip() for part in spec.split(",")):
-            if not entry:
-                continue
-            if entry == ANYWHERE:
-                self.anywhere = True
-                continue
-            if entry == BACKED_UP:
-                self.backed_up = True
-                continue
-            try:
-                self.allowed.append(normalise_absolute(expand_home(entry, environ)))
-            except ValueError as error:
-                raise ConfigError(
-                    f"restore_paths in agent.conf: {error} (use absolute paths, $HOME/…, "
-                    f"{BACKED_UP} for in-place restores of what may be backed up, "
-                    "or * for anywhere)"
-                ) from None
+        try:
+            self.allowed, named = path_list(spec, (ANYWHERE, BACKED_UP), environ)
+        except ValueError as error:
+            raise ConfigError(
+                f"restore_paths in agent.conf: {error} (use absolute paths, $HOME/…, "
+                f"{BACKED_UP} for in-place restores of what may be backed up, "
+                "or * for anywhere)"
+            ) from None
+        self.anywhere = ANYWHERE in named
+        self.backed_up = BACKED_UP in named
         if self.backed_up and self.backup is None:
             self.backup = BackupPolicy(DEFAULT_BACKUP_PATHS)
 
