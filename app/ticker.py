@@ -24,9 +24,10 @@ from sqlalchemy.pool import NullPool
 
 from app.bus import job_key
 from app.extensions import db
+from app.models import Host
 from app.models.types import utcnow
 from app.secretbox import SecretBox
-from app.services import jobs, maintenance, rpc
+from app.services import alerts, jobs, maintenance, rpc
 from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager.ticker")
@@ -52,8 +53,11 @@ def tick(
         offline_after_seconds=offline_after_seconds,
         listening_since=listening_since,
     )
+    for job in lost:
+        alerts.on_job_finished(db.session.get(Host, job.host_id), job, now)
     queued = maintenance.run_due(box, now, offline_after_seconds=offline_after_seconds)
     rpc.sweep(now)
+    alerts.evaluate(now, listening_since=listening_since)
     commit_and_wake(*(job_key(job.id) for job in lost))  # live job pages show the end
     return queued
 

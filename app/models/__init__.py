@@ -1,5 +1,13 @@
 """All models, imported here so Alembic and the app see the whole schema."""
 
+from app.models.alert import (
+    Alert,
+    AlertOverride,
+    AlertRuleSetting,
+    Notification,
+    NotificationChannel,
+    Silence,
+)
 from app.models.audit import AuditLog
 from app.models.host import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup
 from app.models.job import TERMINAL_STATUSES, AgentEvent, Command, Job, JobLog
@@ -12,6 +20,9 @@ __all__ = [
     "TERMINAL_STATUSES",
     "AgentEvent",
     "AgentToken",
+    "Alert",
+    "AlertOverride",
+    "AlertRuleSetting",
     "ApiToken",
     "AuditLog",
     "Command",
@@ -22,6 +33,8 @@ __all__ = [
     "Job",
     "JobLog",
     "LoginFailure",
+    "Notification",
+    "NotificationChannel",
     "RepoMaintenance",
     "RepoStats",
     "Role",
@@ -29,6 +42,7 @@ __all__ = [
     "RpcChunk",
     "Schedule",
     "SetupToken",
+    "Silence",
     "Snapshot",
     "SourceGroup",
     "User",

@@ -52,6 +52,7 @@ class Host(db.Model):
     # Schedules: every change bumps schedule_version; the agent acks what it applied.
     schedule_version: Mapped[int] = mapped_column(default=0, server_default="0")
     agent_schedule_version: Mapped[Optional[int]] = mapped_column()
+    schedule_changed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     # Host-wide bandwidth caps (KiB/s) passed to restic's --limit-upload/--limit-download.
     limit_upload_kib: Mapped[Optional[int]] = mapped_column()
     limit_download_kib: Mapped[Optional[int]] = mapped_column()
@@ -146,6 +147,8 @@ class SourceGroup(db.Model):
     # A scheduled run that cannot reach the host is retried this often, backing off.
     retry_max: Mapped[int] = mapped_column(default=3, server_default="3")
     retry_backoff_seconds: Mapped[int] = mapped_column(default=300, server_default="300")
+    # The latest backup of this group that saved a snapshot (backup_overdue reads it).
+    last_successful_backup_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     # Shell hooks around a backup (sealed: source_groups:pre_hook:<id>); None = host default.
     sealed_pre_hook: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
     sealed_post_hook: Mapped[Optional[bytes]] = mapped_column(LargeBinary)

@@ -14,7 +14,7 @@ from typing import Optional
 from app.extensions import db
 from app.models import AgentEvent, Host, Job
 from app.secretbox import SecretBox
-from app.services import audit, diffs, jobs, repository, schedules
+from app.services import alerts, audit, diffs, jobs, repository, schedules
 from app.services.audit import Actor
 from app.services.errors import EventRejected
 
@@ -118,6 +118,7 @@ def _apply(host: Host, event: Event, now: datetime, box: Optional[SecretBox]) ->
         repository.apply_status(
             box, host, job, str(status)[:32], reason if isinstance(reason, str) else None, now
         )
+        alerts.on_repo_status(host, job, now)
     elif event.type == "snapshots.report":
         repository.replace_snapshots(host, event.data, now=now)
     elif event.type == "repo.stats":
@@ -135,7 +136,7 @@ def _apply(host: Host, event: Event, now: datetime, box: Optional[SecretBox]) ->
         if not job.is_terminal:
             job.progress = _progress(event.data)
     else:
-        _job_finished(host, job, event)
+        _job_finished(host, job, event, now)
 
 
 def _progress(data: dict) -> dict:
@@ -151,7 +152,7 @@ def _progress(data: dict) -> dict:
     return progress
 
 
-def _job_finished(host: Host, job: Job, event: Event) -> None:
+def _job_finished(host: Host, job: Job, event: Event, now: datetime) -> None:
     status = event.data.get("status")
     if status not in FINISHED_STATUSES:
         raise EventRejected("invalid_event", f"Unknown job status {status!r}.")
@@ -172,3 +173,4 @@ def _job_finished(host: Host, job: Job, event: Event) -> None:
     job.stats = stats if isinstance(stats, dict) else {}
     job.lines_dropped = _non_negative(event.data.get("lines_dropped"))
     jobs.note_backup_finished(host, job)
+    alerts.on_job_finished(host, job, now)

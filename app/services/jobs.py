@@ -12,7 +12,7 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
-from app.models import Command, Host, Job, JobLog, Schedule
+from app.models import Command, Host, Job, JobLog, Schedule, SourceGroup
 from app.secretbox import SecretBox
 from app.services import audit, commands
 from app.services.audit import Actor
@@ -182,6 +182,18 @@ def note_backup_finished(host: Host, job: Job) -> None:
     ):
         host.last_successful_backup_job_id = job.id
         host.last_successful_backup_at = job.finished_at
+    if job.status in SUCCESSFUL_BACKUP_STATUSES and job.finished_at is not None:
+        group = db.session.scalar(
+            select(SourceGroup).where(
+                SourceGroup.host_id == host.id,
+                SourceGroup.name == ((job.params or {}).get("group") or "default"),
+            )
+        )
+        if group is not None and (
+            group.last_successful_backup_at is None
+            or group.last_successful_backup_at < job.finished_at
+        ):
+            group.last_successful_backup_at = job.finished_at
 
 
 # --- lost jobs ---------------------------------------------------------------------------

@@ -224,10 +224,10 @@ def bump_version(box: SecretBox, host: Host, *, now: datetime) -> Command:
     db.session.execute(
         update(Host)
         .where(Host.id == host.id)
-        .values(schedule_version=Host.schedule_version + 1)
+        .values(schedule_version=Host.schedule_version + 1, schedule_changed_at=now)
         .execution_options(synchronize_session=False)
     )
-    db.session.refresh(host, attribute_names=["schedule_version"])
+    db.session.refresh(host, attribute_names=["schedule_version", "schedule_changed_at"])
     return push(box, host, now=now)
 
 
