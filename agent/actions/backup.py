@@ -28,6 +28,10 @@ from agent.restic.messages import file_error_text, json_object, stderr_text
 from agent.restic.snapshots import full_id
 
 PARTIAL_BACKUP = "some source files could not be read; the snapshot was saved without them"
+# stats["error_paths"]: the first unreadable paths, so an alert can name them (each cut to a
+# sane length: the server keeps the stats with the job).
+ERROR_PATHS_KEPT = 10
+ERROR_PATH_CHARACTERS = 1024
 BACKUP_PROGRESS_FPS = 2  # twice the event rate, so the 1 s throttle always has a fresh line
 HOOKS_DISABLED = "hooks are disabled on this host (allow_hooks = false in agent.conf)"
 _STOPPING_ERRORS = (InvalidParams, JobFailed, errors.ResticError, ConfigError)
@@ -175,6 +179,8 @@ def _backup(job: Job, params: BackupParams, secret_excludes: Sequence[str] = ())
     if stats is None:
         job.log("restic printed no summary: the backup's numbers are unknown")
         stats = {"error_count": reporter.error_count, "missing_paths": missing}
+        if reporter.error_paths:
+            stats["error_paths"] = list(reporter.error_paths)
     else:
         job.log(summary_line(stats), "stdout")
     snapshots = job.report_snapshots()
@@ -206,6 +212,7 @@ class BackupReporter:
         self.paths = list(paths)
         self.summary: Optional[Dict[str, Any]] = None
         self.error_count = 0  # per-file errors seen on stderr
+        self.error_paths: List[str] = []  # the first ERROR_PATHS_KEPT of their items
         self._skipped: List[str] = []  # written by the stderr thread only
 
     def stdout_line(self, text: str) -> None:
@@ -227,9 +234,18 @@ class BackupReporter:
         if message is not None and message.get("message_type") == "error":
             if skipped is None:  # a missing source is counted apart, not as a file error
                 self.error_count += 1
+                self._note_error_path(message.get("item"))
             self.job.log(file_error_text(message), "stderr")
         else:
             self.job.log(stderr_text(text), "stderr")
+
+    def _note_error_path(self, item: Any) -> None:
+        # restic reports a directory once while scanning and again while archiving it.
+        if not isinstance(item, str) or not item or len(self.error_paths) >= ERROR_PATHS_KEPT:
+            return
+        item = item[:ERROR_PATH_CHARACTERS]
+        if item not in self.error_paths:
+            self.error_paths.append(item)
 
     @property
     def missing_paths(self) -> List[str]:
@@ -239,8 +255,11 @@ class BackupReporter:
         return given + [path for path in skipped if path not in given]
 
     def stats(self) -> Optional[Dict[str, Any]]:
-        """The summary's stats with the error count and the missing paths (``None`` if
-        restic printed no summary)."""
+        """The summary's stats with the error count, the first unreadable paths (when there
+        are any) and the missing paths (``None`` if restic printed no summary)."""
         if self.summary is None:
             return None
-        return dict(self.summary, error_count=self.error_count, missing_paths=self.missing_paths)
+        stats = dict(self.summary, error_count=self.error_count, missing_paths=self.missing_paths)
+        if self.error_paths:
+            stats["error_paths"] = list(self.error_paths)
+        return stats

@@ -131,6 +131,10 @@ def test_backup_with_unreadable_files_is_a_warning(spool, fake_restic):
     assert finished["status"] == "warning" and finished["exit_code"] == 3
     assert "could not be read" in finished["error"]
     assert finished["stats"]["error_count"] == 3 and finished["stats"]["files_new"] == 1
+    assert finished["stats"]["error_paths"] == [
+        "/srv/demo/permdata/lockeddir",
+        "/srv/demo/permdata/secret.txt",
+    ]
     assert "error: /srv/demo/permdata/secret.txt: open: Permission denied (during archival)" in (
         ran.texts
     )
@@ -556,4 +560,44 @@ def test_reporter_counts_file_errors_into_progress_and_stats():
         reporter.stdout_line(line)
     assert job.events[0]["error_count"] == 3
     assert reporter.stats()["error_count"] == 3
+    # restic names the locked directory twice (scan, archival): listed once
+    assert reporter.stats()["error_paths"] == [
+        "/srv/demo/permdata/lockeddir",
+        "/srv/demo/permdata/secret.txt",
+    ]
     assert job.lines[-1] == ("stderr", "Warning: at least one source file could not be read")
+
+
+def test_reporter_keeps_the_first_ten_unreadable_paths():
+    job = _Job()
+    reporter = BackupReporter(job, Throttle(0, _Clock()), paths=["/srv"])
+    for number in range(25):
+        reporter.stderr_line(
+            json.dumps(
+                {
+                    "message_type": "error",
+                    "error": {"message": "permission denied"},
+                    "during": "archival",
+                    "item": f"/srv/file-{number:02d}",
+                }
+            )
+        )
+    reporter.stderr_line(  # a missing source path is not an unreadable file
+        '{"message_type":"error","error":{"Op":"lstat","Path":"/srv","Err":2},'
+        '"during":"scan","item":"/srv"}'
+    )
+    reporter.stderr_line('{"message_type":"error","error":{},"during":"scan"}')  # no item
+    reporter.stderr_line(
+        json.dumps({"message_type": "error", "error": {}, "item": "/x" + "y" * 5000})
+    )
+    reporter.stdout_line(load("22_backup_json_unreadable_files_exit3.txt").stdout_lines[-1])
+    stats = reporter.stats()
+    assert stats["error_count"] == 27
+    assert stats["error_paths"] == [f"/srv/file-{number:02d}" for number in range(10)]
+    assert stats["missing_paths"] == ["/srv"]
+
+
+def test_a_clean_backup_has_no_error_paths():
+    reporter = BackupReporter(_Job(), Throttle(0, _Clock()))
+    reporter.stdout_line(load("10_backup_json_first.txt").stdout_lines[-1])
+    assert "error_paths" not in reporter.stats()
