@@ -9,6 +9,7 @@ bp = Blueprint("api", __name__)
 MAX_BODY_BYTES = 1024 * 1024
 
 from app.api import (  # noqa: E402,F401
+    alerts,
     enrollment,
     hosts,
     job_stream,

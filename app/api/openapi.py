@@ -21,7 +21,11 @@ from app import MAX_ID, __version__
 from app.access import PUBLIC, declared_access, public
 from app.api import bp
 from app.models import Role
+from app.models.alert import ALERT_STATES, SEVERITIES
 from app.models.job import STATUSES as JOB_STATUSES
+from app.services.alerts import MAX_PAGE as ALERTS_PAGE
+from app.services.alerts import MAX_THRESHOLD_SECONDS
+from app.services.alerts import RULES as ALERT_RULES
 from app.services.job_params import MAX_KIB_PER_SECOND
 from app.services.job_params import RUNNABLE_KINDS as JOB_KINDS
 from app.services.retention import MAX_KEEP
@@ -798,6 +802,315 @@ OPERATIONS: dict[str, Operation] = {
 SCHEMAS["RetentionPreviewInput"] = obj(
     {"retention": nullable(ref("RetentionPolicy"))},
     description="Without a body (or retention), the group's own policy is previewed.",
+)
+
+# --- alerts, silences, alert rules (issue 14) -------------------------------------------------
+
+ALERT_RULE = {"type": "string", "enum": list(ALERT_RULES)}
+SEVERITY = {"type": "string", "enum": list(SEVERITIES)}
+THRESHOLD = integer(
+    60, MAX_THRESHOLD_SECONDS, description="Seconds, from 60 (one minute) to 366 days."
+)
+FACTOR = {"type": "number", "minimum": 2, "maximum": 1000}
+DROP_PERCENT = {"type": "number", "minimum": 1, "maximum": 100}
+INPUT_TIME = string(40, format="date-time", examples=["2026-12-24T18:00:00Z"])
+
+SCHEMAS.update(
+    {
+        "Alert": obj(
+            {
+                "id": ID,
+                "rule": ALERT_RULE,
+                "severity": SEVERITY,
+                "state": {"type": "string", "enum": list(ALERT_STATES)},
+                "host_id": ID,
+                "hostname": MAYBE_STRING,
+                "subject": string(
+                    255, description="The source group or task it is about; empty: the host."
+                ),
+                "message": string(2000),
+                "details": {"type": "object", "description": "The rule's numbers (per rule)."},
+                "job_id": MAYBE_INTEGER,
+                "occurrences": integer(1),
+                "fired_at": DATE_TIME,
+                "last_fired_at": DATE_TIME,
+                "acknowledged_at": MAYBE_DATE_TIME,
+                "acknowledged_by": MAYBE_STRING,
+                "ack_note": MAYBE_STRING,
+                "resolved_at": MAYBE_DATE_TIME,
+                "resolved_by": nullable(
+                    string(description="automatic (the condition cleared) or who resolved it.")
+                ),
+                "resolve_note": MAYBE_STRING,
+                "muted": {
+                    "type": "boolean",
+                    "description": "A silence mutes it now: shown, but notifies no one.",
+                },
+                "muted_until": MAYBE_DATE_TIME,
+                "silence_id": MAYBE_INTEGER,
+            },
+            (
+                "id",
+                "rule",
+                "severity",
+                "state",
+                "host_id",
+                "subject",
+                "message",
+                "fired_at",
+                "acknowledged_at",
+                "resolved_at",
+                "muted",
+            ),
+        ),
+        "AlertList": obj(
+            {
+                "items": array(ref("Alert")),
+                "next_before": nullable(
+                    integer(1, MAX_ID, description="Pass as before= for the next page.")
+                ),
+            },
+            ("items", "next_before"),
+        ),
+        "Delivery": obj(
+            {
+                "id": ID,
+                "channel_id": ID,
+                "channel_name": MAYBE_STRING,
+                "event": {"type": "string", "enum": ["firing", "resolved", "reminder"]},
+                "state": {"type": "string", "enum": ["pending", "sent", "failed"]},
+                "attempts": integer(),
+                "last_result": nullable(string(description="The last attempt's outcome.")),
+                "created_at": DATE_TIME,
+                "last_attempt_at": MAYBE_DATE_TIME,
+                "sent_at": MAYBE_DATE_TIME,
+                "next_attempt_at": nullable(
+                    {**DATE_TIME, "description": "While pending: the next try."}
+                ),
+            },
+            ("id", "channel_id", "event", "state", "attempts", "created_at"),
+        ),
+        "AlertDetail": {
+            "allOf": [
+                ref("Alert"),
+                obj(
+                    {
+                        "deliveries": array(
+                            ref("Delivery"), description="The delivery log, oldest first."
+                        )
+                    },
+                    ("deliveries",),
+                ),
+            ]
+        },
+        "AlertActionInput": obj(
+            {"note": nullable(string(1000))},
+            closed=True,
+            description="Optional: the body may be left out.",
+        ),
+        "Silence": obj(
+            {
+                "id": ID,
+                "host_id": MAYBE_INTEGER,
+                "hostname": MAYBE_STRING,
+                "tag": MAYBE_STRING,
+                "rule": nullable(ALERT_RULE),
+                "reason": string(500),
+                "starts_at": DATE_TIME,
+                "ends_at": DATE_TIME,
+                "created_by": string(),
+                "created_at": DATE_TIME,
+                "active": {"type": "boolean"},
+            },
+            ("id", "host_id", "tag", "rule", "reason", "starts_at", "ends_at", "active"),
+        ),
+        "SilenceInput": obj(
+            {
+                "host_id": nullable(ID),
+                "tag": nullable(string(64)),
+                "rule": nullable(ALERT_RULE),
+                "reason": string(500, minLength=1),
+                "starts_at": nullable(INPUT_TIME),
+                "ends_at": INPUT_TIME,
+            },
+            ("reason", "ends_at"),
+            closed=True,
+            description=(
+                "At least one of host_id, tag and rule; every one given must match. "
+                "ends_at: in the future, at most a year away."
+            ),
+        ),
+        "AlertRule": obj(
+            {
+                "rule": ALERT_RULE,
+                "label": string(),
+                "description": string(),
+                "enabled": {"type": "boolean"},
+                "severity": SEVERITY,
+                "default_severity": SEVERITY,
+                "auto_resolves": {"type": "boolean"},
+                "has_threshold": {"type": "boolean"},
+                "threshold_seconds": MAYBE_INTEGER,
+                "default_threshold_seconds": MAYBE_INTEGER,
+                "factor": {"type": "number", "description": "backup_size_anomaly only."},
+                "drop_percent": {"type": "number", "description": "backup_size_anomaly only."},
+            },
+            ("rule", "label", "enabled", "severity", "has_threshold", "threshold_seconds"),
+        ),
+        "AlertRuleInput": obj(
+            {
+                "enabled": {"type": "boolean"},
+                "severity": nullable(SEVERITY),
+                "threshold_seconds": nullable(THRESHOLD),
+                "factor": nullable({**FACTOR, "description": "backup_size_anomaly only."}),
+                "drop_percent": nullable(
+                    {**DROP_PERCENT, "description": "backup_size_anomaly only."}
+                ),
+            },
+            closed=True,
+            description="Keys left out keep their value; null returns a setting to its default.",
+        ),
+        "HostAlertRules": obj(
+            {
+                "host_id": ID,
+                "overrides": {
+                    "type": "object",
+                    "description": "Rule → the host's own settings (only those set).",
+                    "additionalProperties": ref("AlertOverride"),
+                },
+                "effective": {
+                    "type": "object",
+                    "description": "Rule → the setting in force for the host.",
+                    "additionalProperties": obj(
+                        {
+                            "enabled": {"type": "boolean"},
+                            "severity": SEVERITY,
+                            "threshold_seconds": MAYBE_INTEGER,
+                            "max_age_seconds": MAYBE_INTEGER,
+                            "factor": {"type": "number"},
+                            "drop_percent": {"type": "number"},
+                        },
+                        ("enabled", "severity", "threshold_seconds"),
+                    ),
+                },
+            },
+            ("host_id", "overrides", "effective"),
+        ),
+        "AlertOverride": obj(
+            {
+                "enabled": {"type": "boolean"},
+                "threshold_seconds": integer(60, MAX_THRESHOLD_SECONDS),
+                "max_age_seconds": integer(60, MAX_THRESHOLD_SECONDS),
+                "factor": {"type": "number"},
+                "drop_percent": {"type": "number"},
+            }
+        ),
+        "AlertOverrideInput": obj(
+            {
+                "enabled": {"type": ["boolean", "null"]},
+                "threshold_seconds": nullable(THRESHOLD),
+                "max_age_seconds": nullable(
+                    {
+                        **THRESHOLD,
+                        "description": "backup_overdue only: the limit for groups "
+                        "without a schedule.",
+                    }
+                ),
+                "factor": nullable(FACTOR),
+                "drop_percent": nullable(DROP_PERCENT),
+            },
+            closed=True,
+            description="Keys left out keep their value; null inherits the fleet's setting.",
+        ),
+    }
+)
+
+OPERATIONS.update(
+    {
+        "api.list_alerts": Operation(
+            "Alerts, newest first (one page)",
+            "Alerts",
+            response=ref("AlertList"),
+            query=(
+                (
+                    "state",
+                    {"type": "string", "enum": [*ALERT_STATES, "open"]},
+                    "open: firing or acknowledged.",
+                ),
+                ("host_id", ID, "Only this host's alerts."),
+                ("rule", ALERT_RULE, "Only this rule."),
+                ("severity", SEVERITY, "Only this severity."),
+                ("tag", string(64), "Only hosts with this tag."),
+                ("before", ID, "Only alerts with a smaller id (next_before of a page)."),
+                ("limit", integer(1, ALERTS_PAGE, default=100), "Page size."),
+            ),
+        ),
+        "api.get_alert": Operation(
+            "One alert with its delivery log", "Alerts", response=ref("AlertDetail")
+        ),
+        "api.acknowledge_alert": Operation(
+            "Acknowledge an alert: someone is on it (no more reminders)",
+            "Alerts",
+            response=ref("AlertDetail"),
+            body="AlertActionInput",
+            body_required=False,
+            errors=(409,),
+            description="409 alert_resolved when it is already resolved.",
+        ),
+        "api.resolve_alert": Operation(
+            "Resolve an alert by hand (notifies like an automatic resolve)",
+            "Alerts",
+            response=ref("AlertDetail"),
+            body="AlertActionInput",
+            body_required=False,
+            errors=(409,),
+            description="409 alert_resolved when it is already resolved.",
+        ),
+        "api.list_silences": Operation(
+            "Silences, latest end first",
+            "Alerts",
+            response=_list("Silence"),
+            query=(
+                (
+                    "include_expired",
+                    {"type": "boolean", "default": False},
+                    "Also silences that have ended.",
+                ),
+            ),
+        ),
+        "api.create_silence": Operation(
+            "Mute a host, a tag or a rule until a time",
+            "Alerts",
+            201,
+            ref("Silence"),
+            body="SilenceInput",
+        ),
+        "api.get_silence": Operation("One silence", "Alerts", response=ref("Silence")),
+        "api.delete_silence": Operation("End a silence (removes it)", "Alerts", 204),
+        "api.list_alert_rules": Operation(
+            "The built-in alert rules and their fleet-wide settings",
+            "Alerts",
+            response=_list("AlertRule"),
+        ),
+        "api.get_alert_rule": Operation("One alert rule", "Alerts", response=ref("AlertRule")),
+        "api.update_alert_rule": Operation(
+            "Change an alert rule fleet-wide (only the keys sent)",
+            "Alerts",
+            response=ref("AlertRule"),
+            body="AlertRuleInput",
+        ),
+        "api.get_host_alert_rules": Operation(
+            "The host's own alert rule settings and the settings in force",
+            "Alerts",
+            response=ref("HostAlertRules"),
+        ),
+        "api.put_host_alert_rule": Operation(
+            "Set the host's own setting of a rule (only the keys sent)",
+            "Alerts",
+            response=ref("HostAlertRules"),
+            body="AlertOverrideInput",
+        ),
+    }
 )
 
 # --- the document --------------------------------------------------------------------------

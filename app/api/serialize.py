@@ -99,3 +99,66 @@ def repo_stats_json(stats) -> dict:
         "snapshots_count": stats.snapshots_count,
         "compression_ratio": stats.compression_ratio,
     }
+
+
+def alert_json(alert, hostname, silence=None) -> dict:
+    """An alert; ``silence`` is the one muting it now (None: it notifies as usual)."""
+    return {
+        "id": alert.id,
+        "rule": alert.rule,
+        "severity": alert.severity,
+        "state": alert.state,
+        "host_id": alert.host_id,
+        "hostname": hostname,
+        "subject": alert.subject,
+        "message": alert.message,
+        "details": alert.details or {},
+        "job_id": alert.job_id,
+        "occurrences": alert.occurrences,
+        "fired_at": iso(alert.fired_at),
+        "last_fired_at": iso(alert.last_fired_at),
+        "acknowledged_at": iso(alert.acknowledged_at),
+        "acknowledged_by": alert.acknowledged_by,
+        "ack_note": alert.ack_note,
+        "resolved_at": iso(alert.resolved_at),
+        "resolved_by": alert.resolved_by,
+        "resolve_note": alert.resolve_note,
+        "muted": silence is not None,
+        "muted_until": iso(silence.ends_at) if silence is not None else None,
+        "silence_id": silence.id if silence is not None else None,
+    }
+
+
+def delivery_json(notification, channel_name) -> dict:
+    """One row of an alert's delivery log (the outbox row of one channel and one change)."""
+    return {
+        "id": notification.id,
+        "channel_id": notification.channel_id,
+        "channel_name": channel_name,
+        "event": notification.event,
+        "state": notification.state,
+        "attempts": notification.attempts,
+        "last_result": notification.last_result,
+        "created_at": iso(notification.created_at),
+        "last_attempt_at": iso(notification.last_attempt_at),
+        "sent_at": iso(notification.sent_at),
+        "next_attempt_at": iso(notification.next_attempt_at)
+        if notification.state == "pending"
+        else None,
+    }
+
+
+def silence_json(silence, hostname, now) -> dict:
+    return {
+        "id": silence.id,
+        "host_id": silence.host_id,
+        "hostname": hostname,
+        "tag": silence.tag,
+        "rule": silence.rule,
+        "reason": silence.reason,
+        "starts_at": iso(silence.starts_at),
+        "ends_at": iso(silence.ends_at),
+        "created_by": silence.created_by,
+        "created_at": iso(silence.created_at),
+        "active": silence.starts_at <= now < silence.ends_at,
+    }
