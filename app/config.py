@@ -101,6 +101,8 @@ def load_config(environ=None) -> dict:
         "RM_SQLITE_BUSY_TIMEOUT_MS": _int(environ, "RM_SQLITE_BUSY_TIMEOUT_MS", 5000, 0),
         "RM_TICKER_SECONDS": _int(environ, "RM_TICKER_SECONDS", 30, 1),
         "RM_TICKER_ENABLED": _bool(environ, "RM_TICKER_ENABLED", True),
+        # How often the leader sends due notifications (alerts' outbox).
+        "RM_NOTIFY_SECONDS": _int(environ, "RM_NOTIFY_SECONDS", 2, 1),
         # How long a browser waits for an agent's answer (snapshot browser, downloads).
         "RM_RPC_WAIT_SECONDS": _int(environ, "RM_RPC_WAIT_SECONDS", 8, 1),
         # How long a directory listing of a snapshot is reused (snapshots never change).

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,7 +28,7 @@ from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
 from app.secretbox import SecretBox
-from app.services import alerts, jobs, maintenance, rpc
+from app.services import alerts, jobs, maintenance, notifications, rpc
 from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager.ticker")
@@ -60,6 +61,12 @@ def tick(
     alerts.evaluate(now, listening_since=listening_since)
     commit_and_wake(*(job_key(job.id) for job in lost))  # live job pages show the end
     return queued
+
+
+def deliver(box: SecretBox, now: datetime, *, base_url: str = "") -> int:
+    """Send the notifications that are due, committing after each one (so a crash repeats
+    at most the sends in flight, which receivers recognise by their X-RM-Delivery key)."""
+    return notifications.deliver_due(box, now, base_url=base_url, after_each=commit_and_wake)
 
 
 class FileLeadership:
@@ -140,12 +147,19 @@ def run(
     *,
     interval: Optional[float] = None,
     tick_function: Callable = tick,
+    notify_interval: Optional[float] = None,
+    deliver_function: Callable = deliver,
 ) -> None:
-    """Tick every ``interval`` seconds while leading, until ``stop`` is set."""
+    """Tick every ``interval`` seconds and deliver due notifications every
+    ``notify_interval`` seconds while leading, until ``stop`` is set."""
     interval = interval if interval is not None else app.config["RM_TICKER_SECONDS"]
+    notify_interval = (
+        notify_interval if notify_interval is not None else app.config["RM_NOTIFY_SECONDS"]
+    )
     leadership = leadership_for(app)
     leading = False
     listening_since = utcnow()  # agents' silence before this is the server's own downtime
+    next_tick = next_delivery = time.monotonic()
     try:
         while True:
             with app.app_context():
@@ -154,7 +168,8 @@ def run(
                     if now_leading and not leading:
                         log.info("ticker: process %s leads", os.getpid())
                     leading = now_leading
-                    if leading:
+                    if leading and time.monotonic() >= next_tick:
+                        next_tick = time.monotonic() + interval
                         tick_function(
                             app.extensions["secretbox"],
                             utcnow(),
@@ -167,7 +182,23 @@ def run(
                     db.session.rollback()
                 finally:
                     db.session.remove()
-            if stop.wait(interval):
+                if leading and time.monotonic() >= next_delivery:
+                    next_delivery = time.monotonic() + notify_interval
+                    try:
+                        deliver_function(
+                            app.extensions["secretbox"],
+                            utcnow(),
+                            base_url=app.config.get("RM_BASE_URL") or "",
+                        )
+                    except Exception:
+                        log.exception("ticker: sending notifications failed; trying again soon")
+                        db.session.rollback()
+                    finally:
+                        db.session.remove()
+            wait = (
+                max(0.0, min(next_tick, next_delivery) - time.monotonic()) if leading else interval
+            )
+            if stop.wait(min(wait, interval)):
                 return
     finally:
         leadership.release()
