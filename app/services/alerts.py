@@ -624,6 +624,7 @@ def fire(
     """The condition holds: open an alert (and notify), or update the open one."""
     setting = context.settings.of(rule, host.id, group_id)
     if not setting.enabled:
+        clear(context, host, rule, subject)  # a rule switched off leaves nothing firing
         return None
     subject = subject[:SUBJECT_LENGTH]
     key = open_key(rule, host.id, subject)
@@ -1142,8 +1143,11 @@ def anomaly_findings(
 def on_repo_status(host: Host, job: Optional[Job], now: datetime) -> Context:
     """The host's repository status changed (a probe, init or any job's report)."""
     context = Context(now, host_ids=[host.id])
-    if host.repo_status in ("error", "init_failed"):
-        words = "could not be initialised" if host.repo_status == "init_failed" else "is unusable"
+    if host.repo_status in ("error", "init_failed", "missing"):
+        words = {
+            "init_failed": "could not be initialised",
+            "missing": "is missing",
+        }.get(host.repo_status, "is unusable")
         fire(
             context,
             host,
@@ -1162,13 +1166,29 @@ def on_repo_status(host: Host, job: Optional[Job], now: datetime) -> Context:
 # --- rules evaluated by the ticker -----------------------------------------------------------
 
 
+# How far ahead schedule_period_seconds looks: a cron without a day-of-month or month field
+# repeats every week, so two weeks show its longest gap (the weekend of a weekdays-only
+# schedule, however often it runs on weekdays); any other cron gets two years, so "the 31st"
+# and "February 29th" are seen too. The run count is capped for the every-minute kind.
+_WEEKLY_HORIZON = timedelta(days=15)
+_LONG_HORIZON = timedelta(days=800)
+_MAX_SAMPLED_RUNS = 20_000
+
+
 @lru_cache(maxsize=4096)
 def schedule_period_seconds(cron: str) -> Optional[int]:
-    """The longest gap between two runs of ``cron`` (over a sample of its next runs), so a
-    weekdays-only schedule is not overdue on a Monday morning. None if cron is invalid."""
+    """The longest gap between two runs of ``cron`` (over its runs of the next weeks, or
+    years for day-of-month crons), so a weekdays-only schedule is not overdue on a Monday
+    morning. None if cron is invalid."""
+    fields = cron.split()
+    weekly = len(fields) >= 5 and fields[2] == "*" and fields[3] == "*"
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    horizon = start + (_WEEKLY_HORIZON if weekly else _LONG_HORIZON)
     try:
-        runs = croniter(cron, datetime(2026, 1, 1, tzinfo=timezone.utc))
-        times = [runs.get_next(datetime) for _ in range(16)]
+        runs = croniter(cron, start)
+        times = [runs.get_next(datetime)]
+        while len(times) < 16 or (times[-1] < horizon and len(times) < _MAX_SAMPLED_RUNS):
+            times.append(runs.get_next(datetime))
     except (ValueError, KeyError, TypeError):
         return None
     return int(max((later - earlier).total_seconds() for earlier, later in zip(times, times[1:])))
@@ -1181,7 +1201,8 @@ def _words(seconds: float) -> str:
     hours = minutes // 60
     if hours < 48:
         return f"{hours} hours"
-    return f"{hours // 24} days"
+    days, hours = divmod(hours, 24)  # "2 days and 16 hours": a weekend gap is not "2 days"
+    return f"{days} days" + (f" and {hours} hour{'' if hours == 1 else 's'}" if hours else "")
 
 
 def _since(when: datetime) -> str:
@@ -1222,8 +1243,28 @@ def evaluate(
         _schedule_sync(context, host)
         for group in groups.get(host.id, ()):
             _overdue(context, host, group, periods.get(group.id), scheduled_since.get(group.id))
+    _clear_overdue_of_gone_groups(context, hosts, groups)
     remind(context)
     return context
+
+
+def _clear_overdue_of_gone_groups(
+    context: Context, hosts: list[Host], groups: dict[int, list[SourceGroup]]
+) -> None:
+    """A group deleted (or renamed) while overdue is not evaluated any more: resolve it."""
+    current = {
+        (host_id, group.name[:SUBJECT_LENGTH])
+        for host_id, host_groups in groups.items()
+        for group in host_groups
+    }
+    by_id = {host.id: host for host in hosts}
+    for alert in list(context.open.values()):
+        if (
+            alert.rule == "backup_overdue"
+            and alert.host_id in by_id
+            and (alert.host_id, alert.subject) not in current
+        ):
+            clear(context, by_id[alert.host_id], "backup_overdue", alert.subject)
 
 
 def _offline(context: Context, host: Host, listened: float) -> None:
@@ -1289,7 +1330,12 @@ def _overdue(
         clear(context, host, "backup_overdue", group.name)  # nothing to be overdue against
         return
     last = group.last_successful_backup_at
-    age = (context.now - (last or since)).total_seconds()
+    start = last or since
+    if period is not None and since > start:
+        # A schedule counts from when it began: adding a daily schedule to a group last
+        # backed up by hand a month ago does not make it overdue before its first day ends.
+        start = since
+    age = (context.now - start).total_seconds()
     if age <= limit:
         clear(context, host, "backup_overdue", group.name)
         return
