@@ -28,6 +28,8 @@ from app.services.alerts import MAX_THRESHOLD_SECONDS
 from app.services.alerts import RULES as ALERT_RULES
 from app.services.job_params import MAX_KIB_PER_SECOND
 from app.services.job_params import RUNNABLE_KINDS as JOB_KINDS
+from app.services.notifications import KINDS as CHANNEL_KINDS
+from app.services.notifications import MAX_REMIND_HOURS
 from app.services.retention import MAX_KEEP
 from app.services.rpc import MAX_PATH
 from app.services.source_groups import MAX_HOOK_BYTES
@@ -1109,6 +1111,122 @@ OPERATIONS.update(
             "Alerts",
             response=ref("HostAlertRules"),
             body="AlertOverrideInput",
+        ),
+    }
+)
+
+# --- notification channels (issue 14) --------------------------------------------------------
+
+SECRET = string(1024, writeOnly=True)
+SCHEMAS.update(
+    {
+        "Channel": obj(
+            {
+                "id": ID,
+                "name": string(64),
+                "kind": {"type": "string", "enum": list(CHANNEL_KINDS)},
+                "enabled": {"type": "boolean"},
+                "min_severity": SEVERITY,
+                "tags": array(string(64), description="Only hosts with one of these; []: all."),
+                "remind_every_hours": integer(0, MAX_REMIND_HOURS),
+                "config": {
+                    "type": "object",
+                    "description": "The clear settings (a URL redacted); never a secret.",
+                },
+                "secrets_set": array(
+                    {"type": "string"}, description="Which secret settings are stored (sealed)."
+                ),
+                "created_at": MAYBE_DATE_TIME,
+                "updated_at": MAYBE_DATE_TIME,
+            },
+            ("id", "name", "kind", "enabled", "min_severity", "tags", "config", "secrets_set"),
+        ),
+        "ChannelConfig": obj(
+            {
+                "url": nullable(
+                    string(
+                        2000,
+                        description="webhook: where to POST (secret); ntfy: the server "
+                        "(default https://ntfy.sh); apprise: the Apprise URL (secret).",
+                    )
+                ),
+                "secret": nullable(
+                    {**SECRET, "description": "webhook: the HMAC key, at least 16 characters."}
+                ),
+                "host": nullable(string(255, description="email: the SMTP server.")),
+                "port": nullable(integer(1, 65535)),
+                "security": nullable({"type": "string", "enum": ["none", "starttls", "tls"]}),
+                "username": nullable(string(255)),
+                "password": nullable({**SECRET, "description": "email: the SMTP password."}),
+                "from": nullable(string(254)),
+                "to": array(string(254), maxItems=20, description="email: the recipients."),
+                "topic": nullable(string(64, description="ntfy: the topic.")),
+                "token": nullable({**SECRET, "description": "ntfy: an access token."}),
+            },
+            description=(
+                "Per kind — webhook: url, secret; email: host, port, security, username, "
+                "password, from, to; ntfy: url, topic, token; apprise: url. On PATCH a secret "
+                "left out (or empty) keeps its value."
+            ),
+        ),
+        "ChannelInput": obj(
+            {
+                "name": string(64, minLength=1),
+                "kind": {"type": "string", "enum": list(CHANNEL_KINDS)},
+                "config": ref("ChannelConfig"),
+                "min_severity": SEVERITY,
+                "tags": array(string(64), maxItems=50),
+                "enabled": {"type": "boolean", "default": True},
+                "remind_every_hours": integer(0, MAX_REMIND_HOURS, default=24),
+            },
+            closed=True,
+            description="POST needs name, kind and config; PATCH changes the keys it sends "
+            "(the kind cannot change).",
+        ),
+        "ChannelTestResult": obj(
+            {
+                "ok": {"type": "boolean"},
+                "detail": string(description="What happened: the status or the error text."),
+            },
+            ("ok", "detail"),
+        ),
+    }
+)
+
+OPERATIONS.update(
+    {
+        "api.list_channels": Operation(
+            "Notification channels (never their secrets)",
+            "Notifications",
+            response=_list("Channel"),
+        ),
+        "api.create_channel": Operation(
+            "Add a notification channel",
+            "Notifications",
+            201,
+            ref("Channel"),
+            body="ChannelInput",
+            errors=(409,),
+            description="409 name_taken when another channel has the name.",
+        ),
+        "api.get_channel": Operation(
+            "One notification channel", "Notifications", response=ref("Channel")
+        ),
+        "api.update_channel": Operation(
+            "Change a notification channel (only the keys sent)",
+            "Notifications",
+            response=ref("Channel"),
+            body="ChannelInput",
+            errors=(409,),
+        ),
+        "api.delete_channel": Operation(
+            "Remove a notification channel and its delivery log", "Notifications", 204
+        ),
+        "api.test_channel": Operation(
+            "Send a test notification now",
+            "Notifications",
+            response=ref("ChannelTestResult"),
+            description="200 either way: ok false and detail say why it did not go out.",
         ),
     }
 )
