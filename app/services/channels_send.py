@@ -17,7 +17,9 @@ import logging
 import smtplib
 import socket
 import ssl
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -158,6 +160,10 @@ def _where(host: str, port) -> str:
     return f"{host}:{port}" if port else host
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
 def _network_error(exc: BaseException, where: str) -> str:
     """A network failure in words, from the exception chain (never requests' text, which
     repeats the URL)."""
@@ -211,7 +217,7 @@ def send_webhook(config: dict, secrets: dict, message: Message) -> SendResult:
             url, data=body, headers=headers, timeout=TIMEOUT_SECONDS, allow_redirects=False
         )
     except requests.RequestException as exc:
-        return SendResult(False, _network_error(exc, where).capitalize() + ".")
+        return SendResult(False, _sentence(_network_error(exc, where)))
     with response:
         answer = response.text[:BODY_ECHO].strip() if response.content else ""
     status = response.status_code
@@ -292,7 +298,7 @@ def _smtp_error(exc: BaseException, where: str) -> str:
         return f"{where} closed the connection: {exc or 'no reason given'}"
     if isinstance(exc, smtplib.SMTPException):
         return f"SMTP error from {where}: {exc}"
-    return _network_error(exc, where).capitalize() + "."
+    return _sentence(_network_error(exc, where))
 
 
 # --- ntfy and Apprise ------------------------------------------------------------------------
@@ -330,9 +336,23 @@ def send_apprise(config: dict, secrets: dict, message: Message) -> SendResult:
     return _apprise_notify(secrets["url"], message)
 
 
+_plugins_loaded = threading.Lock()
+
+
+def _new_apprise() -> apprise.Apprise:
+    """An Apprise instance, its plugins loaded once: Apprise imports them at first use, and
+    its e-mail plugin imports the deprecated ``imghdr`` module (a warning, an error in tests)."""
+    if not getattr(_new_apprise, "loaded", False):
+        with _plugins_loaded, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "'imghdr' is deprecated", DeprecationWarning)
+            apprise.Apprise().add("json://localhost")  # loads every plugin module
+            _new_apprise.loaded = True
+    return apprise.Apprise()
+
+
 def apprise_accepts(url: str) -> bool:
     """Whether Apprise recognises ``url`` as a service it can notify (no network)."""
-    return bool(apprise.Apprise().add(url))
+    return bool(_new_apprise().add(url))
 
 
 # What Apprise's debug lines (never shown: they may repeat URLs) say about a failure.
@@ -345,7 +365,7 @@ _CAUSES = (
 
 
 def _apprise_notify(url: str, message: Message) -> SendResult:
-    notifier = apprise.Apprise()
+    notifier = _new_apprise()
     if not notifier.add(url):
         return SendResult(False, "Apprise does not recognise this URL.")
     body = message.text
