@@ -1,0 +1,497 @@
+"""Issue 14 end to end, with a real `serve`, a real agent, real restic, a real SMTP server
+(aiosmtpd on loopback) and a real HTTP receiver that checks the webhook's HMAC signature.
+
+Everything goes through /api/v1, as automation would: an e-mail channel and a webhook are
+added, a backup of a source path that does not exist fails and the ``backup_failed``
+e-mail arrives within 10 s of the job's end (measured from its ``finished_at``), the
+webhook receives the firing notification with a valid signature, the alert is
+acknowledged, the next good backup resolves it automatically and both channels receive
+the resolve. Then the agent is stopped: ``agent_offline`` mails once the (lowered)
+threshold has passed, and the agent's return mails the resolve. Each notification arrives
+exactly once, and no channel secret appears in the server log or in an API answer."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Optional
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.e2e.processes import (
+    AgentProcess,
+    Api,
+    free_port,
+    require_restic,
+    wait_until,
+    write_tree,
+)
+
+pytestmark = [
+    pytest.mark.e2e,
+    # aiosmtpd warns (in its own thread, per connection) that AUTH without TLS is unsafe;
+    # on loopback in a test that is the point. The filter list is global, so it holds there.
+    pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning"),
+]
+
+REPO_PASSWORD = "e2e-Alerts-Repo-Password-3b9f"
+ADMIN_PASSWORD = "admin password for alerts e2e"
+WEBHOOK_SECRET = "e2e-Alerts-Webhook-Secret-5a17c0"
+SMTP_USER = "rm-alerts"
+SMTP_PASSWORD = "e2e-Alerts-Smtp-Password-e2d4"
+HOSTNAME = "e2e-alerts"
+MAIL_FROM = "restic-manager@example.test"
+MAIL_TO = "oncall@example.test"
+OFFLINE_THRESHOLD = 60  # the smallest threshold a rule accepts
+MAIL_BOUND_SECONDS = 10.0  # issue 14: the e-mail arrives within 10 s of the job's end
+
+
+# --- a real SMTP server ------------------------------------------------------------------------
+
+
+@dataclass
+class Mail:
+    arrived: float  # time.time() when the DATA command completed
+    mail_from: str
+    rcpt_tos: list
+    message: email.message.EmailMessage
+
+    @property
+    def subject(self) -> str:
+        return str(self.message["Subject"] or "")
+
+    @property
+    def body(self) -> str:
+        part = self.message.get_body(preferencelist=("plain", "html"))
+        return part.get_content() if part is not None else ""
+
+    @property
+    def text(self) -> str:
+        return f"{self.subject}\n{self.body}"
+
+
+class Inbox:
+    """What an aiosmtpd server on 127.0.0.1 received; it accepts only ``SMTP_USER`` with
+    ``SMTP_PASSWORD`` (AUTH without TLS, on loopback), so a delivery proves the sealed
+    password reached the sender intact."""
+
+    def __init__(self):
+        self.mails: list[Mail] = []
+        self.refused_logins = 0
+        self._lock = threading.Lock()
+        self.port = free_port()
+        self.controller = Controller(
+            self,
+            hostname="127.0.0.1",
+            port=self.port,
+            authenticator=self._authenticate,
+            auth_required=True,
+            auth_require_tls=False,
+        )
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (
+            auth_data.login == SMTP_USER.encode() and auth_data.password == SMTP_PASSWORD.encode()
+        )
+        if not ok:
+            with self._lock:
+                self.refused_logins += 1
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(
+            envelope.original_content or envelope.content, policy=email.policy.default
+        )
+        mail = Mail(time.time(), envelope.mail_from, list(envelope.rcpt_tos), message)
+        with self._lock:
+            self.mails.append(mail)
+        return "250 Message accepted for delivery"
+
+    def matching(self, predicate: Callable[[Mail], bool]) -> list[Mail]:
+        with self._lock:
+            return [mail for mail in self.mails if predicate(mail)]
+
+    def wait_for(self, predicate: Callable[[Mail], bool], timeout: float, what: str) -> Mail:
+        found = wait_until(lambda: self.matching(predicate), timeout, what, interval=0.05)
+        return found[0]
+
+
+@pytest.fixture
+def inbox():
+    # aiosmtpd logs a warning per connection (AUTH without TLS, its own deprecated
+    # Session.login_data): noise in a failure's report, so only its errors are kept.
+    mail_log = logging.getLogger("mail.log")
+    level = mail_log.level
+    mail_log.setLevel(logging.ERROR)
+    box = Inbox()
+    box.controller.start()
+    yield box
+    box.controller.stop()
+    mail_log.setLevel(level)
+
+
+# --- a real webhook receiver ------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    arrived: float
+    headers: dict
+    body: bytes
+    problems: list = field(default_factory=list)  # empty: the signature and headers are right
+
+    @property
+    def payload(self) -> dict:
+        return json.loads(self.body)
+
+
+def webhook_problems(headers: dict, body: bytes, secret: str, now: float) -> list[str]:
+    """What is wrong with a webhook request (issue 14's contract); empty when it is right."""
+    problems = []
+    if not headers.get("content-type", "").startswith("application/json"):
+        problems.append(f"Content-Type is {headers.get('content-type')!r}")
+    timestamp = headers.get("x-rm-timestamp", "")
+    if not timestamp.isdigit():
+        problems.append(f"X-RM-Timestamp is {timestamp!r}, not unix seconds")
+    elif abs(now - int(timestamp)) > 300:
+        problems.append(f"X-RM-Timestamp {timestamp} is not within 5 minutes of now")
+    expected = (
+        "sha256="
+        + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    )
+    if not hmac.compare_digest(headers.get("x-rm-signature", ""), expected):
+        problems.append(f"X-RM-Signature {headers.get('x-rm-signature')!r} does not verify")
+    if not headers.get("x-rm-delivery"):
+        problems.append("X-RM-Delivery is missing")
+    try:
+        json.loads(body)
+    except ValueError:
+        problems.append("the body is not JSON")
+    return problems
+
+
+class WebhookReceiver:
+    """A plain HTTP server on 127.0.0.1 that records every POST and answers 200 only when
+    its signature verifies with the channel's secret (401 otherwise, as a real receiver
+    would)."""
+
+    def __init__(self, secret: str):
+        self.secret = secret
+        self.deliveries: list[Delivery] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                now = time.time()
+                delivery = Delivery(
+                    now, headers, body, webhook_problems(headers, body, receiver.secret, now)
+                )
+                with receiver._lock:
+                    receiver.deliveries.append(delivery)
+                self.send_response(401 if delivery.problems else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/restic-manager"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def matching(self, predicate: Callable[[Delivery], bool]) -> list[Delivery]:
+        with self._lock:
+            return [delivery for delivery in self.deliveries if predicate(delivery)]
+
+    def wait_for(self, predicate, timeout: float, what: str) -> Delivery:
+        found = wait_until(lambda: self.matching(predicate), timeout, what, interval=0.05)
+        return found[0]
+
+
+@pytest.fixture
+def webhook():
+    receiver = WebhookReceiver(WEBHOOK_SECRET)
+    receiver.thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+@pytest.fixture
+def agents():
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.kill()
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def epoch(iso: str) -> float:
+    """An API time ("2026-12-03T20:30:00Z": whole seconds) as unix seconds."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def webhook_event(alert_id: int, event: str) -> Callable[[Delivery], bool]:
+    def wanted(delivery: Delivery) -> bool:
+        try:
+            payload = delivery.payload
+        except ValueError:
+            return False
+        return payload.get("event") == event and payload.get("alert", {}).get("id") == alert_id
+
+    return wanted
+
+
+def mail_about(rule: str, event: str) -> Callable[[Mail], bool]:
+    """The e-mail about ``rule`` on the test's host for ``event`` (firing or resolved): its
+    subject is "[restic-manager] <SEVERITY|RESOLVED> <rule> on <host>: <label>"."""
+
+    def wanted(mail: Mail) -> bool:
+        subject = mail.subject
+        if f" {rule} on {HOSTNAME}:" not in subject:
+            return False
+        return ("] RESOLVED " in subject) == (event == "resolved")
+
+    return wanted
+
+
+def one_alert(api: Api, host_id: int, rule: str, state: Optional[str] = None) -> dict:
+    query = f"/alerts?host_id={host_id}&rule={rule}" + (f"&state={state}" if state else "")
+    items = api.get(query).json()["items"]
+    assert len(items) == 1, items
+    return items[0]
+
+
+def wait_alert(api: Api, host_id: int, rule: str, state: str, timeout: float) -> dict:
+    def found():
+        items = api.get(f"/alerts?host_id={host_id}&rule={rule}&state={state}").json()["items"]
+        return items[0] if items else None
+
+    return wait_until(found, timeout, f"a {state} {rule} alert on host {host_id}", 0.25)
+
+
+def wait_delivery_log(api: Api, alert_id: int, channels, events) -> None:
+    """The alert's delivery log holds exactly one sent row per channel and event (the
+    sender commits a row right after its send, so this can trail the arrival briefly)."""
+    expected = sorted((channel, event, "sent") for channel in channels for event in events)
+
+    def logged():
+        rows = api.get(f"/alerts/{alert_id}").json()["deliveries"]
+        return sorted((row["channel_id"], row["event"], row["state"]) for row in rows)
+
+    wait_until(lambda: logged() == expected, 15, f"alert {alert_id}'s delivery log", 0.2)
+
+
+# --- the test ----------------------------------------------------------------------------------
+
+
+def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, agents):
+    require_restic()
+    began = time.monotonic()
+    server = start_server(
+        RM_TICKER_SECONDS="2",
+        RM_NOTIFY_SECONDS="1",
+        RM_POLL_WAIT_SECONDS="5",
+        RM_OFFLINE_AFTER_SECONDS="20",
+        RM_LOG_FLUSH_SECONDS="2",
+    )
+    api = Api(server, server.admin_token(password=ADMIN_PASSWORD))
+
+    # An admin lowers the offline threshold, adds an e-mail channel and a webhook, and
+    # presses Send test on each: both test notifications really arrive.
+    rule = api.call("PUT", "/alert-rules/agent_offline", {"threshold_seconds": OFFLINE_THRESHOLD})
+    assert rule["threshold_seconds"] == OFFLINE_THRESHOLD, rule
+    mail_channel = api.post(
+        "/channels",
+        {
+            "name": "on-call mail",
+            "kind": "email",
+            "config": {
+                "host": "127.0.0.1",
+                "port": inbox.port,
+                "security": "none",
+                "username": SMTP_USER,
+                "password": SMTP_PASSWORD,
+                "from": MAIL_FROM,
+                "to": [MAIL_TO],
+            },
+            "min_severity": "warning",
+            "tags": [],
+        },
+    )
+    hook_channel = api.post(
+        "/channels",
+        {
+            "name": "ops webhook",
+            "kind": "webhook",
+            "config": {"url": webhook.url, "secret": WEBHOOK_SECRET},
+            "min_severity": "warning",
+            "tags": [],
+        },
+    )
+    answers = json.dumps([mail_channel, hook_channel, api.get("/channels").json()])
+    assert SMTP_PASSWORD not in answers and WEBHOOK_SECRET not in answers
+    for channel in (mail_channel, hook_channel):
+        tested = api.post(f"/channels/{channel['id']}/test", {}, expect=200)
+        assert tested["ok"] is True, tested
+    test_mail = inbox.wait_for(lambda m: "Test notification" in m.subject, 10, "the test e-mail")
+    assert test_mail.rcpt_tos == [MAIL_TO] and test_mail.mail_from == MAIL_FROM
+    test_hook = webhook.wait_for(lambda d: d.payload["event"] == "test", 10, "the test webhook")
+    assert test_hook.problems == [], test_hook.problems
+
+    # A host whose only source path does not exist yet: its backups fail until it does.
+    repo = tmp_path / "repo"
+    data = tmp_path / "data"
+    token = api.post(
+        "/enrollment-tokens",
+        {
+            "hostname": HOSTNAME,
+            "repo_url": str(repo),
+            "repo_password": REPO_PASSWORD,
+            "paths": [str(data)],
+        },
+    )["token"]
+    agent = AgentProcess(tmp_path / "agent-home", tmp_path / "agent.log", own_group=True)
+    agent.enroll(server.url, token)
+    host_id = next(h["id"] for h in api.get("/hosts").json()["items"] if h["hostname"] == HOSTNAME)
+    agent.start()
+    agents.append(agent)
+    api.wait_repo_ready(host_id)
+
+    # 1. The failed backup: the alert fires, its e-mail arrives within 10 s of the job's
+    # end, and the webhook receives a signed firing notification.
+    failed = api.wait_job(api.run(host_id, "backup"))
+    assert failed["status"] == "failed", failed
+    assert "does not exist" in (failed["error"] or ""), failed
+    alert = one_alert(api, host_id, "backup_failed", "firing")
+    assert alert["severity"] == "critical" and alert["subject"] == "default", alert
+    assert alert["job_id"] == failed["id"] and str(data) in alert["message"], alert
+    mail = inbox.wait_for(mail_about("backup_failed", "firing"), 30, "the backup_failed e-mail")
+    mail_latency = mail.arrived - epoch(failed["finished_at"])
+    timings = {"backup_failed e-mail after the job's end": mail_latency}
+    assert mail_latency <= MAIL_BOUND_SECONDS, f"the e-mail came {mail_latency:.1f} s after"
+    assert mail.subject.startswith("[restic-manager] CRITICAL backup_failed"), mail.subject
+    assert mail.rcpt_tos == [MAIL_TO] and mail.mail_from == MAIL_FROM
+    assert alert["message"] in mail.body, mail.body
+    firing = webhook.wait_for(webhook_event(alert["id"], "firing"), 30, "the firing webhook")
+    assert firing.problems == [], firing.problems
+    sent = firing.payload["alert"]
+    assert sent["rule"] == "backup_failed" and sent["state"] == "firing", sent
+    assert sent["severity"] == "critical" and sent["subject"] == "default", sent
+    assert sent["host"] == {"id": host_id, "hostname": HOSTNAME}, sent
+    assert sent["message"] == alert["message"], sent
+    assert sent["fired_at"] and sent["resolved_at"] is None, sent
+    assert mail.message["X-RM-Delivery"] != firing.headers["x-rm-delivery"]  # one key per channel
+
+    channels = (mail_channel["id"], hook_channel["id"])
+    wait_delivery_log(api, alert["id"], channels, ("firing",))
+
+    # 2. Acknowledged through the API, then resolved automatically by the next good backup.
+    acknowledged = api.call(
+        "POST", f"/alerts/{alert['id']}/acknowledge", {"note": "path restored, re-running"}
+    )
+    assert acknowledged["state"] == "acknowledged", acknowledged
+    assert acknowledged["ack_note"] == "path restored, re-running", acknowledged
+    assert one_alert(api, host_id, "backup_failed", "acknowledged")["id"] == alert["id"]
+    write_tree(data, 30, size=300)
+    good = api.wait_job(api.run(host_id, "backup"))
+    assert good["status"] == "succeeded", good
+    resolved = one_alert(api, host_id, "backup_failed")
+    assert resolved["id"] == alert["id"] and resolved["state"] == "resolved", resolved
+    assert resolved["resolved_by"] == "automatic" and resolved["acknowledged_at"], resolved
+    resolve_mail = inbox.wait_for(
+        mail_about("backup_failed", "resolved"), 30, "the backup_failed resolve e-mail"
+    )
+    timings["resolve e-mail after the good backup's end"] = resolve_mail.arrived - epoch(
+        good["finished_at"]
+    )
+    resolve_hook = webhook.wait_for(
+        webhook_event(alert["id"], "resolved"), 30, "the resolve webhook"
+    )
+    assert resolve_hook.problems == [], resolve_hook.problems
+    assert resolve_hook.payload["alert"]["state"] == "resolved"
+    assert resolve_hook.payload["alert"]["resolved_at"]
+
+    # 3. The agent stops: agent_offline mails once the threshold has passed, not before.
+    agent.stop()
+    stopped_at = time.time()
+    last_seen = epoch(api.get(f"/hosts/{host_id}").json()["last_seen_at"])
+    offline_mail = inbox.wait_for(
+        mail_about("agent_offline", "firing"), OFFLINE_THRESHOLD + 90, "the agent_offline e-mail"
+    )
+    offline = one_alert(api, host_id, "agent_offline", "firing")
+    assert offline["severity"] == "warning", offline
+    assert offline["message"] in offline_mail.body, offline_mail.body
+    silent = offline_mail.arrived - last_seen
+    timings["agent_offline e-mail after the agent's stop"] = offline_mail.arrived - stopped_at
+    timings["agent_offline e-mail after its last poll"] = silent
+    assert silent >= OFFLINE_THRESHOLD, f"offline fired after {silent:.1f} s of silence"
+    webhook.wait_for(webhook_event(offline["id"], "firing"), 30, "the agent_offline webhook")
+
+    # 4. The agent comes back: agent_offline resolves and mails the resolve.
+    restarted_at = time.time()
+    agent.start()
+    back_mail = inbox.wait_for(
+        mail_about("agent_offline", "resolved"), 60, "the agent_offline resolve e-mail"
+    )
+    timings["agent_offline resolve e-mail after the restart"] = back_mail.arrived - restarted_at
+    back = one_alert(api, host_id, "agent_offline")
+    assert back["id"] == offline["id"] and back["state"] == "resolved", back
+    assert back["resolved_by"] == "automatic", back
+    webhook.wait_for(webhook_event(offline["id"], "resolved"), 30, "the agent back webhook")
+
+    # Exactly once: one e-mail and one webhook per (alert, event), and nothing else.
+    time.sleep(3)  # a duplicate would come at the sender's next passes
+    expected = sorted(
+        [
+            (None, "test"),
+            (alert["id"], "firing"),
+            (alert["id"], "resolved"),
+            (offline["id"], "firing"),
+            (offline["id"], "resolved"),
+        ],
+        key=repr,
+    )
+    events = sorted(
+        ((d.payload["alert"]["id"], d.payload["event"]) for d in webhook.deliveries), key=repr
+    )
+    assert events == expected, events
+    assert all(delivery.problems == [] for delivery in webhook.deliveries)
+    keys = [delivery.headers["x-rm-delivery"] for delivery in webhook.deliveries]
+    assert len(set(keys)) == len(keys), keys
+    subjects = [mail.subject for mail in inbox.mails]
+    assert len(subjects) == 5, subjects
+    for rule_name in ("backup_failed", "agent_offline"):
+        for event in ("firing", "resolved"):
+            assert len(inbox.matching(mail_about(rule_name, event))) == 1, subjects
+    mail_keys = [mail.message["X-RM-Delivery"] for mail in inbox.mails]
+    assert len(set(mail_keys)) == len(mail_keys), mail_keys
+    assert inbox.refused_logins == 0
+
+    # Each alert's delivery log says sent, once per channel and event; no secret leaked.
+    for alert_id in (alert["id"], offline["id"]):
+        wait_delivery_log(api, alert_id, channels, ("firing", "resolved"))
+        detail = json.dumps(api.get(f"/alerts/{alert_id}").json())
+        assert SMTP_PASSWORD not in detail and WEBHOOK_SECRET not in detail
+    server_log = server.log()
+    for secret in (SMTP_PASSWORD, WEBHOOK_SECRET, REPO_PASSWORD):
+        assert secret not in server_log, "a secret leaked into the server log"
+    timings["whole test"] = time.monotonic() - began
+    print("\n".join(f"{what}: {seconds:.1f} s" for what, seconds in timings.items()))
