@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from app.api.openapi import build_document
 from app.extensions import db
 from app.models import (
     Alert,
@@ -22,6 +23,7 @@ from app.models import (
 from app.models.types import utcnow
 from app.services import alerts
 from tests.factories import make_host
+from tests.test_openapi import Conformance
 
 API = "/api/v1"
 BIG = 2**64 + 1
@@ -602,3 +604,48 @@ def test_host_overrides_of_unknown_things_are_404(api, hosts):
         "unknown_rule",
     )
     assert _counts() == before
+
+
+# --- the answers match the OpenAPI document --------------------------------------------------
+
+
+def test_alert_answers_match_the_document(app, api, hosts):
+    web, _ = hosts
+    conform = Conformance(build_document(app))
+    _channel("ops")
+    alert_id = _fire(web)
+    admin = api(Role.admin)
+
+    def call(method, template, path, **kwargs):
+        return conform.check(admin.open(path, method=method, **kwargs), method, template)
+
+    call("GET", "/api/v1/alerts", f"{API}/alerts?state=open&limit=1")
+    call("GET", "/api/v1/alerts", f"{API}/alerts?rule=nope")  # 422
+    call("GET", "/api/v1/alerts/{alert_id}", f"{API}/alerts/{alert_id}")
+    call("GET", "/api/v1/alerts/{alert_id}", f"{API}/alerts/999999")  # 404
+    ack = f"{API}/alerts/{alert_id}/acknowledge"
+    call("POST", "/api/v1/alerts/{alert_id}/acknowledge", ack, json={"note": "on it"})
+    call("POST", "/api/v1/alerts/{alert_id}/resolve", f"{API}/alerts/{alert_id}/resolve")
+    call("POST", "/api/v1/alerts/{alert_id}/acknowledge", ack)  # 409
+    silence = call(
+        "POST",
+        "/api/v1/silences",
+        f"{API}/silences",
+        json={"host_id": web.id, "reason": "maintenance", "ends_at": _in(1)},
+    ).get_json()
+    call("POST", "/api/v1/silences", f"{API}/silences", json={"reason": "x"})  # 422
+    call("GET", "/api/v1/silences", f"{API}/silences?include_expired=true")
+    call("GET", "/api/v1/silences/{silence_id}", f"{API}/silences/{silence['id']}")
+    call("DELETE", "/api/v1/silences/{silence_id}", f"{API}/silences/{silence['id']}")
+    call("GET", "/api/v1/alert-rules", f"{API}/alert-rules")
+    call("GET", "/api/v1/alert-rules/{rule}", f"{API}/alert-rules/backup_size_anomaly")
+    call("PUT", "/api/v1/alert-rules/{rule}", f"{API}/alert-rules/agent_offline", json={})
+    h = f"{API}/hosts/{web.id}/alert-rules"
+    call("GET", "/api/v1/hosts/{host_id}/alert-rules", h)
+    call(
+        "PUT",
+        "/api/v1/hosts/{host_id}/alert-rules/{rule}",
+        f"{h}/backup_overdue",
+        json={"max_age_seconds": 7200, "enabled": True},
+    )
+    assert len(conform.checked) == 17

@@ -916,7 +916,7 @@ SCHEMAS.update(
                 "host_id": MAYBE_INTEGER,
                 "hostname": MAYBE_STRING,
                 "tag": MAYBE_STRING,
-                "rule": nullable(ALERT_RULE),
+                "rule": {"anyOf": [ALERT_RULE, {"type": "null"}]},
                 "reason": string(500),
                 "starts_at": DATE_TIME,
                 "ends_at": DATE_TIME,
@@ -930,7 +930,7 @@ SCHEMAS.update(
             {
                 "host_id": nullable(ID),
                 "tag": nullable(string(64)),
-                "rule": nullable(ALERT_RULE),
+                "rule": {"anyOf": [ALERT_RULE, {"type": "null"}]},
                 "reason": string(500, minLength=1),
                 "starts_at": nullable(INPUT_TIME),
                 "ends_at": INPUT_TIME,
@@ -962,7 +962,7 @@ SCHEMAS.update(
         "AlertRuleInput": obj(
             {
                 "enabled": {"type": "boolean"},
-                "severity": nullable(SEVERITY),
+                "severity": {"anyOf": [SEVERITY, {"type": "null"}]},
                 "threshold_seconds": nullable(THRESHOLD),
                 "factor": nullable({**FACTOR, "description": "backup_size_anomaly only."}),
                 "drop_percent": nullable(
@@ -1155,7 +1155,12 @@ SCHEMAS.update(
                 ),
                 "host": nullable(string(255, description="email: the SMTP server.")),
                 "port": nullable(integer(1, 65535)),
-                "security": nullable({"type": "string", "enum": ["none", "starttls", "tls"]}),
+                "security": {
+                    "anyOf": [
+                        {"type": "string", "enum": ["none", "starttls", "tls"]},
+                        {"type": "null"},
+                    ]
+                },
                 "username": nullable(string(255)),
                 "password": nullable({**SECRET, "description": "email: the SMTP password."}),
                 "from": nullable(string(254)),
