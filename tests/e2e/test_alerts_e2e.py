@@ -1,14 +1,17 @@
 """Issue 14 end to end, with a real `serve`, a real agent, real restic, a real SMTP server
-(aiosmtpd on loopback) and a real HTTP receiver that checks the webhook's HMAC signature.
+(aiosmtpd on loopback, with AUTH) and a real HTTP receiver that checks the webhook's HMAC
+signature.
 
 Everything goes through /api/v1, as automation would: an e-mail channel and a webhook are
-added, a backup of a source path that does not exist fails and the ``backup_failed``
-e-mail arrives within 10 s of the job's end (measured from its ``finished_at``), the
-webhook receives the firing notification with a valid signature, the alert is
-acknowledged, the next good backup resolves it automatically and both channels receive
-the resolve. Then the agent is stopped: ``agent_offline`` mails once the (lowered)
-threshold has passed, and the agent's return mails the resolve. Each notification arrives
-exactly once, and no channel secret appears in the server log or in an API answer."""
+added and Send test reaches both; a backup of a source path that does not exist fails, the
+``backup_failed`` e-mail arrives within 10 s of the job's end (measured from its
+``finished_at``) and the webhook receives a signed firing notification; the alert is
+acknowledged and the next good backup resolves it, with a resolve on both channels. A wrong
+repository password fires ``repository_error`` and, at the next backup, a new
+``backup_failed`` (again within 10 s); the right password and a good backup resolve both.
+Then the agent is stopped: ``agent_offline`` mails once the (lowered, 60 s) threshold has
+passed, and the agent's return mails the resolve. Each notification arrives exactly once,
+and no secret appears in the server log or in an API answer."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
@@ -50,6 +54,7 @@ ADMIN_PASSWORD = "admin password for alerts e2e"
 WEBHOOK_SECRET = "e2e-Alerts-Webhook-Secret-5a17c0"
 SMTP_USER = "rm-alerts"
 SMTP_PASSWORD = "e2e-Alerts-Smtp-Password-e2d4"
+WRONG_PASSWORD = "e2e-Alerts-Wrong-Password-61aa"
 HOSTNAME = "e2e-alerts"
 MAIL_FROM = "restic-manager@example.test"
 MAIL_TO = "oncall@example.test"
@@ -259,17 +264,24 @@ def webhook_event(alert_id: int, event: str) -> Callable[[Delivery], bool]:
     return wanted
 
 
-def mail_about(rule: str, event: str) -> Callable[[Mail], bool]:
-    """The e-mail about ``rule`` on the test's host for ``event`` (firing or resolved): its
-    subject is "[restic-manager] <SEVERITY|RESOLVED> <rule> on <host>: <label>"."""
+def mail_about(rule: str, event: str, message: Optional[str] = None) -> Callable[[Mail], bool]:
+    """The e-mail about ``rule`` on the test's host for ``event`` (firing or resolved) and,
+    when given, the alert whose ``message`` its body quotes. Its subject reads
+    "[restic-manager] <SEVERITY|RESOLVED> <rule> on <host>: <label>"."""
 
     def wanted(mail: Mail) -> bool:
         subject = mail.subject
         if f" {rule} on {HOSTNAME}:" not in subject:
             return False
+        if message is not None and message not in mail.body:
+            return False
         return ("] RESOLVED " in subject) == (event == "resolved")
 
     return wanted
+
+
+def get_alert(api: Api, alert_id: int) -> dict:
+    return api.get(f"/alerts/{alert_id}").json()
 
 
 def one_alert(api: Api, host_id: int, rule: str, state: Optional[str] = None) -> dict:
@@ -297,6 +309,11 @@ def wait_delivery_log(api: Api, alert_id: int, channels, events) -> None:
         return sorted((row["channel_id"], row["event"], row["state"]) for row in rows)
 
     wait_until(lambda: logged() == expected, 15, f"alert {alert_id}'s delivery log", 0.2)
+
+
+def set_password(api: Api, host_id: int, repo: Path, password: str) -> None:
+    """New repository credentials (the server probes the repository with them)."""
+    api.call("PUT", f"/hosts/{host_id}/repository", {"url": str(repo), "password": password})
 
 
 # --- the test ----------------------------------------------------------------------------------
@@ -375,61 +392,100 @@ def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, 
     agents.append(agent)
     api.wait_repo_ready(host_id)
 
-    # 1. The failed backup: the alert fires, its e-mail arrives within 10 s of the job's
-    # end, and the webhook receives a signed firing notification.
+    channels = (mail_channel["id"], hook_channel["id"])
+    timings: dict[str, float] = {}
+
+    def firing_arrives(alert: dict, job: dict, what: str) -> Mail:
+        """The alert's firing e-mail, within 10 s of ``job``'s end, and its signed webhook."""
+        mail = inbox.wait_for(
+            mail_about(alert["rule"], "firing", alert["message"]), 30, f"the {what} e-mail"
+        )
+        latency = mail.arrived - epoch(job["finished_at"])
+        timings[f"{what} e-mail after the job's end"] = latency
+        assert latency <= MAIL_BOUND_SECONDS, f"the {what} e-mail came {latency:.1f} s after"
+        assert mail.subject.startswith(f"[restic-manager] CRITICAL {alert['rule']} on {HOSTNAME}")
+        assert mail.rcpt_tos == [MAIL_TO] and mail.mail_from == MAIL_FROM
+        hook = webhook.wait_for(webhook_event(alert["id"], "firing"), 30, f"the {what} webhook")
+        assert hook.problems == [], hook.problems
+        sent = hook.payload["alert"]
+        assert sent["rule"] == alert["rule"] and sent["state"] == "firing", sent
+        assert sent["severity"] == "critical" and sent["subject"] == "default", sent
+        assert sent["host"] == {"id": host_id, "hostname": HOSTNAME}, sent
+        assert sent["message"] == alert["message"], sent
+        assert sent["fired_at"] and sent["resolved_at"] is None, sent
+        assert mail.message["X-RM-Delivery"] != hook.headers["x-rm-delivery"]  # one per channel
+        return mail
+
+    def resolve_arrives(alert: dict, what: str, message: Optional[str] = None) -> Mail:
+        """The alert's resolve e-mail and its signed webhook."""
+        mail = inbox.wait_for(
+            mail_about(alert["rule"], "resolved", message), 60, f"the {what} resolve e-mail"
+        )
+        hook = webhook.wait_for(
+            webhook_event(alert["id"], "resolved"), 30, f"the {what} resolve webhook"
+        )
+        assert hook.problems == [], hook.problems
+        assert hook.payload["alert"]["state"] == "resolved", hook.payload
+        assert hook.payload["alert"]["resolved_at"], hook.payload
+        return mail
+
+    # 1. A backup of a path that does not exist fails: backup_failed fires, its e-mail
+    # arrives within 10 s of the job's end and the webhook gets a signed notification.
     failed = api.wait_job(api.run(host_id, "backup"))
     assert failed["status"] == "failed", failed
     assert "does not exist" in (failed["error"] or ""), failed
-    alert = one_alert(api, host_id, "backup_failed", "firing")
-    assert alert["severity"] == "critical" and alert["subject"] == "default", alert
-    assert alert["job_id"] == failed["id"] and str(data) in alert["message"], alert
-    mail = inbox.wait_for(mail_about("backup_failed", "firing"), 30, "the backup_failed e-mail")
-    mail_latency = mail.arrived - epoch(failed["finished_at"])
-    timings = {"backup_failed e-mail after the job's end": mail_latency}
-    assert mail_latency <= MAIL_BOUND_SECONDS, f"the e-mail came {mail_latency:.1f} s after"
-    assert mail.subject.startswith("[restic-manager] CRITICAL backup_failed"), mail.subject
-    assert mail.rcpt_tos == [MAIL_TO] and mail.mail_from == MAIL_FROM
-    assert alert["message"] in mail.body, mail.body
-    firing = webhook.wait_for(webhook_event(alert["id"], "firing"), 30, "the firing webhook")
-    assert firing.problems == [], firing.problems
-    sent = firing.payload["alert"]
-    assert sent["rule"] == "backup_failed" and sent["state"] == "firing", sent
-    assert sent["severity"] == "critical" and sent["subject"] == "default", sent
-    assert sent["host"] == {"id": host_id, "hostname": HOSTNAME}, sent
-    assert sent["message"] == alert["message"], sent
-    assert sent["fired_at"] and sent["resolved_at"] is None, sent
-    assert mail.message["X-RM-Delivery"] != firing.headers["x-rm-delivery"]  # one key per channel
-
-    channels = (mail_channel["id"], hook_channel["id"])
-    wait_delivery_log(api, alert["id"], channels, ("firing",))
+    missing = one_alert(api, host_id, "backup_failed", "firing")
+    assert missing["severity"] == "critical" and missing["subject"] == "default", missing
+    assert missing["job_id"] == failed["id"] and str(data) in missing["message"], missing
+    firing_arrives(missing, failed, "backup_failed (missing path)")
+    wait_delivery_log(api, missing["id"], channels, ("firing",))
 
     # 2. Acknowledged through the API, then resolved automatically by the next good backup.
     acknowledged = api.call(
-        "POST", f"/alerts/{alert['id']}/acknowledge", {"note": "path restored, re-running"}
+        "POST", f"/alerts/{missing['id']}/acknowledge", {"note": "path restored, re-running"}
     )
     assert acknowledged["state"] == "acknowledged", acknowledged
     assert acknowledged["ack_note"] == "path restored, re-running", acknowledged
-    assert one_alert(api, host_id, "backup_failed", "acknowledged")["id"] == alert["id"]
+    assert one_alert(api, host_id, "backup_failed", "acknowledged")["id"] == missing["id"]
     write_tree(data, 30, size=300)
     good = api.wait_job(api.run(host_id, "backup"))
     assert good["status"] == "succeeded", good
-    resolved = one_alert(api, host_id, "backup_failed")
-    assert resolved["id"] == alert["id"] and resolved["state"] == "resolved", resolved
-    assert resolved["resolved_by"] == "automatic" and resolved["acknowledged_at"], resolved
-    resolve_mail = inbox.wait_for(
-        mail_about("backup_failed", "resolved"), 30, "the backup_failed resolve e-mail"
-    )
-    timings["resolve e-mail after the good backup's end"] = resolve_mail.arrived - epoch(
+    resolved = get_alert(api, missing["id"])
+    assert resolved["state"] == "resolved" and resolved["resolved_by"] == "automatic", resolved
+    assert resolved["acknowledged_at"], resolved
+    mail = resolve_arrives(missing, "backup_failed (missing path)", missing["message"])
+    timings["resolve e-mail after the good backup's end"] = mail.arrived - epoch(
         good["finished_at"]
     )
-    resolve_hook = webhook.wait_for(
-        webhook_event(alert["id"], "resolved"), 30, "the resolve webhook"
-    )
-    assert resolve_hook.problems == [], resolve_hook.problems
-    assert resolve_hook.payload["alert"]["state"] == "resolved"
-    assert resolve_hook.payload["alert"]["resolved_at"]
 
-    # 3. The agent stops: agent_offline mails once the threshold has passed, not before.
+    # 3. A wrong repository password: the probe finds the repository unusable
+    # (repository_error) and the next backup fails, a new backup_failed episode whose e-mail
+    # also arrives within 10 s. The right password and a good backup resolve both.
+    set_password(api, host_id, repo, WRONG_PASSWORD)
+    wait_until(
+        lambda: api.get(f"/hosts/{host_id}").json()["repo_status"] == "error",
+        60,
+        "the probe to find the wrong password",
+        interval=0.25,
+    )
+    unusable = wait_alert(api, host_id, "repository_error", "firing", 30)
+    inbox.wait_for(mail_about("repository_error", "firing"), 30, "the repository_error e-mail")
+    webhook.wait_for(webhook_event(unusable["id"], "firing"), 30, "the repository_error webhook")
+    refused = api.wait_job(api.run(host_id, "backup"))
+    assert refused["status"] == "failed", refused
+    assert "password" in (refused["error"] or "").lower(), refused
+    wrong = one_alert(api, host_id, "backup_failed", "firing")
+    assert wrong["id"] != missing["id"] and wrong["job_id"] == refused["id"], wrong
+    firing_arrives(wrong, refused, "backup_failed (wrong password)")
+    set_password(api, host_id, repo, REPO_PASSWORD)
+    api.wait_repo_ready(host_id)
+    resolve_arrives(unusable, "repository_error")
+    good = api.wait_job(api.run(host_id, "backup"))
+    assert good["status"] == "succeeded", good
+    assert get_alert(api, wrong["id"])["state"] == "resolved"
+    resolve_arrives(wrong, "backup_failed (wrong password)", wrong["message"])
+
+    # 4. The agent stops: agent_offline mails once the threshold has passed, not before.
     agent.stop()
     stopped_at = time.time()
     last_seen = epoch(api.get(f"/hosts/{host_id}").json()["last_seen_at"])
@@ -438,47 +494,41 @@ def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, 
     )
     offline = one_alert(api, host_id, "agent_offline", "firing")
     assert offline["severity"] == "warning", offline
-    assert offline["message"] in offline_mail.body, offline_mail.body
+    assert offline_mail.subject.startswith(f"[restic-manager] WARNING agent_offline on {HOSTNAME}")
+    assert "has not polled for" in offline_mail.body, offline_mail.body
     silent = offline_mail.arrived - last_seen
     timings["agent_offline e-mail after the agent's stop"] = offline_mail.arrived - stopped_at
     timings["agent_offline e-mail after its last poll"] = silent
     assert silent >= OFFLINE_THRESHOLD, f"offline fired after {silent:.1f} s of silence"
-    webhook.wait_for(webhook_event(offline["id"], "firing"), 30, "the agent_offline webhook")
+    hook = webhook.wait_for(webhook_event(offline["id"], "firing"), 30, "the offline webhook")
+    assert hook.problems == [] and hook.payload["alert"]["rule"] == "agent_offline"
 
-    # 4. The agent comes back: agent_offline resolves and mails the resolve.
+    # 5. The agent comes back: agent_offline resolves and mails the resolve.
     restarted_at = time.time()
     agent.start()
-    back_mail = inbox.wait_for(
-        mail_about("agent_offline", "resolved"), 60, "the agent_offline resolve e-mail"
-    )
+    back_mail = resolve_arrives(offline, "agent_offline")
     timings["agent_offline resolve e-mail after the restart"] = back_mail.arrived - restarted_at
-    back = one_alert(api, host_id, "agent_offline")
-    assert back["id"] == offline["id"] and back["state"] == "resolved", back
-    assert back["resolved_by"] == "automatic", back
-    webhook.wait_for(webhook_event(offline["id"], "resolved"), 30, "the agent back webhook")
+    back = get_alert(api, offline["id"])
+    assert back["state"] == "resolved" and back["resolved_by"] == "automatic", back
 
     # Exactly once: one e-mail and one webhook per (alert, event), and nothing else.
     time.sleep(3)  # a duplicate would come at the sender's next passes
-    expected = sorted(
-        [
-            (None, "test"),
-            (alert["id"], "firing"),
-            (alert["id"], "resolved"),
-            (offline["id"], "firing"),
-            (offline["id"], "resolved"),
-        ],
-        key=repr,
-    )
-    events = sorted(
-        ((d.payload["alert"]["id"], d.payload["event"]) for d in webhook.deliveries), key=repr
-    )
-    assert events == expected, events
+    episodes = (missing, unusable, wrong, offline)
+    expected = [(None, "test")] + [
+        (alert["id"], event) for alert in episodes for event in ("firing", "resolved")
+    ]
+    events = [(d.payload["alert"]["id"], d.payload["event"]) for d in webhook.deliveries]
+    assert sorted(events, key=repr) == sorted(expected, key=repr), events
     assert all(delivery.problems == [] for delivery in webhook.deliveries)
     keys = [delivery.headers["x-rm-delivery"] for delivery in webhook.deliveries]
     assert len(set(keys)) == len(keys), keys
     subjects = [mail.subject for mail in inbox.mails]
-    assert len(subjects) == 5, subjects
-    for rule_name in ("backup_failed", "agent_offline"):
+    assert len(subjects) == len(expected), subjects
+    for alert in (missing, wrong):
+        for event in ("firing", "resolved"):
+            found = inbox.matching(mail_about("backup_failed", event, alert["message"]))
+            assert len(found) == 1, subjects
+    for rule_name in ("repository_error", "agent_offline"):
         for event in ("firing", "resolved"):
             assert len(inbox.matching(mail_about(rule_name, event))) == 1, subjects
     mail_keys = [mail.message["X-RM-Delivery"] for mail in inbox.mails]
@@ -486,12 +536,12 @@ def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, 
     assert inbox.refused_logins == 0
 
     # Each alert's delivery log says sent, once per channel and event; no secret leaked.
-    for alert_id in (alert["id"], offline["id"]):
-        wait_delivery_log(api, alert_id, channels, ("firing", "resolved"))
-        detail = json.dumps(api.get(f"/alerts/{alert_id}").json())
+    for alert in episodes:
+        wait_delivery_log(api, alert["id"], channels, ("firing", "resolved"))
+        detail = json.dumps(get_alert(api, alert["id"]))
         assert SMTP_PASSWORD not in detail and WEBHOOK_SECRET not in detail
     server_log = server.log()
-    for secret in (SMTP_PASSWORD, WEBHOOK_SECRET, REPO_PASSWORD):
+    for secret in (SMTP_PASSWORD, WEBHOOK_SECRET, REPO_PASSWORD, WRONG_PASSWORD):
         assert secret not in server_log, "a secret leaked into the server log"
     timings["whole test"] = time.monotonic() - began
     print("\n".join(f"{what}: {seconds:.1f} s" for what, seconds in timings.items()))
