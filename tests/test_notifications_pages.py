@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import Alert, AuditLog, Notification, NotificationChannel, Role
 from app.models.types import utcnow
-from app.services import notifications
+from app.services import channels_send, notifications
+from app.web.settings import notifications as settings_notifications
 from tests.factories import form_token, make_host
 
 WEBHOOK_SECRET = "whsec-Page-Test-0123456789abcdef"
@@ -147,6 +148,12 @@ def test_each_add_form_renders_with_its_fields_and_help(admin, kind):
         assert '<a href="http' not in html  # the hint names services, it links nowhere
 
 
+def test_the_apprise_examples_are_urls_apprise_accepts():
+    """The hint on the Apprise form shows only URLs the service would take."""
+    for url, _service in settings_notifications.APPRISE_EXAMPLES:
+        assert channels_send.apprise_accepts(url), url
+
+
 def test_unknown_kind_goes_back_to_the_list(admin):
     assert admin.get(f"{LIST}/new/pigeon").status_code == 302
 
@@ -260,6 +267,8 @@ def test_bad_input_gives_field_errors_and_adds_nothing(admin, kind, changes, fie
     assert words in errors, (field_id, html[:3000])
     assert "Nothing was saved" in html
     _assert_no_secret(html)  # a refused form does not echo the secrets either
+    if kind != "email":  # the others had a secret typed in: the page says to type it again
+        assert "Secrets are never sent back to the browser: type" in html
     assert _count() == 0
 
 

@@ -50,8 +50,7 @@ KIND_ORDER = ("email", "ntfy", "webhook", "apprise")
 APPRISE_EXAMPLES = (
     ("slack://TokenA/TokenB/TokenC/#channel", "Slack"),
     ("discord://webhook_id/webhook_token", "Discord"),
-    ("msteams://TokenA/TokenB/TokenC/", "Microsoft Teams"),
-    ("tgram://bot_token/chat_id", "Telegram"),
+    ("tgram://123456789:bot_token/chat_id", "Telegram"),
     ("gotify://gotify.example.com/app_token", "Gotify"),
     ("matrix://user:password@matrix.example.com/#room", "Matrix"),
     ("pover://user_key@app_token", "Pushover"),
@@ -252,7 +251,7 @@ class AppriseForm(ChannelForm):
 
     url = _secret(
         "Apprise URL",
-        "One service's address in Apprise's words (examples below). It holds the service's "
+        "One service's address in Apprise's words (see the examples). It holds the service's "
         "tokens, so it is sealed and never shown again.",
     )
 
@@ -354,6 +353,10 @@ def _render_form(
         secrets_set=secrets_set,
         problem=problem,
         error_count=sum(1 for field in form if field.errors),
+        # A refused form is shown without the secrets that were typed: say which to retype.
+        cleared=[form[name].label.text for name in form.secret_fields if form[name].data]
+        if request.method == "POST"
+        else [],
         apprise_examples=APPRISE_EXAMPLES,
         suggested_secret=secrets.token_hex(32) if form.kind == "webhook" else None,
         # A refused POST comes back at the form's own address: a reload only checks again.
