@@ -347,7 +347,9 @@ def _new_apprise() -> apprise.Apprise:
             warnings.filterwarnings("ignore", "'imghdr' is deprecated", DeprecationWarning)
             apprise.Apprise().add("json://localhost")  # loads every plugin module
             _new_apprise.loaded = True
-    return apprise.Apprise()
+    # Sequential: the sender already runs one worker per channel; Apprise's own thread pool
+    # would only add threads (greenlets under gevent) around a single service.
+    return apprise.Apprise(asset=apprise.AppriseAsset(async_mode=False))
 
 
 def apprise_accepts(url: str) -> bool:
