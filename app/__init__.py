@@ -149,6 +149,7 @@ def _register_blueprints(app: Flask) -> None:
     from app.agent_api import bp as agent_api_bp
     from app.api import bp as api_bp
     from app.distribution import bp as distribution_bp
+    from app.web.alerts import bp as alerts_bp
     from app.web.auth import bp as auth_bp
     from app.web.dashboard import bp as web_bp
     from app.web.hosts import bp as hosts_bp
@@ -163,6 +164,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(hosts_bp, url_prefix="/hosts")
     app.register_blueprint(jobs_bp, url_prefix="/jobs")
     app.register_blueprint(distribution_bp)
+    app.register_blueprint(alerts_bp)  # /alerts/… and /settings/alert-rules
 
 
 def _register_request_hooks(app: Flask) -> None:

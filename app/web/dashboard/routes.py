@@ -12,6 +12,7 @@ from app.errors import RETRY_AFTER_SECONDS
 from app.extensions import db
 from app.formatting import FILTERS
 from app.models.types import utcnow
+from app.services import alerts
 from app.web.dashboard import bp, fleet
 
 # Alembic's one-row table exists wherever the schema does.
@@ -51,6 +52,9 @@ def dashboard():
         # built once, not per row: the table may have thousands of rows
         "host_prefix": f"{request.script_root}/hosts/",
         "tag_urls": {tag: url_for("web.dashboard", **query.args(tag=tag)) for tag in tags},
+        # open alerts per host, one aggregate for the whole table
+        "alert_summary": alerts.open_summary(),
+        "alerts_prefix": f"{request.script_root}/alerts?host_id=",
     }
     if refresh_requested("fleet"):
         response = make_response(render_template("_fleet.html", **context))

@@ -14,7 +14,7 @@ from app.extensions import db
 from app.install_commands import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
-from app.services import dispatch, enrollment, repository
+from app.services import alerts, dispatch, enrollment, repository
 from app.services.errors import ServiceError, ValidationFailed
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
@@ -119,6 +119,7 @@ def revoke_token(token_id: int):
 
 SNAPSHOT_LIMIT = 100
 JOB_HISTORY_LIMIT = 25
+OPEN_ALERTS_SHOWN = 5
 
 
 def _run_forms(host: Host, submitted: RunForm | None = None) -> dict[str, RunForm]:
@@ -155,9 +156,14 @@ def _render_host(
     jobs = db.session.scalars(
         select(Job).where(Job.host_id == host.id).order_by(Job.id.desc()).limit(JOB_HISTORY_LIMIT)
     )
+    open_alerts = alerts.list_alerts(state="open", host_id=host.id, limit=OPEN_ALERTS_SHOWN + 1)
     context = {
         "host": host,
         "now": now,
+        "open_alerts": open_alerts[:OPEN_ALERTS_SHOWN],
+        "more_alerts": len(open_alerts) > OPEN_ALERTS_SHOWN,
+        "muted_alerts": alerts.muted_by(open_alerts, {host.id: host}, now),
+        "alert_rules": alerts.RULES,
         "status": host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]),
         "snapshots": snapshots[:SNAPSHOT_LIMIT],
         "more_snapshots": len(snapshots) > SNAPSHOT_LIMIT,
