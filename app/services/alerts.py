@@ -426,7 +426,9 @@ def set_override(
         setattr(row, name, checked[name])
     row.updated_at = now
     view = _override_view(row)
-    if not view:
+    if not view and row in db.session.new:
+        db.session.expunge(row)  # nothing to keep and never stored (e.g. {"enabled": null})
+    elif not view:
         db.session.delete(row)
     db.session.flush()
     audit.record(
