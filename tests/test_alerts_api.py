@@ -565,6 +565,12 @@ def test_host_overrides(api, hosts):
     cleared = admin.put(f"{path}/agent_offline", json={"threshold_seconds": None}).get_json()
     assert "agent_offline" not in cleared["overrides"]
     assert cleared["effective"]["agent_offline"]["threshold_seconds"] == 600
+    # Only nulls for a rule the host has no setting of: nothing to store, nothing stored.
+    nothing = admin.put(f"{path}/backup_warning", json={"enabled": None})
+    assert nothing.status_code == 200, nothing.get_data(as_text=True)
+    assert "backup_warning" not in nothing.get_json()["overrides"]
+    db.session.expire_all()
+    assert db.session.scalar(select(func.count()).select_from(AlertOverride)) == 1
 
 
 @pytest.mark.parametrize(
