@@ -131,3 +131,42 @@ def test_a_crash_between_send_and_record_resends_with_the_same_key(app):
         assert notifications.deliver_due(box, now) == 0
     finally:
         receiver.stop()
+
+
+def test_the_sender_loop_outlives_its_errors_and_keeps_its_own_cadence(app, caplog):
+    ticks, deliveries = [], []
+    enough = threading.Event()
+
+    def tick(box, now, **kwargs):
+        ticks.append(now)
+
+    def deliver(box, now, *, base_url):
+        deliveries.append(base_url)
+        if len(deliveries) == 1:
+            raise RuntimeError("the database went away")
+        if len(deliveries) >= 4:
+            enough.set()
+        return 0
+
+    app.config["RM_BASE_URL"] = "https://rm.example.com"
+    stop = threading.Event()
+    loop = threading.Thread(
+        target=ticker.run,
+        args=(app, stop),
+        kwargs={
+            "interval": 3600,
+            "notify_interval": 0.01,
+            "tick_function": tick,
+            "deliver_function": deliver,
+        },
+        daemon=True,
+    )
+    loop.start()
+    try:
+        assert enough.wait(20)
+    finally:
+        stop.set()
+        loop.join(10)
+    assert len(ticks) == 1  # the tick keeps its own (hourly) cadence
+    assert set(deliveries) == {"https://rm.example.com"}
+    assert "sending notifications failed" in caplog.text

@@ -25,6 +25,8 @@ from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import ObjectDeletedError
 
 from app.extensions import db
 from app.formatting import iso
@@ -445,8 +447,14 @@ def create_channel(
         created_at=now,
         updated_at=now,
     )
-    db.session.add(channel)
-    db.session.flush()  # the id binds the sealed secrets to this row
+    try:
+        with db.session.begin_nested():  # another admin may take the name meanwhile
+            db.session.add(channel)
+            db.session.flush()  # the id binds the sealed secrets to this row
+    except IntegrityError:
+        raise Conflict(
+            f"There is already a channel named {channel.name}.", code="name_taken"
+        ) from None
     _seal(box, channel, checked["secrets"])
     db.session.flush()
     audit.record(
@@ -760,7 +768,10 @@ def deliver_due(
         futures = [pool.submit(_send_queue, queue) for queue in queues.values()]
         for future in futures:
             for row_id, result in future.result():
-                _record(by_row[row_id], now, result)
+                try:
+                    _record(by_row[row_id], now, result)
+                except ObjectDeletedError:  # its channel or alert was deleted while sending
+                    continue
                 attempted += 1
                 after_each()
     return attempted
