@@ -414,6 +414,8 @@ def test_expired_silences_on_request(api, hosts):
         ({"tag": 5, "reason": "r", "ends_at": "+2h"}, "tag"),
         ({"rule": "no_such_rule", "reason": "r", "ends_at": "+2h"}, "rule"),
         ({"host_id": 999999, "reason": "r", "ends_at": "+2h"}, "host_id"),
+        ({"host_id": 2**31, "reason": "r", "ends_at": "+2h"}, "host_id"),
+        ({"host_id": -1, "reason": "r", "ends_at": "+2h"}, "host_id"),
         ({"host_id": "1", "reason": "r", "ends_at": "+2h"}, "host_id"),
         ({"host_id": BIG, "reason": "r", "ends_at": "+2h"}, "host_id"),
         ({"host_id": True, "reason": "r", "ends_at": "+2h"}, "host_id"),

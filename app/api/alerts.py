@@ -178,7 +178,11 @@ def list_silences():
 @bp.post("/silences")
 @require_role(Role.operator)
 def create_silence():
-    silence = alerts.create_silence(json_body(), **_by_caller())
+    body = json_body()
+    host_id = body.get("host_id")
+    if isinstance(host_id, int) and not isinstance(host_id, bool) and not 1 <= host_id <= MAX_ID:
+        validate.fail("host_id", f"Host {host_id} does not exist.")  # past the id column
+    silence = alerts.create_silence(body, **_by_caller())
     commit_and_wake()
     return jsonify(silences_json([silence], utcnow())[0]), 201
 
