@@ -773,7 +773,7 @@ def test_silences_mute_notifications_but_the_alert_is_there(app):
     assert set(muted) == {fired[by_host.id].id, fired[by_tag.id].id, fired[by_rule.id].id}
     assert muted[fired[by_tag.id].id].tag == "lab"
 
-    # no reminders while muted either; once the silences end, the reminders come
+    # no reminders while muted either; once the silences end, the channels hear of it
     for host in hosts.values():
         host.last_seen_at = now + timedelta(hours=8)  # keep agent_offline out of this
     db.session.commit()
@@ -786,11 +786,39 @@ def test_silences_mute_notifications_but_the_alert_is_there(app):
     ]
     _evaluate(now + timedelta(hours=5))
     assert [_outbox(fired[host.id]) for host in (by_host, by_tag, by_rule)] == [
-        [("ops", "reminder")],
-        [("ops", "reminder")],
-        [("ops", "reminder")],
+        [("ops", "firing")],
+        [("ops", "firing")],
+        [("ops", "firing")],
     ]
     assert alerts.muted_by(fired.values(), hosts, now + timedelta(hours=5)) == {}
+    _evaluate(now + timedelta(hours=5, minutes=30))  # told once; reminders from then on
+    assert len(_outbox(fired[by_host.id])) == 1
+    _evaluate(now + timedelta(hours=6, minutes=1))
+    assert _outbox(fired[by_host.id]) == [("ops", "firing"), ("ops", "reminder")]
+
+
+def test_an_alert_resolved_meanwhile_by_another_transaction_is_not_resolved_twice(app):
+    host, token = make_enrolled_host()
+    _channel("ops")
+    _run(app, host, token, status="failed", error="boom")
+    alert = _one_open("backup_failed", host)
+    stale = alerts.Context(utcnow(), host_ids=[host.id])  # read before the other resolve
+    assert stale.open
+    other = app.extensions["sqlalchemy"].engine.connect()
+    try:
+        other.execute(
+            Alert.__table__.update()
+            .where(Alert.id == alert.id)
+            .values(state="resolved", open_key=None, resolved_at=utcnow(), resolved_by="bob")
+        )
+        other.commit()
+    finally:
+        other.close()
+    assert alerts.clear(stale, host, "backup_failed", "default") is None
+    db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(Alert, alert.id).resolved_by == "bob"
+    assert _outbox(alert) == [("ops", "firing")]  # no second "resolved"
 
 
 def test_a_muted_alert_resolves_silently(app):
@@ -848,6 +876,20 @@ def test_a_rule_disabled_for_a_host_fires_nothing_and_severity_is_settable(app):
     _run(app, other, other_token, kind="check", status="failed", error="damaged")
     assert _one_open("check_failed", other).severity == "warning"
     assert alerts.rule_view("check_failed")["severity"] == "warning"
+
+
+def test_a_severity_change_reaches_open_time_based_alerts(app):
+    host, _ = make_enrolled_host()
+    seen = utcnow() - timedelta(hours=1)
+    host.last_seen_at = seen
+    db.session.commit()
+    _evaluate(seen + timedelta(minutes=20))
+    assert _one_open("agent_offline", host).severity == "warning"
+    alerts.update_rule("agent_offline", {"severity": "critical"}, actor=ADMIN, now=utcnow())
+    db.session.commit()
+    _evaluate(seen + timedelta(minutes=20, seconds=10))  # the same message as before
+    assert _one_open("agent_offline", host).severity == "critical"
+    assert alerts.critical_firing_count() == 1
 
 
 def test_history_keeps_every_episode(app):

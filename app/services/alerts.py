@@ -23,8 +23,9 @@ from functools import lru_cache
 from typing import Iterable, Optional
 
 from croniter import croniter
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.extensions import db
 from app.formatting import human_bytes
@@ -643,7 +644,11 @@ def fire(
     alert = context.open.get(key)
     now = context.now
     if alert is not None:
-        if RULES[rule].time_based and alert.message == message[:2000]:
+        if (
+            RULES[rule].time_based
+            and alert.message == message[:2000]
+            and alert.severity == setting.severity
+        ):
             return alert  # the same condition seen again by the ticker: nothing new to write
         alert.message = message[:2000]
         alert.details = details or {}
@@ -697,22 +702,40 @@ def clear(context: Context, host: Host, rule: str, subject: str) -> Optional[Ale
     """The condition is gone: resolve the open alert automatically (and notify)."""
     if not RULES[rule].auto_resolves:
         return None
-    alert = context.open.get(open_key(rule, host.id, subject[:SUBJECT_LENGTH]))
+    alert = context.open.pop(open_key(rule, host.id, subject[:SUBJECT_LENGTH]), None)
     if alert is None:
         return None
-    _close(alert, by=AUTOMATIC, note=None, now=context.now)
-    context.open.pop(open_key(rule, host.id, alert.subject), None)
+    if not _close(alert, by=AUTOMATIC, note=None, now=context.now):
+        return None  # another transaction resolved it since this context was read
     context.resolved.append(alert)
     enqueue(context, alert, host, "resolved")
     return alert
 
 
-def _close(alert: Alert, *, by: str, note: Optional[str], now: datetime) -> None:
-    alert.state = "resolved"
-    alert.open_key = None
-    alert.resolved_at = now
-    alert.resolved_by = by
-    alert.resolve_note = note
+def _close(alert: Alert, *, by: str, note: Optional[str], now: datetime) -> bool:
+    """Resolve ``alert`` unless another transaction did since it was read (the ticker and
+    an agent's result, or two people, may resolve the same alert at once): one UPDATE that
+    only an open alert matches, so exactly one of them notifies. False if it was not open."""
+    values = {
+        "state": "resolved",
+        "open_key": None,
+        "resolved_at": now,
+        "resolved_by": by,
+        "resolve_note": note,
+    }
+    db.session.flush()  # this alert's own pending changes first
+    closed = db.session.execute(
+        update(Alert)
+        .where(Alert.id == alert.id, Alert.open_key.is_not(None))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not closed:
+        db.session.expire(alert)
+        return False
+    for name, value in values.items():
+        set_committed_value(alert, name, value)
+    return True
 
 
 def enqueue(context: Context, alert: Alert, host: Host, event: str) -> list[Notification]:
@@ -798,7 +821,8 @@ def resolve(
         raise Conflict(f"Alert {alert.id} is already resolved.", code="alert_resolved")
     host = db.session.get(Host, alert.host_id)
     context = Context(now, host_ids=[alert.host_id])
-    _close(alert, by=actor.label, note=note, now=now)
+    if not _close(alert, by=actor.label, note=note, now=now):
+        raise Conflict(f"Alert {alert.id} is already resolved.", code="alert_resolved")
     enqueue(context, alert, host, "resolved")
     db.session.flush()
     audit.record(
@@ -1388,10 +1412,13 @@ def _overdue(
 
 def remind(context: Context) -> list[Notification]:
     """Firing, unacknowledged alerts notify each channel again every
-    ``remind_every_hours`` (counted from that channel's latest notification of the alert)."""
+    ``remind_every_hours`` (counted from that channel's latest notification of the alert).
+
+    An alert that has notified no one yet (a silence muted it when it fired, and has ended
+    since) notifies the channels that want it now, as "firing"."""
     firing = [alert for alert in context.open.values() if alert.state == "firing"]
     channels = [channel for channel in context.channels if channel.remind_every_hours > 0]
-    if not firing or not channels:
+    if not firing or not context.channels:
         return []
     latest = {
         (alert_id, channel_id): created
@@ -1409,10 +1436,14 @@ def remind(context: Context) -> list[Notification]:
             select(Host).where(Host.id.in_({alert.host_id for alert in firing}))
         )
     }
+    notified = {alert_id for alert_id, _ in latest}
     rows = []
     for alert in firing:
         host = hosts.get(alert.host_id)
         if host is None or silence_matching(alert.rule, host, context.silences) is not None:
+            continue
+        if alert.id not in notified:
+            rows.extend(enqueue(context, alert, host, "firing"))
             continue
         for channel in channels:
             last = latest.get((alert.id, channel.id), alert.fired_at)

@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -63,6 +64,7 @@ def seed(hosts_count: int, now) -> dict:
         Alert,
         AlertOverride,
         Host,
+        Notification,
         NotificationChannel,
         Schedule,
         Silence,
@@ -152,10 +154,16 @@ def seed(hosts_count: int, now) -> dict:
     db.session.flush()
     _progress(f"  {len(schedules)} schedules")
 
+    channels = [
+        NotificationChannel(name="everything", kind="webhook", min_severity="info"),
+        NotificationChannel(name="critical", kind="webhook", min_severity="critical"),
+    ]
+    db.session.add_all(channels)
     fired = now - timedelta(hours=30)
+    failed = []
     for index in range(0, hosts_count, max(1, hosts_count // OPEN_FAILED))[:OPEN_FAILED]:
         host = hosts[index]
-        db.session.add(
+        failed.append(
             Alert(
                 open_key=open_key("backup_failed", host.id, "system"),
                 rule="backup_failed",
@@ -171,11 +179,22 @@ def seed(hosts_count: int, now) -> dict:
             )
         )
         expected["reminders"] += 0 if "lab" in host.tags else 2  # both channels want it
-    db.session.add_all(
-        [
-            NotificationChannel(name="everything", kind="webhook", min_severity="info"),
-            NotificationChannel(name="critical", kind="webhook", min_severity="critical"),
-        ]
+    db.session.add_all(failed)
+    db.session.flush()
+    db.session.add_all(  # their "firing" went out 30 h ago: a reminder is due (24 h)
+        Notification(
+            idempotency_key=uuid.uuid4().hex,
+            alert_id=alert.id,
+            channel_id=channel.id,
+            event="firing",
+            state="sent",
+            attempts=1,
+            next_attempt_at=fired,
+            created_at=fired,
+            sent_at=fired,
+        )
+        for alert in failed
+        for channel in channels
     )
     db.session.add(
         Silence(
@@ -195,7 +214,7 @@ def seed(hosts_count: int, now) -> dict:
             continue
         expected["outbox"] += (index % OFFLINE_EVERY == 0) + (index % UNSYNCED_EVERY == 0)
         expected["outbox"] += 2 * 2 * (index % OVERDUE_EVERY == 0)  # critical, two groups
-    expected["outbox"] += expected["reminders"]
+    expected["outbox"] += expected["reminders"] + 2 * len(failed)  # and the old firing rows
     return dict(expected)
 
 
@@ -214,7 +233,13 @@ def _counts():
             ).all()
         )
     )
-    outbox = db.session.scalar(select(func.count()).select_from(Notification))
+    outbox = Counter(
+        dict(
+            db.session.execute(
+                select(Notification.event, func.count()).group_by(Notification.event)
+            ).all()
+        )
+    )
     return opened, outbox
 
 
@@ -284,8 +309,10 @@ def run(hosts_count: int, steady: int, data_dir: Path, profile: bool) -> int:
                 problems.append(f"{rule}: {opened[rule]} open, expected {expected[rule]}")
         if opened["backup_failed"] != min(OPEN_FAILED, hosts_count):
             problems.append(f"backup_failed: {opened['backup_failed']} open after the first tick")
-        if outbox != expected["outbox"]:
-            problems.append(f"outbox: {outbox} rows, expected {expected['outbox']}")
+        if outbox.total() != expected["outbox"]:
+            problems.append(f"outbox: {dict(outbox)} rows, expected {expected['outbox']}")
+        if outbox["reminder"] != expected["reminders"]:
+            problems.append(f"reminders: {outbox['reminder']}, expected {expected['reminders']}")
         db.session.remove()
 
         for number in range(1, steady + 1):
@@ -332,7 +359,8 @@ def run(hosts_count: int, steady: int, data_dir: Path, profile: bool) -> int:
             f"{measured['tick_cpu']:.2f} | {measured['tick_wall']:.2f} |"
         )
     opened_text = ", ".join(f"{rule} {count}" for rule, count in sorted(opened.items()))
-    print(f"\nopen after the first tick: {opened_text}; outbox rows: {outbox}")
+    outbox_text = ", ".join(f"{event} {count}" for event, count in sorted(outbox.items()))
+    print(f"\nopen after the first tick: {opened_text}; outbox rows: {outbox_text}")
     steady_cpu = [measured["tick_cpu"] for label, measured in rows[1:]]
     if steady_cpu:
         verdict = "met" if max(steady_cpu) < 1.0 else "MISSED"
