@@ -5,8 +5,9 @@ signature.
 Everything goes through /api/v1, as automation would: an e-mail channel and a webhook are
 added and Send test reaches both; a backup of a source path that does not exist fails, the
 ``backup_failed`` e-mail arrives within 10 s of the job's end (measured from its
-``finished_at``) and the webhook receives a signed firing notification; the alert is
-acknowledged and the next good backup resolves it, with a resolve on both channels. A wrong
+``finished_at``), the webhook receives a signed firing notification and the dashboard shows
+the critical banner and the host's open alert; the alert is acknowledged and the next good
+backup resolves it, with a resolve on both channels. A wrong
 repository password fires ``repository_error`` and, at the next backup, a new
 ``backup_failed`` (again within 10 s); the right password and a good backup resolve both.
 Then the agent is stopped: ``agent_offline`` mails once the (lowered, 60 s) threshold has
@@ -21,6 +22,8 @@ import hashlib
 import hmac
 import json
 import logging
+import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+import requests
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -41,13 +45,9 @@ from tests.e2e.processes import (
     wait_until,
     write_tree,
 )
+from tests.receivers import self_signed_certificate
 
-pytestmark = [
-    pytest.mark.e2e,
-    # aiosmtpd warns (in its own thread, per connection) that AUTH without TLS is unsafe;
-    # on loopback in a test that is the point. The filter list is global, so it holds there.
-    pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning"),
-]
+pytestmark = pytest.mark.e2e
 
 REPO_PASSWORD = "e2e-Alerts-Repo-Password-3b9f"
 ADMIN_PASSWORD = "admin password for alerts e2e"
@@ -71,6 +71,7 @@ class Mail:
     mail_from: str
     rcpt_tos: list
     message: email.message.EmailMessage
+    encrypted: bool  # the session had switched to TLS (STARTTLS) before the mail
 
     @property
     def subject(self) -> str:
@@ -87,22 +88,27 @@ class Mail:
 
 
 class Inbox:
-    """What an aiosmtpd server on 127.0.0.1 received; it accepts only ``SMTP_USER`` with
-    ``SMTP_PASSWORD`` (AUTH without TLS, on loopback), so a delivery proves the sealed
-    password reached the sender intact."""
+    """What an aiosmtpd server on 127.0.0.1 received. It requires STARTTLS (with a
+    certificate for 127.0.0.1 the server trusts through SSL_CERT_FILE) and then AUTH as
+    ``SMTP_USER`` with ``SMTP_PASSWORD``, so a delivery proves that the sealed password
+    reached the sender intact and travelled encrypted."""
 
-    def __init__(self):
+    def __init__(self, certificate: Path, key: Path):
         self.mails: list[Mail] = []
         self.refused_logins = 0
+        self.certificate = certificate
         self._lock = threading.Lock()
         self.port = free_port()
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(certificate, key)
         self.controller = Controller(
             self,
             hostname="127.0.0.1",
             port=self.port,
+            tls_context=tls,
+            require_starttls=True,
             authenticator=self._authenticate,
             auth_required=True,
-            auth_require_tls=False,
         )
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data):
@@ -118,7 +124,8 @@ class Inbox:
         message = email.message_from_bytes(
             envelope.original_content or envelope.content, policy=email.policy.default
         )
-        mail = Mail(time.time(), envelope.mail_from, list(envelope.rcpt_tos), message)
+        encrypted = session.ssl is not None
+        mail = Mail(time.time(), envelope.mail_from, list(envelope.rcpt_tos), message, encrypted)
         with self._lock:
             self.mails.append(mail)
         return "250 Message accepted for delivery"
@@ -133,13 +140,14 @@ class Inbox:
 
 
 @pytest.fixture
-def inbox():
-    # aiosmtpd logs a warning per connection (AUTH without TLS, its own deprecated
+def inbox(tmp_path):
+    # aiosmtpd logs a warning per authenticated session (its own deprecated
     # Session.login_data): noise in a failure's report, so only its errors are kept.
     mail_log = logging.getLogger("mail.log")
     level = mail_log.level
     mail_log.setLevel(logging.ERROR)
-    box = Inbox()
+    certificate, key = self_signed_certificate(tmp_path)
+    box = Inbox(certificate, key)
     box.controller.start()
     yield box
     box.controller.stop()
@@ -317,6 +325,28 @@ def wait_delivery_log(api: Api, alert_id: int, channels, events) -> None:
         raise AssertionError(f"{exc}; the log: {seen}, expected {expected}") from None
 
 
+CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+def web_login(server, username: str, password: str) -> requests.Session:
+    """A browser-like session logged in through the login form."""
+    browser = requests.Session()
+    page = browser.get(f"{server.url}/login", timeout=10).text
+    answer = browser.post(
+        f"{server.url}/login",
+        data={"csrf_token": CSRF.search(page).group(1), "username": username, "password": password},
+        timeout=10,
+    )
+    assert answer.status_code == 200 and "/logout" in answer.text, answer.status_code
+    return browser
+
+
+def dashboard(browser: requests.Session, server) -> str:
+    answer = browser.get(f"{server.url}/", timeout=10)
+    assert answer.status_code == 200, answer.status_code
+    return answer.text
+
+
 def set_password(api: Api, host_id: int, repo: Path, password: str) -> None:
     """New repository credentials (the server probes the repository with them)."""
     api.call("PUT", f"/hosts/{host_id}/repository", {"url": str(repo), "password": password})
@@ -334,6 +364,7 @@ def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, 
         RM_POLL_WAIT_SECONDS="5",
         RM_OFFLINE_AFTER_SECONDS="20",
         RM_LOG_FLUSH_SECONDS="2",
+        SSL_CERT_FILE=str(inbox.certificate),  # the server trusts the inbox's certificate
     )
     api = Api(server, server.admin_token(password=ADMIN_PASSWORD))
 
@@ -349,7 +380,7 @@ def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, 
             "config": {
                 "host": "127.0.0.1",
                 "port": inbox.port,
-                "security": "none",
+                "security": "starttls",
                 "username": SMTP_USER,
                 "password": SMTP_PASSWORD,
                 "from": MAIL_FROM,
@@ -445,6 +476,11 @@ def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, 
     assert missing["job_id"] == failed["id"] and str(data) in missing["message"], missing
     firing_arrives(missing, failed, "backup_failed (missing path)")
     wait_delivery_log(api, missing["id"], channels, ("firing",))
+    # ... and it is on the dashboard: the critical banner and the host's alerts column.
+    browser = web_login(server, "admin", ADMIN_PASSWORD)
+    page = dashboard(browser, server)
+    assert "1 critical alert firing" in page
+    assert "alertcount--critical" in page
 
     # 2. Acknowledged through the API, then resolved automatically by the next good backup.
     acknowledged = api.call(
@@ -453,12 +489,16 @@ def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, 
     assert acknowledged["state"] == "acknowledged", acknowledged
     assert acknowledged["ack_note"] == "path restored, re-running", acknowledged
     assert one_alert(api, host_id, "backup_failed", "acknowledged")["id"] == missing["id"]
+    page = dashboard(browser, server)
+    assert "critical alert firing" not in page  # acknowledged: someone is on it
+    assert "alertcount--critical" in page  # still open
     write_tree(data, 30, size=300)
     good = api.wait_job(api.run(host_id, "backup"))
     assert good["status"] == "succeeded", good
     resolved = get_alert(api, missing["id"])
     assert resolved["state"] == "resolved" and resolved["resolved_by"] == "automatic", resolved
     assert resolved["acknowledged_at"], resolved
+    assert "alertcount--critical" not in dashboard(browser, server)
     mail = resolve_arrives(missing, "backup_failed (missing path)", missing["message"])
     timings["resolve e-mail after the good backup's end"] = mail.arrived - epoch(
         good["finished_at"]
@@ -540,6 +580,7 @@ def test_alert_notifications_end_to_end(start_server, tmp_path, inbox, webhook, 
     mail_keys = [mail.message["X-RM-Delivery"] for mail in inbox.mails]
     assert len(set(mail_keys)) == len(mail_keys), mail_keys
     assert inbox.refused_logins == 0
+    assert all(mail.encrypted for mail in inbox.mails)
 
     # Each alert's delivery log says sent, once per channel and event; no secret leaked.
     for alert in episodes:
