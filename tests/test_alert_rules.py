@@ -9,9 +9,11 @@ outbox rows the engine writes per matching channel; delivering them is another m
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from sqlalchemy import select
 
+from agent.actions.backup import BackupReporter
 from app import ticker
 from app.extensions import db
 from app.models import (
@@ -33,6 +35,7 @@ from tests.factories import TS, Agent, AgentCalls, make_enrolled_host
 EVENT_TIME = datetime.fromisoformat(TS.replace("Z", "+00:00"))
 ADMIN = Actor.system("rules test")
 MIB = 1024**2
+RESTIC_FIXTURES = Path(__file__).parent / "agent" / "fixtures" / "restic"
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -273,6 +276,36 @@ def test_backup_warning_names_the_count_and_the_first_unreadable_paths(app):
     _run(app, host, token, status="succeeded", stats={"error_count": 0})
     assert _alerts("backup_warning", host, state="open") == []
     assert _outbox(alert) == [("ops", "firing"), ("ops", "resolved")]
+
+
+class _Sink:
+    """What BackupReporter needs of the agent's job: somewhere for events and log lines."""
+
+    def emit(self, event_type, data):
+        pass
+
+    def log(self, text, stream="agent"):
+        pass
+
+
+def test_the_agents_unreadable_paths_reach_the_warning_message(app):
+    """Contract: the stats the agent's BackupReporter makes of restic's own output (a
+    captured 0.14 run with an unreadable directory and file) name them in the alert."""
+    captured = (RESTIC_FIXTURES / "22_backup_json_unreadable_files_exit3.txt").read_text()
+    stdout, stderr = captured.split("# ===== stdout =====\n", 1)[1].split(
+        "# ===== stderr =====\n", 1
+    )
+    reporter = BackupReporter(_Sink(), paths=["/srv/demo/permdata"])
+    for line in stderr.splitlines():
+        reporter.stderr_line(line)
+    for line in stdout.splitlines():
+        reporter.stdout_line(line)
+    host, token = make_enrolled_host()
+    _run(app, host, token, status="warning", exit_code=3, stats=reporter.stats())
+    assert _one_open("backup_warning", host).message == (
+        "Backup of default on web-1 saved a snapshot, but 3 files could not be read "
+        "(/srv/demo/permdata/lockeddir, /srv/demo/permdata/secret.txt and 1 more)."
+    )
 
 
 def test_a_warning_backup_resolves_backup_failed(app):
