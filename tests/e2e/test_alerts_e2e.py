@@ -82,10 +82,6 @@ class Mail:
         part = self.message.get_body(preferencelist=("plain", "html"))
         return part.get_content() if part is not None else ""
 
-    @property
-    def text(self) -> str:
-        return f"{self.subject}\n{self.body}"
-
 
 class Inbox:
     """What an aiosmtpd server on 127.0.0.1 received. It requires STARTTLS (with a
