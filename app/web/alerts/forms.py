@@ -155,9 +155,9 @@ class RuleForm(_Form):
     severity = SelectField(
         "Severity", choices=[SelectChoice(name, name) for name in SEVERITIES], validate_choice=False
     )
-    threshold = StringField("Threshold (minutes)")
-    factor = StringField("Size factor (times the median)")
-    drop_percent = StringField("File-count drop (%)")
+    threshold = StringField("Threshold (min)")
+    factor = StringField("Size factor")
+    drop_percent = StringField("File drop (%)")
 
     SERVICE_FIELDS: ClassVar[dict[str, str]] = {
         "enabled": "enabled",

@@ -210,6 +210,16 @@ def _render_alert(alert: Alert, *, note_forms: Optional[dict] = None, status: in
         bool(channels) or db.session.scalar(select(NotificationChannel.id).limit(1)) is not None
     )
     note_forms = note_forms or {}
+    acknowledge_form = note_forms.get("acknowledge") or NoteForm(prefix="ack", formdata=None)
+    acknowledge_form.note.label.text = "Acknowledge: note (optional)"
+    acknowledge_form.note.description = (
+        "Someone is on it: reminders stop; it still resolves by itself when the condition clears."
+    )
+    resolve_form = note_forms.get("resolve") or NoteForm(prefix="resolve", formdata=None)
+    resolve_form.note.label.text = "Resolve: note (optional)"
+    resolve_form.note.description = (
+        "Close it by hand; if the condition still holds, the next check opens a new alert."
+    )
     return render_template(
         "alerts/show.html",
         alert=alert,
@@ -219,8 +229,8 @@ def _render_alert(alert: Alert, *, note_forms: Optional[dict] = None, status: in
         deliveries=deliveries,
         channels=channels,
         any_channel=any_channel,
-        acknowledge_form=note_forms.get("acknowledge") or NoteForm(prefix="ack", formdata=None),
-        resolve_form=note_forms.get("resolve") or NoteForm(prefix="resolve", formdata=None),
+        acknowledge_form=acknowledge_form,
+        resolve_form=resolve_form,
         details=_detail_rows(alert.details),
         now=now,
     ), status
