@@ -267,6 +267,9 @@ def test_bad_input_gives_field_errors_and_adds_nothing(admin, kind, changes, fie
     assert words in errors, (field_id, html[:3000])
     assert "Nothing was saved" in html
     _assert_no_secret(html)  # a refused form does not echo the secrets either
+    if kind in ("webhook", "apprise") and "url" in changes:
+        assert changes["url"] not in html  # a secret URL is not echoed, even a refused one
+        assert 'name="url" spellcheck="false" type="text" value=""' in html  # readable as typed
     if kind != "email":  # the others had a secret typed in: the page says to type it again
         assert "Secrets are never sent back to the browser: type" in html
     assert _count() == 0

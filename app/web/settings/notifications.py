@@ -20,6 +20,7 @@ from flask_wtf import FlaskForm
 from sqlalchemy import func, select
 from wtforms import BooleanField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
+from wtforms.widgets import PasswordInput
 
 from app.access import Role, require_role
 from app.authn import client_address, current_actor
@@ -141,9 +142,25 @@ class ChannelForm(FlaskForm):
         self.enabled.data = view["enabled"]
 
 
+class SecretTextInput(PasswordInput):
+    """A text box that, like a password box, is never rendered with its value: for secret
+    URLs, which are long and need to be read while they are typed or pasted."""
+
+    input_type = "text"
+
+
 def _secret(label: str, description: str) -> PasswordField:
     # PasswordField never renders its value back (hide_value), also on a refused form.
     return PasswordField(label, description=description, render_kw={"autocomplete": "new-password"})
+
+
+def _secret_url(label: str, description: str) -> PasswordField:
+    return PasswordField(
+        label,
+        description=description,
+        widget=SecretTextInput(),
+        render_kw={"autocomplete": "off", "spellcheck": "false", "inputmode": "url"},
+    )
 
 
 class EmailForm(ChannelForm):
@@ -231,7 +248,7 @@ class WebhookForm(ChannelForm):
     kind = "webhook"
     secret_fields = ("url", "secret")
 
-    url = _secret(
+    url = _secret_url(
         "URL",
         "Where the JSON is POSTed, e.g. https://hooks.example.com/restic. URLs often carry a "
         "token, so this one is sealed and never shown again either.",
@@ -249,7 +266,7 @@ class AppriseForm(ChannelForm):
     kind = "apprise"
     secret_fields = ("url",)
 
-    url = _secret(
+    url = _secret_url(
         "Apprise URL",
         "One service's address in Apprise's words (see the examples). It holds the service's "
         "tokens, so it is sealed and never shown again.",
