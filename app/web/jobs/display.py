@@ -46,6 +46,7 @@ _STATS = {
     "total_bytes_processed": ("Data processed", "bytes"),
     "duration_seconds": ("Duration (as restic measured it)", "duration"),
     "error_count": ("Files that could not be read", "count"),
+    "error_paths": ("First files that could not be read", "paths"),
     "missing_paths": ("Source paths that do not exist", "paths"),
     "kept": ("Snapshots kept", "count"),
     "removed": ("Snapshots removed", "count"),
