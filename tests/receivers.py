@@ -95,20 +95,23 @@ class _Collect:
                 "from": envelope.mail_from,
                 "to": list(envelope.rcpt_tos),
                 "message": message_from_bytes(envelope.content, policy=policy.default),
-                "tls": session.ssl is not None,
+                "tls": server.transport.get_extra_info("ssl_object") is not None,
             }
         )
         return "250 Message accepted for delivery"
 
 
 class SMTPReceiver:
-    """aiosmtpd on 127.0.0.1; ``tls_context`` offers STARTTLS (and requires it)."""
+    """aiosmtpd on 127.0.0.1; ``tls_context`` offers STARTTLS (and requires it), or with
+    ``implicit_tls`` speaks TLS from the first byte (port 465 style)."""
 
-    def __init__(self, tls_context: ssl.SSLContext | None = None):
+    def __init__(self, tls_context: ssl.SSLContext | None = None, *, implicit_tls=False):
         self.handler = _Collect()
         self.port = free_port()
         kwargs = {}
-        if tls_context is not None:
+        if tls_context is not None and implicit_tls:
+            kwargs = {"ssl_context": tls_context}
+        elif tls_context is not None:
             kwargs = {"tls_context": tls_context, "require_starttls": True}
         self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
         self._controller.start()

@@ -275,6 +275,45 @@ def test_email_over_starttls_with_a_trusted_certificate(app, box, tmp_path, monk
         smtp.stop()
 
 
+def test_email_over_implicit_tls(app, box, tmp_path, monkeypatch):
+    cert, key = self_signed_certificate(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    smtp = SMTPReceiver(tls_context=server_context, implicit_tls=True)
+    try:
+        mail = channel(box, "mail", "email", mail_config(smtp.port, "tls"))
+        result = notifications.send_test(box, mail, now=utcnow())
+        assert result == notifications.SendResult(
+            True, f"Accepted by 127.0.0.1:{smtp.port} for ops@example.com."
+        )
+        [received] = smtp.messages
+        assert received["tls"] is True
+    finally:
+        smtp.stop()
+
+
+def test_starttls_asked_of_a_server_without_it(app, box, smtp):
+    mail = channel(box, "mail", "email", mail_config(smtp.port, "starttls"))
+    result = notifications.send_test(box, mail, now=utcnow())
+    assert result == notifications.SendResult(
+        False,
+        f"127.0.0.1:{smtp.port} cannot do what the settings ask: "
+        "STARTTLS extension not supported by server.",
+    )
+    assert smtp.messages == []
+
+
+def mail_config(port, security):
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": security,
+        "from": "rm@example.com",
+        "to": ["ops@example.com"],
+    }
+
+
 def test_unreachable_smtp_server_is_a_clear_error(app, box):
     port = free_port()
     mail = channel(

@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Optional
@@ -72,7 +72,6 @@ class Message:
     payload: dict  # the webhook's JSON body ({"alert": {...}, "event": ...})
     idempotency_key: str
     url: Optional[str] = None
-    tags: tuple = field(default_factory=tuple)
 
 
 def send(kind: str, config: dict, secrets: dict, message: Message) -> SendResult:
@@ -291,7 +290,7 @@ def _smtp_error(exc: BaseException, where: str) -> str:
     if isinstance(exc, smtplib.SMTPSenderRefused):
         return f"Sender {exc.sender} refused by {where}: {exc.smtp_code} {_text(exc.smtp_error)}"
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return f"{where} does not support that: {exc}"
+        return f"{where} cannot do what the settings ask: {exc}"
     if isinstance(exc, smtplib.SMTPResponseException):
         return f"SMTP error from {where}: {exc.smtp_code} {_text(exc.smtp_error)}"
     if isinstance(exc, smtplib.SMTPServerDisconnected):
