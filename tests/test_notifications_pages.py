@@ -32,9 +32,6 @@ WEBHOOK_PATH = "/hooks/Secret-Path-Token-77"
 SECRETS = (WEBHOOK_SECRET, SMTP_PASSWORD, NTFY_TOKEN, "AAHpageSecretBotToken", "Secret-Path-Token")
 
 LIST = "/settings/notifications"
-# Apprise loads its plugins on first use, and one of them imports the deprecated imghdr
-# (Python 3.11 warns): the service's concern, not these pages'. Remove once it is handled there.
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
 
 
 def _free_port() -> int:
