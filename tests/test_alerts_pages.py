@@ -140,6 +140,9 @@ def test_firing_tab_lists_firing_alerts_with_counts_on_tabs(login_as, fleet):
 
 def test_other_tabs(login_as, fleet):
     browser = login_as(Role.viewer)
+    firing = _text(browser.get("/alerts"))
+    assert len(_rows(firing)) == 3
+    assert "/acknowledge" not in firing and "/resolve" not in firing  # viewers read only
     assert _rows(_text(browser.get("/alerts?state=acknowledged"))) == [
         str(fleet["acknowledged"].id)
     ]

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from flask import flash, g, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import MAX_ID
 from app.access import Role, require_role
@@ -45,11 +46,15 @@ def firing_counts() -> FiringCounts:
     """Firing (unacknowledged) alerts, and how many of them are critical: one aggregate per
     request, made only when a full page renders (base.html asks; fragments do not)."""
     if "firing_alerts" not in g:
-        rows = db.session.execute(
-            select(Alert.severity, func.count())
-            .where(Alert.state == "firing")
-            .group_by(Alert.severity)
-        )
+        try:
+            rows = db.session.execute(
+                select(Alert.severity, func.count())
+                .where(Alert.state == "firing")
+                .group_by(Alert.severity)
+            ).all()
+        except SQLAlchemyError:
+            # An error page after a failed statement: the page matters more than the badge.
+            rows = []
         by_severity = {severity: count for severity, count in rows}
         g.firing_alerts = FiringCounts(
             firing=sum(by_severity.values()), critical=by_severity.get("critical", 0)
