@@ -219,6 +219,20 @@ def test_edit_with_empty_secrets_keeps_them_and_changes_the_rest(app, admin):
     assert secrets["url"] == f"http://127.0.0.1:9{WEBHOOK_PATH}"
 
 
+def test_edit_can_remove_an_optional_secret(app, admin):
+    _add(admin, "email", username="mailer", password=SMTP_PASSWORD, security="starttls")
+    channel = _channel("ops email")
+    path = f"{LIST}/{channel.id}/edit"
+    edit = admin.get(path).get_data(as_text=True)
+    assert "Remove the saved password" in edit and SMTP_PASSWORD not in edit
+    removed = _post(admin, path, _form("email", username="", password="", remove_secret="y"), path)
+    assert removed.status_code == 303, removed.get_data(as_text=True)
+    channel = _channel("ops email")
+    assert notifications.open_secrets(app.extensions["secretbox"], channel) == {}
+    assert notifications.channel_view(channel)["secrets_set"] == []
+    assert "Remove the saved password" not in admin.get(path).get_data(as_text=True)
+
+
 def test_toggle_and_delete_with_confirmation(admin):
     _add(admin, "ntfy")
     channel_id = _channel("ops ntfy").id

@@ -59,6 +59,8 @@ SECRET_FIELDS = {
     "ntfy": ("token",),
     "apprise": ("url",),
 }
+# Secrets a channel may do without: null removes the stored one ("" keeps it).
+OPTIONAL_SECRETS = {"email": ("password",), "ntfy": ("token",)}
 CLEAR_FIELDS = {
     "webhook": (),
     "email": ("host", "port", "security", "username", "from", "to"),
@@ -325,7 +327,7 @@ def _check_config(kind: str, clear: dict, secrets: dict, errors: validate.FieldE
             errors.add(
                 "config.url",
                 "Apprise does not recognise this URL (see the Apprise wiki for each service's "
-                "URL form, e.g. tgram://bottoken/chat_id).",
+                "URL form, e.g. tgram://123456789:bot_token/chat_id).",
             )
         config = {"url": channels_send.redacted_url(url) if url else None}
         kept = {"url": url}
@@ -383,7 +385,9 @@ def _values(box: SecretBox, values, channel: Optional[NotificationChannel]) -> d
             secrets = open_secrets(box, channel)
         for key, value in given.items():
             if key in SECRET_FIELDS[kind]:
-                if value is not None and value != "":
+                if value is None and key in OPTIONAL_SECRETS.get(kind, ()):
+                    secrets.pop(key, None)  # null removes an optional secret
+                elif value is not None and value != "":
                     secrets[key] = value
             elif key in CLEAR_FIELDS[kind]:
                 clear[key] = value
@@ -477,7 +481,8 @@ def update_channel(
     now: datetime,
     client_address: Optional[str] = None,
 ) -> NotificationChannel:
-    """Change what ``values`` gives; a secret setting left out or "" keeps its value."""
+    """Change what ``values`` gives; a secret setting left out or "" keeps its value, and
+    ``null`` removes an optional one (the e-mail password, the ntfy token)."""
     checked = _values(box, values, channel)
     if "name" in checked:
         _name_free(checked["name"], channel.id)

@@ -126,6 +126,10 @@ class ChannelForm(FlaskForm):
                 if not (key in self.secret_fields and not value)
             },
         }
+        removing = getattr(self, "remove_secret", None)
+        if removing is not None and removing.data and not creating:
+            for key in self.secret_fields:  # null removes an optional secret
+                values["config"][key] = None
         remind = _number(self.remind_every_hours.data)
         if remind != "":
             values["remind_every_hours"] = remind
@@ -183,6 +187,7 @@ class EmailForm(ChannelForm):
         "Username", description="Empty when the server accepts mail without signing in."
     )
     password = _secret("Password", "Sealed on the server; never shown again.")
+    remove_secret = BooleanField("Remove the saved password (sign in no more)")
     sender = StringField("From", description="The sender address, e.g. restic-manager@example.com.")
     to = TextAreaField(
         "To",
@@ -230,6 +235,7 @@ class NtfyForm(ChannelForm):
         "Access token",
         "Only for servers or topics that need one (tk_…). Sealed; never shown again.",
     )
+    remove_secret = BooleanField("Remove the saved access token")
 
     def config(self) -> dict:
         return {
