@@ -188,7 +188,7 @@ def index():
         rules=alerts.RULES,
         severities=SEVERITIES,
         older_args=query.args(before=page[-1].id) if more else None,
-        here=request.full_path.rstrip("?"),
+        here=request.script_root + request.full_path.rstrip("?"),
         now=now,
     )
 
