@@ -860,7 +860,7 @@ def list_alerts(
         validate.fail("severity", f"severity must be one of {', '.join(SEVERITIES)}.")
     query = select(Alert).order_by(Alert.id.desc())
     if state == "open":
-        query = query.where(Alert.state != "resolved")
+        query = query.where(Alert.state.in_(("firing", "acknowledged")))
     elif state is not None:
         query = query.where(Alert.state == state)
     if host_id is not None:
@@ -888,7 +888,7 @@ def open_summary() -> dict[int, dict]:
     """Per host: how many alerts are open and the worst severity among them (dashboard)."""
     rows = db.session.execute(
         select(Alert.host_id, Alert.severity, func.count())
-        .where(Alert.state != "resolved")
+        .where(Alert.state.in_(("firing", "acknowledged")))
         .group_by(Alert.host_id, Alert.severity)
     )
     summary: dict[int, dict] = {}
