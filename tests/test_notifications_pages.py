@@ -493,3 +493,22 @@ def test_list_shows_each_channels_last_delivery(admin, app):
     db.session.commit()
     html = admin.get(LIST).get_data(as_text=True)
     assert "firing pending" in html and "connection refused to ntfy.example.com:443" in html
+
+
+def test_the_settings_tabs_are_the_same_on_every_settings_page(admin):
+    pages = {
+        "/settings/tokens": "API tokens",
+        LIST: "Notifications",
+        "/settings/alert-rules": "Alert rules",
+    }
+    for path, label in pages.items():
+        html = admin.get(path).get_data(as_text=True)
+        tabs = html[
+            html.index('aria-label="Settings"') : html.index(
+                "</nav>", html.index('aria-label="Settings"')
+            )
+        ]
+        for other in (*pages.values(), "API reference"):
+            assert f">{other}</a>" in tabs, (path, other)
+        assert f'aria-current="page">{label}</a>' in tabs, path
+        assert tabs.count("aria-current") == 1

@@ -348,8 +348,6 @@ def _render_list(test_results: Optional[dict] = None, status: int = 200):
         kind_titles=KIND_TITLES,
         kind_summaries=KIND_SUMMARIES,
         severity_words=SEVERITY_WORDS,
-        # The Alert rules page (app/web/alerts) sits among the settings tabs when it exists.
-        alert_rules_page="alerts.rules" in current_app.view_functions,
         # After a Send test: a reload shows the list instead of sending again.
         page_url=url_for("settings.notifications") if test_results else None,
     ), status
