@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -102,8 +103,13 @@ def fuzz_server(workdir: Path, database_url: str | None) -> Server:
 # --- seeding ---------------------------------------------------------------------------------
 
 
+def _in_days(days: int) -> str:
+    return (datetime.now(timezone.utc) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def seed(server: Server, api: Api, workdir: Path, with_agent: bool) -> None:
-    """Hosts, jobs, snapshots, source groups, schedules and tokens for ids to exist."""
+    """Hosts, jobs, snapshots, source groups, schedules, tokens, a channel, a silence and an
+    alert for ids to exist."""
     source = workdir / "source"
     (source / "etc").mkdir(parents=True)
     for number in range(20):
@@ -120,6 +126,21 @@ def seed(server: Server, api: Api, workdir: Path, with_agent: bool) -> None:
     api.post("/enrollment-tokens", {"repo_url": "/srv/restic/spare", "repo_password": "spare"})
     for name in ("spare one", "spare two", "spare three"):
         api.post("/tokens", {"name": name})
+    # A channel whose deliveries fail (nothing listens on port 9 here): alerts, channels and
+    # delivery logs have rows to fuzz, and the sender's failures must stay quiet and 5xx-free.
+    api.post(
+        "/channels",
+        {
+            "name": "fuzz hook",
+            "kind": "webhook",
+            "config": {"url": "http://127.0.0.1:9/hook", "secret": "fuzzing secret 0123456789"},
+            "min_severity": "info",
+        },
+    )
+    api.post(
+        "/silences",
+        {"rule": "backup_warning", "reason": "fuzzing", "ends_at": _in_days(300)},
+    )
     if not with_agent:
         log("restic not found: no agent, so no host (hosts, jobs and snapshots stay empty)")
         return
@@ -142,6 +163,13 @@ def seed(server: Server, api: Api, workdir: Path, with_agent: bool) -> None:
             {"name": "nightly", "cron": "30 2 * * *", "source_groups": ["default", "logs"]},
         )
         api.call("PUT", f"/hosts/{host_id}/bandwidth", {"upload_kib": 1000, "download_kib": None})
+        # A backup of a path that does not exist fails: a backup_failed alert to fuzz.
+        api.post(
+            f"/hosts/{host_id}/source-groups",
+            {"name": "gone", "includes": [str(workdir / "does-not-exist")]},
+        )
+        failed = api.wait_job(api.run(host_id, "backup", {"group": "gone"}), timeout=180)
+        log(f"seed failing backup: {failed['status']}")
     finally:
         agent.stop_or_kill()
     time.sleep(6)  # past RM_OFFLINE_AFTER_SECONDS: the host is offline, nothing runs here
