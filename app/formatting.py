@@ -55,6 +55,19 @@ def human_duration(seconds: Optional[float]) -> str:
     return f"{days} d {hours} h" if hours else f"{days} d"
 
 
+def duration_words(seconds: float) -> str:
+    """A duration in words for sentences: '45 minutes', '30 hours', '2 days and 16 hours'
+    (a weekend gap is not '2 days')."""
+    minutes = int(max(0, seconds) // 60)
+    if minutes < 120:
+        return f"{minutes} minute{'' if minutes == 1 else 's'}"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} hours"
+    days, hours = divmod(hours, 24)
+    return f"{days} days" + (f" and {hours} hour{'' if hours == 1 else 's'}" if hours else "")
+
+
 def relative_time(then: Optional[datetime], now: datetime) -> str:
     """'just now', '5 min ago', '3 h ago', '2 d ago'; 'never' for None."""
     if then is None:

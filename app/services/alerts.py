@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.extensions import db
-from app.formatting import human_bytes
+from app.formatting import duration_words, human_bytes
 from app.models import (
     Alert,
     AlertOverride,
@@ -1117,22 +1117,29 @@ def _number_words(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _medians(stats: dict, history: list[dict], measure) -> Optional[tuple[int, float]]:
+    """``measure`` of this backup and its median over ``history`` (enough history only)."""
+    value = measure(stats)
+    past = [found for found in map(measure, history) if found is not None]
+    if value is None or len(past) < ANOMALY_MIN_HISTORY:
+        return None
+    return value, statistics.median(past)
+
+
+def _changed_files(stats: dict) -> Optional[int]:
+    new, changed = _int_stat(stats, "files_new"), _int_stat(stats, "files_changed")
+    return None if new is None or changed is None else new + changed
+
+
 def anomaly_findings(
     stats: dict, history: list[dict], factor: float, drop_percent: float
 ) -> list[tuple[str, dict]]:
     """What is unusual about ``stats`` against ``history`` (pure): a sentence and its
     numbers for each finding."""
     findings = []
-    changed = None
-    if _int_stat(stats, "files_new") is not None and _int_stat(stats, "files_changed") is not None:
-        changed = _int_stat(stats, "files_new") + _int_stat(stats, "files_changed")
-    past_changed = [
-        _int_stat(past, "files_new") + _int_stat(past, "files_changed")
-        for past in history
-        if _int_stat(past, "files_new") is not None and _int_stat(past, "files_changed") is not None
-    ]
-    if changed is not None and len(past_changed) >= ANOMALY_MIN_HISTORY:
-        median = statistics.median(past_changed)
+    found = _medians(stats, history, _changed_files)
+    if found is not None:
+        changed, median = found
         limit = factor * max(median, ANOMALY_MIN_FILES)
         if changed > limit:
             findings.append(
@@ -1143,11 +1150,9 @@ def anomaly_findings(
                     {"files_changed": changed, "median_files_changed": median},
                 )
             )
-    added = _int_stat(stats, "data_added")
-    past_added = [_int_stat(past, "data_added") for past in history]
-    past_added = [value for value in past_added if value is not None]
-    if added is not None and len(past_added) >= ANOMALY_MIN_HISTORY:
-        median = statistics.median(past_added)
+    found = _medians(stats, history, lambda item: _int_stat(item, "data_added"))
+    if found is not None:
+        added, median = found
         limit = factor * max(median, ANOMALY_MIN_BYTES)
         if added > limit:
             findings.append(
@@ -1157,22 +1162,19 @@ def anomaly_findings(
                     {"data_added": added, "median_data_added": median},
                 )
             )
-    total = _int_stat(stats, "total_files_processed")
-    past_total = [_int_stat(past, "total_files_processed") for past in history]
-    past_total = [value for value in past_total if value is not None]
-    if total is not None and len(past_total) >= ANOMALY_MIN_HISTORY:
-        median = statistics.median(past_total)
-        if median >= ANOMALY_MIN_FILES:
-            dropped = (median - total) / median * 100
-            if dropped > drop_percent:
-                findings.append(
-                    (
-                        f"the file count fell to {_number_words(total)} from a median of "
-                        f"{_number_words(median)} (-{dropped:.0f} %, alert above "
-                        f"{drop_percent:g} %)",
-                        {"total_files": total, "median_total_files": median},
-                    )
+    found = _medians(stats, history, lambda item: _int_stat(item, "total_files_processed"))
+    if found is not None and found[1] >= ANOMALY_MIN_FILES:
+        total, median = found
+        dropped = (median - total) / median * 100
+        if dropped > drop_percent:
+            findings.append(
+                (
+                    f"the file count fell to {_number_words(total)} from a median of "
+                    f"{_number_words(median)} (-{dropped:.0f} %, alert above "
+                    f"{drop_percent:g} %)",
+                    {"total_files": total, "median_total_files": median},
                 )
+            )
     return findings
 
 
@@ -1228,17 +1230,6 @@ def schedule_period_seconds(cron: str) -> Optional[int]:
     except (ValueError, KeyError, TypeError):
         return None
     return int(max((later - earlier).total_seconds() for earlier, later in zip(times, times[1:])))
-
-
-def _words(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    if minutes < 120:
-        return f"{minutes} minute{'' if minutes == 1 else 's'}"
-    hours = minutes // 60
-    if hours < 48:
-        return f"{hours} hours"
-    days, hours = divmod(hours, 24)  # "2 days and 16 hours": a weekend gap is not "2 days"
-    return f"{days} days" + (f" and {hours} hour{'' if hours == 1 else 's'}" if hours else "")
 
 
 def _since(when: datetime) -> str:
@@ -1335,7 +1326,7 @@ def _offline(context: Context, host: Host, listened: float) -> None:
             host,
             "agent_offline",
             "",
-            f"The agent on {host.hostname} has not polled for {_words(silent)} "
+            f"The agent on {host.hostname} has not polled for {duration_words(silent)} "
             f"(since {_since(seen)}).",
             details={"last_seen_at": seen.isoformat()},
         )
@@ -1357,7 +1348,7 @@ def _schedule_sync(context: Context, host: Host) -> None:
         "",
         f"The agent on {host.hostname} has not confirmed schedule version "
         f"{host.schedule_version} (it runs version {host.agent_schedule_version or 'none'}) "
-        f"for {_words((context.now - changed).total_seconds())}.",
+        f"for {duration_words((context.now - changed).total_seconds())}.",
         details={
             "schedule_version": host.schedule_version,
             "agent_schedule_version": host.agent_schedule_version,
@@ -1375,12 +1366,12 @@ def _overdue(
     setting = context.settings.of("backup_overdue", host.id, group.id)
     if period is not None:
         limit = period + (setting.threshold_seconds or 0)
-        grace = _words(setting.threshold_seconds or 0)
-        why = f"its schedule runs at least every {_words(period)}, plus {grace} of grace"
+        grace = duration_words(setting.threshold_seconds or 0)
+        why = f"its schedule runs at least every {duration_words(period)}, plus {grace} of grace"
         since = max(filter(None, (group.created_at, scheduled_since)))
     elif setting.max_age_seconds is not None:
         limit = setting.max_age_seconds
-        why = f"the host's maximum backup age is {_words(limit)}"
+        why = f"the host's maximum backup age is {duration_words(limit)}"
         since = group.created_at
     else:
         clear(context, host, "backup_overdue", group.name)  # nothing to be overdue against

@@ -12,6 +12,7 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
+from app.formatting import duration_words
 from app.models import Command, Host, Job, JobLog, Schedule, SourceGroup
 from app.secretbox import SecretBox
 from app.services import audit, commands
@@ -260,7 +261,7 @@ def lost_reason(host: Host, was: str, now: datetime) -> str:
     if host.last_seen_at is None:
         heard = f"The agent on {host.hostname} has never been heard from"
     else:
-        silent = _duration_words((now - host.last_seen_at).total_seconds())
+        silent = duration_words((now - host.last_seen_at).total_seconds())
         since = host.last_seen_at.strftime("%Y-%m-%d %H:%M UTC")
         heard = f"The agent on {host.hostname} has not been heard from for {silent} (since {since})"
     if was == "queued":
@@ -272,16 +273,6 @@ def lost_reason(host: Host, was: str, now: datetime) -> str:
         f"{heard}: the job was marked lost. "
         "If the agent comes back and reports it, its result is recorded."
     )
-
-
-def _duration_words(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    if minutes < 120:
-        return f"{minutes} minute{'' if minutes == 1 else 's'}"
-    hours = minutes // 60
-    if hours < 48:
-        return f"{hours} hours"
-    return f"{hours // 24} days"
 
 
 def _withdraw_job_run(job: Job) -> None:
