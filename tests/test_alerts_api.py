@@ -19,10 +19,13 @@ from app.models import (
     NotificationChannel,
     Role,
     Silence,
+    SourceGroup,
 )
 from app.models.types import utcnow
-from app.services import alerts
-from tests.factories import make_host
+from app.services import alerts, jobs
+from app.services.audit import Actor
+from app.services.errors import NotFound
+from tests.factories import AgentCalls, make_enrolled_host, make_host
 from tests.test_openapi import Conformance
 
 API = "/api/v1"
@@ -657,3 +660,256 @@ def test_alert_answers_match_the_document(app, api, hosts):
         json={"max_age_seconds": 7200, "enabled": True},
     )
     assert len(conform.checked) == 17
+
+
+# --- per-source-group rule settings ----------------------------------------------------------
+
+ADMIN = Actor.system("group alerts test")
+MIB = 1024**2
+
+
+def _add_group(host: Host, name: str) -> SourceGroup:
+    group = SourceGroup(host_id=host.id, name=name, includes=[f"/{name}"], created_at=utcnow())
+    db.session.add(group)
+    db.session.commit()
+    return group
+
+
+def _group_path(host: Host, group: SourceGroup, rule: str | None = None) -> str:
+    path = f"{API}/hosts/{host.id}/source-groups/{group.id}/alert-rules"
+    return f"{path}/{rule}" if rule else path
+
+
+def test_group_overrides_layer_over_the_host_and_the_fleet(api, hosts):
+    web, _ = hosts
+    db_group = _add_group(web, "db")
+    viewer, admin = api(Role.viewer), api(Role.admin)
+    body = viewer.get(_group_path(web, db_group)).get_json()
+    assert body == {
+        "host_id": web.id,
+        "source_group_id": db_group.id,
+        "group": "db",
+        "overrides": {},
+        "effective": body["effective"],
+    }
+    assert set(body["effective"]) == set(alerts.GROUP_RULES)
+    assert body["effective"]["backup_size_anomaly"] == {
+        "enabled": True,
+        "severity": "critical",
+        "threshold_seconds": None,
+        "factor": 10.0,
+        "drop_percent": 30.0,
+    }
+    assert body["effective"]["backup_overdue"]["threshold_seconds"] == 3600
+
+    for role in (Role.viewer, Role.operator):
+        _error(
+            api(role).put(_group_path(web, db_group, "backup_size_anomaly"), json={"factor": 20}),
+            403,
+            "forbidden",
+        )
+    changed = admin.put(
+        _group_path(web, db_group, "backup_size_anomaly"), json={"factor": 20, "drop_percent": 60}
+    )
+    assert changed.status_code == 200, changed.get_json()
+    body = changed.get_json()
+    assert body["overrides"] == {"backup_size_anomaly": {"factor": 20.0, "drop_percent": 60.0}}
+    assert body["effective"]["backup_size_anomaly"]["factor"] == 20.0
+    assert body["effective"]["backup_size_anomaly"]["drop_percent"] == 60.0
+    (row,) = _audit("alert_override.updated")
+    assert row.target_id == str(web.id)
+    assert row.payload == {
+        "rule": "backup_size_anomaly",
+        "group": "db",
+        "factor": 20,
+        "drop_percent": 60,
+    }
+    # The host's own settings and its other group are untouched.
+    assert viewer.get(f"{API}/hosts/{web.id}/alert-rules").get_json()["overrides"] == {}
+    default = db.session.scalar(
+        select(SourceGroup).where(SourceGroup.host_id == web.id, SourceGroup.name == "default")
+    )
+    other = viewer.get(_group_path(web, default)).get_json()
+    assert other["overrides"] == {} and other["effective"]["backup_size_anomaly"]["factor"] == 10
+
+    # fleet → host → group: the host's grace reaches the group until the group sets its own.
+    admin.put(f"{API}/hosts/{web.id}/alert-rules/backup_overdue", json={"threshold_seconds": 7200})
+    body = viewer.get(_group_path(web, db_group)).get_json()
+    assert body["effective"]["backup_overdue"]["threshold_seconds"] == 7200
+    body = admin.put(
+        _group_path(web, db_group, "backup_overdue"),
+        json={"threshold_seconds": 600, "enabled": False},
+    ).get_json()
+    assert body["overrides"]["backup_overdue"] == {"enabled": False, "threshold_seconds": 600}
+    assert body["effective"]["backup_overdue"]["threshold_seconds"] == 600
+    assert body["effective"]["backup_overdue"]["enabled"] is False
+    host_view = viewer.get(f"{API}/hosts/{web.id}/alert-rules").get_json()
+    assert host_view["effective"]["backup_overdue"] == {
+        "enabled": True,
+        "severity": "critical",
+        "threshold_seconds": 7200,
+        "max_age_seconds": None,
+    }
+
+    # null inherits again; an override left empty is removed.
+    body = admin.put(
+        _group_path(web, db_group, "backup_overdue"),
+        json={"threshold_seconds": None, "enabled": None},
+    ).get_json()
+    assert "backup_overdue" not in body["overrides"]
+    assert body["effective"]["backup_overdue"]["threshold_seconds"] == 7200
+    db.session.expire_all()
+    assert (
+        db.session.scalar(
+            select(func.count())
+            .select_from(AlertOverride)
+            .where(AlertOverride.source_group_id == db_group.id)
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "rule, body, field",
+    [
+        ("agent_offline", {"enabled": False}, "rule"),
+        ("schedule_not_applied", {"threshold_seconds": 600}, "rule"),
+        ("repository_error", {"enabled": None}, "rule"),
+        ("backup_overdue", {"max_age_seconds": 86400}, "max_age_seconds"),
+        ("backup_failed", {"threshold_seconds": 600}, "threshold_seconds"),
+        ("backup_warning", {"factor": 20}, "factor"),
+        ("backup_size_anomaly", {"factor": 1}, "factor"),
+        ("backup_size_anomaly", {"factor": BIG}, "factor"),
+        ("backup_size_anomaly", {"factor": "20"}, "factor"),
+        ("backup_size_anomaly", {"drop_percent": 101}, "drop_percent"),
+        ("backup_overdue", {"threshold_seconds": 59}, "threshold_seconds"),
+        ("backup_overdue", {"threshold_seconds": 2**63}, "threshold_seconds"),
+        ("backup_failed", {"enabled": "\x00"}, "enabled"),
+        ("backup_failed", {"severity": "info"}, "severity"),
+        ("backup_failed", {}, "body"),
+    ],
+)
+def test_bad_group_overrides_are_422_and_change_nothing(api, hosts, rule, body, field):
+    web, _ = hosts
+    group = _add_group(web, "db")
+    before = _counts()
+    refused = _error(api(Role.admin).put(_group_path(web, group, rule), json=body), 422)
+    assert list(refused["fields"]) == [field], refused
+    if field == "rule":
+        assert refused["message"] == f"{rule} is a host-wide rule; it has no per-group setting."
+    assert _counts() == before
+
+
+def test_group_overrides_of_unknown_or_foreign_groups_are_404(api, hosts):
+    web, db_host = hosts
+    theirs = _add_group(db_host, "db")
+    admin = api(Role.admin)
+    before = _counts()
+    foreign = f"{API}/hosts/{web.id}/source-groups/{theirs.id}/alert-rules"
+    _error(admin.get(foreign), 404)
+    _error(admin.put(f"{foreign}/backup_failed", json={"enabled": False}), 404)
+    _error(admin.get(f"{API}/hosts/{web.id}/source-groups/999999/alert-rules"), 404)
+    _error(admin.get(f"{API}/hosts/999999/source-groups/{theirs.id}/alert-rules"), 404)
+    _error(
+        admin.put(_group_path(db_host, theirs, "nope"), json={"enabled": True}),
+        404,
+        "unknown_rule",
+    )
+    assert _counts() == before
+    # The service refuses another host's group too, whoever calls it.
+    with pytest.raises(NotFound):
+        alerts.set_override(
+            web, "backup_failed", {"enabled": False}, actor=ADMIN, now=utcnow(), group=theirs
+        )
+    db.session.rollback()
+    assert _counts() == before
+
+
+def _backup(app, host: Host, token: str, group: str, changed: int) -> None:
+    """A backup of ``group`` queued by the server and finished by the agent over the agent
+    API, so the alert hooks run as in production."""
+    job = jobs.create_job(
+        app.extensions["secretbox"],
+        host,
+        "backup",
+        params={"group": group},
+        actor=ADMIN,
+        now=utcnow(),
+    )
+    db.session.commit()
+    calls = AgentCalls(app, token, job)
+    calls.event("job.started")
+    stats = {
+        "files_new": changed // 2,
+        "files_changed": changed - changed // 2,
+        "data_added": 200 * MIB,
+        "total_files_processed": 10_000,
+        "error_count": 0,
+    }
+    calls.finish(status="succeeded", stats=stats)
+    db.session.expire_all()
+
+
+def test_a_groups_anomaly_factor_set_over_the_api_changes_when_it_fires(app, api):
+    host, token = make_enrolled_host()
+    db_group = _add_group(host, "db")
+    admin = api(Role.admin)
+    response = admin.put(_group_path(host, db_group, "backup_size_anomaly"), json={"factor": 20})
+    assert response.status_code == 200, response.get_json()
+
+    def anomalies() -> set[str]:
+        db.session.expire_all()
+        return set(
+            db.session.scalars(
+                select(Alert.subject).where(
+                    Alert.rule == "backup_size_anomaly", Alert.host_id == host.id
+                )
+            )
+        )
+
+    for group in ("default", "db"):
+        for _ in range(3):
+            _backup(app, host, token, group, 500)
+        _backup(app, host, token, group, 6_000)  # 12x the median: above 10, under 20
+    assert anomalies() == {"default"}
+    _backup(app, host, token, "db", 10_001)  # above 20x the median of 500
+    assert anomalies() == {"default", "db"}
+    alert = db.session.scalar(select(Alert).where(Alert.subject == "db"))
+    assert "alert above 20x the median" in alert.message
+
+    # Switched off for the group: a further mass change there opens nothing new.
+    admin.put(_group_path(host, db_group, "backup_size_anomaly"), json={"enabled": False})
+    alerts.resolve(alert, note=None, actor=ADMIN, now=utcnow())
+    db.session.commit()
+    _backup(app, host, token, "db", 50_000)
+    db.session.expire_all()
+    assert [
+        state
+        for (state,) in db.session.execute(
+            select(Alert.state).where(Alert.subject == "db", Alert.rule == "backup_size_anomaly")
+        )
+    ] == ["resolved"]
+
+
+def test_group_alert_answers_match_the_document(app, api, hosts):
+    web, db_host = hosts
+    group = _add_group(web, "db")
+    theirs = _add_group(db_host, "db")
+    conform = Conformance(build_document(app))
+    admin = api(Role.admin)
+    template = "/api/v1/hosts/{host_id}/source-groups/{group_id}/alert-rules"
+
+    def call(method, suffix, path, **kwargs):
+        return conform.check(admin.open(path, method=method, **kwargs), method, template + suffix)
+
+    call("GET", "", _group_path(web, group))
+    call("GET", "", _group_path(web, theirs))  # 404
+    rule = "/{rule}"
+    call("PUT", rule, _group_path(web, group, "backup_size_anomaly"), json={"factor": 12.5})
+    call("PUT", rule, _group_path(web, group, "backup_overdue"), json={"threshold_seconds": 900})
+    call("PUT", rule, _group_path(web, group, "agent_offline"), json={"enabled": False})  # 422
+    call("PUT", rule, _group_path(web, group, "nope"), json={"enabled": False})  # 404
+    assert len(conform.checked) == 5
+    document = build_document(app)
+    schema = document["components"]["schemas"]["GroupAlertOverrideInput"]
+    assert "max_age_seconds" not in schema["properties"]

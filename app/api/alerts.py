@@ -1,4 +1,4 @@
-"""/api/v1 alerts, silences, alert rules and a host's own rule settings."""
+"""/api/v1 alerts, silences, alert rules and a host's (or a source group's) own rule settings."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from app.api.serialize import alert_json, delivery_json, silence_json
 from app.api.validation import json_body, query_integer
 from app.authn import client_address, current_actor
 from app.extensions import db
-from app.models import Alert, Host, NotificationChannel
+from app.models import Alert, Host, NotificationChannel, SourceGroup
 from app.models.types import utcnow
-from app.services import alerts, validate
+from app.services import alerts, source_groups, validate
 from app.services.errors import ValidationFailed
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
@@ -226,22 +226,49 @@ def update_alert_rule(rule: str):
     return jsonify(view)
 
 
+def _effective_json(setting: alerts.Effective, rule: str) -> dict:
+    body = {
+        "enabled": setting.enabled,
+        "severity": setting.severity,
+        "threshold_seconds": setting.threshold_seconds,
+    }
+    if rule == "backup_overdue":
+        body["max_age_seconds"] = setting.max_age_seconds
+    if rule == "backup_size_anomaly":
+        body["factor"] = setting.factor
+        body["drop_percent"] = setting.drop_percent
+    return body
+
+
 def host_rules_json(host: Host) -> dict:
     settings = alerts.Settings(host_ids=[host.id])
-    effective = {}
-    for rule in alerts.RULES:
-        setting = settings.of(rule, host.id)
-        effective[rule] = {
-            "enabled": setting.enabled,
-            "severity": setting.severity,
-            "threshold_seconds": setting.threshold_seconds,
-        }
-        if rule == "backup_overdue":
-            effective[rule]["max_age_seconds"] = setting.max_age_seconds
-        if rule == "backup_size_anomaly":
-            effective[rule]["factor"] = setting.factor
-            effective[rule]["drop_percent"] = setting.drop_percent
+    effective = {rule: _effective_json(settings.of(rule, host.id), rule) for rule in alerts.RULES}
     return {"host_id": host.id, "overrides": alerts.host_overrides(host), "effective": effective}
+
+
+def group_rules_json(group: SourceGroup) -> dict:
+    settings = alerts.Settings(host_ids=[group.host_id])
+    effective = {
+        rule: _effective_json(settings.of(rule, group.host_id, group.id), rule)
+        for rule in alerts.GROUP_RULES
+    }
+    return {
+        "host_id": group.host_id,
+        "source_group_id": group.id,
+        "group": group.name,
+        "overrides": alerts.group_overrides(group),
+        "effective": effective,
+    }
+
+
+def _override_body() -> dict:
+    body = json_body()
+    if not body:
+        raise ValidationFailed(
+            "Send at least one setting (null returns a setting to the fleet's).",
+            fields={"body": ["empty"]},
+        )
+    return body
 
 
 @bp.get("/hosts/<int:host_id>/alert-rules")
@@ -255,12 +282,24 @@ def get_host_alert_rules(host_id: int):
 def put_host_alert_rule(host_id: int, rule: str):
     host = get_host(host_id)
     alerts.get_rule(rule)
-    body = json_body()
-    if not body:
-        raise ValidationFailed(
-            "Send at least one setting (null returns a setting to the fleet's).",
-            fields={"body": ["empty"]},
-        )
-    alerts.set_override(host, rule, body, **_by_caller())
+    alerts.set_override(host, rule, _override_body(), **_by_caller())
     commit_and_wake()
     return jsonify(host_rules_json(host))
+
+
+@bp.get("/hosts/<int:host_id>/source-groups/<int:group_id>/alert-rules")
+@require_role(Role.viewer)
+def get_group_alert_rules(host_id: int, group_id: int):
+    return jsonify(group_rules_json(source_groups.get_group(get_host(host_id), group_id)))
+
+
+@bp.put("/hosts/<int:host_id>/source-groups/<int:group_id>/alert-rules/<rule>")
+@require_role(Role.admin)
+def put_group_alert_rule(host_id: int, group_id: int, rule: str):
+    """A source group's own setting of one of alerts.GROUP_RULES (null: as the host)."""
+    host = get_host(host_id)
+    group = source_groups.get_group(host, group_id)
+    alerts.get_rule(rule)
+    alerts.set_override(host, rule, _override_body(), group=group, **_by_caller())
+    commit_and_wake()
+    return jsonify(group_rules_json(group))

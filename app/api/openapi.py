@@ -23,8 +23,8 @@ from app.api import bp
 from app.models import Role
 from app.models.alert import ALERT_STATES, SEVERITIES
 from app.models.job import STATUSES as JOB_STATUSES
+from app.services.alerts import GROUP_RULES, MAX_THRESHOLD_SECONDS
 from app.services.alerts import MAX_PAGE as ALERTS_PAGE
-from app.services.alerts import MAX_THRESHOLD_SECONDS
 from app.services.alerts import RULES as ALERT_RULES
 from app.services.job_params import MAX_KIB_PER_SECOND
 from app.services.job_params import RUNNABLE_KINDS as JOB_KINDS
@@ -983,20 +983,42 @@ SCHEMAS.update(
                 "effective": {
                     "type": "object",
                     "description": "Rule → the setting in force for the host.",
-                    "additionalProperties": obj(
-                        {
-                            "enabled": {"type": "boolean"},
-                            "severity": SEVERITY,
-                            "threshold_seconds": MAYBE_INTEGER,
-                            "max_age_seconds": MAYBE_INTEGER,
-                            "factor": {"type": "number"},
-                            "drop_percent": {"type": "number"},
-                        },
-                        ("enabled", "severity", "threshold_seconds"),
-                    ),
+                    "additionalProperties": ref("EffectiveAlertRule"),
                 },
             },
             ("host_id", "overrides", "effective"),
+        ),
+        "EffectiveAlertRule": obj(
+            {
+                "enabled": {"type": "boolean"},
+                "severity": SEVERITY,
+                "threshold_seconds": MAYBE_INTEGER,
+                "max_age_seconds": MAYBE_INTEGER,
+                "factor": {"type": "number"},
+                "drop_percent": {"type": "number"},
+            },
+            ("enabled", "severity", "threshold_seconds"),
+        ),
+        "GroupAlertRules": obj(
+            {
+                "host_id": ID,
+                "source_group_id": ID,
+                "group": string(),
+                "overrides": {
+                    "type": "object",
+                    "description": "Rule → the group's own settings (only those set).",
+                    "propertyNames": {"enum": list(GROUP_RULES)},
+                    "additionalProperties": ref("AlertOverride"),
+                },
+                "effective": {
+                    "type": "object",
+                    "description": "Rule → the setting in force for the group (fleet, then "
+                    "host, then group), for the rules a group may set.",
+                    "propertyNames": {"enum": list(GROUP_RULES)},
+                    "additionalProperties": ref("EffectiveAlertRule"),
+                },
+            },
+            ("host_id", "source_group_id", "group", "overrides", "effective"),
         ),
         "AlertOverride": obj(
             {
@@ -1023,6 +1045,21 @@ SCHEMAS.update(
             },
             closed=True,
             description="Keys left out keep their value; null inherits the fleet's setting.",
+        ),
+        "GroupAlertOverrideInput": obj(
+            {
+                "enabled": {"type": ["boolean", "null"]},
+                "threshold_seconds": nullable(
+                    {**THRESHOLD, "description": "backup_overdue only: the grace."}
+                ),
+                "factor": nullable({**FACTOR, "description": "backup_size_anomaly only."}),
+                "drop_percent": nullable(
+                    {**DROP_PERCENT, "description": "backup_size_anomaly only."}
+                ),
+            },
+            closed=True,
+            description="Keys left out keep their value; null inherits the host's setting "
+            "(or the fleet's).",
         ),
     }
 )
@@ -1111,6 +1148,20 @@ OPERATIONS.update(
             "Alerts",
             response=ref("HostAlertRules"),
             body="AlertOverrideInput",
+        ),
+        "api.get_group_alert_rules": Operation(
+            "A source group's own alert rule settings and the settings in force",
+            "Alerts",
+            response=ref("GroupAlertRules"),
+        ),
+        "api.put_group_alert_rule": Operation(
+            "Set a source group's own setting of a rule (only the keys sent)",
+            "Alerts",
+            response=ref("GroupAlertRules"),
+            body="GroupAlertOverrideInput",
+            description="Only "
+            + ", ".join(GROUP_RULES)
+            + " have per-group settings; another rule is a 422 naming it.",
         ),
     }
 )

@@ -140,6 +140,9 @@ RULES: dict[str, Rule] = {
     )
 }
 TIME_RULES = tuple(name for name, rule in RULES.items() if rule.time_based)
+# The rules evaluated per source group, so a group may have its own setting of them; the
+# others are about the whole host (its agent, its repository, its schedules).
+GROUP_RULES = ("backup_failed", "backup_warning", "backup_overdue", "backup_size_anomaly")
 
 # backup_size_anomaly: defaults, and floors below which a change is never unusual (a group
 # that usually changes nothing must not alert on its first dozen edited files).
@@ -361,6 +364,16 @@ def host_overrides(host: Host) -> dict[str, dict]:
     return {row.rule: _override_view(row) for row in rows}
 
 
+def group_overrides(group: SourceGroup) -> dict[str, dict]:
+    """The source group's own settings per rule, for the host's page and the API."""
+    rows = db.session.scalars(
+        select(AlertOverride).where(
+            AlertOverride.host_id == group.host_id, AlertOverride.source_group_id == group.id
+        )
+    )
+    return {row.rule: _override_view(row) for row in rows}
+
+
 def _override_view(row: AlertOverride) -> dict:
     return {
         name: getattr(row, name)
@@ -381,8 +394,13 @@ def set_override(
 ) -> dict:
     """A host's (or a source group's) own setting of ``rule``; ``null`` inherits again and
     an override left with nothing set is removed. ``max_age_seconds`` (backup_overdue,
-    host-wide only): the limit for groups without a schedule."""
+    host-wide only): the limit for groups without a schedule. Only :data:`GROUP_RULES`
+    have per-group settings."""
     definition = get_rule(rule)
+    if group is not None and group.host_id != host.id:
+        raise NotFound(f"{host.hostname} has no source group with id {group.id}.")
+    if group is not None and rule not in GROUP_RULES:
+        validate.fail("rule", f"{rule} is a host-wide rule; it has no per-group setting.")
     allowed = {"enabled"}
     if definition.threshold_seconds is not None:
         allowed.add("threshold_seconds")
@@ -393,7 +411,11 @@ def set_override(
     errors = validate.FieldErrors()
     for key in values:
         if key not in allowed:
-            errors.add(str(key)[:64], f"{rule} has no per-host setting {validate.echo(key)}.")
+            errors.add(
+                str(key)[:64],
+                f"{rule} has no per-{'host' if group is None else 'group'} setting "
+                f"{validate.echo(key)}.",
+            )
     if values.get("enabled") is not None and not isinstance(values["enabled"], bool):
         errors.add("enabled", "enabled must be true, false or null.")
     checked = {
