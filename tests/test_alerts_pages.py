@@ -20,9 +20,11 @@ from app.models import (
     NotificationChannel,
     Role,
     Silence,
+    SourceGroup,
 )
 from app.models.types import utcnow
 from app.services import alerts
+from app.services.audit import Actor
 from tests.factories import form_token, make_host, make_job
 
 
@@ -690,3 +692,219 @@ def test_dashboard_alerts_column(login_as, fleet):
     )
     assert lab.groups() == ("warning", "2")  # the firing warning and the acknowledged one
     assert page.count('title="No open alerts"') == 1
+
+
+# --- a host's source groups' alert settings ------------------------------------------------
+
+
+SYSTEM = Actor.system("group settings test")
+
+
+def _groups(host) -> dict[str, SourceGroup]:
+    """The host's "default" group and two more: name → group."""
+    for name in ("db", "home"):
+        db.session.add(
+            SourceGroup(host_id=host.id, name=name, includes=[f"/{name}"], created_at=utcnow())
+        )
+    db.session.commit()
+    return {
+        group.name: group
+        for group in db.session.scalars(select(SourceGroup).where(SourceGroup.host_id == host.id))
+    }
+
+
+def _group_fields(groups: dict, **rows) -> dict:
+    """The whole form as the page submits it (every row, blank unless ``rows`` fills it):
+    ``rows`` maps a group name to its fields (factor=…, overdue_enabled=…)."""
+    data = {}
+    for name, group in groups.items():
+        for field in ("anomaly_enabled", "factor", "drop_percent", "overdue_enabled"):
+            data[f"group-{group.id}-{field}"] = ""
+        data[f"group-{group.id}-overdue_grace"] = ""
+        for field, value in rows.get(name, {}).items():
+            data[f"group-{group.id}-{field}"] = value
+    return data
+
+
+def test_group_settings_on_the_host_alerts_tab(login_as, fleet):
+    browser = login_as(Role.admin)
+    host = fleet["web"]
+    groups = _groups(host)
+    alerts.set_override(
+        host,
+        "backup_overdue",
+        {"threshold_seconds": 7200},
+        actor=SYSTEM,
+        now=utcnow(),
+    )
+    db.session.commit()
+    path = f"/hosts/{host.id}/alerts"
+    page = _text(browser.get(path))
+    assert "Per source group" in page
+    for group in groups.values():
+        assert f'name="group-{group.id}-factor"' in page
+    # A blank field shows what it stands for: the host's grace, the fleet's factor.
+    assert 'placeholder="120 (inherited)"' in page and 'placeholder="10 (inherited)"' in page
+    assert "As the host (on)" in page
+
+    response = browser.post(
+        f"{path}/groups",
+        data={
+            "csrf_token": form_token(browser, path),
+            **_group_fields(
+                groups,
+                db={"factor": "20", "drop_percent": "60"},
+                home={"overdue_enabled": "off", "overdue_grace": "30"},
+            ),
+        },
+    )
+    assert response.status_code == 303, _text(response)
+    assert response.headers["Location"].endswith("#group-alert-settings")
+    assert alerts.group_overrides(groups["db"]) == {
+        "backup_size_anomaly": {"factor": 20.0, "drop_percent": 60.0}
+    }
+    assert alerts.group_overrides(groups["home"]) == {
+        "backup_overdue": {"enabled": False, "threshold_seconds": 1800}
+    }
+    assert alerts.group_overrides(groups["default"]) == {}
+    assert alerts.host_overrides(host) == {"backup_overdue": {"threshold_seconds": 7200}}
+    settings = alerts.Settings(host_ids=[host.id])
+    assert settings.of("backup_size_anomaly", host.id, groups["db"].id).factor == 20
+    assert settings.of("backup_size_anomaly", host.id, groups["home"].id).factor == 10
+    audit = [
+        row.payload
+        for row in db.session.scalars(
+            select(AuditLog).where(AuditLog.action == "alert_override.updated")
+        )
+    ]
+    assert [row["group"] for row in audit] == [None, "db", "home"]  # one row per changed rule
+    page = _text(browser.get(response.headers["Location"]))
+    assert "Source group alert settings of web-1 saved: db (backup size anomaly)" in page
+    factor = re.search(rf'<input[^>]*name="group-{groups["db"].id}-factor"[^>]*>', page)[0]
+    assert 'value="20"' in factor
+
+    # The same values again write nothing; blanks return a group to the host's settings.
+    again = _group_fields(
+        groups,
+        db={"factor": "20", "drop_percent": "60"},
+        home={"overdue_enabled": "off", "overdue_grace": "30"},
+    )
+    response = _post(browser, f"{path}/groups", path, **again)
+    assert "Nothing changed" in _text(browser.get(response.headers["Location"]))
+    assert len(_actions("alert_override.")) == 3
+    _post(browser, f"{path}/groups", path, **_group_fields(groups, db={"factor": "20"}))
+    assert alerts.group_overrides(groups["db"]) == {"backup_size_anomaly": {"factor": 20.0}}
+    assert alerts.group_overrides(groups["home"]) == {}
+    # The host's own form is untouched by all this.
+    assert alerts.host_overrides(host) == {"backup_overdue": {"threshold_seconds": 7200}}
+
+
+def test_a_group_missing_from_the_submitted_page_keeps_its_settings(login_as, fleet):
+    browser = login_as(Role.admin)
+    host = fleet["web"]
+    groups = _groups(host)
+    alerts.set_override(
+        host,
+        "backup_size_anomaly",
+        {"factor": 50},
+        actor=SYSTEM,
+        now=utcnow(),
+        group=groups["home"],
+    )
+    db.session.commit()
+    # A page rendered before "home" existed: its row is not in the form.
+    fields = _group_fields({"db": groups["db"]}, db={"overdue_enabled": "off"})
+    path = f"/hosts/{host.id}/alerts"
+    assert _post(browser, f"{path}/groups", path, **fields).status_code == 303
+    assert alerts.group_overrides(groups["home"]) == {"backup_size_anomaly": {"factor": 50.0}}
+    assert alerts.group_overrides(groups["db"]) == {"backup_overdue": {"enabled": False}}
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "words"),
+    [
+        ({"factor": "lots"}, "factor", "Size factor must be a number."),
+        ({"factor": "1"}, "factor", "Factor must be between 2 and 1000."),  # the service's
+        ({"factor": "1e999"}, "factor", "Size factor must be a number."),
+        ({"drop_percent": "120"}, "drop_percent", "Drop percentage must be between 1 and 100."),
+        ({"overdue_grace": "0"}, "overdue_grace", "Overdue grace must be between 1 minute"),
+        ({"overdue_grace": "99999999999999"}, "overdue_grace", "whole number of minutes"),
+        ({"anomaly_enabled": "maybe"}, "anomaly_enabled", "Choose one of the listed values."),
+    ],
+)
+def test_bad_group_settings_are_shown_on_their_row_and_save_nothing(
+    login_as, fleet, row, field, words
+):
+    browser = login_as(Role.admin)
+    host = fleet["web"]
+    groups = _groups(host)
+    before = _snapshot()
+    path = f"/hosts/{host.id}/alerts"
+    # A good change on another row is not saved either.
+    fields = _group_fields(groups, db=row, home={"overdue_enabled": "off"})
+    response = _post(browser, f"{path}/groups", path, **fields)
+    assert response.status_code == 422
+    page = _text(response)
+    errors = page.split(f'id="group-{groups["db"].id}-{field}-errors"', 1)[1].split("</ul>")[0]
+    assert words in errors
+    assert page.count('class="field__errors"') == 1
+    assert "Nothing was saved: fix the highlighted field below." in page
+    assert f'name="group-{groups["home"].id}-overdue_enabled"' in page
+    assert _snapshot() == before
+
+
+def test_a_nul_in_a_group_field_is_refused(login_as, fleet):
+    browser = login_as(Role.admin)
+    groups = _groups(fleet["web"])
+    before = _snapshot()
+    path = f"/hosts/{fleet['web'].id}/alerts"
+    fields = _group_fields(groups, db={"overdue_grace": "1\x00"})
+    assert _post(browser, f"{path}/groups", path, **fields).status_code == 422
+    assert _snapshot() == before
+
+
+def test_refusals_on_two_rows_are_each_shown_on_their_own_row(login_as, fleet):
+    browser = login_as(Role.admin)
+    host = fleet["web"]
+    groups = _groups(host)
+    before = _snapshot()
+    path = f"/hosts/{host.id}/alerts"
+    fields = _group_fields(groups, db={"factor": "1"}, home={"drop_percent": "0.5"})
+    response = _post(browser, f"{path}/groups", path, **fields)
+    assert response.status_code == 422
+    page = _text(response)
+    assert f'id="group-{groups["db"].id}-factor-errors"' in page
+    assert f'id="group-{groups["home"].id}-drop_percent-errors"' in page
+    assert 'value="0.5"' in page  # what was typed stays, to be corrected
+    assert "fix the 2 highlighted fields" in page
+    assert _snapshot() == before
+
+
+def test_viewers_read_group_settings_and_cannot_change_them(login_as, fleet):
+    host = fleet["web"]
+    groups = _groups(host)
+    alerts.set_override(
+        host,
+        "backup_size_anomaly",
+        {"factor": 25},
+        actor=SYSTEM,
+        now=utcnow(),
+        group=groups["db"],
+    )
+    db.session.commit()
+    path = f"/hosts/{host.id}/alerts"
+    for role in (Role.viewer, Role.operator):
+        browser = login_as(role)
+        page = _text(browser.get(path))
+        assert "Per source group" in page and 'name="group-' not in page
+        assert "above 25\u00d7 the median" in page and "above 10\u00d7 the median" in page
+        before = _snapshot()
+        token = form_token(browser, path)
+        fields = _group_fields(groups, db={"factor": "50"})
+        response = browser.post(f"{path}/groups", data={"csrf_token": token, **fields})
+        assert response.status_code == 403
+        assert _snapshot() == before
+    admin = login_as(Role.admin)
+    before = _snapshot()
+    assert admin.post(f"{path}/groups", data=_group_fields(groups)).status_code == 400  # no CSRF
+    assert _snapshot() == before

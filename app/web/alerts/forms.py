@@ -273,3 +273,73 @@ def host_field_of(rule: str, service_field: str) -> Optional[str]:
         if number_rule == rule and number_field == service_field:
             return name
     return None
+
+
+# A source group's own settings (the host's Alerts tab, one row per group): the two rules
+# people tune per group. The API reaches the others of alerts.GROUP_RULES too.
+AS_THE_HOST = "As the host"
+GROUP_FIELDS = (
+    # (form field, rule, service field)
+    ("anomaly_enabled", "backup_size_anomaly", "enabled"),
+    ("factor", "backup_size_anomaly", "factor"),
+    ("drop_percent", "backup_size_anomaly", "drop_percent"),
+    ("overdue_enabled", "backup_overdue", "enabled"),
+    ("overdue_grace", "backup_overdue", "threshold_seconds"),
+)
+
+
+class GroupAlertForm(_Form):
+    """One source group's row (use ``prefix=group_prefix(group)``, one form per group)."""
+
+    anomaly_enabled = SelectField("Size anomaly", choices=ENABLED_CHOICES, validate_choice=False)
+    factor = StringField("Size factor")
+    drop_percent = StringField("File drop (%)")
+    overdue_enabled = SelectField("Overdue", choices=ENABLED_CHOICES, validate_choice=False)
+    overdue_grace = StringField("Overdue grace (min)")
+
+
+def group_prefix(group_id: int) -> str:
+    return f"group-{group_id}"
+
+
+def fill_group_form(form: GroupAlertForm, overrides: dict[str, dict]) -> None:
+    """Show the group's own settings (blank where it follows the host and the fleet)."""
+    for name, rule, service_field in GROUP_FIELDS:
+        value = overrides.get(rule, {}).get(service_field)
+        if value is None:
+            form[name].data = ""
+        elif service_field == "enabled":
+            form[name].data = "on" if value else "off"
+        elif service_field == "threshold_seconds":
+            form[name].data = _minutes_text(value)
+        else:
+            form[name].data = f"{value:g}"
+
+
+def group_form_values(form: GroupAlertForm) -> Optional[dict[str, dict]]:
+    """Per rule, the values for alerts.set_override with the group (None: as the host), or
+    None when the form itself found a problem (its messages are on the fields)."""
+    form.validate()
+    wanted: dict[str, dict] = {}
+    for name, rule, service_field in GROUP_FIELDS:
+        field = form[name]
+        if service_field == "enabled":
+            choice = field.data or ""
+            if choice not in ("", "on", "off"):
+                field.errors.append("Choose one of the listed values.")
+                continue
+            value = None if choice == "" else choice == "on"
+        elif service_field == "threshold_seconds":
+            grace = minutes(field, "Overdue grace")
+            value = grace * 60 if grace is not None else None
+        else:
+            value = number(field, "Size factor" if name == "factor" else "File drop")
+        wanted.setdefault(rule, {})[service_field] = value
+    return None if form.errors else wanted
+
+
+def group_field_of(rule: str, service_field: str) -> Optional[str]:
+    for name, field_rule, field in GROUP_FIELDS:
+        if field_rule == rule and field == service_field:
+            return name
+    return None
