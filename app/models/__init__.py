@@ -9,12 +9,27 @@ from app.models.alert import (
     Silence,
 )
 from app.models.audit import AuditLog
-from app.models.host import AgentToken, EnrollmentToken, Host, HostCredential, SourceGroup
+from app.models.host import (
+    AgentToken,
+    EnrollmentToken,
+    Host,
+    HostCredential,
+    RetiredAgentToken,
+    SourceGroup,
+)
 from app.models.job import TERMINAL_STATUSES, AgentEvent, Command, Job, JobLog
 from app.models.rpc import DiffEntry, RpcCall, RpcChunk
 from app.models.schedule import RepoMaintenance, Schedule, schedule_source_groups
 from app.models.snapshot import RepoStats, Snapshot
-from app.models.user import ApiToken, LoginFailure, Role, SetupToken, User, UserSession
+from app.models.user import (
+    ApiToken,
+    LoginFailure,
+    Role,
+    SetupToken,
+    User,
+    UserInvite,
+    UserSession,
+)
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -37,6 +52,7 @@ __all__ = [
     "NotificationChannel",
     "RepoMaintenance",
     "RepoStats",
+    "RetiredAgentToken",
     "Role",
     "RpcCall",
     "RpcChunk",
@@ -46,6 +62,7 @@ __all__ = [
     "Snapshot",
     "SourceGroup",
     "User",
+    "UserInvite",
     "UserSession",
     "schedule_source_groups",
 ]

@@ -86,6 +86,18 @@ class AgentToken(db.Model):
     host: Mapped[Host] = relationship()
 
 
+class RetiredAgentToken(db.Model):
+    """The token hash of a deleted host's agent: its calls get 410 Gone (and the agent
+    stops) instead of 401. No foreign key: the host is gone."""
+
+    __tablename__ = "retired_agent_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host_id: Mapped[int] = mapped_column()
+    hostname: Mapped[str] = mapped_column(String(255))
+    retired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class EnrollmentToken(db.Model):
     """A one-time token for adding a host; carries the sealed repository credentials."""
 

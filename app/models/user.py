@@ -40,6 +40,8 @@ class User(UserMixin, db.Model):
     password_hash: Mapped[Optional[str]] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default=Role.viewer.value)
     auth_source: Mapped[str] = mapped_column(String(16), default="local")
+    # The OpenID provider's "sub" for users who sign in through OIDC (issuer: RM_OIDC_ISSUER).
+    oidc_subject: Mapped[Optional[str]] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     disabled_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
@@ -126,3 +128,20 @@ class SetupToken(db.Model):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     used_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+
+class UserInvite(db.Model):
+    """A one-time link (SHA-256 of its token) to choose a password: an invitation or a
+    password reset, valid until ``expires_at``; a newer link of the same user replaces it."""
+
+    __tablename__ = "user_invites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(String(16), default="invite")  # invite | reset
+    created_by: Mapped[Optional[str]] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
