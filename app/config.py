@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +68,60 @@ def _trusted_proxies(raw: str) -> list:
     return networks
 
 
+OIDC_ROLES = ("viewer", "operator", "admin")
+
+
+def _oidc_role_map(raw: str) -> dict[str, str]:
+    """``group=role,...`` (``*`` = everyone else) as {group: role}; order does not matter."""
+    mapping: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        group, sep, role = (piece.strip() for piece in part.partition("="))
+        if not sep or not group or role.lower() not in OIDC_ROLES:
+            raise ConfigError(
+                f"RM_OIDC_ROLE_MAP: {part!r} is not group=role with role viewer, operator or "
+                "admin (expected e.g. backup-admins=admin,ops=operator,*=viewer)"
+            )
+        if group in mapping:
+            raise ConfigError(f"RM_OIDC_ROLE_MAP: the group {group!r} is listed twice")
+        mapping[group] = role.lower()
+    return mapping
+
+
+def _oidc(environ) -> dict:
+    """Single sign-on settings; with RM_OIDC_ISSUER unset, OIDC is off and the rest ignored."""
+    issuer = (environ.get("RM_OIDC_ISSUER") or "").strip().rstrip("/")
+    only = _bool(environ, "RM_OIDC_ONLY", False)
+    settings = {
+        "RM_OIDC_ISSUER": issuer,
+        "RM_OIDC_CLIENT_ID": (environ.get("RM_OIDC_CLIENT_ID") or "").strip(),
+        "RM_OIDC_CLIENT_SECRET": environ.get("RM_OIDC_CLIENT_SECRET") or "",
+        "RM_OIDC_DISPLAY_NAME": (environ.get("RM_OIDC_DISPLAY_NAME") or "").strip()
+        or "single sign-on",
+        "RM_OIDC_GROUPS_CLAIM": (environ.get("RM_OIDC_GROUPS_CLAIM") or "").strip() or "groups",
+        "RM_OIDC_ROLE_MAP": _oidc_role_map(environ.get("RM_OIDC_ROLE_MAP", "")),
+        "RM_OIDC_ONLY": only,
+    }
+    if not issuer:
+        if only:
+            raise ConfigError("RM_OIDC_ONLY needs RM_OIDC_ISSUER (single sign-on is not set up)")
+        return settings
+    parts = urlsplit(issuer)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"RM_OIDC_ISSUER must be an http(s) URL such as "
+            f"https://sso.example.com/realms/main, got {issuer!r}"
+        )
+    for name in ("RM_OIDC_CLIENT_ID", "RM_OIDC_CLIENT_SECRET"):
+        if not settings[name]:
+            raise ConfigError(f"{name} must be set when RM_OIDC_ISSUER is set")
+    if not settings["RM_OIDC_ROLE_MAP"]:
+        raise ConfigError(
+            "RM_OIDC_ROLE_MAP must map at least one group to a role when RM_OIDC_ISSUER is set "
+            "(e.g. backup-admins=admin,ops=operator,*=viewer)"
+        )
+    return settings
+
+
 def load_config(environ=None) -> dict:
     """Build the Flask config mapping from environment variables."""
     environ = os.environ if environ is None else environ
@@ -114,4 +169,5 @@ def load_config(environ=None) -> dict:
         "RM_LOST_JOB_AFTER_SECONDS": _int(environ, "RM_LOST_JOB_AFTER_SECONDS", 900, 60),
         # Without RM_BASE_URL, install commands use the request's host only if listed here.
         "RM_ALLOWED_HOSTS": _allowed_hosts(environ.get("RM_ALLOWED_HOSTS", "")),
+        **_oidc(environ),
     }

@@ -23,6 +23,8 @@ ANONYMOUS_ALLOWED = {
     "static",
     "auth.login",
     "auth.setup",
+    "auth.oidc_start",  # single sign-on: redirects to the identity provider
+    "auth.oidc_callback",
     "web.healthz",
     "web.readyz",
     # The API description holds no data (docs/security.md).

@@ -52,6 +52,9 @@ def login():
         return redirect(_safe_next(request.args.get("next")))
     form = LoginForm()
     status = 200
+    if request.method == "POST" and current_app.config.get("RM_OIDC_ONLY"):
+        flash("Password sign-in is turned off here (RM_OIDC_ONLY): use single sign-on.", "error")
+        return render_template("auth/login.html", form=form), 403
     if form.validate_on_submit():
         config = current_app.config
         try:
