@@ -139,4 +139,4 @@ def test_the_curl_parser_reads_methods_and_placeholders(app):
         ("GET", "/api/v1/jobs"),
     ]
     assert _match(app, "POST", "/api/v1/hosts/{id}/jobs").endpoint == "api.start_job"
-    assert _match(app, "PATCH", "/api/v1/hosts/$HOST") is None
+    assert _match(app, "PATCH", "/api/v1/tokens/$TOKEN_ID") is None

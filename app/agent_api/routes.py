@@ -160,6 +160,9 @@ def poll():
     with _bus().listen(host_key(host_id)) as waiter:  # register before checking
         while True:
             host = db.session.get(Host, host_id)
+            if host is None:  # deleted while parked: its retired token answers 410 at once
+                _authenticated_host()
+                return "", 204
             superseded = not _latest_polls().holds(host_id, ticket) or (
                 boot_id and host.boot_id and host.boot_id != boot_id[:64]
             )

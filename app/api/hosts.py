@@ -14,6 +14,8 @@ from app.formatting import iso
 from app.models import Host
 from app.models.types import utcnow
 from app.services import hosts, repository
+from app.services.errors import ValidationFailed
+from app.services.validate import echo
 from app.transaction import commit_and_wake
 
 
@@ -22,7 +24,10 @@ from app.transaction import commit_and_wake
 def list_hosts():
     now = utcnow()
     offline_after = current_app.config["RM_OFFLINE_AFTER_SECONDS"]
+    tag = request.args.get("tag", "").strip()
     rows = db.session.scalars(select(Host).order_by(Host.hostname))
+    if tag:  # tags are a JSON list: filtered here, the same on SQLite and PostgreSQL
+        rows = [host for host in rows if tag in (host.tags or [])]
     return jsonify({"items": [host_json(h, h.status(now, offline_after)) for h in rows]})
 
 
@@ -32,6 +37,73 @@ def get_host(host_id: int):
     host = hosts.get_host(host_id)
     status = host.status(utcnow(), current_app.config["RM_OFFLINE_AFTER_SECONDS"])
     return jsonify(host_json(host, status))
+
+
+@bp.patch("/hosts/<int:host_id>")
+@require_role(Role.admin)
+def update_host(host_id: int):
+    """Rename and/or retag (only the keys sent)."""
+    return _update_host(host_id)
+
+
+@bp.put("/hosts/<int:host_id>")
+@require_role(Role.admin)
+def put_host(host_id: int):
+    """The same as PATCH (``PUT {"tags": [...]}`` is how the issue names it)."""
+    return _update_host(host_id)
+
+
+def _update_host(host_id: int):
+    host = hosts.get_host(host_id)
+    hosts.update_host(host, json_body(), actor=current_actor(), client_address=client_address())
+    commit_and_wake()
+    status = host.status(utcnow(), current_app.config["RM_OFFLINE_AFTER_SECONDS"])
+    return jsonify(host_json(host, status))
+
+
+@bp.delete("/hosts/<int:host_id>")
+@require_role(Role.admin)
+def delete_host(host_id: int):
+    """Delete the host (type its hostname to confirm); its agent's next call gets 410."""
+    host = hosts.get_host(host_id)
+    body = json_body() if request.content_length or request.is_json else {}
+    unknown = sorted(set(body) - {"confirm_hostname"})
+    if unknown:
+        raise ValidationFailed(
+            "Only confirm_hostname is accepted.", fields={echo(unknown[0]): ["Unknown field."]}
+        )
+    hosts.delete_host(
+        host,
+        body.get("confirm_hostname"),
+        actor=current_actor(),
+        now=utcnow(),
+        client_address=client_address(),
+    )
+    commit_and_wake(host_key(host_id))
+    return "", 204
+
+
+@bp.post("/hosts/tags")
+@require_role(Role.admin)
+def bulk_tag_hosts():
+    """Add and/or remove tags on many hosts at once."""
+    body = json_body()
+    unknown = sorted(set(body) - {"host_ids", "add", "remove"})
+    if unknown:
+        raise ValidationFailed(
+            "Only host_ids, add and remove are accepted.",
+            fields={echo(unknown[0]): ["Unknown field."]},
+        )
+    changed = hosts.bulk_tags(
+        body.get("host_ids"),
+        body.get("add"),
+        body.get("remove"),
+        actor=current_actor(),
+        client_address=client_address(),
+    )
+    commit_and_wake()
+    now, offline_after = utcnow(), current_app.config["RM_OFFLINE_AFTER_SECONDS"]
+    return jsonify({"items": [host_json(h, h.status(now, offline_after)) for h in changed]})
 
 
 @bp.get("/hosts/<int:host_id>/snapshots")

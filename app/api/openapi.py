@@ -629,7 +629,12 @@ OPERATIONS: dict[str, Operation] = {
         ref("EnrollmentTokenCreated"),
     ),
     "api.revoke_enrollment_token": Operation("Revoke an outstanding token", "Hosts", 204),
-    "api.list_hosts": Operation("List hosts", "Hosts", response=_list("Host")),
+    "api.list_hosts": Operation(
+        "List hosts",
+        "Hosts",
+        response=_list("Host"),
+        query=(("tag", string(64), "Only hosts with this tag."),),
+    ),
     "api.get_host": Operation("One host", "Hosts", response=ref("Host")),
     "api.list_snapshots": Operation(
         "The host's snapshots, newest first",
@@ -1286,6 +1291,72 @@ OPERATIONS.update(
         ),
     }
 )
+
+# --- host lifecycle: rename, tags, delete (issue 15) ------------------------------------------
+
+HOST_TAG = string(64, pattern=TAG_PATTERN, examples=["db"])
+HOST_TAGS = array(HOST_TAG, maxItems=20, description="At most 20; duplicates are dropped.")
+SCHEMAS.update(
+    {
+        "HostUpdate": obj(
+            {"hostname": string(255, examples=["web-2"]), "tags": HOST_TAGS},
+            closed=True,
+            description="Only the keys sent change; tags replace the host's tags.",
+        ),
+        "HostDeleteInput": obj(
+            {"confirm_hostname": string(255, examples=["web-1"])},
+            ("confirm_hostname",),
+            closed=True,
+        ),
+        "HostTagsBulk": obj(
+            {
+                "host_ids": array(ID, minItems=1, maxItems=10_000),
+                "add": HOST_TAGS,
+                "remove": HOST_TAGS,
+            },
+            ("host_ids",),
+            closed=True,
+            description="Tags to add to and/or remove from every listed host.",
+        ),
+    }
+)
+OPERATIONS.update(
+    {
+        "api.update_host": Operation(
+            "Rename and/or retag a host (only the keys sent)",
+            "Hosts",
+            response=ref("Host"),
+            body="HostUpdate",
+            errors=(409,),
+            description="409 hostname_taken when another host has the name.",
+        ),
+        "api.put_host": Operation(
+            "The same as PATCH: rename and/or retag a host (only the keys sent)",
+            "Hosts",
+            response=ref("Host"),
+            body="HostUpdate",
+            errors=(409,),
+            description="409 hostname_taken when another host has the name.",
+        ),
+        "api.delete_host": Operation(
+            "Delete a host and everything the server holds of it (not its repository)",
+            "Hosts",
+            204,
+            body="HostDeleteInput",
+            description=(
+                "confirm_hostname must equal the hostname (else 422). Jobs, logs, snapshot "
+                "rows, schedules and alerts go; the agent's next call gets 410 host_deleted."
+            ),
+        ),
+        "api.bulk_tag_hosts": Operation(
+            "Add and/or remove tags on many hosts",
+            "Hosts",
+            response=_list("Host"),
+            body="HostTagsBulk",
+        ),
+    }
+)
+
 
 # --- the document --------------------------------------------------------------------------
 

@@ -8,13 +8,20 @@ from typing import Optional
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import AgentToken, Host, Job
+from app.models import AgentToken, Host, Job, RetiredAgentToken
 from app.security import hash_token
 from app.services import jobs
 from app.services.errors import ServiceError
 
 PROTOCOL_VERSION = 1
 _TOUCH_SECONDS = 5  # last_seen_at resolution: fewer writes, still "online within seconds"
+
+
+class HostDeleted(ServiceError):
+    """The token belonged to a host an administrator deleted: the agent should stop."""
+
+    status = 410
+    code = "host_deleted"
 
 
 class ProtocolTooOld(ServiceError):
@@ -37,8 +44,18 @@ def settings(config) -> dict:
 def authenticate(plain: str, *, now: datetime) -> Optional[Host]:
     if not plain or not plain.startswith("rma_"):
         return None
-    token = db.session.scalar(select(AgentToken).where(AgentToken.token_hash == hash_token(plain)))
-    if token is None or token.revoked_at is not None:
+    token_hash = hash_token(plain)
+    token = db.session.scalar(select(AgentToken).where(AgentToken.token_hash == token_hash))
+    if token is None:
+        retired = db.session.get(RetiredAgentToken, token_hash)
+        if retired is not None:
+            raise HostDeleted(
+                f"This host ({retired.hostname}) was deleted on the server at "
+                f"{retired.retired_at:%Y-%m-%d %H:%M} UTC; the agent stops. "
+                "Re-enroll it from the Add host page to back it up again."
+            )
+        return None
+    if token.revoked_at is not None:
         return None
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         token.last_used_at = now

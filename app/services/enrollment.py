@@ -258,8 +258,8 @@ def enroll(
     hostname = validate.hostname(token.hostname or hostname)
     if db.session.scalar(select(Host.id).where(Host.hostname == hostname)):
         raise Conflict(
-            f"A host named {hostname} is already enrolled. Delete it first or enroll under "
-            "another name.",
+            f"A host named {hostname} is already enrolled. Delete it first (its host page, "
+            "Delete host, or DELETE /api/v1/hosts/{id}) or enroll under another name.",
             code="hostname_taken",
         )
     # Claim the token with a conditional UPDATE so two racing enrollments cannot both win.

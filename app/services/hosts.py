@@ -1,12 +1,18 @@
-"""Looking a host up and asking whether its agent is there."""
+"""Looking a host up, asking whether its agent is there; renaming, tagging, deleting."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from typing import Optional
+
+from sqlalchemy import delete, func, select
 
 from app.extensions import db
-from app.models import Host
-from app.services.errors import Conflict, NotFound
+from app.models import AgentToken, Host, Job, RetiredAgentToken, Schedule
+from app.services import audit, validate
+from app.services.audit import Actor
+from app.services.errors import Conflict, NotFound, ValidationFailed
 
 
 def get_host(host_id: int) -> Host:
@@ -26,3 +32,213 @@ def require_online(host: Host, what: str, *, now: datetime, offline_after_second
             f"server recently, so {what} could not start. Check the agent on the host.",
             code="host_offline",
         )
+
+
+# --- lifecycle: rename, tags, delete (issue 15) ---------------------------------------------
+
+MAX_TAGS = 20  # per host: tags are for grouping a fleet, not for notes
+_TAG_SEPARATORS = re.compile(r"[\s,]+")
+_TAG_RULE = "a tag is 1-64 letters, digits and . _ : @ + - (starting with a letter or digit)"
+
+
+def parse_tags(value, field: str = "tags") -> list[str]:
+    """A list of tags, duplicates removed in the order given; a string is split on commas
+    and white space (the form's input). Every bad tag is named, not only the first."""
+    if isinstance(value, str):
+        value = [part for part in _TAG_SEPARATORS.split(value) if part]
+    if not isinstance(value, list):
+        validate.fail(field, "Tags must be a list of strings.")
+    tags: list[str] = []
+    problems: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            problems.append("Each tag must be a string.")
+            continue
+        item = item.strip()
+        if not item:
+            continue
+        reason = validate.unstorable(item)
+        if reason:
+            problems.append(f"A tag {reason}.")
+        elif not validate.TAG.match(item):
+            problems.append(f"{validate.echo(item)!r} is not a tag: {_TAG_RULE}.")
+        elif item not in tags:
+            tags.append(item)
+    if len(tags) > MAX_TAGS:
+        problems.append(f"At most {MAX_TAGS} tags per host ({len(tags)} given).")
+    if problems:
+        problems = list(dict.fromkeys(problems))
+        raise ValidationFailed(" ".join(problems), fields={field: problems})
+    return tags
+
+
+def rename_host(
+    host: Host, hostname, *, actor: Actor, client_address: Optional[str] = None
+) -> Host:
+    """A new name for the host; 409 ``hostname_taken`` when another host has it."""
+    new_name = validate.hostname(hostname)
+    if new_name == host.hostname:
+        return host
+    taken = db.session.scalar(select(Host.id).where(Host.hostname == new_name, Host.id != host.id))
+    if taken:
+        raise Conflict(
+            f"Another host is already named {new_name}. Choose another name.",
+            code="hostname_taken",
+            fields={"hostname": [f"Another host is already named {new_name}."]},
+        )
+    old_name, host.hostname = host.hostname, new_name
+    db.session.flush()
+    audit.record(
+        actor,
+        "host.renamed",
+        target_type="host",
+        target_id=host.id,
+        payload={"from": old_name, "to": new_name},
+        client_address=client_address,
+    )
+    return host
+
+
+def set_tags(host: Host, tags, *, actor: Actor, client_address: Optional[str] = None) -> Host:
+    """Replace the host's tags (a list, or the form's comma/space separated text)."""
+    new_tags = parse_tags(tags)
+    if new_tags == list(host.tags or []):
+        return host
+    old_tags, host.tags = list(host.tags or []), new_tags
+    db.session.flush()
+    audit.record(
+        actor,
+        "host.tags_changed",
+        target_type="host",
+        target_id=host.id,
+        payload={"hostname": host.hostname, "from": old_tags, "to": new_tags},
+        client_address=client_address,
+    )
+    return host
+
+
+def update_host(
+    host: Host, changes: dict, *, actor: Actor, client_address: Optional[str] = None
+) -> Host:
+    """PATCH: ``hostname`` and/or ``tags``; every problem at once, nothing changed on any."""
+    errors = validate.FieldErrors()
+    unknown = sorted(set(changes) - {"hostname", "tags"})
+    for key in unknown:
+        errors.add(validate.echo(key), "Unknown field: only hostname and tags can be changed.")
+    if "hostname" in changes:
+        errors.check(validate.hostname, changes["hostname"])
+    if "tags" in changes:
+        errors.check(parse_tags, changes["tags"])
+    errors.raise_any()
+    if "hostname" in changes:
+        rename_host(host, changes["hostname"], actor=actor, client_address=client_address)
+    if "tags" in changes:
+        set_tags(host, changes["tags"], actor=actor, client_address=client_address)
+    return host
+
+
+MAX_BULK_HOSTS = 10_000
+_MAX_ID = 2**31 - 1  # ids are INTEGER columns (app.MAX_ID; services do not import app)
+
+
+def bulk_tags(
+    host_ids, add=(), remove=(), *, actor: Actor, client_address: Optional[str] = None
+) -> list[Host]:
+    """Add and/or remove tags on many hosts at once (the dashboard's selection)."""
+    errors = validate.FieldErrors()
+    ids = errors.check(_host_ids, host_ids)
+    to_add = errors.check(parse_tags, add if add is not None else [], "add")
+    to_remove = errors.check(parse_tags, remove if remove is not None else [], "remove")
+    if to_add is not None and to_remove is not None and not (to_add or to_remove):
+        errors.add("add", "Give a tag to add or to remove.")
+    errors.raise_any()
+    hosts = list(db.session.scalars(select(Host).where(Host.id.in_(ids)).order_by(Host.hostname)))
+    missing = sorted(set(ids) - {host.id for host in hosts})
+    if missing:
+        raise NotFound(f"No host with id {', '.join(str(i) for i in missing[:10])}.")
+    changed = []
+    for host in hosts:
+        tags = [tag for tag in (host.tags or []) if tag not in to_remove]
+        tags += [tag for tag in to_add if tag not in tags]
+        if len(tags) > MAX_TAGS:
+            validate.fail("add", f"{host.hostname} would have more than {MAX_TAGS} tags.")
+        if tags != list(host.tags or []):
+            host.tags = tags
+            changed.append(host.hostname)
+    db.session.flush()
+    if changed:
+        audit.record(
+            actor,
+            "host.tags_bulk_changed",
+            target_type="host",
+            target_id=None,
+            payload={"hosts": changed, "added": to_add, "removed": to_remove},
+            client_address=client_address,
+        )
+    return hosts
+
+
+def _host_ids(value) -> list[int]:
+    if not isinstance(value, list) or not value:
+        validate.fail("host_ids", "Select at least one host (host_ids: a list of host ids).")
+    if len(value) > MAX_BULK_HOSTS:
+        validate.fail("host_ids", f"At most {MAX_BULK_HOSTS} hosts at once.")
+    ids = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= _MAX_ID:
+            validate.fail("host_ids", "Each host id must be a whole number (a host's id).")
+        if item not in ids:
+            ids.append(item)
+    return ids
+
+
+def delete_host(
+    host: Host,
+    confirm_hostname,
+    *,
+    actor: Actor,
+    now: datetime,
+    client_address: Optional[str] = None,
+) -> None:
+    """Remove the host and everything the server knows of it (jobs, logs, snapshot rows,
+    schedules, alerts, credentials …); the repository itself is not touched. Its agent's
+    tokens are retired, so the agent's next call gets 410 and it stops."""
+    if not isinstance(confirm_hostname, str) or confirm_hostname.strip() != host.hostname:
+        validate.fail(
+            "confirm_hostname",
+            f"Type the hostname ({host.hostname}) exactly to confirm deleting this host.",
+        )
+    host_id, hostname = host.id, host.hostname
+    tokens = db.session.scalars(select(AgentToken.token_hash).where(AgentToken.host_id == host_id))
+    for token_hash in tokens.all():
+        db.session.merge(
+            RetiredAgentToken(
+                token_hash=token_hash, host_id=host_id, hostname=hostname, retired_at=now
+            )
+        )
+    summary = {
+        "hostname": hostname,
+        "jobs": db.session.scalar(select(func.count(Job.id)).where(Job.host_id == host_id)),
+        "snapshots": host.snapshot_count or 0,
+    }
+    db.session.flush()
+    # Schedules first: their link rows hold the source groups back (ondelete RESTRICT, which
+    # PostgreSQL checks per row, whatever order the host's cascade would take).
+    db.session.execute(delete(Schedule).where(Schedule.host_id == host_id))
+    db.session.execute(delete(Host).where(Host.id == host_id))
+    db.session.expunge(host)
+    db.session.expire_all()
+    audit.record(
+        actor,
+        "host.deleted",
+        target_type="host",
+        target_id=host_id,
+        payload=summary,
+        client_address=client_address,
+    )
+    db.session.flush()
+
+
+def retired_token(token_hash: str) -> Optional[RetiredAgentToken]:
+    """The retired token of a deleted host's agent, or None."""
+    return db.session.get(RetiredAgentToken, token_hash)
