@@ -150,6 +150,7 @@ def _register_blueprints(app: Flask) -> None:
     from app.api import bp as api_bp
     from app.distribution import bp as distribution_bp
     from app.web.alerts import bp as alerts_bp
+    from app.web.audit import bp as audit_bp
     from app.web.auth import bp as auth_bp
     from app.web.dashboard import bp as web_bp
     from app.web.hosts import bp as hosts_bp
@@ -165,6 +166,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(jobs_bp, url_prefix="/jobs")
     app.register_blueprint(distribution_bp)
     app.register_blueprint(alerts_bp)  # /alerts/… and /settings/alert-rules
+    app.register_blueprint(audit_bp)  # /audit
 
 
 def _register_request_hooks(app: Flask) -> None:

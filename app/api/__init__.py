@@ -10,6 +10,7 @@ MAX_BODY_BYTES = 1024 * 1024
 
 from app.api import (  # noqa: E402,F401
     alerts,
+    audit,
     channels,
     enrollment,
     hosts,

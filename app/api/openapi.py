@@ -1358,6 +1358,67 @@ OPERATIONS.update(
 )
 
 
+SCHEMAS["AuditEntry"] = obj(
+    {
+        "id": ID,
+        "at": DATE_TIME,
+        "actor": string(255, description="Who: a username, an agent's hostname, or system."),
+        "actor_type": {"type": "string", "enum": ["user", "agent", "system"]},
+        "action": string(64, examples=["host.restore"]),
+        "target_type": MAYBE_STRING,
+        "target_id": MAYBE_STRING,
+        "payload": {"type": "object", "description": "What changed; secrets are redacted."},
+        "address": MAYBE_STRING,
+    },
+    ("id", "at", "actor", "action", "target_type", "target_id", "payload", "address"),
+)
+SCHEMAS["AuditPage"] = obj(
+    {
+        "items": array(ref("AuditEntry")),
+        "next_cursor": nullable(string(description="Pass as cursor for older rows.")),
+    },
+    ("items", "next_cursor"),
+)
+_AUDIT_FILTERS = (
+    ("actor", string(255), "Actor label (case-insensitive); ends with * for a prefix."),
+    ("action", string(65), "An action (host.restore), or a prefix: job. or job*."),
+    ("target_type", string(255), "Target type: host, job, user, alert, channel, …"),
+    ("target_id", string(255), "Target id (with target_type)."),
+    ("host_id", ID, "Rows about this host: it, its jobs and source groups, or payload host_id."),
+    ("since", string(40), "From this ISO-8601 time (a date alone: its start), inclusive."),
+    ("until", string(40), "Up to this ISO-8601 time (a date alone: its end), inclusive."),
+    ("q", string(255), "Free text in the actor, action, target id or payload."),
+)
+OPERATIONS.update(
+    {
+        "api.list_audit": Operation(
+            "The audit log, newest first (one page)",
+            "Audit",
+            response=ref("AuditPage"),
+            query=(
+                *_AUDIT_FILTERS,
+                ("limit", integer(1, 500, default=100), "Page size."),
+                ("cursor", string(40), "next_cursor of the previous page."),
+            ),
+        ),
+        "api.export_audit_csv": Operation(
+            "The whole filtered audit log as CSV",
+            "Audit",
+            response={"type": "string", "description": "A header row, then one row per entry."},
+            media_type="text/csv",
+            query=_AUDIT_FILTERS,
+            description="Cells a spreadsheet would run as a formula start with a quote.",
+        ),
+        "api.export_audit_ndjson": Operation(
+            "The whole filtered audit log, one JSON object per line",
+            "Audit",
+            response={"type": "string", "description": "AuditEntry objects, one per line."},
+            media_type="application/x-ndjson",
+            query=_AUDIT_FILTERS,
+        ),
+    }
+)
+
 # --- the document --------------------------------------------------------------------------
 
 _ARGUMENT = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
