@@ -237,6 +237,40 @@ def test_wrong_state_is_refused(app, client, provider):
     assert _user("sub-frank") is None
 
 
+def test_denied_at_the_provider_says_so(app, client, provider):
+    authorize_url = _to_provider(client)
+    answer = requests.post(authorize_url, data={"action": "deny"}, allow_redirects=False, timeout=5)
+    assert answer.status_code == 302
+    target = urlsplit(answer.headers["Location"])
+    response = client.get(f"{target.path}?{target.query}")
+    assert response.status_code == 403
+    page = response.get_data(as_text=True)
+    assert "The identity provider refused the sign-in: access_denied" in page
+    assert client.get("/").status_code == 302
+
+
+def test_a_forged_error_link_shows_only_the_error_code(app, client, provider):
+    _to_provider(client)
+    response = client.get(
+        "/login/oidc/callback?"
+        + urlencode({"error": "x<b>y", "error_description": "Call +1 555 to unlock", "state": "z"})
+    )
+    assert response.status_code == 403
+    page = response.get_data(as_text=True)
+    assert "refused the sign-in: xby" in page and "555" not in page
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["state=%00&code=%00", "state=" + "s" * 20000 + "&code=c", "code=c&state=a&state=b", ""],
+)
+def test_odd_callbacks_are_refused_without_a_crash(app, client, provider, query):
+    _to_provider(client)
+    response = client.get("/login/oidc/callback?" + query)
+    assert response.status_code in {403, 422}  # NUL bytes are refused before any view runs
+    assert db.session.scalar(select(func.count()).select_from(User)) == 1
+
+
 def test_callback_without_a_started_attempt_is_refused(app, client, provider):
     response = client.get("/login/oidc/callback?state=x&code=y")
     assert response.status_code == 403

@@ -89,7 +89,7 @@ def _unreachable(settings: Settings, exc: Exception) -> ProviderUnavailable:
     if isinstance(exc, requests.Timeout):
         why = f"it did not answer within {TIMEOUT_SECONDS} seconds"
     elif isinstance(exc, requests.ConnectionError):
-        why = "the connection failed (refused, or the name does not resolve)"
+        why = "the connection was refused or the name does not resolve"
     else:
         why = "it gave an unusable answer"
     return ProviderUnavailable(
@@ -162,13 +162,18 @@ def begin(settings: Settings, redirect_uri: str) -> tuple[str, Attempt]:
 
 def finish(settings: Settings, attempt: Attempt, *, params: dict, redirect_uri: str) -> dict:
     """Check the callback, exchange the code and return the ID token's validated claims."""
-    if not attempt.state or params.get("state") != attempt.state:
+    state_ok = bool(attempt.state) and params.get("state") == attempt.state
+    if params.get("error"):
+        # Only the error code unless the state matches: a forged link must not be able to
+        # put words of its choosing on our sign-in page.
+        reason = re.sub(r"[^A-Za-z0-9_.-]", "", str(params["error"]))[:60] or "unknown"
+        if state_ok and params.get("error_description"):
+            reason += f" ({str(params['error_description'])[:200]})"
+        raise SignInRefused(f"The identity provider refused the sign-in: {reason}")
+    if not state_ok:
         raise SignInRefused(
             "The sign-in attempt does not match this browser (state mismatch); start again."
         )
-    if params.get("error"):
-        reason = str(params.get("error_description") or params["error"])[:200]
-        raise SignInRefused(f"The identity provider refused the sign-in: {reason}")
     code = params.get("code")
     if not code:
         raise SignInRefused("The identity provider sent no authorization code; start again.")
