@@ -1,4 +1,5 @@
-"""The ``restic-manager`` command: serve, create-admin, create-token, setup-url, db ..."""
+"""The ``restic-manager`` command: serve, create-admin, create-user, create-token, setup-url,
+db ..."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from app.formatting import plural
 from app.install_commands import LOOPBACK_NAMES
 from app.models import Role
 from app.models.types import utcnow
-from app.services import api_tokens, users
+from app.services import api_tokens, invites, users
 from app.services.audit import Actor
 from app.services.errors import ServiceError
 from app.transaction import commit_and_wake
@@ -227,6 +228,33 @@ def register_cli(app):
             raise click.ClickException(refused.message) from None
         commit_and_wake()
         click.echo(plain)
+
+    @app.cli.command("create-user")
+    @click.option("--username", required=True)
+    @click.option(
+        "--role",
+        required=True,
+        type=click.Choice([role.value for role in Role]),
+        help="viewer, operator or admin.",
+    )
+    def create_user(username: str, role: str):
+        """Invite a user: print a one-time link (24 h) where they choose their password."""
+        ensure_schema()
+        try:
+            user, link, token = invites.invite_user(
+                username, role, actor=CLI_ACTOR, client_address=None, now=utcnow()
+            )
+        except ServiceError as refused:
+            db.session.rollback()
+            raise click.ClickException(refused.message) from None
+        commit_and_wake()
+        base_url = current_app.config["RM_BASE_URL"] or "http://127.0.0.1:8080"
+        click.echo(
+            f"created {user.role} {user.username}; send them this one-time link "
+            f"(valid until {link.expires_at:%Y-%m-%d %H:%M} UTC):",
+            err=True,
+        )
+        click.echo(invites.invite_url(base_url, token))
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ ANONYMOUS_ALLOWED = {
     "static",
     "auth.login",
     "auth.setup",
+    "auth.invite",  # a one-time link to choose a password (invitation or reset)
     "auth.oidc_start",  # single sign-on: redirects to the identity provider
     "auth.oidc_callback",
     "web.healthz",
@@ -42,6 +43,9 @@ SELF_SERVICE = {
     "settings.revoke_token",
     "api.create_token",
     "api.revoke_token",
+    # Users change their own password and end their own sessions (issue 15).
+    "api.change_password",
+    "api.end_my_session",
     # A POST that only reads: viewers may preview a retention policy.
     "api.preview_source_group_retention",
 }

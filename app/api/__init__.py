@@ -24,6 +24,7 @@ from app.api import (  # noqa: E402,F401
     snapshot_files,
     source_groups,
     tokens,
+    users,
 )
 from app.api.validation import check_request  # noqa: E402
 

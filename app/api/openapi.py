@@ -134,6 +134,71 @@ SCHEMAS: dict[str, dict] = {
         ]
     },
     "TokenInput": obj({"name": string(100)}, ("name",)),
+    "User": obj(
+        {
+            "id": ID,
+            "username": string(64),
+            "role": {"type": "string", "enum": [role.value for role in Role]},
+            "disabled": {"type": "boolean"},
+            "auth_source": {"type": "string", "enum": ["local", "oidc"]},
+            "has_password": {"type": "boolean"},
+            "last_login_at": MAYBE_DATE_TIME,
+            "created_at": MAYBE_DATE_TIME,
+            "invite_pending": {"type": "boolean"},
+            "invite_expires_at": MAYBE_DATE_TIME,
+        },
+        ("id", "username", "role", "disabled", "auth_source", "invite_pending"),
+    ),
+    "UserInvited": obj(
+        {
+            "id": ID,
+            "username": string(64),
+            "role": {"type": "string", "enum": [role.value for role in Role]},
+            "disabled": {"type": "boolean"},
+            "invite_url": string(description="One-time link to choose a password (24 h)."),
+            "invite_expires_at": DATE_TIME,
+        },
+        ("id", "username", "role", "disabled", "invite_url", "invite_expires_at"),
+    ),
+    "UserInput": obj(
+        {
+            "username": string(64, description="1-64: letters, digits and . _ @ -"),
+            "role": {"type": "string", "enum": [role.value for role in Role]},
+        },
+        ("username", "role"),
+        closed=True,
+    ),
+    "UserUpdate": obj(
+        {
+            "role": {"type": "string", "enum": [role.value for role in Role]},
+            "disabled": {"type": "boolean"},
+        },
+        closed=True,
+    ),
+    "InviteLink": obj(
+        {
+            "invite_url": string(description="One-time link to choose a password (24 h)."),
+            "invite_expires_at": DATE_TIME,
+        },
+        ("invite_url", "invite_expires_at"),
+    ),
+    "PasswordChange": obj(
+        {"current_password": string(1024), "new_password": string(1024)},
+        ("current_password", "new_password"),
+        closed=True,
+    ),
+    "Session": obj(
+        {
+            "id": ID,
+            "created_at": MAYBE_DATE_TIME,
+            "last_seen_at": MAYBE_DATE_TIME,
+            "expires_at": MAYBE_DATE_TIME,
+            "client_address": MAYBE_STRING,
+            "user_agent": MAYBE_STRING,
+            "current": {"type": "boolean", "description": "The session making this call."},
+        },
+        ("id", "current"),
+    ),
     "Host": obj(
         {
             "id": ID,
@@ -605,6 +670,46 @@ OPERATIONS: dict[str, Operation] = {
         body="TokenInput",
     ),
     "api.revoke_token": Operation("Revoke one of your tokens", "Tokens", 204),
+    "api.list_users": Operation("List users (admin)", "Users", response=_list("User")),
+    "api.create_user": Operation(
+        "Invite a user: creates them without a password and answers a one-time link (24 h)",
+        "Users",
+        201,
+        ref("UserInvited"),
+        body="UserInput",
+        errors=(409,),
+    ),
+    "api.get_user": Operation("One user (admin)", "Users", response=ref("User")),
+    "api.update_user": Operation(
+        "Change a user's role or disable/enable them (disabling ends their sessions and "
+        "tokens at once; the last active admin cannot be demoted or disabled)",
+        "Users",
+        response=ref("User"),
+        body="UserUpdate",
+        errors=(409,),
+    ),
+    "api.delete_user": Operation(
+        "Delete a user (audit rows keep the name; not the last active admin)",
+        "Users",
+        204,
+        errors=(409,),
+    ),
+    "api.reset_user": Operation(
+        "A fresh one-time link to choose a new password (older links stop working)",
+        "Users",
+        response=ref("InviteLink"),
+        errors=(409,),
+    ),
+    "api.change_password": Operation(
+        "Change your own password (the current one is required; your other sessions end)",
+        "Users",
+        204,
+        body="PasswordChange",
+    ),
+    "api.my_sessions": Operation(
+        "Your active browser sessions", "Users", response=_list("Session")
+    ),
+    "api.end_my_session": Operation("Sign one of your sessions out", "Users", 204),
     "api.list_enrollment_tokens": Operation(
         "Outstanding enrollment tokens (including those expired in the last week)",
         "Hosts",

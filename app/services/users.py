@@ -10,7 +10,7 @@ from typing import Optional
 from sqlalchemy import delete, func, select, update
 
 from app.extensions import db
-from app.models import LoginFailure, Role, SetupToken, User, UserSession
+from app.models import ApiToken, LoginFailure, Role, SetupToken, User, UserInvite, UserSession
 from app.security import (
     hash_password,
     hash_token,
@@ -20,7 +20,8 @@ from app.security import (
 )
 from app.services import audit
 from app.services.audit import Actor
-from app.services.errors import Conflict, RateLimited, ValidationFailed
+from app.services.errors import Conflict, NotFound, RateLimited, ValidationFailed
+from app.services.validate import FieldErrors
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 USERNAME_RULES = "1-64 characters: letters, digits and . _ @ - (stored in lower case)."
@@ -271,3 +272,186 @@ def complete_setup(
         client_address=client_address,
     )
     return user
+
+
+# --- user management (Settings → Users, /api/v1/users) -----------------------------------
+
+
+LAST_ADMIN_MESSAGE = (
+    "{username} is the last active administrator: make another user an administrator first, "
+    "so someone can still manage this server."
+)
+AUTH_SOURCES = ("local", "oidc")
+
+
+def parse_role(value, field: str = "role") -> Role:
+    """A role name from a form or JSON body, or a 422 naming the choices."""
+    choices = ", ".join(role.value for role in Role)
+    if not isinstance(value, str) or value not in {role.value for role in Role}:
+        raise ValidationFailed(
+            f"Role must be one of {choices}.", fields={field: [f"Choose one of {choices}."]}
+        )
+    return Role(value)
+
+
+def list_users() -> list[User]:
+    return list(db.session.scalars(select(User).order_by(User.username)))
+
+
+def get_user(user_id: int) -> User:
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.")
+    return user
+
+
+def _is_active_admin(user: User) -> bool:
+    return user.is_active and user.role == Role.admin.value
+
+
+def _guard_last_admin(user: User) -> None:
+    """Refuse when ``user`` is the only active administrator left (demote, disable, delete)."""
+    if not _is_active_admin(user):
+        return
+    others = db.session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.role == Role.admin.value, User.disabled_at.is_(None), User.id != user.id)
+    )
+    if not others:
+        raise Conflict(LAST_ADMIN_MESSAGE.format(username=user.username), code="last_admin")
+
+
+def _audit_user(
+    actor: Actor, action: str, user: User, client_address: Optional[str], **payload
+) -> None:
+    audit.record(
+        actor,
+        action,
+        target_type="user",
+        target_id=user.id,
+        payload={"username": user.username, **payload},
+        client_address=client_address,
+    )
+
+
+def change_role(user: User, role: Role, *, actor: Actor, client_address: Optional[str]) -> User:
+    if user.role == role.value:
+        return user
+    if role != Role.admin:
+        _guard_last_admin(user)
+    before = user.role
+    user.role = role.value
+    db.session.flush()
+    _audit_user(actor, "user.role_changed", user, client_address, old=before, new=role.value)
+    return user
+
+
+def set_disabled(
+    user: User, disabled: bool, *, actor: Actor, client_address: Optional[str], now: datetime
+) -> User:
+    """Disable (sessions and API tokens stop working at once) or enable again."""
+    if disabled == (not user.is_active):
+        return user
+    if disabled:
+        _guard_last_admin(user)
+        disable_user(user, now=now)
+        _audit_user(actor, "user.disabled", user, client_address)
+    else:
+        user.disabled_at = None
+        db.session.flush()
+        _audit_user(actor, "user.enabled", user, client_address)
+    return user
+
+
+def delete_user(user: User, *, actor: Actor, client_address: Optional[str]) -> None:
+    """Delete a user with their sessions, tokens and links; audit rows keep the name."""
+    _guard_last_admin(user)
+    _audit_user(actor, "user.deleted", user, client_address, role=user.role)
+    db.session.execute(delete(UserSession).where(UserSession.user_id == user.id))
+    db.session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+    db.session.execute(delete(UserInvite).where(UserInvite.user_id == user.id))
+    db.session.delete(user)
+    db.session.flush()
+
+
+def change_password(
+    user: User,
+    current_password: str,
+    new_password: str,
+    *,
+    keep_session_id: Optional[int],
+    client_address: Optional[str],
+    now: datetime,
+) -> None:
+    """Change one's own password: the current one is required; other sessions end."""
+    fields = FieldErrors()
+    if not verify_password(user.password_hash, current_password or ""):
+        fields.add("current_password", "The current password is not correct.")
+    for problem in password_problems(new_password or "", user.username):
+        fields.add("new_password", problem)
+    fields.raise_any()
+    user.password_hash = hash_password(new_password)
+    query = update(UserSession).where(
+        UserSession.user_id == user.id, UserSession.revoked_at.is_(None)
+    )
+    if keep_session_id is not None:
+        query = query.where(UserSession.id != keep_session_id)
+    db.session.execute(query.values(revoked_at=now))
+    db.session.flush()
+    _audit_user(Actor.for_user(user), "user.password_changed", user, client_address)
+
+
+def active_sessions(user: User, *, now: datetime) -> list[UserSession]:
+    return list(
+        db.session.scalars(
+            select(UserSession)
+            .where(
+                UserSession.user_id == user.id,
+                UserSession.revoked_at.is_(None),
+                UserSession.expires_at > now,
+            )
+            .order_by(UserSession.last_seen_at.desc(), UserSession.id.desc())
+        )
+    )
+
+
+def end_own_session(
+    user: User, session_id: int, *, client_address: Optional[str], now: datetime
+) -> UserSession:
+    row = db.session.get(UserSession, session_id)
+    if row is None or row.user_id != user.id or row.revoked_at is not None or row.expires_at <= now:
+        raise NotFound("No such active session.")
+    row.revoked_at = now
+    db.session.flush()
+    audit.record(
+        Actor.for_user(user),
+        "user.session_ended",
+        target_type="user",
+        target_id=user.id,
+        payload={"username": user.username, "session_id": row.id},
+        client_address=client_address,
+    )
+    return row
+
+
+def end_other_sessions(
+    user: User, keep_session_id: Optional[int], *, client_address: Optional[str], now: datetime
+) -> int:
+    query = update(UserSession).where(
+        UserSession.user_id == user.id,
+        UserSession.revoked_at.is_(None),
+        UserSession.expires_at > now,
+    )
+    if keep_session_id is not None:
+        query = query.where(UserSession.id != keep_session_id)
+    ended = db.session.execute(query.values(revoked_at=now)).rowcount
+    audit.record(
+        Actor.for_user(user),
+        "user.sessions_ended",
+        target_type="user",
+        target_id=user.id,
+        payload={"username": user.username, "count": ended},
+        client_address=client_address,
+    )
+    return ended

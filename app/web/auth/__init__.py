@@ -2,4 +2,4 @@ from flask import Blueprint
 
 bp = Blueprint("auth", __name__)
 
-from app.web.auth import oidc, routes  # noqa: E402,F401
+from app.web.auth import invite, oidc, routes  # noqa: E402,F401

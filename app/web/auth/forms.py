@@ -46,3 +46,18 @@ class SetupForm(FlaskForm):
             EqualTo("password", message="The two passwords differ."),
         ],
     )
+
+
+class InviteForm(FlaskForm):
+    password = PasswordField(
+        "New password",
+        validators=[DataRequired(message="Choose a password."), Length(max=PASSWORD_MAX_LENGTH)],
+        description=PASSWORD_RULES,
+    )
+    confirm = PasswordField(
+        "Repeat password",
+        validators=[
+            DataRequired(message="Type the password again."),
+            EqualTo("password", message="The two passwords differ."),
+        ],
+    )
