@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Dict, List, Optional
 
 from agent import __version__
-from agent.client import Client, ClientError, ProtocolTooOld, Refused
+from agent.client import Client, ClientError, HostDeleted, ProtocolTooOld, Refused
 from agent.config import (
     ConfigError,
     NotEnrolled,
@@ -34,6 +34,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_REFUSED = 2  # enrollment refused (also argparse's usage errors)
 EXIT_PROTOCOL_TOO_OLD = 3
+# The server deleted this host: every call gets 410. install/restic-manager-agent.service
+# lists it in RestartPreventExitStatus=, so systemd does not restart the agent in a loop.
+EXIT_HOST_DELETED = 4
 TOKEN_ENV = "RM_ENROLL_TOKEN"  # noqa: S105 (a variable name, not a token)
 
 
@@ -82,6 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ProtocolTooOld as error:
         print(error.message, file=sys.stderr)
         return EXIT_PROTOCOL_TOO_OLD
+    except HostDeleted:  # the agent's log said why, in one line
+        return EXIT_HOST_DELETED
     except Refused as error:
         print(f"the server refused: {error.message}", file=sys.stderr)
         return EXIT_REFUSED

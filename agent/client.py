@@ -7,7 +7,7 @@ the exceptions below. :class:`RetryableError` means "back off and try again"; th
 
 import logging
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -87,6 +87,11 @@ class Gone(Refused):
     """410 (``rpc_closed``): nobody waits for this answer any more."""
 
 
+class HostDeleted(Gone):
+    """410 ``host_deleted``: an administrator deleted this host on the server; the agent stops
+    (every call would get the same answer until it is enrolled again)."""
+
+
 def _refusal_class(status: int, code: str):
     if status == 401:
         return Unauthorized
@@ -97,7 +102,7 @@ def _refusal_class(status: int, code: str):
     if status == 413:
         return PayloadTooLarge
     if status == 410:
-        return Gone
+        return HostDeleted if code == "host_deleted" else Gone
     if status == 409 and code == "stale_attempt":
         return StaleAttempt
     return Refused
@@ -141,6 +146,8 @@ class Client:
     ):
         self.base_url = api_base(server_url)
         self._token = agent_token
+        # Told about a 410 host_deleted from any call, before it is raised (the agent stops).
+        self.on_host_deleted: Optional[Callable[[HostDeleted], None]] = None
         self.poll_wait_seconds = poll_wait_seconds
         self._pinned = bool(pin_sha256)
         self.session = requests.Session()
@@ -267,6 +274,10 @@ class Client:
             raise RetryableError(f"cannot reach {url}: {_short(error)}") from None
         try:
             return classify_response(response)
+        except HostDeleted as error:
+            if self.on_host_deleted is not None:
+                self.on_host_deleted(error)
+            raise
         finally:
             response.close()
 

@@ -13,6 +13,7 @@ from agent.backoff import Backoff
 from agent.client import (
     Client,
     ClientError,
+    HostDeleted,
     PinMismatch,
     ProtocolTooOld,
     RetryableError,
@@ -116,6 +117,9 @@ class ServerLoop:
             except ProtocolTooOld:
                 self.status.failed("protocol_too_old", "the server needs a newer agent")
                 raise
+            except HostDeleted as error:
+                self.status.failed("host_deleted", error.message)
+                return False
             except ClientError as error:
                 self._wait_after(error, stop)
                 continue
@@ -138,6 +142,9 @@ class ServerLoop:
             except ProtocolTooOld:
                 self.status.failed("protocol_too_old", "the server needs a newer agent")
                 raise
+            except HostDeleted as error:
+                self.status.failed("host_deleted", error.message)
+                return
             except ClientError as error:
                 self._wait_after(error, stop)
                 continue

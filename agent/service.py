@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional
 
 from agent.backoff import start_delay
-from agent.client import Client
+from agent.client import Client, HostDeleted
 from agent.commands import Commands
 from agent.config import AgentConfig, State, load_config, open_secret_store
 from agent.facts import host_facts
@@ -126,19 +126,40 @@ class Agent:
         self.facts: Dict[str, Any] = {}
 
     def _new_client(self) -> Client:
-        return Client(
+        client = Client(
             self.config.server_url,
             agent_token=self.state.agent_token,
             ca_file=self.config.ca_file,
             pin_sha256=self.config.pin_sha256,
             poll_wait_seconds=self.state.settings["poll_wait_seconds"],
         )
+        client.on_host_deleted = self._host_deleted
+        return client
+
+    # A 410 host_deleted from any call (hello, poll, events, logs, runs, rpc) stops the agent.
+    deleted: Optional[HostDeleted] = None
+    _stop: Optional[threading.Event] = None
+    _deleted_lock = threading.Lock()
+
+    def _host_deleted(self, error: HostDeleted) -> None:
+        with self._deleted_lock:
+            if self.deleted is not None:
+                return
+            self.deleted = error
+        log.error(
+            "the server says this host was deleted (%s); stopping — re-enroll it "
+            "(restic-manager-agent enroll --force --server … --token …) to back it up again",
+            error.message,
+        )
+        if self._stop is not None:
+            self._stop.set()
 
     # -- start, run, stop --------------------------------------------------------------
 
     def run_forever(self, stop: Optional[threading.Event] = None) -> int:
-        """Run until ``stop`` is set; returns 0. Raises :class:`ProtocolTooOld` on 426."""
-        stop = stop or threading.Event()
+        """Run until ``stop`` is set; returns 0. Raises :class:`ProtocolTooOld` on 426 and
+        :class:`HostDeleted` once the server answered 410 host_deleted to any call."""
+        stop = self._stop = stop or threading.Event()
         uploader_stop = threading.Event()
         uploader_thread = None
         background_stop = threading.Event()
@@ -157,8 +178,10 @@ class Agent:
                 target=self.uploader.run, args=(uploader_stop,), name="uploader", daemon=True
             )
             uploader_thread.start()
-            if self.loop.hello(stop, self.facts):
+            if self.deleted is None and self.loop.hello(stop, self.facts):
                 self.loop.poll_forever(stop)
+            if self.deleted is not None:
+                raise self.deleted
             return 0
         finally:
             background_stop.set()

@@ -21,6 +21,7 @@ from agent.client import (
     Client,
     ClientError,
     Gap,
+    HostDeleted,
     PayloadTooLarge,
     Refused,
     RetryableError,
@@ -76,6 +77,9 @@ class Uploader:
         """One flush; returns how long to wait before the next one."""
         try:
             self.flush()
+        except HostDeleted as error:  # the agent stops (its callback said why, once)
+            self.last_error = f"host deleted: {error.message}"
+            return self.backoff.max_delay()
         except Unauthorized as error:
             self.last_error = f"unauthorized: {error.message}"
             log.error("uploads refused: the server does not accept this agent's token")
@@ -147,7 +151,7 @@ class Uploader:
                 continue
             try:
                 answer = self.client.register_run(job.registration)
-            except (Unauthorized, RetryableError):
+            except (Unauthorized, RetryableError, HostDeleted):  # the flush stops
                 raise
             except Refused as error:
                 log.error("run %s: the server refused it (%s); dropping its data", run_id, error)
@@ -179,7 +183,7 @@ class Uploader:
                 return progressed
             try:
                 answer = self.client.send_events(batch)
-            except (Unauthorized, RetryableError):
+            except (Unauthorized, RetryableError, HostDeleted):  # the flush stops
                 raise
             except PayloadTooLarge:
                 self._event_batch = max(1, len(batch) // 2)
@@ -267,7 +271,7 @@ class Uploader:
                 return False
             self._record_batch[job.job_id] = max(1, len(records) // 2)
             return True
-        except (Unauthorized, RetryableError):
+        except (Unauthorized, RetryableError, HostDeleted):  # the flush stops
             raise
         except Refused as error:
             log.error("job %s: the server refused its log records: %s", job.job_id, error.message)

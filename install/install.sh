@@ -393,6 +393,8 @@ Environment=RESTIC_CACHE_DIR=/var/cache/restic
 ExecStart=/usr/local/bin/restic-manager-agent run
 Restart=always
 RestartSec=5
+# 4: the server deleted this host (410 host_deleted); restarting would only be refused again.
+RestartPreventExitStatus=4
 # SIGTERM reaches the agent only, so it can stop restic cleanly and keep its spool; anything
 # still running after the timeout is killed.
 KillMode=mixed

@@ -23,6 +23,11 @@ SETTINGS = {
     "max_log_batch_records": 500,
     "command_lease_seconds": 60,
 }
+HOST_DELETED = {
+    "error": "host_deleted",
+    "message": "This host (web-1) was deleted on the server at 2026-12-03 21:40 UTC; the agent "
+    "stops. Re-enroll it from the Add host page to back it up again.",
+}
 _LOGS = re.compile(r"^/api/agent/v1/jobs/(\d+)/logs$")
 _RPC = re.compile(r"^/api/agent/v1/rpc/([0-9a-fA-F]{32})(?:/(data|end))?$")
 
@@ -38,6 +43,7 @@ class FakeServer:
             {"host_id": 7, "agent_token": AGENT_TOKEN, "settings": self.settings},
         )
         self.hello_answer: Optional[Tuple[int, Dict[str, Any]]] = None
+        self.deleted = False  # every authenticated call answers 410 host_deleted (and parked polls)
         self.queued: List[Dict[str, Any]] = []
         self.reconcile: List[Dict[str, Any]] = []
         self.acks: List[Dict[str, Any]] = []
@@ -72,6 +78,12 @@ class FakeServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def delete_host(self) -> None:
+        """From now on every call (a parked poll too) answers 410 host_deleted."""
+        with self.condition:
+            self.deleted = True
+            self.condition.notify_all()
 
     def start(self) -> "FakeServer":
         self.thread.start()
@@ -119,6 +131,8 @@ class FakeServer:
             return self.enroll_answer
         if headers.get("Authorization") != f"Bearer {AGENT_TOKEN}":
             return 401, {"error": "unauthenticated", "message": "unknown agent token"}
+        if self.deleted:
+            return 410, HOST_DELETED
         if path == "/api/agent/v1/hello":
             with self.condition:
                 self.hellos.append(body)
@@ -147,6 +161,8 @@ class FakeServer:
             self.polls.append(body)
             self.acks.extend(body.get("acks") or [])
             while not (self.queued or self.reconcile):
+                if self.deleted:
+                    return 410, HOST_DELETED
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return 204, None
