@@ -173,6 +173,8 @@ def test_first_sign_in_creates_the_user_with_the_mapped_role(app, client, provid
     assert [(row.target_id, row.payload["role"]) for row in created] == [(str(user.id), "operator")]
     logins = _actions("user.oidc_login")
     assert [(row.actor_label, row.payload["role"]) for row in logins] == [("alice", "operator")]
+    every_row = db.session.scalars(select(AuditLog)).all()
+    assert "client-secret-value" not in repr([(row.action, row.payload) for row in every_row])
 
 
 def test_role_follows_the_groups_at_every_sign_in(app, app_factory, provider):
