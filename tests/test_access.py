@@ -46,6 +46,9 @@ SELF_SERVICE = {
     # Users change their own password and end their own sessions (issue 15).
     "api.change_password",
     "api.end_my_session",
+    "settings.change_password",
+    "settings.end_session",
+    "settings.end_other_sessions",
     # A POST that only reads: viewers may preview a retention policy.
     "api.preview_source_group_retention",
 }
