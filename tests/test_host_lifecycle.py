@@ -33,7 +33,9 @@ from app.services.errors import ValidationFailed
 from tests.factories import (
     TS,
     bearer_headers,
+    csrf_token,
     enroll_agent,
+    form_token,
     make_enrolled_host,
     make_host,
     make_job,
@@ -330,3 +332,106 @@ def test_bulk_tags_keep_the_per_host_limit(app):
     host = make_host("web-1", tags=[f"t{n}" for n in range(20)])
     with pytest.raises(ValidationFailed):
         hosts.bulk_tags([host.id], ["one-more"], actor=ADMIN)
+
+
+# --- pages: the host's Manage tab and the dashboard's bulk tagging ------------------------------
+
+
+def test_manage_tab_renames_retags_with_field_errors(app, login_as):
+    host = make_host("web-1", tags=["keep"])
+    make_host("db-1")
+    browser = login_as(Role.admin)
+    page = browser.get(f"/hosts/{host.id}/manage").get_data(as_text=True)
+    assert "The repository itself is untouched" in page and "The agent stops" in page
+    token = csrf_token(page)
+
+    bad = browser.post(
+        f"/hosts/{host.id}/manage/tags", data={"csrf_token": token, "tags": "db b/ad"}
+    )
+    assert bad.status_code == 422
+    text = bad.get_data(as_text=True)
+    assert 'aria-invalid="true"' in text and "&#39;b/ad&#39; is not a tag" in text
+    assert 'value="db b/ad"' in text  # what was typed stays to be corrected
+    good = browser.post(
+        f"/hosts/{host.id}/manage/tags", data={"csrf_token": token, "tags": "db, eu eu"}
+    )
+    assert good.status_code == 302
+    taken = browser.post(
+        f"/hosts/{host.id}/manage/rename", data={"csrf_token": token, "hostname": "db-1"}
+    )
+    assert taken.status_code == 409
+    assert "Another host is already named db-1." in taken.get_data(as_text=True)
+    renamed = browser.post(
+        f"/hosts/{host.id}/manage/rename", data={"csrf_token": token, "hostname": "web-9"}
+    )
+    assert renamed.status_code == 302
+    db.session.expire_all()
+    assert (db.session.get(Host, host.id).hostname, db.session.get(Host, host.id).tags) == (
+        "web-9",
+        ["db", "eu"],
+    )
+
+
+def test_manage_tab_deletes_only_with_the_hostname_typed(app, login_as):
+    host_id = make_host("web-1").id
+    browser = login_as(Role.admin)
+    token = form_token(browser, f"/hosts/{host_id}/manage")
+    wrong = browser.post(
+        f"/hosts/{host_id}/manage/delete", data={"csrf_token": token, "confirm_hostname": "web"}
+    )
+    assert wrong.status_code == 422
+    assert "Type the hostname (web-1) exactly" in wrong.get_data(as_text=True)
+    no_csrf = browser.post(f"/hosts/{host_id}/manage/delete", data={"confirm_hostname": "web-1"})
+    assert no_csrf.status_code == 400
+    db.session.expire_all()
+    assert db.session.get(Host, host_id) is not None
+    done = browser.post(
+        f"/hosts/{host_id}/manage/delete",
+        data={"csrf_token": token, "confirm_hostname": "web-1"},
+        follow_redirects=True,
+    )
+    assert done.status_code == 200
+    assert "web-1 was deleted. Its repository is untouched" in done.get_data(as_text=True)
+    db.session.expire_all()
+    assert db.session.get(Host, host_id) is None
+
+
+def test_dashboard_bulk_tags_the_selected_hosts(app, login_as):
+    one, two, three = make_host("web-1"), make_host("web-2"), make_host("web-3", tags=["old"])
+    operator = login_as(Role.operator)
+    assert 'form="bulk-tags"' not in operator.get("/").get_data(as_text=True)
+    browser = login_as(Role.admin)
+    page = browser.get("/").get_data(as_text=True)
+    assert page.count('form="bulk-tags"') == 3 and 'id="bulk-tags"' in page
+    token = csrf_token(page)
+    added = browser.post(
+        "/hosts/tags",
+        data={
+            "csrf_token": token,
+            "host_ids": [one.id, two.id],
+            "tag": "db eu",
+            "action": "add",
+            "return_to": "/?tag=old",
+        },
+    )
+    assert added.status_code == 302 and added.headers["Location"].endswith("/?tag=old")
+    removed = browser.post(
+        "/hosts/tags",
+        data={"csrf_token": token, "host_ids": [two.id], "tag": "eu", "action": "remove"},
+        follow_redirects=True,
+    )
+    assert "eu removed from web-2." in removed.get_data(as_text=True)
+    nothing = browser.post(
+        "/hosts/tags",
+        data={"csrf_token": token, "tag": "db", "action": "add", "return_to": "https://evil/"},
+        follow_redirects=True,
+    )
+    assert "select at least one host" in nothing.get_data(as_text=True)
+    db.session.expire_all()
+    assert [db.session.get(Host, h.id).tags for h in (one, two, three)] == [
+        ["db", "eu"],
+        ["db"],
+        ["old"],
+    ]
+    filtered = browser.get("/?tag=db").get_data(as_text=True)
+    assert "web-1" in filtered and "web-2" in filtered and ">web-3<" not in filtered

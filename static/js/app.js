@@ -67,6 +67,7 @@ document.addEventListener("submit", function (event) {
   });
   const editing = function (region) {
     const active = document.activeElement;
+    if (region.querySelector("input[data-selection]:checked")) return true; // rows selected
     return active && region.contains(active) && active.matches("input, select, textarea");
   };
   const load = function (url, members) {

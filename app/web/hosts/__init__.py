@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("hosts", __name__)
 
-from app.web.hosts import alerts, repo, restore, routes, schedules, sources  # noqa: E402,F401
+from app.web.hosts import alerts, manage, repo, restore, routes, schedules, sources  # noqa: E402,F401
