@@ -10,19 +10,19 @@ from sqlalchemy import select
 
 from app.access import Role, require_role
 from app.extensions import db
-from app.models import Alert, AuditLog, Host, Job
+from app.models import Alert, AuditLog, EnrollmentToken, Host, Job
 from app.services import audit_log
 from app.services.errors import ValidationFailed
 from app.web.audit import bp
 
 PAGE_SIZE = 50
 FILTER_NAMES = ("actor", "action", "target_type", "target_id", "host_id", "since", "until", "q")
-# Targets whose page is one fixed place (the user list lands with issue 15's Users page).
+# Targets whose page is one list (the users page lists every user; no page per user).
 _LIST_PAGES = {
     "channel": ("settings.notifications",),
     "silence": ("alerts.silences",),
     "alert_rule": ("alerts.rules",),
-    "user": ("settings.users", "users.index"),
+    "user": ("settings.users_list",),
 }
 
 
@@ -54,6 +54,7 @@ def target_links(rows: list[AuditLog]) -> dict[int, str]:
     hosts = _existing(Host, _ids(rows, "host"))
     jobs = _existing(Job, _ids(rows, "job"))
     alerts = _existing(Alert, _ids(rows, "alert"))
+    enrollments = _existing(EnrollmentToken, _ids(rows, "enrollment_token"))
     payload_hosts = {
         _number((row.payload or {}).get("host_id"))
         for row in rows
@@ -70,6 +71,8 @@ def target_links(rows: list[AuditLog]) -> dict[int, str]:
             links[row.id] = url_for("jobs.show", job_id=number)
         elif kind == "alert" and number in alerts:
             links[row.id] = url_for("alerts.show", alert_id=number)
+        elif kind == "enrollment_token" and number in enrollments:
+            links[row.id] = url_for("hosts.enrollment_token", token_id=number)
         elif kind in ("schedule", "source_group"):
             host_id = _number((row.payload or {}).get("host_id"))
             if host_id in hosts:
