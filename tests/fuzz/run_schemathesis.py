@@ -16,8 +16,8 @@ matches the document. Exit status 0 only when schemathesis found nothing.
 Two operations get special care: the live log (``GET /jobs/{id}/stream``) answers an
 endless event stream by design for a job that has not ended, so it is left out (its
 conformance is tested in tests/test_openapi.py); revoking a token
-(``DELETE /tokens/{id}``) runs last and alone, so the run cannot revoke its own token
-half-way and turn the rest into 401s.
+(``DELETE /tokens/{id}``), changing and deleting users run last, so the run cannot revoke
+its own token or disable its own user half-way and turn the rest into 401s.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ from tests.e2e.processes import (  # noqa: E402
 
 PASSWORD = "fuzzing is fun, really"
 LEFT_OUT = ("stream_job",)  # endless by design for a running job (see the docstring)
-LAST = "revoke_token"
+# Run after everything else: they can take the fuzzer's own access away (revoke its token;
+# disable, demote or delete its user once the fuzzer has invited a second admin).
+LAST = ("update_user", "delete_user", "revoke_token")
 
 
 def log(message: str) -> None:
@@ -208,11 +210,12 @@ def schemathesis(server: Server, token: str, args, report: Path, only_last: bool
     if args.seed is not None:
         command += ["--seed", str(args.seed)]
     if only_last:
-        command += ["--include-operation-id", LAST]
+        for operation_id in LAST:
+            command += ["--include-operation-id", operation_id]
     else:
-        for operation_id in (*LEFT_OUT, LAST):
+        for operation_id in (*LEFT_OUT, *LAST):
             command += ["--exclude-operation-id", operation_id]
-    log(f"schemathesis ({'revoke_token alone' if only_last else 'every other operation'})")
+    log(f"schemathesis ({', '.join(LAST) if only_last else 'every other operation'})")
     try:
         return subprocess.run(command, cwd=report.parent, timeout=args.timeout).returncode
     except subprocess.TimeoutExpired:
