@@ -313,12 +313,14 @@ def _guard_last_admin(user: User) -> None:
     """Refuse when ``user`` is the only active administrator left (demote, disable, delete)."""
     if not _is_active_admin(user):
         return
-    others = db.session.scalar(
-        select(func.count())
-        .select_from(User)
-        .where(User.role == Role.admin.value, User.disabled_at.is_(None), User.id != user.id)
-    )
-    if not others:
+    # FOR UPDATE (PostgreSQL): two admins disabling each other at once cannot both pass.
+    admins = db.session.scalars(
+        select(User.id)
+        .where(User.role == Role.admin.value, User.disabled_at.is_(None))
+        .order_by(User.id)
+        .with_for_update()
+    ).all()
+    if not [admin_id for admin_id in admins if admin_id != user.id]:
         raise Conflict(LAST_ADMIN_MESSAGE.format(username=user.username), code="last_admin")
 
 
