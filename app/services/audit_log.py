@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
@@ -191,6 +192,21 @@ def _about_host(host_id: int):
     )
 
 
+def _mentions(text: str):
+    """``text`` anywhere in the actor, action, target id or payload, in any case (ASCII)."""
+    pattern = "%" + _escaped(text.lower()) + "%"
+    payload = func.lower(cast(AuditLog.payload, Text))
+    # The payload is stored as JSON text with non-ASCII characters escaped (\u00e9).
+    in_json = "%" + _escaped(json.dumps(text.lower())[1:-1]) + "%"
+    return or_(
+        func.lower(AuditLog.actor_label).like(pattern, escape="\\"),
+        func.lower(AuditLog.action).like(pattern, escape="\\"),
+        func.lower(AuditLog.target_id).like(pattern, escape="\\"),
+        payload.like(pattern, escape="\\"),
+        payload.like(in_json, escape="\\"),
+    )
+
+
 def filtered(statement, filters: AuditFilters):
     """``statement`` (over AuditLog) narrowed by ``filters``."""
     if filters.actor:
@@ -212,15 +228,7 @@ def filtered(statement, filters: AuditFilters):
     if filters.until is not None:
         statement = statement.where(AuditLog.at <= filters.until)
     if filters.q:
-        pattern = "%" + _escaped(filters.q.lower()) + "%"
-        statement = statement.where(
-            or_(
-                func.lower(AuditLog.actor_label).like(pattern, escape="\\"),
-                func.lower(AuditLog.action).like(pattern, escape="\\"),
-                func.lower(AuditLog.target_id).like(pattern, escape="\\"),
-                func.lower(cast(AuditLog.payload, Text)).like(pattern, escape="\\"),
-            )
-        )
+        statement = statement.where(_mentions(filters.q))
     return statement
 
 
