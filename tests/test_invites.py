@@ -148,3 +148,13 @@ def test_create_user_command_prints_a_link(app):
     assert again.exit_code == 1 and "already exists" in again.output
     bad = runner.invoke(args=["create-user", "--username", "x", "--role", "root"])
     assert bad.exit_code == 2
+
+
+def test_odd_passwords_on_the_invite_page_are_form_errors(app, client):
+    user, _, token = _invite()
+    for password in ("nul\x00in the password", "p" * 5000):
+        response = _post(client, token, password=password)
+        assert response.status_code in (400, 422), response.status_code
+    db.session.expire_all()
+    assert user.password_hash is None
+    assert invites.find_link(token, now=utcnow()) is not None  # still usable

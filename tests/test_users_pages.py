@@ -145,3 +145,43 @@ def test_account_password_and_sessions(app, make_user):
     assert ended.status_code == 302
     assert other.get("/settings/account").status_code == 302
     assert browser.get("/settings/account").status_code == 200
+
+
+def test_odd_input_is_a_form_error_never_a_500(app, login_as, make_user):
+    browser = login_as(Role.admin)
+    other = make_user(Role.viewer)
+    token = form_token(browser, "/settings/users")
+    for data in (
+        {"username": "nul\x00name", "role": "viewer"},
+        {"username": "x" * 5000, "role": "viewer"},
+        {"username": "fine2", "role": "vie\x00wer"},
+        {"username": "", "role": ""},
+    ):
+        response = browser.post("/settings/users", data={"csrf_token": token, **data})
+        assert response.status_code in (400, 422), (data, response.status_code)
+    odd_role = browser.post(
+        f"/settings/users/{other.id}/role",
+        data={"csrf_token": token, "role": "x" * 5000},
+        follow_redirects=True,
+    )
+    assert odd_role.status_code == 200 and "Role must be one of" in odd_role.get_data(as_text=True)
+    assert (
+        browser.post("/settings/users/99999/delete", data={"csrf_token": token}).status_code == 404
+    )
+    assert (
+        browser.post("/settings/users/99999/reset", data={"csrf_token": token}).status_code == 404
+    )
+    page = browser.get("/settings/account")
+    wrong = browser.post(
+        "/settings/account/password",
+        data={
+            "csrf_token": csrf_token(page.get_data(as_text=True)),
+            "current_password": "a\x00b",
+            "new_password": "n" * 5000,
+            "confirm": "n" * 5000,
+        },
+    )
+    assert wrong.status_code in (400, 422)
+    ended = browser.post("/settings/account/sessions/99999/end", data={"csrf_token": token})
+    assert ended.status_code == 404
+    assert db.session.scalar(select(User).where(User.username == "fine2")) is None
