@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator, FormatChecker
 from sqlalchemy import select
 
 from app.extensions import db
@@ -717,3 +718,21 @@ def test_free_text_finds_non_ascii_payload_text(admin, app):
     db.session.commit()
     assert _ids(admin.get(API, query_string={"q": "café-umzug"})) == [wanted]
     assert _ids(admin.get(API, query_string={"q": "日本"})) == [wanted]
+
+
+def test_answers_match_the_openapi_document(admin, log):
+    document = admin.get("/api/v1/openapi.json").get_json()
+    operation = document["paths"]["/api/v1/audit"]["get"]
+    schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    validator = Draft202012Validator(
+        {**schema, "components": document["components"]}, format_checker=FormatChecker()
+    )
+    body = admin.get(API, query_string={"limit": 2}).get_json()
+    assert body["next_cursor"] and list(validator.iter_errors(body)) == []
+    for path, media_type in (
+        ("/api/v1/audit.csv", "text/csv"),
+        ("/api/v1/audit.ndjson", "application/x-ndjson"),
+    ):
+        content = document["paths"][path]["get"]["responses"]["200"]["content"]
+        assert list(content) == [media_type]
+        assert admin.get(path).mimetype == media_type
