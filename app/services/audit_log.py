@@ -19,12 +19,11 @@ from sqlalchemy import String, Text, cast, func, or_, select
 
 from app.extensions import db
 from app.models import AuditLog, Job, SourceGroup
-from app.services.validate import FieldErrors, fail, unstorable
+from app.services.validate import INT64_MAX, FieldErrors, fail, unstorable
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 MAX_TEXT = 255  # the longest filter value anyone needs (actor labels are at most 255)
-MAX_ID = 2**63 - 1
 _CURSOR_PREFIX = "b"
 _ACTION = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
 
@@ -41,21 +40,6 @@ class AuditFilters:
     since: Optional[datetime] = None
     until: Optional[datetime] = None
     q: str = ""
-
-    @property
-    def is_filtered(self) -> bool:
-        return any(
-            (
-                self.actor,
-                self.action,
-                self.target_type,
-                self.target_id,
-                self.host_id is not None,
-                self.since,
-                self.until,
-                self.q,
-            )
-        )
 
 
 # --- reading the filters from text (both doors) ---------------------------------------------
@@ -146,7 +130,7 @@ def decode_cursor(raw: str, name: str = "cursor") -> Optional[int]:
     if (
         not decoded.startswith(_CURSOR_PREFIX)
         or not re.fullmatch(r"[0-9]{1,19}", number)
-        or not 0 < int(number) <= MAX_ID
+        or not 0 < int(number) <= INT64_MAX
     ):
         fail(name, problem)
     return int(number)
