@@ -1462,7 +1462,6 @@ OPERATIONS.update(
     }
 )
 
-
 SCHEMAS["AuditEntry"] = obj(
     {
         "id": ID,
