@@ -184,5 +184,3 @@ def accept(token: str, password: str, *, client_address: Optional[str], now: dat
         client_address=client_address,
     )
     return user
-
-
