@@ -760,19 +760,18 @@ def _close(alert: Alert, *, by: str, note: Optional[str], now: datetime) -> bool
     return True
 
 
-def enqueue(context: Context, alert: Alert, host: Host, event: str) -> list[Notification]:
-    """Outbox rows for every enabled channel that wants this alert (severity, tags),
-    unless a silence mutes it."""
-    if silence_matching(alert.rule, host, context.silences) is not None:
-        return []
-    rows = []
-    host_tags = set(host.tags or [])
-    for channel in context.channels:
-        if SEVERITY_RANK.get(alert.severity, 0) < SEVERITY_RANK.get(channel.min_severity, 0):
-            continue
-        if channel.tags and not host_tags.intersection(channel.tags):
-            continue
-        row = Notification(
+def wants(channel: NotificationChannel, alert: Alert, host: Host) -> bool:
+    """The channel hears about this alert: severity at least its minimum, and (when it has
+    host tags) the host carries one of them."""
+    if SEVERITY_RANK.get(alert.severity, 0) < SEVERITY_RANK.get(channel.min_severity, 0):
+        return False
+    return not channel.tags or bool(set(host.tags or []).intersection(channel.tags))
+
+
+def _outbox(context: Context, alert: Alert, channels, event: str) -> list[Notification]:
+    """One pending outbox row per channel, written with the alert change."""
+    rows = [
+        Notification(
             idempotency_key=uuid.uuid4().hex,
             alert_id=alert.id,
             channel_id=channel.id,
@@ -781,11 +780,25 @@ def enqueue(context: Context, alert: Alert, host: Host, event: str) -> list[Noti
             next_attempt_at=context.now,
             created_at=context.now,
         )
-        db.session.add(row)
-        rows.append(row)
+        for channel in channels
+    ]
     if rows:
+        db.session.add_all(rows)
         db.session.flush()
     return rows
+
+
+def enqueue(context: Context, alert: Alert, host: Host, event: str) -> list[Notification]:
+    """Outbox rows for every enabled channel that wants this alert (severity, tags),
+    unless a silence mutes it."""
+    if silence_matching(alert.rule, host, context.silences) is not None:
+        return []
+    return _outbox(
+        context,
+        alert,
+        [channel for channel in context.channels if wants(channel, alert, host)],
+        event,
+    )
 
 
 def get_alert(alert_id: int) -> Alert:
@@ -797,6 +810,19 @@ def get_alert(alert_id: int) -> Alert:
 
 def _note(value) -> Optional[str]:
     return validate.text(value, "note", "Note", required=False, max_length=1000)
+
+
+def _audit(
+    actor: Actor, action: str, alert: Alert, note: Optional[str], client_address: Optional[str]
+) -> None:
+    audit.record(
+        actor,
+        action,
+        target_type="alert",
+        target_id=alert.id,
+        payload={"rule": alert.rule, "host_id": alert.host_id, "note": note},
+        client_address=client_address,
+    )
 
 
 def acknowledge(
@@ -817,14 +843,7 @@ def acknowledge(
         alert.acknowledged_by = actor.label
     alert.ack_note = note or alert.ack_note
     db.session.flush()
-    audit.record(
-        actor,
-        "alert.acknowledged",
-        target_type="alert",
-        target_id=alert.id,
-        payload={"rule": alert.rule, "host_id": alert.host_id, "note": note},
-        client_address=client_address,
-    )
+    _audit(actor, "alert.acknowledged", alert, note, client_address)
     return alert
 
 
@@ -847,14 +866,7 @@ def resolve(
         raise Conflict(f"Alert {alert.id} is already resolved.", code="alert_resolved")
     enqueue(context, alert, host, "resolved")
     db.session.flush()
-    audit.record(
-        actor,
-        "alert.resolved",
-        target_type="alert",
-        target_id=alert.id,
-        payload={"rule": alert.rule, "host_id": alert.host_id, "note": note},
-        client_address=client_address,
-    )
+    _audit(actor, "alert.resolved", alert, note, client_address)
     return alert
 
 
@@ -1458,25 +1470,12 @@ def remind(context: Context) -> list[Notification]:
         if alert.id not in notified:
             rows.extend(enqueue(context, alert, host, "firing"))
             continue
-        for channel in channels:
-            last = latest.get((alert.id, channel.id), alert.fired_at)
-            if context.now - last < timedelta(hours=channel.remind_every_hours):
-                continue
-            if SEVERITY_RANK.get(alert.severity, 0) < SEVERITY_RANK.get(channel.min_severity, 0):
-                continue
-            if channel.tags and not set(host.tags or []).intersection(channel.tags):
-                continue
-            row = Notification(
-                idempotency_key=uuid.uuid4().hex,
-                alert_id=alert.id,
-                channel_id=channel.id,
-                event="reminder",
-                state="pending",
-                next_attempt_at=context.now,
-                created_at=context.now,
-            )
-            db.session.add(row)
-            rows.append(row)
-    if rows:
-        db.session.flush()
+        due = [
+            channel
+            for channel in channels
+            if context.now - latest.get((alert.id, channel.id), alert.fired_at)
+            >= timedelta(hours=channel.remind_every_hours)
+            and wants(channel, alert, host)
+        ]
+        rows.extend(_outbox(context, alert, due, "reminder"))
     return rows
