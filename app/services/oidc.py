@@ -24,6 +24,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
 from app.models import Role, User
@@ -291,7 +292,11 @@ def _username_candidate(claims: dict) -> str:
     return "sso-" + re.sub(r"[^a-z0-9]+", "", claims["sub"].lower())[:20]
 
 
+CREATE_ATTEMPTS = 5  # concurrent first sign-ins competing for one name each take a try
+
+
 def _free_username(claims: dict) -> str:
+    """The name a new SSO user gets: the claimed one, or the first free ``name-N``."""
     base = _username_candidate(claims)
     existing = db.session.scalar(select(User).where(User.username == base))
     if existing is None:
@@ -306,6 +311,37 @@ def _free_username(claims: dict) -> str:
         if db.session.scalar(select(User.id).where(User.username == name)) is None:
             return name
     raise SignInRefused(f"No free username near {base!r}; ask an administrator.")
+
+
+def _create_user(claims: dict, role: Role, now: datetime) -> tuple[User, bool]:
+    """``(user, True)`` for a new row, or ``(user, False)`` when a concurrent first sign-in
+    of the same subject created it meanwhile.
+
+    Each insert runs in a savepoint: a simultaneous sign-in can take the subject or the name
+    between our look-up and our insert, and the unique constraint is the only arbiter that
+    sees both. Losing to the same subject means that row is ours; losing only the name means
+    another person got it first, so we choose again.
+    """
+    subject = claims["sub"]
+    for _ in range(CREATE_ATTEMPTS):
+        user = User(
+            username=_free_username(claims),
+            password_hash=None,
+            role=role.value,
+            auth_source="oidc",
+            oidc_subject=subject,
+            created_at=now,
+        )
+        try:
+            with db.session.begin_nested():
+                db.session.add(user)
+        except IntegrityError:
+            existing = db.session.scalar(select(User).where(User.oidc_subject == subject))
+            if existing is not None:
+                return existing, False
+            continue
+        return user, True
+    raise SignInRefused("Too many simultaneous sign-ins wanted the same name; try again.")
 
 
 def sign_in(settings: Settings, claims: dict, *, now: datetime, client_address: str) -> User:
@@ -327,18 +363,11 @@ def sign_in(settings: Settings, claims: dict, *, now: datetime, client_address: 
                 f"{_describe(received)}). Ask an administrator to add your group to "
                 "RM_OIDC_ROLE_MAP."
             )
-        created = user is None
-        if created:
-            user = User(
-                username=_free_username(claims),
-                password_hash=None,
-                role=role.value,
-                auth_source="oidc",
-                oidc_subject=subject,
-                created_at=now,
-            )
-            db.session.add(user)
-            db.session.flush()
+        created = False
+        if user is None:
+            user, created = _create_user(claims, role, now)
+            if not user.is_active:  # found, not created: the race's winner may be disabled
+                raise SignInRefused("This account is disabled; ask an administrator.")
     except SignInRefused as refused:
         audit.record(
             Actor.system("oidc"),
