@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from agent.cli import EXIT_HOST_DELETED
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -287,3 +289,68 @@ def restic_snapshots(repo: Path, password: str) -> list:
         timeout=60,
     ).stdout
     return json.loads(output)
+
+
+def enroll_agent(
+    api: Api,
+    server: Server,
+    *,
+    hostname: str,
+    repo: Path,
+    repo_password: str,
+    home: Path,
+    log_path: Path,
+    paths: tuple[str, ...] = ("/etc",),
+    **env: str,
+) -> AgentProcess:
+    """An agent enrolled as ``hostname`` (the admin mints the token); not started yet."""
+    token = api.post(
+        "/enrollment-tokens",
+        {
+            "hostname": hostname,
+            "repo_url": str(repo),
+            "repo_password": repo_password,
+            "paths": list(paths),
+        },
+    )["token"]
+    agent = AgentProcess(home, log_path, **env)
+    agent.enroll(server.url, token)
+    return agent
+
+
+def wait_stopped_for_deletion(agent: AgentProcess, hostname: str, timeout: float = 15) -> str:
+    """The agent of a deleted host exits on its own with status 4, its log saying why;
+    returns the log."""
+    status = wait_until(lambda: agent.process.poll(), timeout, "the agent to exit", interval=0.2)
+    log = agent.log()
+    assert status == EXIT_HOST_DELETED == 4, log[-3000:]
+    lines = [line for line in log.splitlines() if "this host was deleted" in line]
+    assert len(lines) == 1, log[-3000:]
+    assert f"This host ({hostname}) was deleted on the server" in lines[0]
+    assert "stopping" in lines[0] and "re-enroll" in lines[0]
+    return log
+
+
+class OidcProvider(Child):
+    """A real OpenID provider (``python -m oidc_provider_mock``) on loopback; who signs in
+    and with which claims is set through its ``PUT /users/<sub>``."""
+
+    def __init__(self, tmp_path: Path):
+        super().__init__(tmp_path / "oidc-provider.log", clean_env())
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> None:
+        argv = [sys.executable, "-W", "ignore", "-m", "oidc_provider_mock"]
+        self._spawn([*argv, "--host", "127.0.0.1", "--port", str(self.port)])
+
+        def ready():
+            if self.process.poll() is not None:
+                raise ProcessError(f"the OIDC provider exited:\n{self.tail()}")
+            url = f"{self.issuer}/.well-known/openid-configuration"
+            return requests.get(url, timeout=2).status_code == 200
+
+        wait_until(ready, timeout, "the OIDC provider to be ready")
+
+    def set_claims(self, subject: str, claims: dict) -> None:
+        requests.put(f"{self.issuer}/users/{subject}", json=claims, timeout=5).raise_for_status()

@@ -11,8 +11,14 @@ import time
 
 import pytest
 
-from agent.cli import EXIT_HOST_DELETED
-from tests.e2e.processes import AgentProcess, Api, require_restic, wait_until
+from tests.e2e.processes import (
+    AgentProcess,
+    Api,
+    enroll_agent,
+    require_restic,
+    wait_stopped_for_deletion,
+    wait_until,
+)
 
 REPO_PASSWORD = "e2e-Repo-Password-delete-5c1"
 ADMIN_PASSWORD = "admin password for e2e"
@@ -32,18 +38,15 @@ def restic_repo(tmp_path):
 
 
 def _enroll(api: Api, server, restic_repo, home, log_path) -> AgentProcess:
-    token = api.post(
-        "/enrollment-tokens",
-        {
-            "hostname": "e2e-web-1",
-            "repo_url": str(restic_repo),
-            "repo_password": REPO_PASSWORD,
-            "paths": ["/etc"],
-        },
-    )["token"]
-    agent = AgentProcess(home, log_path)
-    agent.enroll(server.url, token)
-    return agent
+    return enroll_agent(
+        api,
+        server,
+        hostname="e2e-web-1",
+        repo=restic_repo,
+        repo_password=REPO_PASSWORD,
+        home=home,
+        log_path=log_path,
+    )
 
 
 def test_a_deleted_hosts_agent_says_why_and_exits(start_server, restic_repo, tmp_path):
@@ -58,17 +61,11 @@ def test_a_deleted_hosts_agent_says_why_and_exits(start_server, restic_repo, tmp
 
         started = time.monotonic()
         api.call("DELETE", f"/hosts/{host_id}", {"confirm_hostname": "e2e-web-1"}, expect=204)
-        status = wait_until(lambda: agent.process.poll(), 15, "the agent to exit", interval=0.2)
+        log = wait_stopped_for_deletion(agent, "e2e-web-1", timeout=15)
         assert time.monotonic() - started < 15
-        assert status == EXIT_HOST_DELETED == 4, agent.tail()
     finally:
         if agent.running():
             agent.stop_or_kill(10)
-    log = agent.log()
-    lines = [line for line in log.splitlines() if "this host was deleted" in line]
-    assert len(lines) == 1, log[-3000:]
-    assert "This host (e2e-web-1) was deleted on the server" in lines[0]
-    assert "stopping" in lines[0] and "re-enroll" in lines[0]
     assert REPO_PASSWORD not in log
     assert api.get("/hosts").json()["items"] == []
     api.call("GET", f"/hosts/{host_id}", expect=404)
