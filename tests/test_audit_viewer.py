@@ -476,7 +476,7 @@ def test_no_secret_reaches_any_audit_row_or_export(app, client):
             json={"pre_hook": f"echo {HOST_HOOK_SECRET}", "post_hook": f"x {HOST_HOOK_SECRET}"},
         )
     )
-    # schedule.created / updated / deleted
+    # schedule.created / updated / run_now / deleted
     schedule = _ok(
         admin.post(
             f"{h}/schedules",
@@ -484,6 +484,7 @@ def test_no_secret_reaches_any_audit_row_or_export(app, client):
         )
     )
     _ok(admin.put(f"{h}/schedules/{schedule['id']}", json={"cron": "0 4 * * *"}))
+    _ok(admin.post(f"{h}/schedules/{schedule['id']}/run"))  # schedule.run_now
     _ok(admin.delete(f"{h}/schedules/{schedule['id']}"))
     _ok(admin.delete(f"{h}/source-groups/{group['id']}"))
     # job.started, job.cancel_requested, host.restore, host.repo_reinit, snapshot reads

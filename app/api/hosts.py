@@ -13,7 +13,7 @@ from app.extensions import db
 from app.formatting import iso
 from app.models import Host
 from app.models.types import utcnow
-from app.services import hosts, repository
+from app.services import hosts, repository, snapshot_sizes
 from app.services.errors import ValidationFailed
 from app.services.validate import echo
 from app.transaction import commit_and_wake
@@ -112,7 +112,10 @@ def list_snapshots(host_id: int):
     host = hosts.get_host(host_id)
     tag = request.args.get("tag") or None
     snapshots = repository.snapshots_of(host, tag=tag)
-    return jsonify({"items": [snapshot_json(snapshot) for snapshot in snapshots]})
+    sizes = snapshot_sizes.sizes_of(snapshots)
+    return jsonify(
+        {"items": [snapshot_json(item, sizes.get(item.snapshot_id)) for item in snapshots]}
+    )
 
 
 @bp.get("/hosts/<int:host_id>/repo-stats")

@@ -222,6 +222,21 @@ SCHEMAS: dict[str, dict] = {
             "arch": MAYBE_STRING,
             "agent_version": MAYBE_STRING,
             "restic_version": MAYBE_STRING,
+            "lock": nullable(
+                obj(
+                    {
+                        "reported_at": DATE_TIME,
+                        "detail": string(
+                            500, description="restic's words: who holds the lock, since when."
+                        ),
+                        "job_id": MAYBE_INTEGER,
+                    },
+                    ("reported_at", "detail", "job_id"),
+                    description="The repository lock restic last reported (a job failed on "
+                    "it); null once an unlock or a later backup, forget, prune or check "
+                    "succeeds.",
+                ),
+            ),
         },
         ("id", "hostname", "status", "repo_status", "last_seen_at", "snapshot_count", "tags"),
     ),
@@ -356,6 +371,19 @@ SCHEMAS: dict[str, dict] = {
             "tree": MAYBE_STRING,
             "program_version": MAYBE_STRING,
             "summary": nullable({"type": "object"}),
+            "size_bytes": nullable(
+                integer(
+                    description="Bytes the backup read (total_bytes_processed): restic's "
+                    "summary (0.17+), else the stats of the restic-manager backup that made it; "
+                    "null when neither is known."
+                )
+            ),
+            "data_added_bytes": nullable(
+                integer(description="New data this snapshot added to the repository.")
+            ),
+            "file_count": nullable(
+                integer(description="Files the backup read (total_files_processed).")
+            ),
         },
         ("id", "short_id", "time", "paths", "tags"),
     ),
@@ -850,6 +878,17 @@ OPERATIONS: dict[str, Operation] = {
         body="ScheduleInput",
     ),
     "api.delete_schedule": Operation("Remove a schedule", "Schedules", 204),
+    "api.run_schedule": Operation(
+        "Run a schedule now: a backup job of each of its source groups",
+        "Schedules",
+        202,
+        obj({"jobs": array(ref("Job"))}, ("jobs",)),
+        errors=(409,),
+        description="The same as the agent's run when the schedule fires, started now by "
+        "you (a disabled schedule too: it is a manual run). 409 host_offline when the agent "
+        "is not connected, schedule_empty when the schedule has no source groups; 422 when a "
+        "group has no paths. Nothing is started unless every group's job is.",
+    ),
     "api.start_job": Operation(
         "Start a job on the host",
         "Jobs",

@@ -9,13 +9,14 @@ from flask import current_app, jsonify
 
 from app.access import Role, require_role
 from app.api import bp
+from app.api.serialize import job_json
 from app.api.validation import json_body
 from app.authn import client_address, current_actor
 from app.bus import host_key
 from app.formatting import iso
 from app.models import Host, Job, Schedule
 from app.models.types import utcnow
-from app.services import schedules
+from app.services import dispatch, schedules
 from app.services.hosts import get_host
 from app.services.schedules import NEXT_RUNS
 from app.transaction import commit_and_wake
@@ -98,6 +99,25 @@ def delete_schedule(host_id: int, schedule_id: int):
     schedules.delete(_box(), host, schedule, now=utcnow())
     _recorded(host, None, "schedule.deleted", payload=payload, target_id=schedule_id)
     return "", 204
+
+
+@bp.post("/hosts/<int:host_id>/schedules/<int:schedule_id>/run")
+@require_role(Role.operator)
+def run_schedule(host_id: int, schedule_id: int):
+    """Run now: a backup job of each of the schedule's groups (a disabled one too)."""
+    host = get_host(host_id)
+    schedule = schedules.get_schedule_or_404(host, schedule_id)
+    started = dispatch.run_schedule_now(
+        _box(),
+        host,
+        schedule,
+        actor=current_actor(),
+        client_address=client_address(),
+        now=utcnow(),
+        offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
+    )
+    commit_and_wake(host_key(host.id))
+    return jsonify({"jobs": [job_json(job) for job in started]}), 202
 
 
 def _box():

@@ -26,6 +26,13 @@ def host_json(host, status: str) -> dict:
         "arch": host.arch,
         "agent_version": host.agent_version,
         "restic_version": host.restic_version,
+        "lock": None
+        if host.lock_reported_at is None
+        else {
+            "reported_at": iso(host.lock_reported_at),
+            "detail": host.lock_detail,
+            "job_id": host.lock_job_id,
+        },
     }
 
 
@@ -73,7 +80,8 @@ def job_json(job) -> dict:
     }
 
 
-def snapshot_json(snapshot) -> dict:
+def snapshot_json(snapshot, size=None) -> dict:
+    """``size``: the snapshot's :class:`~app.services.snapshot_sizes.SnapshotSize`."""
     return {
         "id": snapshot.snapshot_id,
         "short_id": snapshot.short_id,
@@ -86,6 +94,9 @@ def snapshot_json(snapshot) -> dict:
         "tree": snapshot.tree,
         "program_version": snapshot.program_version,
         "summary": snapshot.summary,
+        "size_bytes": size.size_bytes if size else None,
+        "data_added_bytes": size.data_added if size else None,
+        "file_count": size.file_count if size else None,
     }
 
 

@@ -59,6 +59,11 @@ class Host(db.Model):
     # Default hooks for source groups without their own (sealed: host_hooks…).
     sealed_pre_hook: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
     sealed_post_hook: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    # restic's last "repository is already locked" (a job that failed on it), until an
+    # unlock or a later lock-taking job succeeds: the host page's stale-lock banner.
+    lock_reported_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    lock_detail: Mapped[Optional[str]] = mapped_column(String(500))
+    lock_job_id: Mapped[Optional[int]] = mapped_column()
 
     source_groups: Mapped[list[SourceGroup]] = relationship(
         back_populates="host", cascade="all, delete-orphan", passive_deletes=True

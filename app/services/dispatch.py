@@ -12,7 +12,7 @@ from typing import Any, Optional
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import Command, Host, Job
+from app.models import Command, Host, Job, Schedule
 from app.secretbox import SecretBox
 from app.services import audit, commands, job_params, jobs, repository, restores
 from app.services.audit import Actor
@@ -182,3 +182,58 @@ def watch_job(box: SecretBox, job: Job, *, now: datetime) -> Optional[Host]:
     host = db.session.get(Host, job.host_id)
     commands.enqueue(box, host, "job.watch", payload={}, job=job, now=now)
     return host
+
+
+def run_schedule_now(
+    box: SecretBox,
+    host: Host,
+    schedule: Schedule,
+    *,
+    actor: Actor,
+    client_address: Optional[str],
+    now: datetime,
+    offline_after_seconds: int,
+) -> list[Job]:
+    """A schedule's backups, now: one backup job per source group, in the schedule's order,
+    each started like a manual "Run backup" (host-wide limits, the group's hooks) and
+    counted as the schedule's run. A disabled schedule runs too: this is a manual run.
+
+    Any refusal (an offline host, a group without paths) starts none of them; the caller
+    rolls back. Audited as ``schedule.run_now`` (and each job as ``job.started``).
+    """
+    groups = list(schedule.source_groups)
+    if not groups:
+        raise Conflict(
+            f"Schedule {schedule.name} has no source groups: there is nothing to back up.",
+            code="schedule_empty",
+        )
+    started = []
+    for group in groups:
+        job = start_job(
+            box,
+            host,
+            "backup",
+            {"group": group.name},
+            actor=actor,
+            client_address=client_address,
+            now=now,
+            offline_after_seconds=offline_after_seconds,
+        )
+        job.schedule_id = schedule.id
+        started.append(job)
+    audit.record(
+        actor,
+        "schedule.run_now",
+        target_type="schedule",
+        target_id=schedule.id,
+        payload={
+            "host": host.hostname,
+            "name": schedule.name,
+            "enabled": schedule.enabled,
+            "groups": [group.name for group in groups],
+            "job_ids": [job.id for job in started],
+        },
+        client_address=client_address,
+    )
+    db.session.flush()
+    return started

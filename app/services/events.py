@@ -14,7 +14,7 @@ from typing import Optional
 from app.extensions import db
 from app.models import AgentEvent, Host, Job
 from app.secretbox import SecretBox
-from app.services import alerts, audit, diffs, jobs, repository, schedules
+from app.services import alerts, audit, diffs, jobs, repo_locks, repository, schedules
 from app.services.audit import Actor
 from app.services.errors import EventRejected
 
@@ -173,4 +173,5 @@ def _job_finished(host: Host, job: Job, event: Event, now: datetime) -> None:
     job.stats = stats if isinstance(stats, dict) else {}
     job.lines_dropped = _non_negative(event.data.get("lines_dropped"))
     jobs.note_backup_finished(host, job)
+    repo_locks.note_job_finished(host, job)
     alerts.on_job_finished(host, job, now)

@@ -14,7 +14,7 @@ from app.bus import host_key
 from app.extensions import db
 from app.models import Host, Job
 from app.models.types import utcnow
-from app.services import dispatch, repository
+from app.services import dispatch, repository, snapshot_sizes
 from app.services.errors import ServiceError
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
@@ -102,6 +102,7 @@ def _render_wizard(host: Host, values: dict, *, errors=None, problem=None, statu
         now=now,
         status=host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]),
         snapshots=snapshots,
+        snapshot_sizes=snapshot_sizes.sizes_of(snapshots),
         more_snapshots=(host.snapshot_count or 0) > len(snapshots),
         chosen=chosen,
         values=values,

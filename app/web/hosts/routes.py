@@ -14,7 +14,7 @@ from app.extensions import db
 from app.install_commands import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
-from app.services import alerts, dispatch, enrollment, repository
+from app.services import alerts, dispatch, enrollment, repository, snapshot_sizes
 from app.services.errors import ServiceError, ValidationFailed
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
@@ -166,6 +166,7 @@ def _render_host(
         "alert_rules": alerts.RULES,
         "status": host.status(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"]),
         "snapshots": snapshots[:SNAPSHOT_LIMIT],
+        "snapshot_sizes": snapshot_sizes.sizes_of(snapshots[:SNAPSHOT_LIMIT]),
         "more_snapshots": len(snapshots) > SNAPSHOT_LIMIT,
         "jobs": list(jobs),
         "job_limit": JOB_HISTORY_LIMIT,

@@ -17,11 +17,12 @@ from app.bus import host_key
 from app.extensions import db
 from app.models import Host, Schedule, SourceGroup
 from app.models.types import utcnow
-from app.services import schedules
+from app.services import dispatch, schedules
 from app.services.errors import ServiceError
 from app.services.hosts import get_host
 from app.services.schedules import NEXT_RUNS
 from app.transaction import commit_and_wake
+from app.web.dashboard.routes import job_url
 from app.web.forms import place_errors, place_refusal
 from app.web.hosts import bp
 
@@ -175,6 +176,34 @@ def toggle_schedule(host_id: int, schedule_id: int):
     schedules.update_schedule(_box(), host, schedule, {"enabled": enabled}, now=utcnow())
     _recorded(host, schedule, "schedule.updated")
     flash(f"Schedule {schedule.name} {'enabled' if enabled else 'disabled'}.", "success")
+    return redirect(url_for("hosts.schedules", host_id=host.id))
+
+
+@bp.post("/<int:host_id>/schedules/<int:schedule_id>/run")
+@require_role(Role.operator)
+def run_schedule(host_id: int, schedule_id: int):
+    """Run now: a backup of each of the schedule's groups, as when it fires."""
+    host = get_host(host_id)
+    schedule = schedules.get_schedule_or_404(host, schedule_id)
+    try:
+        started = dispatch.run_schedule_now(
+            _box(),
+            host,
+            schedule,
+            actor=current_actor(),
+            client_address=client_address(),
+            now=utcnow(),
+            offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
+        )
+    except ServiceError as refused:
+        db.session.rollback()
+        flash(f"Schedule {schedule.name} did not run: {refused.message}", "error")
+        return redirect(url_for("hosts.schedules", host_id=host.id))
+    commit_and_wake(host_key(host.id))
+    named = ", ".join(f"job {job.id} ({job.params.get('group')})" for job in started)
+    flash(f"Schedule {schedule.name}: backup queued — {named}.", "success")
+    if len(started) == 1:
+        return redirect(job_url(started[0].id) + "#job-head")
     return redirect(url_for("hosts.schedules", host_id=host.id))
 
 
