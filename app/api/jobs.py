@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import current_app, jsonify, request
-from sqlalchemy import select
 
 from app import MAX_ID
 from app.access import Role, require_role
@@ -12,10 +11,8 @@ from app.api.serialize import job_json
 from app.api.validation import json_body, query_integer
 from app.authn import client_address, current_actor
 from app.bus import host_key, job_key
-from app.extensions import db
-from app.models import Job
 from app.models.types import utcnow
-from app.services import dispatch, jobs
+from app.services import dispatch, hosts, jobs
 from app.services.errors import ValidationFailed
 from app.services.hosts import get_host
 from app.services.validate import unstorable
@@ -44,18 +41,30 @@ def start_job(host_id: int):
 @bp.get("/jobs")
 @require_role(Role.viewer)
 def list_jobs():
-    query = select(Job).order_by(Job.id.desc()).limit(200)
-    if request.args.get("host_id", "").strip():
-        host_id = query_integer("host_id", request.args["host_id"], 1, MAX_ID)
-        query = query.where(Job.host_id == host_id)
+    """Newest first; ``next_before`` is the ``before`` of the next page (null: the last)."""
+    filters = {}
     for name in ("kind", "status"):
         value = request.args.get(name)
         if value:
             reason = unstorable(value)
             if reason:
                 raise ValidationFailed(f"'{name}' {reason}.", fields={name: [reason]})
-            query = query.where(getattr(Job, name) == value)
-    return jsonify({"items": [job_json(job) for job in db.session.scalars(query)]})
+            filters[name] = value
+    if request.args.get("tag", "").strip():
+        filters["tag"] = hosts.parse_tag_filter(request.args["tag"].strip())
+    for parameter, name in (("host_id", "host_id"), ("before", "before_id")):
+        if request.args.get(parameter, "").strip():
+            filters[name] = query_integer(parameter, request.args[parameter], 1, MAX_ID)
+    limit = jobs.MAX_PAGE
+    if request.args.get("limit", "").strip():
+        limit = query_integer("limit", request.args["limit"], 1, jobs.MAX_PAGE)
+    items = jobs.list_jobs(**filters, limit=limit)
+    return jsonify(
+        {
+            "items": [job_json(job) for job in items],
+            "next_before": items[-1].id if len(items) == limit else None,
+        }
+    )
 
 
 @bp.get("/jobs/<int:job_id>")

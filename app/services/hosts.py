@@ -72,6 +72,23 @@ def parse_tags(value, field: str = "tags") -> list[str]:
     return tags
 
 
+def parse_tag_filter(value: str, field: str = "tag") -> str:
+    """One tag to filter a list by (``?tag=``), refused like a host's tag would be."""
+    reason = validate.unstorable(value)
+    if reason:
+        validate.fail(field, f"The tag {reason}.")
+    if not validate.TAG.match(value):
+        validate.fail(field, f"{validate.echo(value)!r} is not a tag: {_TAG_RULE}.")
+    return value
+
+
+def tagged_host_ids(tag: str) -> list[int]:
+    """The hosts carrying ``tag``, in one query. Tags are a JSON list, so they are matched
+    here: the same on SQLite and PostgreSQL."""
+    rows = db.session.execute(select(Host.id, Host.tags))
+    return [host_id for host_id, tags in rows if tag in (tags or [])]
+
+
 def rename_host(
     host: Host, hostname, *, actor: Actor, client_address: Optional[str] = None
 ) -> Host:

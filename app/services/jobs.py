@@ -15,7 +15,7 @@ from app.extensions import db
 from app.formatting import duration_words
 from app.models import Command, Host, Job, JobLog, Schedule, SourceGroup
 from app.secretbox import SecretBox
-from app.services import audit, commands
+from app.services import audit, commands, hosts
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
@@ -360,6 +360,34 @@ def log_records(job: Job, after_seq: int = 0, limit: int = 1000) -> list[JobLog]
             .limit(limit)
         )
     )
+
+
+MAX_PAGE = 200
+
+
+def list_jobs(
+    *,
+    host_id: Optional[int] = None,
+    kind: Optional[str] = None,
+    status: Optional[str] = None,
+    tag: Optional[str] = None,
+    before_id: Optional[int] = None,
+    limit: int = MAX_PAGE,
+) -> list[Job]:
+    """Newest first, keyset-paged: ``before_id`` is the last id of the previous page, so a
+    page never shifts when new jobs arrive. ``tag``: jobs of the hosts carrying it now."""
+    query = select(Job).order_by(Job.id.desc())
+    if host_id is not None:
+        query = query.where(Job.host_id == host_id)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if tag is not None:
+        query = query.where(Job.host_id.in_(hosts.tagged_host_ids(tag)))
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
+    return list(db.session.scalars(query.limit(max(1, min(limit, MAX_PAGE)))))
 
 
 def get_job(job_id: int) -> Job:

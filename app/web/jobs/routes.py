@@ -6,6 +6,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from sqlalchemy import select
 from werkzeug.routing import BuildError
 
+from app import MAX_ID
 from app.access import Role, require_role
 from app.authn import client_address, current_actor
 from app.bus import host_key, job_key
@@ -13,10 +14,9 @@ from app.extensions import db
 from app.formatting import log_notes
 from app.models import Host, Job, JobLog, Snapshot
 from app.models.types import utcnow
-from app.services import dispatch
+from app.services import dispatch, hosts, jobs
 from app.services.diffs import diff_page
-from app.services.errors import Conflict
-from app.services.jobs import get_job
+from app.services.errors import Conflict, ValidationFailed
 from app.transaction import commit_and_wake
 from app.web.jobs import bp, display
 
@@ -39,48 +39,70 @@ def latest_backup_of(host: Host) -> Job | None:
     return db.session.get(Job, host.last_backup_job_id) if host.last_backup_job_id else None
 
 
-def _filters() -> dict:
-    """host_id, kind and status from the query string; unusable values are ignored."""
-    chosen = {}
+def _filters() -> tuple[dict, dict]:
+    """host_id, kind, status and tag from the query string, and the tag's error: a tag that
+    is no tag is said so (the page shows no rows rather than everything unfiltered); other
+    unusable values are ignored."""
+    chosen, errors = {}, {}
     host_id = request.args.get("host_id", "").strip()
-    if host_id.isdigit():
+    if host_id.isdigit() and int(host_id) <= MAX_ID:
         chosen["host_id"] = int(host_id)
     for name in ("kind", "status"):
         value = request.args.get(name, "").strip()
         if value and len(value) <= 32:
             chosen[name] = value
-    return chosen
+    tag = request.args.get("tag", "").strip()
+    if tag:
+        try:
+            chosen["tag"] = hosts.parse_tag_filter(tag)
+        except ValidationFailed as refused:
+            errors = refused.fields
+    return chosen, errors
+
+
+def _before() -> int | None:
+    """The keyset cursor of the "Older jobs" link (the last id shown)."""
+    value = request.args.get("before", "").strip()
+    return int(value) if value.isdigit() and 0 < int(value) <= MAX_ID else None
 
 
 @bp.get("/")
 @require_role(Role.viewer)
 def index():
-    chosen = _filters()
-    query = select(Job, Host.hostname).join(Host, Host.id == Job.host_id)
-    for name, value in chosen.items():
-        query = query.where(getattr(Job, name) == value)
-    rows = db.session.execute(query.order_by(Job.id.desc()).limit(LIST_LIMIT)).all()
-    hosts = db.session.execute(select(Host.id, Host.hostname).order_by(Host.hostname)).all()
+    chosen, errors = _filters()
+    before = _before()
+    found = [] if errors else jobs.list_jobs(**chosen, before_id=before, limit=LIST_LIMIT)
+    host_rows = db.session.execute(
+        select(Host.id, Host.hostname, Host.tags).order_by(Host.hostname)
+    ).all()
+    tags_of = {host_id: list(tags or []) for host_id, _, tags in host_rows}
+    names = {host_id: hostname for host_id, hostname, _ in host_rows}
     kinds = db.session.scalars(select(Job.kind).distinct().order_by(Job.kind)).all()
     return render_template(
         "jobs/index.html",
-        rows=rows,
-        hosts=hosts,
+        rows=[(job, names.get(job.host_id, f"host {job.host_id}")) for job in found],
+        tags_of=tags_of,
+        hosts=[(host_id, hostname) for host_id, hostname, _ in host_rows],
+        tags=sorted({tag for tags in tags_of.values() for tag in tags}),
         kinds=kinds,
         statuses=display.STATUSES,
         chosen=chosen,
-        any_jobs=bool(rows) or db.session.scalar(select(Job.id).limit(1)) is not None,
+        errors=errors,
+        requested_tag=request.args.get("tag", "").strip(),
+        before=before,
+        older=found[-1].id if len(found) == LIST_LIMIT else None,
+        any_jobs=bool(found) or db.session.scalar(select(Job.id).limit(1)) is not None,
         limit=LIST_LIMIT,
         now=utcnow(),
         job_duration=display.job_duration,
         host_url=host_url,
-    )
+    ), (422 if errors else 200)
 
 
 @bp.get("/<int:job_id>")
 @require_role(Role.viewer)
 def show(job_id: int):
-    job = get_job(job_id)
+    job = jobs.get_job(job_id)
     host = db.session.get(Host, job.host_id)
     records = list(
         db.session.scalars(
@@ -164,7 +186,7 @@ def _kind_context(job: Job, host: Host) -> dict:
 @bp.post("/<int:job_id>/cancel")
 @require_role(Role.operator)
 def cancel(job_id: int):
-    job = get_job(job_id)
+    job = jobs.get_job(job_id)
     try:
         host = dispatch.cancel_job(
             current_app.extensions["secretbox"],
