@@ -908,13 +908,24 @@ OPERATIONS: dict[str, Operation] = {
         description=CONFLICT,
     ),
     "api.list_jobs": Operation(
-        "The latest 200 jobs, newest first",
+        "Jobs, newest first (one page of at most 200)",
         "Jobs",
-        response=_list("Job"),
+        response=obj(
+            {
+                "items": array(ref("Job")),
+                "next_before": nullable(
+                    integer(1, MAX_ID, description="Pass as before= for the next page.")
+                ),
+            },
+            ("items", "next_before"),
+        ),
         query=(
             ("host_id", ID, "Only this host's jobs."),
             ("kind", string(32), "Only this kind."),
             ("status", string(16), "Only this status."),
+            ("tag", string(64), "Only jobs of hosts that carry this tag now."),
+            ("before", ID, "Only jobs with a smaller id (next_before of a page)."),
+            ("limit", integer(1, 200, default=200), "Page size."),
         ),
     ),
     "api.get_job": Operation("One job", "Jobs", response=ref("Job")),
