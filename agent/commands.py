@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, Optional
 
 from agent.config import ConfigError, SecretStore
 from agent.journal import SeenCommands
-from agent.repository import only_credentials
+from agent.repository import checked_credentials
+from agent.restic.backends import BackendRefused
 from agent.rpc import RpcRunner, rpc_id_of
 from agent.runner import Runner
 from agent.scheduler import Scheduler
@@ -59,6 +60,7 @@ class Commands:
             "schedule.set": self.schedule_set,
             "rpc.ls": self.rpc_call,
             "rpc.dump": self.rpc_call,
+            "rpc.repo_test": self.rpc_call,
         }
 
     def handle(self, command: Command) -> Optional[Ack]:
@@ -85,6 +87,8 @@ class Commands:
         """Seal the repository credentials; ``admin_repository`` is kept beside them.
 
         ``admin_repository`` absent: unchanged; ``null``: removed; an object: replaced.
+        A value outside the backend's allow-list rejects the whole command: the settings
+        already stored stay as they were.
         """
         payload = command.get("payload") or {}
         has_admin = "admin_repository" in payload
@@ -177,7 +181,8 @@ class Commands:
         return "accepted"
 
     def rpc_call(self, command: Command) -> str:
-        """``rpc.ls`` / ``rpc.dump``: written down, then done on a worker thread."""
+        """``rpc.ls`` / ``rpc.dump`` / ``rpc.repo_test``: written down, then done on a
+        worker thread."""
         payload = command.get("payload") or {}
         try:
             rpc_id_of(payload)
@@ -213,8 +218,12 @@ def _ack(command_id: str, result: str, reason: Optional[str] = None) -> Ack:
     return ack
 
 
-def _repository_credentials(repository: Any, name: str) -> Dict[str, str]:
-    """``{"url", "username", "password"}`` of a command payload; rejects a missing url."""
+def _repository_credentials(repository: Any, name: str) -> Dict[str, Any]:
+    """The repository section of a command payload as the agent stores it; rejects a
+    missing url and whatever the backend's allow-list refuses."""
     if not isinstance(repository, dict) or not isinstance(repository.get("url"), str):
         raise CommandRejected(f"config.update needs {name}.url")
-    return only_credentials(repository)
+    try:
+        return checked_credentials(repository)
+    except BackendRefused as refusal:
+        raise CommandRejected(f"config.update {name}.{refusal}") from None

@@ -6,19 +6,20 @@ Wrong params raise ``InvalidParams`` and a job that cannot go on ``JobFailed``; 
 turns both into a failed job.
 """
 
+import contextlib
 import shlex
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from agent import hooks
 from agent.config import DEFAULT_BACKUP_PATHS, DEFAULT_RESTORE_PATHS
 from agent.jobparams import InvalidParams
 from agent.jobspool import JobKey, JobSpool
 from agent.repository import Credentials, Repository
-from agent.restic import errors, execute
+from agent.restic import backends, errors, execute
 from agent.restic.messages import stderr_text
 from agent.restic.snapshots import parse_snapshots, snapshots_argv
 from agent.restic.stats import parse_raw_data_stats, stats_argv, stats_line
@@ -101,7 +102,8 @@ class Throttle:
 
 def command_line(argv: Sequence[str]) -> str:
     """``$ restic backup --json -- '/srv/my data'``: shell-quoted, so a pasted line runs the
-    same command (secrets are never on argv: they travel in the environment)."""
+    same command (secrets are never on argv: they travel in the environment, or in files
+    whose paths are all the line shows)."""
     return "$ " + shlex.join(argv)
 
 
@@ -188,22 +190,23 @@ class Job:
         """
         if takes_lock(argv):
             argv = with_retry_lock(argv, self.setup.version())
-        self.log(command_line(argv))
         on_stdout = on_stdout or (lambda text: self.log(text, "stdout"))
         on_stderr = on_stderr or (lambda text: self.log(stderr_text(text), "stderr"))
 
         def on_line(stream: str, text: str) -> None:
             (on_stdout if stream == "stdout" else on_stderr)(text)
 
-        outcome = execute.run(
-            argv,
-            self.repository.environment(credentials, progress_fps=progress_fps),
-            on_line=on_line,
-            cancel=self.running.cancel,
-            masker=self.repository.masker,
-            grace_seconds=self.setup.grace_seconds,
-            capture_stdout=capture,
-        )
+        with self.restic_setup(credentials, argv, progress_fps) as (full_argv, env):
+            self.log(command_line(full_argv))
+            outcome = execute.run(
+                full_argv,
+                env,
+                on_line=on_line,
+                cancel=self.running.cancel,
+                masker=self.repository.masker,
+                grace_seconds=self.setup.grace_seconds,
+                capture_stdout=capture,
+            )
         if outcome.signalled and takes_lock(argv):
             if outcome.killed:
                 why = "restic did not stop within the grace period and was killed (SIGKILL)"
@@ -214,6 +217,22 @@ class Job:
                 f"{why}; running restic unlock to remove the stale lock it may have left",
             )
         return outcome
+
+    @contextlib.contextmanager
+    def restic_setup(
+        self, credentials: Credentials, argv: Sequence[str], progress_fps: float = 1
+    ) -> Iterator[Tuple[Tuple[str, ...], Dict[str, str]]]:
+        """:meth:`Repository.run_setup`; settings this host refuses fail the job."""
+        try:
+            setup = self.repository.run_setup(credentials, argv, progress_fps)
+            run = setup.__enter__()
+        except backends.BackendRefused as refusal:
+            raise JobFailed(f"repository settings refused by this host: {refusal}") from None
+        except OSError as error:
+            raise JobFailed(f"could not write the repository's key files: {error}") from None
+        with contextlib.ExitStack() as stack:
+            stack.push(setup)
+            yield run
 
     def restic_retrying_when_locked(
         self, argv: Sequence[str], credentials: Credentials, **options: Any
@@ -248,18 +267,18 @@ class Job:
         Its failure is logged, never the job's outcome.
         """
         self.log(why)
-        argv = unlock_argv(self.setup.binary)
-        self.log(command_line(argv))
         try:
-            unlocked = execute.run(
-                argv,
-                self.repository.environment(credentials),
-                on_line=lambda stream, text: self.log(stderr_text(text), stream),
-                masker=self.repository.masker,
-                grace_seconds=self.setup.grace_seconds,
-                timeout=UNLOCK_TIMEOUT_SECONDS,
-            )
-        except errors.ResticError as error:
+            with self.restic_setup(credentials, unlock_argv(self.setup.binary)) as (argv, env):
+                self.log(command_line(argv))
+                unlocked = execute.run(
+                    argv,
+                    env,
+                    on_line=lambda stream, text: self.log(stderr_text(text), stream),
+                    masker=self.repository.masker,
+                    grace_seconds=self.setup.grace_seconds,
+                    timeout=UNLOCK_TIMEOUT_SECONDS,
+                )
+        except (errors.ResticError, JobFailed) as error:
             self.log(f"restic unlock could not run: {error}")
             return False
         failure = errors.classify(unlocked.exit_code, unlocked.stderr_tail)

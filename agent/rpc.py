@@ -1,12 +1,15 @@
 """Synchronous requests from a person waiting in a browser (docs/protocol.md, "rpc.*").
 
-``rpc.ls`` lists one directory of a snapshot, ``rpc.dump`` streams one file of it. Each
-call runs on its own thread, at most ``MAX_CONCURRENT`` at once (the others wait), never on
-the poll loop. restic runs with ``--no-lock`` and the everyday credentials, through the one
-subprocess seam. An answer is never spooled: after a few quick tries it is dropped (the
-person was told "timed out" and can ask again).
+``rpc.ls`` lists one directory of a snapshot, ``rpc.dump`` streams one file of it,
+``rpc.repo_test`` tries repository settings that are not saved yet (``restic cat config``
+with the settings in its payload, which are never stored). Each call runs on its own
+thread, at most ``MAX_CONCURRENT`` at once (the others wait), never on the poll loop.
+restic runs with ``--no-lock`` and the everyday credentials, through the one subprocess
+seam. An answer is never spooled: after a few quick tries it is dropped (the person was
+told "timed out" and can ask again).
 """
 
+import contextlib
 import hashlib
 import logging
 import posixpath
@@ -14,15 +17,19 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from agent import facts
 from agent.backup_policy import BackupPolicy
 from agent.client import Client, ClientError, Gap, Gone, Refused, RetryableError
 from agent.config import DEFAULT_BACKUP_PATHS, ConfigError
-from agent.repository import Credentials, Repository
+from agent.repository import Credentials, Repository, checked_credentials
 from agent.restic import errors, execute
+from agent.restic.backends import BackendRefused
 from agent.restic.dump import dump_argv
 from agent.restic.ls import DirectoryListing, NodeIndex, ls_argv, normalise_path
+from agent.restic.messages import json_object
+from agent.restic.probe import repo_test_argv
 from agent.restic.units import format_bytes
 
 MAX_CONCURRENT = 4
@@ -32,6 +39,7 @@ DEFAULT_MAX_ENTRIES = 2000
 RETRY_DELAYS = (0.5, 1.5)  # three tries in all, then the answer is dropped
 LS_TIMEOUT_SECONDS = 300.0
 STOP_GRACE_SECONDS = 2.0  # --no-lock: a killed dump leaves nothing behind
+REPO_TEST_TIMEOUT_SECONDS = 60.0  # restic 0.14 waits for ever on a server that never answers
 _RPC_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")
 log = logging.getLogger(__name__)
@@ -70,8 +78,13 @@ class RpcRunner:
         retry_delays: Sequence[float] = RETRY_DELAYS,
         backup_paths: str = DEFAULT_BACKUP_PATHS,
         agent_home: Optional[Path] = None,
+        restic_version: Optional[Callable[[], Optional[str]]] = None,
+        repo_test_timeout: float = REPO_TEST_TIMEOUT_SECONDS,
     ):
         self.new_client = new_client
+        self._restic_version = restic_version
+        self._asked_version: List[Optional[str]] = []  # asked once, when nobody told us
+        self.repo_test_timeout = repo_test_timeout
         self.backup_paths = backup_paths  # agent.conf's: what the server may read here
         self.agent_home = agent_home
         self.load_credentials = load_credentials
@@ -105,6 +118,8 @@ class RpcRunner:
                 try:
                     if command_type == "rpc.dump":
                         self._dump(client, rpc_id, payload)
+                    elif command_type == "rpc.repo_test":
+                        self._answer(client, rpc_id, self.test_repository(payload))
                     else:
                         self._ls(client, rpc_id, payload)
                 finally:
@@ -228,12 +243,53 @@ class RpcRunner:
         if reason is not None:
             raise RpcFailed("refused", f"download refused by this host: {reason}")
 
+    # -- rpc.repo_test -----------------------------------------------------------------
+
+    def test_repository(self, payload: Mapping[str, Any]) -> Answer:
+        """``restic cat config`` with the payload's settings (never stored): ``{"ok": true,
+        "detail": "repository reachable (id …)"}`` or ``{"ok": false, "detail": "<class>:
+        <restic's words, masked>"}``."""
+        section = payload.get("repository")
+        if not isinstance(section, Mapping):  # the settings may come flat beside rpc_id
+            section = {key: value for key, value in payload.items() if key != "rpc_id"}
+        try:
+            credentials = checked_credentials(section)
+        except BackendRefused as refusal:
+            return {"ok": False, "detail": f"refused by this host: {refusal}"}
+        repository = Repository(
+            credentials, None, home=self.agent_home, restic_version=self.restic_version
+        )
+        try:
+            outcome = self._restic(
+                repo_test_argv(self.restic_binary),
+                repository,
+                credentials,
+                capture_stdout=True,
+                timeout=self.repo_test_timeout,
+                grace_seconds=STOP_GRACE_SECONDS,
+            )
+        except RpcFailed as failure:
+            return {"ok": False, "detail": failure.message}
+        return repo_test_answer(outcome, self.repo_test_timeout)
+
+    def restic_version(self) -> Optional[str]:
+        if self._restic_version is not None:
+            return self._restic_version()
+        if not self._asked_version:
+            self._asked_version.append(facts.restic_version(self.restic_binary))
+        return self._asked_version[0]
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _repository(self) -> Tuple[Repository, Credentials]:
         """The repository and its everyday credentials; raises RpcFailed without them."""
         try:
-            repository = Repository(self.load_credentials(), self.cache_dir)
+            repository = Repository(
+                self.load_credentials(),
+                self.cache_dir,
+                home=self.agent_home,
+                restic_version=self.restic_version,
+            )
         except ConfigError as error:
             raise RpcFailed("no_credentials", str(error)) from None
         credentials = repository.everyday
@@ -248,11 +304,21 @@ class RpcRunner:
         credentials: Credentials,
         **options: Any,
     ) -> execute.Outcome:
-        env = repository.environment(credentials)
         try:
-            return execute.run(argv, env, masker=repository.masker, **options)
-        except errors.ResticNotInstalled as error:
-            raise RpcFailed("restic_failed", str(error)) from None
+            setup = repository.run_setup(credentials, argv)
+            full_argv, env = setup.__enter__()
+        except BackendRefused as refusal:
+            message = f"repository settings refused by this host: {refusal}"
+            raise RpcFailed("refused", message) from None
+        except OSError as error:
+            message = f"could not write the repository's key files: {error}"
+            raise RpcFailed("restic_failed", message) from None
+        with contextlib.ExitStack() as stack:  # the key files go when restic is done
+            stack.push(setup)
+            try:
+                return execute.run(full_argv, env, masker=repository.masker, **options)
+            except errors.ResticNotInstalled as error:
+                raise RpcFailed("restic_failed", str(error)) from None
 
     def _call(self, request: Callable[[], Answer]) -> Answer:
         """``request`` tried again after a retryable error, a few times; then it raises."""
@@ -378,6 +444,31 @@ class DumpStream:
     def _give_up(self, problem: Answer) -> None:
         self.problem = problem
         self.stop.set()
+
+
+# The classes a person reads first in a repository test's answer.
+_TEST_LABELS = (
+    (errors.WrongPassword, "wrong password or key"),
+    (errors.RepositoryNotFound, "repository missing"),
+)
+
+
+def repo_test_answer(outcome: execute.Outcome, timeout: float) -> Answer:
+    """What ``restic cat config`` says about the settings, class first."""
+    if outcome.timed_out:
+        return {"ok": False, "detail": f"timeout: restic got no answer within {timeout:g} s"}
+    failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+    if failure is None:
+        config = json_object((outcome.stdout or "").replace("\n", " ").strip()) or {}
+        repository_id = str(config.get("id") or "")[:10] or "unknown"
+        return {"ok": True, "detail": f"repository reachable (id {repository_id})"}
+    label = "restic failed"
+    if isinstance(failure, errors.BackendError):
+        label = failure.label
+    for failure_class, words in _TEST_LABELS:
+        if isinstance(failure, failure_class):
+            label = words
+    return {"ok": False, "detail": f"{label}: {failure}"}
 
 
 def _stdout_to(feed: Callable[[str], None]) -> execute.LineHandler:

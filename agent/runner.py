@@ -207,7 +207,12 @@ class Runner:
         try:
             if action is None:
                 raise JobFailed(f"this agent version cannot run {job.kind} jobs")
-            repository = Repository(self.load_credentials(), self.cache_dir)
+            repository = Repository(
+                self.load_credentials(),
+                self.cache_dir,
+                home=self.agent_home,
+                restic_version=lambda: self.restic_version,
+            )
             context = Job(job, job_spool, self.spool, repository, self._setup())
             params = parse_params(job.kind, job.params)
             mode = LOCK_MODES.get(job.kind)

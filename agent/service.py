@@ -24,6 +24,7 @@ from agent.facts import host_facts
 from agent.journal import INTERRUPTED_JOBS_FILE, InterruptedJobs, SeenCommands
 from agent.loop import BackgroundCall, ServerLoop
 from agent.paths import AgentPaths, PathLike, resolve_home
+from agent.repository import remove_leftover_run_dirs
 from agent.rpc import RpcRunner
 from agent.runner import Runner
 from agent.runs import PlannedRun, QueuedRuns, RunQueue
@@ -80,7 +81,9 @@ class Agent:
             cache_dir=self.paths.cache,
             backup_paths=self.config.backup_paths,
             agent_home=self.paths.home,
+            restic_version=lambda: self.runner.restic_version,
         )
+        remove_leftover_run_dirs(self.paths.home)
         self.uploader = Uploader(
             self._new_client(),
             self.spool,

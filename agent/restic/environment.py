@@ -3,7 +3,9 @@
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
+
+from agent.restic.backends import FILE, PLAIN, backend_of, kind_of
 
 # Passed through from the agent's own environment: what restic needs to find its way out
 # (proxies, CA bundles, temp space, locale). Nothing RESTIC_* is inherited: an inherited
@@ -24,6 +26,8 @@ _PASS_THROUGH = (
     "NO_PROXY",
     "no_proxy",
 )
+MIN_MASKED_PLAIN = 8  # shorter plain values (a user name, a region) are not masked
+MIN_MASKED_LINE = 8  # a line of a file secret is masked on its own when longer
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -48,7 +52,10 @@ def restic_environment(
 
 
 def secrets_of(credentials: Optional[Mapping[str, Any]]) -> List[str]:
-    """Strings that must never reach a log: the password and any password inside the URL."""
+    """Strings that must never reach a log: the password, any password inside the URL, the
+    backend's secret values (plain ones too when long enough not to hide ordinary words),
+    and every file's text with each of its longer lines (restic may echo one line of a key).
+    Percent-encoded forms too: a REST password travels inside the URL for old restic."""
     if not credentials:
         return []
     found = []
@@ -64,7 +71,20 @@ def secrets_of(credentials: Optional[Mapping[str, Any]]) -> List[str]:
         url_password = None
     if url_password:
         found.extend({url_password, unquote(url_password)})
-    return found
+    backend = backend_of(url)
+    lines = []
+    for values in (credentials.get("env"), credentials.get("files")):
+        for name, value in (values if isinstance(values, Mapping) else {}).items():
+            if not isinstance(value, str) or not value:
+                continue
+            kind = kind_of(backend, name)
+            if kind == PLAIN and len(value) < MIN_MASKED_PLAIN:
+                continue  # a user name like "backup" must not hide that word everywhere
+            found.append(value)
+            if kind == FILE:
+                lines.extend(line.strip() for line in value.splitlines())
+    found += [quote(secret, safe="") for secret in found]
+    return found + [line for line in lines if len(line) > MIN_MASKED_LINE]
 
 
 class Masker:

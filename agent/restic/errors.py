@@ -1,5 +1,8 @@
 """Sorting restic failures into classes: exit codes where restic has them (0.17+),
-stderr text on older versions (restic-cli.md §4, captured 0.14 samples E01 to E21)."""
+stderr text on older versions (restic-cli.md §4, captured 0.14 samples E01 to E21), and
+stderr text for what the storage behind the repository answered (captured from restic 0.14
+against closed ports, unknown hosts, self-signed TLS, REST, S3 and SFTP servers:
+tests/agent/test_restic_real_backend_env.py)."""
 
 import re
 from typing import List, Optional, Sequence
@@ -18,6 +21,29 @@ _WRONG_PASSWORD = re.compile(r"wrong password or no key found", re.IGNORECASE)
 _LOCKED = re.compile(r"repository is already locked", re.IGNORECASE)
 _ALREADY_INITIALISED = re.compile(r"config (file )?already exists|already initialized")
 _MAX_MESSAGE = 1000
+# What the storage said, most specific first (the first match names the class).
+_BUCKET_MISSING = re.compile(r"NoSuchBucket|bucket does not exist|ContainerNotFound")
+_AUTHENTICATION = re.compile(
+    r"\((401|403)\)|\b(401|403) (Unauthorized|Forbidden)\b|InvalidAccessKeyId|"
+    r"SignatureDoesNotMatch|AccessDenied|Access Denied|AuthenticationFailed|"
+    r"InvalidAccessKey|bad_auth_token|unauthorized|Permission denied \(",
+    re.IGNORECASE,
+)
+_HOST_KEY = re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED")
+_TLS = re.compile(
+    r"x509:|tls: |certificate (signed by unknown authority|is not valid|has expired|"
+    r"is valid for)|remote error: tls",
+    re.IGNORECASE,
+)
+_HOST_NOT_FOUND = re.compile(
+    r"no such host|server misbehaving|Could not resolve hostname|"
+    r"Name or service not known|Temporary failure in name resolution"
+)
+_CONNECTION_REFUSED = re.compile(r"connection refused", re.IGNORECASE)
+_TIMEOUT = re.compile(
+    r"i/o timeout|deadline exceeded|Client\.Timeout|handshake timeout|timed out",
+    re.IGNORECASE,
+)
 
 
 class ResticError(Exception):
@@ -38,6 +64,47 @@ class WrongPassword(ResticError):
 
 class RepositoryLocked(ResticError):
     pass
+
+
+class BackendError(ResticError):
+    """The storage behind the repository refused or could not be reached; ``label`` names
+    the class for people (the repository test's answer starts with it)."""
+
+    label = "backend error"
+
+
+class AuthenticationRefused(BackendError):
+    label = "authentication refused"
+
+
+class CertificateError(BackendError):
+    label = "TLS certificate error"
+
+
+class HostKeyRejected(BackendError):
+    label = "SSH host key not trusted"
+
+
+class HostNotFound(BackendError):
+    label = "host not found"
+
+
+class ConnectionRefused(BackendError):
+    label = "connection refused"
+
+
+class BackendTimeout(BackendError):
+    label = "timeout"
+
+
+_BACKEND_CLASSES = (
+    (_AUTHENTICATION, AuthenticationRefused),
+    (_HOST_KEY, HostKeyRejected),
+    (_TLS, CertificateError),
+    (_HOST_NOT_FOUND, HostNotFound),
+    (_CONNECTION_REFUSED, ConnectionRefused),
+    (_TIMEOUT, BackendTimeout),
+)
 
 
 class Interrupted(ResticError):
@@ -106,6 +173,11 @@ def classify(
         return AlreadyInitialised(message, exit_code)
     if exit_code == EXIT_WRONG_PASSWORD or _WRONG_PASSWORD.search(text):
         return WrongPassword(message, exit_code)
+    if _BUCKET_MISSING.search(text):
+        return RepositoryNotFound(message, exit_code)
+    for pattern, backend_class in _BACKEND_CLASSES:
+        if pattern.search(text):
+            return backend_class(message, exit_code)
     if exit_code == EXIT_REPOSITORY_MISSING or (
         _MISSING_CONFIG.search(text) and _NOT_THERE.search(text)
     ):
@@ -125,6 +197,8 @@ def describe(failure: ResticError) -> str:
         return f"no repository at this location (run init first): {failure}"
     if isinstance(failure, RepositoryLocked):
         return f"the repository is locked by another restic: {failure}"
+    if isinstance(failure, BackendError):
+        return f"{failure.label}: {failure}"
     if isinstance(failure, Interrupted):
         return "restic was interrupted by a signal the agent did not send"
     return str(failure)

@@ -9,3 +9,8 @@ from typing import Tuple
 
 def probe_argv(binary: str = "restic") -> Tuple[str, ...]:
     return (binary, "--no-lock", "cat", "config")
+
+
+def repo_test_argv(binary: str = "restic") -> Tuple[str, ...]:
+    """The probe for settings that are not saved yet: no cache is made for them."""
+    return (binary, "--no-cache", "--no-lock", "cat", "config")

@@ -13,6 +13,7 @@ _NUMBERS = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
 
 Version = Tuple[int, int, int]
 INIT_JSON: Version = (0, 15, 0)  # restic-cli.md §1: init prints text before 0.15.0
+REST_ENV: Version = (0, 17, 0)  # RESTIC_REST_USERNAME / RESTIC_REST_PASSWORD
 RETRY_LOCK: Version = (0, 16, 0)  # restic-cli.md §5.2: 0.14 says "unknown flag: --retry-lock"
 
 
