@@ -227,6 +227,10 @@ CASES = {
     ),
 }
 S3_CASES = {name for name in CASES if name.startswith("s3_")}
+SFTP_SESSION_FAILED = (
+    "Fatal: unable to open repository at sftp:<user>@127.0.0.1:<tmp>/host-a:"
+    " unable to start the sftp session, error: "
+)
 
 
 def case_setup(name, request, tmp_path):
@@ -350,9 +354,19 @@ def test_failure_matches_its_capture(name, request, tmp_path):
     """Each failure, live: exit code 1 and its key line, as in the capture the classifier uses.
     With RM_CAPTURE_BACKEND_ERRORS=1 the capture is (re)written from this run."""
     env, args, secrets = case_setup(name, request, tmp_path)
-    result = restic(tmp_path, env, *args)
     user = request.getfixturevalue("sftp").user if name.startswith("sftp_") else ""
-    stderr = normalise(result.stderr, secrets, user)
+    for _ in range(5):
+        result = restic(tmp_path, env, *args)
+        stderr = normalise(result.stderr, secrets, user)
+        if not name.startswith("sftp_") or name == "sftp_no_repository":
+            break
+        # restic 0.14 relays ssh's stderr from a goroutine and may exit before it has copied
+        # all of it: ssh's lines are sometimes missing (3 to 10 runs in 40 here) while
+        # restic's own line is always there (ending in "error: EOF" or
+        # "error: read |0: file already closed"). The capture holds the usual, complete case.
+        assert SFTP_SESSION_FAILED in stderr, stderr
+        if CASES[name] in stderr.splitlines():
+            break
     for secret in [*secrets, *WRONG, PASSWORD]:
         assert secret not in result.stderr
     assert result.returncode == 1, result.stderr
