@@ -183,6 +183,37 @@ def test_sftp_with_sftp_command(tmp_path, sftp):
     ok(restic(tmp_path, {"RESTIC_REPOSITORY": url}, *option, "cat", "config"))
 
 
+def test_sftp_accept_new_records_the_host_key_then_holds_to_it(tmp_path, sftp):
+    """The contract's fallback when no known_hosts is given: StrictHostKeyChecking=accept-new
+    with the agent's own known-hosts file: the first run records the key, later runs check it."""
+    option = ("-o", "sftp.command=" + sftp.ssh_command())
+    ok(restic(tmp_path, {"RESTIC_REPOSITORY": sftp.url("host-d")}, *option, "init"))
+    agent_known = tmp_path / "ssh_known_hosts"
+    command = sftp.ssh_command(known_hosts=agent_known, strict="accept-new")
+    env = {"RESTIC_REPOSITORY": sftp.url("host-d")}
+    ok(restic(tmp_path, env, "-o", "sftp.command=" + command, "cat", "config"))
+    # (Debian's ssh_config hashes the host name: HashKnownHosts yes)
+    assert agent_known.read_text().split()[1:] == sftp.known_hosts.read_text().split()[1:]
+    ok(restic(tmp_path, env, "-o", "sftp.command=" + command, "cat", "config"))
+    # Another host key under the same name is refused, not replaced.
+    _, key_type, _ = sftp.known_hosts.read_text().split()
+    other = generate_ssh_key(tmp_path / "impostor").with_suffix(".pub").read_text().split()[1]
+    agent_known.write_text(f"[127.0.0.1]:{sftp.port} {key_type} {other}\n")
+    refused = restic(tmp_path, env, "-o", "sftp.command=" + command, "cat", "config")
+    assert refused.returncode == 1
+    assert "unable to start the sftp session" in refused.stderr
+    assert agent_known.read_text() == f"[127.0.0.1]:{sftp.port} {key_type} {other}\n"
+
+
+@pytest.mark.server
+def test_s3_options_from_the_allow_list(tmp_path, s3):
+    """-o s3.bucket-lookup=path and -o s3.region=… (the contract's allow-list) on restic 0.14."""
+    env = {"RESTIC_REPOSITORY": s3.url("options-bucket"), **s3.env()}
+    options = ("-o", "s3.bucket-lookup=path", "-o", "s3.region=us-east-1")
+    ok(restic(tmp_path, env, *options, "init"))
+    assert json.loads(ok(restic(tmp_path, env, *options, "cat", "config")))["version"] == 2
+
+
 # --- restic's own words for each failure ---------------------------------------------------
 # name -> (what the test sets up, the line that tells this case apart)
 
