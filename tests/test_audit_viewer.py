@@ -18,7 +18,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import Alert, AuditLog, Host, Role, Snapshot
 from app.models.types import utcnow
-from app.services import api_tokens, audit, dispatch, invites, jobs, oidc, rpc, users
+from app.services import api_tokens, audit, backends, dispatch, invites, jobs, oidc, rpc, users
 from app.services.audit import Actor
 from tests.factories import TS, Agent, form_token, login, make_host, make_job
 
@@ -320,7 +320,9 @@ NTFY_TOKEN = "tk_NtfyTok0Ab3Cd"
 INVITED_PASSWORD = "Invited-pw-Kk4Rd9Zs"
 CHANGED_PASSWORD = "Changed-pw-Mm2Ve6Qa"
 OIDC_CLIENT_SECRET = "Oidc-secret-Nn5Bf8Xc"
+REST_PASSWORD = "Rest-pw-Qq6Hm1Dv"
 STATIC = (
+    REST_PASSWORD,
     SETUP_PASSWORD,
     WRONG_PASSWORD,
     REPO_PASSWORD,
@@ -446,6 +448,7 @@ def test_no_secret_reaches_any_audit_row_or_export(app, client):
                 "url": f"rest:https://u:{REPO_URL_PASSWORD}@backup.example.com/web-9",
                 "username": "u",
                 "password": NEW_REPO_PASSWORD,
+                "repo_env": {"RESTIC_REST_PASSWORD": REST_PASSWORD},
             },
         )
     )
@@ -515,6 +518,20 @@ def test_no_secret_reaches_any_audit_row_or_export(app, client):
     question = rpc.listing_question(host, "c" * 8, "/etc")
     rpc.record_listing(Actor.for_user(root), host_id, question, cached=False, client_address=None)
     rpc.record_download(Actor.for_user(root), host_id, question, size=10, client_address=None)
+    # host.repository_tested: the connection tested holds every kind of secret
+    tested = backends.settings(
+        f"rest:https://u:{REPO_URL_PASSWORD}@backup.example.com/web-9",
+        "u",
+        NEW_REPO_PASSWORD,
+        {"RESTIC_REST_PASSWORD": REST_PASSWORD},
+    )
+    rpc.record_repo_test(
+        Actor.for_user(root),
+        host_id,
+        tested,
+        {"ok": False, "detail": "authentication refused"},
+        client_address=None,
+    )
     db.session.commit()
     # agent.spool_dropped (an agent event), job.lost (the host went silent)
     _ok(

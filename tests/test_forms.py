@@ -20,7 +20,7 @@ from app.models import (
     User,
 )
 from app.models.types import utcnow
-from app.services import repository, users
+from app.services import backends, repository, users
 from app.services.errors import Conflict, ValidationFailed
 from app.web.forms import place_refusal
 from app.web.hosts.forms import RepositoryForm
@@ -51,9 +51,7 @@ def _host(hostname: str = "web-1") -> Host:
         current_app.extensions["secretbox"],
         host,
         "everyday",
-        url="/srv/restic/web-1",
-        username=None,
-        password="x",
+        backends.Settings(url="/srv/restic/web-1", username=None, password="x"),
         now=utcnow(),
     )
     db.session.commit()

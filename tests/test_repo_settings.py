@@ -21,7 +21,7 @@ from app.models import (
     SourceGroup,
 )
 from app.models.types import utcnow
-from app.services import commands, repository
+from app.services import backends, commands, repository
 from tests.factories import form_token
 
 ADMIN_PASSWORD = "prune-Everything-42"
@@ -36,9 +36,9 @@ def host(app):
     repository.save_credentials(
         app.extensions["secretbox"],
         host,
-        url="rest:https://backup.example/web1",
-        username="web1",
-        password="everyday-Secret-1",
+        backends.Settings(
+            url="rest:https://backup.example/web1", username="web1", password="everyday-Secret-1"
+        ),
         now=utcnow(),
     )
     db.session.commit()

@@ -19,6 +19,7 @@ from app.api import (  # noqa: E402,F401
     maintenance,
     me,
     openapi,
+    repository_test,
     restores,
     schedules,
     snapshot_files,

@@ -11,7 +11,7 @@ from app.authn import client_address, current_actor
 from app.formatting import iso
 from app.install_commands import agent_command, install_command
 from app.models.types import utcnow
-from app.services import enrollment
+from app.services import backends, enrollment
 from app.transaction import commit_and_wake
 
 
@@ -20,6 +20,7 @@ def _token_json(token, plain: str | None = None) -> dict:
         "id": token.id,
         "hostname": token.hostname,
         "repo_url": token.repo_url_redacted,
+        "repo_backend": backends.backend_of(token.repo_url_redacted).key,
         "paths": list(token.paths or []),
         "created_at": iso(token.created_at),
         "expires_at": iso(token.expires_at),
@@ -63,6 +64,7 @@ def create_enrollment_token():
         repo_password=body.get("repo_password"),
         paths=body.get("paths"),
         now=utcnow(),
+        backend=backends.backend_input(body),
     )
     commit_and_wake()
     return jsonify(_token_json(token, plain)), 201

@@ -13,7 +13,7 @@ from app.extensions import db
 from app.formatting import iso
 from app.models import Host
 from app.models.types import utcnow
-from app.services import hosts, repository, snapshot_sizes
+from app.services import backends, hosts, repository, snapshot_sizes
 from app.services.errors import ValidationFailed
 from app.services.validate import echo
 from app.transaction import commit_and_wake
@@ -141,9 +141,7 @@ def put_repository(host_id: int):
     repository.update_credentials(
         current_app.extensions["secretbox"],
         host,
-        url=body.get("url"),
-        username=body.get("username"),
-        password=body.get("password"),
+        backends.from_body(body),
         actor=current_actor(),
         client_address=client_address(),
         now=utcnow(),
@@ -155,10 +153,16 @@ def put_repository(host_id: int):
 
 def repository_json(host: Host) -> dict:
     credential = repository.credential_of(host)
+    saved = repository.public_settings(credential) if credential else {}
     return {
-        "url": credential.repo_url_redacted if credential else None,
-        "username": credential.username if credential else None,
+        "url": saved.get("url"),
+        "backend": saved.get("backend"),
+        "username": saved.get("username"),
         "password_set": bool(credential and credential.sealed_password),
+        "repo_env_names": saved.get("repo_env_names", []),
+        "repo_options": saved.get("repo_options", []),
+        "cacert": saved.get("cacert"),
+        "insecure_tls": saved.get("insecure_tls", False),
         "admin_set": repository.credential_of(host, "admin") is not None,
         "updated_at": iso(credential.updated_at) if credential else None,
         "repo_status": host.repo_status,

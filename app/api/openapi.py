@@ -245,6 +245,7 @@ SCHEMAS: dict[str, dict] = {
             "id": ID,
             "hostname": MAYBE_STRING,
             "repo_url": string(description="Without any password embedded in it."),
+            "repo_backend": string(description="The backend the URL names."),
             "paths": array({"type": "string"}),
             "created_at": DATE_TIME,
             "expires_at": DATE_TIME,
@@ -274,6 +275,18 @@ SCHEMAS: dict[str, dict] = {
             ),
         ]
     },
+    "RepoEnv": obj(
+        {},
+        description="Backend credentials restic reads from its environment (or, for "
+        "GOOGLE_APPLICATION_CREDENTIALS, SFTP_PRIVATE_KEY and SFTP_KNOWN_HOSTS, the text of a "
+        "file). Only the names of the URL's backend are taken (docs/repositories.md): e.g. "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3:, RESTIC_REST_USERNAME and "
+        "RESTIC_REST_PASSWORD for rest:; any other name is a 422 naming it. Values are sealed "
+        "and never shown again.",
+        additionalProperties=nullable(string(65536, writeOnly=True)),
+        maxProperties=20,
+        writeOnly=True,
+    ),
     "EnrollmentTokenInput": obj(
         {
             "hostname": nullable(
@@ -283,6 +296,22 @@ SCHEMAS: dict[str, dict] = {
             "repo_username": nullable(string(255)),
             "repo_password": string(1024, minLength=1, writeOnly=True),
             "paths": array(ABSOLUTE_PATH, maxItems=MAX_PATHS),
+            "repo_env": ref("RepoEnv"),
+            "repo_options": nullable(
+                array(
+                    string(300),
+                    maxItems=20,
+                    description="restic -o options of the backend's allow-list, e.g. "
+                    "s3.region=eu-west-1, s3.bucket-lookup=path.",
+                )
+            ),
+            "cacert": nullable(
+                string(65536, description="PEM CA certificate(s) for restic --cacert.")
+            ),
+            "insecure_tls": {
+                "type": "boolean",
+                "description": "restic --insecure-tls (insecure; prefer cacert).",
+            },
         },
         ("repo_url", "repo_password"),
     ),
@@ -402,8 +431,19 @@ SCHEMAS: dict[str, dict] = {
     "Repository": obj(
         {
             "url": nullable(string(description="Redacted: never a password.")),
+            "backend": nullable(
+                string(description="local, rest, s3, b2, azure, gs, sftp or rclone.")
+            ),
             "username": MAYBE_STRING,
             "password_set": {"type": "boolean"},
+            "repo_env_names": array(
+                string(), description="Names of the saved backend variables; never values."
+            ),
+            "repo_options": array(string()),
+            "cacert": nullable(
+                string(description="Subject and SHA-256 prefix of the saved CA certificate.")
+            ),
+            "insecure_tls": {"type": "boolean"},
             "admin_set": {"type": "boolean"},
             "updated_at": MAYBE_DATE_TIME,
             "repo_status": string(),
@@ -413,11 +453,45 @@ SCHEMAS: dict[str, dict] = {
     ),
     "RepositoryInput": obj(
         {
-            "url": string(1000, minLength=1),
-            "username": nullable(string(255)),
-            "password": string(1024, minLength=1, writeOnly=True),
+            "repo_url": string(1000, minLength=1),
+            "repo_username": nullable(
+                string(255, description="The REST server's user (rest: URLs only).")
+            ),
+            "repo_password": string(1024, minLength=1, writeOnly=True),
+            "url": string(1000, minLength=1, description="Older spelling of repo_url."),
+            "username": nullable(string(255, description="Older spelling of repo_username.")),
+            "password": string(
+                1024, minLength=1, writeOnly=True, description="Older spelling of repo_password."
+            ),
+            "repo_env": ref("RepoEnv"),
+            "repo_options": nullable(
+                array(
+                    string(300),
+                    maxItems=20,
+                    description="restic -o options of the backend's allow-list, e.g. "
+                    "s3.region=eu-west-1, s3.bucket-lookup=path.",
+                )
+            ),
+            "cacert": nullable(
+                string(65536, description="PEM CA certificate(s) for restic --cacert.")
+            ),
+            "insecure_tls": {
+                "type": "boolean",
+                "description": "restic --insecure-tls (insecure; prefer cacert).",
+            },
         },
-        ("url", "password"),
+        description="repo_url and repo_password (or their older spellings) are required.",
+    ),
+    "RepositoryTest": obj(
+        {
+            "ok": {"type": "boolean"},
+            "detail": string(
+                description="restic's own words: reachable (with the repository id), or why "
+                "not — wrong password, repository or bucket missing, authentication refused, "
+                "TLS, DNS, connection refused, timeout."
+            ),
+        },
+        ("ok", "detail"),
     ),
     "RetentionPolicy": obj(
         {
@@ -792,6 +866,13 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "api.list_repo_stats": Operation(
         "Repository size history", "Repository", response=_list("RepoStats")
+    ),
+    "api.test_repository": Operation(
+        "Test a repository connection without saving it (the agent runs restic cat config)",
+        "Repository",
+        response=ref("RepositoryTest"),
+        body="RepositoryInput",
+        errors=(409, 502, 504),
     ),
     "api.get_repository": Operation(
         "The repository connection (never the password)", "Repository", response=ref("Repository")

@@ -14,12 +14,12 @@ from urllib.parse import quote
 
 from flask import Response, current_app, jsonify, request, stream_with_context
 
+from app import agent_calls
 from app.access import Role, require_role
 from app.api import bp
 from app.authn import client_address, current_actor
-from app.bus import host_key
 from app.extensions import db
-from app.models import Host, RpcCall
+from app.models import RpcCall
 from app.models.types import utcnow
 from app.services import rpc
 from app.services.hosts import get_host
@@ -45,7 +45,7 @@ def snapshot_tree(host_id: int, snapshot_id: str):
     )
     cached = call is not None
     if call is None:
-        call = _ask(host, question)
+        call = agent_calls.ask(host, question)
     result = call.result or {}
     rpc.record_listing(actor, host_id, question, cached=cached, client_address=client_address())
     commit_and_wake()
@@ -72,7 +72,7 @@ def snapshot_download(host_id: int, snapshot_id: str):
         max_bytes=current_app.config["RM_DOWNLOAD_MAX_MB"] * 1024 * 1024,
     )
     actor, host_id = current_actor(), host.id  # before the waits detach the user and host
-    call = _ask(host, question)
+    call = agent_calls.ask(host, question)
     call_id = call.id
     header = dict(call.result or {})
     rpc.record_download(
@@ -90,41 +90,6 @@ def snapshot_download(host_id: int, snapshot_id: str):
     response.headers["X-Accel-Buffering"] = "no"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
-
-
-def _ask(host: Host, question: rpc.Question) -> RpcCall:
-    """Queue the question (or join one in flight), wake the agent, wait for its answer."""
-    config = current_app.config
-    call_id = rpc.ask(
-        current_app.extensions["secretbox"],
-        host,
-        question,
-        now=utcnow(),
-        offline_after_seconds=config["RM_OFFLINE_AFTER_SECONDS"],
-    )
-    hostname = host.hostname
-    commit_and_wake(host_key(host.id))
-    answered = _wait(call_id, config["RM_RPC_WAIT_SECONDS"])
-    if answered is None:
-        rpc.give_up(call_id, now=utcnow())
-        commit_and_wake()
-        raise rpc.AgentTimeout(hostname, config["RM_RPC_WAIT_SECONDS"])
-    return rpc.answer_of(answered, hostname=hostname)
-
-
-def _wait(call_id: str, seconds: float) -> RpcCall | None:
-    """The call once the agent answered it; ``None`` after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    with current_app.extensions["bus"].listen(rpc.rpc_key(call_id)) as waiter:
-        while True:
-            call = db.session.get(RpcCall, call_id, populate_existing=True)
-            if call is not None and call.status != "pending":
-                return call
-            db.session.remove()  # no connection held while waiting
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            waiter.wait(min(remaining, RECHECK_SECONDS))
 
 
 def _stream(call_id: str, size: int):

@@ -8,10 +8,12 @@ from typing import Optional
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ForeignKey,
     LargeBinary,
     String,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -145,6 +147,13 @@ class HostCredential(db.Model):
     sealed_repo_url: Mapped[bytes] = mapped_column(LargeBinary)
     username: Mapped[Optional[str]] = mapped_column(String(255))
     sealed_password: Mapped[bytes] = mapped_column(LargeBinary)
+    # The backend's credentials (app/services/backends.py): values and files sealed as one
+    # JSON (``host_credentials:backend:<id>``), their names and the options in clear.
+    sealed_backend: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    env_names: Mapped[Optional[list]] = mapped_column(JSON)
+    repo_options: Mapped[Optional[list]] = mapped_column(JSON)
+    cacert_summary: Mapped[Optional[str]] = mapped_column(String(300))
+    insecure_tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

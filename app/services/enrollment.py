@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Optional
 
@@ -19,7 +20,7 @@ from app.models import (
 )
 from app.secretbox import SecretBox
 from app.security import hash_token, new_token
-from app.services import audit, commands, repository, validate
+from app.services import audit, backends, commands, repository, validate
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError
 
@@ -60,6 +61,7 @@ def create_token(
     repo_password,
     paths,
     now: datetime,
+    backend: Optional[dict] = None,
 ) -> tuple[EnrollmentToken, str]:
     """Add host: validate, mint a one-time token (1 h) on ``actor``'s behalf and audit it."""
     token, plain = _mint(
@@ -71,6 +73,7 @@ def create_token(
         repo_password=repo_password,
         paths=paths,
         now=now,
+        backend=backend,
     )
     _audit(
         "enrollment_token.created", token, actor, client_address=client_address, paths=token.paths
@@ -88,6 +91,7 @@ def mint_token(
     repo_password,
     paths,
     now: datetime,
+    backend: Optional[dict] = None,
 ) -> tuple[EnrollmentToken, str]:
     """Mint a token, unaudited (:func:`create_token` is the doors' way; fixtures use this)."""
     return _mint(
@@ -99,6 +103,7 @@ def mint_token(
         repo_password=repo_password,
         paths=paths,
         now=now,
+        backend=backend,
     )
 
 
@@ -112,12 +117,21 @@ def _mint(
     repo_password,
     paths,
     now: datetime,
+    backend: Optional[dict] = None,
 ) -> tuple[EnrollmentToken, str]:
     """Validate the Add-host input (every problem at once) and mint a one-time token (1 h)."""
     errors = validate.FieldErrors()
     hostname = errors.check(validate.hostname, hostname, required=False)
-    repo_url, repo_username, repo_password = validate.repository(
-        repo_url, repo_username, repo_password, errors
+    backend = backend or {}
+    connection = backends.settings(
+        repo_url,
+        repo_username,
+        repo_password,
+        backend.get("repo_env"),
+        backend.get("repo_options"),
+        backend.get("cacert"),
+        backend.get("insecure_tls", False),
+        errors=errors,
     )
     paths = errors.check(validate.absolute_paths, paths, "paths", label="Paths to back up")
     if hostname and db.session.scalar(select(Host.id).where(Host.hostname == hostname)):
@@ -127,7 +141,7 @@ def _mint(
     token = EnrollmentToken(
         token_hash=hash_token(plain),
         hostname=hostname,
-        repo_url_redacted=repository.redact_url(repo_url),
+        repo_url_redacted=repository.redact_url(connection.url),
         paths=paths,
         created_by_user_id=created_by_user_id,
         created_at=now,
@@ -135,9 +149,7 @@ def _mint(
     )
     db.session.add(token)
     db.session.flush()  # the row id is part of the sealing's associated data
-    _seal_credentials(
-        box, token, {"url": repo_url, "username": repo_username, "password": repo_password}
-    )
+    _seal_credentials(box, token, asdict(connection))
     db.session.flush()
     return token, plain
 
@@ -296,23 +308,11 @@ def enroll(
     token.sealed_credentials = None  # the host's own credential row holds them from now on
     db.session.add(SourceGroup(host=host, name=DEFAULT_GROUP, includes=list(token.paths or [])))
     db.session.add(RepoMaintenance(host_id=host.id, updated_at=now, **DEFAULT_MAINTENANCE))
-    repository.new_credential(
-        box,
-        host,
-        "everyday",
-        url=credentials["url"],
-        username=credentials.get("username"),
-        password=credentials["password"],
-        now=now,
-    )
+    connection = backends.Settings(**credentials)
+    repository.new_credential(box, host, "everyday", connection, now=now)
     agent_plain = new_token(AGENT_PREFIX)
     db.session.add(AgentToken(host_id=host.id, token_hash=hash_token(agent_plain), created_at=now))
-    payload, secret = repository.config_update(
-        "everyday",
-        url=credentials["url"],
-        username=credentials.get("username"),
-        password=credentials["password"],
-    )
+    payload, secret = repository.config_update("everyday", connection)
     commands.enqueue(box, host, "config.update", payload=payload, secret_payload=secret, now=now)
     audit.record(
         Actor.for_agent(host),

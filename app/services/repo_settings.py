@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Optional
 
@@ -133,20 +134,26 @@ def save_admin_credential(
         validate.text, username, "username", "Admin username", required=False, max_length=255
     )
     password = errors.check(validate.password, password, "password", "Admin password")
+    everyday_connection = repository.connection_of(box, everyday)
+    if username and everyday_connection.backend.key != "rest":
+        errors.add(
+            "username",
+            "The admin username is the REST server's user: only a REST repository has one.",
+        )
     errors.raise_any()
-    url = repository.repo_url_of(box, everyday)
+    # The same repository and backend settings; restic's password (and the REST user) are
+    # the admin credential's own.
+    env = dict(everyday_connection.env)
+    if username:
+        env.pop("RESTIC_REST_USERNAME", None)  # the admin's own REST user wins
+    connection = replace(everyday_connection, username=username, password=password, env=env)
     credential = repository.credential_of(host, "admin")
     if credential is None:
-        credential = repository.new_credential(
-            box, host, "admin", url=url, username=username, password=password, now=now
-        )
+        credential = repository.new_credential(box, host, "admin", connection, now=now)
     else:
-        credential.username = username
         credential.updated_at = now
-        repository.set_secrets(box, credential, url=url, password=password)
-    payload, secret = repository.config_update(
-        "admin", url=url, username=username, password=password
-    )
+        repository.set_secrets(box, credential, connection)
+    payload, secret = repository.config_update("admin", connection)
     commands.enqueue(box, host, "config.update", payload=payload, secret_payload=secret, now=now)
     db.session.flush()
     _bump(box, host, now)

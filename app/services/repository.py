@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any, Optional
@@ -11,7 +12,7 @@ from sqlalchemy import delete, insert, select
 from app.extensions import db
 from app.models import Host, HostCredential, Job, RepoStats, Snapshot
 from app.secretbox import SecretBox
-from app.services import audit, commands, validate
+from app.services import audit, backends, commands
 from app.services.audit import Actor
 from app.services.errors import EventRejected
 from app.services.jobs import create_job
@@ -279,77 +280,142 @@ def form_url(box: SecretBox, credential: Optional[HostCredential]) -> Optional[s
 
 
 def new_credential(
-    box: SecretBox, host: Host, kind: str, *, url: str, username, password: str, now: datetime
+    box: SecretBox, host: Host, kind: str, connection: backends.Settings, *, now: datetime
 ) -> HostCredential:
-    """A credential row with its URL and password sealed (both bound to the row's id)."""
+    """A credential row with its URL, password and backend credentials sealed (each bound
+    to the row's id)."""
     credential = HostCredential(
         host_id=host.id,
         kind=kind,
-        repo_url_redacted=redact_url(url),
+        repo_url_redacted=redact_url(connection.url),
         sealed_repo_url=b"",
         sealed_password=b"",
-        username=username,
+        username=connection.username,
         updated_at=now,
     )
     db.session.add(credential)
     db.session.flush()  # the row id is part of the sealing's associated data
-    set_secrets(box, credential, url=url, password=password)
+    set_secrets(box, credential, connection)
     return credential
 
 
-def set_secrets(box: SecretBox, credential: HostCredential, *, url: str, password: str) -> None:
-    """Seal a new URL and password into an existing (flushed) credential row."""
-    seal_repo_url(box, credential, url)
+def set_secrets(box: SecretBox, credential: HostCredential, connection: backends.Settings) -> None:
+    """Seal a new connection into an existing (flushed) credential row."""
+    seal_repo_url(box, credential, connection.url)
+    credential.username = connection.username
     credential.sealed_password = box.seal(
-        password, table="host_credentials", column="password", row_id=credential.id
+        connection.password, table="host_credentials", column="password", row_id=credential.id
+    )
+    extra = connection.secrets()
+    credential.sealed_backend = (
+        box.seal(
+            json.dumps(extra), table="host_credentials", column="backend", row_id=credential.id
+        )
+        if extra["env"] or extra["cacert"]
+        else None
+    )
+    credential.env_names = connection.env_names
+    credential.repo_options = list(connection.options)
+    credential.cacert_summary = backends.cacert_summary(connection.cacert)
+    credential.insecure_tls = connection.insecure_tls
+
+
+def connection_of(box: SecretBox, credential: HostCredential) -> backends.Settings:
+    """The whole saved connection, secrets included: for sealed command parts only."""
+    extra = {"env": {}, "cacert": None}
+    if credential.sealed_backend:
+        extra = json.loads(
+            box.open(
+                credential.sealed_backend,
+                table="host_credentials",
+                column="backend",
+                row_id=credential.id,
+            )
+        )
+    password = box.open(
+        credential.sealed_password,
+        table="host_credentials",
+        column="password",
+        row_id=credential.id,
+    )
+    return backends.Settings(
+        url=repo_url_of(box, credential),
+        username=credential.username,
+        password=password,
+        env=dict(extra.get("env") or {}),
+        options=list(credential.repo_options or []),
+        cacert=extra.get("cacert"),
+        insecure_tls=bool(credential.insecure_tls),
     )
 
 
-def config_update(kind: str, *, url: str, username, password: str) -> tuple[dict, dict]:
+def config_update(kind: str, connection: backends.Settings) -> tuple[dict, dict]:
     """A ``config.update`` section as (clear, sealed) parts: the URL travels sealed.
 
-    The clear part holds the redacted URL; the server merges the sealed part over it on
-    delivery, so the agent receives the whole URL.
+    The clear part holds the redacted URL, the username and the names of the backend
+    variables; the server merges the sealed part over it on delivery, so the agent receives
+    the whole connection (docs/protocol.md).
     """
     key = "repository" if kind == "everyday" else "admin_repository"
     return (
-        {key: {"url": redact_url(url), "username": username}},
-        {key: {"url": url, "password": password}},
+        {key: {"url": redact_url(connection.url), "username": connection.username}},
+        {key: connection.agent_section()},
     )
 
 
+def keep_saved_values(box: SecretBox, host: Host, backend_input: dict, url) -> dict:
+    """``backend_input`` with the saved values filled in where it leaves them empty (a
+    form's empty secret field keeps the saved value; the values are never shown again) —
+    only while the URL names the same backend."""
+    saved = credential_of(host)
+    if saved is None or not isinstance(url, str):
+        return backend_input
+    before = connection_of(box, saved)
+    if before.backend.key != backends.backend_of(url.strip()).key:
+        return backend_input
+    env = dict(backend_input.get("repo_env") or {})
+    for name, value in before.env.items():
+        if not env.get(name):
+            env[name] = value
+    cacert = backend_input.get("cacert") or before.cacert
+    return {**backend_input, "repo_env": env, "cacert": cacert}
+
+
 def save_credentials(
-    box: SecretBox, host: Host, *, url, username, password, now: datetime
+    box: SecretBox, host: Host, connection: backends.Settings, *, now: datetime
 ) -> HostCredential:
     """New everyday credentials: sealed here, pushed to the agent, then re-checked (NS-03).
 
     The probe is queued at once when no bring-up runs; otherwise the next connect of the
     agent queues it (the status stays ``unknown`` until then).
     """
-    url, username, password = validate.repository(url, username, password)
     credential = credential_of(host)
     if credential is None:
-        credential = new_credential(
-            box, host, "everyday", url=url, username=username, password=password, now=now
-        )
+        credential = new_credential(box, host, "everyday", connection, now=now)
     else:
-        credential.username = username
         credential.updated_at = now
-        set_secrets(box, credential, url=url, password=password)
-    payload, secret = config_update("everyday", url=url, username=username, password=password)
+        set_secrets(box, credential, connection)
+    payload, secret = config_update("everyday", connection)
     admin = credential_of(host, "admin")
-    if admin is not None and repo_url_of(box, admin) != url:
-        # The admin credential is for the same repository: it follows the URL.
-        admin_password = box.open(
-            admin.sealed_password, table="host_credentials", column="password", row_id=admin.id
+    if admin is not None:
+        # The admin credential is for the same repository: it follows the URL and the
+        # backend settings; only restic's password (and the REST user) are its own.
+        before = connection_of(box, admin)
+        after = backends.Settings(
+            connection.url,
+            before.username,
+            before.password,
+            connection.env,
+            connection.options,
+            connection.cacert,
+            connection.insecure_tls,
         )
-        seal_repo_url(box, admin, url)
-        admin.updated_at = now
-        admin_clear, admin_secret = config_update(
-            "admin", url=url, username=admin.username, password=admin_password
-        )
-        payload.update(admin_clear)
-        secret.update(admin_secret)
+        if after != before:
+            set_secrets(box, admin, after)
+            admin.updated_at = now
+            admin_clear, admin_secret = config_update("admin", after)
+            payload.update(admin_clear)
+            secret.update(admin_secret)
     commands.enqueue(box, host, "config.update", payload=payload, secret_payload=secret, now=now)
     host.repo_status = "unknown"
     host.repo_status_reason = None
@@ -360,25 +426,36 @@ def save_credentials(
 def update_credentials(
     box: SecretBox,
     host: Host,
+    connection: backends.Settings,
     *,
-    url,
-    username,
-    password,
     actor: Actor,
     client_address: Optional[str],
     now: datetime,
     offline_after_seconds: int,
 ) -> HostCredential:
     """New everyday credentials, audited; an online agent is asked to probe at once."""
-    credential = save_credentials(box, host, url=url, username=username, password=password, now=now)
+    credential = save_credentials(box, host, connection, now=now)
     audit.record(
         actor,
         "host.repository_updated",
         target_type="host",
         target_id=host.id,
-        payload={"url": credential.repo_url_redacted, "username": credential.username},
+        payload=public_settings(credential),
         client_address=client_address,
     )
     if host.status(now, offline_after_seconds) == "online":
         dispatch_probe(box, host, actor=actor, now=now)
     return credential
+
+
+def public_settings(credential: HostCredential) -> dict:
+    """What may be shown of a connection: never a value of the backend's variables."""
+    return {
+        "url": credential.repo_url_redacted,
+        "backend": backends.backend_of(credential.repo_url_redacted).key,
+        "username": credential.username,
+        "repo_env_names": list(credential.env_names or []),
+        "repo_options": list(credential.repo_options or []),
+        "cacert": credential.cacert_summary,
+        "insecure_tls": bool(credential.insecure_tls),
+    }

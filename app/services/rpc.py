@@ -1,4 +1,5 @@
-"""Synchronous requests to an agent: ``rpc.ls`` and ``rpc.dump`` (docs/protocol.md).
+"""Synchronous requests to an agent: ``rpc.ls``, ``rpc.dump`` and ``rpc.repo_test``
+(docs/protocol.md).
 
 A person waits in a browser for these. The server queues an ``rpc.*`` command, the agent
 answers on ``/api/agent/v1/rpc/{id}``; the database holds the answer (and, for a dump, the
@@ -20,11 +21,11 @@ from sqlalchemy import delete, select, update
 from app.extensions import db
 from app.models import Command, Host, RpcCall, RpcChunk, Snapshot
 from app.secretbox import SecretBox
-from app.services import audit, commands
+from app.services import audit, backends, commands, repository, validate
 from app.services.audit import Actor
 from app.services.errors import Conflict, NotFound, ServiceError, ValidationFailed
 
-METHODS = ("ls", "dump")
+METHODS = ("ls", "dump", "repo_test")
 MAX_ENTRIES = 2000
 MAX_CHUNK_BYTES = 1024 * 1024
 MAX_PATH = 4096
@@ -190,9 +191,18 @@ def _newest(host: Host, key: str, status: str, *, since: datetime) -> Optional[R
 
 
 def request_call(
-    box: SecretBox, host: Host, method: str, params: dict, *, key: str, now: datetime
+    box: SecretBox,
+    host: Host,
+    method: str,
+    params: dict,
+    *,
+    key: str,
+    now: datetime,
+    secret_params: Optional[dict] = None,
 ) -> RpcCall:
-    """Record the call and queue its command; the caller commits and wakes the host."""
+    """Record the call and queue its command; the caller commits and wakes the host.
+
+    ``secret_params`` travel sealed in the command only (never in the call's row)."""
     assert method in METHODS
     call = RpcCall(
         id=uuid.uuid4().hex,
@@ -206,7 +216,12 @@ def request_call(
     db.session.add(call)
     db.session.flush()
     command = commands.enqueue(
-        box, host, f"rpc.{method}", payload=dict(params, rpc_id=call.id), now=now
+        box,
+        host,
+        f"rpc.{method}",
+        payload=dict(params, rpc_id=call.id),
+        secret_payload=secret_params,
+        now=now,
     )
     call.command_id = command.id
     return call
@@ -285,17 +300,78 @@ def ask(
 ) -> str:
     """Queue the question for the host's agent (a listing joins the same one in flight) and
     return the call id; the caller commits, wakes the host and waits on :func:`rpc_key`."""
-    status = host.status(now, offline_after_seconds)
-    if status != "online":
-        raise Conflict(
-            f"{host.hostname} is {status.replace('_', ' ')}: only its agent can read the "
-            "snapshot, and it has not polled the server recently. Start the agent and try again.",
-            code="host_offline",
-        )
+    _require_online(host, now, offline_after_seconds, "only its agent can read the snapshot")
     call = pending_call(host, question.key, now=now) if question.method == "ls" else None
     if call is None:
         call = request_call(box, host, question.method, question.params, key=question.key, now=now)
     return call.id
+
+
+def _require_online(host: Host, now: datetime, offline_after_seconds: int, what: str) -> None:
+    status = host.status(now, offline_after_seconds)
+    if status != "online":
+        raise Conflict(
+            f"{host.hostname} is {status.replace('_', ' ')}: {what}, and it has not polled "
+            "the server recently. Start the agent and try again.",
+            code="host_offline",
+        )
+
+
+def ask_repo_test(
+    box: SecretBox,
+    host: Host,
+    connection: backends.Settings,
+    *,
+    now: datetime,
+    offline_after_seconds: int,
+) -> str:
+    """Ask the host's agent to open the repository with ``connection`` (not saved anywhere:
+    it travels sealed in the command) — ``restic cat config``. Returns the call id."""
+    _require_online(host, now, offline_after_seconds, "only its agent can reach the repository")
+    params = {"backend": connection.backend.key}
+    call = request_call(
+        box,
+        host,
+        "repo_test",
+        params,
+        key=uuid.uuid4().hex,  # never joined nor cached: every test is asked anew
+        now=now,
+        secret_params={"repository": connection.agent_section()},
+    )
+    return call.id
+
+
+def record_repo_test(
+    actor: Actor,
+    host_id: int,
+    connection: backends.Settings,
+    result: dict,
+    *,
+    client_address: Optional[str],
+) -> None:
+    """Audit a connection test: which backend, which variable names, the outcome; never a
+    value (nor the password inside a URL)."""
+    audit.record(
+        actor,
+        "host.repository_tested",
+        target_type="host",
+        target_id=host_id,
+        payload={
+            "url": repository.redact_url(connection.url),
+            "backend": connection.backend.key,
+            "repo_env_names": connection.env_names,
+            "ok": result["ok"],
+        },
+        client_address=client_address,
+    )
+
+
+def repo_test_result(call: RpcCall) -> dict:
+    """``{"ok", "detail"}`` of an answered connection test (an agent's refusal too)."""
+    if call.status == "failed":
+        return {"ok": False, "detail": call.error_message or "The agent could not test it."}
+    result = call.result or {}
+    return {"ok": bool(result.get("ok")), "detail": result.get("detail") or ""}
 
 
 def answer_of(call: RpcCall, *, hostname: str) -> RpcCall:
@@ -355,13 +431,20 @@ def answer(call: RpcCall, body: Any, *, now: datetime) -> None:
     if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
         raise RpcRefused('The answer must be {"ok": true, "result": …} or {"ok": false, …}.')
     call.answered_at = now
+    if call.method == "repo_test" and isinstance(body.get("detail"), str):
+        # The test's own outcome ({"ok": false, "detail"} is an answer, not a failure).
+        body = {"ok": True, "result": {"ok": body["ok"], "detail": body["detail"]}}
     if not body["ok"]:
         code, message = _error(body)
         call.status, call.error_code, call.error_message = "failed", code, message
         call.finished_at = now
         return
     result = body.get("result")
-    if call.method == "ls":
+    if call.method == "repo_test":
+        call.result = _repo_test(result if isinstance(result, dict) else body)
+        call.status = "answered"
+        call.finished_at = now
+    elif call.method == "ls":
         call.result = _listing(result, call.params.get("max_entries", MAX_ENTRIES))
         call.status = "answered"
         call.finished_at = now
@@ -446,6 +529,17 @@ def _error(body: dict) -> tuple[str, str]:
     if not isinstance(message, str) or not message.strip():
         message = "The agent could not answer (it gave no reason)."
     return code, message.strip()[:2000]
+
+
+def _repo_test(result: dict) -> dict:
+    """``{"ok": bool, "detail": text}``: restic's own words, cut to 2,000 characters."""
+    reachable, detail = result.get("ok"), result.get("detail")
+    if not isinstance(reachable, bool) or not isinstance(detail, str):
+        raise RpcRefused('A connection test answers {"ok": bool, "detail": "…"}.')
+    reason = validate.unstorable(detail)
+    if reason:
+        raise RpcRefused(f"detail {reason}.")
+    return {"ok": reachable, "detail": detail.strip()[:2000]}
 
 
 def _listing(result: Any, max_entries: int) -> dict:

@@ -9,12 +9,71 @@ from wtforms import (
 )
 from wtforms.validators import Length, Optional
 
+from app.services import backends
 from app.services.retention import KEEP_COUNTS
 from app.web.forms import place_refusal
 from app.web.once import request_id_field
 
+# --- repository backends -----------------------------------------------------------------
+# One field per backend variable, named like the variable (the service's refusals name
+# ``repo_env.<NAME>``: ``place_refusal(..., prefixes=("repo_env.",))`` puts them here).
 
-class AddHostForm(FlaskForm):
+
+def _backend_field(variable: backends.Variable):
+    label = variable.label
+    if variable.kind == backends.FILE:
+        return TextAreaField(label, description=variable.help, render_kw={"rows": 4})
+    if variable.kind == backends.SECRET:
+        return PasswordField(label, description=variable.help)
+    return StringField(label, description=variable.help)
+
+
+class BackendFields:
+    """The backend part of a repository form: its variables, options, CA, insecure TLS."""
+
+    repo_options = TextAreaField(
+        "restic options (-o)",
+        description="One key=value per line, e.g. s3.region=eu-west-1 or "
+        "s3.bucket-lookup=path; only the backend's own options are taken.",
+        render_kw={"rows": 2},
+    )
+    cacert = TextAreaField(
+        "CA certificate (PEM)",
+        description="For a self-hosted endpoint with its own certificate authority "
+        "(restic --cacert).",
+        render_kw={"rows": 3},
+    )
+    insecure_tls = BooleanField(
+        "Skip TLS certificate verification (--insecure-tls)",
+        description="Insecure: anyone between the host and the repository can read and change "
+        "what is sent. Prefer a CA certificate.",
+    )
+
+    def variable_fields(self, backend: backends.Backend) -> list:
+        return [self._fields[name] for name in backend.names]
+
+    def backend_input(self) -> dict:
+        """What the services take: only the variables of the backend the URL names."""
+        backend = backends.backend_of((self.repo_url.data or "").strip())
+        env = {}
+        for name in backend.names:
+            value = self._fields[name].data
+            if value:
+                env[name] = value
+        return {
+            "repo_env": env,
+            "repo_options": self.repo_options.data or None,
+            "cacert": self.cacert.data or None,
+            "insecure_tls": bool(self.insecure_tls.data),
+        }
+
+
+for _backend in backends.BACKENDS.values():
+    for _variable in _backend.variables:
+        setattr(BackendFields, _variable.name, _backend_field(_variable))
+
+
+class AddHostForm(BackendFields, FlaskForm):
     """Carries the input only: the enrollment service checks it and names every problem."""
 
     hostname = StringField(
@@ -210,7 +269,7 @@ RUN_FORMS: dict[str, type[RunForm]] = {
 }
 
 
-class RepositoryForm(FlaskForm):
+class RepositoryForm(BackendFields, FlaskForm):
     """New everyday credentials; field names match ``validate.repository``'s messages."""
 
     repo_url = StringField(

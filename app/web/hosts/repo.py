@@ -14,7 +14,7 @@ from app.bus import host_key
 from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
-from app.services import dispatch, maintenance, repo_settings, repository, schedules
+from app.services import backends, dispatch, maintenance, repo_settings, repository, schedules
 from app.services.errors import ServiceError
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
@@ -138,7 +138,7 @@ def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: i
 def _refused(host: Host, name: str, form: FlaskForm, refused: ServiceError):
     """The service said no: nothing is kept, the tab comes back with the messages in place."""
     db.session.rollback()
-    problem = place_refusal(form, refused)
+    problem = place_refusal(form, refused, prefixes=("repo_env.",))
     return _render(host, forms={name: form}, problem=problem, status=refused.status)
 
 
@@ -182,12 +182,21 @@ def update_repository(host_id: int):
     form = RepositoryForm()
     from_tab = request.form.get("return_to") == "repo"
     try:
+        # An empty secret field keeps what was saved (the values are never shown again).
+        extra = repository.keep_saved_values(_box(), host, form.backend_input(), form.repo_url.data)
+        connection = backends.settings(
+            form.repo_url.data,
+            form.repo_username.data,
+            form.repo_password.data,
+            extra["repo_env"],
+            extra["repo_options"],
+            extra["cacert"],
+            extra["insecure_tls"],
+        )
         repository.update_credentials(
             _box(),
             host,
-            url=form.repo_url.data,
-            username=form.repo_username.data,
-            password=form.repo_password.data,
+            connection,
             offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
             **_by_caller(),
         )
@@ -195,7 +204,7 @@ def update_repository(host_id: int):
         db.session.rollback()
         if from_tab:
             return _refused(host, "repository", form, refused)
-        problem = place_refusal(form, refused)
+        problem = place_refusal(form, refused, prefixes=("repo_env.",))
         return render_host(host, repository_form=form, problem=problem, status=refused.status)
     commit_and_wake(host_key(host.id))
     if repository.active_job(host, repository.BRING_UP_KINDS) is not None:

@@ -71,10 +71,11 @@ def create():
             repo_password=form.repo_password.data,
             paths=form.paths.data,
             now=utcnow(),
+            backend=form.backend_input(),
         )
     except ValidationFailed as refused:
         db.session.rollback()
-        problem = place_refusal(form, refused)
+        problem = place_refusal(form, refused, prefixes=("repo_env.",))
         return _render(form, problem=problem, status=422)
     commit_and_wake()
     once.remember_created(MINTED, request_id, token.id)
