@@ -193,6 +193,8 @@ def test_only_admins_change_or_delete_hosts(app, api):
         bulk = client.post(f"{API}/hosts/tags", json={"host_ids": [host.id], "add": ["x"]})
         assert bulk.status_code == 403
     assert api(Role.viewer).get(f"{API}/hosts?tag=x").status_code == 200
+    refused = api(Role.viewer).get(f"{API}/hosts?tag=not%20a%20tag")
+    assert refused.status_code == 422 and "tag" in refused.get_json()["fields"]
     db.session.expire_all()
     assert db.session.get(Host, host.id).tags == []
 

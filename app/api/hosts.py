@@ -25,6 +25,8 @@ def list_hosts():
     now = utcnow()
     offline_after = current_app.config["RM_OFFLINE_AFTER_SECONDS"]
     tag = request.args.get("tag", "").strip()
+    if tag:
+        tag = hosts.parse_tag_filter(tag)  # 422 naming the parameter, like /jobs?tag=
     rows = db.session.scalars(select(Host).order_by(Host.hostname))
     if tag:  # tags are a JSON list: filtered here, the same on SQLite and PostgreSQL
         rows = [host for host in rows if tag in (host.tags or [])]
