@@ -39,6 +39,9 @@ _HOST_NOT_FOUND = re.compile(
     r"no such host|server misbehaving|Could not resolve hostname|"
     r"Name or service not known|Temporary failure in name resolution"
 )
+# ssh ended before the sftp session started, and its own words were lost (restic may exit
+# before it printed them): the key, the host key or the address.
+_SSH_SESSION = re.compile(r"unable to start the sftp session")
 _CONNECTION_REFUSED = re.compile(r"connection refused", re.IGNORECASE)
 _TIMEOUT = re.compile(
     r"i/o timeout|deadline exceeded|Client\.Timeout|handshake timeout|timed out",
@@ -97,6 +100,10 @@ class BackendTimeout(BackendError):
     label = "timeout"
 
 
+class SshSessionFailed(BackendError):
+    label = "SSH login failed (check the key, the host key and the address)"
+
+
 _BACKEND_CLASSES = (
     (_AUTHENTICATION, AuthenticationRefused),
     (_HOST_KEY, HostKeyRejected),
@@ -104,6 +111,7 @@ _BACKEND_CLASSES = (
     (_HOST_NOT_FOUND, HostNotFound),
     (_CONNECTION_REFUSED, ConnectionRefused),
     (_TIMEOUT, BackendTimeout),
+    (_SSH_SESSION, SshSessionFailed),
 )
 
 
@@ -141,8 +149,10 @@ def error_message(stderr_tail: Sequence[str], exit_code: Optional[int]) -> str:
     fatal = [line for line in lines if line.startswith("Fatal:")]
     locked = [index for index, line in enumerate(lines) if _LOCKED.search(line)]
     chosen: List[str]
+    # ssh's own reason (restic prefixes it) says more than restic's "error: EOF".
+    ssh = [line for line in lines if line.startswith("subprocess ssh:")]
     if fatal:
-        chosen = fatal[-1:]
+        chosen = ssh[-1:] + fatal[-1:]
     elif locked:
         chosen = lines[locked[0] : locked[0] + 2]  # who holds it, and since when
     else:

@@ -644,6 +644,11 @@ def test_rpc_calls_use_the_same_seam(tmp_path, recording_restic):
         ),
         ("Fatal: unable to open config file: <config/> does not exist", errors.RepositoryNotFound),
         ("Fatal: wrong password or no key found", errors.WrongPassword),
+        (
+            "Fatal: unable to open repository at sftp:u@h:/r: unable to start the sftp "
+            "session, error: EOF",
+            errors.SshSessionFailed,
+        ),
     ],
 )
 def test_backend_errors_are_classified(line, expected):
@@ -663,3 +668,12 @@ def test_the_agent_home_stays_private(tmp_path):
     with repository.run_setup(repository.everyday, ("restic", "x")) as (argv, _):
         assert f"UserKnownHostsFile={home}/ssh_known_hosts" in argv[2]
         assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+
+
+def test_ssh_words_come_before_restics_fatal_line():
+    tail = [
+        "subprocess ssh: backup@nas: Permission denied (publickey).",
+        "Fatal: unable to open repository at sftp:backup@nas:/r: unable to start the sftp "
+        "session, error: EOF",
+    ]
+    assert errors.error_message(tail, 1) == " / ".join(tail)

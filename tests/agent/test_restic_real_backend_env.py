@@ -19,7 +19,13 @@ from agent.restic import errors
 from agent.restic.messages import clean
 from agent.rpc import RpcRunner
 from tests.agent.real_restic import RunnerJobs, needs_restic, run_restic
-from tests.backend_servers import free_port, rest_server, self_signed_certificate
+from tests.backend_servers import (
+    free_port,
+    generate_ssh_key,
+    rest_server,
+    self_signed_certificate,
+    sftp_server,
+)
 
 pytestmark = needs_restic()
 PASSWORD = "Repo-Pass-env-5b2e"
@@ -238,3 +244,55 @@ def test_every_captured_backend_failure_has_its_class(name):
     code, stderr, command = captured(name)
     failure = errors.classify(code, stderr, command)
     assert type(failure) is CAPTURED_CLASSES[name], stderr
+
+
+# -- SFTP: the agent's own sftp.command, the key only in the settings ----------------------
+
+
+def test_sftp_with_the_key_only_in_the_settings(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    with sftp_server(tmp_path / "sftp") as server:
+        key = server.key.read_text()
+        repo_path = server.data / "host-a"
+        credentials = {
+            "url": f"sftp://{server.user}@127.0.0.1:{server.port}/{repo_path}",
+            "password": PASSWORD,
+            "files": {"SFTP_PRIVATE_KEY": key, "SFTP_KNOWN_HOSTS": server.known_hosts.read_text()},
+        }
+        home = tmp_path / "agent-home"
+        jobs = RunnerJobs(tmp_path, lambda: credentials, agent_home=home)
+        init = jobs.run("init")
+        assert init.finished["status"] == "succeeded", init.texts
+        assert (repo_path / "config").exists()
+        source = tmp_path / "data"
+        source.mkdir()
+        (source / "a.txt").write_text("over sftp\n")
+        backup = jobs.run("backup", {"paths": [str(source)], "tags": ["default"]})
+        assert backup.finished["status"] == "succeeded", backup.texts
+        assert "-o 'sftp.command=ssh -i " in backup.restic_calls[0]
+
+        tester = repo_tester(tmp_path)
+        assert try_settings(tester, **credentials)["ok"] is True
+        # No known_hosts in the settings: the first key is accepted into the home's file.
+        first_seen = dict(credentials, files={"SFTP_PRIVATE_KEY": key})
+        assert try_settings(tester, **first_seen)["ok"] is True
+        assert "ssh-ed25519" in (home / "ssh_known_hosts").read_text()
+        other_key = generate_ssh_key(tmp_path / "other_key").read_text()
+        refused = try_settings(
+            tester,
+            **dict(credentials, files=dict(credentials["files"], SFTP_PRIVATE_KEY=other_key)),
+        )
+        assert refused["ok"] is False
+        # restic 0.14 may exit before it printed ssh's "Permission denied (publickey)."
+        assert refused["detail"].startswith(
+            (
+                "authentication refused: subprocess ssh: ",
+                "SSH login failed (check the key, the host key and the address): Fatal: ",
+            )
+        ), refused
+
+    everything = json.dumps([init.texts, backup.texts, refused]) + caplog.text
+    for line in key.splitlines() + other_key.splitlines():
+        if len(line.strip()) > 8:
+            assert line.strip() not in everything
+    assert not list(home.glob("restic-run-*"))
