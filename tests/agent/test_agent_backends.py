@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fake_agent_server import wait_for
-from running_agent import config_update
+from running_agent import Running, config_update
 
 from agent.repository import (
     Repository,
@@ -677,3 +677,57 @@ def test_ssh_words_come_before_restics_fatal_line():
         "session, error: EOF",
     ]
     assert errors.error_message(tail, 1) == " / ".join(tail)
+
+
+# -- rpc.repo_test through the running agent -------------------------------------------------
+
+
+def test_rpc_repo_test_is_answered_and_never_stored(fake_server, agent_home, fake_restic):
+    fake_server.queue(config_update())
+    ready, wrong = "1" * 32, "2" * 32
+    fake_server.queue(
+        {
+            "command_id": "c-test-1",
+            "type": "rpc.repo_test",
+            "payload": {
+                "rpc_id": ready,
+                "repository": {"url": "fake:ready", "password": "Unsaved-Pw-3"},
+            },
+        }
+    )
+    fake_server.queue(
+        {
+            "command_id": "c-test-2",
+            "type": "rpc.repo_test",
+            "payload": {"rpc_id": wrong, "url": "fake:wrongpw", "password": "Unsaved-Pw-4"},
+        }
+    )
+    fake_server.queue({"command_id": "c-test-3", "type": "rpc.repo_test", "payload": {}})
+    running = Running(Agent(agent_home, restic_binary=str(fake_restic)))
+    try:
+        assert wait_for(lambda: fake_server.rpc_answer(ready)) == {
+            "ok": True,
+            "detail": "repository reachable (id e8cb0f49df)",
+        }
+        assert wait_for(lambda: fake_server.rpc_answer(wrong)) == {
+            "ok": False,
+            "detail": "wrong password or key: Fatal: wrong password or no key found",
+        }
+        acks = wait_for(
+            lambda: (
+                {ack["command_id"]: ack for ack in list(fake_server.acks)}
+                if len(fake_server.acks) >= 4
+                else None
+            )
+        )
+        assert acks["c-test-3"]["result"] == "rejected"
+        assert acks["c-test-3"]["reason"] == "rpc.repo_test: payload.rpc_id must be 32 hex digits"
+    finally:
+        running.finish()
+    stored = running.agent.secrets.load()
+    assert stored["url"] == "fake:ready" and stored["password"] != "Unsaved-Pw-3"
+    test_calls = [call for call in fake_restic.calls() if "--no-cache" in call["argv"]]
+    assert sorted(call["env"]["RESTIC_PASSWORD"] for call in test_calls) == [
+        "Unsaved-Pw-3",
+        "Unsaved-Pw-4",
+    ]
