@@ -329,6 +329,9 @@ def ask_repo_test(
     it travels sealed in the command) — ``restic cat config``. Returns the call id."""
     _require_online(host, now, offline_after_seconds, "only its agent can reach the repository")
     params = {"backend": connection.backend.key}
+    section = connection.agent_section()
+    if connection.username:  # the REST server's user (config.update sends it in clear)
+        section["username"] = connection.username
     call = request_call(
         box,
         host,
@@ -336,7 +339,7 @@ def ask_repo_test(
         params,
         key=uuid.uuid4().hex,  # never joined nor cached: every test is asked anew
         now=now,
-        secret_params={"repository": connection.agent_section()},
+        secret_params={"repository": section},
     )
     return call.id
 
