@@ -156,8 +156,9 @@ def check_settings(section: Mapping[str, Any]) -> BackendSettings:
     )
 
 
-def check_options(options: Any, backend: str = "") -> Tuple[str, ...]:
-    """``["s3.region=eu-west-1", …]`` → the same, each checked; ``None`` → none."""
+def check_options(options: Any, backend: str) -> Tuple[str, ...]:
+    """``["s3.region=eu-west-1", …]`` → the same, each checked (keys of ``backend`` only);
+    ``None`` → none."""
     if options is None:
         return ()
     if not isinstance(options, (list, tuple)):
@@ -168,9 +169,10 @@ def check_options(options: Any, backend: str = "") -> Tuple[str, ...]:
             raise BackendRefused(f'options: {option!r} is not "key=value"')
         key, value = option.split("=", 1)
         pattern = OPTIONS.get(key)
-        if pattern is None:
+        if pattern is None or key.split(".", 1)[0] != backend:
+            allowed = ", ".join(sorted(k for k in OPTIONS if k.startswith(backend + "."))) or "none"
             raise BackendRefused(
-                f"options.{key}: not allowed; allowed: {', '.join(sorted(OPTIONS))}"
+                f"options.{key}: not allowed for {_article(backend)} repository; allowed: {allowed}"
             )
         if not pattern.fullmatch(value):
             raise BackendRefused(f"options.{key}: {value!r} is not a valid value")

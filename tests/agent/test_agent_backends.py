@@ -109,6 +109,10 @@ S3 = {
         ({"url": "sftp:u@h:/r", "options": ["sftp.args=-oProxyCommand=id"]}, "options.sftp.args"),
         ({"url": "rclone:r:p", "options": ["rclone.program=/bin/sh"]}, "options.rclone.program"),
         ({"url": "rclone:r:p", "options": ["rclone.args=serve"]}, "options.rclone.args"),
+        (
+            {"url": "/srv/repo", "options": ["s3.region=eu-west-1"]},
+            "options.s3.region: not allowed for a local repository; allowed: local.connections",
+        ),
         ({"url": "s3:h/b", "options": ["s3.bucket-lookup=sideways"]}, "is not a valid value"),
         ({"url": "s3:h/b", "options": ["s3.connections=-1"]}, "is not a valid value"),
         ({"url": "s3:h/b", "options": "s3.region=x"}, "options: must be a list"),
