@@ -52,6 +52,14 @@ class BackendFields:
     def variable_fields(self, backend: backends.Backend) -> list:
         return [self._fields[name] for name in backend.names]
 
+    def forget_secrets(self) -> None:
+        """A form shown again never carries a secret back: secret and file fields are
+        emptied (password fields never render their value anyway)."""
+        for backend in backends.BACKENDS.values():
+            for variable in backend.variables:
+                if variable.kind != backends.PLAIN:
+                    self._fields[variable.name].data = ""
+
     def backend_input(self) -> dict:
         """What the services take: only the variables of the backend the URL names."""
         backend = backends.backend_of((self.repo_url.data or "").strip())
@@ -86,8 +94,9 @@ class AddHostForm(BackendFields, FlaskForm):
         "rest:https://backup.example.com/web-1, s3:s3.amazonaws.com/bucket/web-1 …",
     )
     repo_username = StringField(
-        "Repository username",
-        description="Only for repositories that need one (e.g. rest-server with --private-repos).",
+        "Username",
+        description="The REST server's user (rest-server's htpasswd); sent as "
+        "RESTIC_REST_USERNAME.",
     )
     repo_password = PasswordField(
         "Repository password",
@@ -277,8 +286,9 @@ class RepositoryForm(BackendFields, FlaskForm):
         description="The whole URL, also when only the password changes.",
     )
     repo_username = StringField(
-        "Repository username",
-        description="Only for repositories that need one.",
+        "Username",
+        description="The REST server's user (rest-server's htpasswd); sent as "
+        "RESTIC_REST_USERNAME.",
     )
     repo_password = PasswordField(
         "Repository password",

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Optional
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
 from flask_wtf import FlaskForm
+from sqlalchemy import inspect as sa_inspect
 from wtforms import BooleanField, PasswordField, StringField
 
+from app import agent_calls
 from app.access import Role, require_role
 from app.authn import client_address, current_actor
 from app.bus import host_key
@@ -76,8 +79,16 @@ ANCHORS = {
 }
 
 
-def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: int = 200):
-    """The tab; ``forms`` holds a refused form (by name) to show with its errors in place."""
+def _render(
+    host: Host,
+    *,
+    forms: Optional[dict] = None,
+    problem=None,
+    status: int = 200,
+    test_result: Optional[dict] = None,
+):
+    """The tab; ``forms`` holds a refused form (by name) to show with its errors in place
+    (or the repository form a Test connection answered: ``test_result``)."""
     now = utcnow()
     settings = repo_settings.maintenance_of(host)
     forms = forms or {}
@@ -124,6 +135,9 @@ def _render(host: Host, *, forms: Optional[dict] = None, problem=None, status: i
         everyday=everyday,
         everyday_url=everyday.repo_url_redacted if everyday else None,
         repository_form=forms.get("repository") or _repository_form(everyday),
+        repo_saved=repository.public_settings(everyday) if everyday else None,
+        backend_catalog=backends.catalog(),
+        test_result=test_result,
         admin=repository.credential_of(host, "admin"),
         tags=_tag_summary(host),
         problem=problem,
@@ -139,6 +153,8 @@ def _refused(host: Host, name: str, form: FlaskForm, refused: ServiceError):
     """The service said no: nothing is kept, the tab comes back with the messages in place."""
     db.session.rollback()
     problem = place_refusal(form, refused, prefixes=("repo_env.",))
+    if isinstance(form, RepositoryForm):
+        form.forget_secrets()
     return _render(host, forms={name: form}, problem=problem, status=refused.status)
 
 
@@ -182,17 +198,7 @@ def update_repository(host_id: int):
     form = RepositoryForm()
     from_tab = request.form.get("return_to") == "repo"
     try:
-        # An empty secret field keeps what was saved (the values are never shown again).
-        extra = repository.keep_saved_values(_box(), host, form.backend_input(), form.repo_url.data)
-        connection = backends.settings(
-            form.repo_url.data,
-            form.repo_username.data,
-            form.repo_password.data,
-            extra["repo_env"],
-            extra["repo_options"],
-            extra["cacert"],
-            extra["insecure_tls"],
-        )
+        connection = _connection(host, form)
         repository.update_credentials(
             _box(),
             host,
@@ -205,6 +211,7 @@ def update_repository(host_id: int):
         if from_tab:
             return _refused(host, "repository", form, refused)
         problem = place_refusal(form, refused, prefixes=("repo_env.",))
+        form.forget_secrets()
         return render_host(host, repository_form=form, problem=problem, status=refused.status)
     commit_and_wake(host_key(host.id))
     if repository.active_job(host, repository.BRING_UP_KINDS) is not None:
@@ -218,6 +225,59 @@ def update_repository(host_id: int):
     if from_tab:
         return redirect(url_for("hosts.repo", host_id=host.id))
     return redirect(url_for("hosts.show", host_id=host.id))
+
+
+def _connection(host: Host, form: RepositoryForm) -> backends.Settings:
+    """The connection the form describes, checked (ValidationFailed names the fields); an
+    empty secret field keeps what was saved (the values are never shown again)."""
+    extra = repository.keep_saved_values(_box(), host, form.backend_input(), form.repo_url.data)
+    return backends.settings(
+        form.repo_url.data,
+        form.repo_username.data,
+        form.repo_password.data,
+        extra["repo_env"],
+        extra["repo_options"],
+        extra["cacert"],
+        extra["insecure_tls"],
+    )
+
+
+@bp.post("/<int:host_id>/repository/test")
+@require_role(Role.admin)
+def test_repository(host_id: int):
+    """Test connection: the host's agent opens the repository with the form's settings
+    (``restic cat config``). Nothing is saved; the tab comes back with the form as typed
+    (secrets excepted) and restic's answer."""
+    host = get_host(host_id)
+    form = RepositoryForm()
+    try:
+        connection = _connection(host, form)
+    except ServiceError as refused:
+        return _refused(host, "repository", form, refused)
+    try:
+        result = agent_calls.test_connection(host, connection)
+    except ServiceError as refused:
+        db.session.rollback()
+        _user_back_in_session()
+        form.forget_secrets()
+        return _render(
+            get_host(host_id),
+            forms={"repository": form},
+            problem=refused.message,
+            status=refused.status,
+        )
+    _user_back_in_session()
+    form.forget_secrets()
+    return _render(get_host(host_id), forms={"repository": form}, test_result=result)
+
+
+def _user_back_in_session() -> None:
+    """Waiting for the agent let go of the database session (agent_calls holds none while
+    it waits): the signed-in user the page shows is attached to the new one."""
+    user = current_user._get_current_object()
+    state = sa_inspect(user, raiseerr=False)
+    if state is not None and state.detached:
+        db.session.add(user)
 
 
 @bp.post("/<int:host_id>/repo/maintenance")

@@ -14,7 +14,7 @@ from app.extensions import db
 from app.install_commands import agent_command, install_command
 from app.models import Host, Job
 from app.models.types import utcnow
-from app.services import alerts, dispatch, enrollment, repository, snapshot_sizes
+from app.services import alerts, backends, dispatch, enrollment, repository, snapshot_sizes
 from app.services.errors import ServiceError, ValidationFailed
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
@@ -40,6 +40,7 @@ def _render(form: AddHostForm, *, token=None, plain=None, problem=None, status=2
         outstanding=enrollment.outstanding_tokens(utcnow()),
         now=utcnow(),
         problem=problem,
+        backend_catalog=backends.catalog(),
         error_count=sum(1 for field in form if field.errors),
         # The answer to a POST: a reload should show the token's state, not post again.
         page_url=url_for("hosts.enrollment_token", token_id=token.id) if plain else None,
@@ -76,6 +77,7 @@ def create():
     except ValidationFailed as refused:
         db.session.rollback()
         problem = place_refusal(form, refused, prefixes=("repo_env.",))
+        form.forget_secrets()
         return _render(form, problem=problem, status=422)
     commit_and_wake()
     once.remember_created(MINTED, request_id, token.id)
@@ -135,11 +137,14 @@ def _run_forms(host: Host, submitted: RunForm | None = None) -> dict[str, RunFor
 
 
 def _repository_form(credential) -> RepositoryForm:
-    """Prefilled with what is not secret: the username, and the URL unless it holds one."""
+    """Prefilled with what is not secret: the username, the URL unless it holds one, the
+    restic options and insecure TLS (backend values are never shown: empty keeps them)."""
     form = RepositoryForm(formdata=None)
     if credential is not None:
         form.repo_username.data = credential.username
         form.repo_url.data = repository.form_url(current_app.extensions["secretbox"], credential)
+        form.repo_options.data = "\n".join(credential.repo_options or [])
+        form.insecure_tls.data = bool(credential.insecure_tls)
     return form
 
 
@@ -176,6 +181,8 @@ def _render_host(
         "run_forms": _run_forms(host, submitted),
         "active_kind": submitted.kind if submitted is not None else None,
         "repository_form": repository_form or _repository_form(credential),
+        "repo_saved": repository.public_settings(credential) if credential else None,
+        "backend_catalog": backends.catalog(),
         "problem": problem,
     }
     return render_template("hosts/show.html", **context), status
