@@ -134,11 +134,14 @@ def _configure_database(app: Flask) -> None:
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, connection_record):
-    """WAL, a busy timeout and enforced foreign keys on every SQLite connection."""
+    """WAL, a busy timeout and enforced foreign keys on every SQLite connection; a new
+    database file is made with incremental auto-vacuum (housekeeping returns its free pages;
+    an existing file keeps its mode until a VACUUM, see docs/deployment.md)."""
     module = type(dbapi_connection).__module__
     if not module.startswith("sqlite3"):
         return
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect only before any table
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")

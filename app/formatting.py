@@ -223,9 +223,23 @@ FILTERS = {
 }
 
 
-def log_notes(job) -> list[str]:
+def log_removed_note(job, retention_days: Optional[int] = None) -> Optional[str]:
+    """What the job page and log.txt say instead of an empty log once housekeeping removed
+    it (``retention_days``: RM_JOB_LOG_RETENTION_DAYS now)."""
+    if job.log_purged_at is None or not job.log_committed_seq:
+        return None
+    after = f" after {plural(retention_days, 'day')}" if retention_days else ""
+    return (
+        f"The log ({job.log_committed_seq:,} lines) was removed{after} "
+        f"(RM_JOB_LOG_RETENTION_DAYS) on {job.log_purged_at.strftime('%Y-%m-%d')}; "
+        "the job's result and statistics are kept."
+    )
+
+
+def log_notes(job, retention_days: Optional[int] = None) -> list[str]:
     """Why the stored log is incomplete, if it is (shown on the page and in log.txt)."""
-    notes = []
+    removed = log_removed_note(job, retention_days)
+    notes = [removed] if removed else []
     if job.log_truncated:
         notes.append(
             f"The log was cut at {job.log_committed_seq:,} lines (RM_JOB_LOG_MAX_RECORDS): "

@@ -28,7 +28,7 @@ from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
 from app.secretbox import SecretBox
-from app.services import alerts, jobs, maintenance, notifications, rpc
+from app.services import alerts, housekeeping, jobs, maintenance, notifications, rpc
 from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager.ticker")
@@ -67,6 +67,13 @@ def deliver(box: SecretBox, now: datetime, *, base_url: str = "") -> int:
     """Send the notifications that are due, committing after each one (so a crash repeats
     at most the sends in flight, which receivers recognise by their X-RM-Delivery key)."""
     return notifications.deliver_due(box, now, base_url=base_url, after_each=commit_and_wake)
+
+
+def housekeep(app, now: datetime) -> housekeeping.Report:
+    """Keep the database bounded (app/services/housekeeping.py): old job logs in small
+    batches, expired sign-ins, SQLite's daily optimize and incremental vacuum."""
+    state = app.extensions.setdefault("housekeeping", {})
+    return housekeeping.run(app.config, now, state)
 
 
 class FileLeadership:
@@ -149,9 +156,10 @@ def run(
     tick_function: Callable = tick,
     notify_interval: Optional[float] = None,
     deliver_function: Callable = deliver,
+    housekeeping_function: Callable = housekeep,
 ) -> None:
-    """Tick every ``interval`` seconds and deliver due notifications every
-    ``notify_interval`` seconds while leading, until ``stop`` is set."""
+    """Tick (then keep house) every ``interval`` seconds and deliver due notifications
+    every ``notify_interval`` seconds while leading, until ``stop`` is set."""
     interval = interval if interval is not None else app.config["RM_TICKER_SECONDS"]
     notify_interval = (
         notify_interval if notify_interval is not None else app.config["RM_NOTIFY_SECONDS"]
@@ -163,6 +171,7 @@ def run(
     try:
         while True:
             with app.app_context():
+                ticked = False
                 try:
                     now_leading = leadership.acquire()
                     if now_leading and not leading:
@@ -170,6 +179,7 @@ def run(
                     leading = now_leading
                     if leading and time.monotonic() >= next_tick:
                         next_tick = time.monotonic() + interval
+                        ticked = True
                         tick_function(
                             app.extensions["secretbox"],
                             utcnow(),
@@ -182,6 +192,14 @@ def run(
                     db.session.rollback()
                 finally:
                     db.session.remove()
+                if ticked:  # even after a failed tick: it is independent work
+                    try:
+                        housekeeping_function(app, utcnow())
+                    except Exception:
+                        log.exception("ticker: housekeeping failed; trying again at the next tick")
+                        db.session.rollback()
+                    finally:
+                        db.session.remove()
                 if leading and time.monotonic() >= next_delivery:
                     next_delivery = time.monotonic() + notify_interval
                     try:

@@ -74,7 +74,8 @@ def job_log_text(job_id: int):
         f"# times are UTC; created {iso(job.created_at)}, started {iso(job.started_at) or '-'}, "
         f"finished {iso(job.finished_at) or '-'}\n"
     )
-    tail = "".join(f"# {note}\n" for note in log_notes(job))
+    notes = log_notes(job, current_app.config["RM_JOB_LOG_RETENTION_DAYS"])
+    tail = "".join(f"# {note}\n" for note in notes)
     upto, app = job.log_committed_seq, current_app._get_current_object()
 
     def body():

@@ -337,6 +337,14 @@ SCHEMAS: dict[str, dict] = {
             "log_lines": integer(),
             "log_truncated": {"type": "boolean"},
             "lines_dropped": integer(),
+            "log_purged_at": nullable(
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "When housekeeping removed the log "
+                    "(RM_JOB_LOG_RETENTION_DAYS after the job finished); null while kept.",
+                }
+            ),
             "created_at": DATE_TIME,
             "started_at": MAYBE_DATE_TIME,
             "finished_at": MAYBE_DATE_TIME,

@@ -74,6 +74,7 @@ def job_json(job) -> dict:
         "log_lines": job.log_committed_seq,
         "log_truncated": job.log_truncated,
         "lines_dropped": job.lines_dropped,
+        "log_purged_at": iso(job.log_purged_at),
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),

@@ -17,7 +17,15 @@ TERMINAL_STATUSES = frozenset(STATUSES[2:])
 
 class Job(db.Model):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_host_id_status", "host_id", "status"),)
+    __table_args__ = (
+        Index("ix_jobs_host_id_status", "host_id", "status"),
+        # A host's (or a tag's hosts') jobs, newest first: GET /api/v1/jobs?host_id=.
+        Index("ix_jobs_host_id_id", "host_id", "id"),
+        # The dashboard's counts of the last days' jobs.
+        Index("ix_jobs_created_at", "created_at"),
+        # Housekeeping: finished jobs whose log is still kept, oldest first.
+        Index("ix_jobs_log_purged_at_finished_at", "log_purged_at", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
@@ -43,6 +51,8 @@ class Job(db.Model):
     log_committed_seq: Mapped[int] = mapped_column(default=0)
     log_truncated: Mapped[bool] = mapped_column(default=False)
     lines_dropped: Mapped[int] = mapped_column(default=0)
+    # When housekeeping removed the log (RM_JOB_LOG_RETENTION_DAYS); the job row stays.
+    log_purged_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)

@@ -124,7 +124,7 @@ def show(job_id: int):
         records=records,
         last_seq=last_seq,
         hidden_lines=max(0, (records[0].seq - 1) if records else 0),
-        notes=log_notes(job),
+        notes=log_notes(job, current_app.config["RM_JOB_LOG_RETENTION_DAYS"]),
         status_words=display.status_words(job),
         stats=_stats(job),
         progress=display.progress_view(job.progress),

@@ -1,0 +1,93 @@
+"""Migration 0014 (job log retention) adds jobs.log_purged_at and the job list's indexes,
+keeps the jobs already recorded, and goes back cleanly, on SQLite and (with
+RM_TEST_DATABASE_URL) on PostgreSQL, in a database of its own."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+import sqlalchemy as sa
+from flask_migrate import downgrade, upgrade
+
+from app import create_app
+from app.extensions import db
+from tests.conftest import POSTGRES_URL
+
+BEFORE = "0013_repo_backends"
+THIS = "0014_job_log_retention"
+INDEXES = {"ix_jobs_host_id_id", "ix_jobs_created_at", "ix_jobs_log_purged_at_finished_at"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'retention.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("RM_TEST_DATABASE_URL is not set")
+    url = sa.engine.make_url(POSTGRES_URL)
+    name = f"{url.database}_m0014"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+def _schema(connection):
+    inspector = sa.inspect(connection)
+    columns = {column["name"] for column in inspector.get_columns("jobs")}
+    indexes = {index["name"] for index in inspector.get_indexes("jobs")}
+    return columns, indexes
+
+
+def test_upgrade_adds_the_column_and_indexes_and_downgrade_removes_them(database_url, tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "RM_DATA_DIR": tmp_path,
+            "RM_SECRET_KEY_FILE": tmp_path / "secret.key",
+            "SQLALCHEMY_DATABASE_URI": database_url,
+        }
+    )
+    at = datetime(2026, 9, 1, tzinfo=timezone.utc)
+    with app.app_context():
+        upgrade(revision=BEFORE)
+        with db.engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO hosts (id, hostname, repo_status, tags, created_at,"
+                    " snapshot_count, schedule_version)"
+                    " VALUES (1, 'web-1', 'ready', '[]', :at, 0, 0)"
+                ),
+                {"at": at},
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO jobs (id, host_id, kind, status, attempt_id, actor_type,"
+                    " actor_label, params, stats, progress, log_committed_seq, log_truncated,"
+                    " lines_dropped, created_at, finished_at) VALUES (7, 1, 'backup',"
+                    " 'succeeded', 'a', 'user', 'alice', '{}', '{}', '{}', 3, false, 0, :at, :at)"
+                ),
+                {"at": at},
+            )
+            columns, indexes = _schema(connection)
+            assert "log_purged_at" not in columns and not INDEXES & indexes
+        upgrade(revision=THIS)
+        with db.engine.begin() as connection:
+            columns, indexes = _schema(connection)
+            assert "log_purged_at" in columns and indexes >= INDEXES
+            row = connection.execute(
+                sa.text("SELECT id, log_committed_seq, log_purged_at FROM jobs")
+            ).one()
+            assert tuple(row) == (7, 3, None)  # kept; its log not marked removed
+        downgrade(revision=BEFORE)
+        with db.engine.begin() as connection:
+            columns, indexes = _schema(connection)
+            assert "log_purged_at" not in columns and not INDEXES & indexes
+            assert connection.execute(sa.text("SELECT count(*) FROM jobs")).scalar() == 1
+        db.engine.dispose()
