@@ -293,7 +293,8 @@ def assert_brought_up(stack: Stack, host: Host, missing_words: str) -> None:
     in its log), then an init made it."""
     jobs = stack.api.get("/jobs", params={"host_id": host.id}).json()["items"]
     by_kind = {job["kind"]: job for job in reversed(jobs)}  # the first of each kind
-    probe, init = by_kind["probe"], by_kind["init"]
+    # The host may turn ready a moment before the init job's end reaches the server.
+    probe, init = by_kind["probe"], stack.api.wait_job(by_kind["init"]["id"])
     assert probe["actor"]["label"] == init["actor"]["label"] == "repository bring-up"
     assert probe["id"] < init["id"] and init["status"] == "succeeded", (probe, init)
     log = job_log(stack, probe["id"])
