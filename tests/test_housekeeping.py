@@ -190,7 +190,9 @@ def test_sqlite_optimize_and_incremental_vacuum_once_a_day(app):
     if db.engine.dialect.name != "sqlite":
         pytest.skip("SQLite only; PostgreSQL's autovacuum does this work")
     host = factories.make_host()
-    job = factories.make_job(host, finished_at=utcnow() - timedelta(days=100))
+    job = factories.make_job(
+        host, finished_at=utcnow() - timedelta(days=100), log_committed_seq=2000
+    )
     db.session.add_all(
         JobLog(job_id=job.id, seq=seq, ts=utcnow(), stream="stdout", text="x" * 2000)
         for seq in range(1, 2001)

@@ -28,7 +28,8 @@ log = logging.getLogger("restic_manager.housekeeping")
 BATCH_ROWS = 5_000  # log lines deleted per transaction
 MAX_ROWS_PER_PASS = 50_000  # per ticker pass; the rest waits for the next one
 BATCH_PAUSE_SECONDS = 0.05  # between two batches: other writers get the lock
-JOBS_PER_BATCH = 200  # finished jobs looked at together
+MAX_BATCHES_PER_PASS = 20  # also bounds passes that only mark jobs which wrote nothing
+JOBS_PER_BATCH = 1_000  # finished jobs looked at together (their lines fill one batch)
 DAILY = timedelta(days=1)
 SIGN_IN_GRACE = timedelta(days=1)  # expired sessions and links kept a day, then deleted
 VACUUM_PAGES = 10_000  # pages returned to the file system per incremental_vacuum step
@@ -51,44 +52,63 @@ def purge_job_logs(
     retention_days: int,
     batch_rows: int = BATCH_ROWS,
     max_rows: int = MAX_ROWS_PER_PASS,
+    max_batches: int = MAX_BATCHES_PER_PASS,
     pause: float = BATCH_PAUSE_SECONDS,
     report: Optional[Report] = None,
     commit: Optional[Callable[[], None]] = None,
 ) -> Report:
     """Remove the logs of jobs finished before ``now - retention_days`` (0: keep forever),
-    ``batch_rows`` lines per committed transaction, at most about ``max_rows`` per call.
-    Jobs whose lines are all gone get ``log_purged_at = now``. Idempotent: a pass cut short
+    ``batch_rows`` lines per committed transaction, at most about ``max_rows`` lines and
+    ``max_batches`` transactions per call. Jobs whose lines are all gone (or that wrote
+    none) get ``log_purged_at = now``. Idempotent: a pass cut short
     (bound, crash, new leader) continues where it stopped."""
     report = report or Report()
     commit = commit or db.session.commit
     if retention_days <= 0:
         return report
     cutoff = now - timedelta(days=retention_days)
-    while report.log_rows < max_rows:
-        job_ids = list(
-            db.session.scalars(
-                select(Job.id)
-                .where(Job.log_purged_at.is_(None), Job.finished_at < cutoff)
-                .order_by(Job.finished_at)
-                .limit(JOBS_PER_BATCH)
-            )
+    due = (Job.log_purged_at.is_(None), Job.finished_at < cutoff)
+    while report.log_rows < max_rows and report.batches < max_batches:
+        # Jobs that wrote nothing are only marked, up to batch_rows at a time.
+        silent = (
+            select(Job.id)
+            .where(*due, Job.log_committed_seq == 0)
+            .limit(batch_rows)
+            .scalar_subquery()
         )
-        if not job_ids:
-            break
-        batch = select(JobLog.id).where(JobLog.job_id.in_(job_ids)).limit(batch_rows)
-        deleted = db.session.execute(
-            delete(JobLog).where(JobLog.id.in_(batch)),
+        marked = db.session.execute(
+            update(Job).where(Job.id.in_(silent)).values(log_purged_at=now),
             execution_options={"synchronize_session": False},
         ).rowcount
-        report.log_rows += deleted
-        report.batches += 1
-        if deleted < batch_rows:  # these jobs have no lines left: say so on each
-            report.log_jobs += db.session.execute(
-                update(Job)
-                .where(Job.id.in_(job_ids), Job.log_purged_at.is_(None), Job.finished_at < cutoff)
-                .values(log_purged_at=now),
+        # The oldest jobs with lines, as many as about one batch of lines.
+        job_ids, lines = [], 0
+        for job_id, count in db.session.execute(
+            select(Job.id, Job.log_committed_seq)
+            .where(*due, Job.log_committed_seq > 0)
+            .order_by(Job.finished_at)
+            .limit(JOBS_PER_BATCH)
+        ):
+            if job_ids and lines + count > batch_rows:
+                break
+            job_ids.append(job_id)
+            lines += count
+        if not job_ids and not marked:
+            break
+        deleted = 0
+        if job_ids:
+            batch = select(JobLog.id).where(JobLog.job_id.in_(job_ids)).limit(batch_rows)
+            deleted = db.session.execute(
+                delete(JobLog).where(JobLog.id.in_(batch)),
                 execution_options={"synchronize_session": False},
             ).rowcount
+            if deleted < batch_rows:  # these jobs have no lines left: say so on each
+                marked += db.session.execute(
+                    update(Job).where(Job.id.in_(job_ids), *due).values(log_purged_at=now),
+                    execution_options={"synchronize_session": False},
+                ).rowcount
+        report.log_rows += deleted
+        report.log_jobs += marked
+        report.batches += 1
         commit()
         if pause:
             time.sleep(pause)
