@@ -18,6 +18,7 @@ ends with the secrets check over everything seen so far on its worker.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -388,8 +389,9 @@ def test_s3_bring_up_backup_forget_prune_restore(stack, s3, s3_host):
     assert_brought_up(stack, s3_host, "The specified key does not exist.")
 
     first = backup_and_restore(stack, s3_host)
-    # restic really ran (the sampler saw its backup), with no secret in its argv.
-    assert stack.sampler.commands("backup"), sorted(stack.sampler.seen)
+    # restic really ran (the sampler saw this agent's backup), with no secret in its argv.
+    seen = [line for line in stack.sampler.commands("backup") if str(s3_host.data) in line]
+    assert seen and all(line.startswith("restic -o s3.bucket-lookup=path ") for line in seen)
     # The big file comes back whole too.
     restore_and_compare(stack, s3_host, first, ["big.bin"])
 
@@ -463,6 +465,7 @@ def test_connection_tells_wrong_credentials_from_a_missing_bucket(
     assert missing["ok"] is False, missing
     assert missing["detail"].startswith("repository missing: "), missing
     assert "does not exist" in missing["detail"], missing
+    assert refused["detail"].split(":")[0] != missing["detail"].split(":")[0]
     # The test saved nothing: the bucket was not created, the host's settings are unchanged.
     assert "e2e-no-such-bucket" not in [b["Name"] for b in s3.client().list_buckets()["Buckets"]]
     assert stack.api.get(f"/hosts/{s3_host.id}/repository").json()["url"] == s3.url(
@@ -494,6 +497,13 @@ def test_connection_tells_wrong_credentials_from_a_missing_bucket(
         assert refused["detail"].startswith("SSH login failed (check the key, "), refused
         assert "unable to start the sftp session" in refused["detail"], refused
     no_run_dirs_left(sftp_host)
+    # Audited by backend and outcome (the secrets check below reads every row's values).
+    audit = [json.loads(line) for line in stack.api.get("/audit.ndjson").text.splitlines()]
+    tested = [row for row in audit if row["action"] == "host.repository_tested"]
+    assert len(tested) >= 7, tested
+    assert {row["target_id"] for row in tested} >= {
+        str(host.id) for host in (s3_host, rest_host, sftp_host)
+    }
     assert_no_secret(stack)
 
 
@@ -566,6 +576,9 @@ def test_no_secret_anywhere(stack, s3_host, rest_host, sftp_host):
         jobs = stack.api.get("/jobs", params={"host_id": host.id}).json()["items"]
         assert jobs, host.name
         assert any("$ restic" in job_log(stack, job["id"]) for job in jobs), host.name
-    assert stack.sampler.seen, "no restic process was ever seen"
+    # The checks had something to read: answers, argv lines of these agents' restic runs.
+    assert len(stack.answers) > 20
+    mine = [line for line in stack.sampler.seen if str(stack.tmp) in line]
+    assert mine, "no restic process of these agents was ever seen"
     assert len(stack.secrets) >= 3
     assert_no_secret(stack)
