@@ -343,6 +343,10 @@ def assert_no_secret(stack: Stack) -> None:
             for path in root.rglob("*"):
                 if path.is_file():
                     haystacks[str(path)] = path.read_bytes().decode("latin-1")
+    # The server's files: its data directory and, on SQLite, the database (sealed values only).
+    for path in [*stack.tmp.glob("restic-manager.db*"), *(stack.tmp / "server-data").rglob("*")]:
+        if path.is_file():
+            haystacks[f"server file {path.name}"] = path.read_bytes().decode("latin-1")
     # Every job's log (the .txt download and the JSON lines) and every audit row.
     api = stack.api
     for job in api.get("/jobs", params={"limit": 200}).json()["items"]:
