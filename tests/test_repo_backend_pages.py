@@ -257,7 +257,8 @@ def test_test_connection_of_an_offline_host_says_so_and_saves_nothing(login_as, 
     page = response.get_data(as_text=True)
     assert "web-1 is offline" in page and "Start the agent and try again." in page
     assert "typed-secret-not-saved-7" not in page
-    assert f'value="{S3_URL}"' in page  # the form as typed
+    assert f'value="{S3_URL}"' in page  # the form as typed, left open
+    assert '<details class="details repoform" id="repository-connection" open' in page
     assert _saved(host.id).env["AWS_SECRET_ACCESS_KEY"] == SECRET_KEY
 
 

@@ -64,7 +64,10 @@
     url.addEventListener("input", fromUrl);
 
     // Starts from the URL; an empty form with the saved backend (or a local directory).
-    if (!backendOf(url.value)) select.value = box.getAttribute("data-default") || "local";
+    if (!backendOf(url.value)) {
+      select.value = box.getAttribute("data-default") || "local";
+      url.setAttribute("placeholder", select.selectedOptions[0].getAttribute("data-example"));
+    }
     picker.hidden = false;
     box.classList.add("backends--js");
     fromUrl();

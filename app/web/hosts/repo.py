@@ -138,6 +138,7 @@ def _render(
         repo_saved=repository.public_settings(everyday) if everyday else None,
         backend_catalog=backends.catalog(),
         test_result=test_result,
+        repository_open="repository" in forms,
         admin=repository.credential_of(host, "admin"),
         tags=_tag_summary(host),
         problem=problem,
