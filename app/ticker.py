@@ -73,7 +73,7 @@ def housekeep(app, now: datetime) -> housekeeping.Report:
     """Keep the database bounded (app/services/housekeeping.py): old job logs in small
     batches, expired sign-ins, SQLite's daily optimize and incremental vacuum."""
     state = app.extensions.setdefault("housekeeping", {})
-    return housekeeping.run(app.config, now, state)
+    return housekeeping.run(app.config, now, state, commit=commit_and_wake)
 
 
 class FileLeadership:

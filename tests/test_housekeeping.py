@@ -71,7 +71,9 @@ def test_old_logs_go_in_batches_newer_and_running_ones_stay(app):
     assert _lines(recent) == 5 and recent.log_purged_at is None
     assert _lines(running) == 4 and running.log_purged_at is None
     # Nothing more to do: the next pass finds no candidates.
-    again = housekeeping.purge_job_logs(utcnow(), retention_days=90, pause=0)
+    again = housekeeping.purge_job_logs(
+        utcnow(), retention_days=90, pause=0, commit=db.session.commit
+    )
     assert (again.log_rows, again.batches, again.log_jobs) == (0, 0, 0)
 
 
@@ -79,12 +81,14 @@ def test_a_pass_is_bounded_and_the_next_one_continues(app):
     host = factories.make_host()
     old = _job_with_log(host, 12, finished_days_ago=100)
     first = housekeeping.purge_job_logs(
-        utcnow(), retention_days=90, batch_rows=5, max_rows=5, pause=0
+        utcnow(), retention_days=90, batch_rows=5, max_rows=5, pause=0, commit=db.session.commit
     )
     assert (first.log_rows, first.log_jobs) == (5, 0)
     db.session.expire_all()
     assert _lines(old) == 7 and old.log_purged_at is None  # not yet: lines remain
-    second = housekeeping.purge_job_logs(utcnow(), retention_days=90, batch_rows=5, pause=0)
+    second = housekeeping.purge_job_logs(
+        utcnow(), retention_days=90, batch_rows=5, pause=0, commit=db.session.commit
+    )
     assert (second.log_rows, second.log_jobs) == (7, 1)
     db.session.expire_all()
     assert _lines(old) == 0 and old.log_purged_at is not None
@@ -200,7 +204,7 @@ def test_sqlite_optimize_and_incremental_vacuum_once_a_day(app):
     db.session.commit()
     path = app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
     state = {}
-    first = housekeeping.run(app.config, utcnow(), state, pause=0)
+    first = housekeeping.run(app.config, utcnow(), state, pause=0, commit=db.session.commit)
     assert first.log_rows == 2000
     assert first.sqlite["optimize"] is True
     assert first.sqlite["auto_vacuum"] == "incremental"  # new databases are made so
@@ -208,9 +212,13 @@ def test_sqlite_optimize_and_incremental_vacuum_once_a_day(app):
     with db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
     assert path
-    later = housekeeping.run(app.config, utcnow() + timedelta(hours=2), state, pause=0)
+    later = housekeeping.run(
+        app.config, utcnow() + timedelta(hours=2), state, pause=0, commit=db.session.commit
+    )
     assert later.sqlite == {}  # once a day
-    next_day = housekeeping.run(app.config, utcnow() + timedelta(days=1, hours=1), state, pause=0)
+    next_day = housekeeping.run(
+        app.config, utcnow() + timedelta(days=1, hours=1), state, pause=0, commit=db.session.commit
+    )
     assert next_day.sqlite["optimize"] is True
 
 

@@ -54,8 +54,8 @@ def purge_job_logs(
     max_rows: int = MAX_ROWS_PER_PASS,
     max_batches: int = MAX_BATCHES_PER_PASS,
     pause: float = BATCH_PAUSE_SECONDS,
+    commit: Callable[[], None],
     report: Optional[Report] = None,
-    commit: Optional[Callable[[], None]] = None,
 ) -> Report:
     """Remove the logs of jobs finished before ``now - retention_days`` (0: keep forever),
     ``batch_rows`` lines per committed transaction, at most about ``max_rows`` lines and
@@ -63,7 +63,6 @@ def purge_job_logs(
     none) get ``log_purged_at = now``. Idempotent: a pass cut short
     (bound, crash, new leader) continues where it stopped."""
     report = report or Report()
-    commit = commit or db.session.commit
     if retention_days <= 0:
         return report
     cutoff = now - timedelta(days=retention_days)
@@ -117,7 +116,7 @@ def purge_job_logs(
 
 def sweep_sign_ins(now: datetime, *, login_window_seconds: int, report: Report) -> Report:
     """Delete sessions and links expired (or revoked) over a day ago and login failures
-    older than the rate-limit window; commits."""
+    older than the rate-limit window (the caller commits)."""
     old = now - SIGN_IN_GRACE
     report.sessions = db.session.execute(
         delete(UserSession).where(or_(UserSession.expires_at < old, UserSession.revoked_at < old)),
@@ -133,7 +132,6 @@ def sweep_sign_ins(now: datetime, *, login_window_seconds: int, report: Report) 
         ),
         execution_options={"synchronize_session": False},
     ).rowcount
-    db.session.commit()
     return report
 
 
@@ -168,14 +166,27 @@ def sqlite_maintenance(*, pause: float = BATCH_PAUSE_SECONDS) -> dict:
     return done
 
 
-def run(config, now: datetime, state: dict, *, pause: float = BATCH_PAUSE_SECONDS) -> Report:
-    """One housekeeping pass (the leader calls it after each tick). ``state`` survives
-    between passes (when the daily work last ran)."""
+def run(
+    config,
+    now: datetime,
+    state: dict,
+    *,
+    commit: Callable[[], None],
+    pause: float = BATCH_PAUSE_SECONDS,
+) -> Report:
+    """One housekeeping pass (the leader calls it after each tick); ``commit`` ends each
+    short transaction (the ticker's commit_and_wake). ``state`` survives between passes
+    (when the daily work last ran)."""
     report = Report()
     purge_job_logs(
-        now, retention_days=config["RM_JOB_LOG_RETENTION_DAYS"], pause=pause, report=report
+        now,
+        retention_days=config["RM_JOB_LOG_RETENTION_DAYS"],
+        pause=pause,
+        report=report,
+        commit=commit,
     )
     sweep_sign_ins(now, login_window_seconds=config["RM_LOGIN_WINDOW_SECONDS"], report=report)
+    commit()
     last = state.get("daily_at")
     if last is None or now - last >= DAILY:
         state["daily_at"] = now

@@ -298,7 +298,9 @@ def purge(app, planned: dict, now: datetime) -> dict:
         before == planned["log_lines"], f"{before} log lines stored, {planned['log_lines']} planned"
     )
     started = time.perf_counter()
-    report = housekeeping.purge_job_logs(now, retention_days=90, max_rows=10**12, max_batches=10**9)
+    report = housekeeping.purge_job_logs(
+        now, retention_days=90, max_rows=10**12, max_batches=10**9, commit=db.session.commit
+    )
     elapsed = time.perf_counter() - started
     check(elapsed > 0, "no time passed")
     after = count("SELECT count(*) FROM job_logs")
