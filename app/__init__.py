@@ -48,9 +48,10 @@ def create_app(config: dict | None = None) -> Flask:
     _configure_secrets(app)
     _configure_session(app)
     _configure_database(app)
-    from app.bus import InProcessBus
+    from app.bus import create_bus
 
-    app.extensions["bus"] = InProcessBus()
+    # PostgresBus on PostgreSQL (LISTEN/NOTIFY across workers), InProcessBus on SQLite.
+    app.extensions["bus"] = create_bus(app.config["SQLALCHEMY_DATABASE_URI"])
 
     login_manager.init_app(app)
     login_manager.session_protection = None  # server-side session rows do this job

@@ -123,6 +123,17 @@ def warn_if_address_unknown(bind: str) -> None:
     )
 
 
+def check_workers_supported(workers: int, database_url: str) -> None:
+    """Several workers need PostgreSQL: refuse them on SQLite before anything starts."""
+    if workers > 1 and not database_url.startswith("postgresql"):
+        raise click.ClickException(
+            f"--workers {workers} needs PostgreSQL: with SQLite run one worker (the default). "
+            "SQLite has a single writer, and its in-process wake-up bus cannot reach other "
+            "worker processes (a command queued in one worker would wait for an agent parked "
+            "in another). Set RM_DATABASE_URL=postgresql://... to run several workers."
+        )
+
+
 def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
     # Newer gunicorn opens a control socket under $HOME; we do not use it, and a sandboxed
     # service may not write there.
@@ -165,6 +176,7 @@ def register_cli(app):
     @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
     def serve(bind: str, workers: int):
         """Apply migrations, then run gunicorn with gevent workers (SIGTERM stops gracefully)."""
+        check_workers_supported(workers, current_app.config["SQLALCHEMY_DATABASE_URI"])
         check_worker_class()
         _apply_migrations()
         base_url = current_app.config["RM_BASE_URL"] or f"http://{bind}"

@@ -121,6 +121,7 @@ def app_factory(migrated_template, tmp_path):
 
     yield make
     for app in made:
+        app.extensions["bus"].close()  # PostgresBus: its LISTEN connection
         with app.app_context():
             db.session.remove()
             db.engine.dispose()

@@ -19,7 +19,7 @@ from app.models.types import utcnow
 from app.services import agents, commands, enrollment, jobs, repository, schedules
 from app.services.errors import EventRejected, ServiceError
 from app.services.events import apply_event
-from app.transaction import commit_and_wake, wake
+from app.transaction import commit_and_wake
 
 
 class AgentUnauthenticated(ServiceError):
@@ -155,7 +155,9 @@ def poll():
     # connection a proxy dropped, leaves a request behind that would otherwise lease the
     # next command and write it to a dead socket (redelivered only after the lease).
     ticket = _latest_polls().take(host_id)
-    wake(host_key(host_id))
+    # Only this process's: the tickets are per process, and a poll parked in another worker
+    # notices a restart (new boot_id) on its next wake-up, so no NOTIFY for every poll.
+    _bus().wake_local(host_key(host_id))
     deadline = time.monotonic() + hold
     with _bus().listen(host_key(host_id)) as waiter:  # register before checking
         while True:

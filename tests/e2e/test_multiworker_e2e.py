@@ -1,0 +1,421 @@
+"""`restic-manager serve --workers 2` on PostgreSQL: wake-ups cross worker processes.
+
+A protocol-level agent (raw HTTP, one fresh connection per request) parks its long poll
+in one worker while the API request that queues its command, the SSE viewer of its job or
+the browser's snapshot-tree request lands in the other. Which worker holds a connection is
+read from /proc (the worker process owning the accepted socket), so the test knows it
+covered both directions instead of hoping.
+
+And SQLite refuses several workers before gunicorn starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.extensions import db
+from tests.conftest import POSTGRES_URL
+from tests.e2e.processes import ROOT, Server, clean_env, wait_until
+from tests.factories import make_enrolled_host
+from tests.test_restore_api import SNAP_A, add_snapshots
+
+needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="needs RM_TEST_DATABASE_URL")
+
+ROUNDS = 12  # per scenario; stops early once both cross-worker directions were seen
+MIN_ROUNDS = 4
+
+
+class MultiWorkerServer(Server):
+    def start(self, timeout: float = 30) -> None:
+        argv = [sys.executable, "-m", "app.cli", "serve", "--workers", "2"]
+        self._spawn([*argv, "--bind", f"127.0.0.1:{self.port}"])
+
+        def ready():
+            assert self.process.poll() is None, self.tail()
+            return len(self.workers()) == 2 and self.request("GET", "/readyz")[0] == 200
+
+        wait_until(ready, timeout, "both workers to be ready")
+
+    def workers(self) -> list[int]:
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(child) for child in children]
+
+    def connect(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        conn.connect()
+        return conn
+
+    def request(self, method, path, body=None, token=None, conn=None):
+        """``(status, json or None)`` on a fresh connection (or ``conn``)."""
+        own = conn is None
+        conn = conn or self.connect()
+        try:
+            headers = {"Content-Type": "application/json"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            data = None if body is None else json.dumps(body)
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            if own:
+                conn.close()
+        return response.status, (json.loads(raw) if raw and raw[:1] in b"[{" else None)
+
+    def worker_of(self, conn: http.client.HTTPConnection, timeout: float = 3.0) -> int:
+        """The worker process that accepted ``conn``'s connection."""
+        client_port = conn.sock.getsockname()[1]
+
+        def owner():
+            sockets = set()
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    fields = line.split()
+                    local, remote = fields[1], fields[2]
+                    if (
+                        int(local.rsplit(":", 1)[1], 16) == self.port
+                        and int(remote.rsplit(":", 1)[1], 16) == client_port
+                    ):
+                        sockets.add(f"socket:[{fields[9]}]")
+            for pid in self.workers():
+                try:
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                            return pid
+                except OSError:
+                    continue
+            return None
+
+        return wait_until(owner, timeout, "the worker holding the connection", interval=0.01)
+
+
+class ParkedPoll(threading.Thread):
+    """One long poll on its own connection; records when its answer arrived."""
+
+    def __init__(self, server: MultiWorkerServer, token: str, acks=(), wait: float = 5):
+        super().__init__(daemon=True)
+        self.server, self.token = server, token
+        self.body = {"acks": list(acks), "wait": wait}
+        self.conn = server.connect()
+        self.answered_at = None
+        self.status = None
+        self.answer = None
+
+    def run(self):
+        try:
+            self.status, self.answer = self.server.request(
+                "POST", "/api/agent/v1/poll", self.body, self.token, self.conn
+            )
+            self.answered_at = time.monotonic()
+        finally:
+            self.conn.close()
+
+    def commands(self) -> list[dict]:
+        return (self.answer or {}).get("commands", [])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, migrated_template):
+    """A two-worker server on the test database, an enrolled host with two snapshots, an
+    admin token and the host's agent token (shared by this module's tests: starting it
+    takes a while)."""
+    from tests.conftest import fresh_database_url
+
+    if not POSTGRES_URL:
+        pytest.skip("needs RM_TEST_DATABASE_URL")
+    tmp_path = tmp_path_factory.mktemp("multiworker")
+    data_dir = tmp_path / "server-data"
+    database_url = fresh_database_url(migrated_template, tmp_path)
+    server = MultiWorkerServer(
+        tmp_path, clean_env(RM_DATA_DIR=str(data_dir), RM_DATABASE_URL=database_url)
+    )
+    try:
+        server.start()
+        admin = server.admin_token("correct horse battery staple")
+        seeder = create_app({"RM_DATA_DIR": data_dir, "SQLALCHEMY_DATABASE_URI": database_url})
+        with seeder.app_context():
+            host, agent_token = make_enrolled_host("multi-1")
+            add_snapshots(host)
+            db.session.commit()
+            host_id = host.id
+            db.session.remove()
+            db.engine.dispose()
+        settle(server, agent_token)
+        yield server, admin, agent_token, host_id
+    finally:
+        server.kill()
+
+
+def settle(server, token, acks=()):
+    """Poll without waiting until nothing is pending (the first poll's reconcile, acks)."""
+    acks = list(acks)
+    for _ in range(10):
+        status, answer = server.request(
+            "POST", "/api/agent/v1/poll", {"acks": acks, "wait": 0}, token
+        )
+        if status == 204:
+            return
+        acks = [{"command_id": c["command_id"], "result": "accepted"} for c in answer["commands"]]
+    raise AssertionError("the agent's queue never emptied")
+
+
+def directions_seen(pairs) -> set:
+    return {(a, b) for a, b in pairs if a != b}
+
+
+@needs_postgres
+def test_commands_reach_an_agent_parked_in_either_worker_within_a_second(cluster):
+    server, admin, agent_token, host_id = cluster
+    pairs, latencies = [], []
+    for round_ in range(ROUNDS):
+        poll = ParkedPoll(server, agent_token)
+        poll.start()
+        poll_worker = server.worker_of(poll.conn)
+        time.sleep(0.3)  # parked by now (an earlier look would find the command anyway)
+        api = server.connect()
+        queued_at = time.monotonic()
+        status, job = server.request(
+            "POST", f"/api/v1/hosts/{host_id}/jobs", {"kind": "snapshots"}, admin, api
+        )
+        assert status == 201, job
+        api_worker = server.worker_of(api)
+        api.close()
+        poll.join(10)
+        assert poll.answered_at is not None, "the parked poll never answered"
+        latency = poll.answered_at - queued_at
+        delivered = [c for c in poll.commands() if c.get("job_id")]
+        assert poll.status == 200 and delivered, (poll.status, poll.answer)
+        assert delivered[0]["job_id"] == job["id"]
+        pairs.append((poll_worker, api_worker))
+        latencies.append(latency)
+        assert latency < 1.0, (
+            f"round {round_}: queued in worker {api_worker}, parked in {poll_worker}: "
+            f"delivered after {latency:.2f} s"
+        )
+        # Acknowledge it and finish the job so the next one can be queued.
+        acks = [{"command_id": c["command_id"], "result": "accepted"} for c in poll.commands()]
+        settle(server, agent_token, acks)
+        finish_job(server, agent_token, delivered[0])
+        if round_ + 1 >= MIN_ROUNDS and len(directions_seen(pairs)) == 2:
+            break
+    assert directions_seen(pairs), f"every round stayed in one worker: {pairs}"
+    assert max(latencies) < 1.0
+
+
+def finish_job(server, token, payload):
+    """The agent's end of a job: started, then finished (so the next may be queued)."""
+    events = [
+        {
+            "event_id": f"{payload['job_id']}-{kind}",
+            "type": kind,
+            "job_id": payload["job_id"],
+            "attempt_id": payload["attempt_id"],
+            "ts": "2026-01-01T00:00:00Z",
+            "data": data,
+        }
+        for kind, data in (
+            ("job.started", {}),
+            ("job.finished", {"status": "succeeded", "exit_code": 0, "final_seq": 0}),
+        )
+    ]
+    status, answer = server.request("POST", "/api/agent/v1/events", {"events": events}, token)
+    assert status == 200 and not answer["rejected"], answer
+
+
+class SseViewer(threading.Thread):
+    """GET /api/v1/jobs/<id>/stream on its own connection; notes when each log line came."""
+
+    def __init__(self, server: MultiWorkerServer, token: str, job_id: int, after: int):
+        super().__init__(daemon=True)
+        self.server = server
+        self.path = f"/api/v1/jobs/{job_id}/stream?after={after}"
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.conn = server.connect()
+        self.lines: dict[str, float] = {}
+        self.opened = threading.Event()
+
+    def run(self):
+        try:
+            self.conn.request("GET", self.path, headers=self.headers)
+            response = self.conn.getresponse()
+            assert response.status == 200
+            self.opened.set()
+            event = None
+            while True:
+                raw = response.readline()
+                if not raw:
+                    return
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event == "log":
+                    self.lines[json.loads(line[5:])["text"]] = time.monotonic()
+                elif line.startswith("data:") and event == "end":
+                    return
+        except (OSError, http.client.HTTPException):
+            return
+        finally:
+            self.conn.close()
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.conn.sock.shutdown(2)
+
+
+@needs_postgres
+def test_an_sse_viewer_sees_lines_posted_through_either_worker_at_once(cluster):
+    server, admin, agent_token, host_id = cluster
+    status, job = server.request(
+        "POST", f"/api/v1/hosts/{host_id}/jobs", {"kind": "snapshots"}, admin
+    )
+    assert status == 201
+    poll = ParkedPoll(server, agent_token, wait=0)
+    poll.run()
+    (command,) = [c for c in poll.commands() if c.get("job_id")]
+    attempt_id = command["attempt_id"]
+    pairs, seq = [], 1
+    for round_ in range(ROUNDS):
+        viewer = SseViewer(server, admin, job["id"], after=seq - 1)
+        viewer.start()
+        viewer_worker = server.worker_of(viewer.conn)
+        assert viewer.opened.wait(5)
+        time.sleep(0.3)  # the stream has read what there was and waits on the bus
+        text = f"line {round_}"
+        agent = server.connect()
+        posted_at = time.monotonic()
+        status, answer = server.request(
+            "POST",
+            f"/api/agent/v1/jobs/{job['id']}/logs",
+            {
+                "attempt_id": attempt_id,
+                "first_seq": seq,
+                "records": [{"ts": "2026-01-01T00:00:00Z", "stream": "stdout", "text": text}],
+            },
+            agent_token,
+            agent,
+        )
+        assert status == 200, answer
+        agent_worker = server.worker_of(agent)
+        agent.close()
+        seq += 1
+        wait_until(lambda: text in viewer.lines, 3, f"{text!r} on the SSE stream", 0.01)  # noqa: B023
+        latency = viewer.lines[text] - posted_at
+        viewer.close()
+        pairs.append((viewer_worker, agent_worker))
+        assert latency < 1.0, (
+            f"posted through worker {agent_worker}, watched in {viewer_worker}: "
+            f"shown after {latency:.2f} s"
+        )
+        if round_ + 1 >= MIN_ROUNDS and len(directions_seen(pairs)) == 2:
+            break
+    assert directions_seen(pairs), f"every round stayed in one worker: {pairs}"
+
+
+class TreeAgent(threading.Thread):
+    """Polls (a fresh connection each time) and answers rpc.ls with one file."""
+
+    def __init__(self, server: MultiWorkerServer, token: str):
+        super().__init__(daemon=True)
+        self.server, self.token = server, token
+        self.stop = threading.Event()
+        self.answer_workers: list[int] = []
+
+    def run(self):
+        acks = []
+        while not self.stop.is_set():
+            poll = ParkedPoll(self.server, self.token, acks, wait=2)
+            try:
+                poll.run()
+            except (OSError, http.client.HTTPException):
+                return
+            acks = [{"command_id": c["command_id"], "result": "accepted"} for c in poll.commands()]
+            for command in poll.commands():
+                if command["type"] != "rpc.ls":
+                    continue
+                payload = command["payload"]
+                items = [{"name": "a.txt", "type": "file", "path": payload["path"] + "/a.txt"}]
+                conn = self.server.connect()
+                status, answer = self.server.request(
+                    "POST",
+                    f"/api/agent/v1/rpc/{payload['rpc_id']}",
+                    {"ok": True, "result": {"items": items}},
+                    self.token,
+                    conn,
+                )
+                assert status == 200, answer
+                self.answer_workers.append(self.server.worker_of(conn))
+                conn.close()
+
+
+@needs_postgres
+def test_a_snapshot_tree_is_answered_across_workers(cluster):
+    server, admin, agent_token, host_id = cluster
+    agent = TreeAgent(server, agent_token)
+    agent.start()
+    pairs = []
+    try:
+        time.sleep(0.5)
+        for round_ in range(ROUNDS):
+            browser = server.connect()
+            asked_at = time.monotonic()
+            path = f"/srv/data/dir{round_}"  # a new directory each time: never cached
+            status, answer = server.request(
+                "GET",
+                f"/api/v1/hosts/{host_id}/snapshots/{SNAP_A[:8]}/tree?path={path}",
+                None,
+                admin,
+                browser,
+            )
+            took = time.monotonic() - asked_at
+            browser_worker = server.worker_of(browser)
+            browser.close()
+            assert status == 200, answer
+            assert answer["items"][0]["path"] == f"{path}/a.txt" and answer["cached"] is False
+            pairs.append((browser_worker, agent.answer_workers[-1]))
+            assert took < 2.0, f"round {round_}: the tree took {took:.2f} s"
+            if round_ + 1 >= MIN_ROUNDS and len(directions_seen(pairs)) == 2:
+                break
+    finally:
+        agent.stop.set()
+        agent.join(5)
+    assert directions_seen(pairs), f"every round stayed in one worker: {pairs}"
+
+
+def test_sqlite_refuses_several_workers_before_starting(tmp_path):
+    env = clean_env(
+        RM_DATA_DIR=str(tmp_path / "data"),
+        RM_DATABASE_URL=f"sqlite:///{tmp_path}/data/rm.db",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--bind", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "--workers 2 needs PostgreSQL" in result.stderr
+    assert "SQLite has a single writer" in result.stderr
+    assert "RM_DATABASE_URL=postgresql://" in result.stderr
+    assert "listening" not in result.stdout + result.stderr
+    database = tmp_path / "data" / "rm.db"
+    if database.exists():  # refused before any migration ran
+        with sqlite3.connect(database) as conn:
+            assert not conn.execute("SELECT name FROM sqlite_master").fetchall()
