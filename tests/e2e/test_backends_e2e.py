@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.backend_servers import generate_ssh_key, rest_server, s3_server, sftp_server
 from tests.conftest import fresh_database_url
@@ -103,6 +104,7 @@ class Stack:
     api: Api
     tmp: Path
     sampler: ArgvSampler
+    database_url: str
     answers: list = field(default_factory=list)  # the text of every API answer received
     hosts: dict = field(default_factory=dict)  # backend -> Host
     secrets: dict = field(default_factory=dict)  # what it is -> the secret text
@@ -149,9 +151,10 @@ class Stack:
 def stack(tmp_path_factory, migrated_template):
     require_restic()
     tmp = tmp_path_factory.mktemp("backends-e2e")
+    database_url = fresh_database_url(migrated_template, tmp)
     env = clean_env(
         RM_DATA_DIR=str(tmp / "server-data"),
-        RM_DATABASE_URL=fresh_database_url(migrated_template, tmp),
+        RM_DATABASE_URL=database_url,
         RM_OFFLINE_AFTER_SECONDS="60",
         RM_POLL_WAIT_SECONDS="5",
         RM_LOG_FLUSH_SECONDS="1",
@@ -161,7 +164,7 @@ def stack(tmp_path_factory, migrated_template):
     sampler = ArgvSampler()
     sampler.start()
     server.start()
-    stack = Stack(server, None, tmp, sampler)
+    stack = Stack(server, None, tmp, sampler, database_url)
     try:
         stack.api = Api(server, server.admin_token(password=ADMIN_PASSWORD), timeout=60)
         stack.api.session.hooks["response"].append(
@@ -347,6 +350,15 @@ def assert_no_secret(stack: Stack) -> None:
     for path in [*stack.tmp.glob("restic-manager.db*"), *(stack.tmp / "server-data").rglob("*")]:
         if path.is_file():
             haystacks[f"server file {path.name}"] = path.read_bytes().decode("latin-1")
+    if stack.database_url.startswith("postgresql"):  # every row of every table, as text
+        engine = sa.create_engine(stack.database_url)
+        with engine.connect() as connection:
+            for table in sa.inspect(connection).get_table_names():
+                quoted = f'"{table}"'  # a name from the catalog
+                rows = connection.execute(sa.text(f"SELECT t::text FROM {quoted} t"))  # noqa: S608
+                haystacks[f"database table {table}"] = "\n".join(rows.scalars())
+        engine.dispose()
+        assert sum(where.startswith("database table") for where in haystacks) > 10
     # Every job's log (the .txt download and the JSON lines) and every audit row.
     api = stack.api
     for job in api.get("/jobs", params={"limit": 200}).json()["items"]:
