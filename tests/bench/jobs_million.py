@@ -307,13 +307,12 @@ def purge(app, planned: dict, now: datetime) -> dict:
     check(report.log_rows == planned["old_log_lines"], f"removed {report.log_rows} lines")
     check(after == before - planned["old_log_lines"], f"{after} lines left of {before}")
     marked = count("SELECT count(*) FROM jobs WHERE log_purged_at IS NOT NULL")
-    cutoff_jobs = count(
-        "SELECT count(*) FROM jobs WHERE finished_at < "
-        + (
-            "now() - interval '90 days'"
-            if db.engine.dialect.name == "postgresql"
-            else f"'{_sqlite_time(now - timedelta(days=90))}'"
-        )
+    from sqlalchemy import func, select
+
+    from app.models import Job
+
+    cutoff_jobs = db.session.scalar(
+        select(func.count()).where(Job.finished_at < now - timedelta(days=90))
     )
     check(marked == cutoff_jobs, f"{marked} jobs marked, {cutoff_jobs} finished before the cutoff")
     pauses = report.batches * housekeeping.BATCH_PAUSE_SECONDS
@@ -394,6 +393,7 @@ def run_one(name: str, url: str, args, workdir: Path) -> dict:
 
 
 def report(outcome: dict) -> None:
+    """Printed as soon as one database is done (flushed: a later failure keeps it)."""
     planned = outcome["planned"]
     print(f"\n### {outcome['db']}\n")
     print(
@@ -413,7 +413,7 @@ def report(outcome: dict) -> None:
     )
     for name, plan in outcome["plans"].items():
         print(f"\nplan, {name}:\n```\n{plan}\n```")
-    print("\nsanity: every check passed (counts, page sizes, hosts, order, purge).")
+    print("\nsanity: every check passed (counts, page sizes, hosts, order, purge).", flush=True)
 
 
 def main() -> int:
@@ -436,6 +436,7 @@ def main() -> int:
         if args.db in ("sqlite", "both"):
             url = f"sqlite:///{workdir / 'jobs.db'}"
             outcomes.append(run_one("SQLite", url, args, workdir))
+            report(outcomes[-1])
         if args.db in ("postgresql", "both"):
             url = sa.engine.make_url(args.pg)
             admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
@@ -446,6 +447,7 @@ def main() -> int:
                 outcomes.append(
                     run_one("PostgreSQL", url.render_as_string(hide_password=False), args, workdir)
                 )
+                report(outcomes[-1])
             finally:
                 with admin.connect() as connection:
                     connection.execute(
@@ -453,8 +455,6 @@ def main() -> int:
                     )
                 admin.dispose()
     print(f"\n`{' '.join(sys.argv)}` at {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    for outcome in outcomes:
-        report(outcome)
     return 0
 
 
