@@ -29,6 +29,8 @@ from sqlalchemy.engine import make_url
 log = logging.getLogger("restic_manager.bus")
 
 CHANNEL = "rm_wake"
+# Keys whose waiters are announced to the other processes, for ``waiting()``.
+ANNOUNCED_PREFIXES = ("job:",)
 
 
 class Waiter:
@@ -122,12 +124,18 @@ class PostgresBus(InProcessBus):
     A payload is ``"<origin> <key>"``: ``origin`` names this bus instance, so the listener
     skips what this process already woke directly after its own commit. Keys are short
     (``host:12``, ``rpc:<uuid>``), far below NOTIFY's 8000-byte payload limit.
+
+    ``"<origin> +job:1 job:2"`` announces waiters instead (the first on a job at once, all
+    of them every ``ANNOUNCE_SECONDS``): :meth:`waiting` then counts another worker's SSE
+    viewers too, so an agent posting its lines to this worker is told it is watched.
     """
 
     RECONNECT_FIRST = 0.2  # seconds; doubles up to RECONNECT_MAX
     RECONNECT_MAX = 5.0
     PING_SECONDS = 30.0  # a silent LISTEN connection is checked this often
     POLL_SECONDS = 1.0  # how often the listener looks at its stop flag
+    ANNOUNCE_SECONDS = 10.0  # local job waiters are re-announced this often
+    INTEREST_SECONDS = 25.0  # another process's announcement counts this long
 
     def __init__(self, conninfo: str):
         super().__init__()
@@ -140,6 +148,7 @@ class PostgresBus(InProcessBus):
         self._start_lock = threading.Lock()
         self._publish_lock = threading.Lock()
         self._publish_connection = None
+        self._interest: dict[str, float] = {}  # key -> monotonic time it expires
 
     # --- publishing ---------------------------------------------------------------------
 
@@ -158,6 +167,9 @@ class PostgresBus(InProcessBus):
     def publish(self, key: str) -> None:
         """Wake ``key`` in every process, outside any transaction (its own connection)."""
         self.wake_local(key)
+        self._notify(self.payload(key))
+
+    def _notify(self, payload: str) -> None:
         with self._publish_lock:
             for attempt in (1, 2):
                 try:
@@ -165,14 +177,38 @@ class PostgresBus(InProcessBus):
                         self._publish_connection = psycopg.connect(
                             self.conninfo, autocommit=True, connect_timeout=5
                         )
-                    self._publish_connection.execute(
-                        "SELECT pg_notify(%s, %s)", (CHANNEL, self.payload(key))
-                    )
+                    self._publish_connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
                     return
                 except psycopg.Error as error:
                     self._drop_publish_connection()
                     if attempt == 2:
-                        log.warning("bus: could not publish %s: %s", key, error)
+                        log.warning("bus: could not send %r: %s", payload[:80], error)
+
+    # --- interest: who follows a job, across processes ----------------------------------
+
+    def waiting(self, key: str) -> int:
+        """Local waiters, plus one if another process announced waiters on ``key`` lately
+        (the agent's "watched" answer: an SSE viewer may sit in another worker)."""
+        local = super().waiting(key)
+        if local or not key.startswith(ANNOUNCED_PREFIXES):
+            return local
+        return 1 if self._interest.get(key, 0.0) > time.monotonic() else 0
+
+    def _announced_keys(self) -> list[str]:
+        with self._lock:
+            return [key for key in self._waiters if key.startswith(ANNOUNCED_PREFIXES)]
+
+    def _announcements(self, keys: list[str]) -> list[str]:
+        """``"<origin> +key key …"`` payloads, each well below NOTIFY's 8000 bytes."""
+        payloads, batch = [], []
+        for key in keys:
+            batch.append(key)
+            if sum(len(k) + 1 for k in batch) > 6000:
+                payloads.append(f"{self.origin} +{' '.join(batch)}")
+                batch = []
+        if batch:
+            payloads.append(f"{self.origin} +{' '.join(batch)}")
+        return payloads
 
     def _drop_publish_connection(self) -> None:
         connection, self._publish_connection = self._publish_connection, None
@@ -183,8 +219,12 @@ class PostgresBus(InProcessBus):
     # --- listening ----------------------------------------------------------------------
 
     def listen(self, key: str) -> Waiter:
+        announce = key.startswith(ANNOUNCED_PREFIXES) and not super().waiting(key)
         waiter = super().listen(key)
         self._ensure_listener()
+        if announce:  # the first local waiter on a job: tell the other workers at once
+            for payload in self._announcements([key]):
+                self._notify(payload)
         return waiter
 
     def _ensure_listener(self) -> None:
@@ -224,15 +264,33 @@ class PostgresBus(InProcessBus):
 
     def _dispatch(self, conn) -> None:
         last_heard = time.monotonic()
+        last_announced = 0.0  # announce at once after a (re)connect
         while not self._stopped.is_set():
+            if time.monotonic() - last_announced > self.ANNOUNCE_SECONDS:
+                for payload in self._announcements(self._announced_keys()):
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                last_announced = last_heard = time.monotonic()
+                self._forget_expired_interest()
             for notify in conn.notifies(timeout=self.POLL_SECONDS):
                 last_heard = time.monotonic()
-                origin, _, key = notify.payload.partition(" ")
-                if origin != self.origin:  # our own were woken right after our commit
-                    self.wake_local(key)
+                origin, _, rest = notify.payload.partition(" ")
+                if origin == self.origin:  # our own were woken right after our commit
+                    continue
+                if rest.startswith("+"):
+                    until = time.monotonic() + self.INTEREST_SECONDS
+                    for key in rest[1:].split():
+                        self._interest[key] = until
+                else:
+                    self.wake_local(rest)
             if time.monotonic() - last_heard > self.PING_SECONDS:
                 conn.execute("SELECT 1")  # a dead peer raises here, then we reconnect
                 last_heard = time.monotonic()
+
+    def _forget_expired_interest(self) -> None:
+        now = time.monotonic()
+        for key, until in list(self._interest.items()):
+            if until <= now:
+                self._interest.pop(key, None)
 
     def close(self) -> None:
         """Stop the listener and close the connections (tests; process exit needs none)."""

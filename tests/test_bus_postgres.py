@@ -174,3 +174,22 @@ def test_close_stops_the_listener(buses):
                 ).fetchone()
             )
         )
+
+
+@needs_postgres
+def test_another_process_sees_who_follows_a_job(buses):
+    """``waiting`` (the agent's "watched") counts an SSE viewer in another worker."""
+    viewer_side, agent_side = buses(), buses()
+    agent_side.INTEREST_SECONDS = 1.0
+    viewer_side.ANNOUNCE_SECONDS = 0.3
+    with agent_side.listen(host_key(1)):  # the agent side listens too (its own polls)
+        listening(agent_side)
+        assert agent_side.waiting(job_key(9)) == 0
+        with viewer_side.listen(job_key(9)):
+            assert wait_until(lambda: agent_side.waiting(job_key(9)) == 1, 1.0)
+            assert agent_side.waiting(job_key(10)) == 0
+            assert agent_side.waiting(host_key(5)) == 0  # only job keys are announced
+            time.sleep(1.5)  # re-announced while the viewer stays
+            assert agent_side.waiting(job_key(9)) == 1
+        # The viewer left: its last announcement runs out.
+        assert wait_until(lambda: agent_side.waiting(job_key(9)) == 0, 3.0)

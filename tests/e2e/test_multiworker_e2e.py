@@ -311,6 +311,8 @@ def test_an_sse_viewer_sees_lines_posted_through_either_worker_at_once(cluster):
             agent,
         )
         assert status == 200, answer
+        # Told it is watched even when the viewer sits in the other worker: flush every second.
+        assert answer["watched"] is True, answer
         agent_worker = server.worker_of(agent)
         agent.close()
         seq += 1
