@@ -293,11 +293,9 @@ class PostgresBus(InProcessBus):
                 self._interest.pop(key, None)
 
     def close(self) -> None:
-        """Stop the listener and close the connections (tests; process exit needs none)."""
+        """Stop the listener and close the connections (tests; process exit needs none).
+        The listener notices within ``POLL_SECONDS`` and closes its LISTEN connection."""
         self._stopped.set()
-        listener = self._listener
-        if listener is not None and listener is not threading.current_thread():
-            listener.join(self.POLL_SECONDS + 5)
         with self._publish_lock:
             self._drop_publish_connection()
 
