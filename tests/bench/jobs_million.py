@@ -14,8 +14,8 @@ Pytest does not collect it and it asserts no timing; it checks its own sanity an
    than 90 days ago. Bulk inserts: executemany on SQLite, COPY on PostgreSQL; then ANALYZE.
 3. Through the Flask test client with a personal access token (the whole request: auth,
    query, JSON), ``--calls`` times each, a random host each call:
-   ``GET /api/v1/jobs?host_id=H`` (first page, 200 jobs), the same host's second page
-   (``before=next_before``), and ``GET /api/v1/jobs?tag=prod``; median and p95.
+   ``GET /api/v1/jobs?host_id=H`` (first page, 200 jobs), the same host's second page of
+   100 (``limit=100&before=next_before``), and ``GET /api/v1/jobs?tag=prod``; median, p95.
    Each answer is checked: 200, a full page, the right hosts, ids descending, and page 2
    continuing page 1.
 4. The query plans (EXPLAIN QUERY PLAN / EXPLAIN ANALYZE) of those queries and of the
@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/rm_bench_jobs"
 TAG_EVERY = 10
 PAGE = 200
+HALF = 100
 CHUNK = 50_000
 
 
@@ -267,15 +268,17 @@ def measure(app, args, token: str) -> list:
         ids = [item["id"] for item in items]
         check(ids == sorted(ids, reverse=True), "not newest first")
         first.append(elapsed)
-        if body["next_before"]:
-            elapsed, page2 = timed(
-                client, f"/api/v1/jobs?host_id={host_id}&before={body['next_before']}"
-            )
-            check(
-                all(item["id"] < ids[-1] for item in page2["items"]),
-                "page 2 does not continue page 1",
-            )
-            second.append(elapsed)
+        # Keyset paging in pages of HALF: page 2 starts where page 1 ended.
+        _, half = timed(client, f"/api/v1/jobs?host_id={host_id}&limit={HALF}")
+        check(half["next_before"] == half["items"][-1]["id"], "next_before is not the last id")
+        elapsed, page2 = timed(
+            client, f"/api/v1/jobs?host_id={host_id}&limit={HALF}&before={half['next_before']}"
+        )
+        check(
+            [item["id"] for item in half["items"] + page2["items"]] == ids[: 2 * HALF],
+            "pages 1 and 2 of 100 are not the first 200 jobs",
+        )
+        second.append(elapsed)
         elapsed, body = timed(client, "/api/v1/jobs?tag=prod")
         check(len(body["items"]) == PAGE, f"tag page: {len(body['items'])} jobs")
         check(all(item["host_id"] in tagged for item in body["items"]), "an untagged host")
@@ -285,7 +288,7 @@ def measure(app, args, token: str) -> list:
         summary("GET /api/v1/jobs?tag=prod (first page)", tag),
     ]
     if len(second) >= 2:
-        results.insert(1, summary("GET /api/v1/jobs?host_id=H&before=… (page 2)", second))
+        results.insert(1, summary("GET /api/v1/jobs?host_id=H&limit=100&before=… (page 2)", second))
     return results
 
 
