@@ -90,6 +90,25 @@ KEEP_COUNT = nullable(integer(0, MAX_KEEP, description="0 or null: rule not used
 
 # --- component schemas ---------------------------------------------------------------------
 
+
+# The backend parts of a repository connection (docs/repositories.md), in both inputs.
+BACKEND_INPUT = {
+    "repo_env": ref("RepoEnv"),
+    "repo_options": nullable(
+        array(
+            string(300),
+            maxItems=20,
+            description="restic -o options of the backend's allow-list, e.g. "
+            "s3.region=eu-west-1, s3.bucket-lookup=path.",
+        )
+    ),
+    "cacert": nullable(string(65536, description="PEM CA certificate(s) for restic --cacert.")),
+    "insecure_tls": {
+        "type": "boolean",
+        "description": "restic --insecure-tls (insecure; prefer cacert).",
+    },
+}
+
 SCHEMAS: dict[str, dict] = {
     "Error": obj(
         {
@@ -296,22 +315,7 @@ SCHEMAS: dict[str, dict] = {
             "repo_username": nullable(string(255)),
             "repo_password": string(1024, minLength=1, writeOnly=True),
             "paths": array(ABSOLUTE_PATH, maxItems=MAX_PATHS),
-            "repo_env": ref("RepoEnv"),
-            "repo_options": nullable(
-                array(
-                    string(300),
-                    maxItems=20,
-                    description="restic -o options of the backend's allow-list, e.g. "
-                    "s3.region=eu-west-1, s3.bucket-lookup=path.",
-                )
-            ),
-            "cacert": nullable(
-                string(65536, description="PEM CA certificate(s) for restic --cacert.")
-            ),
-            "insecure_tls": {
-                "type": "boolean",
-                "description": "restic --insecure-tls (insecure; prefer cacert).",
-            },
+            **BACKEND_INPUT,
         },
         ("repo_url", "repo_password"),
     ),
@@ -471,22 +475,7 @@ SCHEMAS: dict[str, dict] = {
             "password": string(
                 1024, minLength=1, writeOnly=True, description="Older spelling of repo_password."
             ),
-            "repo_env": ref("RepoEnv"),
-            "repo_options": nullable(
-                array(
-                    string(300),
-                    maxItems=20,
-                    description="restic -o options of the backend's allow-list, e.g. "
-                    "s3.region=eu-west-1, s3.bucket-lookup=path.",
-                )
-            ),
-            "cacert": nullable(
-                string(65536, description="PEM CA certificate(s) for restic --cacert.")
-            ),
-            "insecure_tls": {
-                "type": "boolean",
-                "description": "restic --insecure-tls (insecure; prefer cacert).",
-            },
+            **BACKEND_INPUT,
         },
         description="repo_url and repo_password (or their older spellings) are required.",
     ),
