@@ -12,6 +12,12 @@ password, SFTP private key, repository passwords) appears in the server's or the
 any job log, any API answer, any audit row, the argv of any restic or ssh process, or in clear in
 the agents' files; the agents' temporary key files are gone after each run.
 
+The same "done when" is also driven through the web UI (test_done_when_through_the_ui): the
+admin signs in, adds an S3 host and a REST host with basic auth from the Add host form, enrolls
+their agents with the token the answer page shows, backs up from the host page's Run backup
+form, and presses Test connection on the Repository tab; every page received joins the
+secrets check.
+
 One server and one agent per backend for the whole module (module-scoped fixtures); every test
 ends with the secrets check over everything seen so far on its worker.
 """
@@ -20,12 +26,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import threading
 import time
 from dataclasses import dataclass, field
+from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from tests.backend_servers import generate_ssh_key, rest_server, s3_server, sftp_server
@@ -581,6 +593,251 @@ def test_wrong_credentials_saved_show_restics_reason_then_fixed(
     )
     assert "sftp" in failed["repo_status_reason"], failed
     no_run_dirs_left(sftp_host)
+    assert_no_secret(stack)
+
+
+# --- the same "done when", through the web UI ------------------------------------------------
+
+
+class _Forms(HTMLParser):
+    """Every <form> of a page: its action and what a browser sends untouched (hidden, text and
+    password inputs, checked boxes, a select's selected or first option, textareas)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.forms: list[dict] = []
+        self._form: dict | None = None
+        self._select: str | None = None
+        self._textarea: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = {name: (value or "") for name, value in attrs}
+        if tag == "form":
+            self._form = {"action": unescape(attrs.get("action", "")), "fields": {}}
+            self.forms.append(self._form)
+        if self._form is None:
+            return
+        fields, name = self._form["fields"], attrs.get("name")
+        if tag == "input" and name:
+            kind = attrs.get("type", "text")
+            if kind in ("submit", "button") or (
+                kind in ("checkbox", "radio") and "checked" not in attrs
+            ):
+                return
+            fields.setdefault(name, attrs.get("value", "on" if kind == "checkbox" else ""))
+        elif tag == "select" and name:
+            self._select = name
+        elif tag == "option" and self._select:
+            if "selected" in attrs or self._select not in fields:
+                fields[self._select] = attrs.get("value", "")
+        elif tag == "textarea" and name:
+            self._textarea = name
+            fields[name] = ""
+
+    def handle_data(self, data):
+        if self._form is not None and self._textarea:
+            self._form["fields"][self._textarea] += data
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self._form = None
+        elif tag == "select":
+            self._select = None
+        elif tag == "textarea":
+            self._textarea = None
+
+
+class Browser:
+    """A cookie jar that follows redirects and fills forms from the page they sit on (the
+    CSRF token and hidden fields included), as tests/e2e/test_teams_walkthrough_e2e.py does.
+    Every page it receives joins ``stack.answers`` for the secrets check."""
+
+    def __init__(self, stack: Stack):
+        self.base = stack.server.url
+        self.session = requests.Session()
+        self.session.hooks["response"].append(
+            lambda response, *args, **kwargs: stack.answers.append(response.text)
+        )
+
+    def get(self, path: str) -> requests.Response:
+        response = self.session.get(self.base + path, timeout=30)
+        assert response.status_code == 200, (path, response.status_code, response.text[-800:])
+        return response
+
+    def form(self, page: str, action: str, **hidden: str) -> dict:
+        """The fields of the form on ``page`` posting to ``action`` (whose hidden fields
+        have the values ``hidden`` names, when several forms post there)."""
+        parser = _Forms()
+        parser.feed(self.get(page).text)
+        for found in parser.forms:
+            path = urlsplit(found["action"]).path or page
+            if path == action and all(found["fields"].get(k) == v for k, v in hidden.items()):
+                return dict(found["fields"])
+        raise AssertionError(f"no form posting to {action} {hidden} on {page}")
+
+    def submit(
+        self,
+        page: str,
+        action: str,
+        fields: dict,
+        expect: int = 200,
+        to: str | None = None,
+        **hidden: str,
+    ) -> requests.Response:
+        """Fill the form and send it to its action (or to ``to``: a button's formaction)."""
+        data = {**self.form(page, action, **hidden), **fields}
+        response = self.session.post(self.base + (to or action), data=data, timeout=90)
+        said = re.findall(r'role="alert"[^>]*>(.*?)</', response.text, flags=re.S)
+        assert response.status_code == expect, (action, response.status_code, said)
+        return response
+
+
+def ui_add_host(
+    stack: Stack, browser: Browser, name: str, form: dict, files: dict[str, bytes]
+) -> Host:
+    """Add host from /hosts/new with ``form`` (the repository part); the token is taken from
+    the agent command the answer page shows, a real agent enrolls with it and runs. Returned
+    once its repository is ready (initialised by the bring-up)."""
+    root = stack.tmp / name
+    data, home = root / "data", root / "home"
+    for relative, content in files.items():
+        path = data / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    home.mkdir(parents=True)
+    page = browser.submit(
+        "/hosts/new", "/hosts/new", {"hostname": name, "paths": str(data), **form}, expect=201
+    )
+    assert f"Install the agent on {name}" in page.text, page.text[-1500:]
+    command = re.search(r'<code id="agent-command"[^>]*>(.*?)</code>', page.text, flags=re.S)
+    assert command, page.text[-1500:]
+    words = shlex.split(unescape(command.group(1)))
+    assert words[:2] == ["restic-manager-agent", "enroll"], words
+    assert words[words.index("--server") + 1] == stack.server.url, words
+    token = words[words.index("--token") + 1]
+    agent = AgentProcess(root / "agent-home", root / "agent.log", HOME=str(home))
+    agent.enroll(stack.server.url, token)
+    host_id = next(
+        item["id"] for item in stack.api.get("/hosts").json()["items"] if item["hostname"] == name
+    )
+    agent.start()
+    connection = {key: value for key, value in form.items() if key != "repo_password"}
+    host = Host(name, name, host_id, agent, home, data, connection)
+    stack.hosts[name] = host
+    try:
+        stack.api.wait_repo_ready(host_id, timeout=120)
+    except AssertionError:
+        raise AssertionError(
+            f"{name}: {stack.api.get(f'/hosts/{host_id}').json()}\n{agent.tail(40)}"
+        ) from None
+    return host
+
+
+def ui_backup_and_restore(stack: Stack, browser: Browser, host: Host) -> str:
+    """Run backup from the host page's form (it answers with the job's page); the snapshot
+    it made is restored through the API and compared byte for byte."""
+    page = browser.submit(f"/hosts/{host.id}", f"/hosts/{host.id}/jobs", {}, kind="backup")
+    found = re.fullmatch(r"/jobs/(\d+)", urlsplit(page.url).path)
+    assert found, page.url
+    job = stack.api.wait_job(int(found.group(1)), timeout=180)
+    assert job["kind"] == "backup" and job["status"] == "succeeded", (job, host.agent.tail(30))
+    snapshot_id = job["stats"]["snapshot_id"]
+    assert snapshot_id in {item["id"] for item in snapshots(stack, host)}
+    restore_and_compare(stack, host, snapshot_id, ["etc/app/config.ini", "blob.bin"])
+    return snapshot_id
+
+
+def ui_test_connection(browser: Browser, host: Host, fields: dict) -> tuple[bool, str]:
+    """Test connection on the host's Repository tab with ``fields`` typed into the form: (ok,
+    the detail the result box shows)."""
+    page = browser.submit(
+        f"/hosts/{host.id}/repo",
+        f"/hosts/{host.id}/repository",
+        fields,
+        to=f"/hosts/{host.id}/repository/test",
+    )
+    box = re.search(
+        r'<div class="testresult testresult--(ok|failed)"[^>]*>.*?'
+        r'<p class="testresult__detail"><code>(.*?)</code>',
+        page.text,
+        flags=re.S,
+    )
+    assert box, page.text[-2000:]
+    assert "(nothing was saved)" in page.text
+    return box.group(1) == "ok", unescape(box.group(2))
+
+
+def test_done_when_through_the_ui(stack, s3, rest):
+    """Issue 16's "done when" with the admin's browser: an S3 host and a REST host with basic
+    auth added from the Add host form, both initialised by their real agents, backed up from
+    the host page's Run backup form, a file of each restored; Test connection on the
+    Repository tab tells a wrong secret key apart from a missing bucket and saves nothing."""
+    browser = Browser(stack)
+    page = browser.submit("/login", "/login", {"username": "admin", "password": ADMIN_PASSWORD})
+    assert urlsplit(page.url).path == "/", page.url
+    files = {**FILES, "blob.bin": os.urandom(300_000)}
+    passwords = {"ui-s3": "e2e-UI-S3-Repo-Pass-6d1e8f", "ui-rest": "e2e-UI-REST-Repo-Pass-0b7c52"}
+    for name, password in passwords.items():
+        stack.secrets[f"{name} repository password"] = password
+
+    # S3: the endpoint and bucket in the URL, the keys and region in their own fields.
+    bucket = "e2e-ui-fleet"
+    assert bucket not in [b["Name"] for b in s3.client().list_buckets()["Buckets"]]
+    s3_form = {
+        "repo_url": s3.url(bucket, "ui-s3"),
+        "repo_password": passwords["ui-s3"],
+        **s3.env(),
+        "repo_options": "s3.bucket-lookup=path",
+    }
+    s3_ui = ui_add_host(stack, browser, "ui-s3", s3_form, files)
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert "ui-s3/config" in keys  # the bring-up made the bucket and the repository
+    saved = stack.api.get(f"/hosts/{s3_ui.id}/repository").json()
+    assert saved["backend"] == "s3" and saved["url"] == s3.url(bucket, "ui-s3")
+    assert sorted(saved["repo_env_names"]) == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_DEFAULT_REGION",
+        "AWS_SECRET_ACCESS_KEY",
+    ]
+    assert saved["repo_options"] == ["s3.bucket-lookup=path"]
+    ui_backup_and_restore(stack, browser, s3_ui)
+
+    # REST with basic auth: the user in Username, the password in its field, not in the URL.
+    rest_form = {
+        "repo_url": rest.url("ui-rest"),
+        "repo_password": passwords["ui-rest"],
+        "repo_username": rest.user,
+        "RESTIC_REST_PASSWORD": REST_PASSWORD,
+    }
+    rest_ui = ui_add_host(stack, browser, "ui-rest", rest_form, files)
+    assert (rest.data / "ui-rest" / "config").is_file()
+    saved = stack.api.get(f"/hosts/{rest_ui.id}/repository").json()
+    assert saved["backend"] == "rest" and saved["url"] == rest.url("ui-rest")
+    assert saved["username"] == rest.user and saved["repo_env_names"] == ["RESTIC_REST_PASSWORD"]
+    ui_backup_and_restore(stack, browser, rest_ui)
+
+    # Test connection on the S3 host's Repository tab: wrong secret key, then a missing bucket.
+    before = stack.api.get(f"/hosts/{s3_ui.id}/repository").json()
+    wrong_secret = "e2e-UI-Wrong-S3-Secret-58f2a9"
+    stack.secrets["UI wrong S3 secret key"] = wrong_secret
+    ok, refused = ui_test_connection(
+        browser, s3_ui, {**s3_form, "AWS_SECRET_ACCESS_KEY": wrong_secret}
+    )
+    assert not ok and refused.startswith("authentication refused: "), refused
+    assert "Access Denied" in refused, refused
+    ok, missing = ui_test_connection(
+        browser, s3_ui, {**s3_form, "repo_url": s3.url("e2e-ui-no-such-bucket", "ui-s3")}
+    )
+    assert not ok and missing.startswith("repository missing: "), missing
+    assert "does not exist" in missing, missing
+    assert refused.split(":")[0] != missing.split(":")[0]
+    ok, right = ui_test_connection(browser, s3_ui, s3_form)
+    assert ok and right.startswith("repository reachable (id "), right
+    # Nothing was saved, no bucket was made.
+    after = stack.api.get(f"/hosts/{s3_ui.id}/repository").json()
+    assert after == before, (before, after)
+    buckets = [b["Name"] for b in s3.client().list_buckets()["Buckets"]]
+    assert "e2e-ui-no-such-bucket" not in buckets
     assert_no_secret(stack)
 
 
