@@ -25,7 +25,6 @@ from app.services import rpc
 from app.services.hosts import get_host
 from app.transaction import commit_and_wake
 
-RECHECK_SECONDS = 0.5  # the answer may reach another worker: re-read the database this often
 STALL_SECONDS = 60.0  # a download that gets no byte for this long is given up
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def _stream(call_id: str, size: int):
                 if time.monotonic() - last_progress > STALL_SECONDS:
                     log.warning("download %s stalled after %d of %d bytes", call_id, sent, size)
                     return
-                waiter.wait(RECHECK_SECONDS)
+                waiter.wait(agent_calls.RECHECK_SECONDS)
     finally:
         if not finished:
             with current_app.app_context():

@@ -503,13 +503,27 @@ def from_body(body: dict) -> Settings:
             validate.fail(f"repo_{name}", f"Give repo_{name} or {name}, not both.")
         return new if new is not None else old
 
-    extra = backend_input(body)
+    return settings_from(pick("url"), pick("username"), pick("password"), backend_input(body))
+
+
+def settings_from(
+    url,
+    username,
+    password,
+    backend: Optional[dict],
+    *,
+    errors: Optional[validate.FieldErrors] = None,
+) -> Optional[Settings]:
+    """:func:`settings` with the backend parts as :func:`backend_input` gives them (the
+    shape every door hands in: an API body, a form, an enrollment)."""
+    backend = backend or {}
     return settings(
-        pick("url"),
-        pick("username"),
-        pick("password"),
-        extra["repo_env"],
-        extra["repo_options"],
-        extra["cacert"],
-        extra["insecure_tls"],
+        url,
+        username,
+        password,
+        backend.get("repo_env"),
+        backend.get("repo_options"),
+        backend.get("cacert"),
+        backend.get("insecure_tls", False),
+        errors=errors,
     )

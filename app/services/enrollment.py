@@ -122,16 +122,8 @@ def _mint(
     """Validate the Add-host input (every problem at once) and mint a one-time token (1 h)."""
     errors = validate.FieldErrors()
     hostname = errors.check(validate.hostname, hostname, required=False)
-    backend = backend or {}
-    connection = backends.settings(
-        repo_url,
-        repo_username,
-        repo_password,
-        backend.get("repo_env"),
-        backend.get("repo_options"),
-        backend.get("cacert"),
-        backend.get("insecure_tls", False),
-        errors=errors,
+    connection = backends.settings_from(
+        repo_url, repo_username, repo_password, backend, errors=errors
     )
     paths = errors.check(validate.absolute_paths, paths, "paths", label="Paths to back up")
     if hostname and db.session.scalar(select(Host.id).where(Host.hostname == hostname)):

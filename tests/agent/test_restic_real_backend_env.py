@@ -239,8 +239,7 @@ def captured(name):
 
 @pytest.mark.parametrize("name", sorted(CAPTURED_CLASSES))
 def test_every_captured_backend_failure_has_its_class(name):
-    if not (CAPTURES / f"{name}.txt").exists():
-        pytest.skip(f"{name} is not captured (tests/agent/test_restic_real_backends.py)")
+    assert (CAPTURES / f"{name}.txt").exists(), f"{name}: captured by test_restic_real_backends.py"
     code, stderr, command = captured(name)
     failure = errors.classify(code, stderr, command)
     assert type(failure) is CAPTURED_CLASSES[name], stderr

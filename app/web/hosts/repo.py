@@ -232,14 +232,8 @@ def _connection(host: Host, form: RepositoryForm) -> backends.Settings:
     """The connection the form describes, checked (ValidationFailed names the fields); an
     empty secret field keeps what was saved (the values are never shown again)."""
     extra = repository.keep_saved_values(_box(), host, form.backend_input(), form.repo_url.data)
-    return backends.settings(
-        form.repo_url.data,
-        form.repo_username.data,
-        form.repo_password.data,
-        extra["repo_env"],
-        extra["repo_options"],
-        extra["cacert"],
-        extra["insecure_tls"],
+    return backends.settings_from(
+        form.repo_url.data, form.repo_username.data, form.repo_password.data, extra
     )
 
 
