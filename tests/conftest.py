@@ -43,6 +43,27 @@ def _postgres_url_for_this_worker(url: str) -> str:
 POSTGRES_URL = _postgres_url_for_this_worker(os.environ.get("RM_TEST_DATABASE_URL", ""))
 
 
+def scratch_database_url(kind: str, tmp_path, name: str):
+    """A generator for a migration test's ``database_url`` fixture: an empty SQLite file,
+    or a fresh PostgreSQL database ``<test database>_<name>`` dropped afterwards (skipped
+    without RM_TEST_DATABASE_URL: CI's PostgreSQL pass sets it)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / f'{name}.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("RM_TEST_DATABASE_URL is not set")
+    url = sa.engine.make_url(POSTGRES_URL)
+    database = f"{url.database}_{name}"
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}"'))
+        connection.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    yield url.set(database=database).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}"'))
+    admin.dispose()
+
+
 class IsolatedClient(FlaskClient):
     """Each request runs in a fresh context, as in production: no ``g`` or database
     session leaks in from the test's own app context (e.g. a cached CSRF token)."""

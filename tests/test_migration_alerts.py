@@ -13,7 +13,7 @@ from flask_migrate import downgrade, upgrade
 
 from app import create_app
 from app.extensions import db
-from tests.conftest import POSTGRES_URL
+from tests.conftest import scratch_database_url
 
 BEFORE = "0009_sealed_repo_urls"
 THIS = "0010_alerts"
@@ -38,21 +38,7 @@ GROUPS = [(1, 1, "home"), (2, 1, "etc"), (3, 2, "default")]
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'alerts.db'}"
-        return
-    if not POSTGRES_URL:
-        pytest.skip("RM_TEST_DATABASE_URL is not set")
-    url = sa.engine.make_url(POSTGRES_URL)
-    name = f"{url.database}_m0010"
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    yield from scratch_database_url(request.param, tmp_path, "m0010")
 
 
 def _aware(value):
