@@ -1,0 +1,245 @@
+"""Download benchmark: one file out of a snapshot, through restic-manager vs. bare restic.
+
+    python tests/bench/download.py                      # SQLite, one worker
+    python tests/bench/download.py --pg --workers 2     # PostgreSQL, two workers
+
+Not a test (pytest does not collect it; no timing assertions). Needs restic on PATH.
+
+1. One ``--mb`` MiB file of random bytes is backed up once through a real
+   ``restic-manager serve`` and the real agent (``python -m agent``), as in production
+   (restic 0.14, local repository).
+2. Bare ``restic --no-lock dump <snapshot> <file>`` into a pipe read by this process,
+   timed end to end (restic start → last byte).
+3. ``GET /api/v1/hosts/{id}/snapshots/{snapshot}/download?path=…`` with an API token:
+   the server queues ``rpc.dump``, the agent runs the same ``restic dump`` and posts the
+   bytes, the server passes them through its database to this request. Timed from the
+   request to the last byte.
+
+Each is run ``--rounds`` times, alternating; medians are printed in MiB/s. Sanity: every
+download's size and sha256 must equal the file's, else the benchmark fails rather than
+print a number for a wrong transfer. With ``--workers 2`` the upload and the download
+may land on different workers (the bus and the database carry them across).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.processes import AgentProcess, Server, clean_env, wait_until  # noqa: E402
+
+PASSWORD = "bench-download-password"
+MIB = 1024 * 1024
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/rm_test_download"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class BenchServer(Server):
+    """``serve`` on a chosen port with ``--workers N``."""
+
+    def __init__(self, work: Path, env: dict, port: int, workers: int):
+        super().__init__(work, env)
+        self.port, self.workers = port, workers
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout: float = 60) -> None:
+        argv = [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{self.port}"]
+        self._spawn([*argv, "--workers", str(self.workers)])
+        wait_until(
+            lambda: _ready(self),
+            timeout,
+            "the server to be ready",
+        )
+
+
+def _ready(server: Server) -> bool:
+    if server.process.poll() is not None:
+        raise RuntimeError(f"serve exited ({server.process.returncode}):\n{server.tail()}")
+    try:
+        return requests.get(f"{server.url}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def reset_postgres(url: str) -> None:
+    import psycopg
+
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=int, default=200, help="size of the file (MiB)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=18602)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
+    parser.add_argument("--pg-url", default=DEFAULT_PG, help="emptied first (schema public)")
+    args = parser.parse_args()
+    if args.workers > 1 and not args.pg:
+        parser.error("--workers > 1 needs --pg (serve refuses it on SQLite)")
+
+    with tempfile.TemporaryDirectory(prefix="rm-bench-download-") as scratch:
+        work = Path(scratch)
+        home = work / "home"
+        home.mkdir()
+        data = work / "data"
+        data.mkdir()
+        big = data / "big.bin"
+        digest = hashlib.sha256()
+        with open(big, "wb") as out:
+            for _ in range(args.mb):
+                block = os.urandom(MIB)
+                digest.update(block)
+                out.write(block)
+        expected = (args.mb * MIB, digest.hexdigest())
+        repo = work / "repo"
+        env = dict(
+            RM_DATA_DIR=str(work / "server-data"),
+            RM_OFFLINE_AFTER_SECONDS="60",
+            RM_RPC_WAIT_SECONDS="60",
+            RM_DOWNLOAD_MAX_MB=str(args.mb + 10),
+        )
+        if args.pg:
+            reset_postgres(args.pg_url)
+            env["RM_DATABASE_URL"] = args.pg_url
+        server = BenchServer(work, clean_env(**env), args.port, args.workers)
+        server.start()
+        agent = None
+        try:
+            token = server.admin_token(PASSWORD, username="bench")
+            api = requests.Session()
+            api.headers["Authorization"] = f"Bearer {token}"
+            base = f"{server.url}/api/v1"
+            minted = api.post(
+                f"{base}/enrollment-tokens",
+                json={
+                    "hostname": "bench",
+                    "repo_url": str(repo),
+                    "repo_password": PASSWORD,
+                    "paths": [str(data)],
+                },
+                timeout=10,
+            ).json()
+            agent = AgentProcess(work / "agent-home", work / "agent.log", HOME=str(home))
+            agent.enroll(server.url, minted["token"])
+            host_id = api.get(f"{base}/hosts", timeout=10).json()["items"][0]["id"]
+            agent.start()
+            wait_until(
+                lambda: (
+                    api.get(f"{base}/hosts/{host_id}", timeout=10).json()["repo_status"] == "ready"
+                ),
+                120,
+                "repository ready",
+            )
+            log("backing up …")
+            backup = api.post(f"{base}/hosts/{host_id}/jobs", json={"kind": "backup"}, timeout=10)
+            job_id = backup.json()["id"]
+            job = wait_until(
+                lambda: (
+                    (j := api.get(f"{base}/jobs/{job_id}", timeout=10).json())["finished_at"] and j
+                ),
+                600,
+                "the backup",
+                interval=0.1,
+            )
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"backup {job['status']}: {agent.tail()}")
+            snapshot = job["stats"]["snapshot_id"]
+            download_url = f"{base}/hosts/{host_id}/snapshots/{snapshot}/download"
+            bare_env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(home),
+                "RESTIC_REPOSITORY": str(repo),
+                "RESTIC_PASSWORD": PASSWORD,
+                "RESTIC_CACHE_DIR": str(home / "bare-cache"),
+            }
+
+            def check(size: int, sha: str, what: str) -> None:
+                if (size, sha) != expected:
+                    raise RuntimeError(
+                        f"{what}: got {size} bytes sha256 {sha[:16]}…, expected "
+                        f"{expected[0]} bytes sha256 {expected[1][:16]}…: not a valid run"
+                    )
+
+            def bare() -> float:
+                started = time.perf_counter()
+                process = subprocess.Popen(
+                    ["restic", "--no-lock", "dump", snapshot, str(big)],
+                    env=bare_env,
+                    stdout=subprocess.PIPE,
+                )
+                size, sha = 0, hashlib.sha256()
+                while block := process.stdout.read(MIB):
+                    size += len(block)
+                    sha.update(block)
+                if process.wait() != 0:
+                    raise RuntimeError(f"restic dump exited {process.returncode}")
+                elapsed = time.perf_counter() - started
+                check(size, sha.hexdigest(), "bare restic dump")
+                return elapsed
+
+            def through_server() -> float:
+                started = time.perf_counter()
+                size, sha = 0, hashlib.sha256()
+                with api.get(
+                    download_url, params={"path": str(big)}, stream=True, timeout=600
+                ) as reply:
+                    if reply.status_code != 200:
+                        raise RuntimeError(f"download: {reply.status_code} {reply.text[:300]}")
+                    for block in reply.iter_content(MIB):
+                        size += len(block)
+                        sha.update(block)
+                elapsed = time.perf_counter() - started
+                check(size, sha.hexdigest(), "download")
+                return elapsed
+
+            bare()  # warm restic's cache and the page cache alike for both
+            bares, downloads = [], []
+            for round_number in range(args.rounds):
+                bares.append(bare())
+                downloads.append(through_server())
+                log(
+                    f"round {round_number + 1}: bare {args.mb / bares[-1]:.0f} MiB/s, "
+                    f"download {args.mb / downloads[-1]:.0f} MiB/s"
+                )
+        finally:
+            if agent is not None:
+                agent.kill()
+            server.kill()
+
+    bare_rate = args.mb / statistics.median(bares)
+    download_rate = args.mb / statistics.median(downloads)
+    database = f"PostgreSQL, {args.workers} worker(s)" if args.pg else "SQLite, 1 worker"
+    print(f"\none {args.mb} MiB random file, {database}, medians of {args.rounds} (sha256 checked)\n")
+    print("| what | MiB/s | time |")
+    print("|---|---|---|")
+    print(f"| bare `restic dump` | {bare_rate:.0f} | {statistics.median(bares):.2f} s |")
+    print(
+        f"| download through restic-manager | {download_rate:.0f} | "
+        f"{statistics.median(downloads):.2f} s |"
+    )
+    print(f"| ratio | {download_rate / bare_rate:.2f}× | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
