@@ -154,6 +154,8 @@ def load_config(environ=None) -> dict:
         "RM_JOB_LOG_MAX_RECORDS": _int(environ, "RM_JOB_LOG_MAX_RECORDS", 200_000, 100),
         # Logs of jobs finished longer ago are removed by housekeeping (0 = kept forever).
         "RM_JOB_LOG_RETENTION_DAYS": _int(environ, "RM_JOB_LOG_RETENTION_DAYS", 90, 0),
+        # Alerts resolved longer ago are removed with their deliveries (0 = kept forever).
+        "RM_ALERT_RETENTION_DAYS": _int(environ, "RM_ALERT_RETENTION_DAYS", 365, 0),
         "RM_MIN_AGENT_PROTOCOL": _int(environ, "RM_MIN_AGENT_PROTOCOL", 1, 1),
         "RM_SQLITE_BUSY_TIMEOUT_MS": _int(environ, "RM_SQLITE_BUSY_TIMEOUT_MS", 5000, 0),
         "RM_TICKER_SECONDS": _int(environ, "RM_TICKER_SECONDS", 30, 1),

@@ -78,7 +78,10 @@ class Command(db.Model):
     """A command for one agent: leased by a poll, acked by the agent, redelivered if not."""
 
     __tablename__ = "commands"
-    __table_args__ = (Index("ix_commands_host_id_state", "host_id", "state"),)
+    __table_args__ = (
+        Index("ix_commands_host_id_state", "host_id", "state"),
+        Index("ix_commands_created_at", "created_at"),  # housekeeping: old finished commands
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
@@ -100,6 +103,7 @@ class AgentEvent(db.Model):
     """Each event id an agent sent, stored once: a repeated id is acknowledged, not applied."""
 
     __tablename__ = "agent_events"
+    __table_args__ = (Index("ix_agent_events_received_at", "received_at"),)  # housekeeping
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)

@@ -4,8 +4,19 @@
   small batches (one short write transaction each, a pause between, a bound per pass), so
   no worker waits long on the write lock. The job row stays; ``log_purged_at`` says when
   its log went, and the job page and log.txt say so.
+  A ``diff`` job's list of changes (``diff_entries``) goes with its log, in the same
+  batches, and the job is marked only once both are gone.
+- Commands to agents that are finished (acked, undeliverable, expired; never a queued or
+  leased one) go ``COMMAND_KEEP`` after they were queued, with their sealed payloads.
+- Agent event ids (kept so a resent event is acknowledged, not applied twice) go
+  ``EVENT_KEEP`` after they arrived: an agent resends an unacknowledged event within
+  minutes, so a month is far more than the dedupe needs.
+- Alerts resolved more than ``RM_ALERT_RETENTION_DAYS`` ago go with their notification
+  rows (the delivery log); open alerts and the audit log are kept.
 - Expired sign-in sessions, invitation/reset links and old login failures are deleted
   (the ticker's own ``rpc.sweep`` forgets agent answers and download bytes after an hour).
+Every purge deletes in batches (one short transaction each, a pause between, a bound per
+pass) and is idempotent: a pass cut short continues at the next one.
 - SQLite only, once a day: ``PRAGMA optimize``, and ``PRAGMA incremental_vacuum`` when the
   file uses ``auto_vacuum=INCREMENTAL`` (new files do; see docs/deployment.md for older ones).
 """
@@ -18,10 +29,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Optional
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, tuple_, update
 
 from app.extensions import db
-from app.models import Job, JobLog, LoginFailure, UserInvite, UserSession
+from app.models import (
+    AgentEvent,
+    Alert,
+    Command,
+    DiffEntry,
+    Job,
+    JobLog,
+    LoginFailure,
+    Notification,
+    UserInvite,
+    UserSession,
+)
 
 log = logging.getLogger("restic_manager.housekeeping")
 
@@ -33,13 +55,23 @@ JOBS_PER_BATCH = 1_000  # finished jobs looked at together (their lines fill one
 DAILY = timedelta(days=1)
 SIGN_IN_GRACE = timedelta(days=1)  # expired sessions and links kept a day, then deleted
 VACUUM_PAGES = 10_000  # pages returned to the file system per incremental_vacuum step
+COMMAND_KEEP = timedelta(days=30)  # finished commands, counted from when they were queued
+EVENT_KEEP = timedelta(days=30)  # agent event ids kept for dedupe, from their arrival
+FINISHED_COMMAND_STATES = ("acked", "undeliverable", "expired")  # never queued/leased
+ALERTS_PER_BATCH = 500  # resolved alerts deleted together (with their notification rows)
 
 
 @dataclass
 class Report:
     log_rows: int = 0
     log_jobs: int = 0
+    diff_rows: int = 0
     batches: int = 0
+    commands: int = 0
+    agent_events: int = 0
+    alerts: int = 0
+    notifications: int = 0
+    purge_batches: int = 0  # transactions of the purges other than the job logs
     sessions: int = 0
     invites: int = 0
     login_failures: int = 0
@@ -59,31 +91,29 @@ def purge_job_logs(
 ) -> Report:
     """Remove the logs of jobs finished before ``now - retention_days`` (0: keep forever),
     ``batch_rows`` lines per committed transaction, at most about ``max_rows`` lines and
-    ``max_batches`` transactions per call. Jobs whose lines are all gone (or that wrote
-    none) get ``log_purged_at = now``. Idempotent: a pass cut short
-    (bound, crash, new leader) continues where it stopped."""
+    ``max_batches`` transactions per call. A ``diff`` job's changes go in the same
+    batches. Jobs whose lines (and changes) are all gone, or that wrote none, get
+    ``log_purged_at = now``. Idempotent: a pass cut short (bound, crash, new leader)
+    continues where it stopped."""
     report = report or Report()
     if retention_days <= 0:
         return report
     cutoff = now - timedelta(days=retention_days)
     due = (Job.log_purged_at.is_(None), Job.finished_at < cutoff)
-    while report.log_rows < max_rows and report.batches < max_batches:
+    # A diff job keeps its list of changes until this purge removes it with the log.
+    with_output = or_(Job.log_committed_seq > 0, Job.kind == "diff")
+    while report.log_rows + report.diff_rows < max_rows and report.batches < max_batches:
         # Jobs that wrote nothing are only marked, up to batch_rows at a time.
-        silent = (
-            select(Job.id)
-            .where(*due, Job.log_committed_seq == 0)
-            .limit(batch_rows)
-            .scalar_subquery()
-        )
+        silent = select(Job.id).where(*due, ~with_output).limit(batch_rows).scalar_subquery()
         marked = db.session.execute(
             update(Job).where(Job.id.in_(silent)).values(log_purged_at=now),
             execution_options={"synchronize_session": False},
         ).rowcount
         # The oldest jobs with lines, as many as about one batch of lines.
-        job_ids, lines = [], 0
-        for job_id, count in db.session.execute(
-            select(Job.id, Job.log_committed_seq)
-            .where(*due, Job.log_committed_seq > 0)
+        job_ids, diff_ids, lines = [], [], 0
+        for job_id, count, kind in db.session.execute(
+            select(Job.id, Job.log_committed_seq, Job.kind)
+            .where(*due, with_output)
             .order_by(Job.finished_at)
             .limit(JOBS_PER_BATCH)
         ):
@@ -91,24 +121,169 @@ def purge_job_logs(
                 break
             job_ids.append(job_id)
             lines += count
+            if kind == "diff":
+                diff_ids.append(job_id)
         if not job_ids and not marked:
             break
-        deleted = 0
+        deleted = changes = 0
         if job_ids:
             batch = select(JobLog.id).where(JobLog.job_id.in_(job_ids)).limit(batch_rows)
             deleted = db.session.execute(
                 delete(JobLog).where(JobLog.id.in_(batch)),
                 execution_options={"synchronize_session": False},
             ).rowcount
-            if deleted < batch_rows:  # these jobs have no lines left: say so on each
+            if diff_ids:
+                entries = (
+                    select(DiffEntry.job_id, DiffEntry.seq)
+                    .where(DiffEntry.job_id.in_(diff_ids))
+                    .limit(batch_rows)
+                )
+                changes = db.session.execute(
+                    delete(DiffEntry).where(tuple_(DiffEntry.job_id, DiffEntry.seq).in_(entries)),
+                    execution_options={"synchronize_session": False},
+                ).rowcount
+            # These jobs have nothing left: say so on each.
+            if deleted < batch_rows and changes < batch_rows:
                 marked += db.session.execute(
                     update(Job).where(Job.id.in_(job_ids), *due).values(log_purged_at=now),
                     execution_options={"synchronize_session": False},
                 ).rowcount
         report.log_rows += deleted
+        report.diff_rows += changes
         report.log_jobs += marked
         report.batches += 1
         commit()
+        if pause:
+            time.sleep(pause)
+    return report
+
+
+def _delete_in_batches(
+    model,
+    key,
+    where: tuple,
+    *,
+    batch_rows: int,
+    max_rows: int,
+    max_batches: int,
+    pause: float,
+    commit: Callable[[], None],
+    report: Report,
+) -> int:
+    """Delete ``model`` rows matching ``where``, ``batch_rows`` (by the primary key ``key``)
+    per committed transaction, at most about ``max_rows`` and ``max_batches`` per call."""
+    total = batches = 0
+    while total < max_rows and batches < max_batches:
+        batch = select(key).where(*where).limit(batch_rows).scalar_subquery()
+        deleted = db.session.execute(
+            delete(model).where(key.in_(batch)),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+        if not deleted:
+            break
+        total += deleted
+        batches += 1
+        report.purge_batches += 1
+        commit()
+        if deleted < batch_rows:
+            break
+        if pause:
+            time.sleep(pause)
+    return total
+
+
+def purge_commands(
+    now: datetime,
+    *,
+    batch_rows: int = BATCH_ROWS,
+    max_rows: int = MAX_ROWS_PER_PASS,
+    max_batches: int = MAX_BATCHES_PER_PASS,
+    pause: float = BATCH_PAUSE_SECONDS,
+    commit: Callable[[], None],
+    report: Optional[Report] = None,
+) -> Report:
+    """Remove commands queued over ``COMMAND_KEEP`` ago that are finished (acked,
+    undeliverable, expired); a queued or leased one stays whatever its age. Nothing reads
+    a finished command again: an agent's late ack of a removed one is ignored, and the
+    job's own row keeps its outcome."""
+    report = report or Report()
+    report.commands += _delete_in_batches(
+        Command,
+        Command.id,
+        (Command.created_at < now - COMMAND_KEEP, Command.state.in_(FINISHED_COMMAND_STATES)),
+        batch_rows=batch_rows,
+        max_rows=max_rows,
+        max_batches=max_batches,
+        pause=pause,
+        commit=commit,
+        report=report,
+    )
+    return report
+
+
+def purge_agent_events(
+    now: datetime,
+    *,
+    batch_rows: int = BATCH_ROWS,
+    max_rows: int = MAX_ROWS_PER_PASS,
+    max_batches: int = MAX_BATCHES_PER_PASS,
+    pause: float = BATCH_PAUSE_SECONDS,
+    commit: Callable[[], None],
+    report: Optional[Report] = None,
+) -> Report:
+    """Forget event ids that arrived over ``EVENT_KEEP`` ago. They only serve to
+    acknowledge a resent event without applying it again, and an agent resends an
+    unacknowledged event at its next contact."""
+    report = report or Report()
+    report.agent_events += _delete_in_batches(
+        AgentEvent,
+        AgentEvent.event_id,
+        (AgentEvent.received_at < now - EVENT_KEEP,),
+        batch_rows=batch_rows,
+        max_rows=max_rows,
+        max_batches=max_batches,
+        pause=pause,
+        commit=commit,
+        report=report,
+    )
+    return report
+
+
+def purge_resolved_alerts(
+    now: datetime,
+    *,
+    retention_days: int,
+    batch_alerts: int = ALERTS_PER_BATCH,
+    max_batches: int = MAX_BATCHES_PER_PASS,
+    pause: float = BATCH_PAUSE_SECONDS,
+    commit: Callable[[], None],
+    report: Optional[Report] = None,
+) -> Report:
+    """Remove alerts resolved before ``now - retention_days`` (0: keep forever) and their
+    notification rows, ``batch_alerts`` alerts per committed transaction. Open (firing or
+    acknowledged) alerts stay, whatever their age."""
+    report = report or Report()
+    if retention_days <= 0:
+        return report
+    cutoff = now - timedelta(days=retention_days)
+    # resolved_at < cutoff implies fired_at < cutoff: ix_alerts_state_fired_at finds them.
+    old = (Alert.state == "resolved", Alert.fired_at < cutoff, Alert.resolved_at < cutoff)
+    for _ in range(max_batches):
+        ids = list(db.session.scalars(select(Alert.id).where(*old).limit(batch_alerts)))
+        if not ids:
+            break
+        report.notifications += db.session.execute(
+            delete(Notification).where(Notification.alert_id.in_(ids)),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+        report.alerts += db.session.execute(
+            delete(Alert).where(Alert.id.in_(ids)),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+        report.purge_batches += 1
+        commit()
+        if len(ids) < batch_alerts:
+            break
         if pause:
             time.sleep(pause)
     return report
@@ -185,17 +360,37 @@ def run(
         report=report,
         commit=commit,
     )
+    purge_commands(now, pause=pause, report=report, commit=commit)
+    purge_agent_events(now, pause=pause, report=report, commit=commit)
+    purge_resolved_alerts(
+        now,
+        retention_days=config["RM_ALERT_RETENTION_DAYS"],
+        pause=pause,
+        report=report,
+        commit=commit,
+    )
     sweep_sign_ins(now, login_window_seconds=config["RM_LOGIN_WINDOW_SECONDS"], report=report)
     commit()
     last = state.get("daily_at")
     if last is None or now - last >= DAILY:
         state["daily_at"] = now
         report.sqlite = sqlite_maintenance(pause=pause)
-    if report.log_rows or report.log_jobs:
+    if report.log_rows or report.log_jobs or report.diff_rows:
         log.info(
-            "housekeeping: removed %d log lines of %d jobs finished over %d days ago",
+            "housekeeping: removed %d log lines and %d diff changes of %d jobs finished"
+            " over %d days ago",
             report.log_rows,
+            report.diff_rows,
             report.log_jobs,
             config["RM_JOB_LOG_RETENTION_DAYS"],
+        )
+    if report.commands or report.agent_events or report.alerts:
+        log.info(
+            "housekeeping: removed %d finished commands, %d agent event ids, %d resolved"
+            " alerts with %d notifications",
+            report.commands,
+            report.agent_events,
+            report.alerts,
+            report.notifications,
         )
     return report
