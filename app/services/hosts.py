@@ -6,7 +6,8 @@ import re
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import cast, delete, exists, func, select, true
+from sqlalchemy.dialects.postgresql import JSONB
 
 from app.extensions import db
 from app.models import AgentToken, Host, Job, RetiredAgentToken, Schedule
@@ -82,11 +83,32 @@ def parse_tag_filter(value: str, field: str = "tag") -> str:
     return value
 
 
+def has_tag(tag: str):
+    """A WHERE clause: the host's JSON ``tags`` list contains ``tag``. Matched by the
+    database, not by reading every host's tags: jsonb containment on PostgreSQL, json_each
+    on SQLite (no index either way: a scan of the hosts table, without loading its rows)."""
+    if db.engine.dialect.name == "postgresql":
+        return cast(Host.tags, JSONB).contains([tag])
+    element = func.json_each(Host.tags).table_valued("value").alias("host_tag")
+    return exists(select(1).select_from(element).where(element.c.value == tag))
+
+
 def tagged_host_ids(tag: str) -> list[int]:
-    """The hosts carrying ``tag``, in one query. Tags are a JSON list, so they are matched
-    here: the same on SQLite and PostgreSQL."""
-    rows = db.session.execute(select(Host.id, Host.tags))
-    return [host_id for host_id, tags in rows if tag in (tags or [])]
+    """The hosts carrying ``tag``, in one query (:func:`has_tag`)."""
+    return list(db.session.scalars(select(Host.id).where(has_tag(tag))))
+
+
+def all_tags() -> list[str]:
+    """Every tag some host carries, sorted, unpacked by the database."""
+    if db.engine.dialect.name == "postgresql":
+        element = func.jsonb_array_elements_text(cast(Host.tags, JSONB)).table_valued("value")
+        query = select(element.c.value).select_from(Host).join(element, true())
+        query = query.where(func.jsonb_typeof(cast(Host.tags, JSONB)) == "array")
+    else:
+        element = func.json_each(Host.tags).table_valued("value", "type").alias("host_tag")
+        query = select(element.c.value).select_from(Host).join(element, true())
+        query = query.where(element.c.type == "text")
+    return sorted({value for value in db.session.scalars(query.distinct()) if value})
 
 
 def rename_host(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import astuple
 from datetime import timedelta
 
 from flask import current_app, jsonify, make_response, render_template, request, url_for
+from flask_login import current_user
 from sqlalchemy import text
 
 from app.access import Role, public, require_role
@@ -12,7 +15,7 @@ from app.errors import RETRY_AFTER_SECONDS
 from app.extensions import db
 from app.formatting import FILTERS
 from app.models.types import utcnow
-from app.services import alerts
+from app.services import hosts
 from app.web.dashboard import bp, fleet
 
 # Alembic's one-row table exists wherever the schema does.
@@ -38,30 +41,104 @@ def refresh_requested(region: str) -> bool:
 @require_role(Role.viewer)
 def dashboard():
     now = utcnow()
-    rows = fleet.load_rows(now, current_app.config["RM_OFFLINE_AFTER_SECONDS"])
+    offline_after = current_app.config["RM_OFFLINE_AFTER_SECONDS"]
     query = fleet.FleetQuery.from_args(request.args)
-    tags = fleet.all_tags(rows)
+    cursor = {
+        name: request.args.get(name, "")[: fleet.MAX_CURSOR_LENGTH] for name in ("after", "before")
+    }
+    page = fleet.load_page(query, now, offline_after, **cursor)
+    page_ids = [row.host.id for row in page.rows]
+    summary = fleet.load_summary(
+        now, offline_after, fleet.job_counts_since(now - timedelta(hours=24))
+    )
+    alert_summary = fleet.open_alerts(page_ids)
+    tags = hosts.all_tags()
+    fragment = refresh_requested("fleet")
+    etag = None
+    if fragment:
+        # The refresh asks every 5 s: answer 304 unless something it shows changed.
+        etag = fleet_etag(query, cursor, now, page, summary, alert_summary, tags)
+        if etag in request.if_none_match:
+            response = make_response("", 304)
+            response.set_etag(etag)
+            response.vary.add("X-Refresh-Regions")
+            return response
+    page_args = {name: value for name, value in cursor.items() if value}  # stay on this page
     context = {
         "now": now,
         "query": query,
-        "rows": fleet.apply(rows, query),
-        "fleet_size": len(rows),
-        "summary": fleet.summarize(rows, fleet.job_counts_since(now - timedelta(hours=24))),
+        "page": page,
+        "rows": page.rows,
+        "fleet_size": summary.hosts,
+        "summary": summary,
         "tags": tags,
-        "return_to": url_for("web.dashboard", **query.args()),
-        # built once, not per row: the table may have thousands of rows
+        "return_to": url_for("web.dashboard", **query.args(), **page_args),
+        "next_url": page.next_cursor
+        and url_for("web.dashboard", **query.args(), after=page.next_cursor),
+        "prev_url": page.prev_cursor
+        and url_for("web.dashboard", **query.args(), before=page.prev_cursor),
+        # built once, not per row
         "host_prefix": f"{request.script_root}/hosts/",
         "tag_urls": {tag: url_for("web.dashboard", **query.args(tag=tag)) for tag in tags},
-        # open alerts per host, one aggregate for the whole table
-        "alert_summary": alerts.open_summary(),
+        # open alerts per host on this page, one aggregate
+        "alert_summary": alert_summary,
         "alerts_prefix": f"{request.script_root}/alerts?host_id=",
     }
-    if refresh_requested("fleet"):
+    if fragment:
         response = make_response(render_template("_fleet.html", **context))
+        response.set_etag(etag)
     else:
         response = make_response(render_template("dashboard.html", **context))
     response.vary.add("X-Refresh-Regions")
     return response
+
+
+def fleet_etag(query, cursor, now, page, summary, alert_summary, tags) -> str:
+    """A digest of everything the fleet fragment shows, without rendering it: the page's rows
+    as displayed (a host's status, not its last_seen_at, which every poll moves), the tiles,
+    the alerts, the tag list, who asks (roles change the buttons) and the minute (the
+    "5 min ago" texts)."""
+    rows = []
+    for row in page.rows:
+        host = row.host
+        rows.append(
+            (
+                host.id,
+                host.hostname,
+                host.tags,
+                host.os,
+                host.arch,
+                host.repo_status,
+                host.repo_status_reason,
+                host.repo_size_bytes,
+                host.snapshot_count,
+                host.last_backup_job_id,
+                host.last_backup_status,
+                str(host.last_backup_at),
+                host.last_successful_backup_job_id,
+                str(host.last_successful_backup_at),
+                row.status,
+                str(host.last_seen_at) if row.status == "offline" else "",
+                row.active_backup_job_id,
+                str(row.next_run),
+            )
+        )
+    state = (
+        current_user.get_id(),
+        current_user.has_role(Role.operator),
+        current_user.has_role(Role.admin),
+        request.script_root,
+        sorted(query.args().items()),
+        sorted(cursor.items()),
+        now.replace(second=0, microsecond=0).isoformat(),
+        rows,
+        (page.start, page.matches, page.next_cursor, page.prev_cursor),
+        astuple(summary),
+        sorted(alert_summary.items()),
+        tags,
+    )
+    digest = hashlib.blake2b(repr(state).encode(), digest_size=16).hexdigest()
+    return f"fleet-{digest}"
 
 
 @bp.route("/api/docs")
