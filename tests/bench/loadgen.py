@@ -1,6 +1,12 @@
-"""N simulated agents in one gevent process, for the long-poll benchmark (see longpoll.py).
+"""Simulated agents in one gevent process, for the long-poll benchmark (see longpoll.py).
 
-    python tests/bench/loadgen.py --base http://127.0.0.1:8080 --tokens tokens.json --ramp 25
+    python tests/bench/loadgen.py --base http://127.0.0.1:8080 --tokens tokens.json --ramp 25 \
+        [--slice 0 --slices 2]
+
+``--slice I --slices K``: this process runs the agents at index I, I+K, I+2K, ... of the
+tokens file (the driver starts K such processes, one per core by default), each with the
+start delay of its global index, so the K processes together spread the whole fleet's
+connection starts evenly over the ramp.
 
 Each agent: one keep-alive HTTP/1.1 connection (http.client over gevent sockets), ``hello``,
 then ``poll`` in a loop with ``wait`` omitted (the server's 25 s hold applies), acking the
@@ -12,8 +18,9 @@ Writes JSON lines to stdout:
   {"ev": "cmd", "host_id", "job_id", "command_id", "type", "delivery_count", "t"}
       for every command received (``t`` = time.monotonic() when the response was read;
       CLOCK_MONOTONIC is system-wide on Linux, so the driver can compare it with its own)
-  {"ev": "status", ...counters...} every 0.2 s and once more on SIGTERM/SIGINT ("final").
-  {"ev": "error", "host_id", "what"} for each failed request (the agent backs off 1 s).
+  {"ev": "status", "slice", ...counters...} every 0.2 s and once more on SIGTERM/SIGINT
+      ("final"); ``error_kinds`` counts the errors by kind (e.g. "poll: ConnectionResetError").
+  {"ev": "error", "host_id", "what"} for each failed request (the agent backs off 1-2 s).
 """
 
 from gevent import monkey
@@ -48,6 +55,11 @@ COUNTERS = (
     "commands",
     "errors",
     "reconnects",
+    "connects",  # TCP connections opened (connect() returned)
+    "connect_ms_max",  # slowest TCP connect: a full listen backlog shows as SYN retries (1 s, 3 s)
+    "connect_slow",  # connects that took more than 0.5 s
+    "hello_ms_sum",  # hello round trips (request sent -> answer read), connect excluded
+    "hello_ms_max",
 )
 
 
@@ -57,6 +69,8 @@ class Fleet:
         self.port = port
         self.agents = agents
         self.counts = dict.fromkeys(COUNTERS, 0)
+        self.error_kinds: dict[str, int] = {}
+        self.slice = 0
         self.stopping = False
 
     def emit(self, record: dict) -> None:
@@ -64,10 +78,35 @@ class Fleet:
         sys.stdout.flush()
 
     def status(self, final: bool = False) -> None:
-        self.emit({"ev": "status", "final": final, "t": time.monotonic(), **self.counts})
+        self.emit(
+            {
+                "ev": "status",
+                "slice": self.slice,
+                "pid": os.getpid(),
+                "final": final,
+                "t": time.monotonic(),
+                **self.counts,
+                "error_kinds": self.error_kinds,
+            }
+        )
+
+    def error(self, agent: dict, what: str) -> None:
+        self.counts["errors"] += 1
+        kind = what.split(":", 2)
+        kind = ":".join(kind[:2]) if len(kind) > 1 else what
+        self.error_kinds[kind[:80]] = self.error_kinds.get(kind[:80], 0) + 1
+        self.emit({"ev": "error", "host_id": agent["id"], "what": what})
 
     def _connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=90)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=90)
+        started = time.monotonic()
+        conn.connect()  # timed on its own: SYN retries (full backlog) show up here
+        took = (time.monotonic() - started) * 1000
+        self.counts["connects"] += 1
+        self.counts["connect_ms_max"] = max(self.counts["connect_ms_max"], round(took, 1))
+        if took > 500:
+            self.counts["connect_slow"] += 1
+        return conn
 
     def _post(self, agent: dict, path: str, body: dict):
         """(status, parsed body or None); reconnects once on a dropped keep-alive."""
@@ -79,7 +118,11 @@ class Fleet:
             "User-Agent": "restic-manager-bench",
         }
         for attempt in (1, 2):
-            conn = agent.get("conn") or self._connect()
+            try:
+                conn = agent.get("conn") or self._connect()
+            except BaseException:
+                agent["conn"] = None
+                raise
             agent["conn"] = conn
             try:
                 conn.request("POST", API + path, body=payload, headers=headers)
@@ -123,15 +166,25 @@ class Fleet:
             "running": [],
         }
         while not self.stopping:
+            if agent.get("conn") is None:
+                try:
+                    agent["conn"] = self._connect()
+                except (OSError, http.client.HTTPException) as error:
+                    self.error(agent, f"connect: {type(error).__name__}: {error}")
+                    gevent.sleep(1 + random.random())
+                    continue
+            started = time.monotonic()
             try:
                 status, _ = self._post(agent, "/hello", facts)
             except (OSError, http.client.HTTPException) as error:
                 status = f"{type(error).__name__}: {error}"
             if status == 200:
+                took = (time.monotonic() - started) * 1000
                 counts["hello_ok"] += 1
+                counts["hello_ms_sum"] = round(counts["hello_ms_sum"] + took, 1)
+                counts["hello_ms_max"] = max(counts["hello_ms_max"], round(took, 1))
                 break
-            counts["errors"] += 1
-            self.emit({"ev": "error", "host_id": agent["id"], "what": f"hello: {status}"})
+            self.error(agent, f"hello: {status}")
             gevent.sleep(1 + random.random())
         acks: list[dict] = []
         first = True
@@ -161,6 +214,7 @@ class Fleet:
                         {
                             "ev": "cmd",
                             "host_id": agent["id"],
+                            "pid": os.getpid(),
                             "job_id": command.get("job_id"),
                             "command_id": command["command_id"],
                             "type": command["type"],
@@ -171,8 +225,7 @@ class Fleet:
                 # Written down at once here; acked in the next poll like the real agent.
                 acks = [{"command_id": c["command_id"], "result": "accepted"} for c in commands]
             else:
-                counts["errors"] += 1
-                self.emit({"ev": "error", "host_id": agent["id"], "what": f"poll: {status}"})
+                self.error(agent, f"poll: {status}")
                 gevent.sleep(1 + random.random())
 
     def report_forever(self, every: float) -> None:
@@ -186,10 +239,19 @@ def main() -> int:
     parser.add_argument("--base", required=True, help="server URL, e.g. http://127.0.0.1:8080")
     parser.add_argument("--tokens", required=True, help="JSON written by seed.py")
     parser.add_argument("--ramp", type=float, default=25.0, help="spread agent starts (s)")
+    parser.add_argument("--slice", type=int, default=0, help="this process's part (0-based)")
+    parser.add_argument("--slices", type=int, default=1, help="processes sharing the fleet")
     args = parser.parse_args()
+    if not 0 <= args.slice < args.slices:
+        parser.error("--slice must be in 0 .. --slices - 1")
     url = urlsplit(args.base)
     hosts = json.loads(Path(args.tokens).read_text())["hosts"]
-    fleet = Fleet(url.hostname, url.port or 80, [dict(host) for host in hosts])
+    total = len(hosts)
+    # (global index, agent): the global index sets the start delay, so K processes together
+    # start one agent every ramp/N seconds, interleaved, rather than K agents at once.
+    mine = [(index, dict(hosts[index])) for index in range(args.slice, total, args.slices)]
+    fleet = Fleet(url.hostname, url.port or 80, [agent for _, agent in mine])
+    fleet.slice = args.slice
 
     def stop() -> None:
         fleet.stopping = True
@@ -202,10 +264,9 @@ def main() -> int:
     # here takes tens of ms and would land on the measured receive times. A run lasts about
     # a minute and makes little cyclic garbage, so automatic collection is simply off.
     gc.disable()
-    count = len(fleet.agents)
     greenlets = [
-        gevent.spawn(fleet.run_agent, agent, args.ramp * index / count)
-        for index, agent in enumerate(fleet.agents)
+        gevent.spawn(fleet.run_agent, agent, args.ramp * index / max(total, 1))
+        for index, agent in mine
     ]
     greenlets.append(gevent.spawn(fleet.report_forever, 0.2))
     gevent.joinall(greenlets)

@@ -125,7 +125,16 @@ def open_fds(pid: int) -> int:
 class Server:
     """`python -m app.cli serve` (exec's gunicorn: the pid is the gunicorn master)."""
 
-    def __init__(self, data_dir: Path, port: int, gc_log: bool = False, gc_mode: str = "as-is"):
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        gc_log: bool = False,
+        gc_mode: str = "as-is",
+        workers: int = 1,
+        database_url: str | None = None,
+        backlog: int | None = None,
+    ):
         self.base = f"http://127.0.0.1:{port}"
         self.port = port
         self.log_path = data_dir / "server.log"
@@ -141,16 +150,26 @@ class Server:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if database_url:
+            env["RM_DATABASE_URL"] = database_url
         if gc_log:  # gclog/sitecustomize.py: one stderr line per collector pause
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(BENCH / "gclog"), env.get("PYTHONPATH")])
             )
+        gunicorn_extra = []
         if gc_mode != "as-is":  # an experiment: see gclog/gunicorn_gc.py
-            env["GUNICORN_CMD_ARGS"] = f"-c {BENCH / 'gclog' / 'gunicorn_gc.py'}"
+            gunicorn_extra.append(f"-c {BENCH / 'gclog' / 'gunicorn_gc.py'}")
             env["BENCH_SERVER_GC"] = gc_mode
+        if backlog:  # an experiment: gunicorn's listen backlog (default 2048)
+            gunicorn_extra.append(f"--backlog {backlog}")
+        if gunicorn_extra:
+            env["GUNICORN_CMD_ARGS"] = " ".join(gunicorn_extra)
         with open(self.log_path, "wb") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+                [
+                    *(sys.executable, "-m", "app.cli", "serve"),
+                    *("--bind", f"127.0.0.1:{port}", "--workers", str(workers)),
+                ],
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -175,7 +194,7 @@ class Server:
         finally:
             conn.close()
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -191,18 +210,26 @@ class Server:
         raise RuntimeError(f"server not ready after {timeout:.0f} s; see {self.log_path}")
 
     def memory(self) -> dict:
-        workers = self.workers
+        each = [rss_kib(pid) for pid in self.workers]
         return {
             "master_kib": rss_kib(self.process.pid),
-            "worker_kib": sum(rss_kib(pid) for pid in workers),
-            "workers": len(workers),
+            "worker_kib": sum(each),
+            "worker_max_kib": max(each, default=0),
+            "workers": len(each),
         }
 
     def worker_cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.workers)
 
+    def worker_cpu_each(self) -> dict[int, float]:
+        return {pid: cpu_seconds(pid) for pid in self.workers}
+
     def worker_fds(self) -> int:
         return sum(open_fds(pid) for pid in self.workers)
+
+    def worker_fds_each(self) -> dict[int, int]:
+        """Descriptors per worker: with every agent parked, about its share of the polls."""
+        return {pid: open_fds(pid) for pid in self.workers}
 
     def gc_pauses(self, pids: list[int], start: float, end: float) -> dict:
         """Collector pauses of ``pids`` between two monotonic times (needs --gc-log)."""
@@ -232,54 +259,103 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-class LoadGenerator:
-    """loadgen.py as a subprocess; a thread reads its JSON lines."""
+class LoadGenerators:
+    """K loadgen.py processes (``--slice i --slices K``), one reader thread each."""
 
-    def __init__(self, base: str, tokens: Path, ramp: float):
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, str(BENCH / "loadgen.py")),
-                *("--base", base, "--tokens", str(tokens), "--ramp", str(ramp)),
-            ],
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            preexec_fn=raise_nofile,
-            start_new_session=True,
-        )
+    def __init__(self, base: str, tokens: Path, ramp: float, procs: int):
         self.lock = threading.Lock()
-        self.status: dict = {}
-        self.received: dict[int, float] = {}  # job id → first receipt (monotonic)
-        self.redeliveries = 0
+        self.status: dict[int, dict] = {}  # slice -> its latest status line
+        # every command received: (command_id, job_id, host_id, delivery_count, t, slice)
+        self.commands: list[tuple] = []
+        self.by_job: dict[int, list[tuple]] = {}
         self.errors: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self.processes = [
+            subprocess.Popen(
+                [
+                    *(sys.executable, str(BENCH / "loadgen.py")),
+                    *("--base", base, "--tokens", str(tokens), "--ramp", str(ramp)),
+                    *("--slice", str(index), "--slices", str(procs)),
+                ],
+                stdout=subprocess.PIPE,
+                cwd=ROOT,
+                preexec_fn=raise_nofile,  # setrlimit only: each process holds N/K sockets
+                start_new_session=True,
+            )
+            for index in range(procs)
+        ]
+        self.readers = [
+            threading.Thread(target=self._read, args=(index, process), daemon=True)
+            for index, process in enumerate(self.processes)
+        ]
+        for reader in self.readers:
+            reader.start()
 
-    def _read(self) -> None:
-        for line in self.process.stdout:
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def _read(self, index: int, process: subprocess.Popen) -> None:
+        for line in process.stdout:
             record = json.loads(line)
             with self.lock:
                 if record["ev"] == "status":
-                    self.status = record
-                elif record["ev"] == "cmd" and record["job_id"] is not None:
-                    if record["job_id"] in self.received or record["delivery_count"] > 1:
-                        self.redeliveries += 1
-                    self.received.setdefault(record["job_id"], record["t"])
+                    self.status[index] = record
+                elif record["ev"] == "cmd":
+                    receipt = (
+                        record["command_id"],
+                        record["job_id"],
+                        record["host_id"],
+                        record["delivery_count"],
+                        record["t"],
+                        index,
+                    )
+                    self.commands.append(receipt)
+                    if record["job_id"] is not None:
+                        self.by_job.setdefault(record["job_id"], []).append(receipt)
                 elif record["ev"] == "error":
                     self.errors.append(f"host {record['host_id']}: {record['what']}")
 
     def snapshot(self) -> dict:
+        """The counters summed over the processes (maxima for the *_max ones)."""
         with self.lock:
-            return dict(self.status)
+            statuses = [dict(status) for status in self.status.values()]
+        total: dict = {"reporting": len(statuses), "error_kinds": {}}
+        for status in statuses:
+            for key, value in status.items():
+                if key.endswith("_max"):
+                    total[key] = max(total.get(key, 0), value)
+                elif key == "error_kinds":
+                    for kind, count in value.items():
+                        total["error_kinds"][kind] = total["error_kinds"].get(kind, 0) + count
+                elif (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and key not in ("t", "slice", "pid")
+                ):
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def exited(self) -> int | None:
+        for process in self.processes:
+            if process.poll() is not None:
+                return process.returncode
+        return None
 
     def stop(self) -> dict:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # prints a final status, then exits
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # prints a final status, then exits
+        for process in self.processes:
             try:
-                self.process.wait(timeout=15)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.reader.join(timeout=5)
+                process.kill()
+                process.wait()
+        for reader in self.readers:
+            reader.join(timeout=5)
         return self.snapshot()
 
 
@@ -295,63 +371,104 @@ class Dispatcher:
         }
         self.conn: http.client.HTTPConnection | None = None
 
-    def start_probe(self, host_id: int) -> tuple[float, int, float]:
-        """(monotonic time just before sending, job id, API round trip in s)."""
+    def start_probe(self, host_id: int) -> tuple[float, int | None, float, str | None]:
+        """(monotonic time just before sending, job id or None, API round trip s, failure).
+
+        Never retried: a request that was written may have created its job, and a retry
+        would start a second one for the same host (the old driver did; its missing and
+        doubled jobs showed up as impossible numbers).
+        """
         body = json.dumps({"kind": "probe"})
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                self.conn.connect()  # not part of the measured interval
-            sent = time.monotonic()
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
             try:
-                self.conn.request("POST", f"/api/v1/hosts/{host_id}/jobs", body, self.headers)
-                response = self.conn.getresponse()
-                raw = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.conn.close()
-                self.conn = None  # keep-alive dropped between requests: retry once, fresh
-                if attempt == 2:
-                    raise
-                continue
-            answered = time.monotonic()
-            if response.will_close:
-                self.conn.close()
+                self.conn.connect()  # not part of the measured interval
+            except OSError as error:
                 self.conn = None
-            if response.status != 201:
-                raise RuntimeError(f"POST jobs for host {host_id}: {response.status} {raw[:300]!r}")
-            return sent, json.loads(raw)["id"], answered - sent
-        raise AssertionError("unreachable")
+                return time.monotonic(), None, 0.0, f"connect: {error}"
+        sent = time.monotonic()
+        try:
+            self.conn.request("POST", f"/api/v1/hosts/{host_id}/jobs", body, self.headers)
+            response = self.conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self.conn.close()
+            self.conn = None
+            return sent, None, time.monotonic() - sent, f"{type(error).__name__}: {error}"
+        answered = time.monotonic()
+        if response.will_close:
+            self.conn.close()
+            self.conn = None
+        if response.status not in (201, 202):
+            return sent, None, answered - sent, f"HTTP {response.status}: {raw[:200]!r}"
+        try:
+            return sent, int(json.loads(raw)["id"]), answered - sent, None
+        except (ValueError, KeyError, TypeError):
+            return sent, None, answered - sent, f"HTTP {response.status} without a job id"
+
+
+# --- the machine's load --------------------------------------------------------------------
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def listen_overflows() -> dict:
+    """TcpExt ListenOverflows / ListenDrops: SYNs or handshakes dropped at a full backlog."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names and names[0] == "TcpExt:":
+            table = dict(zip(names[1:], values[1:]))
+            return {key: int(table.get(key, 0)) for key in ("ListenOverflows", "ListenDrops")}
+    return {}
 
 
 # --- one run -------------------------------------------------------------------------------
 
 
-def wait_parked(loadgen: LoadGenerator, server: Server, agents: int, timeout: float) -> dict:
+def wait_parked(loadgen: LoadGenerators, server: Server, agents: int, timeout: float) -> dict:
     """Every agent has sent hello and has a poll in flight, and the server has caught up."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     last_report = 0.0
+    hellos: list[tuple[float, int]] = []  # (s since start, hellos answered): the hello rate
     while True:
         status = loadgen.snapshot()
         if (
-            status.get("hello_ok") == agents
+            status.get("reporting") == len(loadgen.processes)
+            and status.get("hello_ok") == agents
             and status.get("first_poll") == agents
             and status.get("in_flight") == agents
         ):
             break
-        if loadgen.process.poll() is not None:
-            raise RuntimeError(f"load generator exited ({loadgen.process.returncode})")
+        if (code := loadgen.exited()) is not None:
+            raise RuntimeError(f"a load generator exited ({code})")
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited ({server.process.returncode})")
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"not all {agents} agents parked after {timeout:.0f} s: {status}; "
-                f"server worker fds {server.worker_fds()}; last errors {loadgen.errors[-5:]}"
+                f"not all {agents} agents parked after {timeout:.0f} s: hello "
+                f"{status.get('hello_ok', 0)}, in flight {status.get('in_flight', 0)}, "
+                f"errors {status.get('errors', 0)} {status.get('error_kinds')}; server worker "
+                f"fds {server.worker_fds()}; last errors {loadgen.errors[-3:]}"
             )
         if time.monotonic() - last_report > 5:
             last_report = time.monotonic()
+            hellos.append((last_report - started, status.get("hello_ok", 0)))
+            rate = (
+                (hellos[-1][1] - hellos[-2][1]) / (hellos[-1][0] - hellos[-2][0])
+                if len(hellos) > 1
+                else 0.0
+            )
             log(
-                f"  parking: hello {status.get('hello_ok', 0)}/{agents}, "
-                f"in flight {status.get('in_flight', 0)}, errors {status.get('errors', 0)}"
+                f"  parking: hello {status.get('hello_ok', 0)}/{agents} ({rate:.0f}/s), "
+                f"in flight {status.get('in_flight', 0)}, errors {status.get('errors', 0)}, "
+                f"slowest connect {status.get('connect_ms_max', 0):.0f} ms, "
+                f"worker CPU {server.worker_cpu():.0f} s, load {loadavg():.1f}"
             )
         time.sleep(0.1)
     # In flight on the client side may still be queued at the server; when /readyz answers
@@ -361,163 +478,335 @@ def wait_parked(loadgen: LoadGenerator, server: Server, agents: int, timeout: fl
         _, seconds = server.get("/readyz")
         quick = quick + 1 if seconds < 0.05 else 0
         time.sleep(0.2)
-    return loadgen.snapshot()
+    status = loadgen.snapshot()
+    status["parking_seconds"] = time.monotonic() - started
+    return status
+
+
+def pg_url(name: str) -> str:
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def pg_admin(*argv: str) -> None:
+    subprocess.run(
+        [*argv, "-h", "127.0.0.1", "-U", "postgres"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def run_once(agents: int, args, workdir: Path) -> dict:
     data_dir = workdir / f"n{agents}"
     tokens_path = workdir / f"tokens-{agents}.json"
-    log(f"N={agents}: seeding {data_dir}")
-    subprocess.run(
-        [
-            *(sys.executable, str(BENCH / "seed.py"), "--agents", str(agents)),
-            *("--data-dir", str(data_dir), "--out", str(tokens_path)),
-        ],
-        check=True,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    database = f"rm_bench_{agents}" if args.pg else None
+    seed_argv = [
+        *(sys.executable, str(BENCH / "seed.py"), "--agents", str(agents)),
+        *("--data-dir", str(data_dir), "--out", str(tokens_path)),
+    ]
+    if database:
+        subprocess.run(
+            ["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database], check=True
+        )
+        pg_admin("createdb", database)
+        seed_argv += ["--database-url", pg_url(database)]
+    log(f"N={agents}: seeding {data_dir}" + (f" and PostgreSQL {database}" if database else ""))
+    subprocess.run(seed_argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     seeded = json.loads(tokens_path.read_text())
     host_ids = [host["id"] for host in seeded["hosts"]]
+    ramp = args.ramp if args.ramp is not None else max(25.0, agents / 200)
+    planned = min(args.commands, agents)
+    if planned < args.commands:
+        log(f"N={agents}: {planned} commands, not {args.commands}: one per host at most")
 
-    server = Server(data_dir, free_port(), gc_log=args.gc_log, gc_mode=args.server_gc)
+    server = Server(
+        data_dir,
+        args.port,
+        gc_log=args.gc_log,
+        gc_mode=args.server_gc,
+        workers=args.workers,
+        database_url=pg_url(database) if database else None,
+        backlog=args.backlog,
+    )
     loadgen = None
+    failures: list[str] = []  # POSTs that did not start a job
     try:
         server.wait_ready()
         baseline = server.memory()
-        log(f"N={agents}: server up at {server.base}, worker RSS {baseline['worker_kib']} KiB")
+        log(
+            f"N={agents}: server up at {server.base} ({args.workers} worker(s), "
+            f"{'PostgreSQL' if database else 'SQLite'}), worker RSS {baseline['worker_kib']} KiB; "
+            f"{args.loadgen_procs} load generator process(es), ramp {ramp:.0f} s"
+        )
+        overflows_before = listen_overflows()
+        load_start = loadavg()
+        loadgen = LoadGenerators(server.base, tokens_path, ramp, args.loadgen_procs)
+        parked_at = wait_parked(loadgen, server, agents, timeout=ramp + 60 + agents / 20)
+        overflows_parked = listen_overflows()
 
-        loadgen = LoadGenerator(server.base, tokens_path, args.ramp)
-        parked_at = wait_parked(loadgen, server, agents, timeout=args.ramp + 60 + agents / 20)
-        cpu_before, idle_started = server.worker_cpu(), time.monotonic()
+        # Idle window: every agent parked, nothing to deliver. CPU per idle poll = worker CPU
+        # in the window / polls that ended in it (204s and reconcile-only 200s).
+        idle_before = loadgen.snapshot()
+        per_worker_before = server.worker_cpu_each()
+        lg_cpu_before, idle_started = loadgen.cpu(), time.monotonic()
         time.sleep(args.settle)
-        idle_cpu = (server.worker_cpu() - cpu_before) / (time.monotonic() - idle_started)
+        idle_seconds = time.monotonic() - idle_started
+        per_worker_idle = {
+            pid: (cpu - per_worker_before.get(pid, cpu)) / idle_seconds
+            for pid, cpu in server.worker_cpu_each().items()
+        }
+        idle_cpu = sum(per_worker_idle.values())
+        idle_loadgen_cpu = (loadgen.cpu() - lg_cpu_before) / idle_seconds
+        idle_after = loadgen.snapshot()
+        idle_polls = sum(
+            idle_after.get(key, 0) - idle_before.get(key, 0) for key in ("polls_204", "polls_other")
+        )
+        cpu_ms_per_poll = idle_cpu * idle_seconds * 1000 / idle_polls if idle_polls else math.nan
         idle = server.memory()
-        fds = server.worker_fds()
+        fds_each = server.worker_fds_each()
         worker_pids = server.workers
         log(
-            f"N={agents}: all parked; worker RSS {idle['worker_kib']} KiB, "
-            f"idle worker CPU {idle_cpu:.0%}, worker fds {fds}"
+            f"N={agents}: all parked in {parked_at['parking_seconds']:.0f} s; worker RSS "
+            f"{idle['worker_kib'] // 1024} MiB (largest {idle['worker_max_kib'] // 1024} MiB), "
+            f"idle worker CPU {idle_cpu:.0%} ({idle_polls} polls in {idle_seconds:.0f} s, "
+            f"{cpu_ms_per_poll:.2f} ms CPU per idle poll), "
+            f"fds per worker {sorted(fds_each.values())}"
         )
 
-        rng = random.Random(args.seed + agents)
+        # Distinct hosts: a second probe for a host whose first one is still running (the
+        # simulated agent accepts and never finishes) answers with that first job.
+        targets = random.Random(args.seed + agents).sample(host_ids, planned)
         dispatcher = Dispatcher(server.port, seeded["pat"])
-        sent: dict[int, float] = {}
-        api_seconds: list[float] = []
+        sent: dict[int, tuple[float, int]] = {}  # job id -> (sent at, host id)
         api_by_job: dict[int, float] = {}
         before = loadgen.snapshot()
-        loadgen_cpu_before = cpu_seconds(loadgen.process.pid)
-        cpu_before, window_started = server.worker_cpu(), time.monotonic()
-        for index in range(args.commands):
+        load_before = loadavg()
+        lg_cpu_before = loadgen.cpu()
+        per_worker_before = server.worker_cpu_each()
+        window_started = time.monotonic()
+        for index, host_id in enumerate(targets):
             target = window_started + index * args.interval
             pause = target - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            started, job_id, took = dispatcher.start_probe(rng.choice(host_ids))
-            sent[job_id] = started
-            api_seconds.append(took)
+            started, job_id, took, failure = dispatcher.start_probe(host_id)
+            if failure is not None or job_id is None:
+                failures.append(f"host {host_id}: {failure}")
+                continue
+            if job_id in sent:
+                failures.append(f"host {host_id}: job id {job_id} answered twice")
+                continue
+            sent[job_id] = (started, host_id)
             api_by_job[job_id] = took
         deadline = time.monotonic() + args.grace
         while time.monotonic() < deadline:
             with loadgen.lock:
-                if all(job_id in loadgen.received for job_id in sent):
+                if all(job_id in loadgen.by_job for job_id in sent):
                     break
             time.sleep(0.05)
+        time.sleep(0.5)  # a duplicate delivery would arrive right behind the first
         window_ended = time.monotonic()
         window = window_ended - window_started
-        busy_cpu = (server.worker_cpu() - cpu_before) / window
-        loadgen_cpu = (cpu_seconds(loadgen.process.pid) - loadgen_cpu_before) / window
+        per_worker_busy = {
+            pid: (cpu - per_worker_before.get(pid, cpu)) / window
+            for pid, cpu in server.worker_cpu_each().items()
+        }
+        busy_cpu = sum(per_worker_busy.values())
+        loadgen_cpu = (loadgen.cpu() - lg_cpu_before) / window
+        load_after = loadavg()
         after = loadgen.snapshot()
         loaded = server.memory()
+        overflows_after = listen_overflows()
         final = loadgen.stop()
         with loadgen.lock:
-            latencies = sorted(
-                (loadgen.received[job_id] - started) * 1000
-                for job_id, started in sent.items()
-                if job_id in loadgen.received
-            )
-            redeliveries, errors = loadgen.redeliveries, list(loadgen.errors)
-            samples = [  # (sent, monotonic s; latency ms or None; API round trip ms)
-                (
-                    started,
-                    (loadgen.received[job_id] - started) * 1000
-                    if job_id in loadgen.received
-                    else None,
-                    api_by_job[job_id] * 1000,
-                )
-                for job_id, started in sent.items()
-            ]
+            commands = list(loadgen.commands)
+            by_job = {job_id: list(receipts) for job_id, receipts in loadgen.by_job.items()}
+            errors = list(loadgen.errors)
     finally:
         if loadgen is not None:
             loadgen.stop()
         server.stop()
+        if database and not args.keep:
+            subprocess.run(
+                ["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database],
+                check=False,
+            )
     gc_window = server.gc_pauses(worker_pids, window_started, window_ended) if args.gc_log else {}
+
+    # --- sanity: what would make the numbers impossible or meaningless -----------------
+    invalid: list[str] = []
+    if len(sent) != planned:
+        invalid.append(
+            f"{len(sent)} of {planned} planned commands sent (POST 201/202); "
+            f"first failures {failures[:3]}"
+        )
+    latencies, negative, missing, doubled, wrong_host, redelivered = [], [], [], [], [], []
+    samples = []  # (sent monotonic s, latency ms or None, API round trip ms)
+    for job_id, (started, host_id) in sent.items():
+        receipts = by_job.get(job_id, [])
+        if not receipts:
+            missing.append(job_id)
+            samples.append((started, None, api_by_job[job_id] * 1000))
+            continue
+        if len(receipts) > 1:
+            doubled.append(job_id)
+        _, _, got_host, _, received, _ = receipts[0]
+        if got_host != host_id:
+            wrong_host.append((job_id, host_id, got_host))
+        if any(receipt[3] != 1 for receipt in receipts):
+            redelivered.append(job_id)
+        latency = (received - started) * 1000
+        if latency < 0:
+            negative.append((job_id, round(latency, 1)))
+        latencies.append(latency)
+        samples.append((started, latency, api_by_job[job_id] * 1000))
+    command_ids = [receipt[0] for receipt in commands]
+    duplicate_ids = len(command_ids) - len(set(command_ids))
+    unexpected = [
+        receipt for receipt in commands if receipt[1] is not None and receipt[1] not in sent
+    ]
+    if missing:
+        invalid.append(f"{len(missing)} commands never received (e.g. jobs {missing[:3]})")
+    if negative:
+        invalid.append(f"{len(negative)} received before sent (job, ms): {negative[:3]}")
+    if doubled or duplicate_ids:
+        invalid.append(
+            f"delivered more than once: {len(doubled)} jobs, {duplicate_ids} repeated command ids"
+        )
+    if redelivered:
+        invalid.append(f"{len(redelivered)} commands with delivery_count > 1")
+    if wrong_host:
+        invalid.append(
+            f"{len(wrong_host)} delivered to the wrong host (job, for, got): {wrong_host[:3]}"
+        )
+    if unexpected:
+        invalid.append(
+            f"{len(unexpected)} commands for jobs this run did not start "
+            f"(job ids {sorted({receipt[1] for receipt in unexpected})[:5]})"
+        )
+    for label, status in (("before the idle window", parked_at), ("at dispatch start", before)):
+        if status.get("in_flight") != agents or status.get("hello_ok") != agents:
+            invalid.append(
+                f"not all agents parked {label}: hello {status.get('hello_ok')}, "
+                f"in flight {status.get('in_flight')} of {agents}"
+            )
+    if final.get("errors", 0):
+        invalid.append(f"{final['errors']} agent request errors: {final.get('error_kinds')}")
+    if idle_polls <= 0:
+        invalid.append("no poll ended in the idle window: CPU per idle poll unknown")
 
     def delta(name: str) -> int:
         return after.get(name, 0) - before.get(name, 0)
 
-    api_ms = sorted(seconds * 1000 for seconds in api_seconds)
+    latencies.sort()
+    api_ms = sorted(seconds * 1000 for seconds in api_by_job.values())
     ended = delta("polls_204") + delta("polls_cmd") + delta("polls_other")
     result = {
         "agents": agents,
+        "database": "postgresql" if database else "sqlite",
+        "workers": args.workers,
+        "loadgen_procs": args.loadgen_procs,
+        "ramp_seconds": ramp,
+        "planned": planned,
         "sent": len(sent),
         "received": len(latencies),
+        "post_failures": failures,
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
         "max_ms": latencies[-1] if latencies else math.nan,
+        "over_1s": sum(1 for latency in latencies if latency > 1000),
         "api_p50_ms": percentile(api_ms, 50),
         "api_p99_ms": percentile(api_ms, 99),
         "rss_baseline_kib": baseline["worker_kib"],
         "rss_idle_kib": idle["worker_kib"],
+        "rss_idle_max_worker_kib": idle["worker_max_kib"],
         "rss_master_kib": idle["master_kib"],
         "rss_after_kib": loaded["worker_kib"],
-        "worker_fds": fds,
+        "worker_fds": sorted(fds_each.values()),
+        "idle_seconds": idle_seconds,
+        "idle_polls": idle_polls,
         "idle_worker_cpu": idle_cpu,
+        "idle_worker_cpu_each": sorted(per_worker_idle.values()),
+        "cpu_ms_per_idle_poll": cpu_ms_per_poll,
+        "idle_loadgen_cpu": idle_loadgen_cpu,
         "dispatch_worker_cpu": busy_cpu,
+        "dispatch_worker_cpu_each": sorted(per_worker_busy.values()),
         "dispatch_loadgen_cpu": loadgen_cpu,
+        "loadavg_start": load_start,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "listen_overflows": {
+            "ramp": {
+                key: overflows_parked.get(key, 0) - overflows_before.get(key, 0)
+                for key in overflows_before
+            },
+            "total": {
+                key: overflows_after.get(key, 0) - overflows_before.get(key, 0)
+                for key in overflows_before
+            },
+        },
         "window_seconds": window,
         "gc_window": gc_window,
         "window_polls_ended": ended,
         "window_polls_204": delta("polls_204"),
         "window_polls_cmd": delta("polls_cmd"),
-        "total_polls_204": final.get("polls_204", 0),
-        "total_polls_cmd": final.get("polls_cmd", 0),
         "parked_status": parked_at,
-        "redeliveries": redeliveries,
-        "errors": len(errors),
+        "final_status": final,
+        "errors": final.get("errors", 0),
         "first_errors": errors[:5],
+        "invalid": invalid,
         "samples": samples,
     }
     log(
-        f"N={agents}: received {result['received']}/{result['sent']}, "
+        f"N={agents}: received {result['received']}/{result['sent']} of {planned} planned, "
         f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-        f"max {result['max_ms']:.1f} ms, errors {result['errors']}; during dispatch: worker "
-        f"CPU {busy_cpu:.0%}, load generator CPU {loadgen_cpu:.0%}"
+        f"max {result['max_ms']:.1f} ms, > 1 s {result['over_1s']}, errors {result['errors']}"
     )
+    log(f"N={agents}: {load_line(result)}")
     if args.gc_log:
         log(
             f"N={agents}: server full GCs during dispatch: {gc_window['full_collections']}, "
             f"longest {gc_window['full_max_ms']:.0f} ms, total {gc_window['full_total_ms']:.0f} ms "
             f"of {window:.0f} s; longest pause of any generation {gc_window['max_pause_ms']:.0f} ms"
         )
+    for reason in invalid:
+        log(f"N={agents}: INVALID: {reason}")
     if not args.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
     return result
 
 
+def load_line(result: dict) -> str:
+    each = " + ".join(f"{cpu:.0%}" for cpu in result["dispatch_worker_cpu_each"])
+    overflow = result["listen_overflows"]["total"]
+    return (
+        f"load: loadavg 1-min {result['loadavg_start']:.2f} at start, "
+        f"{result['loadavg_before']:.2f} before dispatch, {result['loadavg_after']:.2f} after; "
+        f"load generators ({result['loadgen_procs']} proc) CPU {result['idle_loadgen_cpu']:.0%} "
+        f"idle, {result['dispatch_loadgen_cpu']:.0%} during dispatch; server workers CPU "
+        f"{result['idle_worker_cpu']:.0%} idle, {result['dispatch_worker_cpu']:.0%} during "
+        f"dispatch ({each}); listen overflows/drops {overflow.get('ListenOverflows', 0)}/"
+        f"{overflow.get('ListenDrops', 0)}; parked per worker (fds) {result['worker_fds']}"
+    )
+
+
 COLUMNS = (
     "N agents",
+    "DB, workers",
     "p50",
     "p95",
     "p99",
     "max",
-    "received/sent",
-    "worker RSS idle (Δ per agent)",
+    "> 1 s",
+    "received/sent/planned",
+    "worker RSS idle (largest worker)",
     "idle worker CPU",
-    "polls ended 204 / command",
+    "CPU per idle poll",
+    "errors",
+    "loadavg before / after",
     "API POST p50 / p99",
+    "verdict",
 )
 GC_COLUMN = "server full GCs in window (longest)"
 
@@ -529,18 +818,22 @@ def header(gc_log: bool) -> str:
 
 def row(result: dict) -> str:
     if "failed" in result:
-        return f"| {result['agents']:,} | failed: {result['failed']} |"
+        return f"| {result['agents']:,} | INVALID: run failed: {result['failed']} |"
     gc = result["gc_window"]
-    per_agent = (result["rss_idle_kib"] - result["rss_baseline_kib"]) / result["agents"]
-    ended = result["window_polls_ended"] or 1
+    verdict = "INVALID: " + "; ".join(result["invalid"]) if result["invalid"] else "valid"
     return (
-        f"| {result['agents']:,} | {result['p50_ms']:.1f} ms | {result['p95_ms']:.1f} ms "
-        f"| {result['p99_ms']:.1f} ms | {result['max_ms']:.1f} ms "
-        f"| {result['received']}/{result['sent']} "
-        f"| {result['rss_idle_kib'] / 1024:.0f} MiB ({per_agent:.1f} KiB) "
+        f"| {result['agents']:,} | {result['database']}, {result['workers']} "
+        f"| {result['p50_ms']:.1f} ms | {result['p95_ms']:.1f} ms "
+        f"| {result['p99_ms']:.1f} ms | {result['max_ms']:.1f} ms | {result['over_1s']} "
+        f"| {result['received']}/{result['sent']}/{result['planned']} "
+        f"| {result['rss_idle_kib'] / 1024:.0f} MiB "
+        f"({result['rss_idle_max_worker_kib'] / 1024:.0f}) "
         f"| {result['idle_worker_cpu']:.0%} "
-        f"| {result['window_polls_204'] / ended:.0%} / {result['window_polls_cmd'] / ended:.0%} "
-        f"| {result['api_p50_ms']:.1f} / {result['api_p99_ms']:.1f} ms |"
+        f"| {result['cpu_ms_per_idle_poll']:.2f} ms "
+        f"| {result['errors']} "
+        f"| {result['loadavg_before']:.1f} / {result['loadavg_after']:.1f} "
+        f"| {result['api_p50_ms']:.1f} / {result['api_p99_ms']:.1f} ms "
+        f"| {verdict} |"
         + (f" {gc['full_collections']} ({gc['full_max_ms']:.0f} ms) |" if gc else "")
     )
 
@@ -548,10 +841,26 @@ def row(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, nargs="+", default=[100, 1000, 3000])
+    parser.add_argument(
+        "--pg",
+        action="store_true",
+        help="PostgreSQL: seed a fresh database rm_bench_<N> at 127.0.0.1:5432 (dropped after)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers W (W > 1: --pg)")
+    parser.add_argument(
+        "--loadgen-procs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="load generator processes sharing the agents (default: one per core)",
+    )
+    parser.add_argument("--port", type=int, default=18610, help="the server's port")
+    parser.add_argument("--backlog", type=int, help="experiment: gunicorn --backlog (default 2048)")
     parser.add_argument("--commands", type=int, default=500, help="jobs dispatched per N (M)")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between jobs")
-    parser.add_argument("--ramp", type=float, default=25.0, help="spread agent starts (s)")
-    parser.add_argument("--settle", type=float, default=3.0, help="idle window for RSS/CPU (s)")
+    parser.add_argument(
+        "--ramp", type=float, help="spread agent starts (s; default max(25, N/200))"
+    )
+    parser.add_argument("--settle", type=float, default=10.0, help="idle window for RSS/CPU (s)")
     parser.add_argument("--grace", type=float, default=15.0, help="wait for stragglers (s)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
@@ -566,8 +875,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
+    if args.workers > 1 and not args.pg:
+        parser.error("--workers > 1 needs --pg (serve refuses several workers on SQLite)")
+    if args.loadgen_procs < 1:
+        parser.error("--loadgen-procs must be at least 1")
 
     soft, hard = raise_nofile()
+    # The server's workers share the agents' sockets; each load generator holds N/K of them.
     needed = max(args.agents) + FD_MARGIN
     if hard < needed:
         log(
@@ -599,6 +913,13 @@ def main() -> int:
     print(header(args.gc_log))
     for result in results:
         print(row(result))
+    for result in results:
+        if "failed" not in result:
+            print(f"\nN={result['agents']:,}: {load_line(result)}")
+    bad = [r for r in results if "failed" in r or r["invalid"]]
+    if bad:
+        print(f"\nINVALID rounds: {', '.join(str(r['agents']) for r in bad)} (see above)")
+        return 1
     return 0
 
 

@@ -1,9 +1,11 @@
 """Seed a fresh data directory for the long-poll benchmark (not a test; see longpoll.py).
 
-    python tests/bench/seed.py --agents 3000 --data-dir /tmp/rm-bench --out /tmp/tokens.json
+    python tests/bench/seed.py --agents 3000 --data-dir /tmp/rm-bench --out /tmp/tokens.json \
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/rm_bench_3000]
 
 Creates, straight through the models in an app context (no HTTP, so 3,000 hosts take a
-second): the migrated SQLite database, N enrolled hosts each with an agent token, an
+second): the migrated database (SQLite in the data dir, or the given empty PostgreSQL
+database), N enrolled hosts each with an agent token, an
 administrator and a personal access token. Writes ``{"pat": ..., "hosts": [{"id", "hostname",
 "token"}, ...]}`` to ``--out`` for the load generator and the driver.
 """
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "benchmark admin passphrase"
 
 
-def seed(data_dir: Path, agents: int) -> dict:
+def seed(data_dir: Path, agents: int, database_url: str | None = None) -> dict:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from flask_migrate import upgrade
@@ -37,7 +39,8 @@ def seed(data_dir: Path, agents: int) -> dict:
         {
             "RM_DATA_DIR": data_dir,
             "RM_SECRET_KEY_FILE": data_dir / "secret.key",
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{data_dir / 'restic-manager.db'}",
+            "SQLALCHEMY_DATABASE_URI": database_url
+            or f"sqlite:///{data_dir / 'restic-manager.db'}",
         }
     )
     with app.app_context():
@@ -54,7 +57,11 @@ def seed(data_dir: Path, agents: int) -> dict:
                 agent_version="bench",
                 restic_version="0.16.4",
                 protocol_version=1,
-                repo_status="unknown",
+                # "ready": a fleet that has run a while. With "unknown" every hello queues a
+                # bring-up probe that the simulated agent accepts and never finishes, and the
+                # benchmark's own probe for that host then answers with that old job (its
+                # command was read at hello: the negative latencies of an earlier version).
+                repo_status="ready",
                 tags=[],
                 created_at=now,
                 enrolled_at=now,
@@ -85,11 +92,14 @@ def main() -> int:
     parser.add_argument("--agents", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, required=True, help="must not exist yet")
     parser.add_argument("--out", type=Path, required=True, help="tokens JSON file to write")
+    parser.add_argument(
+        "--database-url", help="an empty PostgreSQL database instead of SQLite in the data dir"
+    )
     args = parser.parse_args()
     if args.data_dir.exists() and any(args.data_dir.iterdir()):
         parser.error(f"{args.data_dir} is not empty: the benchmark needs a fresh data dir")
     started = time.monotonic()
-    result = seed(args.data_dir, args.agents)
+    result = seed(args.data_dir, args.agents, args.database_url)
     args.out.write_text(json.dumps(result))
     args.out.chmod(0o600)
     print(
