@@ -834,10 +834,34 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "api.revoke_enrollment_token": Operation("Revoke an outstanding token", "Hosts", 204),
     "api.list_hosts": Operation(
-        "List hosts",
+        "List hosts, by hostname (every host, or one page with limit/cursor)",
         "Hosts",
-        response=_list("Host"),
-        query=(("tag", string(64), "Only hosts with this tag."),),
+        response=obj(
+            {
+                "items": array(ref("Host")),
+                "next_cursor": nullable(
+                    string(
+                        400,
+                        description="Pass as cursor= for the next page; null on the last "
+                        "page and whenever no limit or cursor was given.",
+                    )
+                ),
+            },
+            ("items", "next_cursor"),
+        ),
+        query=(
+            ("tag", string(64), "Only hosts with this tag."),
+            (
+                "limit",
+                integer(1, 1000),
+                "Page size (1-1000). Without limit and cursor every host is listed at once.",
+            ),
+            (
+                "cursor",
+                string(400, pattern="^[A-Za-z0-9_-]+$"),
+                "The next_cursor of the previous page (opaque); alone it pages by 1000.",
+            ),
+        ),
     ),
     "api.get_host": Operation("One host", "Hosts", response=ref("Host")),
     "api.list_snapshots": Operation(

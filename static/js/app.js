@@ -70,22 +70,32 @@ document.addEventListener("submit", function (event) {
     if (region.querySelector("input[data-selection]:checked")) return true; // rows selected
     return active && region.contains(active) && active.matches("input, select, textarea");
   };
+  // A page that answers with an ETag is asked "If-None-Match": 304 means nothing shown
+  // changed, and nothing is downloaded or parsed (the dashboard's 5 s refresh).
+  const etags = new Map();
   const load = function (url, members) {
     const ids = members.map(function (region) { return region.id; }).join(",");
-    return fetch(url, {
-      credentials: "same-origin",
-      headers: { "Accept": "text/html", "X-Refresh-Regions": ids },
-    })
-      .then(function (response) { return response.ok && !response.redirected ? response.text() : null; })
-      .then(function (html) {
-        if (!html) return;
-        const page = new DOMParser().parseFromString(html, "text/html");
+    const headers = { "Accept": "text/html", "X-Refresh-Regions": ids };
+    if (etags.has(url)) headers["If-None-Match"] = etags.get(url);
+    return fetch(url, { credentials: "same-origin", cache: "no-store", headers: headers })
+      .then(function (response) {
+        if (!response.ok || response.redirected) return null; // 304 included: keep the region
+        etags.delete(url);
+        return response.text().then(function (html) {
+          return { html: html, etag: response.headers.get("ETag") };
+        });
+      })
+      .then(function (answer) {
+        if (!answer || !answer.html) return;
+        const page = new DOMParser().parseFromString(answer.html, "text/html");
+        let skipped = false;
         members.forEach(function (region) {
           const fresh = page.getElementById(region.id);
-          if (fresh && !editing(region) && fresh.innerHTML !== region.innerHTML) {
-            region.innerHTML = fresh.innerHTML;
-          }
+          if (fresh && editing(region)) skipped = true;
+          else if (fresh && fresh.innerHTML !== region.innerHTML) region.innerHTML = fresh.innerHTML;
         });
+        // A region left alone (rows ticked) must not be answered 304 next time.
+        if (answer.etag && !skipped) etags.set(url, answer.etag);
       })
       .catch(function () { /* offline for a moment: try again next tick */ });
   };
