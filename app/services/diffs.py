@@ -100,6 +100,8 @@ def diff_page(
         "items": items,
         "total": total,
         "next": offset + limit if offset + limit < total else None,
+        # Housekeeping removed the changes with the job's log (RM_JOB_LOG_RETENTION_DAYS).
+        "removed_at": job.log_purged_at,
     }
 
 
