@@ -16,7 +16,7 @@ from app.errors import error_response
 from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
-from app.services import agents, commands, enrollment, jobs, repository, schedules
+from app.services import agents, commands, enrollment, heartbeats, jobs, repository, schedules
 from app.services.errors import EventRejected, ServiceError
 from app.services.events import apply_event
 from app.transaction import commit_and_wake
@@ -52,6 +52,10 @@ class LatestPolls:
     def holds(self, host_id: int, ticket: int) -> bool:
         with self._lock:
             return self._tickets.get(host_id) == ticket
+
+
+def _heartbeats() -> heartbeats.Heartbeats:
+    return current_app.extensions.setdefault("heartbeats", heartbeats.Heartbeats())
 
 
 def _latest_polls() -> LatestPolls:
@@ -134,22 +138,46 @@ def hello():
 @bp.post("/poll")
 @agent_endpoint
 def poll():
-    host = _authenticated_host()
+    now = utcnow()
+    config = current_app.config
+    with db.engine.connect() as connection:
+        identity = agents.identify(connection, bearer_token(request))
+    if identity is None:
+        _authenticated_host()  # unknown, revoked or deleted: answers why
     data = parse.body()
     acks = parse.acks(data)
     running = parse.running(data)
     boot_id = parse.short_string(data, "boot_id", max_length=64)
-    hold = current_app.config["RM_POLL_WAIT_SECONDS"]
+    hold = config["RM_POLL_WAIT_SECONDS"]
     if isinstance(data.get("wait"), (int, float)) and not isinstance(data.get("wait"), bool):
         hold = max(0.0, min(float(data["wait"]), hold))
-    now = utcnow()
-    agents.touch(host, now=now, boot_id=boot_id)
-    commands.apply_acks(host, acks, now=now)
-    reconcile = agents.reconcile(host, running, now=now)
-    repository.ensure_brought_up(_box(), host, now=now)  # new credentials saved while away
-    host_id = host.id
-    commit_and_wake()
+    beats = _heartbeats()
+    idle = identity is not None and agents.idle_poll(
+        identity,
+        acks=acks,
+        running=running,
+        boot_id=boot_id,
+        now=now,
+        defer_seconds=heartbeats.defer_until(
+            config["RM_OFFLINE_AFTER_SECONDS"], config["RM_POLL_WAIT_SECONDS"]
+        ),
+    )
+    if idle:  # nothing but a heartbeat: written behind, no write transaction of its own
+        token_due = agents.token_touch_due(identity, now)
+        beats.note(identity.host_id, now, token_id=identity.token_id if token_due else None)
+        host_id, reconcile = identity.host_id, []
+    else:
+        host = _authenticated_host()
+        agents.touch(host, now=now, boot_id=boot_id)
+        commands.apply_acks(host, acks, now=now)
+        reconcile = agents.reconcile(host, running, now=now)
+        repository.ensure_brought_up(_box(), host, now=now)  # new credentials saved while away
+        host_id = host.id
+        commit_and_wake()
     db.session.remove()  # hold no database connection while parked
+    if beats.due():  # this worker's deferred heartbeats, in one transaction of their own
+        beats.flush()
+        db.session.remove()
 
     # This poll supersedes any still parked for the host: a restarted agent, or one whose
     # connection a proxy dropped, leaves a request behind that would otherwise lease the
@@ -160,7 +188,18 @@ def poll():
     _bus().wake_local(host_key(host_id))
     deadline = time.monotonic() + hold
     with _bus().listen(host_key(host_id)) as waiter:  # register before checking
+        # An idle poll's first look: one read for a leasable command. The host was just
+        # read with its token, and this poll holds the newest ticket: nothing to supersede.
+        look_first = idle
         while True:
+            if look_first:
+                look_first = False
+                with db.engine.connect() as connection:
+                    found = commands.any_leasable(connection, host_id, now=utcnow())
+                if not found:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not waiter.wait(remaining):
+                        return "", 204
             host = db.session.get(Host, host_id)
             if host is None:  # deleted while parked: its retired token answers 410 at once
                 _authenticated_host()

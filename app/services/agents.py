@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from app.extensions import db
 from app.models import AgentToken, Host, Job, RetiredAgentToken
@@ -15,6 +16,7 @@ from app.services.errors import ServiceError
 
 PROTOCOL_VERSION = 1
 _TOUCH_SECONDS = 5  # last_seen_at resolution: fewer writes, still "online within seconds"
+TOKEN_TOUCH_SECONDS = 60  # agent_tokens.last_used_at resolution
 
 
 class HostDeleted(ServiceError):
@@ -57,9 +59,76 @@ def authenticate(plain: str, *, now: datetime) -> Optional[Host]:
         return None
     if token.revoked_at is not None:
         return None
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+    if (
+        token.last_used_at is None
+        or (now - token.last_used_at).total_seconds() > TOKEN_TOUCH_SECONDS
+    ):
         token.last_used_at = now
     return token.host
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """What an idle poll needs to know of its agent, read without ORM objects."""
+
+    token_id: int
+    host_id: int
+    boot_id: Optional[str]
+    repo_status: str
+    last_seen_at: Optional[datetime]
+    token_last_used_at: Optional[datetime]
+
+
+_tokens, _hosts = AgentToken.__table__, Host.__table__
+_IDENTIFY = (
+    select(
+        _tokens.c.id,
+        _tokens.c.host_id,
+        _hosts.c.boot_id,
+        _hosts.c.repo_status,
+        _hosts.c.last_seen_at,
+        _tokens.c.last_used_at,
+    )
+    .join(_hosts, _hosts.c.id == _tokens.c.host_id)
+    .where(_tokens.c.token_hash == bindparam("token_hash"), _tokens.c.revoked_at.is_(None))
+)
+
+
+def identify(connection, plain: str) -> Optional[AgentIdentity]:
+    """The live token's host in one indexed query (a prebuilt Core statement, no ORM
+    objects); None for an unknown, revoked or retired token (:func:`authenticate` then
+    says which)."""
+    if not plain or not plain.startswith("rma_"):
+        return None
+    row = connection.execute(_IDENTIFY, {"token_hash": hash_token(plain)}).first()
+    return AgentIdentity(*row) if row is not None else None
+
+
+def idle_poll(
+    identity: AgentIdentity,
+    *,
+    acks: list,
+    running: list,
+    boot_id: Optional[str],
+    now: datetime,
+    defer_seconds: float,
+) -> bool:
+    """True when this poll changes nothing but the heartbeat, which may be written behind:
+    no acks, no running jobs to reconcile, the same agent process (boot id) as the host's,
+    a repository past bring-up, and a stored ``last_seen_at`` fresh enough (see
+    :func:`app.services.heartbeats.defer_until`). Anything else takes the full path."""
+    if acks or running or identity.repo_status == "unknown":
+        return False
+    if boot_id and boot_id[:64] != identity.boot_id:
+        return False
+    if identity.last_seen_at is None:
+        return False
+    return (now - identity.last_seen_at).total_seconds() < defer_seconds
+
+
+def token_touch_due(identity: AgentIdentity, now: datetime) -> bool:
+    last = identity.token_last_used_at
+    return last is None or (now - last).total_seconds() > TOKEN_TOUCH_SECONDS
 
 
 def touch(host: Host, *, now: datetime, boot_id: Optional[str]) -> None:

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Optional
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from app.extensions import db
 from app.models import Command, Host, Job
@@ -85,18 +85,34 @@ def delivery_json(box: SecretBox, command: Command) -> dict:
     }
 
 
+def _leasable(host_id, now) -> tuple:
+    return (
+        Command.host_id == host_id,
+        or_(
+            Command.state == "queued",
+            (Command.state == "leased") & (Command.lease_expires_at <= now),
+        ),
+    )
+
+
+_ANY_LEASABLE = (
+    select(Command.id).where(*_leasable(bindparam("host_id"), bindparam("now"))).limit(1)
+)
+
+
+def any_leasable(connection, host_id: int, *, now: datetime) -> bool:
+    """Whether :func:`lease` would find something: one indexed read with a prebuilt Core
+    statement, no lock, no ORM objects (the idle poll's first look)."""
+    found = connection.execute(_ANY_LEASABLE, {"host_id": host_id, "now": now})
+    return found.first() is not None
+
+
 def lease(host: Host, *, now: datetime, limit: int = 50, lease: timedelta = LEASE) -> list[Command]:
     """Claim queued commands and those whose lease ran out, oldest first."""
     candidates = list(
         db.session.scalars(
             select(Command)
-            .where(
-                Command.host_id == host.id,
-                or_(
-                    Command.state == "queued",
-                    (Command.state == "leased") & (Command.lease_expires_at <= now),
-                ),
-            )
+            .where(*_leasable(host.id, now))
             .order_by(Command.created_at, Command.id)
             .limit(limit)
             .with_for_update(skip_locked=True)

@@ -1,0 +1,111 @@
+"""Agent heartbeats written behind: ``last_seen_at`` without a write transaction per poll.
+
+An idle agent polls every ``RM_POLL_WAIT_SECONDS``; writing ``hosts.last_seen_at`` (and its
+token's ``last_used_at``) in every one of them made each idle poll a write transaction. The
+idle poll notes its heartbeat here instead, per worker process, and the first poll after
+:data:`FLUSH_SECONDS` writes every noted heartbeat in one transaction (one executemany per
+table). A host stays ``online`` as before because a heartbeat is only deferred while the
+stored value is fresh enough that it cannot read as offline before the next flush or poll:
+see :func:`defer_until`. A returning host (stored value old) is written at once.
+
+Rows only move forward (``WHERE last_seen_at < :t``): several workers, or a flush racing a
+synchronous write, never set a host back in time. A worker that stops loses at most its
+unflushed heartbeats: those hosts look a few seconds older, never offline early.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import Optional
+
+from sqlalchemy import bindparam, or_
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.extensions import db
+from app.models import AgentToken, Host
+
+log = logging.getLogger("restic_manager.heartbeats")
+
+FLUSH_SECONDS = 5.0
+_MARGIN_SECONDS = 5  # room for a flush that comes late
+
+
+def defer_until(offline_after_seconds: int, poll_wait_seconds: int) -> float:
+    """How old a stored ``last_seen_at`` may be for this poll's heartbeat to be deferred.
+
+    The next poll comes within ``poll_wait_seconds`` (the hold) of this one; a deferred
+    value is written by then. So a stored value younger than ``offline_after - hold -
+    margin`` is never older than ``offline_after`` while its agent keeps polling. With a
+    hold close to the offline window, nothing is deferred (the old synchronous write).
+    """
+    return max(0.0, offline_after_seconds - poll_wait_seconds - _MARGIN_SECONDS)
+
+
+class Heartbeats:
+    """This worker's heartbeats not written yet (host id -> newest time seen)."""
+
+    def __init__(self, flush_seconds: float = FLUSH_SECONDS):
+        self._lock = threading.Lock()
+        self._hosts: dict[int, datetime] = {}
+        self._tokens: dict[int, datetime] = {}
+        self._flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
+
+    def note(self, host_id: int, now: datetime, *, token_id: Optional[int] = None) -> None:
+        with self._lock:
+            self._hosts[host_id] = now
+            if token_id is not None:
+                self._tokens[token_id] = now
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._hosts)
+
+    def due(self) -> bool:
+        return bool(self._hosts) and time.monotonic() - self._last_flush >= self._flush_seconds
+
+    def flush(self) -> int:
+        """Write every noted heartbeat in one transaction; returns the hosts written.
+
+        Uses (and commits) the scoped session; call it with no other work pending. A
+        database error keeps the heartbeats for the next flush (logged, not raised: the
+        poll that happened to flush is not the one to fail)."""
+        with self._lock:
+            hosts, self._hosts = self._hosts, {}
+            tokens, self._tokens = self._tokens, {}
+            self._last_flush = time.monotonic()
+        if not hosts and not tokens:
+            return 0
+        try:
+            connection = db.session.connection()
+            if hosts:
+                connection.execute(_forward(Host.__table__, "last_seen_at"), _rows(hosts))
+            if tokens:
+                connection.execute(_forward(AgentToken.__table__, "last_used_at"), _rows(tokens))
+            db.session.commit()
+        except SQLAlchemyError as error:
+            db.session.rollback()
+            log.warning("heartbeats not written (kept for the next flush): %s", error)
+            with self._lock:  # keep them for the next flush, newest value wins
+                for key, value in hosts.items():
+                    self._hosts[key] = max(value, self._hosts.get(key, value))
+                for key, value in tokens.items():
+                    self._tokens[key] = max(value, self._tokens.get(key, value))
+            return 0
+        return len(hosts)
+
+
+def _forward(table, column: str):
+    target = table.c[column]
+    return (
+        table.update()
+        .where(table.c.id == bindparam("row_id"), or_(target.is_(None), target < bindparam("at")))
+        .values({column: bindparam("at")})
+    )
+
+
+def _rows(values: dict[int, datetime]) -> list[dict]:
+    return [{"row_id": key, "at": value} for key, value in sorted(values.items())]

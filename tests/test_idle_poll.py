@@ -1,0 +1,183 @@
+"""The idle poll's short path: two reads, the heartbeat written behind (issue 17).
+
+An idle poll (no acks, no running jobs, the host's own boot id, its repository past
+bring-up, a fresh ``last_seen_at``) must not write; anything else takes the full path, and
+what the fleet sees (online, revoked tokens, deleted hosts, restarts, commands) is unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import event, update
+
+from app.extensions import db
+from app.models import AgentToken, Host, Job
+from app.models.types import utcnow
+from app.services import heartbeats, hosts, jobs
+from app.services.audit import Actor
+from tests.factories import Agent, enroll_agent
+
+
+def _settled(app, hostname="web-1"):
+    """An enrolled agent with its first commands acknowledged: its next poll is idle."""
+    agent, host_id = enroll_agent(app, hostname)
+    agent.hello()
+    acks = []
+    for _ in range(5):
+        answer = agent.poll(acks=acks)
+        if answer.status_code == 204:
+            return agent, host_id
+        acks = [{"command_id": c["command_id"]} for c in answer.get_json()["commands"]]
+    raise AssertionError("the agent never got an empty poll")
+
+
+class Statements:
+    def __init__(self, app):
+        self.seen: list[str] = []
+        self.engine = db.engine
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn, cursor, statement, *args):
+        self.seen.append(" ".join(statement.split()))
+
+    def writes(self) -> list[str]:
+        return [s for s in self.seen if s.split()[0].upper() in {"INSERT", "UPDATE", "DELETE"}]
+
+
+def _last_seen(host_id):
+    db.session.expire_all()
+    return db.session.get(Host, host_id).last_seen_at
+
+
+def _beats(app) -> heartbeats.Heartbeats:
+    return app.extensions["heartbeats"]
+
+
+def test_an_idle_poll_reads_twice_and_writes_nothing(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    with Statements(protocol_app) as statements:
+        assert agent.poll().status_code == 204
+    assert statements.writes() == []
+    assert len(statements.seen) == 2, statements.seen
+    assert "agent_tokens" in statements.seen[0] and "commands" in statements.seen[1]
+    assert _beats(protocol_app).pending() == 1
+
+
+def test_deferred_heartbeats_are_written_by_the_next_flush_and_never_go_back(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    before = _last_seen(host_id)
+    _beats(protocol_app)._last_flush -= heartbeats.FLUSH_SECONDS  # the flush is due
+    assert agent.poll().status_code == 204  # notes its own beat, then flushes
+    written = _last_seen(host_id)
+    assert written > before
+    assert _beats(protocol_app).pending() == 0
+    # A late flush of an older value (another worker) does not set the host back.
+    beats = heartbeats.Heartbeats()
+    beats.note(host_id, written - timedelta(seconds=30))
+    assert beats.flush() == 1
+    assert _last_seen(host_id) == written
+
+
+def test_a_host_coming_back_is_written_at_once(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    long_ago = utcnow() - timedelta(minutes=10)
+    db.session.execute(update(Host).where(Host.id == host_id).values(last_seen_at=long_ago))
+    db.session.commit()
+    assert db.session.get(Host, host_id).status(utcnow(), 90) == "offline"
+    assert agent.poll().status_code == 204
+    db.session.expire_all()
+    host = db.session.get(Host, host_id)
+    assert host.last_seen_at > utcnow() - timedelta(seconds=5)
+    assert host.status(utcnow(), 90) == "online"
+
+
+def test_nothing_is_deferred_when_the_offline_window_is_not_longer_than_the_hold(app_factory):
+    app = app_factory(RM_POLL_WAIT_SECONDS=2, RM_OFFLINE_AFTER_SECONDS=5)
+    with app.app_context():
+        assert heartbeats.defer_until(5, 2) == 0
+        assert heartbeats.defer_until(90, 25) == 60
+        agent, host_id = _settled(app)
+        db.session.execute(
+            update(Host)
+            .where(Host.id == host_id)
+            .values(last_seen_at=utcnow() - timedelta(seconds=6))
+        )
+        db.session.commit()
+        assert agent.poll().status_code == 204
+        assert _last_seen(host_id) > utcnow() - timedelta(seconds=1)
+
+
+def test_a_command_queued_for_an_idle_host_is_delivered_by_its_short_poll(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    job = jobs.create_job(
+        protocol_app.extensions["secretbox"],
+        db.session.get(Host, host_id),
+        "probe",
+        params={},
+        actor=Actor.system(),
+        now=utcnow(),
+    )
+    db.session.commit()
+    delivered = agent.poll().get_json()["commands"]
+    assert [(c["type"], c["job_id"]) for c in delivered] == [("job.run", job.id)]
+
+
+def test_revoked_token_and_deleted_host_are_refused_at_once(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    other, other_id = _settled(protocol_app, "web-2")
+    db.session.execute(
+        update(AgentToken).where(AgentToken.host_id == host_id).values(revoked_at=utcnow())
+    )
+    db.session.commit()
+    assert agent.poll().status_code == 401
+    hosts.delete_host(
+        db.session.get(Host, other_id),
+        confirm_hostname="web-2",
+        actor=Actor.system(),
+        now=utcnow(),
+    )
+    db.session.commit()
+    refused = other.poll()
+    assert refused.status_code == 410
+    assert refused.get_json()["error"] == "host_deleted"
+
+
+def test_a_new_boot_id_takes_the_full_path_and_reconciles(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    job = jobs.create_job(
+        protocol_app.extensions["secretbox"],
+        db.session.get(Host, host_id),
+        "probe",
+        params={},
+        actor=Actor.system(),
+        now=utcnow(),
+    )
+    job.status, job.boot_id = "running", "boot-1"
+    db.session.commit()
+    restarted = Agent(protocol_app, agent.token, boot_id="boot-2")
+    restarted.poll()
+    db.session.expire_all()
+    assert db.session.get(Host, host_id).boot_id == "boot-2"
+    assert db.session.get(Job, job.id).status == "lost"
+
+
+def test_token_last_used_is_written_behind_too(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    stale = utcnow() - timedelta(minutes=5)
+    db.session.execute(
+        update(AgentToken).where(AgentToken.host_id == host_id).values(last_used_at=stale)
+    )
+    db.session.commit()
+    assert agent.poll().status_code == 204
+    _beats(protocol_app)._last_flush -= heartbeats.FLUSH_SECONDS
+    assert agent.poll().status_code == 204
+    db.session.expire_all()
+    token = db.session.scalars(db.select(AgentToken).where(AgentToken.host_id == host_id)).one()
+    assert token.last_used_at > stale + timedelta(minutes=4)
