@@ -435,7 +435,9 @@ def wait_parked(loadgen: LoadGenerators, server: Server, agents: int, timeout: f
     started = time.monotonic()
     deadline = started + timeout
     last_report = 0.0
-    hellos: list[tuple[float, int]] = []  # (s since start, hellos answered): the hello rate
+    # (s since start, hellos answered, worker CPU s, load generators' CPU s): the rates
+    samples: list[tuple[float, int, float, float]] = []
+    overflows_start = listen_overflows().get("ListenOverflows", 0)
     while True:
         status = loadgen.snapshot()
         if (
@@ -458,25 +460,39 @@ def wait_parked(loadgen: LoadGenerators, server: Server, agents: int, timeout: f
             )
         if time.monotonic() - last_report > 5:
             last_report = time.monotonic()
-            hellos.append((last_report - started, status.get("hello_ok", 0)))
-            rate = (
-                (hellos[-1][1] - hellos[-2][1]) / (hellos[-1][0] - hellos[-2][0])
-                if len(hellos) > 1
-                else 0.0
+            samples.append(
+                (
+                    last_report - started,
+                    status.get("hello_ok", 0),
+                    server.worker_cpu(),
+                    loadgen.cpu(),
+                )
             )
+            now, hellos, worker, generators = samples[-1]
+            span = now - samples[-2][0] if len(samples) > 1 else 1.0
+            previous = samples[-2] if len(samples) > 1 else (0.0, 0, worker, generators)
             log(
-                f"  parking: hello {status.get('hello_ok', 0)}/{agents} ({rate:.0f}/s), "
+                f"  parking: hello {hellos}/{agents} ({(hellos - previous[1]) / span:.0f}/s), "
                 f"in flight {status.get('in_flight', 0)}, errors {status.get('errors', 0)}, "
-                f"slowest connect {status.get('connect_ms_max', 0):.0f} ms, "
-                f"worker CPU {server.worker_cpu():.0f} s, load {loadavg():.1f}"
+                f"slowest connect {status.get('connect_ms_max', 0):.0f} ms, connects > 0.5 s "
+                f"{status.get('connect_slow', 0)}, listen overflows "
+                f"{listen_overflows().get('ListenOverflows', 0) - overflows_start}; CPU: workers "
+                f"{(worker - previous[2]) / span:.0%}, load generators "
+                f"{(generators - previous[3]) / span:.0%}; loadavg {loadavg():.1f}"
+                + (f"; errors {status.get('error_kinds')}" if status.get("errors") else "")
             )
         time.sleep(0.1)
     # In flight on the client side may still be queued at the server; when /readyz answers
     # at once three times in a row, the server has worked through what was sent before it.
     quick = 0
     while quick < 3:
-        _, seconds = server.get("/readyz")
+        try:
+            _, seconds = server.get("/readyz")
+        except OSError:  # a 5 s timeout: still busy
+            seconds = math.inf
         quick = quick + 1 if seconds < 0.05 else 0
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"all parked, but /readyz still slow after {timeout:.0f} s")
         time.sleep(0.2)
     status = loadgen.snapshot()
     status["parking_seconds"] = time.monotonic() - started
@@ -541,7 +557,9 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         overflows_before = listen_overflows()
         load_start = loadavg()
         loadgen = LoadGenerators(server.base, tokens_path, ramp, args.loadgen_procs)
-        parked_at = wait_parked(loadgen, server, agents, timeout=ramp + 60 + agents / 20)
+        parked_at = wait_parked(
+            loadgen, server, agents, timeout=args.park_timeout or ramp + 60 + agents / 20
+        )
         overflows_parked = listen_overflows()
 
         # Idle window: every agent parked, nothing to deliver. CPU per idle poll = worker CPU
@@ -859,6 +877,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between jobs")
     parser.add_argument(
         "--ramp", type=float, help="spread agent starts (s; default max(25, N/200))"
+    )
+    parser.add_argument(
+        "--park-timeout", type=float, help="give up parking after (s; default ramp + 60 + N/20)"
     )
     parser.add_argument("--settle", type=float, default=10.0, help="idle window for RSS/CPU (s)")
     parser.add_argument("--grace", type=float, default=15.0, help="wait for stragglers (s)")
