@@ -24,6 +24,7 @@ from app.models import (
     JobLog,
     Notification,
     NotificationChannel,
+    RepoStats,
 )
 from app.models.types import utcnow
 from app.services import audit, commands, housekeeping
@@ -292,7 +293,9 @@ def test_the_ticker_pass_bounds_every_table(app):
     db.session.commit()
     _alert(host, _channel(), state="resolved", days_ago=400)
     diff = _diff_job(host, 2, 1, finished_days_ago=100)
+    _stats(host, housekeeping.REPO_STATS_PER_HOST + 2)
     report = ticker.housekeep(app, utcnow())
+    assert report.repo_stats == 2 and _sizes(host)[0] == 2
     assert (report.commands, report.agent_events, report.alerts, report.notifications) == (
         1,
         1,
@@ -304,6 +307,67 @@ def test_the_ticker_pass_bounds_every_table(app):
     assert _count(DiffEntry, DiffEntry.job_id == diff.id) == 0
     second = ticker.housekeep(app, utcnow())
     assert (second.commands, second.agent_events, second.alerts, second.diff_rows) == (0, 0, 0, 0)
+    assert second.repo_stats == 0
+
+
+def _stats(host, count: int, *, same_time: bool = False):
+    now = utcnow()
+    db.session.add_all(
+        RepoStats(
+            host_id=host.id,
+            taken_at=now - timedelta(days=0 if same_time else count - index),
+            total_size=index,  # 0 is the oldest
+        )
+        for index in range(count)
+    )
+    db.session.commit()
+
+
+def _sizes(host) -> list:
+    return sorted(
+        db.session.scalars(select(RepoStats.total_size).where(RepoStats.host_id == host.id))
+    )
+
+
+def test_each_host_keeps_its_newest_size_history_rows_a_cursor_going_round(app):
+    a, b, c = (factories.make_host(name) for name in ("a", "b", "c"))
+    _stats(a, 7)
+    _stats(b, 2)
+    _stats(c, 5, same_time=True)  # one moment: the newest ids are kept
+    state = {}
+
+    def purge(**bounds):
+        return housekeeping.purge_repo_stats(
+            state,
+            keep=3,
+            hosts_per_pass=2,
+            batch_rows=2,
+            pause=0,
+            commit=db.session.commit,
+            **bounds,
+        )
+
+    first = purge()
+    assert first.repo_stats == 4 and state["repo_stats_after"] == b.id
+    assert _sizes(a) == [4, 5, 6] and _sizes(b) == [0, 1] and len(_sizes(c)) == 5
+    second = purge()
+    assert second.repo_stats == 2 and state["repo_stats_after"] == 0  # round done
+    assert _sizes(c) == [2, 3, 4]
+    assert purge().repo_stats == 0 and purge().repo_stats == 0  # nothing more, round after round
+    _stats(a, 3)  # new rows push older ones out
+    assert purge().repo_stats == 3 and len(_sizes(a)) == 3
+
+
+def test_a_size_history_pass_is_bounded_and_continues_with_the_same_host(app):
+    host = factories.make_host()
+    _stats(host, 5)
+    state = {}
+    bounded = dict(keep=1, batch_rows=2, max_rows=2, pause=0, commit=db.session.commit)
+    assert housekeeping.purge_repo_stats(state, **bounded).repo_stats == 2
+    assert state.get("repo_stats_after", 0) == 0  # not done with this host
+    assert housekeeping.purge_repo_stats(state, **bounded).repo_stats == 2
+    assert housekeeping.purge_repo_stats(state, **bounded).repo_stats == 0
+    assert _sizes(host) == [4]
 
 
 def test_the_alert_retention_setting_is_validated():

@@ -13,6 +13,8 @@
   minutes, so a month is far more than the dedupe needs.
 - Alerts resolved more than ``RM_ALERT_RETENTION_DAYS`` ago go with their notification
   rows (the delivery log); open alerts and the audit log are kept.
+- A host's repository size history keeps its newest ``REPO_STATS_PER_HOST`` rows (every
+  backup adds one; the host page and the API read the newest 90).
 - Expired sign-in sessions, invitation/reset links and old login failures are deleted
   (the ticker's own ``rpc.sweep`` forgets agent answers and download bytes after an hour).
 Every purge deletes in batches (one short transaction each, a pause between, a bound per
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Optional
 
-from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy import and_, delete, or_, select, tuple_, update
 
 from app.extensions import db
 from app.models import (
@@ -37,10 +39,12 @@ from app.models import (
     Alert,
     Command,
     DiffEntry,
+    Host,
     Job,
     JobLog,
     LoginFailure,
     Notification,
+    RepoStats,
     UserInvite,
     UserSession,
 )
@@ -59,6 +63,10 @@ COMMAND_KEEP = timedelta(days=30)  # finished commands, counted from when they w
 EVENT_KEEP = timedelta(days=30)  # agent event ids kept for dedupe, from their arrival
 FINISHED_COMMAND_STATES = ("acked", "undeliverable", "expired")  # never queued/leased
 ALERTS_PER_BATCH = 500  # resolved alerts deleted together (with their notification rows)
+# Repository size history: a row per backup, prune and forget; pages and the API read the
+# newest 90 of a host. Older rows beyond this many per host go.
+REPO_STATS_PER_HOST = 1_000
+HOSTS_PER_PASS = 200  # hosts whose size history one pass looks at (a cursor goes round)
 
 
 @dataclass
@@ -71,6 +79,7 @@ class Report:
     agent_events: int = 0
     alerts: int = 0
     notifications: int = 0
+    repo_stats: int = 0
     purge_batches: int = 0  # transactions of the purges other than the job logs
     sessions: int = 0
     invites: int = 0
@@ -289,6 +298,70 @@ def purge_resolved_alerts(
     return report
 
 
+def purge_repo_stats(
+    state: dict,
+    *,
+    keep: int = REPO_STATS_PER_HOST,
+    hosts_per_pass: int = HOSTS_PER_PASS,
+    batch_rows: int = BATCH_ROWS,
+    max_rows: int = MAX_ROWS_PER_PASS,
+    pause: float = BATCH_PAUSE_SECONDS,
+    commit: Callable[[], None],
+    report: Optional[Report] = None,
+) -> Report:
+    """Keep each host's newest ``keep`` size-history rows, looking at ``hosts_per_pass``
+    hosts a call; ``state["repo_stats_after"]`` (the last host id done) carries the round
+    over to the next call, which starts again from the first host after the last."""
+    report = report or Report()
+    after = state.get("repo_stats_after", 0)
+    host_ids = list(
+        db.session.scalars(
+            select(Host.id).where(Host.id > after).order_by(Host.id).limit(hosts_per_pass)
+        )
+    )
+    for host_id in host_ids:
+        if report.repo_stats >= max_rows:
+            return report  # this host again next time
+        # The oldest row kept (the host's index on (host_id, taken_at) walks to it).
+        edge = db.session.execute(
+            select(RepoStats.taken_at, RepoStats.id)
+            .where(RepoStats.host_id == host_id)
+            .order_by(RepoStats.taken_at.desc(), RepoStats.id.desc())
+            .offset(keep - 1)
+            .limit(1)
+        ).first()
+        if edge is not None:
+            older = or_(
+                RepoStats.taken_at < edge.taken_at,
+                and_(RepoStats.taken_at == edge.taken_at, RepoStats.id < edge.id),
+            )
+            while report.repo_stats < max_rows:
+                batch = (
+                    select(RepoStats.id)
+                    .where(RepoStats.host_id == host_id, older)
+                    .limit(batch_rows)
+                    .scalar_subquery()
+                )
+                deleted = db.session.execute(
+                    delete(RepoStats).where(RepoStats.id.in_(batch)),
+                    execution_options={"synchronize_session": False},
+                ).rowcount
+                report.repo_stats += deleted
+                if deleted:
+                    report.purge_batches += 1
+                    commit()
+                if deleted < batch_rows:
+                    break
+                if pause:
+                    time.sleep(pause)
+            if report.repo_stats >= max_rows:
+                return report  # perhaps more of this host: again next time
+        state["repo_stats_after"] = host_id
+    if len(host_ids) < hosts_per_pass:
+        state["repo_stats_after"] = 0  # the round is done: the next call starts over
+    return report
+
+
 def sweep_sign_ins(now: datetime, *, login_window_seconds: int, report: Report) -> Report:
     """Delete sessions and links expired (or revoked) over a day ago and login failures
     older than the rate-limit window (the caller commits)."""
@@ -369,6 +442,7 @@ def run(
         report=report,
         commit=commit,
     )
+    purge_repo_stats(state, pause=pause, report=report, commit=commit)
     sweep_sign_ins(now, login_window_seconds=config["RM_LOGIN_WINDOW_SECONDS"], report=report)
     commit()
     last = state.get("daily_at")
@@ -384,13 +458,14 @@ def run(
             report.log_jobs,
             config["RM_JOB_LOG_RETENTION_DAYS"],
         )
-    if report.commands or report.agent_events or report.alerts:
+    if report.commands or report.agent_events or report.alerts or report.repo_stats:
         log.info(
             "housekeeping: removed %d finished commands, %d agent event ids, %d resolved"
-            " alerts with %d notifications",
+            " alerts with %d notifications, %d old size-history rows",
             report.commands,
             report.agent_events,
             report.alerts,
             report.notifications,
+            report.repo_stats,
         )
     return report
