@@ -61,7 +61,7 @@ def _beats(app) -> heartbeats.Heartbeats:
 
 
 def test_an_idle_poll_reads_twice_and_writes_nothing(protocol_app):
-    agent, host_id = _settled(protocol_app)
+    agent, _ = _settled(protocol_app)
     with Statements(protocol_app) as statements:
         assert agent.poll().status_code == 204
     assert statements.writes() == []

@@ -39,7 +39,8 @@ from gevent import monkey
 monkey.patch_all()
 import gc, http.client, json, sys, time, gevent
 gc.disable()
-port, wait, seconds, tokens = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.stdin.read())
+port, wait, seconds = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+tokens = json.loads(sys.stdin.read())
 counts = {"ok": 0, "other": 0, "errors": 0}
 body = json.dumps({"acks": [], "running": [], "boot_id": "bench-boot", "wait": wait}).encode()
 stop_at = None
@@ -149,7 +150,7 @@ def main() -> int:
         mark_ready(data_dir)
         port = free_port()
         env = dict(os.environ, RM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
-        log = open(data_dir / "server.log", "w")
+        log = (data_dir / "server.log").open("w")  # closed with the scratch dir
         server = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{port}"],
             cwd=ROOT,
