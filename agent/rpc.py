@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import posixpath
+import queue
 import re
 import threading
 import time
@@ -34,7 +35,10 @@ from agent.restic.units import format_bytes
 
 MAX_CONCURRENT = 4
 MAX_WAITING = 64  # beyond this, new calls are refused rather than queued without end
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = 1024 * 1024  # what a server that names no max_chunk_bytes takes
+MAX_CHUNK_BYTES = 8 * 1024 * 1024  # the most this agent sends in one request
+QUEUED_CHUNKS = 2  # chunks read ahead of the one being sent (memory: 4 chunks at most)
+BUSY_GIVE_UP_SECONDS = 600.0  # a 429 (the browser reads slowly) is waited out this long
 DEFAULT_MAX_ENTRIES = 2000
 RETRY_DELAYS = (0.5, 1.5)  # three tries in all, then the answer is dropped
 LS_TIMEOUT_SECONDS = 300.0
@@ -80,8 +84,10 @@ class RpcRunner:
         agent_home: Optional[Path] = None,
         restic_version: Optional[Callable[[], Optional[str]]] = None,
         repo_test_timeout: float = REPO_TEST_TIMEOUT_SECONDS,
+        busy_give_up: float = BUSY_GIVE_UP_SECONDS,
     ):
         self.new_client = new_client
+        self.busy_give_up = busy_give_up
         self._restic_version = restic_version
         self._asked_version: List[Optional[str]] = []  # asked once, when nobody told us
         self.repo_test_timeout = repo_test_timeout
@@ -168,11 +174,14 @@ class RpcRunner:
         except RpcFailed as failure:
             self._answer(client, rpc_id, failure.answer())
             return
-        if not self._answer(client, rpc_id, {"ok": True, "result": header}):
+        reply = self._answer(client, rpc_id, {"ok": True, "result": header})
+        if reply is None:
             return
         stream = DumpStream(
             lambda offset, data: self._call(lambda: client.send_rpc_data(rpc_id, offset, data)),
             limit=header["size"],
+            chunk_bytes=chunk_bytes_for(reply),
+            queued_chunks=QUEUED_CHUNKS,
         )
         argv = dump_argv(self.restic_binary, _snapshot_id(payload), _path(payload))
         try:
@@ -320,25 +329,38 @@ class RpcRunner:
             except errors.ResticNotInstalled as error:
                 raise RpcFailed("restic_failed", str(error)) from None
 
+    def _answer(self, client: Client, rpc_id: str, answer: Answer) -> Optional[Answer]:
+        """``POST /rpc/{id}``: the server's reply; None (logged) when it did not take it."""
+        try:
+            reply = self._call(lambda: client.answer_rpc(rpc_id, answer))
+        except ClientError as error:
+            log.warning("rpc %s: the answer could not be delivered, dropped: %s", rpc_id, error)
+            return None
+        return reply if isinstance(reply, dict) else {}
+
     def _call(self, request: Callable[[], Answer]) -> Answer:
-        """``request`` tried again after a retryable error, a few times; then it raises."""
-        for delay in (*self.retry_delays, None):
+        """``request`` tried again after a retryable error, a few times; then it raises.
+
+        A 429 (the server holds as many unread bytes of a download as it allows: the
+        browser reads slowly) is tried again without counting, for at most
+        ``BUSY_GIVE_UP_SECONDS``: the server closes the download (410) when nobody reads.
+        """
+        delays = iter((*self.retry_delays, None))
+        busy_until = None
+        while True:
             try:
                 return request()
-            except RetryableError:
+            except RetryableError as error:
+                if getattr(error, "status", None) == 429:
+                    now = time.monotonic()
+                    busy_until = busy_until or now + self.busy_give_up
+                    if now < busy_until:
+                        time.sleep(min(max(error.retry_after or 0.0, 0.05), 5.0))
+                        continue
+                delay = next(delays)
                 if delay is None:
                     raise
                 time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _answer(self, client: Client, rpc_id: str, answer: Answer) -> bool:
-        """``POST /rpc/{id}``; False (logged) when the server did not take it."""
-        try:
-            self._call(lambda: client.answer_rpc(rpc_id, answer))
-        except ClientError as error:
-            log.warning("rpc %s: the answer could not be delivered, dropped: %s", rpc_id, error)
-            return False
-        return True
 
     def _end(self, client: Client, rpc_id: str, ending: Answer) -> None:
         try:
@@ -347,11 +369,25 @@ class RpcRunner:
             log.warning("rpc %s: the end of the download was not delivered: %s", rpc_id, error)
 
 
+def chunk_bytes_for(reply: Mapping[str, Any]) -> int:
+    """The chunk size for a download: the server's ``max_chunk_bytes`` (from its reply to
+    the header), at most :data:`MAX_CHUNK_BYTES`; 1 MiB from a server that names none."""
+    offered = reply.get("max_chunk_bytes")
+    if isinstance(offered, bool) or not isinstance(offered, int) or offered < 1:
+        return CHUNK_BYTES
+    return min(offered, MAX_CHUNK_BYTES)
+
+
 class DumpStream:
-    """Bytes from ``restic dump`` to ``POST /rpc/{id}/data`` in chunks of at most 1 MiB.
+    """Bytes from ``restic dump`` to ``POST /rpc/{id}/data`` in chunks of ``chunk_bytes``.
 
     ``send(offset, data)`` posts one chunk. A 410 (nobody waits any more), a transfer that
     cannot go on, or more bytes than ``limit`` set ``stop``, which stops restic.
+
+    With ``queued_chunks`` > 0 a sender thread posts the chunks while restic goes on
+    printing: at most ``queued_chunks`` full chunks wait for it (``feed`` blocks beyond
+    that, and restic with it), so memory stays under ``(queued_chunks + 2) * chunk_bytes``.
+    With 0, ``feed`` posts each chunk itself before it returns.
     """
 
     def __init__(
@@ -359,6 +395,7 @@ class DumpStream:
         send: Callable[[int, bytes], Answer],
         limit: int,
         chunk_bytes: int = CHUNK_BYTES,
+        queued_chunks: int = 0,
     ):
         self.send = send
         self.limit = limit
@@ -371,6 +408,9 @@ class DumpStream:
         self.closed = False  # 410: send nothing else
         self.problem: Optional[Answer] = None  # why the transfer stopped, for /end
         self.broken = False  # the server cannot be reached: send nothing else
+        self.queued_chunks = queued_chunks
+        self._queue: Optional[queue.Queue[Optional[bytes]]] = None
+        self._sender: Optional[threading.Thread] = None
 
     def feed(self, chunk: bytes) -> None:
         if self.stop.is_set():
@@ -388,54 +428,107 @@ class DumpStream:
         self.digest.update(chunk)
         self.buffer += chunk
         while len(self.buffer) >= self.chunk_bytes and not self.stop.is_set():
-            self._flush(self.chunk_bytes)
+            data = bytes(self.buffer[: self.chunk_bytes])
+            del self.buffer[: self.chunk_bytes]
+            self._hand_over(data)
 
     def finish(self, outcome: execute.Outcome) -> Optional[Answer]:
         """What to post to ``/end`` once restic exited (``None``: post nothing)."""
+        failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
+        if self.problem is not None or outcome.cancelled or failure is not None:
+            self.stop.set()  # the sender drops what it has not sent yet
+        elif self.buffer and not self.stop.is_set():
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            self._hand_over(data)
+        self._join_sender()
         if self.closed or self.broken:
             return None
         if self.problem is not None:
             return self.problem
-        failure = errors.classify(outcome.exit_code, outcome.stderr_tail)
         if outcome.cancelled or failure is not None:
             reason = errors.describe(failure) if failure else "restic was stopped"
             return {"ok": False, "error": "restic_failed", "message": reason}
-        while self.buffer and not self.stop.is_set():
-            self._flush(len(self.buffer))
-        if self.closed or self.broken:
+        if self.stop.is_set():  # pragma: no cover - every stop sets closed, broken or problem
             return None
         return {"ok": True, "bytes": self.received, "sha256": self.digest.hexdigest()}
 
-    def _flush(self, length: int) -> None:
-        data = bytes(self.buffer[:length])
-        try:
-            answer = self.send(self.sent, data)
-            committed = answer.get("committed", self.sent + length)
-        except Gap as gap:  # the server counts differently: go on from its count if we can
-            committed = gap.body.get("committed")
-        except Gone:
-            log.info("download closed by the server (nobody waits any more): stopping restic")
-            self.closed = True
-            self.stop.set()
+    # -- sending -----------------------------------------------------------------------
+
+    def _hand_over(self, data: bytes) -> None:
+        """Post ``data`` now, or queue it for the sender thread (waiting while it is full)."""
+        if self.queued_chunks <= 0:
+            self._post(data)
             return
-        except Refused as refusal:
-            self._give_up({"ok": False, "error": "restic_failed", "message": str(refusal)})
-            return
-        except ClientError as error:
-            log.warning("download stopped: the server cannot be reached: %s", error)
-            self._break()
-            return
-        # Progress or nothing: the server must hold more than before, and no more than sent.
-        if not isinstance(committed, int) or not self.sent < committed <= self.sent + length:
-            log.warning(
-                "download stopped: the server holds %s bytes, the agent sent %s",
-                committed,
-                self.sent + length,
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=self.queued_chunks)
+            self._sender = threading.Thread(
+                target=self._send_queued, name="rpc-dump-sender", daemon=True
             )
-            self._break()
+            self._sender.start()
+        while not self.stop.is_set():
+            try:
+                self._queue.put(data, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _send_queued(self) -> None:
+        assert self._queue is not None
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if not self.stop.is_set():
+                try:
+                    self._post(data)
+                except Exception:  # a thread must not die silently
+                    log.exception("download stopped: sending a chunk failed")
+                    self._break()
+
+    def _join_sender(self) -> None:
+        if self._queue is None or self._sender is None:
             return
-        del self.buffer[: committed - self.sent]
-        self.sent = committed
+        while self._sender.is_alive():
+            try:  # the sender may be blocked on a full queue of chunks it will drop
+                self._queue.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        self._sender.join()
+
+    def _post(self, data: bytes) -> None:
+        """Post ``data`` (the bytes from ``self.sent`` on) until the server holds all of it."""
+        while data and not self.stop.is_set():
+            length = len(data)
+            try:
+                answer = self.send(self.sent, data)
+                committed = answer.get("committed", self.sent + length)
+            except Gap as gap:  # the server counts differently: go on from its count if we can
+                committed = gap.body.get("committed")
+            except Gone:
+                log.info("download closed by the server (nobody waits any more): stopping restic")
+                self.closed = True
+                self.stop.set()
+                return
+            except Refused as refusal:
+                self._give_up({"ok": False, "error": "restic_failed", "message": str(refusal)})
+                return
+            except ClientError as error:
+                log.warning("download stopped: the server cannot be reached: %s", error)
+                self._break()
+                return
+            # Progress or nothing: the server must hold more than before, no more than sent.
+            if not isinstance(committed, int) or not self.sent < committed <= self.sent + length:
+                log.warning(
+                    "download stopped: the server holds %s bytes, the agent sent %s",
+                    committed,
+                    self.sent + length,
+                )
+                self._break()
+                return
+            data = data[committed - self.sent :]
+            self.sent = committed
 
     def _break(self) -> None:
         self.broken = True

@@ -1,21 +1,30 @@
 """POST /api/agent/v1/rpc/{id}[/data|/end]: answers to ``rpc.*`` commands (docs/protocol.md).
 
 Whoever waits for the answer (a browser request, perhaps in another worker) is woken on
-the bus and re-reads the database anyway; nothing here waits.
+the bus and re-reads the database anyway. Only a download's upload waits, holding no
+database connection, while the server holds as many unread bytes of it as it allows
+(back-pressure: a slow browser slows the agent down instead of filling the database).
 """
 
 from __future__ import annotations
 
-from flask import jsonify, request
+import time
 
+from flask import current_app, jsonify, request
+
+from app import rpc_handoff
 from app.access import agent_endpoint
 from app.agent_api import bp, parse
 from app.agent_api.routes import _authenticated_host
 from app.errors import error_response
 from app.extensions import db
+from app.limits import max_body_bytes
 from app.models.types import utcnow
 from app.services import rpc
 from app.transaction import commit_and_wake
+
+ROOM_WAIT_SECONDS = 20.0  # then 429: the agent reads its RPC answers for 30 s
+ROOM_RECHECK_SECONDS = 1.0  # the browser may read in another worker: re-read this often
 
 
 def _settle(host, rpc_id: str, change):
@@ -31,8 +40,46 @@ def _settle(host, rpc_id: str, change):
 def rpc_answer(rpc_id: str):
     host = _authenticated_host()
     body = parse.body()
-    _settle(host, rpc_id, lambda call: rpc.answer(call, body, now=utcnow()))
-    return jsonify({"ok": True})
+
+    def answer(call):
+        rpc.answer(call, body, now=utcnow())
+        return call.method
+
+    if _settle(host, rpc_id, answer) != "dump":
+        return jsonify({"ok": True})
+    # A newer agent sends chunks up to this size; an older one sends 1 MiB and ignores it.
+    return jsonify({"ok": True, "max_chunk_bytes": _chunk_cap()})
+
+
+def _chunk_cap() -> int:
+    return rpc.chunk_cap(max_body_bytes(current_app.config))
+
+
+def _room_for(host_id: int, rpc_id: str, length: int) -> bool:
+    """Wait (on the bus, no connection held) until the download holds fewer than
+    ``MAX_UNREAD_BYTES`` unread bytes; False if the browser read nothing for
+    ``ROOM_WAIT_SECONDS``. The first chunk always has room: the bound is that plus one."""
+    deadline = time.monotonic() + ROOM_WAIT_SECONDS
+    with current_app.extensions["bus"].listen(rpc.read_key(rpc_id)) as waiter:
+        while True:
+            unread = rpc.unread_bytes(rpc_id, host_id)
+            db.session.commit()  # ends the read: no connection is held while waiting
+            if unread == 0 or unread + length <= rpc.MAX_UNREAD_BYTES:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            waiter.wait(min(remaining, ROOM_RECHECK_SECONDS))
+
+
+def _hand_to_local_download(rpc_id: str, offset: int, data: bytes) -> bool:
+    """True once the download streaming in this process took ``data`` directly."""
+    reader = rpc_handoff.readers().get(rpc_id)
+    if reader is None:
+        return False
+    bus = current_app.extensions["bus"]
+    wake = lambda: bus.wake_local(rpc.rpc_key(rpc_id))  # noqa: E731
+    return reader.offer(offset, data, wake, rpc_handoff.TAKE_SECONDS)
 
 
 @bp.post("/rpc/<rpc_id>/data")
@@ -43,11 +90,32 @@ def rpc_data(rpc_id: str):
         offset = int(request.args.get("offset", ""))
     except ValueError:
         parse.invalid("offset", "must be a whole number in the query string (?offset=N)")
-    if request.content_length is not None and request.content_length > rpc.MAX_CHUNK_BYTES:
-        return error_response(413, "too_large", f"At most {rpc.MAX_CHUNK_BYTES} bytes a request.")
+    cap = _chunk_cap()
+    if request.content_length is not None and request.content_length > cap:
+        return error_response(413, "too_large", f"At most {cap} bytes a request.")
     data = request.get_data(cache=False)
+    host_id = host.id
     try:
-        committed = _settle(host, rpc_id, lambda call: rpc.append_data(call, offset, data))
+        repeat = rpc.check_data(rpc.call_for_agent(host, rpc_id), offset, data)
+    except rpc.RpcGap as gap:
+        db.session.rollback()
+        return error_response(416, gap.code, gap.message, committed=gap.committed)
+    db.session.commit()  # the call's lock is released while the bytes find their way
+    if repeat is not None:
+        return jsonify({"committed": repeat})
+    handed = _hand_to_local_download(rpc_id, offset, data)
+    if not handed and not _room_for(host_id, rpc_id, len(data)):
+        response = error_response(
+            429,
+            "rpc_busy",
+            "The browser has not read the bytes sent so far: send this chunk again later.",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+    try:
+        committed = _settle(
+            host, rpc_id, lambda call: rpc.append_data(call, offset, data, store=not handed)
+        )
     except rpc.RpcGap as gap:
         db.session.rollback()
         return error_response(416, gap.code, gap.message, committed=gap.committed)

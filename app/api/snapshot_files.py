@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from flask import Response, current_app, jsonify, request, stream_with_context
 
-from app import agent_calls
+from app import agent_calls, rpc_handoff
 from app.access import Role, require_role
 from app.api import bp
 from app.authn import client_address, current_actor
@@ -103,14 +103,22 @@ def _stream(call_id: str, size: int):
     finished = False
     bus = current_app.extensions["bus"]
     try:
-        with bus.listen(rpc.rpc_key(call_id)) as waiter:
+        with (
+            bus.listen(rpc.rpc_key(call_id)) as waiter,
+            rpc_handoff.readers().reading(call_id) as reader,
+        ):
             while True:
                 chunks = rpc.take_chunks(call_id, sent)
                 call = db.session.get(RpcCall, call_id, populate_existing=True)
                 state = None if call is None else call.status
                 expected_digest = None if call is None else call.sha256
-                commit_and_wake()  # the chunks handed out are gone
+                # The chunks handed out are gone: an upload waiting for room may go on.
+                commit_and_wake(*([rpc.read_key(call_id)] if chunks else []))
                 db.session.remove()
+                reader.advance(sum(len(chunk) for chunk in chunks))
+                direct = reader.take()  # an upload in this process hands its bytes over
+                if direct is not None:
+                    chunks.append(direct)
                 for chunk in chunks:
                     digest.update(chunk)
                     sent += len(chunk)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from app.extensions import db
 from app.models import Command, Host, RpcCall, RpcChunk, Snapshot
@@ -27,7 +27,9 @@ from app.services.errors import Conflict, NotFound, ServiceError, ValidationFail
 
 METHODS = ("ls", "dump", "repo_test")
 MAX_ENTRIES = 2000
-MAX_CHUNK_BYTES = 1024 * 1024
+MAX_CHUNK_BYTES = 8 * 1024 * 1024  # one POST /rpc/{id}/data (an older agent sends 1 MiB)
+MAX_UNREAD_BYTES = 32 * 1024 * 1024  # a download's bytes stored and not yet read (plus one chunk)
+READ_BYTES = 32 * 1024 * 1024  # what the browser's side reads in one query (plus one chunk)
 MAX_PATH = 4096
 NODE_TYPES = frozenset({"file", "dir", "symlink", "dev", "chardev", "fifo", "socket", "irregular"})
 ERROR_CODES = frozenset(
@@ -101,6 +103,18 @@ class AgentRefused(ServiceError):
 def rpc_key(rpc_id: str) -> str:
     """The bus key a waiting browser listens on."""
     return f"rpc:{rpc_id}"
+
+
+def read_key(rpc_id: str) -> str:
+    """The bus key an agent's upload waits on while the download has no room (the browser
+    woke it by reading)."""
+    return f"rpc-read:{rpc_id}"
+
+
+def chunk_cap(max_body_bytes: int) -> int:
+    """The largest chunk the server takes: :data:`MAX_CHUNK_BYTES`, or the app-wide body
+    limit when that is smaller."""
+    return max(1, min(MAX_CHUNK_BYTES, max_body_bytes))
 
 
 # --- what the browser asks ------------------------------------------------------------------
@@ -456,8 +470,38 @@ def answer(call: RpcCall, body: Any, *, now: datetime) -> None:
         call.result, call.size, call.status = header, header["size"], "answered"
 
 
-def append_data(call: RpcCall, offset: Any, data: bytes) -> int:
-    """Store the next bytes of a download; the answer is how many bytes are stored."""
+def unread_bytes(call_id: str, host_id: int) -> int:
+    """Bytes of the host's download stored and not yet handed to the browser (0: none, or
+    no such call)."""
+    oldest = select(func.min(RpcChunk.byte_offset)).where(RpcChunk.rpc_id == call_id)
+    row = db.session.execute(
+        select(RpcCall.bytes_committed, oldest.scalar_subquery()).where(
+            RpcCall.id == call_id, RpcCall.host_id == host_id
+        )
+    ).first()
+    if row is None or row[1] is None:
+        return 0
+    return max(0, row[0] - row[1])
+
+
+def append_data(call: RpcCall, offset: Any, data: bytes, *, store: bool = True) -> int:
+    """Store the next bytes of a download; the answer is how many bytes are stored.
+
+    ``store=False``: the download took them directly (app/rpc_handoff.py); only the count
+    moves on."""
+    repeat = check_data(call, offset, data)
+    if repeat is not None:
+        return repeat
+    if data:
+        if store:
+            db.session.add(RpcChunk(rpc_id=call.id, byte_offset=offset, data=data))
+        call.bytes_committed = call.bytes_committed + len(data)
+    return call.bytes_committed
+
+
+def check_data(call: RpcCall, offset: Any, data: bytes) -> Optional[int]:
+    """Raise unless ``data`` at ``offset`` are the download's next bytes; the stored count
+    when they repeat bytes stored already, else None."""
     if call.method != "dump":
         raise Conflict("Only a download takes bytes.", code="rpc_not_dump")
     if call.status == "closed":
@@ -479,10 +523,7 @@ def append_data(call: RpcCall, offset: Any, data: bytes) -> int:
         raise _TooLarge(
             f"More bytes than the {call.size} the header announced: the download is refused."
         )
-    if data:
-        db.session.add(RpcChunk(rpc_id=call.id, byte_offset=offset, data=data))
-        call.bytes_committed = committed + len(data)
-    return call.bytes_committed
+    return None
 
 
 def end(call: RpcCall, body: Any, *, now: datetime) -> None:
@@ -609,22 +650,24 @@ def _dump_header(result: Any, max_bytes: int) -> dict:
 # --- download: the browser's side of the bytes ----------------------------------------------
 
 
-def take_chunks(call_id: str, from_offset: int, limit: int = 8) -> list[bytes]:
-    """The stored chunks from ``from_offset`` on, removed as they are handed out."""
-    rows = list(
-        db.session.scalars(
-            select(RpcChunk)
-            .where(RpcChunk.rpc_id == call_id, RpcChunk.byte_offset >= from_offset)
-            .order_by(RpcChunk.byte_offset)
-            .limit(limit)
+def take_chunks(call_id: str, from_offset: int, max_bytes: int = READ_BYTES) -> list[bytes]:
+    """The stored chunks from ``from_offset`` on, removed as they are handed out: those
+    starting within ``max_bytes`` (so at most ``max_bytes`` + one chunk), in one query."""
+    rows = db.session.execute(
+        select(RpcChunk.byte_offset, RpcChunk.data)
+        .where(
+            RpcChunk.rpc_id == call_id,
+            RpcChunk.byte_offset >= from_offset,
+            RpcChunk.byte_offset < from_offset + max(1, max_bytes),
         )
+        .order_by(RpcChunk.byte_offset)
     )
     expected, data = from_offset, []
-    for row in rows:
-        if row.byte_offset != expected:
+    for byte_offset, chunk in rows:
+        if byte_offset != expected:
             break
-        data.append(row.data)
-        expected += len(row.data)
+        data.append(chunk)
+        expected += len(chunk)
     if data:
         db.session.execute(
             delete(RpcChunk).where(
