@@ -1,9 +1,9 @@
 """gunicorn hooks for `restic-manager serve` (loaded by file path with `gunicorn -c`).
 
 gunicorn reads this file in the master process before it forks the workers. It must import
-nothing but the standard library: the workers monkey-patch gevent first (wsgi.py), and psycopg
-decides at import time whether it cooperates with gevent, so the master must not have
-imported the application.
+nothing but the standard library and gunicorn itself: the workers monkey-patch gevent first
+(wsgi.py), and psycopg decides at import time whether it cooperates with gevent, so the
+master must not have imported the application.
 
 Two promises of `serve`:
 - "listening" is printed once a worker has loaded the application, not before;
@@ -21,9 +21,38 @@ import os
 import struct
 import sys
 
+from gunicorn.glogging import Logger
+
 _PAGE_SIZE = 4096
 _LENGTH = struct.Struct("<I")
 _boot_error = mmap.mmap(-1, _PAGE_SIZE)  # anonymous and shared: inherited by every worker
+
+
+class AccessLogger(Logger):
+    """gunicorn's logger without a line per idle long poll.
+
+    Every agent polls every 25 s: 5,000 agents would write 200 access lines a second that
+    say only "still there" (the host's last-seen time says that). A poll answered 204 (the
+    hold ran out with nothing to deliver) is not logged unless RM_ACCESS_LOG_IDLE_POLLS=1;
+    polls that deliver commands, fail, or are refused are logged as before.
+    """
+
+    def access(self, resp, req, environ, request_time):
+        if not _LOG_IDLE_POLLS and _idle_poll(resp, environ):
+            return
+        super().access(resp, req, environ, request_time)
+
+
+_LOG_IDLE_POLLS = os.environ.get("RM_ACCESS_LOG_IDLE_POLLS", "") in {"1", "true", "yes"}
+_POLL_PATH = "/api/agent/v1/poll"
+
+
+def _idle_poll(resp, environ) -> bool:
+    status = str(getattr(resp, "status", ""))
+    return status.startswith("204") and environ.get("PATH_INFO", "").endswith(_POLL_PATH)
+
+
+logger_class = AccessLogger
 
 
 def _say(line: str) -> None:
