@@ -112,6 +112,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def schedstat(pid: int) -> tuple[float, float]:
+    """(s on a CPU, s runnable but waiting for one) since start: /proc/<pid>/schedstat."""
+    try:
+        ran, waited, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
 def open_fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -223,6 +232,11 @@ class Server:
 
     def worker_cpu_each(self) -> dict[int, float]:
         return {pid: cpu_seconds(pid) for pid in self.workers}
+
+    def worker_sched(self) -> tuple[float, float]:
+        """Summed over the workers: (s on a CPU, s runnable but waiting for a CPU)."""
+        each = [schedstat(pid) for pid in self.workers]
+        return sum(ran for ran, _ in each), sum(waited for _, waited in each)
 
     def worker_fds(self) -> int:
         return sum(open_fds(pid) for pid in self.workers)
@@ -436,7 +450,7 @@ def wait_parked(loadgen: LoadGenerators, server: Server, agents: int, timeout: f
     deadline = started + timeout
     last_report = 0.0
     # (s since start, hellos answered, worker CPU s, load generators' CPU s): the rates
-    samples: list[tuple[float, int, float, float]] = []
+    samples: list[tuple[float, int, float, float, float]] = []
     overflows_start = listen_overflows().get("ListenOverflows", 0)
     while True:
         status = loadgen.snapshot()
@@ -466,18 +480,20 @@ def wait_parked(loadgen: LoadGenerators, server: Server, agents: int, timeout: f
                     status.get("hello_ok", 0),
                     server.worker_cpu(),
                     loadgen.cpu(),
+                    server.worker_sched()[1],
                 )
             )
-            now, hellos, worker, generators = samples[-1]
+            now, hellos, worker, generators, waited = samples[-1]
             span = now - samples[-2][0] if len(samples) > 1 else 1.0
-            previous = samples[-2] if len(samples) > 1 else (0.0, 0, worker, generators)
+            previous = samples[-2] if len(samples) > 1 else (0.0, 0, worker, generators, waited)
             log(
                 f"  parking: hello {hellos}/{agents} ({(hellos - previous[1]) / span:.0f}/s), "
                 f"in flight {status.get('in_flight', 0)}, errors {status.get('errors', 0)}, "
                 f"slowest connect {status.get('connect_ms_max', 0):.0f} ms, connects > 0.5 s "
                 f"{status.get('connect_slow', 0)}, listen overflows "
                 f"{listen_overflows().get('ListenOverflows', 0) - overflows_start}; CPU: workers "
-                f"{(worker - previous[2]) / span:.0%}, load generators "
+                f"{(worker - previous[2]) / span:.0%} (+ {(waited - previous[4]) / span:.0%} "
+                f"runnable waiting for a CPU), load generators "
                 f"{(generators - previous[3]) / span:.0%}; loadavg {loadavg():.1f}"
                 + (f"; errors {status.get('error_kinds')}" if status.get("errors") else "")
             )
@@ -566,9 +582,11 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         # in the window / polls that ended in it (204s and reconcile-only 200s).
         idle_before = loadgen.snapshot()
         per_worker_before = server.worker_cpu_each()
+        sched_before = server.worker_sched()
         lg_cpu_before, idle_started = loadgen.cpu(), time.monotonic()
         time.sleep(args.settle)
         idle_seconds = time.monotonic() - idle_started
+        idle_waiting = (server.worker_sched()[1] - sched_before[1]) / idle_seconds
         per_worker_idle = {
             pid: (cpu - per_worker_before.get(pid, cpu)) / idle_seconds
             for pid, cpu in server.worker_cpu_each().items()
@@ -601,6 +619,7 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         load_before = loadavg()
         lg_cpu_before = loadgen.cpu()
         per_worker_before = server.worker_cpu_each()
+        sched_before = server.worker_sched()
         window_started = time.monotonic()
         for index, host_id in enumerate(targets):
             target = window_started + index * args.interval
@@ -630,6 +649,7 @@ def run_once(agents: int, args, workdir: Path) -> dict:
             for pid, cpu in server.worker_cpu_each().items()
         }
         busy_cpu = sum(per_worker_busy.values())
+        busy_waiting = (server.worker_sched()[1] - sched_before[1]) / window
         loadgen_cpu = (loadgen.cpu() - lg_cpu_before) / window
         load_after = loadavg()
         after = loadgen.snapshot()
@@ -747,6 +767,10 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         "idle_worker_cpu": idle_cpu,
         "idle_worker_cpu_each": sorted(per_worker_idle.values()),
         "cpu_ms_per_idle_poll": cpu_ms_per_poll,
+        # runnable but waiting for a CPU (summed over workers, share of wall time): how much
+        # the rest of the machine held the server back
+        "idle_worker_runqueue_wait": idle_waiting,
+        "dispatch_worker_runqueue_wait": busy_waiting,
         "idle_loadgen_cpu": idle_loadgen_cpu,
         "dispatch_worker_cpu": busy_cpu,
         "dispatch_worker_cpu_each": sorted(per_worker_busy.values()),
@@ -804,7 +828,10 @@ def load_line(result: dict) -> str:
         f"load generators ({result['loadgen_procs']} proc) CPU {result['idle_loadgen_cpu']:.0%} "
         f"idle, {result['dispatch_loadgen_cpu']:.0%} during dispatch; server workers CPU "
         f"{result['idle_worker_cpu']:.0%} idle, {result['dispatch_worker_cpu']:.0%} during "
-        f"dispatch ({each}); listen overflows/drops {overflow.get('ListenOverflows', 0)}/"
+        f"dispatch ({each}); workers runnable but waiting for a CPU "
+        f"{result['idle_worker_runqueue_wait']:.0%} idle, "
+        f"{result['dispatch_worker_runqueue_wait']:.0%} during dispatch; "
+        f"listen overflows/drops {overflow.get('ListenOverflows', 0)}/"
         f"{overflow.get('ListenDrops', 0)}; parked per worker (fds) {result['worker_fds']}"
     )
 
