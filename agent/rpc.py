@@ -428,8 +428,12 @@ class DumpStream:
         self.digest.update(chunk)
         self.buffer += chunk
         while len(self.buffer) >= self.chunk_bytes and not self.stop.is_set():
-            data = bytes(self.buffer[: self.chunk_bytes])
-            del self.buffer[: self.chunk_bytes]
+            if len(self.buffer) == self.chunk_bytes:
+                data = bytes(self.buffer)
+                self.buffer.clear()
+            else:
+                data = bytes(self.buffer[: self.chunk_bytes])
+                del self.buffer[: self.chunk_bytes]
             self._hand_over(data)
 
     def finish(self, outcome: execute.Outcome) -> Optional[Answer]:

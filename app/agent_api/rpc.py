@@ -9,6 +9,7 @@ database connection, while the server holds as many unread bytes of it as it all
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from flask import current_app, jsonify, request
 
@@ -72,6 +73,24 @@ def _room_for(host_id: int, rpc_id: str, length: int) -> bool:
             waiter.wait(min(remaining, ROOM_RECHECK_SECONDS))
 
 
+def _body() -> Optional[bytes]:
+    """The request's bytes, read from the server's input in as few steps as it allows
+    (``get_data`` reads 64 KiB at a time and copies twice: a quarter of an 8 MiB chunk's
+    time went there). None when the agent sent fewer bytes than it announced."""
+    length = request.content_length
+    if length is None:  # chunked: the app-wide limit still applies
+        return request.get_data(cache=False)
+    stream = request.environ["wsgi.input"]  # Content-Length is checked against the cap
+    parts, remaining = [], length
+    while remaining > 0:
+        piece = stream.read(remaining)
+        if not piece:
+            return None
+        parts.append(piece)
+        remaining -= len(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def _hand_to_local_download(rpc_id: str, offset: int, data: bytes) -> bool:
     """True once the download streaming in this process took ``data`` directly."""
     reader = rpc_handoff.readers().get(rpc_id)
@@ -93,7 +112,9 @@ def rpc_data(rpc_id: str):
     cap = _chunk_cap()
     if request.content_length is not None and request.content_length > cap:
         return error_response(413, "too_large", f"At most {cap} bytes a request.")
-    data = request.get_data(cache=False)
+    data = _body()
+    if data is None:
+        return error_response(400, "incomplete_body", "Fewer bytes arrived than announced.")
     host_id = host.id
     try:
         repeat = rpc.check_data(rpc.call_for_agent(host, rpc_id), offset, data)
