@@ -929,13 +929,17 @@ def main() -> int:
         parser.error("--loadgen-procs must be at least 1")
 
     soft, hard = raise_nofile()
-    # The server's workers share the agents' sockets; each load generator holds N/K of them.
-    needed = max(args.agents) + FD_MARGIN
+    # Each load generator process holds N/K sockets; each server worker about N/W (the kernel
+    # spreads the connections over the workers' accept loops, not exactly evenly: 25 % slack).
+    biggest = max(args.agents)
+    per_process = max(biggest / args.loadgen_procs, 1.25 * biggest / args.workers)
+    needed = math.ceil(min(per_process, biggest)) + FD_MARGIN
     if hard < needed:
         log(
-            f"RLIMIT_NOFILE hard limit is {hard}; N={max(args.agents)} needs about {needed} "
-            "descriptors in the server and in the load generator each. Raise the hard limit "
-            "(e.g. `ulimit -Hn` as root, or LimitNOFILE= in the unit) and rerun."
+            f"RLIMIT_NOFILE hard limit is {hard}; N={biggest} needs about {needed} "
+            "descriptors in a server worker or a load generator process. Raise the hard limit "
+            "(e.g. `ulimit -Hn` as root, or LimitNOFILE= in the unit), or use more "
+            "--loadgen-procs / --workers, and rerun."
         )
         return 2
     log(f"RLIMIT_NOFILE {soft}/{hard}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
