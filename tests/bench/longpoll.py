@@ -1,28 +1,53 @@
 """Long-poll dispatch benchmark: N parked agents against one real `restic-manager serve`.
 
-    python tests/bench/longpoll.py --agents 100 1000 3000
+    python tests/bench/longpoll.py --agents 5000                        # SQLite, one worker
+    python tests/bench/longpoll.py --pg --workers 4 --agents 20000      # PostgreSQL, 4 workers
 
 Not a test (pytest does not collect it; no timing assertions). For each N:
 
-1. ``seed.py`` makes a fresh data dir: N enrolled hosts with agent tokens, an admin and a
-   personal access token (straight through the models, no HTTP).
-2. The real server starts as a subprocess: ``python -m app.cli serve`` (gunicorn, one gevent
-   worker, SQLite), ``RM_OFFLINE_AFTER_SECONDS`` large, ``ulimit -n`` raised to the hard limit.
-3. ``loadgen.py`` runs the N agents in ONE gevent process: hello, then poll/ack in a loop
-   with the server's 25 s hold. Agent starts are spread over ``--ramp`` (default 25 s = one
-   poll cycle) so the fleet's polls are out of phase, as in a fleet that has run a while.
-4. Once every agent has a poll in flight (counted by the load generator) and the server
-   answers /readyz promptly, the server's RSS and idle CPU are read from /proc.
-5. M jobs (``POST /api/v1/hosts/{id}/jobs {"kind": "probe"}`` with the PAT) go to random
-   hosts, one every ``--interval`` s. Dispatch latency = time.monotonic() just before the
-   API request is sent → time.monotonic() when the agent's poll response carrying that job's
-   command has been read (CLOCK_MONOTONIC is system-wide on Linux, so the two processes'
-   clocks compare).
+1. ``seed.py`` makes a fresh data dir: N enrolled hosts (repository "ready") with agent
+   tokens, an admin and a personal access token (straight through the models, no HTTP).
+   ``--pg``: into a fresh PostgreSQL database ``rm_bench_<N>`` at 127.0.0.1:5432 (dropped
+   at the end unless ``--keep``).
+2. The real server starts as a subprocess on ``--port`` (18610): ``python -m app.cli serve
+   --workers W`` (gunicorn, gevent workers), ``RM_OFFLINE_AFTER_SECONDS`` large, ``ulimit -n``
+   raised to the hard limit. ``--backlog B`` (experiment) passes gunicorn ``--backlog``.
+3. ``loadgen.py`` runs the N agents split over ``--loadgen-procs`` K gevent processes
+   (default: one per core), each with ``ulimit -n`` raised: hello, then poll/ack in a loop
+   with the server's 25 s hold. Connection starts are spread over ``--ramp`` (default
+   max(25 s, N/200 s)), interleaved across the K processes, so the fleet's polls are out of
+   phase as in a fleet that has run a while. While parking, the log shows the hello rate,
+   slow connects (SYN retries at a full listen backlog), the kernel's ListenOverflows, the
+   CPU of the workers and of the load generators, and how long the workers were runnable
+   but waiting for a CPU (/proc/<pid>/schedstat: the shared machine holding them back).
+4. Once every agent has a poll in flight (summed status lines of the K processes) and the
+   server answers /readyz promptly, an idle window of ``--settle`` s: worker RSS (summed and
+   largest), worker CPU (summed and per worker), descriptors per worker (about the polls
+   parked in each), and **CPU ms per idle poll** = worker CPU seconds in the window / polls
+   that ended in it without a command (the load generators' polls_204 + reconcile-only 200s).
+5. M probe jobs (``POST /api/v1/hosts/{id}/jobs {"kind": "probe"}`` with the PAT), one
+   every ``--interval`` s, to M distinct hosts (a second probe for a host whose first is
+   still "running" would answer with that first job). Dispatch latency = time.monotonic()
+   just before the API request is sent → time.monotonic() when the agent's poll response
+   carrying that job's command has been read (CLOCK_MONOTONIC is system-wide on Linux, so
+   the processes' clocks compare), matched by job id.
+
+Sanity: a round is INVALID (the table says why; exit status 1) when not every planned POST
+answered 201/202 with a new job, a command was received before its POST was sent, a job
+was never received or received twice (or a command id repeated, or delivery_count > 1, or
+delivered to another host than the job's), a command arrived for a job this run did not
+start, not every agent was parked before the idle window and at dispatch start, any agent
+request failed, or no poll ended in the idle window. The load it ran under is printed with
+the results: 1-minute loadavg at start, before and after dispatch; CPU of the load
+generators and of each server worker, idle and during dispatch; run-queue wait; listen
+overflows. "> 1 s" counts commands that took over a second: with several workers, an agent
+parked in one worker waiting on a command queued in another would show there (the bus must
+wake it across processes).
 
 Prints one markdown table row per N (stdout); progress goes to stderr. ``--json FILE``
 also writes the raw numbers, every (send time, latency, API round trip) sample included.
 Defaults: M = 500 jobs 50 ms apart (25 s, one whole poll cycle; p99 is then the 5th worst
-sample rather than the 2nd), about a minute per N.
+sample rather than the 2nd).
 
 ``--gc-log`` puts ``gclog/sitecustomize.py`` on the server's PYTHONPATH, which logs the
 worker's garbage-collector pauses into its log; the table then counts the full collections
