@@ -6,6 +6,7 @@ second pass finds nothing. SQLite by default, PostgreSQL with RM_TEST_DATABASE_U
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 
 import pytest
@@ -268,6 +269,79 @@ def test_alerts_resolved_long_ago_go_with_their_deliveries_open_ones_stay(app):
     assert again.alerts == 0 and again.purge_batches == 0
 
 
+def test_an_alert_open_for_long_keeps_its_newest_and_recent_reminders(app):
+    host = factories.make_host()
+    channel, other = _channel(), NotificationChannel(name="pager", kind="ntfy", config={})
+    db.session.add(other)
+    db.session.commit()
+    alert = _alert(host, channel, state="firing", days_ago=800, deliveries=1)  # "firing"
+    now = utcnow()
+    for days in range(700, 300, -20):  # 20 reminders a channel, 3 of them recent
+        for to in (channel, other):
+            db.session.add(
+                Notification(
+                    idempotency_key=f"r-{to.id}-{days}",
+                    alert_id=alert.id,
+                    channel_id=to.id,
+                    event="reminder",
+                    state="sent" if days % 40 else "failed",
+                    created_at=now - timedelta(days=days),
+                )
+            )
+    db.session.add(
+        Notification(
+            idempotency_key="pending",
+            alert_id=alert.id,
+            channel_id=channel.id,
+            event="reminder",
+            state="pending",  # not delivered yet: kept whatever its age
+            created_at=now - timedelta(days=500),
+        )
+    )
+    db.session.commit()
+    report = housekeeping.purge_old_reminders(
+        now, retention_days=365, batch_rows=10, pause=0, commit=db.session.commit
+    )
+    assert (report.reminders, report.purge_batches) == (34, 4)
+    left = db.session.execute(
+        select(Notification.event, Notification.channel_id, Notification.created_at).where(
+            Notification.state != "pending"
+        )
+    ).all()
+    assert sorted(event for event, _, _ in left) == ["firing"] + ["reminder"] * 6
+    for to in (channel, other):  # the newest reminder of each channel is the recent one
+        newest = max(at for event, channel_id, at in left if channel_id == to.id)
+        assert newest > now - timedelta(days=365)
+    assert db.session.scalar(select(Notification.id).where(Notification.state == "pending"))
+    again = housekeeping.purge_old_reminders(
+        now, retention_days=365, pause=0, commit=db.session.commit
+    )
+    assert again.reminders == 0
+
+
+def test_the_newest_reminder_stays_even_when_old(app):
+    host = factories.make_host()
+    channel = _channel()
+    alert = _alert(host, channel, state="firing", days_ago=900, deliveries=0)
+    for index, days in enumerate((800, 600)):
+        db.session.add(
+            Notification(
+                idempotency_key=f"r{index}",
+                alert_id=alert.id,
+                channel_id=channel.id,
+                event="reminder",
+                state="sent",
+                created_at=utcnow() - timedelta(days=days),
+            )
+        )
+    db.session.commit()
+    report = housekeeping.purge_old_reminders(
+        utcnow(), retention_days=365, pause=0, commit=db.session.commit
+    )
+    assert report.reminders == 1  # the 600-day-old one stays: reminders count from it
+    assert db.session.scalars(select(Notification.idempotency_key)).all() == ["r1"]
+
+
 def test_zero_keeps_resolved_alerts_forever(app_factory):
     app = app_factory(RM_ALERT_RETENTION_DAYS=0)
     with app.app_context():
@@ -377,3 +451,35 @@ def test_the_alert_retention_setting_is_validated():
         load_config({"RM_ALERT_RETENTION_DAYS": "-1"})
     with pytest.raises(ConfigError, match="RM_ALERT_RETENTION_DAYS must be a whole number"):
         load_config({"RM_ALERT_RETENTION_DAYS": "a year"})
+
+
+def test_a_purge_with_nothing_to_do_leaves_no_write_lock(app):
+    """SQLite: a DELETE or UPDATE that matches nothing still begins a write transaction;
+    each purge ends it at once, so agents' writes never wait on an idle pass."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's single writer lock")
+    host = factories.make_host()
+    _stats(host, 3)
+    path = app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
+    now = utcnow()
+    for purge in (
+        lambda: housekeeping.purge_job_logs(
+            now, retention_days=90, pause=0, commit=db.session.commit
+        ),
+        lambda: housekeeping.purge_commands(now, pause=0, commit=db.session.commit),
+        lambda: housekeeping.purge_agent_events(now, pause=0, commit=db.session.commit),
+        lambda: housekeeping.purge_resolved_alerts(
+            now, retention_days=365, pause=0, commit=db.session.commit
+        ),
+        lambda: housekeeping.purge_old_reminders(
+            now, retention_days=365, pause=0, commit=db.session.commit
+        ),
+        lambda: housekeeping.purge_repo_stats({}, keep=5, pause=0, commit=db.session.commit),
+    ):
+        purge()
+        other = sqlite3.connect(path, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # fails at once if the session kept the lock
+            other.rollback()
+        finally:
+            other.close()

@@ -13,6 +13,8 @@
   minutes, so a month is far more than the dedupe needs.
 - Alerts resolved more than ``RM_ALERT_RETENTION_DAYS`` ago go with their notification
   rows (the delivery log); open alerts and the audit log are kept.
+- Of an alert that stays open for long, reminders sent more than ``RM_ALERT_RETENTION_DAYS``
+  ago go (once a day), all but the newest per channel (the next reminder counts from it).
 - A host's repository size history keeps its newest ``REPO_STATS_PER_HOST`` rows (every
   backup adds one; the host page and the API read the newest 90).
 - Expired sign-in sessions, invitation/reset links and old login failures are deleted
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Optional
 
-from sqlalchemy import and_, delete, or_, select, tuple_, update
+from sqlalchemy import and_, delete, exists, or_, select, tuple_, update
+from sqlalchemy.orm import aliased
 
 from app.extensions import db
 from app.models import (
@@ -66,7 +69,10 @@ ALERTS_PER_BATCH = 500  # resolved alerts deleted together (with their notificat
 # Repository size history: a row per backup, prune and forget; pages and the API read the
 # newest 90 of a host. Older rows beyond this many per host go.
 REPO_STATS_PER_HOST = 1_000
-HOSTS_PER_PASS = 200  # hosts whose size history one pass looks at (a cursor goes round)
+HOSTS_PER_PASS = 100  # hosts whose size history one pass looks at (a cursor goes round)
+# Commands and agent event ids carry three indexes each: 1,000 rows take about as long to
+# delete as 5,000 log lines (~50 ms on SQLite), so the write lock is held as briefly.
+PURGE_BATCH_ROWS = 1_000
 
 
 @dataclass
@@ -79,6 +85,7 @@ class Report:
     agent_events: int = 0
     alerts: int = 0
     notifications: int = 0
+    reminders: int = 0
     repo_stats: int = 0
     purge_batches: int = 0  # transactions of the purges other than the job logs
     sessions: int = 0
@@ -133,6 +140,7 @@ def purge_job_logs(
             if kind == "diff":
                 diff_ids.append(job_id)
         if not job_ids and not marked:
+            commit()  # ends the write transaction the update began (SQLite's lock)
             break
         deleted = changes = 0
         if job_ids:
@@ -188,12 +196,12 @@ def _delete_in_batches(
             delete(model).where(key.in_(batch)),
             execution_options={"synchronize_session": False},
         ).rowcount
+        commit()  # even after deleting nothing: the statement began a write transaction
         if not deleted:
             break
         total += deleted
         batches += 1
         report.purge_batches += 1
-        commit()
         if deleted < batch_rows:
             break
         if pause:
@@ -204,7 +212,7 @@ def _delete_in_batches(
 def purge_commands(
     now: datetime,
     *,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int = PURGE_BATCH_ROWS,
     max_rows: int = MAX_ROWS_PER_PASS,
     max_batches: int = MAX_BATCHES_PER_PASS,
     pause: float = BATCH_PAUSE_SECONDS,
@@ -233,7 +241,7 @@ def purge_commands(
 def purge_agent_events(
     now: datetime,
     *,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int = PURGE_BATCH_ROWS,
     max_rows: int = MAX_ROWS_PER_PASS,
     max_batches: int = MAX_BATCHES_PER_PASS,
     pause: float = BATCH_PAUSE_SECONDS,
@@ -298,6 +306,50 @@ def purge_resolved_alerts(
     return report
 
 
+def purge_old_reminders(
+    now: datetime,
+    *,
+    retention_days: int,
+    batch_rows: int = PURGE_BATCH_ROWS,
+    max_rows: int = MAX_ROWS_PER_PASS,
+    max_batches: int = MAX_BATCHES_PER_PASS,
+    pause: float = BATCH_PAUSE_SECONDS,
+    commit: Callable[[], None],
+    report: Optional[Report] = None,
+) -> Report:
+    """Remove reminder notifications (sent or failed) created before ``now -
+    retention_days`` (0: keep them) that a newer reminder of the same alert to the same
+    channel follows: an alert open for a year keeps its first notification, its newest
+    reminder per channel and the recent ones. Resolved alerts go whole
+    (:func:`purge_resolved_alerts`)."""
+    report = report or Report()
+    if retention_days <= 0:
+        return report
+    newer = aliased(Notification)
+    report.reminders += _delete_in_batches(
+        Notification,
+        Notification.id,
+        (
+            Notification.event == "reminder",
+            Notification.state.in_(("sent", "failed")),
+            Notification.created_at < now - timedelta(days=retention_days),
+            exists().where(
+                newer.alert_id == Notification.alert_id,
+                newer.channel_id == Notification.channel_id,
+                newer.event == "reminder",
+                newer.id > Notification.id,
+            ),
+        ),
+        batch_rows=batch_rows,
+        max_rows=max_rows,
+        max_batches=max_batches,
+        pause=pause,
+        commit=commit,
+        report=report,
+    )
+    return report
+
+
 def purge_repo_stats(
     state: dict,
     *,
@@ -322,18 +374,19 @@ def purge_repo_stats(
     for host_id in host_ids:
         if report.repo_stats >= max_rows:
             return report  # this host again next time
-        # The oldest row kept (the host's index on (host_id, taken_at) walks to it).
+        # The newest row beyond the kept ones, if any (the index on (host_id, taken_at)
+        # walks to it; a host within the bound costs this one query).
         edge = db.session.execute(
             select(RepoStats.taken_at, RepoStats.id)
             .where(RepoStats.host_id == host_id)
             .order_by(RepoStats.taken_at.desc(), RepoStats.id.desc())
-            .offset(keep - 1)
+            .offset(keep)
             .limit(1)
         ).first()
         if edge is not None:
             older = or_(
                 RepoStats.taken_at < edge.taken_at,
-                and_(RepoStats.taken_at == edge.taken_at, RepoStats.id < edge.id),
+                and_(RepoStats.taken_at == edge.taken_at, RepoStats.id <= edge.id),
             )
             while report.repo_stats < max_rows:
                 batch = (
@@ -347,9 +400,9 @@ def purge_repo_stats(
                     execution_options={"synchronize_session": False},
                 ).rowcount
                 report.repo_stats += deleted
+                commit()  # even after deleting nothing: the write transaction ends
                 if deleted:
                     report.purge_batches += 1
-                    commit()
                 if deleted < batch_rows:
                     break
                 if pause:
@@ -448,6 +501,14 @@ def run(
     last = state.get("daily_at")
     if last is None or now - last >= DAILY:
         state["daily_at"] = now
+        # No index serves this one (a scan of the notifications): once a day is enough.
+        purge_old_reminders(
+            now,
+            retention_days=config["RM_ALERT_RETENTION_DAYS"],
+            pause=pause,
+            report=report,
+            commit=commit,
+        )
         report.sqlite = sqlite_maintenance(pause=pause)
     if report.log_rows or report.log_jobs or report.diff_rows:
         log.info(
@@ -458,14 +519,17 @@ def run(
             report.log_jobs,
             config["RM_JOB_LOG_RETENTION_DAYS"],
         )
-    if report.commands or report.agent_events or report.alerts or report.repo_stats:
+    if any(
+        (report.commands, report.agent_events, report.alerts, report.reminders, report.repo_stats)
+    ):
         log.info(
             "housekeeping: removed %d finished commands, %d agent event ids, %d resolved"
-            " alerts with %d notifications, %d old size-history rows",
+            " alerts with %d notifications, %d old reminders, %d old size-history rows",
             report.commands,
             report.agent_events,
             report.alerts,
             report.notifications,
+            report.reminders,
             report.repo_stats,
         )
     return report
