@@ -406,6 +406,63 @@ def test_a_closed_download_tells_the_agent_to_stop(app, host):
     assert answer.get_json()["error"] == "rpc_closed"
 
 
+def test_the_header_reply_names_the_chunk_size_an_agent_may_send(app, host, app_factory):
+    call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=20 << 20)
+    header = {"ok": True, "result": {"name": "f", "size": 9 << 20}}
+    reply = agent_post(app, host, call.id, json=header)
+    assert reply.get_json() == {"ok": True, "max_chunk_bytes": rpc.MAX_CHUNK_BYTES}
+    octets = {"content_type": "application/octet-stream"}
+    big = agent_post(app, host, f"{call.id}/data?offset=0", data=b"x" * (8 << 20), **octets)
+    assert big.get_json() == {"committed": 8 << 20}
+    over = agent_post(app, host, f"{call.id}/data?offset={8 << 20}", data=b"y" * ((8 << 20) + 1))
+    assert over.status_code == 413
+    # A listing's reply stays {"ok": true}; a smaller body limit lowers the chunk size.
+    listing = new_call(app, host)
+    assert agent_post(
+        app, host, listing.id, json={"ok": True, "result": {"items": []}}
+    ).get_json() == {"ok": True}
+    assert rpc.chunk_cap(2 << 20) == 2 << 20 and rpc.chunk_cap(64 << 20) == rpc.MAX_CHUNK_BYTES
+
+
+def test_a_download_nobody_reads_holds_the_agent_back(app, host, monkeypatch):
+    """Back-pressure: beyond MAX_UNREAD_BYTES unread, an upload waits for the browser to
+    read, then answers 429 rpc_busy and stores nothing; once read, the chunk is taken."""
+    from app.agent_api import rpc as agent_rpc
+
+    monkeypatch.setattr(rpc, "MAX_UNREAD_BYTES", 5)
+    monkeypatch.setattr(agent_rpc, "ROOM_WAIT_SECONDS", 0.3)
+    call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=20)
+    agent_post(app, host, call.id, json={"ok": True, "result": {"name": "f", "size": 12}})
+    octets = {"content_type": "application/octet-stream"}
+    first = agent_post(app, host, f"{call.id}/data?offset=0", data=b"abcd", **octets)
+    assert first.get_json() == {"committed": 4}  # the first chunk always has room
+    started = time.monotonic()
+    busy = agent_post(app, host, f"{call.id}/data?offset=4", data=b"efgh", **octets)
+    assert time.monotonic() - started >= 0.3
+    assert busy.status_code == 429 and busy.get_json()["error"] == "rpc_busy"
+    assert busy.headers["Retry-After"] == "1"
+    assert rpc.unread_bytes(call.id, host.id) == 4
+    assert rpc.unread_bytes(call.id, host.id + 1) == 0  # another host's call: none
+    assert rpc.take_chunks(call.id, 0) == [b"abcd"]
+    db.session.commit()
+    again = agent_post(app, host, f"{call.id}/data?offset=4", data=b"efgh", **octets)
+    assert again.get_json() == {"committed": 8}
+    assert rpc.take_chunks(call.id, 4) == [b"efgh"]
+
+
+def test_take_chunks_reads_a_bounded_contiguous_run(app, host):
+    call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=20)
+    agent_post(app, host, call.id, json={"ok": True, "result": {"name": "f", "size": 12}})
+    octets = {"content_type": "application/octet-stream"}
+    for offset, data in ((0, b"abc"), (3, b"def"), (6, b"ghi")):
+        agent_post(app, host, f"{call.id}/data?offset={offset}", data=data, **octets)
+    assert rpc.take_chunks(call.id, 0, max_bytes=4) == [b"abc", b"def"]  # starting below 4
+    assert rpc.take_chunks(call.id, 6) == [b"ghi"]
+    assert rpc.take_chunks(call.id, 9) == []
+    db.session.commit()
+    assert db.session.scalar(select(func.count()).select_from(RpcChunk)) == 0
+
+
 def test_old_calls_and_their_bytes_are_swept(app, host):
     call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=10)
     db.session.add(RpcChunk(rpc_id=call.id, byte_offset=0, data=b"x"))
@@ -454,8 +511,11 @@ class FakeAgent(threading.Thread):
 
 
 @pytest.fixture
-def live(app_factory):
-    app = app_factory(RM_RPC_WAIT_SECONDS=2, RM_POLL_WAIT_SECONDS=1)
+def live(app_factory, request):
+    # 2 s unless a test asks for more (indirect parametrize): a download's header once
+    # missed 2 s on a loaded machine, and its tests are not about the timeout.
+    wait = getattr(request, "param", 2)
+    app = app_factory(RM_RPC_WAIT_SECONDS=wait, RM_POLL_WAIT_SECONDS=1)
     server = LiveServer(app)
     server.start()
     with app.app_context():
@@ -608,6 +668,7 @@ def test_tree_of_an_offline_host_answers_at_once(live):
         assert db.session.scalar(select(func.count()).select_from(RpcCall)) == 0
 
 
+@pytest.mark.parametrize("live", [20], indirect=True)
 def test_download_streams_the_agents_bytes_intact(live, run_agent):
     server, app, host_id, _ = live
     content = bytes(range(256)) * 9000  # 2.3 MB: several chunks

@@ -64,7 +64,7 @@ def _room_for(host_id: int, rpc_id: str, length: int) -> bool:
     with current_app.extensions["bus"].listen(rpc.read_key(rpc_id)) as waiter:
         while True:
             unread = rpc.unread_bytes(rpc_id, host_id)
-            db.session.commit()  # ends the read: no connection is held while waiting
+            commit_and_wake()  # ends the read: no connection is held while waiting
             if unread == 0 or unread + length <= rpc.MAX_UNREAD_BYTES:
                 return True
             remaining = deadline - time.monotonic()
@@ -121,7 +121,7 @@ def rpc_data(rpc_id: str):
     except rpc.RpcGap as gap:
         db.session.rollback()
         return error_response(416, gap.code, gap.message, committed=gap.committed)
-    db.session.commit()  # the call's lock is released while the bytes find their way
+    commit_and_wake()  # the call's lock is released while the bytes find their way
     if repeat is not None:
         return jsonify({"committed": repeat})
     handed = _hand_to_local_download(rpc_id, offset, data)

@@ -494,7 +494,7 @@ def append_data(call: RpcCall, offset: Any, data: bytes, *, store: bool = True) 
         return repeat
     if data:
         if store:
-            db.session.add(RpcChunk(rpc_id=call.id, byte_offset=offset, data=data))
+            _store_chunk(call.id, offset, data)
         call.bytes_committed = call.bytes_committed + len(data)
     return call.bytes_committed
 
@@ -653,20 +653,31 @@ def _dump_header(result: Any, max_bytes: int) -> dict:
 def take_chunks(call_id: str, from_offset: int, max_bytes: int = READ_BYTES) -> list[bytes]:
     """The stored chunks from ``from_offset`` on, removed as they are handed out: those
     starting within ``max_bytes`` (so at most ``max_bytes`` + one chunk), in one query."""
-    rows = db.session.execute(
-        select(RpcChunk.byte_offset, RpcChunk.data)
-        .where(
-            RpcChunk.rpc_id == call_id,
-            RpcChunk.byte_offset >= from_offset,
-            RpcChunk.byte_offset < from_offset + max(1, max_bytes),
-        )
-        .order_by(RpcChunk.byte_offset)
-    )
+    upto = from_offset + max(1, max_bytes)
+    driver = _psycopg()
+    if driver is not None:  # bytea in binary: five times faster than psycopg's hex text
+        with driver.cursor(binary=True) as cursor:
+            cursor.execute(
+                "SELECT byte_offset, data FROM rpc_chunks WHERE rpc_id = %s "
+                "AND byte_offset >= %s AND byte_offset < %s ORDER BY byte_offset",
+                (call_id, from_offset, upto),
+            )
+            rows = cursor.fetchall()
+    else:
+        rows = db.session.execute(
+            select(RpcChunk.byte_offset, RpcChunk.data)
+            .where(
+                RpcChunk.rpc_id == call_id,
+                RpcChunk.byte_offset >= from_offset,
+                RpcChunk.byte_offset < upto,
+            )
+            .order_by(RpcChunk.byte_offset)
+        ).all()
     expected, data = from_offset, []
     for byte_offset, chunk in rows:
         if byte_offset != expected:
             break
-        data.append(chunk)
+        data.append(bytes(chunk))
         expected += len(chunk)
     if data:
         db.session.execute(
@@ -677,6 +688,26 @@ def take_chunks(call_id: str, from_offset: int, max_bytes: int = READ_BYTES) -> 
             )
         )
     return data
+
+
+def _store_chunk(call_id: str, offset: int, data: bytes) -> None:
+    driver = _psycopg()
+    if driver is None:
+        db.session.add(RpcChunk(rpc_id=call_id, byte_offset=offset, data=data))
+        return
+    db.session.flush()  # the call's own changes first, in order
+    driver.execute(  # bytea sent in binary (%b), in the session's transaction
+        "INSERT INTO rpc_chunks (rpc_id, byte_offset, data) VALUES (%s, %s, %b)",
+        (call_id, offset, data),
+    )
+
+
+def _psycopg():
+    """The session's psycopg connection on PostgreSQL (same transaction), else None."""
+    connection = db.session.connection()
+    if connection.dialect.name != "postgresql":
+        return None
+    return connection.connection.driver_connection
 
 
 # --- housekeeping ---------------------------------------------------------------------------
