@@ -4,6 +4,8 @@ restore_paths veto, the params checks, and the download stream (no real restic n
 import hashlib
 import os
 import sys
+import threading
+import time
 
 import pytest
 from restic_samples import load
@@ -25,7 +27,7 @@ from agent.restic.restore import (
     restore_argv,
 )
 from agent.restore_policy import RestorePolicy, RestoreRefused
-from agent.rpc import DumpStream, rpc_id_of
+from agent.rpc import MAX_CHUNK_BYTES, DumpStream, RpcRunner, chunk_bytes_for, rpc_id_of
 
 SID = "39cddcb58e6e2e74cf4b0c439cc17c0e27c6d88972355872f04b25b17f777062"
 
@@ -421,3 +423,73 @@ def test_execute_hands_binary_stdout_out_in_chunks():
     assert outcome.exit_code == 0
     assert b"".join(chunks) == payload
     assert all(len(chunk) <= 64 * 1024 for chunk in chunks)
+
+
+def test_dump_stream_with_a_sender_thread_keeps_order_and_bounds_the_queue():
+    data = os.urandom(10_500)
+    release = threading.Event()
+    server = _Server()
+
+    def slow(offset, chunk):
+        release.wait(5)
+        return server(offset, chunk)
+
+    stream = DumpStream(slow, limit=len(data), chunk_bytes=1000, queued_chunks=2)
+    fed = threading.Thread(
+        target=lambda: [stream.feed(data[i : i + 700]) for i in range(0, len(data), 700)]
+    )
+    fed.start()
+    time.sleep(0.3)
+    # One chunk being sent, two queued: restic's output waits for room.
+    assert fed.is_alive() and stream.received < len(data)
+    release.set()
+    fed.join(5)
+    assert _finished(stream) == {
+        "ok": True,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    assert [offset for offset, _ in server.calls] == list(range(0, 10_001, 1000))
+    assert bytes(server.received) == data
+
+
+def test_dump_stream_with_a_sender_thread_stops_on_410_and_on_restic_failure():
+    server = _Server([None, Gone(410, "rpc_closed", "gone")])
+    stream = DumpStream(server, limit=50_000, chunk_bytes=1000, queued_chunks=2)
+    for _ in range(10):
+        stream.feed(b"x" * 1000)
+    assert _finished(stream, exit_code=130) is None
+    assert stream.closed and len(server.calls) == 2
+    failed = DumpStream(_Server(), limit=50_000, chunk_bytes=1000, queued_chunks=2)
+    failed.feed(b"y" * 2500)
+    ending = failed.finish(execute.Outcome(exit_code=1, stderr_tail=["Fatal: boom"]))
+    assert ending == {"ok": False, "error": "restic_failed", "message": "Fatal: boom"}
+
+
+def test_the_chunk_size_comes_from_the_server_within_the_agents_cap():
+    assert chunk_bytes_for({"ok": True}) == 1024 * 1024  # an older server
+    assert chunk_bytes_for({"max_chunk_bytes": 4 << 20}) == 4 << 20
+    assert chunk_bytes_for({"max_chunk_bytes": 1 << 30}) == MAX_CHUNK_BYTES
+    for wrong in (0, -1, True, "8388608", None):
+        assert chunk_bytes_for({"max_chunk_bytes": wrong}) == 1024 * 1024
+
+
+def test_a_busy_server_is_waited_out_not_counted_as_a_failure():
+    runner = RpcRunner(lambda: None, lambda: None, retry_delays=(0.01,), busy_give_up=5)
+    answers = [RetryableError("busy", 0.01, 429)] * 5 + [{"committed": 3}]
+    calls = []
+
+    def request():
+        calls.append(1)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert runner._call(request) == {"committed": 3} and len(calls) == 6
+    down = [RetryableError("down", None, 503)] * 3
+    with pytest.raises(RetryableError):
+        runner._call(lambda: (_ for _ in ()).throw(down.pop(0)))
+    impatient = RpcRunner(lambda: None, lambda: None, retry_delays=(), busy_give_up=0.1)
+    with pytest.raises(RetryableError):
+        impatient._call(lambda: (_ for _ in ()).throw(RetryableError("busy", 0.05, 429)))
