@@ -409,18 +409,27 @@ def load_page(
     if values is None and before:
         values = _cursor_values(decode_cursor(before), query, len(key))
         backwards = values is not None
-    statement = select(Host, _active_backup_job_id(), *(e for e, _ in key)).where(*where)
+    # Narrow first: ids and sort keys only, sorted and cut in the database; then the page's
+    # rows (and their running backups) by id.
+    statement = select(Host.id, *(e for e, _ in key)).where(*where)
     if values is not None:
         statement = statement.where(_beyond(key, values, backwards))
-    found = db.session.execute(statement.order_by(*_order(key, backwards)).limit(limit + 1)).all()
-    more = len(found) > limit
-    found = found[:limit]
+    keys = db.session.execute(statement.order_by(*_order(key, backwards)).limit(limit + 1)).all()
+    more = len(keys) > limit
+    keys = keys[:limit]
     if backwards:
-        found.reverse()
-        if len(found) < limit:  # the start was reached (rows removed): the first page
+        keys.reverse()
+        if len(keys) < limit:  # the start was reached (rows removed): the first page
             return load_page(query, now, offline_after_seconds)
-    first_key = list(found[0][2:]) if found else None
-    last_key = list(found[-1][2:]) if found else None
+    first_key = list(keys[0][1:]) if keys else None
+    last_key = list(keys[-1][1:]) if keys else None
+    by_id = {
+        host.id: (host, active_job_id)
+        for host, active_job_id in db.session.execute(
+            select(Host, _active_backup_job_id()).where(Host.id.in_([k[0] for k in keys]))
+        )
+    }
+    found = [by_id[k[0]] for k in keys if k[0] in by_id]
     before_first = _beyond(key, first_key, backwards=True) if first_key is not None else false()
     matches, earlier = db.session.execute(
         select(func.count(), func.coalesce(func.sum(case((before_first, 1), else_=0)), 0))
@@ -441,7 +450,7 @@ def load_page(
             schedules.next_run(crons[host.id], after=now) if host.id in crons else None,
             active_job_id,
         )
-        for host, active_job_id, *_ in found
+        for host, active_job_id in found
     ]
     return Page(
         rows=rows,
