@@ -42,7 +42,11 @@ def test_upgrade_adds_the_indexes_and_downgrade_removes_them(database_url, tmp_p
         }
     )
     at = datetime(2026, 9, 1, tzinfo=timezone.utc)
-    ours = {"ix_commands_created_at", "ix_agent_events_received_at"}
+    ours = {
+        "ix_commands_created_at",
+        "ix_agent_events_received_at",
+        "ix_agent_events_progress_received_at",
+    }
     with app.app_context():
         upgrade(revision=BEFORE)
         with db.engine.begin() as connection:

@@ -10,6 +10,7 @@ import sqlite3
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import func, select
 
 from app import ticker
@@ -113,32 +114,44 @@ def test_a_late_ack_of_a_removed_command_is_ignored_and_delivery_continues(app):
     assert [command.id for command in commands.lease(host, now=utcnow())] == [fresh.id]
 
 
-def test_agent_event_ids_go_after_a_month(app):
+def test_agent_event_ids_go_after_a_month_progress_ones_after_a_day(app):
     host = factories.make_host()
     now = utcnow()
-    for index in range(5):
+
+    def event(event_id, type_, age):
         db.session.add(
-            AgentEvent(
-                event_id=f"old-{index}",
-                host_id=host.id,
-                type="job.progress",
-                received_at=now - timedelta(days=31),
-            )
+            AgentEvent(event_id=event_id, host_id=host.id, type=type_, received_at=now - age)
         )
-    db.session.add(
-        AgentEvent(
-            event_id="recent",
-            host_id=host.id,
-            type="job.finished",
-            received_at=now - timedelta(days=29),
-        )
-    )
+
+    for index in range(4):
+        event(f"old-{index}", "job.finished", timedelta(days=31))
+    event("old-progress", "job.progress", timedelta(days=31))
+    event("progress-2d", "job.progress", timedelta(days=2))
+    event("progress-12h", "job.progress", timedelta(hours=12))
+    event("finished-29d", "job.finished", timedelta(days=29))
     db.session.commit()
     report = housekeeping.purge_agent_events(now, batch_rows=2, pause=0, commit=db.session.commit)
-    assert (report.agent_events, report.purge_batches) == (5, 3)
-    assert db.session.scalars(select(AgentEvent.event_id)).all() == ["recent"]
+    # 2 job.progress ids in one batch, then the 4 month-old others in two
+    assert (report.agent_events, report.purge_batches) == (6, 3)
+    assert set(db.session.scalars(select(AgentEvent.event_id))) == {"progress-12h", "finished-29d"}
     again = housekeeping.purge_agent_events(now, pause=0, commit=db.session.commit)
     assert again.agent_events == 0
+
+
+def test_the_progress_purge_uses_its_partial_index(app):
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's query plan")
+    plan = " ".join(
+        str(row[-1])
+        for row in db.session.execute(
+            sa.text(
+                "EXPLAIN QUERY PLAN SELECT event_id FROM agent_events WHERE"
+                " agent_events.type = 'job.progress' AND received_at < :at LIMIT 10"
+            ),
+            {"at": utcnow()},
+        )
+    )
+    assert "ix_agent_events_progress_received_at" in plan
 
 
 def _diff_job(host, entries: int, lines: int, *, finished_days_ago: float):

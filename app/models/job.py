@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
@@ -103,7 +103,17 @@ class AgentEvent(db.Model):
     """Each event id an agent sent, stored once: a repeated id is acknowledged, not applied."""
 
     __tablename__ = "agent_events"
-    __table_args__ = (Index("ix_agent_events_received_at", "received_at"),)  # housekeeping
+    __table_args__ = (
+        # Housekeeping: event ids after a month; job.progress ids (up to one a second of
+        # every running job) after a day, through their own partial index.
+        Index("ix_agent_events_received_at", "received_at"),
+        Index(
+            "ix_agent_events_progress_received_at",
+            "received_at",
+            sqlite_where=text("type = 'job.progress'"),
+            postgresql_where=text("type = 'job.progress'"),
+        ),
+    )
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), index=True)

@@ -9,8 +9,9 @@
 - Commands to agents that are finished (acked, undeliverable, expired; never a queued or
   leased one) go ``COMMAND_KEEP`` after they were queued, with their sealed payloads.
 - Agent event ids (kept so a resent event is acknowledged, not applied twice) go
-  ``EVENT_KEEP`` after they arrived: an agent resends an unacknowledged event within
-  minutes, so a month is far more than the dedupe needs.
+  ``EVENT_KEEP`` after they arrived (``job.progress`` ones, the bulk, after a day): an agent
+  resends an unacknowledged event at its next contact, so that is far more than the
+  dedupe needs.
 - Alerts resolved more than ``RM_ALERT_RETENTION_DAYS`` ago go with their notification
   rows (the delivery log); open alerts and the audit log are kept.
 - Of an alert that stays open for long, reminders sent more than ``RM_ALERT_RETENTION_DAYS``
@@ -19,10 +20,11 @@
   backup adds one; the host page and the API read the newest 90).
 - Expired sign-in sessions, invitation/reset links and old login failures are deleted
   (the ticker's own ``rpc.sweep`` forgets agent answers and download bytes after an hour).
-Every purge deletes in batches (one short transaction each, a pause between, a bound per
-pass) and is idempotent: a pass cut short continues at the next one.
 - SQLite only, once a day: ``PRAGMA optimize``, and ``PRAGMA incremental_vacuum`` when the
   file uses ``auto_vacuum=INCREMENTAL`` (new files do; see docs/deployment.md for older ones).
+
+Every purge deletes in batches (one short transaction each, a pause between, a bound per
+pass) and is idempotent: a pass cut short continues at the next one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Optional
 
-from sqlalchemy import and_, delete, exists, or_, select, tuple_, update
+from sqlalchemy import and_, delete, exists, or_, select, text, tuple_, update
 from sqlalchemy.orm import aliased
 
 from app.extensions import db
@@ -64,6 +66,9 @@ SIGN_IN_GRACE = timedelta(days=1)  # expired sessions and links kept a day, then
 VACUUM_PAGES = 10_000  # pages returned to the file system per incremental_vacuum step
 COMMAND_KEEP = timedelta(days=30)  # finished commands, counted from when they were queued
 EVENT_KEEP = timedelta(days=30)  # agent event ids kept for dedupe, from their arrival
+# job.progress ids: up to one a second of each running job, and harmless if applied twice
+# (a finished job ignores progress; a lost one runs again, as a late report makes it).
+PROGRESS_EVENT_KEEP = timedelta(days=1)
 FINISHED_COMMAND_STATES = ("acked", "undeliverable", "expired")  # never queued/leased
 ALERTS_PER_BATCH = 500  # resolved alerts deleted together (with their notification rows)
 # Repository size history: a row per backup, prune and forget; pages and the API read the
@@ -248,21 +253,29 @@ def purge_agent_events(
     commit: Callable[[], None],
     report: Optional[Report] = None,
 ) -> Report:
-    """Forget event ids that arrived over ``EVENT_KEEP`` ago. They only serve to
-    acknowledge a resent event without applying it again, and an agent resends an
-    unacknowledged event at its next contact."""
+    """Forget event ids that arrived over ``EVENT_KEEP`` ago, ``job.progress`` ones over
+    ``PROGRESS_EVENT_KEEP`` ago. They only serve to acknowledge a resent event without
+    applying it again, and an agent resends an unacknowledged event at its next contact."""
     report = report or Report()
-    report.agent_events += _delete_in_batches(
-        AgentEvent,
-        AgentEvent.event_id,
+    for where in (
+        # A literal, not a parameter: the planner then uses the partial index.
+        (
+            text("agent_events.type = 'job.progress'"),
+            AgentEvent.received_at < now - PROGRESS_EVENT_KEEP,
+        ),
         (AgentEvent.received_at < now - EVENT_KEEP,),
-        batch_rows=batch_rows,
-        max_rows=max_rows,
-        max_batches=max_batches,
-        pause=pause,
-        commit=commit,
-        report=report,
-    )
+    ):
+        report.agent_events += _delete_in_batches(
+            AgentEvent,
+            AgentEvent.event_id,
+            where,
+            batch_rows=batch_rows,
+            max_rows=max_rows,
+            max_batches=max_batches,
+            pause=pause,
+            commit=commit,
+            report=report,
+        )
     return report
 
 

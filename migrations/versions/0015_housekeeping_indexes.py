@@ -1,4 +1,5 @@
-"""housekeeping: indexes to find old commands and old agent event ids
+"""housekeeping: indexes to find old commands and old agent event ids (job.progress ones
+apart)
 
 Revision ID: 0015_housekeeping_indexes
 Revises: 0014_job_log_retention
@@ -6,6 +7,7 @@ Create Date: 2026-12-04 05:00:00.000000
 
 """
 from alembic import op
+import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
@@ -20,10 +22,18 @@ def upgrade():
         batch_op.create_index('ix_commands_created_at', ['created_at'], unique=False)
     with op.batch_alter_table('agent_events', schema=None) as batch_op:
         batch_op.create_index('ix_agent_events_received_at', ['received_at'], unique=False)
+        batch_op.create_index(
+            'ix_agent_events_progress_received_at',
+            ['received_at'],
+            unique=False,
+            sqlite_where=sa.text("type = 'job.progress'"),
+            postgresql_where=sa.text("type = 'job.progress'"),
+        )
 
 
 def downgrade():
     with op.batch_alter_table('agent_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_agent_events_progress_received_at')
         batch_op.drop_index('ix_agent_events_received_at')
     with op.batch_alter_table('commands', schema=None) as batch_op:
         batch_op.drop_index('ix_commands_created_at')
