@@ -953,6 +953,12 @@ def main() -> int:
     if args.loadgen_procs < 1:
         parser.error("--loadgen-procs must be at least 1")
 
+    # Started in the background (nohup ... &), SIGINT arrives ignored: take it back, and let
+    # SIGTERM unwind too, so the round's finally blocks stop the server and the load
+    # generators and drop the PostgreSQL database.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
     soft, hard = raise_nofile()
     # Each load generator process holds N/K sockets; each server worker about N/W (the kernel
     # spreads the connections over the workers' accept loops, not exactly evenly: 25 % slack).
