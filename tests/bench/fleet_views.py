@@ -565,8 +565,14 @@ def main() -> int:
         log(f"seeded in {planned['fill_seconds']} s; starting serve on port {args.port}")
         process, token = start_server(url, workdir, args.port)
         base = wait_ready(process, workdir, args.port)
+        load_before = os.getloadavg()
         results = measure(base, token, args, workdir / "server.log")
         report(name, planned, results)
+        load_after = os.getloadavg()
+        print(
+            f"load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
+            f"on {os.cpu_count()} CPUs: times above include that contention"
+        )
     except Insane as error:
         print(f"INSANE: {error} (work dir {workdir})", file=sys.stderr)
         return 1
