@@ -681,11 +681,9 @@ def take_chunks(call_id: str, from_offset: int, max_bytes: int = READ_BYTES) -> 
         expected += len(chunk)
     if data:
         db.session.execute(
-            delete(RpcChunk).where(
-                RpcChunk.rpc_id == call_id,
-                RpcChunk.byte_offset >= from_offset,
-                RpcChunk.byte_offset < expected,
-            )
+            # Everything before ``expected``: also a chunk stored again after the download
+            # took its bytes directly (an upload retried after its commit failed).
+            delete(RpcChunk).where(RpcChunk.rpc_id == call_id, RpcChunk.byte_offset < expected)
         )
     return data
 
