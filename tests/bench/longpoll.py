@@ -590,6 +590,11 @@ def run_once(agents: int, args, workdir: Path) -> dict:
     try:
         server.wait_ready()
         baseline = server.memory()
+        # The workers' own background (ticker, bus, housekeeping) before any agent connects:
+        # subtracted for the net CPU per idle poll, which matters at small N.
+        cpu_before, base_started = server.worker_cpu(), time.monotonic()
+        time.sleep(args.baseline)
+        base_cpu = (server.worker_cpu() - cpu_before) / (time.monotonic() - base_started)
         log(
             f"N={agents}: server up at {server.base} ({args.workers} worker(s), "
             f"{'PostgreSQL' if database else 'SQLite'}), worker RSS {baseline['worker_kib']} KiB; "
@@ -623,6 +628,11 @@ def run_once(agents: int, args, workdir: Path) -> dict:
             idle_after.get(key, 0) - idle_before.get(key, 0) for key in ("polls_204", "polls_other")
         )
         cpu_ms_per_poll = idle_cpu * idle_seconds * 1000 / idle_polls if idle_polls else math.nan
+        net_ms_per_poll = (
+            max(0.0, idle_cpu - base_cpu) * idle_seconds * 1000 / idle_polls
+            if idle_polls
+            else math.nan
+        )
         idle = server.memory()
         fds_each = server.worker_fds_each()
         worker_pids = server.workers
@@ -630,7 +640,8 @@ def run_once(agents: int, args, workdir: Path) -> dict:
             f"N={agents}: all parked in {parked_at['parking_seconds']:.0f} s; worker RSS "
             f"{idle['worker_kib'] // 1024} MiB (largest {idle['worker_max_kib'] // 1024} MiB), "
             f"idle worker CPU {idle_cpu:.0%} ({idle_polls} polls in {idle_seconds:.0f} s, "
-            f"{cpu_ms_per_poll:.2f} ms CPU per idle poll), "
+            f"{cpu_ms_per_poll:.2f} ms CPU per idle poll, {net_ms_per_poll:.2f} ms net of the "
+            f"{base_cpu:.0%} the workers use with no agent), "
             f"fds per worker {sorted(fds_each.values())}"
         )
 
@@ -792,6 +803,8 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         "idle_worker_cpu": idle_cpu,
         "idle_worker_cpu_each": sorted(per_worker_idle.values()),
         "cpu_ms_per_idle_poll": cpu_ms_per_poll,
+        "baseline_worker_cpu": base_cpu,
+        "net_cpu_ms_per_idle_poll": net_ms_per_poll,
         # runnable but waiting for a CPU (summed over workers, share of wall time): how much
         # the rest of the machine held the server back
         "idle_worker_runqueue_wait": idle_waiting,
@@ -872,7 +885,7 @@ COLUMNS = (
     "received/sent/planned",
     "worker RSS idle (largest worker)",
     "idle worker CPU",
-    "CPU per idle poll",
+    "CPU per idle poll (net of baseline)",
     "errors",
     "loadavg before / after",
     "API POST p50 / p99",
@@ -899,7 +912,7 @@ def row(result: dict) -> str:
         f"| {result['rss_idle_kib'] / 1024:.0f} MiB "
         f"({result['rss_idle_max_worker_kib'] / 1024:.0f}) "
         f"| {result['idle_worker_cpu']:.0%} "
-        f"| {result['cpu_ms_per_idle_poll']:.2f} ms "
+        f"| {result['cpu_ms_per_idle_poll']:.2f} ms ({result['net_cpu_ms_per_idle_poll']:.2f}) "
         f"| {result['errors']} "
         f"| {result['loadavg_before']:.1f} / {result['loadavg_after']:.1f} "
         f"| {result['api_p50_ms']:.1f} / {result['api_p99_ms']:.1f} ms "
@@ -932,6 +945,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--park-timeout", type=float, help="give up parking after (s; default ramp + 60 + N/20)"
+    )
+    parser.add_argument(
+        "--baseline", type=float, default=5.0, help="worker CPU with no agent, measured (s)"
     )
     parser.add_argument("--settle", type=float, default=10.0, help="idle window for RSS/CPU (s)")
     parser.add_argument("--grace", type=float, default=15.0, help="wait for stragglers (s)")
