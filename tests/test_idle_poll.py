@@ -81,7 +81,7 @@ def test_deferred_heartbeats_are_written_by_the_next_flush_and_never_go_back(pro
     # A late flush of an older value (another worker) does not set the host back.
     beats = heartbeats.Heartbeats()
     beats.note(host_id, written - timedelta(seconds=30))
-    assert beats.flush() == 1
+    assert beats.flush(db.session.commit) == 1
     assert _last_seen(host_id) == written
 
 

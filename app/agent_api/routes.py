@@ -176,7 +176,7 @@ def poll():
         commit_and_wake()
     db.session.remove()  # hold no database connection while parked
     if beats.due():  # this worker's deferred heartbeats, in one transaction of their own
-        beats.flush()
+        beats.flush(commit_and_wake)
         db.session.remove()
 
     # This poll supersedes any still parked for the host: a restarted agent, or one whose

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from datetime import datetime
-from typing import Optional
+from typing import Callable, Optional
 
 from sqlalchemy import bindparam, or_
 from sqlalchemy.exc import SQLAlchemyError
@@ -67,10 +67,11 @@ class Heartbeats:
     def due(self) -> bool:
         return bool(self._hosts) and time.monotonic() - self._last_flush >= self._flush_seconds
 
-    def flush(self) -> int:
+    def flush(self, commit: Callable[[], None]) -> int:
         """Write every noted heartbeat in one transaction; returns the hosts written.
 
-        Uses (and commits) the scoped session; call it with no other work pending. A
+        Uses the scoped session and ends the transaction with ``commit`` (the door's
+        ``commit_and_wake``); call it with no other work pending. A
         database error keeps the heartbeats for the next flush (logged, not raised: the
         poll that happened to flush is not the one to fail)."""
         with self._lock:
@@ -85,7 +86,7 @@ class Heartbeats:
                 connection.execute(_forward(Host.__table__, "last_seen_at"), _rows(hosts))
             if tokens:
                 connection.execute(_forward(AgentToken.__table__, "last_used_at"), _rows(tokens))
-            db.session.commit()
+            commit()
         except SQLAlchemyError as error:
             db.session.rollback()
             log.warning("heartbeats not written (kept for the next flush): %s", error)
