@@ -24,7 +24,7 @@ DASH, LEFT = "\u2013", "\u2039"  # en dash and single angle quote: the pager
 HOST_LINK = re.compile(r'class="hostlink" href="/hosts/\d+">([^<]+)</a>')
 NEXT = re.compile(r'href="([^"]+)" rel="next"')
 PREV = re.compile(r'href="([^"]+)" rel="prev"')
-RANGE = re.compile(r'class="pager__range">([^<]+)</span>')
+RANGE = re.compile(r'class="fleetpager__range">([^<]+)</span>')
 
 
 def _names(rows) -> list[str]:
@@ -184,7 +184,7 @@ def test_pager_pages_through_the_dashboard_without_javascript(login_as, mixed_fl
 def test_a_small_fleet_shows_no_pager(login_as, app):
     make_host("only-one")
     page = login_as(Role.viewer).get("/").get_data(as_text=True)
-    assert "pager__range" not in page and HOST_LINK.findall(page) == ["only-one"]
+    assert "fleetpager__range" not in page and HOST_LINK.findall(page) == ["only-one"]
 
 
 # --- the refresh: ETag and 304 -----------------------------------------------------------

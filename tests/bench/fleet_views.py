@@ -59,7 +59,7 @@ PG_NAME = "rm_bench_fleet"
 TAGS = [f"t{number:02d}" for number in range(20)]
 PASSWORD = "benchmark admin passphrase"
 HOST_LINK = re.compile(r'class="hostlink" href="/hosts/\d+">([^<]+)</a>')
-RANGE = re.compile(r'class="pager__range">([^<]+)</span>')
+RANGE = re.compile(r'class="fleetpager__range">([^<]+)</span>')
 NEXT = re.compile(r'href="([^"]+)" rel="next"')
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 
