@@ -888,6 +888,7 @@ COLUMNS = (
     "CPU per idle poll (net of baseline)",
     "errors",
     "loadavg before / after",
+    "workers waiting for a CPU idle / dispatch",
     "API POST p50 / p99",
     "verdict",
 )
@@ -915,6 +916,8 @@ def row(result: dict) -> str:
         f"| {result['cpu_ms_per_idle_poll']:.2f} ms ({result['net_cpu_ms_per_idle_poll']:.2f}) "
         f"| {result['errors']} "
         f"| {result['loadavg_before']:.1f} / {result['loadavg_after']:.1f} "
+        f"| {result['idle_worker_runqueue_wait']:.0%} / "
+        f"{result['dispatch_worker_runqueue_wait']:.0%} "
         f"| {result['api_p50_ms']:.1f} / {result['api_p99_ms']:.1f} ms "
         f"| {verdict} |"
         + (f" {gc['full_collections']} ({gc['full_max_ms']:.0f} ms) |" if gc else "")
