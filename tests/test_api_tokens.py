@@ -32,7 +32,7 @@ def test_mint_use_and_revoke_through_the_page(app, login_as):
     api = app.test_client()
     response = api.get("/api/v1/hosts", headers={"Authorization": f"Bearer {plain}"})
     assert response.status_code == 200
-    assert response.get_json() == {"items": []}
+    assert response.get_json() == {"items": [], "next_cursor": None}
     assert "Set-Cookie" not in response.headers  # no session for token requests
     me = api.get("/api/v1/me", headers={"Authorization": f"Bearer {plain}"}).get_json()
     assert me["username"] == browser.user.username
@@ -177,7 +177,7 @@ def test_create_token_command_prints_a_working_token(app, make_user):
     plain = result.output.strip()
     assert plain.startswith("rmp_")
     response = app.test_client().get("/api/v1/hosts", headers={"Authorization": f"Bearer {plain}"})
-    assert response.get_json() == {"items": []}
+    assert response.get_json() == {"items": [], "next_cursor": None}
     missing = app.test_cli_runner().invoke(args=["create-token", "--user", "ghost", "--name", "x"])
     assert missing.exit_code == 1
     assert "no active user" in missing.output
