@@ -85,6 +85,18 @@ def reset_postgres(url: str) -> None:
         conn.execute("CREATE SCHEMA public")
 
 
+def chunks_inserted(url: str) -> int:
+    """Rows ever inserted into rpc_chunks (PostgreSQL's statistics; they lag up to ~1 s)."""
+    import psycopg
+
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'rpc_chunks'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=200, help="size of the file (MiB)")
@@ -213,13 +225,20 @@ def main() -> int:
                 return elapsed
 
             bare()  # warm restic's cache and the page cache alike for both
-            bares, downloads = [], []
+            bares, downloads, paths = [], [], []
             for round_number in range(args.rounds):
                 bares.append(bare())
+                before = chunks_inserted(args.pg_url) if args.pg else 0
                 downloads.append(through_server())
+                path = "direct (SQLite: one process)"
+                if args.pg:
+                    time.sleep(1.5)  # the statistics reach pg_stat a moment later
+                    stored = chunks_inserted(args.pg_url) - before
+                    path = f"{stored} chunks via rpc_chunks" if stored else "direct (same worker)"
+                paths.append(path)
                 log(
                     f"round {round_number + 1}: bare {args.mb / bares[-1]:.0f} MiB/s, "
-                    f"download {args.mb / downloads[-1]:.0f} MiB/s"
+                    f"download {args.mb / downloads[-1]:.0f} MiB/s — {path}"
                 )
         finally:
             if agent is not None:
@@ -229,7 +248,8 @@ def main() -> int:
     bare_rate = args.mb / statistics.median(bares)
     download_rate = args.mb / statistics.median(downloads)
     database = f"PostgreSQL, {args.workers} worker(s)" if args.pg else "SQLite, 1 worker"
-    print(f"\none {args.mb} MiB random file, {database}, medians of {args.rounds} (sha256 checked)\n")
+    title = f"one {args.mb} MiB random file, {database}, medians of {args.rounds}"
+    print(f"\n{title} (sha256 checked)\n")
     print("| what | MiB/s | time |")
     print("|---|---|---|")
     print(f"| bare `restic dump` | {bare_rate:.0f} | {statistics.median(bares):.2f} s |")
@@ -237,7 +257,10 @@ def main() -> int:
         f"| download through restic-manager | {download_rate:.0f} | "
         f"{statistics.median(downloads):.2f} s |"
     )
-    print(f"| ratio | {download_rate / bare_rate:.2f}× | |")
+    print(f"| ratio | {download_rate / bare_rate:.2f} x | |")
+    print("\nper round (bare, download, how the chunks went):")
+    for bare_time, download_time, path in zip(bares, downloads, paths):
+        print(f"- {args.mb / bare_time:.0f} MiB/s, {args.mb / download_time:.0f} MiB/s, {path}")
     return 0
 
 
