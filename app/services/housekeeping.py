@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Optional
 
-from sqlalchemy import and_, delete, exists, or_, select, text, tuple_, update
+from sqlalchemy import delete, exists, func, or_, select, text, tuple_, update
 from sqlalchemy.orm import aliased
 
 from app.extensions import db
@@ -387,24 +387,22 @@ def purge_repo_stats(
     for host_id in host_ids:
         if report.repo_stats >= max_rows:
             return report  # this host again next time
-        # The newest row beyond the kept ones, if any (the index on (host_id, taken_at)
-        # walks to it; a host within the bound costs this one query).
-        edge = db.session.execute(
-            select(RepoStats.taken_at, RepoStats.id)
+        # When the newest row beyond the kept ones was taken, if there is one: the index on
+        # (host_id, taken_at) alone answers it (an index-only scan on PostgreSQL), so a
+        # host within the bound costs this one query.
+        edge = db.session.scalar(
+            select(RepoStats.taken_at)
             .where(RepoStats.host_id == host_id)
-            .order_by(RepoStats.taken_at.desc(), RepoStats.id.desc())
+            .order_by(RepoStats.taken_at.desc())
             .offset(keep)
             .limit(1)
-        ).first()
+        )
         if edge is not None:
-            older = or_(
-                RepoStats.taken_at < edge.taken_at,
-                and_(RepoStats.taken_at == edge.taken_at, RepoStats.id <= edge.id),
-            )
+            mine = RepoStats.host_id == host_id
             while report.repo_stats < max_rows:
                 batch = (
                     select(RepoStats.id)
-                    .where(RepoStats.host_id == host_id, older)
+                    .where(mine, RepoStats.taken_at < edge)
                     .limit(batch_rows)
                     .scalar_subquery()
                 )
@@ -422,6 +420,29 @@ def purge_repo_stats(
                     time.sleep(pause)
             if report.repo_stats >= max_rows:
                 return report  # perhaps more of this host: again next time
+            # Rows taken at the very moment of the edge: the lowest ids beyond ``keep`` go.
+            surplus = (
+                db.session.scalar(
+                    select(func.count())
+                    .select_from(RepoStats)
+                    .where(mine, RepoStats.taken_at >= edge)
+                )
+                - keep
+            )
+            if surplus > 0:
+                tied = (
+                    select(RepoStats.id)
+                    .where(mine, RepoStats.taken_at == edge)
+                    .order_by(RepoStats.id)
+                    .limit(surplus)
+                    .scalar_subquery()
+                )
+                report.repo_stats += db.session.execute(
+                    delete(RepoStats).where(RepoStats.id.in_(tied)),
+                    execution_options={"synchronize_session": False},
+                ).rowcount
+                report.purge_batches += 1
+                commit()
         state["repo_stats_after"] = host_id
     if len(host_ids) < hosts_per_pass:
         state["repo_stats_after"] = 0  # the round is done: the next call starts over
