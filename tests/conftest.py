@@ -143,6 +143,8 @@ def app_factory(migrated_template, tmp_path):
     yield make
     for app in made:
         app.extensions["bus"].close()  # PostgresBus: its LISTEN connection
+        if "quick_reads" in app.extensions:  # the idle poll's engine
+            app.extensions["quick_reads"].dispose()
         with app.app_context():
             db.session.remove()
             db.engine.dispose()

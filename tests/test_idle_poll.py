@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import event, update
+import pytest
+from sqlalchemy import event, text, update
 
 from app.extensions import db
 from app.models import AgentToken, Host, Job
 from app.models.types import utcnow
+from app.quick_reads import quick_reads
 from app.services import heartbeats, hosts, jobs
 from app.services.audit import Actor
+from tests.conftest import POSTGRES_URL
 from tests.factories import Agent, enroll_agent
 
 
@@ -33,16 +36,20 @@ def _settled(app, hostname="web-1"):
 
 
 class Statements:
+    """Every statement sent on the app's engine and on the idle poll's own."""
+
     def __init__(self, app):
         self.seen: list[str] = []
-        self.engine = db.engine
+        self.engines = [db.engine, quick_reads().engine]
 
     def __enter__(self):
-        event.listen(self.engine, "before_cursor_execute", self._record)
+        for engine in self.engines:
+            event.listen(engine, "before_cursor_execute", self._record)
         return self
 
     def __exit__(self, *exc):
-        event.remove(self.engine, "before_cursor_execute", self._record)
+        for engine in self.engines:
+            event.remove(engine, "before_cursor_execute", self._record)
 
     def _record(self, conn, cursor, statement, *args):
         self.seen.append(" ".join(statement.split()))
@@ -181,3 +188,16 @@ def test_token_last_used_is_written_behind_too(protocol_app):
     db.session.expire_all()
     token = db.session.scalars(db.select(AgentToken).where(AgentToken.host_id == host_id)).one()
     assert token.last_used_at > stale + timedelta(minutes=4)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs RM_TEST_DATABASE_URL")
+def test_a_read_on_a_connection_the_server_closed_is_tried_again(protocol_app):
+    agent, _ = _settled(protocol_app)
+    engine = quick_reads().engine
+    with engine.connect() as connection:  # the pooled connection the next poll gets
+        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+    with db.engine.connect() as admin:
+        assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
+    assert agent.poll().status_code == 204  # the dead connection dropped, read again
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != backend

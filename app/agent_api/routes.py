@@ -16,6 +16,7 @@ from app.errors import error_response
 from app.extensions import db
 from app.models import Host
 from app.models.types import utcnow
+from app.quick_reads import quick_reads
 from app.services import agents, commands, enrollment, heartbeats, jobs, repository, schedules
 from app.services.errors import EventRejected, ServiceError
 from app.services.events import apply_event
@@ -140,8 +141,7 @@ def hello():
 def poll():
     now = utcnow()
     config = current_app.config
-    with db.engine.connect() as connection:
-        identity = agents.identify(connection, bearer_token(request))
+    identity = agents.identify(quick_reads(), bearer_token(request))
     if identity is None:
         _authenticated_host()  # unknown, revoked or deleted: answers why
     data = parse.body()
@@ -194,8 +194,7 @@ def poll():
         while True:
             if look_first:
                 look_first = False
-                with db.engine.connect() as connection:
-                    found = commands.any_leasable(connection, host_id, now=utcnow())
+                found = commands.any_leasable(quick_reads(), host_id, now=utcnow())
                 if not found:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not waiter.wait(remaining):

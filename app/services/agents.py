@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, select
 
 from app.extensions import db
 from app.models import AgentToken, Host, Job, RetiredAgentToken
+from app.quick_reads import QuickReads
 from app.security import hash_token
 from app.services import jobs
 from app.services.errors import ServiceError
@@ -94,13 +95,13 @@ _IDENTIFY = (
 )
 
 
-def identify(connection, plain: str) -> Optional[AgentIdentity]:
+def identify(reads: QuickReads, plain: str) -> Optional[AgentIdentity]:
     """The live token's host in one indexed query (a prebuilt Core statement, no ORM
     objects); None for an unknown, revoked or retired token (:func:`authenticate` then
     says which)."""
     if not plain or not plain.startswith("rma_"):
         return None
-    row = connection.execute(_IDENTIFY, {"token_hash": hash_token(plain)}).first()
+    row = reads.first(_IDENTIFY, {"token_hash": hash_token(plain)})
     return AgentIdentity(*row) if row is not None else None
 
 

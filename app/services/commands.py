@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, func, or_, select, update
 
 from app.extensions import db
 from app.models import Command, Host, Job
+from app.quick_reads import QuickReads
 from app.secretbox import SecretBox
 
 LEASE = timedelta(seconds=60)
@@ -100,11 +101,10 @@ _ANY_LEASABLE = (
 )
 
 
-def any_leasable(connection, host_id: int, *, now: datetime) -> bool:
+def any_leasable(reads: QuickReads, host_id: int, *, now: datetime) -> bool:
     """Whether :func:`lease` would find something: one indexed read with a prebuilt Core
     statement, no lock, no ORM objects (the idle poll's first look)."""
-    found = connection.execute(_ANY_LEASABLE, {"host_id": host_id, "now": now})
-    return found.first() is not None
+    return reads.first(_ANY_LEASABLE, {"host_id": host_id, "now": now}) is not None
 
 
 def lease(host: Host, *, now: datetime, limit: int = 50, lease: timedelta = LEASE) -> list[Command]:
