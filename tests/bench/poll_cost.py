@@ -3,9 +3,9 @@
     python tests/bench/poll_cost.py --hosts 2000 --seconds 20
 
 Seeds a fresh data dir (``seed.py``: N enrolled hosts with agent tokens; their repositories
-marked ready, so no poll has bring-up work to do), starts the real server (``python -m
-app.cli serve``, one gevent worker, SQLite), then a client process drives idle polls over
-keep-alive connections for ``--seconds``, in two modes:
+"ready", so no poll has bring-up work to do), starts the real server (``python -m app.cli
+serve``, one gevent worker, SQLite; ``--pg``: a fresh PostgreSQL database), then a client
+process drives idle polls over keep-alive connections for ``--seconds``, in two modes:
 
 - ``wait=0``: the poll does all its work (authentication, heartbeat, reconcile, lease) and
   answers 204 at once: the cost of the request itself;
@@ -90,13 +90,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def mark_ready(data_dir: Path) -> None:
-    import sqlite3
-
-    with sqlite3.connect(data_dir / "restic-manager.db") as conn:
-        conn.execute("UPDATE hosts SET repo_status = 'ready', boot_id = 'bench-boot'")
-
-
 def measure(port: int, master: int, tokens: list[str], wait: float, seconds: float) -> dict:
     client = subprocess.Popen(
         [sys.executable, "-c", CLIENT, str(port), str(wait), str(seconds)],
@@ -143,13 +136,31 @@ def main() -> int:
     parser.add_argument(
         "--concurrency", type=int, default=200, help="agents polling at once, wait=0 mode"
     )
+    parser.add_argument(
+        "--pg", action="store_true", help="PostgreSQL: a fresh database rm_bench_pollcost"
+    )
     args = parser.parse_args()
+    database_url = None
+    if args.pg:
+        database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/rm_bench_pollcost"
+        pg = ["-h", "127.0.0.1", "-U", "postgres", "rm_bench_pollcost"]
+        subprocess.run(["dropdb", "--if-exists", *pg], check=True)
+        subprocess.run(["createdb", *pg], check=True)
+    try:
+        return run(args, database_url)
+    finally:
+        if args.pg:
+            subprocess.run(["dropdb", "--if-exists", *pg], check=False)
+
+
+def run(args, database_url) -> int:
     with tempfile.TemporaryDirectory(prefix="rm-pollcost-") as scratch:
         data_dir = Path(scratch) / "data"
-        seeded = seed(data_dir, args.hosts)
-        mark_ready(data_dir)
+        seeded = seed(data_dir, args.hosts, database_url)  # repositories "ready"
         port = free_port()
         env = dict(os.environ, RM_DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))
+        if database_url:
+            env["RM_DATABASE_URL"] = database_url
         log = (data_dir / "server.log").open("w")  # closed with the scratch dir
         server = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{port}"],
@@ -179,7 +190,9 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"load average before/after: {os.getloadavg()}")
+    print(
+        f"database: {'PostgreSQL' if database_url else 'SQLite'}; load average: {os.getloadavg()}"
+    )
     print("| mode | agents | polls/s | worker CPU | CPU per idle poll | valid |")
     print("|---|---:|---:|---:|---:|---|")
     for row in results:
