@@ -42,7 +42,7 @@ from tests.e2e.processes import AgentProcess, Server, clean_env, wait_until  # n
 
 PASSWORD = "bench-download-password"
 MIB = 1024 * 1024
-DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/rm_test_download"
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/rm_bench_download"
 
 
 def log(message: str) -> None:
@@ -80,6 +80,10 @@ def reset_postgres(url: str) -> None:
     import psycopg
 
     plain = url.replace("postgresql+psycopg://", "postgresql://")
+    server, _, name = plain.rpartition("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')  # the bench's own, made on first use
     with psycopg.connect(plain, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
