@@ -5,17 +5,12 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import gc  # noqa: E402
-
-from app import create_app, ticker  # noqa: E402
+from app import collector, create_app, ticker  # noqa: E402
 
 app = create_app()
-# Everything loaded so far (modules, the app, SQLAlchemy's metadata: ~100,000 objects)
-# lives as long as the worker: keep it out of every collection. A full collection then
-# walks only what requests allocate, and its pause no longer grows with the code base
-# (docs/performance.md: "Where the tail comes from").
-gc.collect()
-gc.freeze()
+# Import-time objects frozen out of the collector, full collections by the clock
+# (app/collector.py: thousands of parked polls made them long and frequent).
+collector.tune()
 # Each gunicorn worker imports this module, so each runs a ticker loop; only the one that
 # holds the leader lock ticks.
 ticker.start(app)
