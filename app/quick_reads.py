@@ -8,7 +8,9 @@ that moment; nothing to roll back) and does not ping: a connection the server cl
 restart, a failover) fails its statement, is thrown away, and the read is tried once more
 on a fresh connection. So a read is one round trip.
 
-A small pool per process (:data:`POOL_SIZE` + :data:`MAX_OVERFLOW`): the reads are short.
+A small pool per process, :data:`POOL_SIZE` connections kept and none beyond: the reads are
+short, and a request that finds them all busy waits its turn (an overflow connection would
+be opened and closed again for every read: measured, that churn cost more than the reads).
 docs/deployment.md counts these connections into PostgreSQL's ``max_connections``.
 """
 
@@ -23,8 +25,8 @@ from sqlalchemy.exc import DBAPIError
 
 from app.extensions import db
 
-POOL_SIZE = 4
-MAX_OVERFLOW = 4
+POOL_SIZE = 8
+MAX_OVERFLOW = 0
 
 
 class QuickReads:
