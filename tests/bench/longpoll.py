@@ -168,6 +168,7 @@ class Server:
         workers: int = 1,
         database_url: str | None = None,
         backlog: int | None = None,
+        hold: int | None = None,
     ):
         self.base = f"http://127.0.0.1:{port}"
         self.port = port
@@ -186,6 +187,8 @@ class Server:
         )
         if database_url:
             env["RM_DATABASE_URL"] = database_url
+        if hold:  # the server's long-poll hold (the load generator follows the default)
+            env["RM_POLL_WAIT_SECONDS"] = str(hold)
         if gc_log:  # gclog/sitecustomize.py: one stderr line per collector pause
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(BENCH / "gclog"), env.get("PYTHONPATH")])
@@ -584,6 +587,7 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         workers=args.workers,
         database_url=pg_url(database) if database else None,
         backlog=args.backlog,
+        hold=args.hold,
     )
     loadgen = None
     failures: list[str] = []  # POSTs that did not start a job
@@ -940,6 +944,9 @@ def main() -> int:
         help="load generator processes sharing the agents (default: one per core)",
     )
     parser.add_argument("--port", type=int, default=18610, help="the server's port")
+    parser.add_argument(
+        "--hold", type=int, help="RM_POLL_WAIT_SECONDS for the server (default: its own, 25)"
+    )
     parser.add_argument("--backlog", type=int, help="experiment: gunicorn --backlog (default 2048)")
     parser.add_argument("--commands", type=int, default=500, help="jobs dispatched per N (M)")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between jobs")
