@@ -936,4 +936,4 @@ def test_history_keeps_every_episode(app):
     assert alerts.list_alerts(host_id=host.id, rule="backup_failed", state="resolved")[0].id == (
         history[-1].id
     )
-    assert alerts.open_summary() == {}
+    assert alerts.open_summary([host.id]) == {}

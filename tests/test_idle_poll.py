@@ -35,6 +35,18 @@ def _settled(app, hostname="web-1"):
     raise AssertionError("the agent never got an empty poll")
 
 
+def _probe(app, host_id):
+    """A queued probe job (its job.run command waits for the agent)."""
+    return jobs.create_job(
+        app.extensions["secretbox"],
+        db.session.get(Host, host_id),
+        "probe",
+        params={},
+        actor=Actor.system(),
+        now=utcnow(),
+    )
+
+
 class Statements:
     """Every statement sent on the app's engine and on the idle poll's own."""
 
@@ -123,14 +135,7 @@ def test_nothing_is_deferred_when_the_offline_window_is_not_longer_than_the_hold
 
 def test_a_command_queued_for_an_idle_host_is_delivered_by_its_short_poll(protocol_app):
     agent, host_id = _settled(protocol_app)
-    job = jobs.create_job(
-        protocol_app.extensions["secretbox"],
-        db.session.get(Host, host_id),
-        "probe",
-        params={},
-        actor=Actor.system(),
-        now=utcnow(),
-    )
+    job = _probe(protocol_app, host_id)
     db.session.commit()
     delivered = agent.poll().get_json()["commands"]
     assert [(c["type"], c["job_id"]) for c in delivered] == [("job.run", job.id)]
@@ -158,14 +163,7 @@ def test_revoked_token_and_deleted_host_are_refused_at_once(protocol_app):
 
 def test_a_new_boot_id_takes_the_full_path_and_reconciles(protocol_app):
     agent, host_id = _settled(protocol_app)
-    job = jobs.create_job(
-        protocol_app.extensions["secretbox"],
-        db.session.get(Host, host_id),
-        "probe",
-        params={},
-        actor=Actor.system(),
-        now=utcnow(),
-    )
+    job = _probe(protocol_app, host_id)
     job.status, job.boot_id = "running", "boot-1"
     db.session.commit()
     restarted = Agent(protocol_app, agent.token, boot_id="boot-2")

@@ -918,11 +918,14 @@ def list_alerts(
     return list(db.session.scalars(query.where(Alert.host_id.in_(tagged)).limit(limit)))
 
 
-def open_summary() -> dict[int, dict]:
-    """Per host: how many alerts are open and the worst severity among them (dashboard)."""
+def open_summary(host_ids: list[int]) -> dict[int, dict]:
+    """Per host of ``host_ids``: how many alerts are open and the worst severity among them
+    (the dashboard's page of hosts)."""
+    if not host_ids:
+        return {}
     rows = db.session.execute(
         select(Alert.host_id, Alert.severity, func.count())
-        .where(Alert.state.in_(("firing", "acknowledged")))
+        .where(Alert.state.in_(("firing", "acknowledged")), Alert.host_id.in_(host_ids))
         .group_by(Alert.host_id, Alert.severity)
     )
     summary: dict[int, dict] = {}

@@ -17,9 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from sqlalchemy import and_, case, false, func, or_, select
 
 from app.extensions import db
-from app.models import Alert, Host, Job, Schedule
+from app.models import Host, Job, Schedule
 from app.services import hosts, schedules
-from app.services.alerts import SEVERITY_RANK
 
 HOST_STATUSES = ("online", "offline", "never_seen")
 STATUS_FILTERS = (*HOST_STATUSES, "failing")
@@ -524,24 +523,6 @@ def load_summary(
         jobs_failed=job_counts.get("failed", 0) + job_counts.get("lost", 0),
         jobs_active=job_counts.get("queued", 0) + job_counts.get("running", 0),
     )
-
-
-def open_alerts(host_ids: list[int]) -> dict[int, dict]:
-    """alerts.open_summary for the page's hosts only."""
-    if not host_ids:
-        return {}
-    rows = db.session.execute(
-        select(Alert.host_id, Alert.severity, func.count())
-        .where(Alert.state.in_(("firing", "acknowledged")), Alert.host_id.in_(host_ids))
-        .group_by(Alert.host_id, Alert.severity)
-    )
-    summary: dict[int, dict] = {}
-    for host_id, severity, count in rows:
-        entry = summary.setdefault(host_id, {"count": 0, "worst": "info"})
-        entry["count"] += count
-        if SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK[entry["worst"]]:
-            entry["worst"] = severity
-    return summary
 
 
 def job_counts_since(since: datetime) -> dict[str, int]:

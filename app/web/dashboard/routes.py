@@ -15,7 +15,7 @@ from app.errors import RETRY_AFTER_SECONDS
 from app.extensions import db
 from app.formatting import FILTERS
 from app.models.types import utcnow
-from app.services import hosts
+from app.services import alerts, hosts
 from app.web.dashboard import bp, fleet
 
 # Alembic's one-row table exists wherever the schema does.
@@ -51,7 +51,7 @@ def dashboard():
     summary = fleet.load_summary(
         now, offline_after, fleet.job_counts_since(now - timedelta(hours=24))
     )
-    alert_summary = fleet.open_alerts(page_ids)
+    alert_summary = alerts.open_summary(page_ids)
     fragment = refresh_requested("fleet")
     # The filter's tag list is outside the refreshed region: only the full page needs it.
     tags = [] if fragment else hosts.all_tags()
