@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import resource
 import sys
 
 import click
@@ -123,6 +124,18 @@ def warn_if_address_unknown(bind: str) -> None:
     )
 
 
+def raise_open_files_limit(wanted: int = 65536) -> int:
+    """Each parked long poll holds a socket: lift the soft RLIMIT_NOFILE (often 1,024 under
+    systemd) towards the hard one, at most ``wanted``. Returns the soft limit now in force;
+    gunicorn and its workers inherit it through exec and fork."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 def check_workers_supported(workers: int, database_url: str) -> None:
     """Several workers need PostgreSQL: refuse them on SQLite before anything starts."""
     if workers > 1 and not database_url.startswith("postgresql"):
@@ -178,6 +191,7 @@ def register_cli(app):
         """Apply migrations, then run gunicorn with gevent workers (SIGTERM stops gracefully)."""
         check_workers_supported(workers, current_app.config["SQLALCHEMY_DATABASE_URI"])
         check_worker_class()
+        raise_open_files_limit()
         _apply_migrations()
         base_url = current_app.config["RM_BASE_URL"] or f"http://{bind}"
         _announce_setup_if_needed(base_url)

@@ -1,4 +1,5 @@
-"""The access log of `serve` leaves out idle long polls (app/gunicorn_conf.py)."""
+"""`serve` and its gunicorn: the access log leaves out idle long polls (app/gunicorn_conf.py),
+and the open-files limit is lifted for parked polls (app/cli.py)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,20 @@ def test_idle_polls_can_be_logged_again(monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     module = _conf(monkeypatch, "1")
     assert _logged(module, "204 NO CONTENT", "/api/agent/v1/poll", caplog)
+
+
+def test_serve_lifts_the_open_files_limit_for_parked_polls():
+    import resource
+
+    from app.cli import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lowered = min(1024, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+        expected = min(hard, 4096) if hard != resource.RLIM_INFINITY else 4096
+        assert raise_open_files_limit(wanted=4096) == expected
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (expected, hard)
+        assert raise_open_files_limit(wanted=100) == expected  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

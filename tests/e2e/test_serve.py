@@ -127,7 +127,7 @@ def test_serve_first_run_to_api_token_and_graceful_stop(server, tmp_path):
         timeout=10,
         check=True,
     )
-    assert curl.stdout.strip() == '{"items":[]}'
+    assert curl.stdout.strip() == '{"items":[],"next_cursor":null}'
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
