@@ -399,25 +399,18 @@ def purge_repo_stats(
         )
         if edge is not None:
             mine = RepoStats.host_id == host_id
-            while report.repo_stats < max_rows:
-                batch = (
-                    select(RepoStats.id)
-                    .where(mine, RepoStats.taken_at < edge)
-                    .limit(batch_rows)
-                    .scalar_subquery()
-                )
-                deleted = db.session.execute(
-                    delete(RepoStats).where(RepoStats.id.in_(batch)),
-                    execution_options={"synchronize_session": False},
-                ).rowcount
-                report.repo_stats += deleted
-                commit()  # even after deleting nothing: the write transaction ends
-                if deleted:
-                    report.purge_batches += 1
-                if deleted < batch_rows:
-                    break
-                if pause:
-                    time.sleep(pause)
+            report.repo_stats += _delete_in_batches(
+                RepoStats,
+                RepoStats.id,
+                (mine, RepoStats.taken_at < edge),
+                batch_rows=batch_rows,
+                max_rows=max_rows - report.repo_stats,
+                # max_rows binds first (BATCH_ROWS * MAX_BATCHES_PER_PASS > MAX_ROWS_PER_PASS)
+                max_batches=MAX_BATCHES_PER_PASS,
+                pause=pause,
+                commit=commit,
+                report=report,
+            )
             if report.repo_stats >= max_rows:
                 return report  # perhaps more of this host: again next time
             # Rows taken at the very moment of the edge: the lowest ids beyond ``keep`` go.
