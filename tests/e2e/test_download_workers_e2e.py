@@ -9,16 +9,14 @@ workers; which worker took each is read from /proc, so the test knows both paths
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import threading
 import time
 
-from tests.e2e.test_multiworker_e2e import (  # noqa: F401  (cluster is a fixture)
+from tests.e2e.workers_helpers import (
     MultiWorkerServer,
-    ParkedPoll,
-    cluster,
+    PollingAgent,
+    cluster_fixture,  # noqa: F401  (the ``cluster`` fixture)
     needs_postgres,
 )
 from tests.test_restore_api import SNAP_A
@@ -27,13 +25,12 @@ CHUNK = 1024 * 1024  # an older agent's chunk: the server still takes it
 ROUNDS = 6
 
 
-class DumpAgent(threading.Thread):
-    """Polls (a fresh connection each time) and answers rpc.dump with ``content``."""
+class DumpAgent(PollingAgent):
+    """Answers rpc.dump with ``content``."""
 
     def __init__(self, server: MultiWorkerServer, token: str, content: bytes):
-        super().__init__(daemon=True)
-        self.server, self.token, self.content = server, token, content
-        self.stop = threading.Event()
+        super().__init__(server, token)
+        self.content = content
         self.data_workers: list[int] = []
         self.replies: list[dict] = []
 
@@ -50,18 +47,9 @@ class DumpAgent(threading.Thread):
         assert response.status == 200, answer
         return answer, worker
 
-    def run(self):
-        acks = []
-        while not self.stop.is_set():
-            poll = ParkedPoll(self.server, self.token, acks, wait=2)
-            try:
-                poll.run()
-            except (OSError, http.client.HTTPException):
-                return
-            acks = [{"command_id": c["command_id"], "result": "accepted"} for c in poll.commands()]
-            for command in poll.commands():
-                if command["type"] == "rpc.dump":
-                    self.answer(command["payload"]["rpc_id"])
+    def handle(self, command: dict) -> None:
+        if command["type"] == "rpc.dump":
+            self.answer(command["payload"]["rpc_id"])
 
     def answer(self, rpc_id: str) -> None:
         content = self.content
@@ -80,7 +68,7 @@ class DumpAgent(threading.Thread):
 
 
 @needs_postgres
-def test_a_download_gets_every_chunk_from_either_worker(cluster):  # noqa: F811
+def test_a_download_gets_every_chunk_from_either_worker(cluster):
     server, admin, agent_token, host_id = cluster
     content = os.urandom(4 * CHUNK + 12345)
     agent = DumpAgent(server, agent_token, content)
