@@ -130,13 +130,17 @@ def test_zero_keeps_logs_forever(app_factory):
         assert _lines(ancient) == 6 and ancient.log_purged_at is None
 
 
-def test_the_setting_is_validated():
-    assert load_config({})["RM_JOB_LOG_RETENTION_DAYS"] == 90
-    assert load_config({"RM_JOB_LOG_RETENTION_DAYS": "0"})["RM_JOB_LOG_RETENTION_DAYS"] == 0
-    with pytest.raises(ConfigError, match="RM_JOB_LOG_RETENTION_DAYS must be at least 0"):
-        load_config({"RM_JOB_LOG_RETENTION_DAYS": "-1"})
-    with pytest.raises(ConfigError, match="RM_JOB_LOG_RETENTION_DAYS must be a whole number"):
-        load_config({"RM_JOB_LOG_RETENTION_DAYS": "ninety"})
+@pytest.mark.parametrize(
+    ("name", "default", "wordy"),
+    [("RM_JOB_LOG_RETENTION_DAYS", 90, "ninety"), ("RM_ALERT_RETENTION_DAYS", 365, "a year")],
+)
+def test_the_retention_settings_are_validated(name, default, wordy):
+    assert load_config({})[name] == default
+    assert load_config({name: "0"})[name] == 0  # keep forever
+    with pytest.raises(ConfigError, match=f"{name} must be at least 0"):
+        load_config({name: "-1"})
+    with pytest.raises(ConfigError, match=f"{name} must be a whole number"):
+        load_config({name: wordy})
 
 
 def test_old_agent_answers_and_their_bytes_are_purged(app):

@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from sqlalchemy import func, select
 
 from app import ticker
-from app.config import ConfigError, load_config
 from app.extensions import db
 from app.models import (
     AgentEvent,
@@ -240,6 +239,17 @@ def _channel():
     return channel
 
 
+def _notification(alert, channel, key, *, days_ago, event="reminder", state="sent"):
+    return Notification(
+        idempotency_key=key,
+        alert_id=alert.id,
+        channel_id=channel.id,
+        event=event,
+        state=state,
+        created_at=utcnow() - timedelta(days=days_ago),
+    )
+
+
 def _alert(host, channel, *, state, days_ago, deliveries=2):
     now = utcnow()
     at = now - timedelta(days=days_ago)
@@ -259,14 +269,7 @@ def _alert(host, channel, *, state, days_ago, deliveries=2):
     db.session.add(alert)
     db.session.flush()
     db.session.add_all(
-        Notification(
-            idempotency_key=f"{alert.id}-{index}",
-            alert_id=alert.id,
-            channel_id=channel.id,
-            event="firing",
-            state="sent",
-            created_at=at,
-        )
+        _notification(alert, channel, f"{alert.id}-{index}", event="firing", days_ago=days_ago)
         for index in range(deliveries)
     )
     db.session.commit()
@@ -305,26 +308,12 @@ def test_an_alert_open_for_long_keeps_its_newest_and_recent_reminders(app):
     now = utcnow()
     for days in range(700, 300, -20):  # 20 reminders a channel, 3 of them recent
         for to in (channel, other):
+            state = "sent" if days % 40 else "failed"
             db.session.add(
-                Notification(
-                    idempotency_key=f"r-{to.id}-{days}",
-                    alert_id=alert.id,
-                    channel_id=to.id,
-                    event="reminder",
-                    state="sent" if days % 40 else "failed",
-                    created_at=now - timedelta(days=days),
-                )
+                _notification(alert, to, f"r-{to.id}-{days}", days_ago=days, state=state)
             )
-    db.session.add(
-        Notification(
-            idempotency_key="pending",
-            alert_id=alert.id,
-            channel_id=channel.id,
-            event="reminder",
-            state="pending",  # not delivered yet: kept whatever its age
-            created_at=now - timedelta(days=500),
-        )
-    )
+    # Not delivered yet: kept whatever its age.
+    db.session.add(_notification(alert, channel, "pending", days_ago=500, state="pending"))
     db.session.commit()
     report = housekeeping.purge_old_reminders(
         now, retention_days=365, batch_rows=10, pause=0, commit=db.session.commit
@@ -351,16 +340,7 @@ def test_the_newest_reminder_stays_even_when_old(app):
     channel = _channel()
     alert = _alert(host, channel, state="firing", days_ago=900, deliveries=0)
     for index, days in enumerate((800, 600)):
-        db.session.add(
-            Notification(
-                idempotency_key=f"r{index}",
-                alert_id=alert.id,
-                channel_id=channel.id,
-                event="reminder",
-                state="sent",
-                created_at=utcnow() - timedelta(days=days),
-            )
-        )
+        db.session.add(_notification(alert, channel, f"r{index}", days_ago=days))
     db.session.commit()
     report = housekeeping.purge_old_reminders(
         utcnow(), retention_days=365, pause=0, commit=db.session.commit
@@ -469,15 +449,6 @@ def test_a_size_history_pass_is_bounded_and_continues_with_the_same_host(app):
     assert housekeeping.purge_repo_stats(state, **bounded).repo_stats == 2
     assert housekeeping.purge_repo_stats(state, **bounded).repo_stats == 0
     assert _sizes(host) == [4]
-
-
-def test_the_alert_retention_setting_is_validated():
-    assert load_config({})["RM_ALERT_RETENTION_DAYS"] == 365
-    assert load_config({"RM_ALERT_RETENTION_DAYS": "0"})["RM_ALERT_RETENTION_DAYS"] == 0
-    with pytest.raises(ConfigError, match="RM_ALERT_RETENTION_DAYS must be at least 0"):
-        load_config({"RM_ALERT_RETENTION_DAYS": "-1"})
-    with pytest.raises(ConfigError, match="RM_ALERT_RETENTION_DAYS must be a whole number"):
-        load_config({"RM_ALERT_RETENTION_DAYS": "a year"})
 
 
 def test_a_purge_with_nothing_to_do_leaves_no_write_lock(app):
