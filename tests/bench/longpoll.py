@@ -51,9 +51,7 @@ sample rather than the 2nd).
 
 ``--gc-log`` puts ``gclog/sitecustomize.py`` on the server's PYTHONPATH, which logs the
 worker's garbage-collector pauses into its log; the table then counts the full collections
-that fell into the dispatch window. ``--server-gc freeze|freeze-threshold|off`` is an
-experiment with the worker's collector settings (``gclog/gunicorn_gc.py``), for trying a
-server change before making it; results with it are not the shipped server's.
+that fell into the dispatch window.
 """
 
 from __future__ import annotations
@@ -164,7 +162,6 @@ class Server:
         data_dir: Path,
         port: int,
         gc_log: bool = False,
-        gc_mode: str = "as-is",
         workers: int = 1,
         database_url: str | None = None,
         backlog: int | None = None,
@@ -193,14 +190,8 @@ class Server:
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(BENCH / "gclog"), env.get("PYTHONPATH")])
             )
-        gunicorn_extra = []
-        if gc_mode != "as-is":  # an experiment: see gclog/gunicorn_gc.py
-            gunicorn_extra.append(f"-c {BENCH / 'gclog' / 'gunicorn_gc.py'}")
-            env["BENCH_SERVER_GC"] = gc_mode
         if backlog:  # an experiment: gunicorn's listen backlog (default 2048)
-            gunicorn_extra.append(f"--backlog {backlog}")
-        if gunicorn_extra:
-            env["GUNICORN_CMD_ARGS"] = " ".join(gunicorn_extra)
+            env["GUNICORN_CMD_ARGS"] = f"--backlog {backlog}"
         with open(self.log_path, "wb") as output:
             self.process = subprocess.Popen(
                 [
@@ -583,7 +574,6 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         data_dir,
         args.port,
         gc_log=args.gc_log,
-        gc_mode=args.server_gc,
         workers=args.workers,
         database_url=pg_url(database) if database else None,
         backlog=args.backlog,
@@ -965,12 +955,6 @@ def main() -> int:
     parser.add_argument(
         "--gc-log", action="store_true", help="log the server's collector pauses (gclog/)"
     )
-    parser.add_argument(
-        "--server-gc",
-        choices=["as-is", "freeze", "freeze-threshold", "off"],
-        default="as-is",
-        help="experiment: collector settings in the server worker (gclog/gunicorn_gc.py)",
-    )
     parser.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
@@ -1000,8 +984,6 @@ def main() -> int:
         )
         return 2
     log(f"RLIMIT_NOFILE {soft}/{hard}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
-    if args.server_gc != "as-is":
-        log(f"EXPERIMENT: server worker collector mode {args.server_gc!r}, not the shipped server")
 
     workdir = Path(tempfile.mkdtemp(prefix="rm-longpoll-"))
     results = []
