@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import downgrade, upgrade
 
-from app import create_app
 from app.extensions import db
 from tests.conftest import scratch_database_url
+from tests.migration_helpers import insert_host, migration_app
 
 BEFORE = "0013_repo_backends"
 THIS = "0014_job_log_retention"
@@ -32,26 +32,12 @@ def _schema(connection):
 
 
 def test_upgrade_adds_the_column_and_indexes_and_downgrade_removes_them(database_url, tmp_path):
-    app = create_app(
-        {
-            "TESTING": True,
-            "RM_DATA_DIR": tmp_path,
-            "RM_SECRET_KEY_FILE": tmp_path / "secret.key",
-            "SQLALCHEMY_DATABASE_URI": database_url,
-        }
-    )
+    app = migration_app(database_url, tmp_path)
     at = datetime(2026, 9, 1, tzinfo=timezone.utc)
     with app.app_context():
         upgrade(revision=BEFORE)
         with db.engine.begin() as connection:
-            connection.execute(
-                sa.text(
-                    "INSERT INTO hosts (id, hostname, repo_status, tags, created_at,"
-                    " snapshot_count, schedule_version)"
-                    " VALUES (1, 'web-1', 'ready', '[]', :at, 0, 0)"
-                ),
-                {"at": at},
-            )
+            insert_host(connection, at)
             connection.execute(
                 sa.text(
                     "INSERT INTO jobs (id, host_id, kind, status, attempt_id, actor_type,"
