@@ -351,7 +351,7 @@ class RpcRunner:
             try:
                 return request()
             except RetryableError as error:
-                if getattr(error, "status", None) == 429:
+                if error.status == 429:
                     now = time.monotonic()
                     busy_until = busy_until or now + self.busy_give_up
                     if now < busy_until:

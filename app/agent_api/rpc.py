@@ -8,6 +8,7 @@ database connection, while the server holds as many unread bytes of it as it all
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Optional
 
@@ -78,7 +79,7 @@ def _body() -> Optional[bytes]:
     (``get_data`` reads 64 KiB at a time and copies twice: a quarter of an 8 MiB chunk's
     time went there). None when the agent sent fewer bytes than it announced."""
     length = request.content_length
-    if length is None:  # chunked: the app-wide limit still applies
+    if length is None:  # no body (app/limits.py gave a chunked one its length)
         return request.get_data(cache=False)
     stream = request.environ["wsgi.input"]  # Content-Length is checked against the cap
     parts, remaining = [], length
@@ -96,8 +97,7 @@ def _hand_to_local_download(rpc_id: str, offset: int, data: bytes) -> bool:
     reader = rpc_handoff.readers().get(rpc_id)
     if reader is None:
         return False
-    bus = current_app.extensions["bus"]
-    wake = lambda: bus.wake_local(rpc.rpc_key(rpc_id))  # noqa: E731
+    wake = functools.partial(current_app.extensions["bus"].wake_local, rpc.rpc_key(rpc_id))
     return reader.offer(offset, data, wake, rpc_handoff.TAKE_SECONDS)
 
 
@@ -115,12 +115,18 @@ def rpc_data(rpc_id: str):
     data = _body()
     if data is None:
         return error_response(400, "incomplete_body", "Fewer bytes arrived than announced.")
-    host_id = host.id
     try:
-        repeat = rpc.check_data(rpc.call_for_agent(host, rpc_id), offset, data)
+        return _take_chunk(host, rpc_id, offset, data)
     except rpc.RpcGap as gap:
         db.session.rollback()
         return error_response(416, gap.code, gap.message, committed=gap.committed)
+
+
+def _take_chunk(host, rpc_id: str, offset: int, data: bytes):
+    """Checked, then handed to the download streaming in this process or, once there is
+    room, stored for it; ``{"committed": N}`` or 429 ``rpc_busy``."""
+    host_id = host.id
+    repeat = rpc.check_data(rpc.call_for_agent(host, rpc_id), offset, data)
     commit_and_wake()  # the call's lock is released while the bytes find their way
     if repeat is not None:
         return jsonify({"committed": repeat})
@@ -133,13 +139,9 @@ def rpc_data(rpc_id: str):
         )
         response.headers["Retry-After"] = "1"
         return response
-    try:
-        committed = _settle(
-            host, rpc_id, lambda call: rpc.append_data(call, offset, data, store=not handed)
-        )
-    except rpc.RpcGap as gap:
-        db.session.rollback()
-        return error_response(416, gap.code, gap.message, committed=gap.committed)
+    committed = _settle(
+        host, rpc_id, lambda call: rpc.append_data(call, offset, data, store=not handed)
+    )
     return jsonify({"committed": committed})
 
 
