@@ -26,9 +26,8 @@ TAKE_SECONDS = 5.0  # the download reads slowly: the chunk goes to the database 
 class Reader:
     """One download streaming in this process: its position and at most one offered chunk."""
 
-    def __init__(self, call_id: str, position: int):
-        self.call_id = call_id
-        self.position = position  # bytes this download has taken (from either path)
+    def __init__(self):
+        self.position = 0  # bytes this download has taken (from either path)
         self._lock = threading.Lock()
         self._offered: Optional[tuple[int, bytes]] = None
         self._taken = threading.Event()  # gevent's once gevent has patched threading
@@ -79,8 +78,8 @@ class Readers:
         self._readers: dict[str, Reader] = {}
 
     @contextlib.contextmanager
-    def reading(self, call_id: str, position: int = 0) -> Iterator[Reader]:
-        reader = Reader(call_id, position)
+    def reading(self, call_id: str) -> Iterator[Reader]:
+        reader = Reader()
         with self._lock:
             self._readers[call_id] = reader
         try:
