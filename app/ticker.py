@@ -70,9 +70,8 @@ def deliver(box: SecretBox, now: datetime, *, base_url: str = "") -> int:
 
 
 def housekeep(app, now: datetime) -> housekeeping.Report:
-    """Keep the database bounded (app/services/housekeeping.py), in small batches: old job
-    logs and diff changes, finished commands, agent event ids, long-resolved alerts,
-    expired sign-ins; SQLite's daily optimize and incremental vacuum."""
+    """Keep the database bounded, in small batches (app/services/housekeeping.py says what
+    goes and what stays); SQLite's daily optimize and incremental vacuum."""
     state = app.extensions.setdefault("housekeeping", {})
     return housekeeping.run(app.config, now, state, commit=commit_and_wake)
 
