@@ -33,12 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.processes import AgentProcess, Server, clean_env, wait_until  # noqa: E402
+from tests.e2e.processes import Api, Server, clean_env, enroll_agent  # noqa: E402
 
 PASSWORD = "bench-download-password"
 MIB = 1024 * 1024
@@ -57,23 +55,8 @@ class BenchServer(Server):
         self.port, self.workers = port, workers
         self.url = f"http://127.0.0.1:{port}"
 
-    def start(self, timeout: float = 60) -> None:
-        argv = [sys.executable, "-m", "app.cli", "serve", "--bind", f"127.0.0.1:{self.port}"]
-        self._spawn([*argv, "--workers", str(self.workers)])
-        wait_until(
-            lambda: _ready(self),
-            timeout,
-            "the server to be ready",
-        )
-
-
-def _ready(server: Server) -> bool:
-    if server.process.poll() is not None:
-        raise RuntimeError(f"serve exited ({server.process.returncode}):\n{server.tail()}")
-    try:
-        return requests.get(f"{server.url}/readyz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+    def _spawn(self, argv: list) -> None:
+        super()._spawn([*argv, "--workers", str(self.workers)])
 
 
 def reset_postgres(url: str) -> None:
@@ -138,49 +121,30 @@ def main() -> int:
             reset_postgres(args.pg_url)
             env["RM_DATABASE_URL"] = args.pg_url
         server = BenchServer(work, clean_env(**env), args.port, args.workers)
-        server.start()
+        server.start(timeout=60)
         agent = None
         try:
-            token = server.admin_token(PASSWORD, username="bench")
-            api = requests.Session()
-            api.headers["Authorization"] = f"Bearer {token}"
-            base = f"{server.url}/api/v1"
-            minted = api.post(
-                f"{base}/enrollment-tokens",
-                json={
-                    "hostname": "bench",
-                    "repo_url": str(repo),
-                    "repo_password": PASSWORD,
-                    "paths": [str(data)],
-                },
-                timeout=10,
-            ).json()
-            agent = AgentProcess(work / "agent-home", work / "agent.log", HOME=str(home))
-            agent.enroll(server.url, minted["token"])
-            host_id = api.get(f"{base}/hosts", timeout=10).json()["items"][0]["id"]
+            api = Api(server, server.admin_token(PASSWORD, username="bench"))
+            agent = enroll_agent(
+                api,
+                server,
+                hostname="bench",
+                repo=repo,
+                repo_password=PASSWORD,
+                home=work / "agent-home",
+                log_path=work / "agent.log",
+                paths=(str(data),),
+                HOME=str(home),
+            )
+            host_id = api.get("/hosts").json()["items"][0]["id"]
             agent.start()
-            wait_until(
-                lambda: (
-                    api.get(f"{base}/hosts/{host_id}", timeout=10).json()["repo_status"] == "ready"
-                ),
-                120,
-                "repository ready",
-            )
+            api.wait_repo_ready(host_id, timeout=120)
             log("backing up …")
-            backup = api.post(f"{base}/hosts/{host_id}/jobs", json={"kind": "backup"}, timeout=10)
-            job_id = backup.json()["id"]
-            job = wait_until(
-                lambda: (
-                    (j := api.get(f"{base}/jobs/{job_id}", timeout=10).json())["finished_at"] and j
-                ),
-                600,
-                "the backup",
-                interval=0.1,
-            )
+            job = api.wait_job(api.run(host_id, "backup"), timeout=600)
             if job["status"] != "succeeded":
                 raise RuntimeError(f"backup {job['status']}: {agent.tail()}")
             snapshot = job["stats"]["snapshot_id"]
-            download_url = f"{base}/hosts/{host_id}/snapshots/{snapshot}/download"
+            download_url = f"{api.base}/hosts/{host_id}/snapshots/{snapshot}/download"
             bare_env = {
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "HOME": str(home),
@@ -216,7 +180,7 @@ def main() -> int:
             def through_server() -> float:
                 started = time.perf_counter()
                 size, sha = 0, hashlib.sha256()
-                with api.get(
+                with api.session.get(
                     download_url, params={"path": str(big)}, stream=True, timeout=600
                 ) as reply:
                     if reply.status_code != 200:
