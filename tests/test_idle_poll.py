@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, text, update
+from sqlalchemy import event, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from app.extensions import db
 from app.models import AgentToken, Host, Job
@@ -102,6 +103,35 @@ def test_deferred_heartbeats_are_written_by_the_next_flush_and_never_go_back(pro
     beats.note(host_id, written - timedelta(seconds=30))
     assert beats.flush(db.session.commit) == 1
     assert _last_seen(host_id) == written
+
+
+def test_a_flush_writes_in_small_transactions_and_keeps_what_failed(protocol_app):
+    """A big flush is several short transactions (on SQLite one long one held the whole
+    worker); a failed one keeps its heartbeats and the later ones for the next flush."""
+    count = 2 * heartbeats.CHUNK_ROWS + 5
+    db.session.add_all(Host(hostname=f"beat-{n}") for n in range(count))
+    db.session.commit()
+    ids = list(db.session.scalars(select(Host.id).where(Host.hostname.like("beat-%"))))
+    at = utcnow()
+    beats = heartbeats.Heartbeats()
+    for host_id in ids:
+        beats.note(host_id, at)
+    commits = []
+
+    def commit(fail_at=None):
+        commits.append(1)
+        if len(commits) == fail_at:
+            raise OperationalError("COMMIT", {}, Exception("database is locked"))
+        db.session.commit()
+
+    assert beats.flush(lambda: commit(fail_at=2)) == heartbeats.CHUNK_ROWS
+    assert beats.pending() == count - heartbeats.CHUNK_ROWS
+    commits.clear()
+    assert beats.flush(commit) == count - heartbeats.CHUNK_ROWS
+    assert len(commits) == 2  # the 105 rows left: two transactions
+    db.session.expire_all()
+    seen = db.session.scalars(select(Host.last_seen_at).where(Host.id.in_(ids))).all()
+    assert seen == [at] * count
 
 
 def test_a_host_coming_back_is_written_at_once(protocol_app):
