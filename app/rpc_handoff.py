@@ -30,7 +30,7 @@ class Reader:
         self.position = 0  # bytes this download has taken (from either path)
         self._lock = threading.Lock()
         self._offered: Optional[tuple[int, bytes]] = None
-        self._taken = threading.Event()  # gevent's once gevent has patched threading
+        self._decided = threading.Event()  # taken or closed (gevent's once it patched threading)
         self.closed = False
 
     def advance(self, taken: int) -> None:
@@ -45,7 +45,7 @@ class Reader:
             data = self._offered[1]
             self._offered = None
             self.position += len(data)
-        self._taken.set()
+        self._decided.set()
         return data
 
     def offer(self, offset: int, data: bytes, wake, timeout: float) -> bool:
@@ -55,19 +55,21 @@ class Reader:
             if self.closed or self._offered is not None or self.position != offset:
                 return False
             self._offered = (offset, data)
-            self._taken.clear()
+            self._decided.clear()
         wake()
-        self._taken.wait(timeout)
+        self._decided.wait(timeout)
         with self._lock:
             if self._offered is not None and self._offered[0] == offset:
                 self._offered = None  # withdrawn: it goes to the database
                 return False
-        return True
+            # Taken, or dropped by close(): only a take moves the position past it.
+            return self.position >= offset + len(data)
 
     def close(self) -> None:
         with self._lock:
             self.closed = True
             self._offered = None
+        self._decided.set()  # a waiting offer learns at once that nobody takes it
 
 
 class Readers:

@@ -55,3 +55,18 @@ def test_one_chunk_waits_at_a_time():
         assert reader.take() == b"a"
         first.join(5)
         assert results == [True]
+
+
+def test_a_chunk_waiting_when_the_download_ends_is_not_taken():
+    readers = Readers()
+    results = []
+    with readers.reading("c4") as reader:
+        waiting = threading.Thread(
+            target=lambda: results.append(reader.offer(0, b"a", lambda: None, timeout=5))
+        )
+        waiting.start()
+        time.sleep(0.1)
+    started = time.monotonic()
+    waiting.join(5)
+    assert results == [False]  # the upload stores it (or learns the download is closed)
+    assert time.monotonic() - started < 2  # told at once, not after the timeout
