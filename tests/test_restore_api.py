@@ -16,6 +16,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from app.agent_api import rpc as agent_rpc
 from app.extensions import db
 from app.models import AuditLog, Command, DiffEntry, Host, Job, RpcCall, RpcChunk, Snapshot
 from app.models.types import utcnow
@@ -427,8 +428,6 @@ def test_the_header_reply_names_the_chunk_size_an_agent_may_send(app, host, app_
 def test_a_download_nobody_reads_holds_the_agent_back(app, host, monkeypatch):
     """Back-pressure: beyond MAX_UNREAD_BYTES unread, an upload waits for the browser to
     read, then answers 429 rpc_busy and stores nothing; once read, the chunk is taken."""
-    from app.agent_api import rpc as agent_rpc
-
     monkeypatch.setattr(rpc, "MAX_UNREAD_BYTES", 5)
     monkeypatch.setattr(agent_rpc, "ROOM_WAIT_SECONDS", 0.3)
     call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=20)
