@@ -425,6 +425,21 @@ def test_the_header_reply_names_the_chunk_size_an_agent_may_send(app, host, app_
     assert rpc.chunk_cap(2 << 20) == 2 << 20 and rpc.chunk_cap(64 << 20) == rpc.MAX_CHUNK_BYTES
 
 
+def test_a_chunk_shorter_than_announced_is_refused(app, host):
+    call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=20)
+    agent_post(app, host, call.id, json={"ok": True, "result": {"name": "f", "size": 12}})
+    short = agent_post(
+        app,
+        host,
+        f"{call.id}/data?offset=0",
+        data=b"abc",
+        content_type="application/octet-stream",
+        environ_overrides={"CONTENT_LENGTH": "10"},
+    )
+    assert short.status_code == 400 and short.get_json()["error"] == "incomplete_body"
+    assert db.session.get(RpcCall, call.id).bytes_committed == 0
+
+
 def test_a_download_nobody_reads_holds_the_agent_back(app, host, monkeypatch):
     """Back-pressure: beyond MAX_UNREAD_BYTES unread, an upload waits for the browser to
     read, then answers 429 rpc_busy and stores nothing; once read, the chunk is taken."""
