@@ -27,6 +27,12 @@ PREV = re.compile(r'href="([^"]+)" rel="prev"')
 RANGE = re.compile(r'class="fleetpager__range">([^<]+)</span>')
 
 
+def _cursor_of(payload) -> str:
+    """A cursor as the pagers write them (URL-safe base64 of JSON), holding ``payload``."""
+    raw = json.dumps(payload).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def _names(rows) -> list[str]:
     return [row.host.hostname for row in rows]
 
@@ -148,7 +154,42 @@ def test_a_cursor_of_another_sort_or_garbage_gives_the_first_page(app, mixed_fle
         assert _names(page.rows) == first
 
 
+# No key column holds these: a cursor with one opens the first page. 0, -1 and "x" fit some
+# column and move the page instead; either way never an error.
+UNFIT = [10**30, -(2**63) - 1, 1.5, True, "a\u0000", "a\ud800", "x" * 256, [], {}]
+
+
+@pytest.mark.parametrize("column", sorted(fleet.SORT_COLUMNS))
+def test_a_tampered_cursor_is_never_an_error(login_as, mixed_fleet, column):
+    """Each value of a real cursor replaced, in turn, by one of another type or range."""
+    viewer = login_as(Role.viewer)
+    base = f"/?per_page=4&sort={column}"
+    html = viewer.get(base).get_data(as_text=True)
+    first = HOST_LINK.findall(html)
+    text = NEXT.search(html).group(1).split("after=")[1]
+    payload = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    for forged in [*UNFIT, 0, -1, "x", {"t": "yesterday"}]:
+        for position in range(len(payload["k"])):
+            key = list(payload["k"])
+            key[position] = forged
+            cursor = _cursor_of({**payload, "k": key})
+            for name in ("after", "before"):
+                answer = viewer.get(f"{base}&{name}={cursor}")
+                assert answer.status_code == 200, (forged, position, name)
+                if forged in UNFIT:
+                    assert HOST_LINK.findall(answer.get_data(as_text=True)) == first
+
+
+@pytest.mark.parametrize("parameter", ["per_page", "q", "tag", "sort", "status", "after"])
+def test_a_nul_in_a_dashboard_parameter_is_a_clear_page(login_as, mixed_fleet, parameter):
+    answer = login_as(Role.viewer).get(f"/?{parameter}=a%00b")
+    assert answer.status_code == 422
+    assert f"&#39;{parameter}&#39; must not contain NUL characters" in answer.get_data(as_text=True)
+
+
 def test_per_page_is_bounded_and_kept_in_links(login_as, mixed_fleet):
+    for wrong in ("9" * 30, "ten", "1.5", "", " 7"):
+        assert FleetQuery.from_args({"per_page": wrong}).per_page == fleet.DEFAULT_PER_PAGE
     assert FleetQuery.from_args({"per_page": "0"}).per_page == fleet.DEFAULT_PER_PAGE
     assert FleetQuery.from_args({"per_page": "99999"}).per_page == fleet.MAX_PER_PAGE
     assert FleetQuery.from_args({"per_page": "-3"}).per_page == fleet.DEFAULT_PER_PAGE
@@ -201,7 +242,15 @@ def _host(name) -> Host:
     return db.session.scalar(select(Host).where(Host.hostname == name))
 
 
-def test_refresh_answers_304_until_something_shown_changes(login_as, mixed_fleet):
+@pytest.fixture
+def still_clock(monkeypatch):
+    """The dashboard's clock stopped: the ETag holds the minute, which must not turn mid-test."""
+    now = utcnow()
+    monkeypatch.setattr("app.web.dashboard.routes.utcnow", lambda: now)
+    return now
+
+
+def test_refresh_answers_304_until_something_shown_changes(login_as, mixed_fleet, still_clock):
     viewer = login_as(Role.viewer)
     first = _refresh(viewer)
     etag = first.headers["ETag"]
@@ -243,7 +292,7 @@ def test_refresh_answers_304_until_something_shown_changes(login_as, mixed_fleet
     assert changed(lambda: setattr(_host("host-01"), "last_seen_at", utcnow() - timedelta(hours=1)))
 
 
-def test_refresh_etag_depends_on_the_view_and_the_user(login_as, mixed_fleet):
+def test_refresh_etag_depends_on_the_view_and_the_user(login_as, mixed_fleet, still_clock):
     viewer, admin = login_as(Role.viewer), login_as(Role.admin)
     etag = _refresh(viewer).headers["ETag"]
     assert _refresh(admin, etag=etag).status_code == 200  # other buttons
@@ -306,6 +355,15 @@ def test_api_cursor_survives_inserts(api, mixed_fleet):
         ("limit=0", "limit", "from 1 to 1000"),
         ("limit=1001", "limit", "from 1 to 1000"),
         ("limit=ten", "limit", "whole number"),
+        ("limit=1.5", "limit", "whole number"),
+        ("limit=-1", "limit", "from 1 to 1000"),
+        ("limit=" + "9" * 30, "limit", "from 1 to 1000"),
+        ("limit=%00", "limit", "NUL"),
+        ("cursor=%00", "cursor", "NUL"),
+        ("tag=%00", "tag", "NUL"),
+        ("tag=no%20such", "tag", "not a tag"),
+        ("cursor=" + "9" * 30, "cursor", "not a cursor"),
+        ("cursor=%20" + _cursor_of({"s": "hostname", "k": ["a", 1]}), "cursor", "not a cursor"),
         ("cursor=", "cursor", "not a cursor"),
         ("cursor=!!!", "cursor", "not a cursor"),
         ("cursor=abc", "cursor", "not a cursor"),
@@ -319,13 +377,42 @@ def test_api_refuses_bad_limits_and_cursors(api, mixed_fleet, query, field, word
     assert field in body["fields"] and words in body["fields"][field][0]
 
 
+FORGED_KEYS = [
+    ["x"],
+    ["x", True],
+    ["x", 0],
+    ["x", -1],
+    ["x", 10**30],
+    ["x", 2**31],
+    ["x", 1.5],
+    ["x", None],
+    [None, 1],
+    [1, 2],
+    ["x" * 300, 1],
+    ["a\ud800", 1],
+    ["a\u0000", 1],
+    [{"t": "2026-01-01T00:00:00+00:00"}, 1],
+]
+
+
 @pytest.mark.parametrize(
     "payload",
-    [{"h": 1}, ["x"], ["x", True], ["x", 0], [1, 2], ["x" * 300, 1], ["a\ud800", 1], None],
+    [
+        {"h": 1},
+        ["x"],
+        ["x", True],
+        ["x", 0],
+        [1, 2],
+        ["x" * 300, 1],
+        ["a\ud800", 1],
+        None,
+        *({"s": "hostname", "k": key} for key in FORGED_KEYS),
+        {"s": "host asc", "k": ["x", 1]},  # the dashboard's order, not this list's
+        {"k": ["x", 1]},
+    ],
 )
 def test_api_refuses_forged_cursors(api, mixed_fleet, payload):
-    raw = json.dumps(payload).encode()
-    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    cursor = _cursor_of(payload)
     answer = api(Role.viewer).get(f"/api/v1/hosts?limit=2&cursor={cursor}")
     assert answer.status_code == 422, answer.get_data(as_text=True)
     assert "cursor" in answer.get_json()["fields"]

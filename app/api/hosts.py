@@ -1,30 +1,20 @@
 from __future__ import annotations
 
-import base64
-import json
-import re
-
 from flask import current_app, jsonify, request
-from sqlalchemy import and_, or_, select
 
-from app import MAX_ID
 from app.access import Role, require_role
 from app.api import bp
 from app.api.serialize import host_json, repo_stats_json, snapshot_json
 from app.api.validation import json_body, query_integer
 from app.authn import client_address, current_actor
 from app.bus import host_key
-from app.extensions import db
 from app.formatting import iso
 from app.models import Host
 from app.models.types import utcnow
 from app.services import backends, hosts, repository, snapshot_sizes
 from app.services.errors import ValidationFailed
-from app.services.validate import echo, unstorable
+from app.services.validate import echo
 from app.transaction import commit_and_wake
-
-MAX_HOSTS_PAGE = 1000  # limit= of GET /hosts; a cursor without limit pages at this size
-MAX_HOSTS_CURSOR = 400  # characters: a 255-character hostname and an id, encoded
 
 
 @bp.get("/hosts")
@@ -35,62 +25,18 @@ def list_hosts():
     now = utcnow()
     offline_after = current_app.config["RM_OFFLINE_AFTER_SECONDS"]
     tag = request.args.get("tag", "").strip()
-    query = select(Host)
     if tag:
         tag = hosts.parse_tag_filter(tag)  # 422 naming the parameter, like /jobs?tag=
-        query = query.where(hosts.has_tag(tag))
     limit = None
     if request.args.get("limit", "").strip():
-        limit = query_integer("limit", request.args["limit"], 1, MAX_HOSTS_PAGE)
-    if "cursor" in request.args:
-        hostname, host_id = _hosts_cursor(request.args["cursor"])
-        query = query.where(
-            or_(Host.hostname > hostname, and_(Host.hostname == hostname, Host.id > host_id))
-        )
-        limit = limit or MAX_HOSTS_PAGE
-    query = query.order_by(Host.hostname, Host.id)
-    if limit is None:
-        rows = list(db.session.scalars(query))
-        next_cursor = None
-    else:
-        rows = list(db.session.scalars(query.limit(limit + 1)))
-        next_cursor = _encode_hosts_cursor(rows[limit - 1]) if len(rows) > limit else None
-        rows = rows[:limit]
+        limit = query_integer("limit", request.args["limit"], 1, hosts.MAX_PAGE)
+    rows, next_cursor = hosts.list_hosts(tag=tag, limit=limit, cursor=request.args.get("cursor"))
     return jsonify(
         {
             "items": [host_json(h, h.status(now, offline_after)) for h in rows],
             "next_cursor": next_cursor,
         }
     )
-
-
-def _encode_hosts_cursor(host: Host) -> str:
-    raw = json.dumps([host.hostname, host.id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _hosts_cursor(text: str) -> tuple[str, int]:
-    """The (hostname, id) a ``next_cursor`` carries; 422 for anything else."""
-    problem = "'cursor' is not a cursor of this list: pass a next_cursor exactly as received."
-    text = text.strip()
-    if not text or len(text) > MAX_HOSTS_CURSOR or not re.fullmatch(r"[A-Za-z0-9_-]+", text):
-        raise ValidationFailed(problem, fields={"cursor": [problem]})
-    try:
-        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except ValueError:
-        value = None
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not isinstance(value[0], str)
-        or len(value[0]) > 255
-        or unstorable(value[0])
-        or isinstance(value[1], bool)
-        or not isinstance(value[1], int)
-        or not 1 <= value[1] <= MAX_ID
-    ):
-        raise ValidationFailed(problem, fields={"cursor": [problem]})
-    return value[0], value[1]
 
 
 @bp.get("/hosts/<int:host_id>")

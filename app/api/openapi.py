@@ -26,6 +26,8 @@ from app.models.job import STATUSES as JOB_STATUSES
 from app.services.alerts import GROUP_RULES, MAX_THRESHOLD_SECONDS
 from app.services.alerts import MAX_PAGE as ALERTS_PAGE
 from app.services.alerts import RULES as ALERT_RULES
+from app.services.hosts import MAX_CURSOR_LENGTH as MAX_HOSTS_CURSOR
+from app.services.hosts import MAX_PAGE as HOSTS_PAGE
 from app.services.job_params import MAX_KIB_PER_SECOND
 from app.services.job_params import RUNNABLE_KINDS as JOB_KINDS
 from app.services.notifications import KINDS as CHANNEL_KINDS
@@ -841,9 +843,10 @@ OPERATIONS: dict[str, Operation] = {
                 "items": array(ref("Host")),
                 "next_cursor": nullable(
                     string(
-                        400,
+                        MAX_HOSTS_CURSOR,
+                        pattern="^[A-Za-z0-9_-]+$",
                         description="Pass as cursor= for the next page; null on the last "
-                        "page and whenever no limit or cursor was given.",
+                        "page and whenever neither limit nor cursor was given.",
                     )
                 ),
             },
@@ -853,13 +856,15 @@ OPERATIONS: dict[str, Operation] = {
             ("tag", string(64), "Only hosts with this tag."),
             (
                 "limit",
-                integer(1, 1000),
-                "Page size (1-1000). Without limit and cursor every host is listed at once.",
+                integer(1, HOSTS_PAGE),
+                f"Page size (1-{HOSTS_PAGE}). Without limit and cursor (or with an empty "
+                "limit) every host is listed at once.",
             ),
             (
                 "cursor",
-                string(400, pattern="^[A-Za-z0-9_-]+$"),
-                "The next_cursor of the previous page (opaque); alone it pages by 1000.",
+                string(MAX_HOSTS_CURSOR, pattern="^[A-Za-z0-9_-]+$"),
+                "The next_cursor of the previous page, exactly as received (opaque); "
+                f"without limit it pages by {HOSTS_PAGE}. Anything else is a 422.",
             ),
         ),
     ),

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from datetime import datetime
-from typing import Optional
+from typing import Any, Optional
 
-from sqlalchemy import cast, delete, exists, func, select, true
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
+    and_,
+    cast,
+    delete,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
+from app import MAX_ID
 from app.extensions import db
 from app.models import AgentToken, Host, Job, RetiredAgentToken, Schedule
 from app.services import audit, validate
@@ -109,6 +126,127 @@ def all_tags() -> list[str]:
         query = select(element.c.value).select_from(Host).join(element, true())
         query = query.where(element.c.type == "text")
     return sorted({value for value in db.session.scalars(query.distinct()) if value})
+
+
+# --- paging by keyset: the dashboard's host table and GET /api/v1/hosts ---------------------
+#
+# A page is "the rows that sort after the last one shown", not an offset: a host added or
+# removed on an earlier page neither repeats nor skips a row on the next, and the database
+# never counts past thousands of rows to find a page. A key is a list of (expression,
+# descending) ending in Host.id, so no two rows tie. A cursor carries the key's values of one
+# row and the name of the order it was written for, opaque (URL-safe base64 of JSON).
+
+SortKey = list[tuple[Any, bool]]
+MAX_PAGE = 1000  # GET /hosts?limit=; a cursor without a limit pages at this size
+MAX_CURSOR_LENGTH = 1000  # characters; the longest either pager writes is under 600
+BY_HOSTNAME: SortKey = [(Host.hostname, False), (Host.id, False)]
+_CURSOR_TEXT = re.compile(r"[A-Za-z0-9_-]+")
+_CURSOR_PROBLEM = "'cursor' is not a cursor of this list: pass a next_cursor exactly as received."
+
+
+def beyond(key: SortKey, values: list, backwards: bool = False):
+    """A WHERE clause: rows after ``values`` in the order of ``key`` (before when
+    ``backwards``)."""
+    clauses, equal = [], []
+    for (expression, descending), value in zip(key, values):
+        if value is None:  # only NULLs share this value: none is after another
+            after, same = false(), expression.is_(None)
+        else:
+            after = expression < value if descending != backwards else expression > value
+            same = expression == value
+        clauses.append(and_(*equal, after))
+        equal.append(same)
+    return or_(*clauses)
+
+
+def key_order(key: SortKey, backwards: bool = False) -> list:
+    """ORDER BY ``key`` (reversed when ``backwards``)."""
+    return [
+        expression.desc() if descending != backwards else expression.asc()
+        for expression, descending in key
+    ]
+
+
+def keyset_page(statement, key: SortKey, values: Optional[list], limit: int, backwards=False):
+    """At most ``limit`` rows of ``statement`` after ``values`` (from the start when None) in
+    the order of ``key``, and whether more follow: one query, limited in the database."""
+    if values is not None:
+        statement = statement.where(beyond(key, values, backwards))
+    statement = statement.order_by(*key_order(key, backwards)).limit(limit + 1)
+    rows = db.session.execute(statement).all()
+    return rows[:limit], len(rows) > limit
+
+
+def encode_cursor(order: str, values: list) -> str:
+    """``values`` (a row's key) as an opaque, URL-safe string for the order named ``order``."""
+    plain = [{"t": v.isoformat()} if isinstance(v, datetime) else v for v in values]
+    raw = json.dumps({"s": order, "k": plain}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str, order: str, key: SortKey) -> Optional[list]:
+    """The values of a cursor :func:`encode_cursor` wrote for ``order``, each of its key
+    column's type and storable; None for anything else (another order, garbage, forgery)."""
+    if not text or len(text) > MAX_CURSOR_LENGTH or not _CURSOR_TEXT.fullmatch(text):
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(payload, dict) or payload.get("s") != order:
+        return None
+    values = payload.get("k")
+    if not isinstance(values, list) or len(values) != len(key):
+        return None
+    typed = [_key_value(value, expression) for value, (expression, _) in zip(values, key)]
+    return None if _REFUSED in typed else typed
+
+
+_REFUSED = object()
+
+
+def _key_value(value, expression):
+    """``value`` as the type of ``expression``, or _REFUSED (no query may fail on it)."""
+    if value is None:
+        return None
+    sql_type = getattr(expression.type, "impl", expression.type)  # through TypeDecorators
+    if isinstance(sql_type, Integer):
+        ok = type(value) is int and validate.INT64_MIN <= value <= validate.INT64_MAX
+        return value if ok else _REFUSED
+    if isinstance(sql_type, String):
+        ok = isinstance(value, str) and len(value) <= 255 and not validate.unstorable(value)
+        return value if ok else _REFUSED
+    if isinstance(sql_type, DateTime):
+        try:
+            moment = datetime.fromisoformat(value["t"])
+        except (TypeError, KeyError, ValueError):
+            return _REFUSED
+        return moment if moment.tzinfo is not None else _REFUSED
+    raise TypeError(f"no cursor value for a key of type {sql_type!r}")
+
+
+def list_hosts(
+    *, tag: str = "", limit: Optional[int] = None, cursor: Optional[str] = None
+) -> tuple[list[Host], Optional[str]]:
+    """Hosts by hostname (optionally only those tagged ``tag``): every one when neither
+    ``limit`` nor ``cursor`` is given, else one page (``limit``, or MAX_PAGE) after
+    ``cursor`` and the cursor of the next page (None on the last). A cursor this list did
+    not write is a ValidationFailed naming it."""
+    statement = select(Host)
+    if tag:
+        statement = statement.where(has_tag(tag))
+    if limit is None and cursor is None:
+        return list(db.session.scalars(statement.order_by(*key_order(BY_HOSTNAME)))), None
+    values = None
+    if cursor is not None:
+        values = decode_cursor(cursor, "hostname", BY_HOSTNAME)
+        if values is None or values[0] is None or not 1 <= (values[1] or 0) <= MAX_ID:
+            validate.fail("cursor", _CURSOR_PROBLEM)
+    rows, more = keyset_page(statement, BY_HOSTNAME, values, limit or MAX_PAGE)
+    found = [host for (host,) in rows]
+    if not more:
+        return found, None
+    return found, encode_cursor("hostname", [found[-1].hostname, found[-1].id])
 
 
 def rename_host(

@@ -8,13 +8,11 @@ never loads the whole fleet (5,000 hosts were 5 MB of HTML): the page is found b
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from sqlalchemy import and_, case, false, func, or_, select
+from sqlalchemy import String, and_, case, false, func, or_, select
 
 from app.extensions import db
 from app.models import Host, Job, Schedule
@@ -229,14 +227,10 @@ def summarize(rows: Iterable[FleetRow], job_counts: Mapping[str, int]) -> FleetS
 
 # --- loading: the same rules in SQL, one page at a time -------------------------------------
 #
-# Paging is by keyset, not offset: the page after a row is "the rows that sort after it", so a
-# host added or removed on an earlier page while someone reads page 3 neither repeats nor skips
-# a row on page 4, and the database never counts past thousands of rows to find a page. The
-# cursor is the last (or first) row's sort key, opaque in the URL (``after=`` / ``before=``).
-# A key is a list of (expression, descending): a flag that puts missing values last in both
-# directions, the column, then lower(hostname) and id as the tie-breakers sort_rows uses.
-
-SqlKey = list[tuple[Any, bool]]
+# Paged by keyset (hosts.keyset_page, shared with GET /api/v1/hosts): the cursor is the last
+# (or first) row's sort key, opaque in the URL (``after=`` / ``before=``). A key is a list of
+# (expression, descending): a flag that puts missing values last in both directions, the
+# column, then lower(hostname) and id as the tie-breakers sort_rows uses.
 
 
 def _status_rank(cutoff: datetime):
@@ -248,9 +242,9 @@ def _missing(expression) -> Any:
     return case((expression.is_(None), 1), else_=0)
 
 
-def sql_key(column: str, direction: str, cutoff: datetime) -> SqlKey:
+def sql_key(column: str, direction: str, cutoff: datetime) -> hosts.SortKey:
     descending = direction == "desc"
-    name = func.lower(Host.hostname)
+    name = func.lower(Host.hostname, type_=String)
     if column == "host":
         return [(name, descending), (Host.id, False)]
     if column == "status":
@@ -259,8 +253,8 @@ def sql_key(column: str, direction: str, cutoff: datetime) -> SqlKey:
         os, arch = func.coalesce(Host.os, ""), func.coalesce(Host.arch, "")
         keys = [
             (case((and_(os == "", arch == ""), 1), else_=0), False),
-            (func.lower(os), descending),
-            (func.lower(arch), descending),
+            (func.lower(os, type_=String), descending),
+            (func.lower(arch, type_=String), descending),
         ]
     elif column == "backup_status":
         rank = case(
@@ -279,27 +273,6 @@ def sql_key(column: str, direction: str, cutoff: datetime) -> SqlKey:
         }[column]
         keys = [(_missing(value), False), (value, descending)]
     return [*keys, (name, False), (Host.id, False)]
-
-
-def _beyond(key: SqlKey, values: list, backwards: bool = False):
-    """Rows after ``values`` in the order of ``key`` (before them when ``backwards``)."""
-    clauses, equal = [], []
-    for (expression, descending), value in zip(key, values):
-        if value is None:  # only NULLs share this flag: none is after another
-            after, same = false(), expression.is_(None)
-        else:
-            after = expression < value if descending != backwards else expression > value
-            same = expression == value
-        clauses.append(and_(*equal, after))
-        equal.append(same)
-    return or_(*clauses)
-
-
-def _order(key: SqlKey, backwards: bool = False) -> list:
-    return [
-        expression.desc() if descending != backwards else expression.asc()
-        for expression, descending in key
-    ]
 
 
 def conditions(query: FleetQuery, cutoff: datetime) -> list:
@@ -327,44 +300,6 @@ def _failing():
     )
 
 
-# --- the cursor: the key's values, as an opaque URL-safe string ----------------------------
-
-
-def encode_cursor(payload: dict) -> str:
-    def plain(value):
-        return {"t": value.isoformat()} if isinstance(value, datetime) else value
-
-    raw = json.dumps({**payload, "k": [plain(v) for v in payload["k"]]}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-MAX_CURSOR_LENGTH = 1000
-
-
-def decode_cursor(text: str) -> Optional[dict]:
-    """The payload, or None for anything that is not a cursor this module wrote."""
-    if not text or len(text) > MAX_CURSOR_LENGTH:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        values = []
-        for value in payload["k"]:
-            if isinstance(value, dict):
-                value = datetime.fromisoformat(value["t"])
-                if value.tzinfo is None:
-                    return None
-            elif value is not None and not isinstance(value, (int, str)):
-                return None
-            if isinstance(value, bool):
-                return None
-            values.append(value)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    if not isinstance(payload, dict):
-        return None
-    return {**payload, "k": values}
-
-
 # --- one page ----------------------------------------------------------------------------
 
 
@@ -381,14 +316,6 @@ class Page:
         return self.start + len(self.rows) - 1 if self.rows else 0
 
 
-def _cursor_values(payload: Optional[dict], query: FleetQuery, size: int) -> Optional[list]:
-    """The key of a cursor written for this sort order, else None (the first page)."""
-    if not payload or payload.get("s") != query.sort or payload.get("d") != query.dir:
-        return None
-    values = payload["k"]
-    return values if len(values) == size else None
-
-
 def load_page(
     query: FleetQuery,
     now: datetime,
@@ -402,20 +329,17 @@ def load_page(
     cutoff = now - timedelta(seconds=offline_after_seconds)
     key = sql_key(query.sort, query.dir, cutoff)
     where = conditions(query, cutoff)
+    order = f"{query.sort} {query.dir}"  # a cursor of another order opens the first page
     limit = query.per_page
     backwards = False
-    values = _cursor_values(decode_cursor(after), query, len(key)) if after else None
+    values = hosts.decode_cursor(after, order, key) if after else None
     if values is None and before:
-        values = _cursor_values(decode_cursor(before), query, len(key))
+        values = hosts.decode_cursor(before, order, key)
         backwards = values is not None
     # Narrow first: ids and sort keys only, sorted and cut in the database; then the page's
     # rows (and their running backups) by id.
     statement = select(Host.id, *(e for e, _ in key)).where(*where)
-    if values is not None:
-        statement = statement.where(_beyond(key, values, backwards))
-    keys = db.session.execute(statement.order_by(*_order(key, backwards)).limit(limit + 1)).all()
-    more = len(keys) > limit
-    keys = keys[:limit]
+    keys, more = hosts.keyset_page(statement, key, values, limit, backwards)
     if backwards:
         keys.reverse()
         if len(keys) < limit:  # the start was reached (rows removed): the first page
@@ -429,7 +353,9 @@ def load_page(
         )
     }
     found = [by_id[k[0]] for k in keys if k[0] in by_id]
-    before_first = _beyond(key, first_key, backwards=True) if first_key is not None else false()
+    before_first = (
+        hosts.beyond(key, first_key, backwards=True) if first_key is not None else false()
+    )
     matches, earlier = db.session.execute(
         select(func.count(), func.coalesce(func.sum(case((before_first, 1), else_=0)), 0))
         .select_from(Host)
@@ -439,7 +365,7 @@ def load_page(
     has_prev = bool(found) and earlier > 0
 
     def cursor(values):
-        return encode_cursor({"s": query.sort, "d": query.dir, "k": values})
+        return hosts.encode_cursor(order, values)
 
     crons = _single_enabled_schedules([row[0].id for row in found])
     rows = [

@@ -44,7 +44,7 @@ def dashboard():
     offline_after = current_app.config["RM_OFFLINE_AFTER_SECONDS"]
     query = fleet.FleetQuery.from_args(request.args)
     cursor = {
-        name: request.args.get(name, "")[: fleet.MAX_CURSOR_LENGTH] for name in ("after", "before")
+        name: request.args.get(name, "")[: hosts.MAX_CURSOR_LENGTH] for name in ("after", "before")
     }
     page = fleet.load_page(query, now, offline_after, **cursor)
     page_ids = [row.host.id for row in page.rows]
