@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 
@@ -53,6 +54,24 @@ class LatestPolls:
     def holds(self, host_id: int, ticket: int) -> bool:
         with self._lock:
             return self._tickets.get(host_id) == ticket
+
+
+def _agent_went_away() -> bool:
+    """Whether the agent's end of this poll's connection is closed: the agent exited, or a
+    proxy dropped it (it closes its upstream connection too). A command leased now would be
+    written to nobody and wait for its lease to run out; the agent's next poll, perhaps in
+    another worker, takes it instead. Only a closed connection shows (end of stream waiting
+    to be read, or a reset); a silently dead network path does not."""
+    sock = request.environ.get("gunicorn.socket")  # absent under the test client
+    if sock is None:
+        return False
+    raw = getattr(sock, "_sock", sock)  # gevent's socket would wait instead of answering
+    try:
+        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # open, nothing sent: the agent waits for this answer
+    except OSError:
+        return True  # reset
 
 
 def _heartbeats() -> heartbeats.Heartbeats:
@@ -206,7 +225,7 @@ def poll():
             superseded = not _latest_polls().holds(host_id, ticket) or (
                 boot_id and host.boot_id and host.boot_id != boot_id[:64]
             )
-            if superseded:  # another worker's newer poll shows as a new boot_id
+            if superseded or _agent_went_away():  # nobody to hand a command to
                 db.session.remove()
                 return "", 204
             leased = commands.lease(host, now=utcnow())
