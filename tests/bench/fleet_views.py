@@ -54,6 +54,16 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench_seed_jobs import (  # noqa: E402 -- this script's folder, as poll_cost imports seed
+    JOB_INSERT,
+    Insane,
+    check,
+    job_row,
+    log,
+    reset_sequences,
+    time_stamper,
+)
+
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PG_NAME = "rm_bench_fleet"
 TAGS = [f"t{number:02d}" for number in range(20)]
@@ -62,23 +72,6 @@ HOST_LINK = re.compile(r'class="hostlink" href="/hosts/\d+">([^<]+)</a>')
 RANGE = re.compile(r'class="fleetpager__range">([^<]+)</span>')
 NEXT = re.compile(r'href="([^"]+)" rel="next"')
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class Insane(AssertionError):
-    """The benchmark's own numbers are impossible or its answers wrong."""
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise Insane(message)
-
-
-def _sqlite_time(value: datetime) -> str:
-    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 # --- seeding -----------------------------------------------------------------------------
@@ -103,9 +96,8 @@ def fill(url: str, workdir: Path, args, now: datetime) -> dict:
     with app.app_context():
         upgrade()
         dialect = db.engine.dialect.name
-        stamp = (lambda value: value) if dialect == "postgresql" else _sqlite_time
+        stamp = time_stamper(dialect)
         marker = "%s" if dialect == "postgresql" else "?"
-        false = False if dialect == "postgresql" else 0
         raw = db.engine.raw_connection()
         started = time.perf_counter()
         try:
@@ -124,23 +116,15 @@ def fill(url: str, workdir: Path, args, now: datetime) -> dict:
                     created = now - timedelta(days=day, minutes=host_id % 600)
                     status = "failed" if job_id % 23 == 0 else "succeeded"
                     jobs.append(
-                        (
+                        job_row(
+                            dialect,
                             job_id,
                             host_id,
                             "backup",
                             status,
-                            "a" * 32,
-                            "schedule",
-                            "nightly",
-                            "{}",
-                            '{"files_new": 12, "data_added": 4096}',
-                            "{}",
-                            0,
-                            false,
-                            0,
-                            stamp(created),
-                            stamp(created + timedelta(seconds=2)),
-                            stamp(created + timedelta(minutes=3)),
+                            created,
+                            created + timedelta(seconds=2),
+                            created + timedelta(minutes=3),
                         )
                     )
                     last_id, last_status, last_at = job_id, status, created + timedelta(minutes=3)
@@ -196,32 +180,21 @@ def fill(url: str, workdir: Path, args, now: datetime) -> dict:
                 running_id += 1
                 created = now - timedelta(minutes=5)
                 jobs.append(
-                    (
+                    job_row(
+                        dialect,
                         running_id,
                         host_id,
                         "backup",
                         "running",
-                        "b" * 32,
-                        "schedule",
-                        "nightly",
-                        "{}",
-                        "{}",
-                        "{}",
-                        0,
-                        false,
-                        0,
-                        stamp(created),
-                        stamp(created),
+                        created,
+                        created,
                         None,
+                        attempt_id="b" * 32,
+                        stats="{}",
                     )
                 )
                 planned["running"] += 1
-            job_sql = (
-                "INSERT INTO jobs (id, host_id, kind, status, attempt_id, actor_type,"
-                " actor_label, params, stats, progress, log_committed_seq, log_truncated,"
-                " lines_dropped, created_at, started_at, finished_at)"
-                f" VALUES ({', '.join([marker] * 16)})"
-            )
+            job_sql = f"{JOB_INSERT} VALUES ({', '.join([marker] * 16)})"
             for start in range(0, len(jobs), 50_000):
                 cursor.executemany(job_sql, jobs[start : start + 50_000])
                 raw.commit()
@@ -233,12 +206,7 @@ def fill(url: str, workdir: Path, args, now: datetime) -> dict:
                 alerts,
             )
             planned["alerts"] = len(alerts)
-            if dialect == "postgresql":
-                for table in ("hosts", "jobs", "alerts"):
-                    cursor.execute(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-                        f" (SELECT max(id) FROM {table}))"
-                    )
+            reset_sequences(cursor, dialect, ("hosts", "jobs", "alerts"))
             cursor.execute("ANALYZE")
             raw.commit()
             counted = {}
@@ -546,7 +514,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18601)
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args()
-    check(args.hosts >= 2600 and args.days >= 1, "--hosts >= 2600 (page 26 of the API)")
+    check(args.hosts > 2600 and args.days >= 1, "--hosts > 2600 (page 26 of the API, not its last)")
     workdir = Path(tempfile.mkdtemp(prefix="rm-bench-fleet-"))
     now = datetime.now(timezone.utc)
     if args.pg:

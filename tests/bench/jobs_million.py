@@ -43,32 +43,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench_seed_jobs import (  # noqa: E402 -- this script's folder, as poll_cost imports seed
+    JOB_INSERT,
+    check,
+    job_row,
+    log,
+    reset_sequences,
+    sqlite_time,
+    time_stamper,
+)
+
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/rm_bench_jobs"
 TAG_EVERY = 10
 PAGE = 200
 HALF = 100
 CHUNK = 50_000
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class Insane(AssertionError):
-    """The benchmark's own numbers are impossible or its answers wrong."""
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise Insane(message)
-
-
-def _sqlite_time(value: datetime) -> str:
-    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def _pg_time(value: datetime) -> str:
-    return value.isoformat()
 
 
 def job_rows(args, now: datetime):
@@ -98,7 +87,7 @@ def fill(app, args, now: datetime) -> dict:
     from app.extensions import db
 
     dialect = db.engine.dialect.name
-    stamp = _pg_time if dialect == "postgresql" else _sqlite_time
+    stamp = time_stamper(dialect)
     raw = db.engine.raw_connection()
     planned = {"jobs": 0, "log_lines": 0, "old_log_lines": 0, "old_log_jobs": 0}
     cutoff = now - timedelta(days=90)
@@ -124,11 +113,6 @@ def fill(app, args, now: datetime) -> dict:
         )
         raw.commit()
         started = time.perf_counter()
-        job_sql = (
-            "INSERT INTO jobs (id, host_id, kind, status, attempt_id, actor_type, actor_label,"
-            " params, stats, progress, log_committed_seq, log_truncated, lines_dropped,"
-            " created_at, started_at, finished_at)"
-        )
         log_sql = "INSERT INTO job_logs (job_id, seq, ts, stream, text)"
         jobs_buffer, logs_buffer = [], []
 
@@ -137,12 +121,12 @@ def fill(app, args, now: datetime) -> dict:
                 return
             if dialect == "postgresql":
                 with cursor.copy(
-                    job_sql.replace("INSERT INTO ", "COPY ").split(")")[0] + ") FROM STDIN"
+                    JOB_INSERT.replace("INSERT INTO ", "COPY ") + " FROM STDIN"
                 ) as copy:
                     for row in jobs_buffer:
                         copy.write_row(row)
             else:
-                cursor.executemany(f"{job_sql} VALUES ({', '.join(['?'] * 16)})", jobs_buffer)
+                cursor.executemany(f"{JOB_INSERT} VALUES ({', '.join(['?'] * 16)})", jobs_buffer)
             raw.commit()
             jobs_buffer.clear()
 
@@ -160,26 +144,18 @@ def fill(app, args, now: datetime) -> dict:
             raw.commit()
             logs_buffer.clear()
 
-        false = False if dialect == "postgresql" else 0
         for job_id, host_id, kind, status, created, began, finished, lines in job_rows(args, now):
             jobs_buffer.append(
-                (
+                job_row(
+                    dialect,
                     job_id,
                     host_id,
                     kind,
                     status,
-                    "a" * 32,
-                    "schedule",
-                    "nightly",
-                    "{}",
-                    '{"files_new": 12, "data_added": 4096}',
-                    "{}",
-                    lines,
-                    false,
-                    0,
-                    stamp(created),
-                    stamp(began),
-                    stamp(finished),
+                    created,
+                    began,
+                    finished,
+                    log_lines=lines,
                 )
             )
             planned["jobs"] += 1
@@ -200,13 +176,7 @@ def fill(app, args, now: datetime) -> dict:
                 flush_logs()
         flush_jobs()
         flush_logs()
-        if dialect == "postgresql":
-            cursor.execute(
-                "SELECT setval(pg_get_serial_sequence('jobs', 'id'), (SELECT max(id) FROM jobs))"
-            )
-            cursor.execute(
-                "SELECT setval(pg_get_serial_sequence('hosts', 'id'), (SELECT max(id) FROM hosts))"
-            )
+        reset_sequences(cursor, dialect, ("jobs", "hosts"))
         cursor.execute("ANALYZE")
         raw.commit()
         planned["fill_seconds"] = time.perf_counter() - started
@@ -372,7 +342,7 @@ def run_one(name: str, url: str, args, workdir: Path) -> dict:
                 + (
                     "now() - interval '7 days'"
                     if db.engine.dialect.name == "postgresql"
-                    else f"'{_sqlite_time(now - timedelta(days=7))}'"
+                    else f"'{sqlite_time(now - timedelta(days=7))}'"
                 )
                 + " GROUP BY status"
             ),
