@@ -142,6 +142,7 @@ MAX_CURSOR_LENGTH = 1000  # characters; the longest either pager writes is under
 BY_HOSTNAME: SortKey = [(Host.hostname, False), (Host.id, False)]
 _CURSOR_TEXT = re.compile(r"[A-Za-z0-9_-]+")
 _CURSOR_PROBLEM = "'cursor' is not a cursor of this list: pass a next_cursor exactly as received."
+_REFUSED = object()  # a cursor value no key column can hold
 
 
 def beyond(key: SortKey, values: list, backwards: bool = False):
@@ -199,10 +200,7 @@ def decode_cursor(text: str, order: str, key: SortKey) -> Optional[list]:
     if not isinstance(values, list) or len(values) != len(key):
         return None
     typed = [_key_value(value, expression) for value, (expression, _) in zip(values, key)]
-    return None if _REFUSED in typed else typed
-
-
-_REFUSED = object()
+    return None if any(value is _REFUSED for value in typed) else typed
 
 
 def _key_value(value, expression):

@@ -202,6 +202,17 @@ class FleetSummary:
     jobs_active: int
 
 
+def _job_tiles(job_counts: Mapping[str, int]) -> dict[str, int]:
+    """The summary's job numbers from a count per job status."""
+    return {
+        "jobs": sum(job_counts.values()),
+        "jobs_succeeded": job_counts.get("succeeded", 0),
+        "jobs_warning": job_counts.get("warning", 0),
+        "jobs_failed": job_counts.get("failed", 0) + job_counts.get("lost", 0),
+        "jobs_active": job_counts.get("queued", 0) + job_counts.get("running", 0),
+    }
+
+
 def summarize(rows: Iterable[FleetRow], job_counts: Mapping[str, int]) -> FleetSummary:
     """Tile numbers for the whole fleet; ``job_counts`` maps job status to count (24 h)."""
     rows = list(rows)
@@ -217,11 +228,7 @@ def summarize(rows: Iterable[FleetRow], job_counts: Mapping[str, int]) -> FleetS
         failing=sum(1 for row in rows if row.failing),
         total_size_bytes=sum(sizes),
         measured_hosts=len(sizes),
-        jobs=sum(job_counts.values()),
-        jobs_succeeded=job_counts.get("succeeded", 0),
-        jobs_warning=job_counts.get("warning", 0),
-        jobs_failed=job_counts.get("failed", 0) + job_counts.get("lost", 0),
-        jobs_active=job_counts.get("queued", 0) + job_counts.get("running", 0),
+        **_job_tiles(job_counts),
     )
 
 
@@ -443,11 +450,7 @@ def load_summary(
         failing=failing,
         total_size_bytes=int(size),
         measured_hosts=measured,
-        jobs=sum(job_counts.values()),
-        jobs_succeeded=job_counts.get("succeeded", 0),
-        jobs_warning=job_counts.get("warning", 0),
-        jobs_failed=job_counts.get("failed", 0) + job_counts.get("lost", 0),
-        jobs_active=job_counts.get("queued", 0) + job_counts.get("running", 0),
+        **_job_tiles(job_counts),
     )
 
 
