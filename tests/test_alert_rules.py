@@ -500,26 +500,6 @@ def test_agent_offline_after_the_threshold_once_the_server_listened_that_long(ap
     assert _outbox(alert) == [("ops", "firing"), ("ops", "resolved")]
 
 
-def test_a_fleet_pass_gives_other_requests_turns_and_misses_no_host(app, monkeypatch):
-    """evaluate() reads the fleet in turns of TURN_ROWS rows with a greenlet switch between
-    (a gevent worker's requests would otherwise wait for the whole pass); every host is
-    still evaluated."""
-    seen = utcnow() - timedelta(hours=3)
-    silent = [make_enrolled_host(f"quiet-{n}")[0] for n in range(7)]
-    for host in silent:
-        host.last_seen_at = seen
-    db.session.commit()
-    switches = []
-    monkeypatch.setattr(alerts, "TURN_ROWS", 2)
-    monkeypatch.setattr(alerts.time, "sleep", switches.append)
-    _evaluate(seen + timedelta(hours=1), listening_since=seen)
-    assert switches and set(switches) == {0}
-    assert len(switches) >= 3 * 2  # 7 hosts and 7 groups in turns of 2, then the loop
-    assert sorted(alert.host_id for alert in _alerts("agent_offline")) == sorted(
-        host.id for host in silent
-    )
-
-
 def test_agent_offline_threshold_per_host_and_a_disabled_rule(app):
     quiet, _ = make_enrolled_host("quiet")
     patient, _ = make_enrolled_host("patient")

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
 from croniter import croniter
 from sqlalchemy import func, select, update
@@ -50,7 +49,6 @@ from app.services.errors import Conflict, NotFound
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 AUTOMATIC = "automatic"
 SUBJECT_LENGTH = 255
-TURN_ROWS = 500  # rows of a fleet-wide pass between two greenlet switches (_in_turns)
 
 
 @dataclass(frozen=True)
@@ -1289,34 +1287,26 @@ def evaluate(
     # Plain rows of the columns the rules read, not ORM objects: with thousands of hosts,
     # building (and later garbage-collecting) full Host and SourceGroup instances, JSON
     # columns decoded, was most of a tick. fire/clear/enqueue read only id, hostname, tags.
-    hosts = list(
-        _in_turns(
-            db.session.execute(
-                select(
-                    Host.id,
-                    Host.hostname,
-                    Host.tags,
-                    Host.enrolled_at,
-                    Host.last_seen_at,
-                    Host.schedule_version,
-                    Host.agent_schedule_version,
-                    Host.schedule_changed_at,
-                )
-                .where(Host.enrolled_at.is_not(None))
-                .execution_options(yield_per=TURN_ROWS)  # fetched in turns too
-            )
-        )
-    )
+    hosts = db.session.execute(
+        select(
+            Host.id,
+            Host.hostname,
+            Host.tags,
+            Host.enrolled_at,
+            Host.last_seen_at,
+            Host.schedule_version,
+            Host.agent_schedule_version,
+            Host.schedule_changed_at,
+        ).where(Host.enrolled_at.is_not(None))
+    ).all()
     groups: dict[int, list] = {}
-    for group in _in_turns(
-        db.session.execute(
-            select(
-                SourceGroup.id,
-                SourceGroup.host_id,
-                SourceGroup.name,
-                SourceGroup.created_at,
-                SourceGroup.last_successful_backup_at,
-            ).execution_options(yield_per=TURN_ROWS)
+    for group in db.session.execute(
+        select(
+            SourceGroup.id,
+            SourceGroup.host_id,
+            SourceGroup.name,
+            SourceGroup.created_at,
+            SourceGroup.last_successful_backup_at,
         )
     ):
         groups.setdefault(group.host_id, []).append(group)
@@ -1334,7 +1324,7 @@ def evaluate(
         periods[group_id] = min(period, periods.get(group_id, period))
         scheduled_since[group_id] = min(created_at, scheduled_since.get(group_id, created_at))
     listened = (now - listening_since).total_seconds() if listening_since else math.inf
-    for host in _in_turns(hosts):
+    for host in hosts:
         _offline(context, host, listened)
         _schedule_sync(context, host)
         for group in groups.get(host.id, ()):
@@ -1342,18 +1332,6 @@ def evaluate(
     _clear_overdue_of_gone_groups(context, hosts, groups)
     remind(context)
     return context
-
-
-def _in_turns(rows: Iterable) -> Iterator:
-    """``rows``, with a pause (``time.sleep(0)``: a greenlet switch under gevent) every
-    :data:`TURN_ROWS` of them. A pass over the whole fleet runs in a server worker beside its
-    requests, and a gevent worker switches only where code waits: at 5,000 hosts one tick
-    held every request of its worker for 100-250 ms without a switch (parked agents' commands
-    among them)."""
-    for index, row in enumerate(rows):
-        if index and index % TURN_ROWS == 0:
-            time.sleep(0)
-        yield row
 
 
 def _clear_overdue_of_gone_groups(context: Context, hosts: list, groups: dict[int, list]) -> None:
