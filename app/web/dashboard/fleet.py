@@ -1,16 +1,16 @@
 """The dashboard's fleet view: filter, sort and summarise hosts.
 
-The pure functions (``sort_rows``, ``filter_rows``, ``summarize``) state the rules on rows in
-memory; the loaders at the bottom do the same in SQL, one page at a time, so the dashboard
-never loads the whole fleet (5,000 hosts were 5 MB of HTML): the page is found by keyset
-(``Page``), the tiles are one aggregate, the tag list is unpacked by the database.
+All in SQL, one page at a time, so the dashboard never loads the whole fleet (5,000 hosts
+were 5 MB of HTML): the page is found by keyset (``Page``), the tiles are one aggregate,
+the tag list is unpacked by the database. tests/fleet_oracle.py states the same rules on
+rows in memory, and the tests hold the two together.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from sqlalchemy import String, and_, case, false, func, or_, select
 
@@ -23,9 +23,8 @@ STATUS_FILTERS = (*HOST_STATUSES, "failing")
 REPO_STATUSES = ("ready", "unknown", "initializing", "missing", "error", "init_failed")
 FAILED_BACKUP_STATUSES = frozenset({"failed", "lost"})
 FAILED_REPO_STATUSES = frozenset({"error", "init_failed"})
-_HOST_STATUS_ORDER = {status: rank for rank, status in enumerate(HOST_STATUSES)}
 # Ascending puts the worst first: that is what someone sorting by result looks for.
-_BACKUP_STATUS_ORDER = {"failed": 0, "lost": 1, "warning": 2, "cancelled": 3, "succeeded": 4}
+BACKUP_STATUS_ORDER = {"failed": 0, "lost": 1, "warning": 2, "cancelled": 3, "succeeded": 4}
 MAX_QUERY_LENGTH = 100
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 200
@@ -53,37 +52,17 @@ def is_failing(host: Host) -> bool:
 
 # --- sorting -----------------------------------------------------------------------------
 
-SortKey = Callable[[FleetRow], Any]
-
-
-def _os_key(row: FleetRow) -> Optional[tuple[str, str]]:
-    if not row.host.os and not row.host.arch:
-        return None
-    return ((row.host.os or "").lower(), (row.host.arch or "").lower())
-
-
-# column -> (key, direction of the first click). A key returning None sorts last either way.
-SORT_COLUMNS: dict[str, tuple[SortKey, str]] = {
-    "host": (lambda row: row.host.hostname.lower(), "asc"),
-    "status": (lambda row: _HOST_STATUS_ORDER.get(row.status), "asc"),
-    "os": (_os_key, "asc"),
-    "last_backup": (lambda row: row.host.last_backup_at, "desc"),
-    "backup_status": (lambda row: _BACKUP_STATUS_ORDER.get(row.host.last_backup_status), "asc"),
-    "size": (lambda row: row.host.repo_size_bytes, "desc"),
-    "snapshots": (lambda row: row.host.snapshot_count or 0, "desc"),
+# column -> direction of the first click; the SQL of each is ``sql_key``.
+SORT_COLUMNS: dict[str, str] = {
+    "host": "asc",
+    "status": "asc",
+    "os": "asc",
+    "last_backup": "desc",
+    "backup_status": "asc",
+    "size": "desc",
+    "snapshots": "desc",
 }
 DEFAULT_SORT = "host"
-
-
-def sort_rows(rows: Iterable[FleetRow], column: str, direction: str) -> list[FleetRow]:
-    """Sorted by one column, hostname breaking ties; rows without a value always come last."""
-    key, _ = SORT_COLUMNS.get(column, SORT_COLUMNS[DEFAULT_SORT])
-    by_name = sorted(rows, key=lambda row: (row.host.hostname.lower(), row.host.id))
-    present = [row for row in by_name if key(row) is not None]
-    missing = [row for row in by_name if key(row) is None]
-    # Sorting is stable, also with reverse=True: ties stay in hostname order either way.
-    present.sort(key=key, reverse=direction == "desc")
-    return present + missing
 
 
 # --- filtering ---------------------------------------------------------------------------
@@ -108,7 +87,7 @@ class FleetQuery:
         sort = sort if sort in SORT_COLUMNS else DEFAULT_SORT
         direction = args.get("dir", "")
         if direction not in ("asc", "desc"):
-            direction = SORT_COLUMNS[sort][1]
+            direction = SORT_COLUMNS[sort]
         status = args.get("status", "")
         repo_status = args.get("repo_status", "")
         per_page = args.get("per_page", "")
@@ -136,7 +115,7 @@ class FleetQuery:
             "repo_status": state.repo_status,
             "tag": state.tag,
         }
-        if state.sort != DEFAULT_SORT or state.dir != SORT_COLUMNS[DEFAULT_SORT][1]:
+        if state.sort != DEFAULT_SORT or state.dir != SORT_COLUMNS[DEFAULT_SORT]:
             values["sort"] = state.sort
             values["dir"] = state.dir
         if int(state.per_page) != DEFAULT_PER_PAGE:
@@ -148,39 +127,12 @@ class FleetQuery:
         if column == self.sort:
             direction = "desc" if self.dir == "asc" else "asc"
         else:
-            direction = SORT_COLUMNS[column][1]
+            direction = SORT_COLUMNS[column]
         return self.args(sort=column, dir=direction)
 
     def cleared_args(self) -> dict[str, str]:
         """Same sort order, no filters."""
         return self.args(q="", status="", repo_status="", tag="")
-
-
-def matches(row: FleetRow, query: FleetQuery) -> bool:
-    host = row.host
-    if query.q and query.q.lower() not in host.hostname.lower():
-        return False
-    if query.status == "failing":
-        if not row.failing:
-            return False
-    elif query.status and row.status != query.status:
-        return False
-    if query.repo_status and host.repo_status != query.repo_status:
-        return False
-    return not (query.tag and query.tag not in (host.tags or []))
-
-
-def filter_rows(rows: Iterable[FleetRow], query: FleetQuery) -> list[FleetRow]:
-    return [row for row in rows if matches(row, query)]
-
-
-def apply(rows: Iterable[FleetRow], query: FleetQuery) -> list[FleetRow]:
-    """The rows the table shows, in order."""
-    return sort_rows(filter_rows(rows, query), query.sort, query.dir)
-
-
-def all_tags(rows: Iterable[FleetRow]) -> list[str]:
-    return sorted({tag for row in rows for tag in (row.host.tags or []) if isinstance(tag, str)})
 
 
 # --- summary -----------------------------------------------------------------------------
@@ -202,7 +154,7 @@ class FleetSummary:
     jobs_active: int
 
 
-def _job_tiles(job_counts: Mapping[str, int]) -> dict[str, int]:
+def job_tiles(job_counts: Mapping[str, int]) -> dict[str, int]:
     """The summary's job numbers from a count per job status."""
     return {
         "jobs": sum(job_counts.values()),
@@ -213,31 +165,12 @@ def _job_tiles(job_counts: Mapping[str, int]) -> dict[str, int]:
     }
 
 
-def summarize(rows: Iterable[FleetRow], job_counts: Mapping[str, int]) -> FleetSummary:
-    """Tile numbers for the whole fleet; ``job_counts`` maps job status to count (24 h)."""
-    rows = list(rows)
-    sizes = [row.host.repo_size_bytes for row in rows if row.host.repo_size_bytes is not None]
-    by_status = {status: 0 for status in HOST_STATUSES}
-    for row in rows:
-        by_status[row.status] = by_status.get(row.status, 0) + 1
-    return FleetSummary(
-        hosts=len(rows),
-        online=by_status["online"],
-        offline=by_status["offline"],
-        never_seen=by_status["never_seen"],
-        failing=sum(1 for row in rows if row.failing),
-        total_size_bytes=sum(sizes),
-        measured_hosts=len(sizes),
-        **_job_tiles(job_counts),
-    )
-
-
 # --- loading: the same rules in SQL, one page at a time -------------------------------------
 #
 # Paged by keyset (hosts.keyset_page, shared with GET /api/v1/hosts): the cursor is the last
 # (or first) row's sort key, opaque in the URL (``after=`` / ``before=``). A key is a list of
 # (expression, descending): a flag that puts missing values last in both directions, the
-# column, then lower(hostname) and id as the tie-breakers sort_rows uses.
+# column, then lower(hostname) and id as the tie-breakers.
 
 
 def _status_rank(cutoff: datetime):
@@ -267,7 +200,7 @@ def sql_key(column: str, direction: str, cutoff: datetime) -> hosts.SortKey:
         rank = case(
             *(
                 (Host.last_backup_status == status, value)
-                for status, value in _BACKUP_STATUS_ORDER.items()
+                for status, value in BACKUP_STATUS_ORDER.items()
             ),
             else_=None,
         )
@@ -283,7 +216,7 @@ def sql_key(column: str, direction: str, cutoff: datetime) -> hosts.SortKey:
 
 
 def conditions(query: FleetQuery, cutoff: datetime) -> list:
-    """The filters of ``matches`` as WHERE clauses."""
+    """The dashboard's filters as WHERE clauses."""
     where = []
     if query.q:
         pattern = query.q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -425,7 +358,7 @@ def _active_backup_job_id():
 def load_summary(
     now: datetime, offline_after_seconds: int, job_counts: Mapping[str, int]
 ) -> FleetSummary:
-    """``summarize`` over the whole fleet as one aggregate (no host row is loaded)."""
+    """The tiles over the whole fleet as one aggregate (no host row is loaded)."""
     rank = _status_rank(now - timedelta(seconds=offline_after_seconds))
 
     def count_of(condition):
@@ -450,7 +383,7 @@ def load_summary(
         failing=failing,
         total_size_bytes=int(size),
         measured_hosts=measured,
-        **_job_tiles(job_counts),
+        **job_tiles(job_counts),
     )
 
 
