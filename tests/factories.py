@@ -13,7 +13,7 @@ import re
 from datetime import timedelta
 
 from app.extensions import db
-from app.models import AgentToken, Host, Job, Role, SourceGroup
+from app.models import AgentToken, Host, Job, Role, Snapshot, SourceGroup
 from app.models.types import utcnow
 from app.security import hash_token, new_token
 from app.services import api_tokens, enrollment, jobs, users
@@ -98,6 +98,29 @@ def make_enrolled_host(hostname: str = "web-1") -> tuple[Host, str]:
     db.session.add(AgentToken(host_id=host.id, token_hash=hash_token(plain), created_at=now))
     db.session.commit()
     return host, plain
+
+
+# --- snapshots -------------------------------------------------------------------------------
+
+SNAP_A = "a" * 8 + "1" * 56
+SNAP_B = "b" * 8 + "2" * 56
+
+
+def add_snapshots(host: Host) -> None:
+    """Two snapshots of /srv/data (SNAP_A two hours old, SNAP_B one), as the agent reports them."""
+    now = utcnow()
+    for index, snapshot_id in enumerate((SNAP_A, SNAP_B)):
+        db.session.add(
+            Snapshot(
+                host_id=host.id,
+                snapshot_id=snapshot_id,
+                short_id=snapshot_id[:8],
+                time=now - timedelta(hours=2 - index),
+                paths=["/srv/data"],
+                tags=["default"],
+            )
+        )
+    db.session.commit()
 
 
 def mint_enrollment_token(app, hostname="web-1", paths=("/etc", "/home")):

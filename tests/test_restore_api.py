@@ -18,31 +18,20 @@ from sqlalchemy import func, select
 
 from app.agent_api import rpc as agent_rpc
 from app.extensions import db
-from app.models import AuditLog, Command, DiffEntry, Host, Job, RpcCall, RpcChunk, Snapshot
+from app.models import AuditLog, Command, DiffEntry, Host, Job, RpcCall, RpcChunk
 from app.models.types import utcnow
 from app.models.user import Role
 from app.services import rpc
 from tests.conftest import LiveServer
-from tests.factories import AgentCalls, bearer_headers, make_enrolled_host, queue_job
-
-SNAP_A = "a" * 8 + "1" * 56
-SNAP_B = "b" * 8 + "2" * 56
-
-
-def add_snapshots(host: Host) -> None:
-    now = utcnow()
-    for index, snapshot_id in enumerate((SNAP_A, SNAP_B)):
-        db.session.add(
-            Snapshot(
-                host_id=host.id,
-                snapshot_id=snapshot_id,
-                short_id=snapshot_id[:8],
-                time=now - timedelta(hours=2 - index),
-                paths=["/srv/data"],
-                tags=["default"],
-            )
-        )
-    db.session.commit()
+from tests.factories import (
+    SNAP_A,
+    SNAP_B,
+    AgentCalls,
+    add_snapshots,
+    bearer_headers,
+    make_enrolled_host,
+    queue_job,
+)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.e2e.workers_helpers import (
     cluster_fixture,  # noqa: F401  (the ``cluster`` fixture)
     needs_postgres,
 )
-from tests.test_restore_api import SNAP_A
+from tests.factories import SNAP_A
 
 CHUNK = 1024 * 1024  # an older agent's chunk: the server still takes it
 ROUNDS = 6

@@ -29,7 +29,7 @@ from tests.e2e.workers_helpers import (
     needs_postgres,
     settle,
 )
-from tests.test_restore_api import SNAP_A
+from tests.factories import SNAP_A
 
 ROUNDS = 12  # per scenario; stops early once both cross-worker directions were seen
 MIN_ROUNDS = 4

@@ -18,8 +18,7 @@ from app import create_app
 from app.extensions import db
 from tests.conftest import POSTGRES_URL, fresh_database_url
 from tests.e2e.processes import Server, clean_env, wait_until
-from tests.factories import make_enrolled_host
-from tests.test_restore_api import add_snapshots
+from tests.factories import add_snapshots, make_enrolled_host
 
 needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="needs RM_TEST_DATABASE_URL")
 
