@@ -77,6 +77,10 @@ def create_app(config: dict | None = None) -> Flask:
 
     register_cli(app)
 
+    from app.agent_api.idle import IdlePolls
+
+    # Idle agent polls answered below Flask; every other request passes through.
+    app.wsgi_app = app.extensions["idle_polls"] = IdlePolls(app.wsgi_app, app)
     if app.config["RM_TRUSTED_PROXIES"]:
         app.wsgi_app = authn.TrustedProxyFix(app.wsgi_app, app.config["RM_TRUSTED_PROXIES"])
     return app

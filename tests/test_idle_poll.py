@@ -1,4 +1,4 @@
-"""The idle poll's short path: two reads, the heartbeat written behind (issue 17).
+"""The idle poll's short path: one read below Flask, the heartbeat written behind (issue 17).
 
 An idle poll (no acks, no running jobs, the host's own boot id, its repository past
 bring-up, a fresh ``last_seen_at``) must not write; anything else takes the full path, and
@@ -7,14 +7,18 @@ what the fleet sees (online, revoked tokens, deleted hosts, restarts, commands) 
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import event, select, text, update
 from sqlalchemy.exc import OperationalError
 
+from app.bus import host_key
 from app.extensions import db
-from app.models import AgentToken, Host, Job
+from app.models import AgentToken, Command, Host, Job
 from app.models.types import utcnow
 from app.quick_reads import quick_reads
 from app.services import heartbeats, hosts, jobs
@@ -80,14 +84,164 @@ def _beats(app) -> heartbeats.Heartbeats:
     return app.extensions["heartbeats"]
 
 
-def test_an_idle_poll_reads_twice_and_writes_nothing(protocol_app):
+def _answered_below_flask(app) -> int:
+    return app.extensions["idle_polls"].answered
+
+
+def test_an_idle_poll_is_answered_below_flask_with_one_read_and_no_write(protocol_app):
     agent, _ = _settled(protocol_app)
+    before = _answered_below_flask(protocol_app)
+    with Statements(protocol_app) as statements:
+        answer = agent.poll()
+    assert answer.status_code == 204
+    assert _answered_below_flask(protocol_app) == before + 1
+    assert statements.writes() == []
+    (look,) = statements.seen  # the token, its host and "anything leasable?" in one
+    assert "agent_tokens" in look and "commands" in look
+    assert _beats(protocol_app).pending() == 1
+    # What the app's after_request hook puts on every /api/ answer.
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_token_this_process_has_not_seen_takes_the_full_path_first(protocol_app):
+    """The middleware listens for its host's wake-ups before it reads, so it must know
+    the host: a token's first poll in a process (say, after a restart) goes to the view,
+    which reads the token, then looks for a command, and remembers the host."""
+    agent, _ = _settled(protocol_app)
+    protocol_app.extensions["idle_polls"]._hosts.clear()  # a freshly started worker
+    before = _answered_below_flask(protocol_app)
     with Statements(protocol_app) as statements:
         assert agent.poll().status_code == 204
+    assert _answered_below_flask(protocol_app) == before
     assert statements.writes() == []
     assert len(statements.seen) == 2, statements.seen
     assert "agent_tokens" in statements.seen[0] and "commands" in statements.seen[1]
-    assert _beats(protocol_app).pending() == 1
+    assert agent.poll().status_code == 204
+    assert _answered_below_flask(protocol_app) == before + 1
+
+
+def test_a_parked_idle_poll_woken_by_a_command_hands_it_over_within_its_hold(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    bus = protocol_app.extensions["bus"]
+    result = {}
+
+    def park():
+        started = time.monotonic()
+        result["answer"] = agent.poll(wait=10)
+        result["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=park)
+    thread.start()
+    _wait_for(lambda: bus.waiting(host_key(host_id)) == 1)
+    job = _probe(protocol_app, host_id)
+    db.session.commit()
+    bus.publish(host_key(host_id))
+    thread.join(10)
+    assert result["answer"].status_code == 200
+    assert result["seconds"] < 5
+    (command,) = result["answer"].get_json()["commands"]
+    assert (command["type"], command["job_id"]) == ("job.run", job.id)
+
+
+def test_a_newer_poll_ends_a_parked_idle_one_at_once(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    bus = protocol_app.extensions["bus"]
+    before = _answered_below_flask(protocol_app)
+    results = {}
+
+    def park(name):
+        started = time.monotonic()
+        results[name] = (agent.poll(wait=3).status_code, time.monotonic() - started)
+
+    old = threading.Thread(target=park, args=("old",))
+    old.start()
+    _wait_for(lambda: bus.waiting(host_key(host_id)) == 1)
+    new = threading.Thread(target=park, args=("new",))
+    new.start()
+    old.join(5)
+    new.join(5)
+    assert results["old"][0] == 204 and results["old"][1] < 1.0  # not after its 3 s
+    assert results["new"] == (204, pytest.approx(3, abs=1))
+    assert _answered_below_flask(protocol_app) == before + 2
+
+
+def test_a_parked_idle_poll_of_an_earlier_boot_gives_way_when_woken(protocol_app):
+    """Woken below Flask, the poll goes on in the view as the same poll (its ticket, boot
+    id and deadline), not as a new one: an agent restarted elsewhere keeps its command and
+    the old boot id is not written back."""
+    agent, host_id = _settled(protocol_app)
+    bus = protocol_app.extensions["bus"]
+    result = {}
+    _beats(protocol_app)._hosts.clear()
+    thread = threading.Thread(target=lambda: result.update(answer=agent.poll(wait=10)))
+    thread.start()
+    # Parked past its read (it notes the heartbeat after the read, then waits).
+    _wait_for(lambda: _beats(protocol_app).pending() == 1)
+    db.session.get(Host, host_id).boot_id = "boot-after-restart"
+    _probe(protocol_app, host_id)
+    db.session.commit()
+    bus.publish(host_key(host_id))
+    thread.join(5)
+    assert result["answer"].status_code == 204
+    db.session.expire_all()
+    assert db.session.get(Host, host_id).boot_id == "boot-after-restart"
+    queued = db.session.scalars(select(Command.state).where(Command.host_id == host_id))
+    assert "queued" in list(queued)
+
+
+ODD_POLLS = [
+    ({"boot_id": "boot-1", "acks": [], "running": [], "extra": 1}, None),
+    ({"boot_id": "boot-\u0000", "acks": [], "running": []}, None),
+    ({"boot_id": "x" * 65, "acks": [], "running": []}, None),
+    ({"boot_id": 7, "acks": [], "running": []}, None),
+    ({"boot_id": "boot-1", "acks": "all"}, None),
+    ({"boot_id": "boot-1", "running": {}}, None),
+    ({"boot_id": "boot-1", "wait": True}, None),
+    ({"boot_id": "boot-1", "wait": -1}, None),
+    ({"boot_id": "boot-1", "wait": 10**400}, None),
+    ([], None),
+    ("not json", "text/plain"),
+    ("{" * 3000, None),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type"), ODD_POLLS)
+def test_anything_odd_goes_to_the_view_which_answers_as_before(protocol_app, body, content_type):
+    agent, _ = _settled(protocol_app)
+    before = _answered_below_flask(protocol_app)
+    raw = body if isinstance(body, str) else json.dumps(body)
+    answer = protocol_app.test_client().post(
+        "/api/agent/v1/poll",
+        data=raw,
+        headers={
+            "Authorization": f"Bearer {agent.token}",
+            "Content-Type": content_type or "application/json",
+        },
+    )
+    assert _answered_below_flask(protocol_app) == before
+    assert answer.status_code in {204, 400, 413, 415, 422}, answer.get_data(as_text=True)
+    if answer.status_code != 204:
+        assert answer.is_json and answer.get_json()["error"]
+
+
+def test_a_token_revoked_after_it_was_remembered_is_refused_and_forgotten(protocol_app):
+    agent, host_id = _settled(protocol_app)
+    middleware = protocol_app.extensions["idle_polls"]
+    assert len(middleware._hosts) == 1
+    db.session.execute(
+        update(AgentToken).where(AgentToken.host_id == host_id).values(revoked_at=utcnow())
+    )
+    db.session.commit()
+    assert agent.poll().status_code == 401
+    assert middleware._hosts == {}
+
+
+def _wait_for(condition, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 def test_deferred_heartbeats_are_written_by_the_next_flush_and_never_go_back(protocol_app):

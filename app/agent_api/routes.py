@@ -11,6 +11,7 @@ from flask import current_app, jsonify, request
 
 from app.access import agent_endpoint
 from app.agent_api import bp, parse
+from app.agent_api.idle import PARKED_ENVIRON, Parked
 from app.authn import bearer_token, client_address
 from app.bus import host_key, job_key
 from app.errors import error_response
@@ -158,11 +159,17 @@ def hello():
 @bp.post("/poll")
 @agent_endpoint
 def poll():
+    parked = request.environ.get(PARKED_ENVIRON)
+    if parked is not None:  # an idle poll woken below Flask (app/agent_api/idle.py)
+        return _hold(parked, reconcile=[], look_first=False)
     now = utcnow()
     config = current_app.config
-    identity = agents.identify(quick_reads(), bearer_token(request))
+    token = bearer_token(request)
+    identity = agents.identify(quick_reads(), token)
     if identity is None:
         _authenticated_host()  # unknown, revoked or deleted: answers why
+    else:  # its next idle polls may be answered below Flask (app/agent_api/idle.py)
+        current_app.extensions["idle_polls"].remember(token, identity.host_id)
     data = parse.body()
     acks = parse.acks(data)
     running = parse.running(data)
@@ -205,17 +212,23 @@ def poll():
     # Only this process's: the tickets are per process, and a poll parked in another worker
     # notices a restart (new boot_id) on its next wake-up, so no NOTIFY for every poll.
     _bus().wake_local(host_key(host_id))
-    deadline = time.monotonic() + hold
+    # An idle poll's first look: one read for a leasable command. The host was just read
+    # with its token, and this poll holds the newest ticket: nothing to supersede.
+    parked = Parked(host_id, ticket, boot_id, time.monotonic() + hold)
+    return _hold(parked, reconcile=reconcile, look_first=idle)
+
+
+def _hold(parked: Parked, *, reconcile: list, look_first: bool):
+    """Park until a command can be leased to this poll or the hold ends. Each wake-up
+    first checks that this poll is still the host's newest and its agent still there."""
+    host_id, ticket, boot_id = parked.host_id, parked.ticket, parked.boot_id
     with _bus().listen(host_key(host_id)) as waiter:  # register before checking
-        # An idle poll's first look: one read for a leasable command. The host was just
-        # read with its token, and this poll holds the newest ticket: nothing to supersede.
-        look_first = idle
         while True:
             if look_first:
                 look_first = False
                 found = commands.any_leasable(quick_reads(), host_id, now=utcnow())
                 if not found:
-                    remaining = deadline - time.monotonic()
+                    remaining = parked.deadline - time.monotonic()
                     if remaining <= 0 or not waiter.wait(remaining):
                         return "", 204
             host = db.session.get(Host, host_id)
@@ -240,7 +253,7 @@ def poll():
                         "settings": agents.settings(current_app.config),
                     }
                 )
-            remaining = deadline - time.monotonic()
+            remaining = parked.deadline - time.monotonic()
             if remaining <= 0 or not waiter.wait(remaining):
                 return "", 204
 

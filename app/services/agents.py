@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, select
 
 from app.extensions import db
-from app.models import AgentToken, Host, Job, RetiredAgentToken
+from app.models import AgentToken, Command, Host, Job, RetiredAgentToken
 from app.quick_reads import QuickReads
 from app.security import hash_token
-from app.services import jobs
+from app.services import commands, jobs
 from app.services.errors import ServiceError
 
 PROTOCOL_VERSION = 1
@@ -93,6 +93,28 @@ _IDENTIFY = (
     .join(_hosts, _hosts.c.id == _tokens.c.host_id)
     .where(_tokens.c.token_hash == bindparam("token_hash"), _tokens.c.revoked_at.is_(None))
 )
+
+
+_IDLE_LOOK = _IDENTIFY.add_columns(
+    exists(
+        select(Command.id).where(*commands.leasable_where(_tokens.c.host_id, bindparam("now")))
+    ).label("leasable")
+)
+
+
+@dataclass(frozen=True)
+class IdleLook:
+    identity: AgentIdentity
+    leasable: bool
+
+
+def idle_look(reads: QuickReads, token_hash: str, *, now: datetime) -> Optional[IdleLook]:
+    """:func:`identify` and :func:`app.services.commands.any_leasable` in one read (one
+    round trip): for a poll that already knows its host (app/agent_api/idle.py)."""
+    row = reads.first(_IDLE_LOOK, {"token_hash": token_hash, "now": now})
+    if row is None:
+        return None
+    return IdleLook(AgentIdentity(*row[:-1]), bool(row[-1]))
 
 
 def identify(reads: QuickReads, plain: str) -> Optional[AgentIdentity]:

@@ -86,7 +86,8 @@ def delivery_json(box: SecretBox, command: Command) -> dict:
     }
 
 
-def _leasable(host_id, now) -> tuple:
+def leasable_where(host_id, now) -> tuple:
+    """The conditions of a command :func:`lease` would take for ``host_id``."""
     return (
         Command.host_id == host_id,
         or_(
@@ -97,7 +98,7 @@ def _leasable(host_id, now) -> tuple:
 
 
 _ANY_LEASABLE = (
-    select(Command.id).where(*_leasable(bindparam("host_id"), bindparam("now"))).limit(1)
+    select(Command.id).where(*leasable_where(bindparam("host_id"), bindparam("now"))).limit(1)
 )
 
 
@@ -112,7 +113,7 @@ def lease(host: Host, *, now: datetime, limit: int = 50, lease: timedelta = LEAS
     candidates = list(
         db.session.scalars(
             select(Command)
-            .where(*_leasable(host.id, now))
+            .where(*leasable_where(host.id, now))
             .order_by(Command.created_at, Command.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
