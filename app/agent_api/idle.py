@@ -27,9 +27,11 @@ import time
 from typing import NamedTuple, Optional
 
 from app.bus import host_key
+from app.extensions import db
 from app.models.types import utcnow
 from app.security import hash_token
 from app.services import agents, heartbeats
+from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager.agent_api")
 
@@ -209,9 +211,6 @@ class IdlePolls:
             return "woken", Parked(host_id, ticket, data.get("boot_id"), deadline)
 
     def _flush(self, beats: heartbeats.Heartbeats) -> None:
-        from app.extensions import db
-        from app.transaction import commit_and_wake
-
         with self.flask_app.app_context():
             try:
                 beats.flush(commit_and_wake)
