@@ -53,18 +53,28 @@ def _probe(app, host_id):
 
 
 class Statements:
-    """Every statement sent on the app's engine and on the idle poll's own."""
+    """Every statement sent on the app's engine and on the idle poll's own (whose hottest
+    read, ``first_row``, runs on the bare DBAPI cursor, without SQLAlchemy's events)."""
 
     def __init__(self, app):
         self.seen: list[str] = []
-        self.engines = [db.engine, quick_reads().engine]
+        self.reads = quick_reads()
+        self.engines = [db.engine, self.reads.engine]
 
     def __enter__(self):
         for engine in self.engines:
             event.listen(engine, "before_cursor_execute", self._record)
+        first_row = self.reads.first_row
+
+        def recorded(statement, params):
+            self._record(None, None, str(statement.compile(dialect=self.reads.engine.dialect)))
+            return first_row(statement, params)
+
+        self.reads.first_row = recorded
         return self
 
     def __exit__(self, *exc):
+        del self.reads.first_row  # the class's method again
         for engine in self.engines:
             event.remove(engine, "before_cursor_execute", self._record)
 
@@ -380,6 +390,8 @@ def test_a_read_on_a_connection_the_server_closed_is_tried_again(protocol_app):
         backend = connection.execute(text("SELECT pg_backend_pid()")).scalar()
     with db.engine.connect() as admin:
         assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
+    before = _answered_below_flask(protocol_app)
     assert agent.poll().status_code == 204  # the dead connection dropped, read again
+    assert _answered_below_flask(protocol_app) == before + 1  # by the idle poll's own read
     with engine.connect() as connection:
         assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != backend

@@ -111,7 +111,7 @@ class IdleLook:
 def idle_look(reads: QuickReads, token_hash: str, *, now: datetime) -> Optional[IdleLook]:
     """:func:`identify` and :func:`app.services.commands.any_leasable` in one read (one
     round trip): for a poll that already knows its host (app/agent_api/idle.py)."""
-    row = reads.first(_IDLE_LOOK, {"token_hash": token_hash, "now": now})
+    row = reads.first_row(_IDLE_LOOK, {"token_hash": token_hash, "now": now})
     if row is None:
         return None
     return IdleLook(AgentIdentity(*row[:-1]), bool(row[-1]))
