@@ -95,11 +95,11 @@ class QuickReads:
                 dropped = self.engine.dialect.is_disconnect(error, connection, None)
                 if dropped:
                     connection.invalidate()  # thrown away, not back into the pool
-                connection.close()
                 if attempt == 2 or not dropped:
                     raise
                 continue
-            connection.close()
+            finally:
+                connection.close()  # back to the pool (a no-op after invalidate)
             return None if raw is None else prepared.row(raw)
         raise AssertionError("unreachable")
 

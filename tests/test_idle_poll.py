@@ -200,6 +200,31 @@ def test_a_parked_idle_poll_of_an_earlier_boot_gives_way_when_woken(protocol_app
     assert "queued" in list(queued)
 
 
+@pytest.mark.parametrize("expired", [True, False])
+def test_the_one_read_compares_lease_times_as_the_database_stores_them(protocol_app, expired):
+    """The middleware's read binds ``now`` itself (on SQLite a text timestamp, whose
+    format must match the stored one to compare: whole seconds included)."""
+    agent, host_id = _settled(protocol_app)
+    job = _probe(protocol_app, host_id)
+    whole_second = utcnow().replace(microsecond=0)
+    lease_end = whole_second + timedelta(seconds=-2 if expired else 60)
+    db.session.execute(
+        update(Command)
+        .where(Command.job_id == job.id)
+        .values(state="leased", delivery_count=1, lease_expires_at=lease_end)
+    )
+    db.session.commit()
+    before = _answered_below_flask(protocol_app)
+    answer = agent.poll()
+    if expired:  # leasable again: the view delivers it a second time
+        assert answer.status_code == 200
+        assert [c["job_id"] for c in answer.get_json()["commands"]] == [job.id]
+        assert _answered_below_flask(protocol_app) == before
+    else:
+        assert answer.status_code == 204
+        assert _answered_below_flask(protocol_app) == before + 1
+
+
 ODD_POLLS = [
     ({"boot_id": "boot-1", "acks": [], "running": [], "extra": 1}, None),
     ({"boot_id": "boot-\u0000", "acks": [], "running": []}, None),
