@@ -9,7 +9,8 @@ restart, a failover) fails its statement, is thrown away, and the read is tried 
 on a fresh connection. So a read is one round trip.
 
 A small pool per process, :data:`POOL_SIZE` connections kept and none beyond: the reads are
-short, and a request that finds them all busy waits its turn (an overflow connection would
+short, and a request that finds them all busy waits its turn (at most
+:data:`POOL_TIMEOUT_SECONDS`) (an overflow connection would
 be opened and closed again for every read: measured, that churn cost more than the reads).
 docs/deployment.md counts these connections into PostgreSQL's ``max_connections``.
 """
@@ -27,6 +28,11 @@ from app.extensions import db
 
 POOL_SIZE = 8
 MAX_OVERFLOW = 0
+# A read waits this long for a free connection (SQLAlchemy's default is 30 s). Only an
+# overloaded worker waits at all; an idle poll that cannot read passes to the view, which
+# waits once more and answers 503 with Retry-After, well inside the agent's read timeout
+# (the hold + 15 s) instead of after it.
+POOL_TIMEOUT_SECONDS = 5.0
 
 
 class Prepared:
@@ -124,7 +130,12 @@ def quick_reads() -> QuickReads:
     if reader is None:
         options = dict(current_app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {}))
         options.pop("pool_pre_ping", None)
-        options.update(isolation_level="AUTOCOMMIT", pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
+        options.update(
+            isolation_level="AUTOCOMMIT",
+            pool_size=POOL_SIZE,
+            max_overflow=MAX_OVERFLOW,
+            pool_timeout=POOL_TIMEOUT_SECONDS,
+        )
         reader = QuickReads(create_engine(db.engine.url, **options))
         reader = current_app.extensions.setdefault("quick_reads", reader)
     return reader

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import event, select, text, update
 from sqlalchemy.exc import OperationalError
 
+from app import quick_reads as quick_reads_module
 from app.bus import host_key
 from app.extensions import db
 from app.models import AgentToken, Command, Host, Job
@@ -223,6 +224,32 @@ def test_the_one_read_compares_lease_times_as_the_database_stores_them(protocol_
     else:
         assert answer.status_code == 204
         assert _answered_below_flask(protocol_app) == before + 1
+
+
+def test_an_exhausted_read_pool_answers_503_soon_and_warns_once(protocol_app, monkeypatch, caplog):
+    """An overloaded worker: every quick-read connection busy. The idle poll waits
+    ``POOL_TIMEOUT_SECONDS`` (not SQLAlchemy's 30 s), passes to the view, which waits once
+    more and answers 503 with Retry-After, inside the agent's read timeout."""
+    agent, _ = _settled(protocol_app)
+    monkeypatch.setattr(quick_reads_module, "POOL_TIMEOUT_SECONDS", 0.3)
+    protocol_app.extensions.pop("quick_reads").dispose()
+    engine = quick_reads().engine  # made again, with the short timeout
+    held = [engine.raw_connection() for _ in range(quick_reads_module.POOL_SIZE)]
+    try:
+        with caplog.at_level("WARNING", logger="restic_manager.agent_api"):
+            for _ in range(2):
+                started = time.monotonic()
+                answer = agent.poll()
+                assert answer.status_code == 503
+                assert answer.get_json()["error"] == "unavailable"
+                assert answer.headers["Retry-After"]
+                assert time.monotonic() - started < 3
+    finally:
+        for connection in held:
+            connection.close()
+    warnings = [r for r in caplog.records if "idle poll read failed" in r.getMessage()]
+    assert len(warnings) == 1  # not one per failing poll
+    assert agent.poll().status_code == 204  # connections free again: served as before
 
 
 ODD_POLLS = [

@@ -37,6 +37,7 @@ log = logging.getLogger("restic_manager.agent_api")
 
 POLL_PATH = "/api/agent/v1/poll"
 MAX_BODY = 4096  # an idle poll's body is about 80 bytes; anything bigger takes the full path
+WARN_SECONDS = 10.0  # a failing read is logged at most this often
 MAX_REMEMBERED = 200_000  # token hashes remembered per process (about 200 bytes each)
 _POLL_KEYS = frozenset({"acks", "running", "boot_id", "wait"})
 # What the app's after_request hook adds to every /api/ answer.
@@ -75,6 +76,8 @@ class IdlePolls:
         self._lock = threading.Lock()
         self._hosts: dict[str, int] = {}  # token hash -> host id, learnt from full polls
         self.answered = 0  # idle polls answered here (tests and benchmarks look)
+        self._failed_reads = 0
+        self._warned_at = -WARN_SECONDS
 
     # --- what the full poll teaches -----------------------------------------------------
 
@@ -181,7 +184,7 @@ class IdlePolls:
             try:
                 look = agents.idle_look(reads, token_hash, now=now)
             except Exception as error:  # the database is away: the view answers properly
-                log.warning("idle poll read failed, taking the full path: %s", error)
+                self._read_failed(error)
                 return "full", None
             if look is None or look.identity.host_id != host_id:
                 self.forget(token_hash)  # revoked, deleted or re-enrolled: the view says
@@ -209,6 +212,21 @@ class IdlePolls:
             if not latest.holds(host_id, ticket):
                 return "idle", None  # a newer poll of this host took over
             return "woken", Parked(host_id, ticket, data.get("boot_id"), deadline)
+
+    def _read_failed(self, error: Exception) -> None:
+        """One warning per :data:`WARN_SECONDS` at most: an overloaded or unreachable
+        database fails every poll, and the view logs each 503 it answers anyway."""
+        with self._lock:
+            self._failed_reads += 1
+            now = time.monotonic()
+            if now - self._warned_at < WARN_SECONDS:
+                return
+            failed, self._failed_reads, self._warned_at = self._failed_reads, 0, now
+        log.warning(
+            "idle poll read failed (%d since the last warning), taking the full path: %s",
+            failed,
+            error,
+        )
 
     def _flush(self, beats: heartbeats.Heartbeats) -> None:
         with self.flask_app.app_context():
