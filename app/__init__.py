@@ -182,6 +182,7 @@ def _register_request_hooks(app: Flask) -> None:
 
     from app.access import SAFE_METHODS, enforce_access
     from app.authn import is_token_request
+    from app.security import RESPONSE_HEADERS
     from app.web.input import bp as input_bp
 
     # First: nothing before it may read the body (the CSRF check reads the form).
@@ -206,14 +207,8 @@ def _register_request_hooks(app: Flask) -> None:
 
     @app.after_request
     def security_headers(response):
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        )
+        for name, value in RESPONSE_HEADERS:
+            response.headers.setdefault(name, value)
         if request.path.startswith("/api/"):
             response.headers.setdefault("Cache-Control", "no-store")
         elif response.mimetype == "text/html" and request.endpoint != "static":

@@ -50,7 +50,12 @@ def load_user_from_bearer(req):
 
 
 def bearer_token(req) -> str:
-    scheme, _, value = req.headers.get("Authorization", "").partition(" ")
+    return bearer_from_header(req.headers.get("Authorization", ""))
+
+
+def bearer_from_header(authorization: str) -> str:
+    """The token of an ``Authorization: Bearer …`` header value, else ``""``."""
+    scheme, _, value = authorization.partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
 
 

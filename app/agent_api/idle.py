@@ -26,10 +26,11 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
+from app.authn import bearer_from_header
 from app.bus import host_key
 from app.extensions import db
 from app.models.types import utcnow
-from app.security import hash_token
+from app.security import RESPONSE_HEADERS, hash_token
 from app.services import agents, heartbeats
 from app.transaction import commit_and_wake
 
@@ -40,18 +41,8 @@ MAX_BODY = 4096  # an idle poll's body is about 80 bytes; anything bigger takes 
 WARN_SECONDS = 10.0  # a failing read is logged at most this often
 MAX_REMEMBERED = 200_000  # token hashes remembered per process (about 200 bytes each)
 _POLL_KEYS = frozenset({"acks", "running", "boot_id", "wait"})
-# What the app's after_request hook adds to every /api/ answer.
-HEADERS = [
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "same-origin"),
-    (
-        "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    ),
-    ("Cache-Control", "no-store"),
-]
+# What the app's after_request hook puts on every /api/ answer.
+HEADERS = [*RESPONSE_HEADERS, ("Cache-Control", "no-store")]
 
 
 PARKED_ENVIRON = "restic_manager.parked_poll"  # set only here (headers become HTTP_*)
@@ -119,9 +110,8 @@ class IdlePolls:
     def _read(self, environ):
         """``(token hash, body)`` of a poll this middleware may take, else None. The body
         is read here and put back for the view either way."""
-        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token.startswith("rma_") or len(token) > 200:
+        token = bearer_from_header(environ.get("HTTP_AUTHORIZATION", ""))
+        if not token.startswith("rma_") or len(token) > 200:
             return None
         if not environ.get("CONTENT_TYPE", "").startswith("application/json"):
             return None
