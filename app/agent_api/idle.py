@@ -28,11 +28,9 @@ from typing import NamedTuple, Optional
 
 from app.authn import bearer_from_header
 from app.bus import host_key
-from app.extensions import db
 from app.models.types import utcnow
 from app.security import RESPONSE_HEADERS, hash_token
 from app.services import agents, heartbeats
-from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager.agent_api")
 
@@ -56,6 +54,34 @@ class Parked(NamedTuple):
     ticket: int
     boot_id: Optional[str]
     deadline: float
+
+
+def hold_seconds(config, wait) -> float:
+    """How long the poll is held: the server's hold, shortened by a numeric ``wait``."""
+    hold = config["RM_POLL_WAIT_SECONDS"]
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool):
+        hold = max(0.0, min(float(wait), hold))
+    return hold
+
+
+def is_idle(identity: agents.AgentIdentity, config, *, acks, running, boot_id, now) -> bool:
+    """:func:`app.services.agents.idle_poll` with this server's deferral window."""
+    return agents.idle_poll(
+        identity,
+        acks=acks,
+        running=running,
+        boot_id=boot_id,
+        now=now,
+        defer_seconds=heartbeats.defer_until(
+            config["RM_OFFLINE_AFTER_SECONDS"], config["RM_POLL_WAIT_SECONDS"]
+        ),
+    )
+
+
+def note_heartbeat(beats: heartbeats.Heartbeats, identity: agents.AgentIdentity, now) -> None:
+    """An idle poll's heartbeat (and its token's last use, when due), written behind."""
+    token_due = agents.token_touch_due(identity, now)
+    beats.note(identity.host_id, now, token_id=identity.token_id if token_due else None)
 
 
 class IdlePolls:
@@ -161,10 +187,9 @@ class IdlePolls:
         beats = extensions.get("heartbeats")
         if latest is None or reads is None or beats is None:
             return "full", None  # made by the view's first poll in this process
-        hold = config["RM_POLL_WAIT_SECONDS"]
-        if data.get("wait") is not None:
-            hold = min(float(data["wait"]), hold)
-        deadline = time.monotonic() + hold
+        if beats.due():
+            return "full", None  # the view writes the deferred heartbeats
+        deadline = time.monotonic() + hold_seconds(config, data.get("wait"))
         # As the view: this poll supersedes the host's older ones in this process, and it
         # listens before it reads, so a command queued after the read still wakes it.
         ticket = latest.take(host_id)
@@ -179,23 +204,12 @@ class IdlePolls:
             if look is None or look.identity.host_id != host_id:
                 self.forget(token_hash)  # revoked, deleted or re-enrolled: the view says
                 return "full", None
-            identity = look.identity
-            idle = not look.leasable and agents.idle_poll(
-                identity,
-                acks=[],
-                running=[],
-                boot_id=data.get("boot_id"),
-                now=now,
-                defer_seconds=heartbeats.defer_until(
-                    config["RM_OFFLINE_AFTER_SECONDS"], config["RM_POLL_WAIT_SECONDS"]
-                ),
+            idle = not look.leasable and is_idle(
+                look.identity, config, acks=[], running=[], boot_id=data.get("boot_id"), now=now
             )
             if not idle:
                 return "full", None
-            token_due = agents.token_touch_due(identity, now)
-            beats.note(host_id, now, token_id=identity.token_id if token_due else None)
-            if beats.due():
-                self._flush(beats)
+            note_heartbeat(beats, look.identity, now)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not waiter.wait(remaining):
                 return "idle", None
@@ -217,10 +231,3 @@ class IdlePolls:
             failed,
             error,
         )
-
-    def _flush(self, beats: heartbeats.Heartbeats) -> None:
-        with self.flask_app.app_context():
-            try:
-                beats.flush(commit_and_wake)
-            finally:
-                db.session.remove()

@@ -11,7 +11,7 @@ from flask import current_app, jsonify, request
 
 from app.access import agent_endpoint
 from app.agent_api import bp, parse
-from app.agent_api.idle import PARKED_ENVIRON, Parked
+from app.agent_api.idle import PARKED_ENVIRON, Parked, hold_seconds, is_idle, note_heartbeat
 from app.authn import bearer_token, client_address
 from app.bus import host_key, job_key
 from app.errors import error_response
@@ -174,23 +174,13 @@ def poll():
     acks = parse.acks(data)
     running = parse.running(data)
     boot_id = parse.short_string(data, "boot_id", max_length=64)
-    hold = config["RM_POLL_WAIT_SECONDS"]
-    if isinstance(data.get("wait"), (int, float)) and not isinstance(data.get("wait"), bool):
-        hold = max(0.0, min(float(data["wait"]), hold))
+    hold = hold_seconds(config, data.get("wait"))
     beats = _heartbeats()
-    idle = identity is not None and agents.idle_poll(
-        identity,
-        acks=acks,
-        running=running,
-        boot_id=boot_id,
-        now=now,
-        defer_seconds=heartbeats.defer_until(
-            config["RM_OFFLINE_AFTER_SECONDS"], config["RM_POLL_WAIT_SECONDS"]
-        ),
+    idle = identity is not None and is_idle(
+        identity, config, acks=acks, running=running, boot_id=boot_id, now=now
     )
     if idle:  # nothing but a heartbeat: written behind, no write transaction of its own
-        token_due = agents.token_touch_due(identity, now)
-        beats.note(identity.host_id, now, token_id=identity.token_id if token_due else None)
+        note_heartbeat(beats, identity, now)
         host_id, reconcile = identity.host_id, []
     else:
         host = _authenticated_host()
