@@ -9,9 +9,9 @@ restart, a failover) fails its statement, is thrown away, and the read is tried 
 on a fresh connection. So a read is one round trip.
 
 A small pool per process, :data:`POOL_SIZE` connections kept and none beyond: the reads are
-short, and a request that finds them all busy waits its turn (at most
-:data:`POOL_TIMEOUT_SECONDS`) (an overflow connection would
-be opened and closed again for every read: measured, that churn cost more than the reads).
+short, and a request that finds them all busy waits its turn, at most
+:data:`POOL_TIMEOUT_SECONDS` (an overflow connection would be opened and closed again for
+every read: measured, that churn cost more than the reads).
 docs/deployment.md counts these connections into PostgreSQL's ``max_connections``.
 """
 
@@ -76,16 +76,14 @@ class Prepared:
 class QuickReads:
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._prepared: dict[int, tuple[Any, Prepared]] = {}
+        self._prepared: dict[Any, Prepared] = {}  # statement (hashed by identity) -> compiled
 
     def first_row(self, statement, params: dict[str, Any]) -> Optional[tuple]:
         """Like :meth:`first` as a plain tuple, on the DBAPI cursor (:class:`Prepared`).
         For the hottest reads only: a statement here is compiled once and kept."""
-        kept = self._prepared.get(id(statement))
-        if kept is None or kept[0] is not statement:
-            kept = (statement, Prepared(statement, self.engine.dialect))
-            self._prepared[id(statement)] = kept
-        prepared = kept[1]
+        prepared = self._prepared.get(statement)
+        if prepared is None:
+            prepared = self._prepared[statement] = Prepared(statement, self.engine.dialect)
         parameters = prepared.parameters(params)
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         for attempt in (1, 2):
