@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
+import time
 from datetime import timedelta
 
 from app.extensions import db
@@ -275,3 +277,17 @@ class AgentCalls:
     def finish(self, status="succeeded", **data):
         data.setdefault("exit_code", 0)
         self.event("job.finished", status=status, final_seq=self.next_seq - 1, **data)
+
+
+def park_poll(agent: Agent, result: dict, key: str, wait: float = 10) -> threading.Thread:
+    """``agent.poll(wait=wait)`` in a thread: its answer lands in ``result[key]`` and the
+    seconds it took in ``result[key + "_seconds"]``."""
+
+    def run():
+        started = time.monotonic()
+        result[key] = agent.poll(wait=wait)
+        result[key + "_seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread

@@ -30,6 +30,7 @@ from tests.factories import (
     Agent,
     enroll_agent,
     mint_enrollment_token,
+    park_poll,
 )
 
 # --- enrollment ------------------------------------------------------------------------------
@@ -262,17 +263,6 @@ def test_parked_poll_wakes_when_a_command_is_queued(protocol_app):
     assert bus.waiting(f"host:{host_id}") == 0
 
 
-def _park(agent, result, key, wait=10):
-    def run():
-        started = time.monotonic()
-        result[key] = agent.poll(wait=wait)
-        result[key + "_seconds"] = time.monotonic() - started
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def _wait_for_waiters(bus, host_id, count):
     deadline = time.monotonic() + 5
     while bus.waiting(f"host:{host_id}") != count and time.monotonic() < deadline:
@@ -287,9 +277,9 @@ def test_a_newer_poll_takes_over_from_one_left_parked(protocol_app):
     agent.poll()  # takes the config.update
     bus = protocol_app.extensions["bus"]
     result = {}
-    stale = _park(agent, result, "stale")
+    stale = park_poll(agent, result, "stale")
     _wait_for_waiters(bus, host_id, 1)
-    fresh = _park(agent, result, "fresh")
+    fresh = park_poll(agent, result, "fresh")
     stale.join(5)
     assert result["stale"].status_code == 204
     assert result["stale_seconds"] < 1.0  # at once, not after the 2 s hold
@@ -312,7 +302,7 @@ def test_a_parked_poll_of_an_earlier_boot_gives_way(protocol_app):
     # the check is done. (Below Flask the waiter comes before the read; that path's own
     # test is in test_idle_poll.py.)
     protocol_app.extensions["idle_polls"]._hosts.clear()
-    stale = _park(agent, result, "stale")
+    stale = park_poll(agent, result, "stale")
     _wait_for_waiters(bus, host_id, 1)
     db.session.get(Host, host_id).boot_id = "boot-after-restart"
     _job(protocol_app, host_id)

@@ -8,7 +8,6 @@ what the fleet sees (online, revoked tokens, deleted hosts, restarts, commands) 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import timedelta
 
@@ -25,7 +24,7 @@ from app.quick_reads import quick_reads
 from app.services import heartbeats, hosts, jobs
 from app.services.audit import Actor
 from tests.conftest import POSTGRES_URL
-from tests.factories import Agent, enroll_agent
+from tests.factories import Agent, enroll_agent, park_poll
 
 
 def _settled(app, hostname="web-1"):
@@ -136,21 +135,14 @@ def test_a_parked_idle_poll_woken_by_a_command_hands_it_over_within_its_hold(pro
     agent, host_id = _settled(protocol_app)
     bus = protocol_app.extensions["bus"]
     result = {}
-
-    def park():
-        started = time.monotonic()
-        result["answer"] = agent.poll(wait=10)
-        result["seconds"] = time.monotonic() - started
-
-    thread = threading.Thread(target=park)
-    thread.start()
+    thread = park_poll(agent, result, "answer")
     _wait_for(lambda: bus.waiting(host_key(host_id)) == 1)
     job = _probe(protocol_app, host_id)
     db.session.commit()
     bus.publish(host_key(host_id))
     thread.join(10)
     assert result["answer"].status_code == 200
-    assert result["seconds"] < 5
+    assert result["answer_seconds"] < 5
     (command,) = result["answer"].get_json()["commands"]
     assert (command["type"], command["job_id"]) == ("job.run", job.id)
 
@@ -159,21 +151,15 @@ def test_a_newer_poll_ends_a_parked_idle_one_at_once(protocol_app):
     agent, host_id = _settled(protocol_app)
     bus = protocol_app.extensions["bus"]
     before = _answered_below_flask(protocol_app)
-    results = {}
-
-    def park(name):
-        started = time.monotonic()
-        results[name] = (agent.poll(wait=3).status_code, time.monotonic() - started)
-
-    old = threading.Thread(target=park, args=("old",))
-    old.start()
+    result = {}
+    old = park_poll(agent, result, "old", wait=3)
     _wait_for(lambda: bus.waiting(host_key(host_id)) == 1)
-    new = threading.Thread(target=park, args=("new",))
-    new.start()
+    new = park_poll(agent, result, "new", wait=3)
     old.join(5)
     new.join(5)
-    assert results["old"][0] == 204 and results["old"][1] < 1.0  # not after its 3 s
-    assert results["new"] == (204, pytest.approx(3, abs=1))
+    assert result["old"].status_code == 204 and result["old_seconds"] < 1.0  # not after 3 s
+    assert result["new"].status_code == 204
+    assert result["new_seconds"] == pytest.approx(3, abs=1)
     assert _answered_below_flask(protocol_app) == before + 2
 
 
@@ -185,8 +171,7 @@ def test_a_parked_idle_poll_of_an_earlier_boot_gives_way_when_woken(protocol_app
     bus = protocol_app.extensions["bus"]
     result = {}
     _beats(protocol_app)._hosts.clear()
-    thread = threading.Thread(target=lambda: result.update(answer=agent.poll(wait=10)))
-    thread.start()
+    thread = park_poll(agent, result, "answer")
     # Parked past its read (it notes the heartbeat after the read, then waits).
     _wait_for(lambda: _beats(protocol_app).pending() == 1)
     db.session.get(Host, host_id).boot_id = "boot-after-restart"
