@@ -21,7 +21,7 @@ from app.extensions import db
 from app.models import AgentToken, Command, Host, Job
 from app.models.types import utcnow
 from app.quick_reads import quick_reads
-from app.services import heartbeats, hosts, jobs
+from app.services import agents, heartbeats, hosts, jobs
 from app.services.audit import Actor
 from tests.conftest import POSTGRES_URL
 from tests.factories import Agent, enroll_agent, park_poll
@@ -362,6 +362,24 @@ def test_nothing_is_deferred_when_the_offline_window_is_not_longer_than_the_hold
         db.session.commit()
         assert agent.poll().status_code == 204
         assert _last_seen(host_id) > utcnow() - timedelta(seconds=1)
+
+
+def test_a_short_offline_window_writes_the_heartbeat_often_enough(app_factory):
+    """With RM_OFFLINE_AFTER_SECONDS=5 and a 1 s hold (the API fuzzer's settings) a fixed
+    5 s write resolution let a stored heartbeat reach 5-6 s between two polls, and a job
+    started in that moment was refused as "host offline" although the agent was polling."""
+    assert agents.touch_resolution(90, 25) == 5  # the defaults: unchanged
+    assert agents.touch_resolution(5, 1) == 1.5
+    assert agents.touch_resolution(5, 5) == 0  # every poll writes
+    app = app_factory(RM_POLL_WAIT_SECONDS=2, RM_OFFLINE_AFTER_SECONDS=5)  # resolution 1 s
+    with app.app_context():
+        agent, host_id = _settled(app)
+        for age, written in ((0.5, False), (1.5, True)):
+            stored = utcnow() - timedelta(seconds=age)
+            db.session.execute(update(Host).where(Host.id == host_id).values(last_seen_at=stored))
+            db.session.commit()
+            assert agent.poll(wait=0).status_code == 204
+            assert (_last_seen(host_id) > stored) is written
 
 
 def test_a_command_queued_for_an_idle_host_is_delivered_by_its_short_poll(protocol_app):

@@ -184,7 +184,14 @@ def poll():
         host_id, reconcile = identity.host_id, []
     else:
         host = _authenticated_host()
-        agents.touch(host, now=now, boot_id=boot_id)
+        agents.touch(
+            host,
+            now=now,
+            boot_id=boot_id,
+            resolution=agents.touch_resolution(
+                config["RM_OFFLINE_AFTER_SECONDS"], config["RM_POLL_WAIT_SECONDS"]
+            ),
+        )
         commands.apply_acks(host, acks, now=now)
         reconcile = agents.reconcile(host, running, now=now)
         repository.ensure_brought_up(_box(), host, now=now)  # new credentials saved while away

@@ -17,6 +17,7 @@ from app.services.errors import ServiceError
 
 PROTOCOL_VERSION = 1
 _TOUCH_SECONDS = 5  # last_seen_at resolution: fewer writes, still "online within seconds"
+_TOUCH_MARGIN_SECONDS = 1  # the poll's own round trip and a busy server
 TOKEN_TOUCH_SECONDS = 60  # agent_tokens.last_used_at resolution
 
 
@@ -154,11 +155,20 @@ def token_touch_due(identity: AgentIdentity, now: datetime) -> bool:
     return last is None or (now - last).total_seconds() > TOKEN_TOUCH_SECONDS
 
 
-def touch(host: Host, *, now: datetime, boot_id: Optional[str]) -> None:
-    """The poll is the heartbeat."""
+def touch_resolution(offline_after_seconds: int, poll_wait_seconds: float) -> float:
+    """How stale a stored ``last_seen_at`` may get before a poll writes it again:
+    :data:`_TOUCH_SECONDS`, less when the offline window is short. The stored value is at
+    most this plus one hold (the next poll) old, so it stays inside the offline window; a
+    fixed 5 s with ``RM_OFFLINE_AFTER_SECONDS=5`` let a polling host read as offline."""
+    room = offline_after_seconds - poll_wait_seconds - _TOUCH_MARGIN_SECONDS
+    return max(0.0, min(float(_TOUCH_SECONDS), room / 2))
+
+
+def touch(host: Host, *, now: datetime, boot_id: Optional[str], resolution: float) -> None:
+    """The poll is the heartbeat (written when the stored one is ``resolution`` old)."""
     if boot_id:
         host.boot_id = boot_id[:64]
-    if host.last_seen_at is None or (now - host.last_seen_at).total_seconds() >= _TOUCH_SECONDS:
+    if host.last_seen_at is None or (now - host.last_seen_at).total_seconds() >= resolution:
         host.last_seen_at = now
 
 
