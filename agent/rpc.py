@@ -9,7 +9,9 @@ seam. An answer is never spooled: after a few quick tries it is dropped (the per
 told "timed out" and can ask again).
 """
 
+import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import posixpath
@@ -17,8 +19,9 @@ import queue
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from agent import facts
 from agent.backup_policy import BackupPolicy
@@ -37,7 +40,8 @@ MAX_CONCURRENT = 4
 MAX_WAITING = 64  # beyond this, new calls are refused rather than queued without end
 CHUNK_BYTES = 1024 * 1024  # what a server that names no max_chunk_bytes takes
 MAX_CHUNK_BYTES = 8 * 1024 * 1024  # the most this agent sends in one request
-QUEUED_CHUNKS = 2  # chunks read ahead of the one being sent (memory: 4 chunks at most)
+QUEUED_CHUNKS = 2  # chunks read ahead of those being sent
+MAX_IN_FLIGHT = 2  # chunks posted at once, when the server offers it (memory: 5 at most)
 BUSY_GIVE_UP_SECONDS = 600.0  # a 429 (the browser reads slowly) is waited out this long
 DEFAULT_MAX_ENTRIES = 2000
 RETRY_DELAYS = (0.5, 1.5)  # three tries in all, then the answer is dropped
@@ -182,6 +186,7 @@ class RpcRunner:
             limit=header["size"],
             chunk_bytes=chunk_bytes_for(reply),
             queued_chunks=QUEUED_CHUNKS,
+            in_flight=chunks_in_flight_for(reply),
         )
         argv = dump_argv(self.restic_binary, _snapshot_id(payload), _path(payload))
         try:
@@ -378,6 +383,15 @@ def chunk_bytes_for(reply: Mapping[str, Any]) -> int:
     return min(offered, MAX_CHUNK_BYTES)
 
 
+def chunks_in_flight_for(reply: Mapping[str, Any]) -> int:
+    """How many chunks to post at once: the server's ``chunks_in_flight``, at most
+    :data:`MAX_IN_FLIGHT`; one at a time for a server that names none."""
+    offered = reply.get("chunks_in_flight")
+    if isinstance(offered, bool) or not isinstance(offered, int) or offered < 1:
+        return 1
+    return min(offered, MAX_IN_FLIGHT)
+
+
 class DumpStream:
     """Bytes from ``restic dump`` to ``POST /rpc/{id}/data`` in chunks of ``chunk_bytes``.
 
@@ -386,8 +400,9 @@ class DumpStream:
 
     With ``queued_chunks`` > 0 a sender thread posts the chunks while restic goes on
     printing: at most ``queued_chunks`` full chunks wait for it (``feed`` blocks beyond
-    that, and restic with it), so memory stays under ``(queued_chunks + 2) * chunk_bytes``.
-    With 0, ``feed`` posts each chunk itself before it returns.
+    that, and restic with it), and ``in_flight`` are posted at once (the server takes them
+    in order), so memory stays under ``(queued_chunks + in_flight + 1) * chunk_bytes``.
+    With 0, ``feed`` posts each chunk itself before it returns, one at a time.
     """
 
     def __init__(
@@ -396,6 +411,7 @@ class DumpStream:
         limit: int,
         chunk_bytes: int = CHUNK_BYTES,
         queued_chunks: int = 0,
+        in_flight: int = 1,
     ):
         self.send = send
         self.limit = limit
@@ -409,6 +425,7 @@ class DumpStream:
         self.problem: Optional[Answer] = None  # why the transfer stopped, for /end
         self.broken = False  # the server cannot be reached: send nothing else
         self.queued_chunks = queued_chunks
+        self.in_flight = max(1, in_flight) if queued_chunks > 0 else 1
         self._queue: Optional[queue.Queue[Optional[bytes]]] = None
         self._sender: Optional[threading.Thread] = None
 
@@ -478,17 +495,61 @@ class DumpStream:
                 continue
 
     def _send_queued(self) -> None:
+        """The sender thread: each chunk posted as it comes, up to ``in_flight`` at once
+        (the later ones on helper threads), their answers taken in order."""
         assert self._queue is not None
-        while True:
-            data = self._queue.get()
-            if data is None:
-                return
+        window: Deque[Tuple[int, bytes, Optional[Future]]] = collections.deque()
+        offset = self.sent
+        helpers = None
+        if self.in_flight > 1:
+            helpers = ThreadPoolExecutor(self.in_flight, thread_name_prefix="rpc-dump-post")
+        try:
+            while True:
+                data = self._queue.get()
+                if data is None:
+                    break
+                if self.stop.is_set():
+                    continue
+                ahead = helpers.submit(self.send, offset, data) if helpers else None
+                window.append((offset, data, ahead))
+                offset += len(data)
+                while len(window) >= self.in_flight:
+                    self._settle(*window.popleft())
+            while window:
+                self._settle(*window.popleft())
+        except Exception:  # a thread must not die silently
+            log.exception("download stopped: sending a chunk failed")
+            self._break()
+        finally:
+            if helpers is not None:
+                helpers.shutdown(wait=True)
+
+    def _settle(self, offset: int, data: bytes, ahead: Optional[Future]) -> None:
+        """The chunk at ``offset`` held by the server: its answer taken (posted ahead) or
+        the chunk posted now, and whatever the server is missing of it sent again."""
+        if ahead is None:
             if not self.stop.is_set():
-                try:
-                    self._post(data)
-                except Exception:  # a thread must not die silently
-                    log.exception("download stopped: sending a chunk failed")
-                    self._break()
+                self._post(data)
+            return
+        if self.stop.is_set() or offset != self.sent:
+            ahead.cancel()  # the transfer stopped: its answer no longer matters
+            with contextlib.suppress(Exception):
+                ahead.result()
+            return
+        committed = self._committed(ahead.result, len(data))
+        if committed is None:
+            return
+        # Sent ahead, a chunk may find its turn had not come (the one before it took too
+        # long, or went again): the server's count is then that of an earlier moment, and
+        # the chunk goes again, on its own (a count that really went back stops it there).
+        if isinstance(committed, int) and not isinstance(committed, bool) and committed >= 0:
+            committed = max(committed, self.sent)
+        if not isinstance(committed, int) or not self.sent <= committed <= self.sent + len(data):
+            self._mismatch(committed, self.sent + len(data))
+            return
+        rest = data[committed - self.sent :]
+        self.sent = committed
+        self._post(rest)
 
     def _join_sender(self) -> None:
         if self._queue is None or self._sender is None:
@@ -505,34 +566,40 @@ class DumpStream:
         """Post ``data`` (the bytes from ``self.sent`` on) until the server holds all of it."""
         while data and not self.stop.is_set():
             length = len(data)
-            try:
-                answer = self.send(self.sent, data)
-                committed = answer.get("committed", self.sent + length)
-            except Gap as gap:  # the server counts differently: go on from its count if we can
-                committed = gap.body.get("committed")
-            except Gone:
-                log.info("download closed by the server (nobody waits any more): stopping restic")
-                self.closed = True
-                self.stop.set()
-                return
-            except Refused as refusal:
-                self._give_up({"ok": False, "error": "restic_failed", "message": str(refusal)})
-                return
-            except ClientError as error:
-                log.warning("download stopped: the server cannot be reached: %s", error)
-                self._break()
+            committed = self._committed(functools.partial(self.send, self.sent, data), length)
+            if committed is None:
                 return
             # Progress or nothing: the server must hold more than before, no more than sent.
             if not isinstance(committed, int) or not self.sent < committed <= self.sent + length:
-                log.warning(
-                    "download stopped: the server holds %s bytes, the agent sent %s",
-                    committed,
-                    self.sent + length,
-                )
-                self._break()
+                self._mismatch(committed, self.sent + length)
                 return
             data = data[committed - self.sent :]
             self.sent = committed
+
+    def _committed(self, answer_of: Callable[[], Answer], length: int) -> Any:
+        """What the server holds after a post of ``length`` bytes from ``self.sent``
+        (``answer_of`` gives its answer or raises); None once the transfer stops (a 410,
+        a refusal, the server out of reach: ``stop`` is set and the reason kept)."""
+        try:
+            return answer_of().get("committed", self.sent + length)
+        except Gap as gap:  # the server counts differently: go on from its count if we can
+            return gap.body.get("committed")
+        except Gone:
+            log.info("download closed by the server (nobody waits any more): stopping restic")
+            self.closed = True
+            self.stop.set()
+        except Refused as refusal:
+            self._give_up({"ok": False, "error": "restic_failed", "message": str(refusal)})
+        except ClientError as error:
+            log.warning("download stopped: the server cannot be reached: %s", error)
+            self._break()
+        return None
+
+    def _mismatch(self, committed: Any, sent: int) -> None:
+        log.warning(
+            "download stopped: the server holds %s bytes, the agent sent %s", committed, sent
+        )
+        self._break()
 
     def _break(self) -> None:
         self.broken = True

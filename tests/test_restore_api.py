@@ -356,7 +356,8 @@ def test_a_host_cannot_answer_another_hosts_call(app, host):
     assert unauthenticated.status_code == 401
 
 
-def test_download_bytes_are_ordered_bounded_and_deduplicated(app, host):
+def test_download_bytes_are_ordered_bounded_and_deduplicated(app, host, monkeypatch):
+    monkeypatch.setattr(agent_rpc, "TURN_WAIT_SECONDS", 0.2)  # the gap below waits this long
     call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=10)
     too_big = {"ok": True, "result": {"name": "f", "size": 11}}
     assert agent_post(app, host, call.id, json=too_big).status_code == 413
@@ -384,6 +385,42 @@ def test_download_bytes_are_ordered_bounded_and_deduplicated(app, host):
     assert db.session.get(RpcCall, call.id).status == "failed"
 
 
+def test_a_chunk_sent_ahead_waits_for_the_one_before_it(app, host, monkeypatch):
+    """Two chunks in flight: the later one may arrive first; it waits (holding no lock) for
+    its turn, a chunk further ahead is refused at once, and one whose predecessor never
+    comes gets 416 after TURN_WAIT_SECONDS."""
+    call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=20)
+    reply = agent_post(app, host, call.id, json={"ok": True, "result": {"name": "f", "size": 9}})
+    assert reply.get_json()["chunks_in_flight"] == 2
+    octets = {"content_type": "application/octet-stream"}
+    answers = {}
+
+    def post_ahead():
+        answers["ahead"] = agent_post(app, host, f"{call.id}/data?offset=3", data=b"def", **octets)
+
+    ahead = threading.Thread(target=post_ahead)
+    ahead.start()
+    time.sleep(0.3)
+    assert ahead.is_alive()  # waiting for the chunk before it
+    first = agent_post(app, host, f"{call.id}/data?offset=0", data=b"abc", **octets)
+    assert first.get_json() == {"committed": 3}
+    ahead.join(5)
+    assert answers["ahead"].get_json() == {"committed": 6}
+    assert rpc.take_chunks(call.id, 0) == [b"abc", b"def"]
+    db.session.commit()
+    started = time.monotonic()
+    far = agent_post(app, host, f"{call.id}/data?offset={6 + (8 << 20) + 1}", data=b"x", **octets)
+    assert far.status_code == 416 and far.get_json()["committed"] == 6
+    assert time.monotonic() - started < 1
+    monkeypatch.setattr(agent_rpc, "TURN_WAIT_SECONDS", 0.3)
+    started = time.monotonic()
+    orphan = agent_post(app, host, f"{call.id}/data?offset=8", data=b"i", **octets)
+    assert orphan.status_code == 416 and orphan.get_json()["committed"] == 6
+    assert time.monotonic() - started >= 0.3
+    last = agent_post(app, host, f"{call.id}/data?offset=6", data=b"ghi", **octets)
+    assert last.get_json() == {"committed": 9}
+
+
 def test_a_closed_download_tells_the_agent_to_stop(app, host):
     call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=10)
     agent_post(app, host, call.id, json={"ok": True, "result": {"name": "f", "size": 6}})
@@ -400,7 +437,11 @@ def test_the_header_reply_names_the_chunk_size_an_agent_may_send(app, host, app_
     call = new_call(app, host, "dump", snapshot_id=SNAP_A, path="/srv/f", max_bytes=20 << 20)
     header = {"ok": True, "result": {"name": "f", "size": 9 << 20}}
     reply = agent_post(app, host, call.id, json=header)
-    assert reply.get_json() == {"ok": True, "max_chunk_bytes": rpc.MAX_CHUNK_BYTES}
+    assert reply.get_json() == {
+        "ok": True,
+        "max_chunk_bytes": rpc.MAX_CHUNK_BYTES,
+        "chunks_in_flight": agent_rpc.CHUNKS_IN_FLIGHT,
+    }
     octets = {"content_type": "application/octet-stream"}
     big = agent_post(app, host, f"{call.id}/data?offset=0", data=b"x" * (8 << 20), **octets)
     assert big.get_json() == {"committed": 8 << 20}

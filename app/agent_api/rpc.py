@@ -27,6 +27,9 @@ from app.transaction import commit_and_wake
 
 ROOM_WAIT_SECONDS = 20.0  # then 429: the agent reads its RPC answers for 30 s
 ROOM_RECHECK_SECONDS = 1.0  # the browser may read in another worker: re-read this often
+CHUNKS_IN_FLIGHT = 2  # a chunk may arrive while the one before it is still being stored
+TURN_WAIT_SECONDS = 10.0  # then 416: the chunk before this one never came
+TURN_RECHECK_SECONDS = 0.5  # it may be stored by another worker: re-read this often
 
 
 def _settle(host, rpc_id: str, change):
@@ -49,8 +52,11 @@ def rpc_answer(rpc_id: str):
 
     if _settle(host, rpc_id, answer) != "dump":
         return jsonify({"ok": True})
-    # A newer agent sends chunks up to this size; an older one sends 1 MiB and ignores it.
-    return jsonify({"ok": True, "max_chunk_bytes": _chunk_cap()})
+    # A newer agent sends chunks up to this size, two at a time; an older one sends 1 MiB
+    # chunks one by one and ignores both.
+    return jsonify(
+        {"ok": True, "max_chunk_bytes": _chunk_cap(), "chunks_in_flight": CHUNKS_IN_FLIGHT}
+    )
 
 
 def _chunk_cap() -> int:
@@ -122,11 +128,36 @@ def rpc_data(rpc_id: str):
         return error_response(416, gap.code, gap.message, committed=gap.committed)
 
 
+def _in_turn(host, rpc_id: str, offset: int, data: bytes) -> Optional[int]:
+    """:func:`app.services.rpc.check_data`, waiting while the chunk before this one is
+    still on its way (the agent sends ``CHUNKS_IN_FLIGHT`` at a time, and the later one may
+    arrive first, in this worker or another): up to ``TURN_WAIT_SECONDS``, then 416 as for
+    any gap. The call's lock is released while waiting."""
+    cap = _chunk_cap()
+    try:
+        return rpc.check_data(rpc.call_for_agent(host, rpc_id), offset, data)
+    except rpc.RpcGap as gap:
+        if not gap.committed < offset <= gap.committed + cap * (CHUNKS_IN_FLIGHT - 1):
+            raise
+    commit_and_wake()
+    deadline = time.monotonic() + TURN_WAIT_SECONDS
+    with current_app.extensions["bus"].listen(rpc.rpc_key(rpc_id)) as waiter:
+        while True:  # listening first: a chunk stored after this read still wakes it
+            try:
+                return rpc.check_data(rpc.call_for_agent(host, rpc_id), offset, data)
+            except rpc.RpcGap as gap:
+                remaining = deadline - time.monotonic()
+                if gap.committed > offset or remaining <= 0:
+                    raise
+            commit_and_wake()
+            waiter.wait(min(remaining, TURN_RECHECK_SECONDS))
+
+
 def _take_chunk(host, rpc_id: str, offset: int, data: bytes):
     """Checked, then handed to the download streaming in this process or, once there is
     room, stored for it; ``{"committed": N}`` or 429 ``rpc_busy``."""
     host_id = host.id
-    repeat = rpc.check_data(rpc.call_for_agent(host, rpc_id), offset, data)
+    repeat = _in_turn(host, rpc_id, offset, data)
     commit_and_wake()  # the call's lock is released while the bytes find their way
     if repeat is not None:
         return jsonify({"committed": repeat})

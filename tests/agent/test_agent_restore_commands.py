@@ -27,7 +27,14 @@ from agent.restic.restore import (
     restore_argv,
 )
 from agent.restore_policy import RestorePolicy, RestoreRefused
-from agent.rpc import MAX_CHUNK_BYTES, DumpStream, RpcRunner, chunk_bytes_for, rpc_id_of
+from agent.rpc import (
+    MAX_CHUNK_BYTES,
+    DumpStream,
+    RpcRunner,
+    chunk_bytes_for,
+    chunks_in_flight_for,
+    rpc_id_of,
+)
 
 SID = "39cddcb58e6e2e74cf4b0c439cc17c0e27c6d88972355872f04b25b17f777062"
 
@@ -464,6 +471,109 @@ def test_dump_stream_with_a_sender_thread_stops_on_410_and_on_restic_failure():
     failed.feed(b"y" * 2500)
     ending = failed.finish(execute.Outcome(exit_code=1, stderr_tail=["Fatal: boom"]))
     assert ending == {"ok": False, "error": "restic_failed", "message": "Fatal: boom"}
+
+
+class _InTurnServer:
+    """The server's side of chunks in flight: a chunk that arrives before the one in front
+    of it waits for its turn (``turn_seconds``), then answers 416 with the count."""
+
+    def __init__(self, turn_seconds=2.0, lose=()):
+        self.received = bytearray()
+        self.calls = []
+        self.turn = threading.Condition()
+        self.in_flight = self.most_in_flight = 0
+        self.turn_seconds = turn_seconds
+        self.lose = set(lose)  # offsets whose first post is "lost" (a 5xx after retries)
+
+    def __call__(self, offset, data):
+        with self.turn:
+            self.calls.append((offset, len(data)))
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            time.sleep(0.01)  # the bytes on their way
+            with self.turn:
+                if offset in self.lose:
+                    self.lose.discard(offset)
+                    self.turn.wait(0.2)  # the chunk after it arrives and waits meanwhile
+                    raise RetryableError("lost on the way", status=502)
+                self.turn.wait_for(lambda: len(self.received) == offset, self.turn_seconds)
+                if len(self.received) != offset:
+                    raise Gap(416, "rpc_gap", "gap", {"committed": len(self.received)})
+                self.received += data
+                self.turn.notify_all()
+                return {"committed": len(self.received)}
+        finally:
+            with self.turn:
+                self.in_flight -= 1
+
+
+def _feed_all(stream, data, piece=700):
+    for start in range(0, len(data), piece):
+        stream.feed(data[start : start + piece])
+
+
+def test_two_chunks_in_flight_arrive_in_order_and_intact():
+    data = os.urandom(20_500)
+    server = _InTurnServer()
+    stream = DumpStream(server, len(data), chunk_bytes=1000, queued_chunks=2, in_flight=2)
+    _feed_all(stream, data)
+    assert _finished(stream) == {
+        "ok": True,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    assert bytes(server.received) == data
+    assert server.most_in_flight == 2
+    assert sorted(server.calls) == [
+        (offset, min(1000, len(data) - offset)) for offset in range(0, len(data), 1000)
+    ]
+
+
+def test_a_chunk_whose_turn_never_came_is_sent_again_on_its_own():
+    """The first chunk is lost (its post fails); the one sent ahead of it waits, gets 416
+    with the server's count, and goes again after the first was sent again."""
+    data = os.urandom(5_000)
+    server = _InTurnServer(turn_seconds=0.1, lose={0})
+    runner = RpcRunner(lambda: None, lambda: None, retry_delays=(0.01,), busy_give_up=5)
+    stream = DumpStream(
+        lambda offset, chunk: runner._call(lambda: server(offset, chunk)),
+        len(data),
+        chunk_bytes=1000,
+        queued_chunks=2,
+        in_flight=2,
+    )
+    _feed_all(stream, data)
+    assert _finished(stream)["ok"] is True
+    assert bytes(server.received) == data
+    assert server.calls.count((1000, 1000)) == 2  # refused while waiting, then taken
+
+
+def test_two_in_flight_stop_on_410_and_on_a_count_that_makes_no_sense():
+    server = _Server([None, Gone(410, "rpc_closed", "gone")])
+    stream = DumpStream(server, 50_000, chunk_bytes=1000, queued_chunks=2, in_flight=2)
+    _feed_all(stream, b"x" * 10_000)
+    assert _finished(stream, exit_code=130) is None
+    assert stream.closed and len(server.calls) <= 4  # two in flight, nothing after the 410
+    liar = DumpStream(
+        lambda offset, chunk: {"committed": offset + 5 * len(chunk)},
+        50_000,
+        chunk_bytes=1000,
+        queued_chunks=2,
+        in_flight=2,
+    )
+    _feed_all(liar, b"y" * 5_000)
+    assert _finished(liar) is None and liar.broken
+
+
+def test_chunks_in_flight_come_from_the_server_within_the_agents_cap():
+    assert chunks_in_flight_for({"ok": True}) == 1  # an older server: one at a time
+    assert chunks_in_flight_for({"chunks_in_flight": 2}) == 2
+    assert chunks_in_flight_for({"chunks_in_flight": 64}) == 2
+    for wrong in (0, -1, True, "2", None, 1.5):
+        assert chunks_in_flight_for({"chunks_in_flight": wrong}) == 1
+    # Without a sender thread (queued_chunks=0) chunks go one at a time whatever is offered.
+    assert DumpStream(_Server(), 10, chunk_bytes=2, in_flight=2).in_flight == 1
 
 
 def test_the_chunk_size_comes_from_the_server_within_the_agents_cap():
