@@ -89,7 +89,17 @@ def create_app(config: dict | None = None) -> Flask:
 def _configure_logging(app: Flask) -> None:
     level = getattr(logging, app.config["RM_LOG_LEVEL"])
     app.logger.setLevel(level)
-    logging.getLogger("restic_manager").setLevel(level)
+    logger = logging.getLogger("restic_manager")
+    logger.setLevel(level)
+    # Without a handler of its own only warnings reached stderr (Python's last resort):
+    # RM_LOG_LEVEL=INFO printed no info line at all. Flask's format, on stderr.
+    if not any(getattr(handler, "restic_manager", False) for handler in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] %(levelname)s in %(name)s: %(message)s")
+        )
+        handler.restic_manager = True
+        logger.addHandler(handler)
 
 
 def _configure_secrets(app: Flask) -> None:

@@ -14,7 +14,7 @@ from typing import Optional
 
 from flask import current_app, jsonify, request
 
-from app import rpc_handoff
+from app import download_spool, rpc_handoff
 from app.access import agent_endpoint
 from app.agent_api import bp, parse
 from app.agent_api.routes import _authenticated_host
@@ -70,7 +70,7 @@ def _room_for(host_id: int, rpc_id: str, length: int) -> bool:
     deadline = time.monotonic() + ROOM_WAIT_SECONDS
     with current_app.extensions["bus"].listen(rpc.read_key(rpc_id)) as waiter:
         while True:
-            unread = rpc.unread_bytes(rpc_id, host_id)
+            unread = rpc.unread_bytes(rpc_id, host_id) + download_spool.unread_bytes(rpc_id)
             commit_and_wake()  # ends the read: no connection is held while waiting
             if unread == 0 or unread + length <= rpc.MAX_UNREAD_BYTES:
                 return True
@@ -155,23 +155,27 @@ def _in_turn(host, rpc_id: str, offset: int, data: bytes) -> Optional[int]:
 
 def _take_chunk(host, rpc_id: str, offset: int, data: bytes):
     """Checked, then handed to the download streaming in this process or, once there is
-    room, stored for it; ``{"committed": N}`` or 429 ``rpc_busy``."""
+    room, left as a file for one streaming in another worker of this machine
+    (app/download_spool.py) or stored in the database for it; ``{"committed": N}`` or 429
+    ``rpc_busy``."""
     host_id = host.id
     repeat = _in_turn(host, rpc_id, offset, data)
     commit_and_wake()  # the call's lock is released while the bytes find their way
     if repeat is not None:
         return jsonify({"committed": repeat})
-    handed = _hand_to_local_download(rpc_id, offset, data)
-    if not handed and not _room_for(host_id, rpc_id, len(data)):
-        response = error_response(
-            429,
-            "rpc_busy",
-            "The browser has not read the bytes sent so far: send this chunk again later.",
-        )
-        response.headers["Retry-After"] = "1"
-        return response
+    taken = _hand_to_local_download(rpc_id, offset, data)
+    if not taken:
+        if not _room_for(host_id, rpc_id, len(data)):
+            response = error_response(
+                429,
+                "rpc_busy",
+                "The browser has not read the bytes sent so far: send this chunk again later.",
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        taken = download_spool.put(rpc_id, offset, data)  # a download in another worker here
     committed = _settle(
-        host, rpc_id, lambda call: rpc.append_data(call, offset, data, store=not handed)
+        host, rpc_id, lambda call: rpc.append_data(call, offset, data, store=not taken)
     )
     return jsonify({"committed": committed})
 

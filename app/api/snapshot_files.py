@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from flask import Response, current_app, jsonify, request, stream_with_context
 
-from app import agent_calls, rpc_handoff
+from app import agent_calls, download_spool, rpc_handoff
 from app.access import Role, require_role
 from app.api import bp
 from app.authn import client_address, current_actor
@@ -26,7 +26,7 @@ from app.services.hosts import get_host
 from app.transaction import commit_and_wake
 
 STALL_SECONDS = 60.0  # a download that gets no byte for this long is given up
-log = logging.getLogger(__name__)
+log = logging.getLogger("restic_manager.downloads")
 
 
 @bp.get("/hosts/<int:host_id>/snapshots/<snapshot_id>/tree")
@@ -101,24 +101,37 @@ def _stream(call_id: str, size: int):
     digest = hashlib.sha256()
     last_progress = time.monotonic()
     finished = False
+    paths = {"direct": 0, "files": 0, "database": 0}  # how the bytes came (logged at the end)
     bus = current_app.extensions["bus"]
     try:
         with (
             bus.listen(rpc.rpc_key(call_id)) as waiter,
             rpc_handoff.readers().reading(call_id) as reader,
+            download_spool.reading(call_id) as spool,
         ):
             while True:
                 chunks = rpc.take_chunks(call_id, sent)
                 call = db.session.get(RpcCall, call_id, populate_existing=True)
                 state = None if call is None else call.status
                 expected_digest = None if call is None else call.sha256
+                stored = sum(len(chunk) for chunk in chunks)
+                reader.advance(stored)
+                paths["database"] += stored
+                # Then what an upload in this process hands over, or one in another worker
+                # of this machine left as a file, in whatever order they come.
+                while True:
+                    more, path = reader.take(), "direct"
+                    if more is None and spool is not None:
+                        more, path = spool.take(reader.position), "files"
+                        if more is not None:
+                            reader.advance(len(more))
+                    if more is None:
+                        break
+                    chunks.append(more)
+                    paths[path] += len(more)
                 # The chunks handed out are gone: an upload waiting for room may go on.
                 commit_and_wake(*([rpc.read_key(call_id)] if chunks else []))
                 db.session.remove()
-                reader.advance(sum(len(chunk) for chunk in chunks))
-                direct = reader.take()  # an upload in this process hands its bytes over
-                if direct is not None:
-                    chunks.append(direct)
                 for chunk in chunks:
                     digest.update(chunk)
                     sent += len(chunk)
@@ -131,6 +144,15 @@ def _stream(call_id: str, size: int):
                         log.error("download %s: sha256 differs from the agent's", call_id)
                         return
                     finished = True
+                    log.info(
+                        "download %s: %d bytes (%d handed over in this process, %d through "
+                        "files, %d through the database)",
+                        call_id,
+                        sent,
+                        paths["direct"],
+                        paths["files"],
+                        paths["database"],
+                    )
                     return
                 if state in (None, "failed", "closed"):
                     log.warning("download %s ended after %d of %d bytes", call_id, sent, size)

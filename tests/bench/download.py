@@ -2,6 +2,7 @@
 
     python tests/bench/download.py                      # SQLite, one worker
     python tests/bench/download.py --pg --workers 2     # PostgreSQL, two workers
+    python tests/bench/download.py --pg --servers 2     # two servers, one database
 
 Not a test (pytest does not collect it; no timing assertions). Needs restic on PATH.
 
@@ -12,13 +13,14 @@ Not a test (pytest does not collect it; no timing assertions). Needs restic on P
    timed end to end (restic start → last byte).
 3. ``GET /api/v1/hosts/{id}/snapshots/{snapshot}/download?path=…`` with an API token:
    the server queues ``rpc.dump``, the agent runs the same ``restic dump`` and posts the
-   bytes, the server passes them through its database to this request. Timed from the
-   request to the last byte.
+   bytes, the server passes them to this request (handed over in the worker, as files
+   between workers, through the database between servers). Timed from the request to the
+   last byte; the server's log line says how the bytes came, and must account for all.
 
 Each is run ``--rounds`` times, alternating; medians are printed in MiB/s. Sanity: every
 download's size and sha256 must equal the file's, else the benchmark fails rather than
 print a number for a wrong transfer. With ``--workers 2`` the upload and the download
-may land on different workers (the bus and the database carry them across).
+may land on different workers (the bus and a file in the data directory carry them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -72,16 +75,28 @@ def reset_postgres(url: str) -> None:
         conn.execute("CREATE SCHEMA public")
 
 
-def chunks_inserted(url: str) -> int:
-    """Rows ever inserted into rpc_chunks (PostgreSQL's statistics; they lag up to ~1 s)."""
-    import psycopg
+_PATHS = re.compile(
+    r"download [0-9a-f]+: (\d+) bytes \((\d+) handed over in this process, (\d+) through "
+    r"files, (\d+) through the database\)"
+)
 
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(plain, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'rpc_chunks'"
-        ).fetchone()
-    return int(row[0]) if row else 0
+
+def byte_paths(server: Server, size: int, seen: int) -> tuple[str, int]:
+    """How the bytes of the download that just ended came (the server logs it) and the
+    count of such lines now; fails unless exactly one new line accounts for every byte."""
+    for _ in range(50):  # the line is written as the response ends
+        lines = _PATHS.findall(server.log())
+        if len(lines) > seen:
+            break
+        time.sleep(0.1)
+    if len(lines) != seen + 1:
+        raise RuntimeError(f"expected one new download line in the server log, got {lines[seen:]}")
+    total, direct, files, database = map(int, lines[-1])
+    if total != size or direct + files + database != size:
+        raise RuntimeError(f"the server accounts for {lines[-1]} bytes of {size}")
+    parts = [(direct, "handed over"), (files, "through files"), (database, "through the database")]
+    text = ", ".join(f"{amount / MIB:.0f} MiB {how}" for amount, how in parts if amount)
+    return text, len(lines)
 
 
 def main() -> int:
@@ -89,12 +104,20 @@ def main() -> int:
     parser.add_argument("--mb", type=int, default=200, help="size of the file (MiB)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=18602)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="per server")
+    parser.add_argument(
+        "--servers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: the agent polls a second server (own data directory, same database) and "
+        "the download streams from the first: every chunk goes through the database",
+    )
     parser.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--pg-url", default=DEFAULT_PG, help="emptied first (schema public)")
     args = parser.parse_args()
-    if args.workers > 1 and not args.pg:
-        parser.error("--workers > 1 needs --pg (serve refuses it on SQLite)")
+    if (args.workers > 1 or args.servers > 1) and not args.pg:
+        parser.error("--workers > 1 and --servers 2 need --pg (SQLite has one process)")
 
     with tempfile.TemporaryDirectory(prefix="rm-bench-download-") as scratch:
         work = Path(scratch)
@@ -120,14 +143,22 @@ def main() -> int:
         if args.pg:
             reset_postgres(args.pg_url)
             env["RM_DATABASE_URL"] = args.pg_url
+        env["RM_SECRET_KEY_FILE"] = str(work / "secret.key")  # shared by --servers 2
         server = BenchServer(work, clean_env(**env), args.port, args.workers)
         server.start(timeout=60)
+        servers = [server]
         agent = None
         try:
+            if args.servers == 2:  # the agent's: its own data directory, the same database
+                (work / "second").mkdir()
+                env["RM_DATA_DIR"] = str(work / "second-data")
+                second = BenchServer(work / "second", clean_env(**env), args.port + 1, args.workers)
+                second.start(timeout=60)
+                servers.append(second)
             api = Api(server, server.admin_token(PASSWORD, username="bench"))
             agent = enroll_agent(
                 api,
-                server,
+                servers[-1],
                 hostname="bench",
                 repo=repo,
                 repo_password=PASSWORD,
@@ -193,16 +224,11 @@ def main() -> int:
                 return elapsed
 
             bare()  # warm restic's cache and the page cache alike for both
-            bares, downloads, paths = [], [], []
+            bares, downloads, paths, seen = [], [], [], 0
             for round_number in range(args.rounds):
                 bares.append(bare())
-                before = chunks_inserted(args.pg_url) if args.pg else 0
                 downloads.append(through_server())
-                path = "direct (SQLite: one process)"
-                if args.pg:
-                    time.sleep(1.5)  # the statistics reach pg_stat a moment later
-                    stored = chunks_inserted(args.pg_url) - before
-                    path = f"{stored} chunks via rpc_chunks" if stored else "direct (same worker)"
+                path, seen = byte_paths(server, args.mb * MIB, seen)
                 paths.append(path)
                 log(
                     f"round {round_number + 1}: bare {args.mb / bares[-1]:.0f} MiB/s, "
@@ -211,11 +237,14 @@ def main() -> int:
         finally:
             if agent is not None:
                 agent.kill()
-            server.kill()
+            for running in servers:
+                running.kill()
 
     bare_rate = args.mb / statistics.median(bares)
     download_rate = args.mb / statistics.median(downloads)
     database = f"PostgreSQL, {args.workers} worker(s)" if args.pg else "SQLite, 1 worker"
+    if args.servers == 2:
+        database += " per server, 2 servers"
     title = f"one {args.mb} MiB random file, {database}, medians of {args.rounds}"
     print(f"\n{title} (sha256 checked)\n")
     print("| what | MiB/s | time |")

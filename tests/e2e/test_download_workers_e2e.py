@@ -1,9 +1,11 @@
 """A download on `serve --workers 2` (PostgreSQL): every chunk reaches the browser, whether
 it was posted to the worker streaming the download (handed over directly) or to the other
-one (through ``rpc_chunks`` and a wake-up on the bus).
+one (a file in the data directory and a wake-up on the bus); and across two servers that
+share the database but not a data directory, through ``rpc_chunks``.
 
 The agent speaks raw HTTP, each chunk on a fresh connection, so its chunks land on both
-workers; which worker took each is read from /proc, so the test knows both paths ran.
+workers; which worker took each is read from /proc, so the test knows both paths ran, and
+the server's log line at the end of each download says how its bytes came.
 """
 
 from __future__ import annotations
@@ -11,37 +13,56 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
+from pathlib import Path
 
+from app import create_app
+from app.extensions import db
+from tests.conftest import fresh_database_url
+from tests.e2e.processes import clean_env
 from tests.e2e.workers_helpers import (
     MultiWorkerServer,
     PollingAgent,
     cluster_fixture,  # noqa: F401  (the ``cluster`` fixture)
     needs_postgres,
 )
-from tests.factories import SNAP_A
+from tests.factories import SNAP_A, add_snapshots, make_enrolled_host
 
 CHUNK = 1024 * 1024  # an older agent's chunk: the server still takes it
 ROUNDS = 6
 
 
-class DumpAgent(PollingAgent):
-    """Answers rpc.dump with ``content``."""
+_PATHS = re.compile(
+    r"download [0-9a-f]+: (\d+) bytes \((\d+) handed over in this process, (\d+) through "
+    r"files, (\d+) through the database\)"
+)
 
-    def __init__(self, server: MultiWorkerServer, token: str, content: bytes):
+
+def byte_paths(server) -> list[tuple[int, int, int, int]]:
+    """``(bytes, direct, files, database)`` of every download the server finished."""
+    return [tuple(map(int, match)) for match in _PATHS.findall(server.log())]
+
+
+class DumpAgent(PollingAgent):
+    """Answers rpc.dump with ``content``, its chunks posted to ``data_server`` (the
+    polled server unless given)."""
+
+    def __init__(self, server: MultiWorkerServer, token: str, content: bytes, data_server=None):
         super().__init__(server, token)
+        self.data_server = data_server or server
         self.content = content
         self.data_workers: list[int] = []
         self.replies: list[dict] = []
 
     def post(self, path: str, body: bytes, content_type: str):
-        conn = self.server.connect()
+        conn = self.data_server.connect()
         try:
             headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type}
             conn.request("POST", f"/api/agent/v1/rpc/{path}", body=body, headers=headers)
             response = conn.getresponse()
             answer = json.loads(response.read())
-            worker = self.server.worker_of(conn)
+            worker = self.data_server.worker_of(conn)
         finally:
             conn.close()
         assert response.status == 200, answer
@@ -97,3 +118,71 @@ def test_a_download_gets_every_chunk_from_either_worker(cluster):
         agent.join(5)
     assert agent.replies[0]["max_chunk_bytes"] >= CHUNK
     assert same and across, f"chunks stayed on one side of the browser: {same=} {across=}"
+    # One machine: the other worker's chunks went through files, none through the database;
+    # every download's files were removed when it ended.
+    paths = byte_paths(server)
+    assert paths and all(size == len(content) for size, *_ in paths), paths
+    assert sum(files for _, _, files, _ in paths) > 0, paths
+    assert sum(database for *_, database in paths) == 0, paths
+    spool = Path(server.env["RM_DATA_DIR"]) / "downloads"
+    assert not spool.exists() or list(spool.iterdir()) == []
+
+
+class OneWorkerServer(MultiWorkerServer):
+    worker_count = 1
+
+
+@needs_postgres
+def test_across_servers_the_chunks_go_through_the_database(tmp_path, migrated_template):
+    """Two servers on one database, each with its own data directory: a chunk posted to
+    the server that does not stream the download cannot be left as a file for it."""
+    database_url = fresh_database_url(migrated_template, tmp_path)
+    key = tmp_path / "shared-secret.key"
+    servers = []
+    try:
+        for name in ("one", "two"):
+            env = clean_env(
+                RM_DATA_DIR=str(tmp_path / name),
+                RM_DATABASE_URL=database_url,
+                RM_SECRET_KEY_FILE=str(key),
+            )
+            (tmp_path / name).mkdir()
+            server = OneWorkerServer(tmp_path / name, env)
+            server.start()
+            servers.append(server)
+        browser_side, agent_side = servers
+        admin = browser_side.admin_token("correct horse battery staple")
+        seeder = create_app(
+            {
+                "RM_DATA_DIR": tmp_path / "one",
+                "RM_SECRET_KEY_FILE": key,
+                "SQLALCHEMY_DATABASE_URI": database_url,
+            }
+        )
+        with seeder.app_context():
+            host, agent_token = make_enrolled_host("across-1")
+            add_snapshots(host)
+            db.session.commit()
+            host_id = host.id
+            db.session.remove()
+            db.engine.dispose()
+        content = os.urandom(3 * CHUNK + 777)
+        agent = DumpAgent(agent_side, agent_token, content)
+        agent.start()
+        try:
+            time.sleep(0.5)
+            browser = browser_side.connect()
+            path = f"/api/v1/hosts/{host_id}/snapshots/{SNAP_A[:8]}/download?path=/srv/big.bin"
+            browser.request("GET", path, headers={"Authorization": f"Bearer {admin}"})
+            response = browser.getresponse()
+            body = response.read()
+            browser.close()
+        finally:
+            agent.stop.set()
+            agent.join(5)
+        assert response.status == 200, body[:300]
+        assert body == content
+        assert byte_paths(browser_side) == [(len(content), 0, 0, len(content))]
+    finally:
+        for server in servers:
+            server.kill()

@@ -24,13 +24,18 @@ needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="needs RM_TEST_DATA
 
 
 class MultiWorkerServer(Server):
+    worker_count = 2
+
     def start(self, timeout: float = 30) -> None:
-        argv = [sys.executable, "-m", "app.cli", "serve", "--workers", "2"]
+        argv = [sys.executable, "-m", "app.cli", "serve", "--workers", str(self.worker_count)]
         self._spawn([*argv, "--bind", f"127.0.0.1:{self.port}"])
 
         def ready():
             assert self.process.poll() is None, self.tail()
-            return len(self.workers()) == 2 and self.request("GET", "/readyz")[0] == 200
+            return (
+                len(self.workers()) == self.worker_count
+                and self.request("GET", "/readyz")[0] == 200
+            )
 
         wait_until(ready, timeout, "both workers to be ready")
 
