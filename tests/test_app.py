@@ -1,5 +1,8 @@
 """Factory, configuration, database settings and health endpoints."""
 
+import io
+import logging
+
 import pytest
 from sqlalchemy import text
 
@@ -149,3 +152,20 @@ def test_the_api_reference_page_renders_the_vendored_swagger_ui(app, client, log
     assert "<a" in viewer.get("/settings/tokens").get_data(as_text=True).split("/api/docs")[0][-40:]
     missing = viewer.get("/api/docs/nothing")  # under /api/ but not the page: JSON 404
     assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
+
+
+def test_the_servers_info_lines_reach_stderr_once(app_factory):
+    """RM_LOG_LEVEL=INFO must print the server's own info lines (they had no handler, so
+    only warnings got out); a second app in the same process adds no second handler."""
+    app_factory(RM_LOG_LEVEL="INFO")
+    app_factory(RM_LOG_LEVEL="INFO")
+    logger = logging.getLogger("restic_manager")
+    ours = [handler for handler in logger.handlers if getattr(handler, "restic_manager", False)]
+    assert len(ours) == 1
+    printed = io.StringIO()
+    earlier = ours[0].setStream(printed)  # stderr as pytest captured it when it was made
+    try:
+        logging.getLogger("restic_manager.ticker").info("ticker: process 42 leads")
+    finally:
+        ours[0].setStream(earlier)
+    assert printed.getvalue().count("INFO in restic_manager.ticker: ticker: process 42 leads") == 1

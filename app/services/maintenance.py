@@ -121,7 +121,8 @@ def run_due(box: SecretBox, now: datetime, *, offline_after_seconds: int) -> lis
             continue
         status = host.status(now, offline_after_seconds)
         if status != "online":
-            log.info("%s is %s: maintenance (%s) skipped", host.hostname, status, ", ".join(due))
+            # Every tick while the host is away: not worth a line at the default level.
+            log.debug("%s is %s: maintenance (%s) skipped", host.hostname, status, ", ".join(due))
             continue
         for task in due:
             params = task_params(host, settings, task)
