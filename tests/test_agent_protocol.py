@@ -177,14 +177,17 @@ def test_lease_ack_redelivery_and_dedupe(protocol_app):
     agent, _ = enroll_agent(protocol_app)
     first = agent.poll().get_json()["commands"]
     assert [c["delivery_count"] for c in first] == [1]
-    # Not acked: nothing until the lease runs out, then delivered again.
-    assert agent.poll(wait=0).status_code == 204
+    # Not acked by the next poll: the answer never reached the agent (it acks everything
+    # it received in its next poll), so that poll gets the command again at once.
+    again = agent.poll(wait=0).get_json()["commands"]
+    assert again[0]["command_id"] == first[0]["command_id"]
+    assert again[0]["delivery_count"] == 2
+    # A lease that ran out is leasable too (the poll that took it went away).
     command = db.session.get(Command, first[0]["command_id"])
     command.lease_expires_at = utcnow() - timedelta(seconds=1)
     db.session.commit()
-    again = agent.poll().get_json()["commands"]
-    assert again[0]["command_id"] == first[0]["command_id"]
-    assert again[0]["delivery_count"] == 2
+    third = agent.poll(wait=0).get_json()["commands"]
+    assert [c["delivery_count"] for c in third] == [3]
     # Acked (twice, as a retrying agent would): never delivered again.
     ack = {"command_id": first[0]["command_id"], "result": "duplicate"}
     assert agent.poll(acks=[ack]).status_code == 204
@@ -263,6 +266,14 @@ def test_parked_poll_wakes_when_a_command_is_queued(protocol_app):
     assert bus.waiting(f"host:{host_id}") == 0
 
 
+def _take_and_ack(agent):
+    """Take what the enrollment queued and acknowledge it, as the agent does with its next
+    poll (an unacknowledged command would come again with that poll)."""
+    commands = agent.poll().get_json()["commands"]
+    acks = [{"command_id": command["command_id"]} for command in commands]
+    assert agent.poll(acks=acks, wait=0).status_code == 204
+
+
 def _wait_for_waiters(bus, host_id, count):
     deadline = time.monotonic() + 5
     while bus.waiting(f"host:{host_id}") != count and time.monotonic() < deadline:
@@ -274,7 +285,7 @@ def test_a_newer_poll_takes_over_from_one_left_parked(protocol_app):
     # An agent restarted (or a proxy dropped its connection): its old request is still
     # parked here. The next command must go to the new poll, not to a dead socket.
     agent, host_id = enroll_agent(protocol_app)
-    agent.poll()  # takes the config.update
+    _take_and_ack(agent)  # the config.update
     bus = protocol_app.extensions["bus"]
     result = {}
     stale = park_poll(agent, result, "stale")
@@ -295,7 +306,7 @@ def test_a_parked_poll_of_an_earlier_boot_gives_way(protocol_app):
     # With several workers the newer poll may be in another process: its new boot_id,
     # written to the host row, is what the old request sees.
     agent, host_id = enroll_agent(protocol_app)
-    agent.poll()
+    _take_and_ack(agent)
     bus = protocol_app.extensions["bus"]
     result = {}
     # The view's path: it registers its waiter after its boot check, so a waiter means
@@ -319,7 +330,7 @@ def test_a_parked_poll_of_an_earlier_boot_gives_way(protocol_app):
 
 def test_poll_without_work_answers_204_after_the_hold(protocol_app):
     agent, _ = enroll_agent(protocol_app)
-    agent.poll()  # takes the config.update
+    _take_and_ack(agent)  # the config.update
     started = time.monotonic()
     response = agent.poll(wait=1)
     assert response.status_code == 204

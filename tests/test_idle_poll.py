@@ -186,14 +186,22 @@ def test_a_parked_idle_poll_of_an_earlier_boot_gives_way_when_woken(protocol_app
     assert "queued" in list(queued)
 
 
-@pytest.mark.parametrize("expired", [True, False])
-def test_the_one_read_compares_lease_times_as_the_database_stores_them(protocol_app, expired):
-    """The middleware's read binds ``now`` itself (on SQLite a text timestamp, whose
-    format must match the stored one to compare: whole seconds included)."""
+@pytest.mark.parametrize(
+    "lease_ends, delivered",
+    [(-2, True), (30, True), (62, False)],
+    ids=["expired", "leased-to-an-earlier-poll", "leased-after-this-poll-arrived"],
+)
+def test_the_one_read_compares_lease_times_as_the_database_stores_them(
+    protocol_app, lease_ends, delivered
+):
+    """The middleware's read binds its own timestamp (on SQLite a text timestamp, whose
+    format must match the stored one to compare: whole seconds included). A lease that
+    ran out, or one taken before this poll arrived that it does not acknowledge (lost on
+    the way), is delivered by the view; one taken after it arrived is left alone."""
     agent, host_id = _settled(protocol_app)
     job = _probe(protocol_app, host_id)
     whole_second = utcnow().replace(microsecond=0)
-    lease_end = whole_second + timedelta(seconds=-2 if expired else 60)
+    lease_end = whole_second + timedelta(seconds=lease_ends)
     db.session.execute(
         update(Command)
         .where(Command.job_id == job.id)
@@ -202,7 +210,7 @@ def test_the_one_read_compares_lease_times_as_the_database_stores_them(protocol_
     db.session.commit()
     before = _answered_below_flask(protocol_app)
     answer = agent.poll()
-    if expired:  # leasable again: the view delivers it a second time
+    if delivered:  # leasable again: the view delivers it a second time
         assert answer.status_code == 200
         assert [c["job_id"] for c in answer.get_json()["commands"]] == [job.id]
         assert _answered_below_flask(protocol_app) == before
@@ -293,9 +301,11 @@ def _wait_for(condition, seconds=5.0):
 
 def test_deferred_heartbeats_are_written_by_the_next_flush_and_never_go_back(protocol_app):
     agent, host_id = _settled(protocol_app)
+    assert agent.poll(wait=0).status_code == 204  # idle: its heartbeat is written behind
+    assert _beats(protocol_app).pending() == 1
     before = _last_seen(host_id)
     _beats(protocol_app)._last_flush -= heartbeats.FLUSH_SECONDS  # the flush is due
-    assert agent.poll().status_code == 204  # notes its own beat, then flushes
+    assert agent.poll().status_code == 204  # the view notes its own beat, then flushes
     written = _last_seen(host_id)
     assert written > before
     assert _beats(protocol_app).pending() == 0
@@ -388,6 +398,31 @@ def test_a_command_queued_for_an_idle_host_is_delivered_by_its_short_poll(protoc
     db.session.commit()
     delivered = agent.poll().get_json()["commands"]
     assert [(c["type"], c["job_id"]) for c in delivered] == [("job.run", job.id)]
+
+
+def test_a_command_whose_answer_never_arrived_comes_with_the_next_poll(protocol_app):
+    """The answer carrying two commands went to a connection that had died silently: the
+    agent's next poll acknowledges neither (or only what it did get), and gets the rest
+    at once, not when the 60 s lease runs out; nor is it parked as idle below Flask."""
+    agent, host_id = _settled(protocol_app)
+    first, second = _probe(protocol_app, host_id), _probe(protocol_app, host_id)
+    db.session.commit()
+    lost = agent.poll().get_json()["commands"]
+    assert [c["job_id"] for c in lost] == [first.id, second.id]
+    before = _answered_below_flask(protocol_app)
+    started = time.monotonic()
+    again = agent.poll().get_json()["commands"]  # no acks: nothing arrived
+    assert time.monotonic() - started < 1.5  # at once, not after the 2 s hold
+    assert [(c["job_id"], c["delivery_count"]) for c in again] == [(first.id, 2), (second.id, 2)]
+    assert _answered_below_flask(protocol_app) == before
+    # This time only the first arrived: the second comes again, the first never.
+    ack = [{"command_id": again[0]["command_id"]}]
+    rest = agent.poll(acks=ack).get_json()["commands"]
+    assert [(c["job_id"], c["delivery_count"]) for c in rest] == [(second.id, 3)]
+    ack = [{"command_id": rest[0]["command_id"]}]
+    assert agent.poll(acks=ack, wait=0).status_code == 204
+    states = db.session.scalars(select(Command.state).where(Command.host_id == host_id))
+    assert set(states) == {"acked"}
 
 
 def test_revoked_token_and_deleted_host_are_refused_at_once(protocol_app):

@@ -204,7 +204,7 @@ class IdlePolls:
             if look is None or look.identity.host_id != host_id:
                 self.forget(token_hash)  # revoked, deleted or re-enrolled: the view says
                 return "full", None
-            idle = not look.leasable and is_idle(
+            idle = not look.awaiting and is_idle(
                 look.identity, config, acks=[], running=[], boot_id=data.get("boot_id"), now=now
             )
             if not idle:

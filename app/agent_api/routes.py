@@ -165,7 +165,8 @@ def poll():
     now = utcnow()
     config = current_app.config
     token = bearer_token(request)
-    identity = agents.identify(quick_reads(), token)
+    look = agents.look(quick_reads(), token, now=now)
+    identity = None if look is None else look.identity
     if identity is None:
         _authenticated_host()  # unknown, revoked or deleted: answers why
     else:  # its next idle polls may be answered below Flask (app/agent_api/idle.py)
@@ -176,8 +177,10 @@ def poll():
     boot_id = parse.short_string(data, "boot_id", max_length=64)
     hold = hold_seconds(config, data.get("wait"))
     beats = _heartbeats()
-    idle = identity is not None and is_idle(
-        identity, config, acks=acks, running=running, boot_id=boot_id, now=now
+    idle = (
+        identity is not None
+        and not look.awaiting
+        and is_idle(identity, config, acks=acks, running=running, boot_id=boot_id, now=now)
     )
     if idle:  # nothing but a heartbeat: written behind, no write transaction of its own
         note_heartbeat(beats, identity, now)
@@ -193,6 +196,7 @@ def poll():
             ),
         )
         commands.apply_acks(host, acks, now=now)
+        commands.release_lost(host, arrived=now)  # leased to an earlier poll, never received
         reconcile = agents.reconcile(host, running, now=now)
         repository.ensure_brought_up(_box(), host, now=now)  # new credentials saved while away
         host_id = host.id

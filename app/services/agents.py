@@ -98,34 +98,34 @@ _IDENTIFY = (
 
 _IDLE_LOOK = _IDENTIFY.add_columns(
     exists(
-        select(Command.id).where(*commands.leasable_where(_tokens.c.host_id, bindparam("now")))
-    ).label("leasable")
+        select(Command.id).where(
+            *commands.awaiting_where(_tokens.c.host_id, bindparam("expiry_if_leased_now"))
+        )
+    ).label("awaiting")
 )
 
 
 @dataclass(frozen=True)
 class IdleLook:
     identity: AgentIdentity
-    leasable: bool
+    awaiting: bool  # a command is leasable, or was lost on the way to an earlier poll
 
 
 def idle_look(reads: QuickReads, token_hash: str, *, now: datetime) -> Optional[IdleLook]:
-    """:func:`identify` and :func:`app.services.commands.any_leasable` in one read (one
-    round trip): for a poll that already knows its host (app/agent_api/idle.py)."""
-    row = reads.first_row(_IDLE_LOOK, {"token_hash": token_hash, "now": now})
+    """:func:`identify` and whether any command awaits the poll
+    (:func:`app.services.commands.awaiting_where`) in one read (one round trip)."""
+    params = {"token_hash": token_hash, "expiry_if_leased_now": now + commands.LEASE}
+    row = reads.first_row(_IDLE_LOOK, params)
     if row is None:
         return None
     return IdleLook(AgentIdentity(*row[:-1]), bool(row[-1]))
 
 
-def identify(reads: QuickReads, plain: str) -> Optional[AgentIdentity]:
-    """The live token's host in one indexed query (a prebuilt Core statement, no ORM
-    objects); None for an unknown, revoked or retired token (:func:`authenticate` then
-    says which)."""
+def look(reads: QuickReads, plain: str, *, now: datetime) -> Optional[IdleLook]:
+    """:func:`idle_look` of a plain token (None for one that is not an agent token)."""
     if not plain or not plain.startswith("rma_"):
         return None
-    row = reads.first(_IDENTIFY, {"token_hash": hash_token(plain)})
-    return AgentIdentity(*row) if row is not None else None
+    return idle_look(reads, hash_token(plain), now=now)
 
 
 def idle_poll(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import datetime, timedelta
 from typing import Optional
@@ -13,6 +14,8 @@ from app.extensions import db
 from app.models import Command, Host, Job
 from app.quick_reads import QuickReads
 from app.secretbox import SecretBox
+
+log = logging.getLogger("restic_manager.commands")
 
 LEASE = timedelta(seconds=60)
 MAX_DELIVERIES = 10
@@ -95,6 +98,54 @@ def leasable_where(host_id, now) -> tuple:
             (Command.state == "leased") & (Command.lease_expires_at <= now),
         ),
     )
+
+
+def awaiting_where(host_id, expiry_if_leased_now) -> tuple:
+    """What a poll must not park on: a leasable command, or one leased to an *earlier*
+    poll of the host that this poll does not acknowledge (see :func:`release_lost`).
+    ``expiry_if_leased_now`` is the poll's arrival plus :data:`LEASE` (a plain value, so
+    the statement compares stored timestamps only); a lease that expires before it began
+    before the poll arrived. The poll's acks are applied first, so an idle poll (no acks)
+    sees every such command."""
+    return (
+        Command.host_id == host_id,
+        or_(
+            Command.state == "queued",
+            (Command.state == "leased") & (Command.lease_expires_at < expiry_if_leased_now),
+        ),
+    )
+
+
+def release_lost(host: Host, *, arrived: datetime) -> int:
+    """Commands leased to an earlier poll of the host and not acknowledged by this one
+    (call after :func:`apply_acks`) are leasable again at once; returns how many.
+
+    The agent polls one request at a time and acknowledges everything it received in its
+    next poll, so such a command never reached it: the earlier answer went to a connection
+    that had died without a close (a network path gone silent), or arrived after the agent
+    had given up on it. Waiting out the lease (60 s) delayed it for nothing. Should the
+    agent have it after all, it recognises the id and acks ``duplicate`` (at least once).
+    A lease taken after this poll arrived (a poll parked in another worker) is left alone.
+    """
+    released = db.session.execute(
+        update(Command)
+        .where(
+            Command.host_id == host.id,
+            Command.state == "leased",
+            Command.lease_expires_at > arrived,
+            Command.lease_expires_at < arrived + LEASE,
+        )
+        .values(lease_expires_at=arrived)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if released:
+        log.info(
+            "%s: %d command(s) leased to an earlier poll and not acknowledged by this one: "
+            "delivered again now",
+            host.hostname,
+            released,
+        )
+    return released
 
 
 _ANY_LEASABLE = (
