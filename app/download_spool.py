@@ -13,7 +13,8 @@ database records only the count (``bytes_committed``). The download takes the fi
 starts where it stands, then deletes it. An upload in another machine does not find the
 directory (its data directory is its own) and stores the chunk in ``rpc_chunks`` as
 before; servers that share one data directory share the files too. Anything left behind
-by a process that died is removed by the next download to start, after ``KEEP_SECONDS``.
+by a process that died is removed after ``KEEP_SECONDS`` by the next download to start or
+the leader's next tick (:func:`sweep`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def reading(call_id: str) -> Iterator[Optional[Spool]]:
     if directory is not None:
         try:
             datadir.private_directory(base, log)
-            _sweep(base)
+            _sweep(base, time.time() - KEEP_SECONDS)
             directory.mkdir(mode=datadir.PRIVATE_DIRECTORY)
             spool = Spool(directory)
         except OSError as error:
@@ -125,9 +126,12 @@ def unread_bytes(call_id: str) -> int:
     return total
 
 
-def _sweep(base: Path) -> None:
+def sweep() -> None:
     """Remove the directories of downloads whose process died (untouched for an hour)."""
-    cutoff = time.time() - KEEP_SECONDS
+    _sweep(root(), time.time() - KEEP_SECONDS)
+
+
+def _sweep(base: Path, cutoff: float) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(base):
             with contextlib.suppress(OSError):

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from app import download_spool
 from app.bus import job_key
 from app.extensions import db
 from app.models import Host
@@ -58,6 +59,7 @@ def tick(
         alerts.on_job_finished(db.session.get(Host, job.host_id), job, now)
     queued = maintenance.run_due(box, now, offline_after_seconds=offline_after_seconds)
     rpc.sweep(now)
+    download_spool.sweep()  # download chunks left as files by a process that died
     alerts.evaluate(now, listening_since=listening_since)
     commit_and_wake(*(job_key(job.id) for job in lost))  # live job pages show the end
     return queued

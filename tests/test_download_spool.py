@@ -10,9 +10,10 @@ import time
 
 from sqlalchemy import func, select
 
-from app import download_spool
+from app import download_spool, ticker
 from app.extensions import db
 from app.models import RpcCall, RpcChunk
+from app.models.types import utcnow
 from app.services import rpc
 from tests.factories import SNAP_A, make_enrolled_host
 from tests.test_restore_api import agent_post, new_call
@@ -79,6 +80,10 @@ def test_directories_of_downloads_long_gone_are_swept_by_the_next_one(app):
     os.utime(stale, (old, old))
     with download_spool.reading(CALL):
         assert not stale.exists() and fresh.exists()
+    # The leader's tick sweeps too (a machine where no download starts again).
+    os.utime(fresh, (old, old))
+    ticker.tick(app.extensions["secretbox"], utcnow())
+    assert not fresh.exists()
 
 
 def test_an_upload_leaves_its_chunk_as_a_file_for_a_download_in_another_worker(app):
