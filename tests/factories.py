@@ -142,12 +142,17 @@ def mint_enrollment_token(app, hostname="web-1", paths=("/etc", "/home")):
 
 
 class Agent:
-    """An agent's protocol calls (hello, poll, any POST), in raw HTTP against the test app."""
+    """An agent's protocol calls (hello, poll, any POST), in raw HTTP against the test app.
+
+    Like the real agent, a poll acknowledges every command the previous answer brought
+    (the server delivers a command again to a poll that does not: its answer was lost);
+    ``acks=`` given explicitly replaces that, ``acks=[]`` acknowledges nothing."""
 
     def __init__(self, app, token: str, boot_id: str = "boot-1"):
         self.client = app.test_client()
         self.token = token
         self.boot_id = boot_id
+        self.unacked: list[dict] = []  # what the last answer brought
 
     def post(self, path, body, token=None):
         return self.client.post(
@@ -171,11 +176,16 @@ class Agent:
             },
         )
 
-    def poll(self, acks=(), running=(), wait=0):
-        return self.post(
+    def poll(self, acks=None, running=(), wait=0):
+        acks = list(self.unacked if acks is None else acks)
+        response = self.post(
             "/poll",
-            {"boot_id": self.boot_id, "acks": list(acks), "running": list(running), "wait": wait},
+            {"boot_id": self.boot_id, "acks": acks, "running": list(running), "wait": wait},
         )
+        if response.status_code in (200, 204):  # a poll that got through: acks delivered
+            commands = (response.get_json(silent=True) or {}).get("commands") or []
+            self.unacked = [{"command_id": command["command_id"]} for command in commands]
+        return response
 
 
 def enroll_agent(app, hostname="web-1", *, bring_up=False) -> tuple[Agent, int]:

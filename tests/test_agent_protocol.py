@@ -179,14 +179,14 @@ def test_lease_ack_redelivery_and_dedupe(protocol_app):
     assert [c["delivery_count"] for c in first] == [1]
     # Not acked by the next poll: the answer never reached the agent (it acks everything
     # it received in its next poll), so that poll gets the command again at once.
-    again = agent.poll(wait=0).get_json()["commands"]
+    again = agent.poll(acks=[], wait=0).get_json()["commands"]
     assert again[0]["command_id"] == first[0]["command_id"]
     assert again[0]["delivery_count"] == 2
     # A lease that ran out is leasable too (the poll that took it went away).
     command = db.session.get(Command, first[0]["command_id"])
     command.lease_expires_at = utcnow() - timedelta(seconds=1)
     db.session.commit()
-    third = agent.poll(wait=0).get_json()["commands"]
+    third = agent.poll(acks=[], wait=0).get_json()["commands"]
     assert [c["delivery_count"] for c in third] == [3]
     # Acked (twice, as a retrying agent would): never delivered again.
     ack = {"command_id": first[0]["command_id"], "result": "duplicate"}
