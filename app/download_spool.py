@@ -36,8 +36,8 @@ from app import datadir
 log = logging.getLogger("restic_manager.downloads")
 
 KEEP_SECONDS = 3600.0  # a directory untouched this long belongs to a download long gone
-_CALL_ID = re.compile(r"^[0-9a-f]{32}$")  # rpc_calls.id: uuid4().hex
-_CHUNK_NAME = re.compile(r"^[0-9]{1,20}$")
+_CALL_ID = re.compile(r"[0-9a-f]{32}")  # rpc_calls.id: uuid4().hex (matched whole)
+_CHUNK_NAME = re.compile(r"[0-9]{1,20}")
 
 
 def root() -> Path:
@@ -45,7 +45,7 @@ def root() -> Path:
 
 
 def _directory(base: Path, call_id: str) -> Optional[Path]:
-    return base / call_id if _CALL_ID.match(call_id) else None
+    return base / call_id if _CALL_ID.fullmatch(call_id) else None
 
 
 class Spool:
@@ -120,7 +120,7 @@ def unread_bytes(call_id: str) -> int:
     total = 0
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
-            if _CHUNK_NAME.match(entry.name):
+            if _CHUNK_NAME.fullmatch(entry.name):
                 with contextlib.suppress(OSError):
                     total += entry.stat().st_size
     return total

@@ -45,7 +45,8 @@ def test_chunks_wait_as_private_files_while_the_download_streams(app):
 
 
 def test_only_a_call_id_names_a_directory(app):
-    for hostile in ("../../etc", "..", "", "0123456789ABCDEF0123456789ABCDEF", CALL + "/x"):
+    hostile_ids = ("../../etc", "..", "", "0123456789ABCDEF0123456789ABCDEF", CALL + "/x")
+    for hostile in (*hostile_ids, CALL + "\n"):
         with download_spool.reading(hostile) as spool:
             assert spool is None
         assert download_spool.put(hostile, 0, b"x") is False

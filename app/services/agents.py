@@ -112,8 +112,10 @@ class IdleLook:
 
 
 def idle_look(reads: QuickReads, token_hash: str, *, now: datetime) -> Optional[IdleLook]:
-    """:func:`identify` and whether any command awaits the poll
-    (:func:`app.services.commands.awaiting_where`) in one read (one round trip)."""
+    """The live token (not revoked) and its host, and whether any command awaits the poll
+    (:func:`app.services.commands.awaiting_where`), in one prebuilt Core query (one round
+    trip, no ORM objects); None for an unknown, revoked or retired token
+    (:func:`authenticate` then says which)."""
     params = {"token_hash": token_hash, "expiry_if_leased_now": now + commands.LEASE}
     row = reads.first_row(_IDLE_LOOK, params)
     if row is None:

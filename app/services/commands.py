@@ -104,9 +104,9 @@ def awaiting_where(host_id, expiry_if_leased_now) -> tuple:
     """What a poll must not park on: a leasable command, or one leased to an *earlier*
     poll of the host that this poll does not acknowledge (see :func:`release_lost`).
     ``expiry_if_leased_now`` is the poll's arrival plus :data:`LEASE` (a plain value, so
-    the statement compares stored timestamps only); a lease that expires before it began
-    before the poll arrived. The poll's acks are applied first, so an idle poll (no acks)
-    sees every such command."""
+    the statement compares stored timestamps only): a lease that expires before that
+    value began before the poll arrived. A full poll applies its acks first; an idle poll
+    has none, so it sees every such command."""
     return (
         Command.host_id == host_id,
         or_(
