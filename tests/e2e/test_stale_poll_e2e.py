@@ -109,26 +109,7 @@ def test_a_command_answered_into_a_silent_connection_comes_with_the_next_poll(st
 def test_a_poll_whose_agent_went_away_leaves_the_command_for_the_next_poll(start_server):
     server = start_server()
     api = Api(server, server.admin_token(ADMIN_PASSWORD))
-    seeder = create_app(
-        {
-            "RM_DATA_DIR": server.env["RM_DATA_DIR"],
-            "SQLALCHEMY_DATABASE_URI": server.env["RM_DATABASE_URL"],
-        }
-    )
-    with seeder.app_context():
-        host, token = make_enrolled_host("stale-1")
-        host.repo_status = "ready"  # no bring-up probe of its own to get in the way
-        db.session.commit()
-        host_id = host.id
-        db.session.remove()
-    acks = []
-    for _ in range(5):  # the first polls' own commands acknowledged, as an agent does
-        status, answer = _poll(server, token, 0, acks)
-        if status == 204:
-            break
-        acks = [{"command_id": c["command_id"], "result": "accepted"} for c in answer["commands"]]
-    else:
-        raise AssertionError("the agent never got an empty poll")
+    host_id, token, seeder = _settled_host(server, "stale-1")
 
     stale = _send_poll(server, token, 20)  # parked in the server ...
     time.sleep(0.5)
