@@ -17,8 +17,6 @@ import re
 import time
 from pathlib import Path
 
-from app import create_app
-from app.extensions import db
 from tests.conftest import fresh_database_url
 from tests.e2e.processes import clean_env
 from tests.e2e.workers_helpers import (
@@ -26,8 +24,9 @@ from tests.e2e.workers_helpers import (
     PollingAgent,
     cluster_fixture,  # noqa: F401  (the ``cluster`` fixture)
     needs_postgres,
+    seed_host,
 )
-from tests.factories import SNAP_A, add_snapshots, make_enrolled_host
+from tests.factories import SNAP_A
 
 CHUNK = 1024 * 1024  # an older agent's chunk: the server still takes it
 ROUNDS = 6
@@ -152,20 +151,14 @@ def test_across_servers_the_chunks_go_through_the_database(tmp_path, migrated_te
             servers.append(server)
         browser_side, agent_side = servers
         admin = browser_side.admin_token("correct horse battery staple")
-        seeder = create_app(
+        host_id, agent_token = seed_host(
             {
                 "RM_DATA_DIR": tmp_path / "one",
                 "RM_SECRET_KEY_FILE": key,
                 "SQLALCHEMY_DATABASE_URI": database_url,
-            }
+            },
+            "across-1",
         )
-        with seeder.app_context():
-            host, agent_token = make_enrolled_host("across-1")
-            add_snapshots(host)
-            db.session.commit()
-            host_id = host.id
-            db.session.remove()
-            db.engine.dispose()
         content = os.urandom(3 * CHUNK + 777)
         agent = DumpAgent(agent_side, agent_token, content)
         agent.start()

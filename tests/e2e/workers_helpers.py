@@ -137,18 +137,27 @@ def cluster_fixture(tmp_path_factory, migrated_template):
     try:
         server.start()
         admin = server.admin_token("correct horse battery staple")
-        seeder = create_app({"RM_DATA_DIR": data_dir, "SQLALCHEMY_DATABASE_URI": database_url})
-        with seeder.app_context():
-            host, agent_token = make_enrolled_host("multi-1")
-            add_snapshots(host)
-            db.session.commit()
-            host_id = host.id
-            db.session.remove()
-            db.engine.dispose()
+        host_id, agent_token = seed_host(
+            {"RM_DATA_DIR": data_dir, "SQLALCHEMY_DATABASE_URI": database_url}, "multi-1"
+        )
         settle(server, agent_token)
         yield server, admin, agent_token, host_id
     finally:
         server.kill()
+
+
+def seed_host(config: dict, hostname: str) -> tuple[int, str]:
+    """An enrolled host with two snapshots, written through an app of its own on the
+    servers' database: ``(host id, agent token)``."""
+    seeder = create_app(config)
+    with seeder.app_context():
+        host, agent_token = make_enrolled_host(hostname)
+        add_snapshots(host)
+        db.session.commit()
+        host_id = host.id
+        db.session.remove()
+        db.engine.dispose()
+    return host_id, agent_token
 
 
 def settle(server, token, acks=()):
