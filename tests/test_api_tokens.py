@@ -2,13 +2,13 @@
 
 import re
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from app.extensions import db
 from app.models import ApiToken, AuditLog, Role
 from app.models.types import utcnow
 from app.services import api_tokens, users
-from tests.factories import form_token
+from tests.factories import form_token, make_host
 
 TOKEN_IN_PAGE = re.compile(r'<code id="new-token" class="secret__value">(rmp_[^<]+)</code>')
 
@@ -195,3 +195,36 @@ def test_unknown_api_path_is_json_404_and_pages_are_html(client, login_as):
     wrong_method = browser.delete("/api/v1/hosts")
     assert wrong_method.status_code in (403, 405)
     assert wrong_method.is_json
+
+
+def test_a_token_and_its_owner_are_read_in_one_query_and_a_job_start_reads_nothing_back(
+    app, make_user
+):
+    """The API's hot path (automation starting jobs): the token and its user in one read;
+    the new job is answered from what was written, not read again after the commit."""
+    user = make_user(Role.operator)
+    token, plain = api_tokens.create_token(user, "ci", now=utcnow())
+    token.last_used_at = utcnow()  # in use: its last use is not written again for a while
+    host_id = make_host("web-1", repo_status="ready").id
+    db.session.commit()
+    seen = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        response = app.test_client().post(
+            f"/api/v1/hosts/{host_id}/jobs",
+            json={"kind": "probe"},
+            headers={"Authorization": f"Bearer {plain}"},
+        )
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["status"] == "queued"
+    (auth,) = [s for s in seen if " users" in s]
+    assert auth.startswith("SELECT api_tokens.") and "JOIN users" in auth
+    inserted = next(i for i, s in enumerate(seen) if s.startswith("INSERT INTO jobs"))
+    assert not any(s.startswith("SELECT jobs.") for s in seen[inserted:]), seen
+    assert sum(s.startswith("SELECT jobs.") for s in seen) == 1, seen  # one bring-up check

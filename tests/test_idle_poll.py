@@ -425,6 +425,69 @@ def test_a_command_whose_answer_never_arrived_comes_with_the_next_poll(protocol_
     assert set(states) == {"acked"}
 
 
+def test_an_acknowledging_poll_leases_in_its_own_transaction(protocol_app):
+    """The poll that carries acks (the full path) reads its token once (the look), the
+    host once, and looks for the next command in the same transaction as its acks: no
+    second transaction that re-reads the host only to find nothing."""
+    agent, host_id = _settled(protocol_app)
+    _probe(protocol_app, host_id)
+    db.session.commit()
+    (command,) = agent.poll().get_json()["commands"]
+    with Statements(protocol_app) as statements:
+        assert agent.poll(acks=[{"command_id": command["command_id"]}]).status_code == 204
+    reads = [s for s in statements.seen if s.upper().startswith("SELECT")]
+    assert sum(" FROM agent_tokens" in s for s in reads) == 1, reads  # the look, no ORM read
+    assert sum(s.split(" WHERE")[0].endswith("FROM hosts") for s in reads) == 1, reads
+    assert sum(" FROM commands" in s and "EXISTS" not in s for s in reads) == 1, reads
+    db.session.expire_all()
+    assert db.session.get(Command, command["command_id"]).state == "acked"
+
+
+def test_a_command_queued_after_an_acknowledging_polls_lease_wakes_it(protocol_app):
+    """The full path listens before its transaction and then waits on that same waiter:
+    a command queued once it found nothing is handed over within the hold."""
+    agent, host_id = _settled(protocol_app)
+    first = _probe(protocol_app, host_id)
+    db.session.commit()
+    (command,) = agent.poll().get_json()["commands"]
+    assert command["job_id"] == first.id
+    bus = protocol_app.extensions["bus"]
+    result = {}
+    thread = park_poll(agent, result, "answer", wait=5)  # acks the first command
+    _wait_for(lambda: bus.waiting(host_key(host_id)) == 1)
+    second = _probe(protocol_app, host_id)
+    db.session.commit()
+    bus.publish(host_key(host_id))
+    thread.join(10)
+    assert result["answer"].status_code == 200
+    assert result["answer_seconds"] < 4
+    (delivered,) = result["answer"].get_json()["commands"]
+    assert delivered["job_id"] == second.id
+    db.session.expire_all()
+    assert db.session.get(Command, command["command_id"]).state == "acked"
+
+
+def test_a_token_last_used_long_ago_is_noted_by_a_full_poll_too(protocol_app):
+    """The full path reads the token in its look only (no ORM read that would touch it):
+    its last use is written behind, as an idle poll's."""
+    agent, host_id = _settled(protocol_app)
+    stale = utcnow() - timedelta(minutes=5)
+    db.session.execute(
+        update(AgentToken).where(AgentToken.host_id == host_id).values(last_used_at=stale)
+    )
+    _probe(protocol_app, host_id)
+    db.session.commit()
+    _beats(protocol_app).flush(db.session.commit)  # nothing noted before this poll
+    (command,) = agent.poll().get_json()["commands"]  # the full path: a command awaits
+    (token_id,) = _beats(protocol_app)._tokens
+    _beats(protocol_app)._last_flush -= heartbeats.FLUSH_SECONDS
+    assert agent.poll(acks=[{"command_id": command["command_id"]}]).status_code == 204
+    db.session.expire_all()
+    token = db.session.get(AgentToken, token_id)
+    assert token.host_id == host_id
+    assert token.last_used_at > stale + timedelta(minutes=4)
+
+
 def test_revoked_token_and_deleted_host_are_refused_at_once(protocol_app):
     agent, host_id = _settled(protocol_app)
     other, other_id = _settled(protocol_app, "web-2")

@@ -44,6 +44,7 @@ HEADERS = [*RESPONSE_HEADERS, ("Cache-Control", "no-store")]
 
 
 PARKED_ENVIRON = "restic_manager.parked_poll"  # set only here (headers become HTTP_*)
+LOOK_ENVIRON = "restic_manager.poll_look"  # this poll's look, read here; the view reuses it
 
 
 class Parked(NamedTuple):
@@ -124,7 +125,7 @@ class IdlePolls:
         host_id = self._hosts.get(token_hash)
         if host_id is None:
             return self.wsgi_app(environ, start_response)
-        outcome, parked = self._park(token_hash, host_id, data)
+        outcome, parked = self._park(token_hash, host_id, data, environ)
         if outcome == "idle":
             self.answered += 1
             start_response("204 NO CONTENT", list(HEADERS))
@@ -176,9 +177,12 @@ class IdlePolls:
             return None
         return hash_token(token), data
 
-    def _park(self, token_hash: str, host_id: int, data: dict) -> tuple[str, Optional[Parked]]:
+    def _park(
+        self, token_hash: str, host_id: int, data: dict, environ: dict
+    ) -> tuple[str, Optional[Parked]]:
         """``("idle", None)`` when the hold ended with nothing to do; ``("woken", parked)``
-        when a wake-up came for this host; ``("full", None)``: the view takes the poll."""
+        when a wake-up came for this host; ``("full", None)``: the view takes the poll (with
+        the look read here in ``environ``, when it found the host's live token)."""
         extensions = self.flask_app.extensions
         config = self.flask_app.config
         bus = extensions["bus"]
@@ -208,6 +212,7 @@ class IdlePolls:
                 look.identity, config, acks=[], running=[], boot_id=data.get("boot_id"), now=now
             )
             if not idle:
+                environ[LOOK_ENVIRON] = look  # read a moment ago: the view need not again
                 return "full", None
             note_heartbeat(beats, look.identity, now)
             remaining = deadline - time.monotonic()

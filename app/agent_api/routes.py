@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import threading
@@ -11,7 +12,14 @@ from flask import current_app, jsonify, request
 
 from app.access import agent_endpoint
 from app.agent_api import bp, parse
-from app.agent_api.idle import PARKED_ENVIRON, Parked, hold_seconds, is_idle, note_heartbeat
+from app.agent_api.idle import (
+    LOOK_ENVIRON,
+    PARKED_ENVIRON,
+    Parked,
+    hold_seconds,
+    is_idle,
+    note_heartbeat,
+)
 from app.authn import bearer_token, client_address
 from app.bus import host_key, job_key
 from app.errors import error_response
@@ -161,11 +169,13 @@ def hello():
 def poll():
     parked = request.environ.get(PARKED_ENVIRON)
     if parked is not None:  # an idle poll woken below Flask (app/agent_api/idle.py)
-        return _hold(parked, reconcile=[], look_first=False)
+        return _hold(parked, start=_LEASE_NOW)
     now = utcnow()
     config = current_app.config
     token = bearer_token(request)
-    look = agents.look(quick_reads(), token, now=now)
+    look = request.environ.get(LOOK_ENVIRON)  # read below Flask for this very token
+    if look is None:
+        look = agents.look(quick_reads(), token, now=now)
     identity = None if look is None else look.identity
     if identity is None:
         _authenticated_host()  # unknown, revoked or deleted: answers why
@@ -184,9 +194,22 @@ def poll():
     )
     if idle:  # nothing but a heartbeat: written behind, no write transaction of its own
         note_heartbeat(beats, identity, now)
-        host_id, reconcile = identity.host_id, []
-    else:
+        db.session.remove()
+        _flush_heartbeats(beats)
+        parked = _supersede(identity.host_id, boot_id, hold)
+        # One read for a leasable command first. The host was just read with its token,
+        # and this poll holds the newest ticket: nothing to supersede.
+        return _hold(parked, start=_LOOK)
+
+    host = None if identity is None else db.session.get(Host, identity.host_id)
+    if host is None:  # the look found no live token (or the host went since): as it says
         host = _authenticated_host()
+    elif agents.token_touch_due(identity, now):  # its last use, written behind as idle
+        beats.note(host.id, now, token_id=identity.token_id)
+    parked = _supersede(host.id, boot_id, hold)
+    # Listen before the transaction that leases: a command queued after its read wakes
+    # this poll. The lease is part of that transaction (no second one to find nothing).
+    with _bus().listen(host_key(host.id)) as waiter:
         agents.touch(
             host,
             now=now,
@@ -199,39 +222,58 @@ def poll():
         commands.release_lost(host, arrived=now)  # leased to an earlier poll, never received
         reconcile = agents.reconcile(host, running, now=now)
         repository.ensure_brought_up(_box(), host, now=now)  # new credentials saved while away
-        host_id = host.id
+        leased = commands.lease(host, now=now)
+        payload = [commands.delivery_json(_box(), command) for command in leased]
         commit_and_wake()
-    db.session.remove()  # hold no database connection while parked
-    if beats.due():  # this worker's deferred heartbeats, in one transaction of their own
+        db.session.remove()  # hold no database connection while parked
+        _flush_heartbeats(beats)
+        if payload or reconcile:
+            return _answer(payload, reconcile)
+        return _hold(parked, start=_WAIT, waiter=waiter)
+
+
+def _flush_heartbeats(beats: heartbeats.Heartbeats) -> None:
+    """This worker's deferred heartbeats, when due, in one transaction of their own."""
+    if beats.due():
         beats.flush(commit_and_wake)
         db.session.remove()
 
-    # This poll supersedes any still parked for the host: a restarted agent, or one whose
-    # connection a proxy dropped, leaves a request behind that would otherwise lease the
-    # next command and write it to a dead socket (redelivered only after the lease).
+
+def _supersede(host_id: int, boot_id, hold: float) -> Parked:
+    """This poll becomes the host's newest in this process.
+
+    A restarted agent, or one whose connection a proxy dropped, leaves a request behind that
+    would otherwise lease the next command and write it to a dead socket (redelivered only
+    after the lease). Only this process's: the tickets are per process, and a poll parked
+    in another worker notices a restart (new boot_id) on its next wake-up, so no NOTIFY for
+    every poll. Call before listening (the wake-up is for the older polls)."""
     ticket = _latest_polls().take(host_id)
-    # Only this process's: the tickets are per process, and a poll parked in another worker
-    # notices a restart (new boot_id) on its next wake-up, so no NOTIFY for every poll.
     _bus().wake_local(host_key(host_id))
-    # An idle poll's first look: one read for a leasable command. The host was just read
-    # with its token, and this poll holds the newest ticket: nothing to supersede.
-    parked = Parked(host_id, ticket, boot_id, time.monotonic() + hold)
-    return _hold(parked, reconcile=reconcile, look_first=idle)
+    return Parked(host_id, ticket, boot_id, time.monotonic() + hold)
 
 
-def _hold(parked: Parked, *, reconcile: list, look_first: bool):
-    """Park until a command can be leased to this poll or the hold ends. Each wake-up
-    first checks that this poll is still the host's newest and its agent still there."""
+_LOOK, _LEASE_NOW, _WAIT = "look", "lease", "wait"  # how a parked poll begins (_hold)
+
+
+def _hold(parked: Parked, *, start: str, waiter=None):
+    """Park until a command can be leased to this poll or the hold ends. ``start``: _LOOK
+    first reads whether anything is leasable, _LEASE_NOW leases at once (woken below Flask),
+    _WAIT waits for a wake-up (the caller leased nothing, listening with ``waiter``). Each
+    wake-up first checks that this poll is still the host's newest and its agent still
+    there."""
     host_id, ticket, boot_id = parked.host_id, parked.ticket, parked.boot_id
-    with _bus().listen(host_key(host_id)) as waiter:  # register before checking
+    listening = (
+        contextlib.nullcontext(waiter) if waiter is not None else _bus().listen(host_key(host_id))
+    )
+    with listening as waiter:  # registered before checking
+        if start == _LOOK and not commands.any_leasable(quick_reads(), host_id, now=utcnow()):
+            start = _WAIT
         while True:
-            if look_first:
-                look_first = False
-                found = commands.any_leasable(quick_reads(), host_id, now=utcnow())
-                if not found:
-                    remaining = parked.deadline - time.monotonic()
-                    if remaining <= 0 or not waiter.wait(remaining):
-                        return "", 204
+            if start == _WAIT:
+                remaining = parked.deadline - time.monotonic()
+                if remaining <= 0 or not waiter.wait(remaining):
+                    return "", 204
+            start = _WAIT
             host = db.session.get(Host, host_id)
             if host is None:  # deleted while parked: its retired token answers 410 at once
                 _authenticated_host()
@@ -246,17 +288,18 @@ def _hold(parked: Parked, *, reconcile: list, look_first: bool):
             payload = [commands.delivery_json(_box(), command) for command in leased]
             commit_and_wake()
             db.session.remove()
-            if payload or reconcile:
-                return jsonify(
-                    {
-                        "commands": payload,
-                        "reconcile": reconcile,
-                        "settings": agents.settings(current_app.config),
-                    }
-                )
-            remaining = parked.deadline - time.monotonic()
-            if remaining <= 0 or not waiter.wait(remaining):
-                return "", 204
+            if payload:
+                return _answer(payload, [])
+
+
+def _answer(payload: list, reconcile: list):
+    return jsonify(
+        {
+            "commands": payload,
+            "reconcile": reconcile,
+            "settings": agents.settings(current_app.config),
+        }
+    )
 
 
 @bp.post("/events")

@@ -34,8 +34,9 @@ def start_job(host_id: int):
         now=utcnow(),
         offline_after_seconds=current_app.config["RM_OFFLINE_AFTER_SECONDS"],
     )
+    answer = job_json(job)  # before the commit, which would expire (and reload) the job
     commit_and_wake(host_key(host.id))
-    return jsonify(job_json(job)), 201
+    return jsonify(answer), 201
 
 
 @bp.get("/jobs")

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Optional
 
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from app.extensions import db
 from app.models import ApiToken, Role, User
@@ -53,7 +54,11 @@ def authenticate_token(plain: str, *, now: datetime) -> Optional[ApiToken]:
     """The live token for this bearer value (owner active), or None."""
     if not plain or not plain.startswith(TOKEN_PREFIX + "_"):
         return None
-    token = db.session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plain)))
+    token = db.session.scalar(
+        select(ApiToken)
+        .where(ApiToken.token_hash == hash_token(plain))
+        .options(joinedload(ApiToken.user))  # the owner in the same query
+    )
     if token is None or token.revoked_at is not None or not token.user.is_active:
         return None
     last = token.last_used_at

@@ -42,7 +42,7 @@ def start_job(
         running = repository.active_job(host, repository.BRING_UP_KINDS)
         if running is not None:
             return running
-        job = repository.dispatch_probe(box, host, actor=actor, now=now)
+        job = repository.queue_probe(box, host, actor=actor, now=now)
     else:
         job = jobs.create_job(
             box,

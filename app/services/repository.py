@@ -77,6 +77,11 @@ def dispatch_probe(box: SecretBox, host: Host, *, actor: Actor, now: datetime) -
     running = active_job(host, BRING_UP_KINDS)
     if running is not None:
         return running
+    return queue_probe(box, host, actor=actor, now=now)
+
+
+def queue_probe(box: SecretBox, host: Host, *, actor: Actor, now: datetime) -> Job:
+    """:func:`dispatch_probe` for a caller that found no bring-up under way already."""
     host.repo_status = "unknown"
     host.repo_status_reason = None
     return create_job(box, host, "probe", params={}, actor=actor, now=now)

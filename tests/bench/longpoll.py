@@ -52,6 +52,12 @@ sample rather than the 2nd).
 ``--gc-log`` puts ``gclog/sitecustomize.py`` on the server's PYTHONPATH, which logs the
 worker's garbage-collector pauses into its log; the table then counts the full collections
 that fell into the dispatch window.
+
+**Dispatch CPU per job** = (worker CPU during the dispatch window minus the idle window's rate
+over the same time) / jobs sent: what starting and delivering one job costs the workers
+(its API call, the woken poll's lease, the acknowledging poll). ``--profile DIR`` records
+the workers with ``py-spy`` (not installed with the project: ``pip install py-spy``; needs
+ptrace rights) during the dispatch window only, one collapsed-stack file per worker in DIR.
 """
 
 from __future__ import annotations
@@ -104,6 +110,35 @@ def percentile(ordered: list[float], p: float) -> float:
     if not ordered:
         return math.nan
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def start_profilers(directory: Path | None, pids: list[int], agents: int) -> list:
+    """``py-spy record`` of each worker until :func:`stop_profilers` (none without DIR)."""
+    if directory is None:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for pid in pids:
+        out = directory / f"dispatch-{agents}-{pid}.txt"
+        argv = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--output", str(out)]
+        argv += ["--rate", "250", "--nonblocking"]
+        profilers.append(
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    time.sleep(1.0)  # attached before the first job
+    return profilers
+
+
+def stop_profilers(profilers: list) -> None:
+    """SIGINT makes py-spy write its file; wait for it."""
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)
+    for profiler in profilers:
+        try:
+            profiler.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            log(f"py-spy {profiler.pid} did not finish its profile")
 
 
 # --- /proc ---------------------------------------------------------------------------------
@@ -645,6 +680,7 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         dispatcher = Dispatcher(server.port, seeded["pat"])
         sent: dict[int, tuple[float, int]] = {}  # job id -> (sent at, host id)
         api_by_job: dict[int, float] = {}
+        profilers = start_profilers(args.profile, worker_pids, agents)
         before = loadgen.snapshot()
         load_before = loadavg()
         lg_cpu_before = loadgen.cpu()
@@ -673,6 +709,7 @@ def run_once(agents: int, args, workdir: Path) -> dict:
             time.sleep(0.05)
         time.sleep(0.5)  # a duplicate delivery would arrive right behind the first
         window_ended = time.monotonic()
+        stop_profilers(profilers)
         window = window_ended - window_started
         per_worker_busy = {
             pid: (cpu - per_worker_before.get(pid, cpu)) / window
@@ -766,6 +803,8 @@ def run_once(agents: int, args, workdir: Path) -> dict:
     def delta(name: str) -> int:
         return after.get(name, 0) - before.get(name, 0)
 
+    # What dispatching cost the workers beyond their idle load over the same time.
+    job_cpu_ms = (busy_cpu - idle_cpu) * window * 1000 / len(sent) if sent else math.nan
     latencies.sort()
     api_ms = sorted(seconds * 1000 for seconds in api_by_job.values())
     ended = delta("polls_204") + delta("polls_cmd") + delta("polls_other")
@@ -805,6 +844,7 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         "dispatch_worker_runqueue_wait": busy_waiting,
         "idle_loadgen_cpu": idle_loadgen_cpu,
         "dispatch_worker_cpu": busy_cpu,
+        "dispatch_cpu_ms_per_job": job_cpu_ms,
         "dispatch_worker_cpu_each": sorted(per_worker_busy.values()),
         "dispatch_loadgen_cpu": loadgen_cpu,
         "loadavg_start": load_start,
@@ -860,7 +900,8 @@ def load_line(result: dict) -> str:
         f"load generators ({result['loadgen_procs']} proc) CPU {result['idle_loadgen_cpu']:.0%} "
         f"idle, {result['dispatch_loadgen_cpu']:.0%} during dispatch; server workers CPU "
         f"{result['idle_worker_cpu']:.0%} idle, {result['dispatch_worker_cpu']:.0%} during "
-        f"dispatch ({each}); workers runnable but waiting for a CPU "
+        f"dispatch ({each}; {result['dispatch_cpu_ms_per_job']:.1f} ms CPU per job beyond the "
+        f"idle load); workers runnable but waiting for a CPU "
         f"{result['idle_worker_runqueue_wait']:.0%} idle, "
         f"{result['dispatch_worker_runqueue_wait']:.0%} during dispatch; "
         f"listen overflows/drops {overflow.get('ListenOverflows', 0)}/"
@@ -956,12 +997,19 @@ def main() -> int:
         "--gc-log", action="store_true", help="log the server's collector pauses (gclog/)"
     )
     parser.add_argument("--keep", action="store_true", help="keep data dirs and server logs")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy record the workers during dispatch into DIR (collapsed stacks)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     if args.workers > 1 and not args.pg:
         parser.error("--workers > 1 needs --pg (serve refuses several workers on SQLite)")
     if args.loadgen_procs < 1:
         parser.error("--loadgen-procs must be at least 1")
+    if args.profile is not None and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy on PATH (pip install py-spy)")
 
     # Started in the background (nohup ... &), SIGINT arrives ignored: take it back, and let
     # SIGTERM unwind too, so the round's finally blocks stop the server and the load
