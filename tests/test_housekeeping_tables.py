@@ -110,7 +110,7 @@ def test_a_late_ack_of_a_removed_command_is_ignored_and_delivery_continues(app):
     assert commands.apply_acks(host, [{"command_id": "gone"}], now=utcnow()) == 0
     fresh = commands.enqueue(app.extensions["secretbox"], host, "probe", payload={}, now=utcnow())
     db.session.commit()
-    assert [command.id for command in commands.lease(host, now=utcnow())] == [fresh.id]
+    assert [command.id for command in commands.lease(host.id, now=utcnow())] == [fresh.id]
 
 
 def test_agent_event_ids_go_after_a_month_progress_ones_after_a_day(app):

@@ -21,7 +21,7 @@ from app.extensions import db
 from app.models import AgentToken, Command, Host, Job
 from app.models.types import utcnow
 from app.quick_reads import quick_reads
-from app.services import agents, heartbeats, hosts, jobs
+from app.services import agents, commands, heartbeats, hosts, jobs
 from app.services.audit import Actor
 from tests.conftest import POSTGRES_URL
 from tests.factories import Agent, enroll_agent, park_poll
@@ -438,7 +438,10 @@ def test_an_acknowledging_poll_leases_in_its_own_transaction(protocol_app):
     reads = [s for s in statements.seen if s.upper().startswith("SELECT")]
     assert sum(" FROM agent_tokens" in s for s in reads) == 1, reads  # the look, no ORM read
     assert sum(s.split(" WHERE")[0].endswith("FROM hosts") for s in reads) == 1, reads
-    assert sum(" FROM commands" in s and "EXISTS" not in s for s in reads) == 1, reads
+    # The lease is one UPDATE … RETURNING in the acks' transaction, no read before it.
+    assert not any(" FROM commands" in s and "EXISTS" not in s for s in reads), reads
+    leases = [s for s in statements.writes() if "RETURNING" in s]
+    assert len(leases) == 1 and leases[0].startswith("UPDATE commands"), statements.writes()
     db.session.expire_all()
     assert db.session.get(Command, command["command_id"]).state == "acked"
 
@@ -548,3 +551,31 @@ def test_a_read_on_a_connection_the_server_closed_is_tried_again(protocol_app):
     assert _answered_below_flask(protocol_app) == before + 1  # by the idle poll's own read
     with engine.connect() as connection:
         assert connection.execute(text("SELECT pg_backend_pid()")).scalar() != backend
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs RM_TEST_DATABASE_URL")
+def test_two_leases_at_once_never_take_the_same_command_and_never_wait(protocol_app):
+    """The lease is one UPDATE over a SKIP LOCKED subquery: while one transaction holds the
+    host's commands (not committed yet), another leases none of them, at once; once the
+    first rolls back, they are leasable again."""
+    _, host_id = _settled(protocol_app)
+    first, second = _probe(protocol_app, host_id), _probe(protocol_app, host_id)
+    db.session.commit()
+    now = utcnow()
+    held = commands.lease(host_id, now=now)  # this session's transaction stays open
+    assert [row.job_id for row in held] == [first.id, second.id]
+    with db.engine.connect() as other:
+        other.execute(text("SET lock_timeout = '2s'"))  # a wait would fail, not hang
+        started = time.monotonic()
+        taken = other.execute(
+            commands._LEASE, {"for_host": host_id, "now": now, "expires": now}
+        ).all()
+        assert time.monotonic() - started < 1.0
+        assert taken == []
+        other.rollback()
+        db.session.rollback()
+        again = other.execute(
+            commands._LEASE, {"for_host": host_id, "now": now, "expires": now}
+        ).all()
+        assert sorted(row.job_id for row in again) == [first.id, second.id]
+        other.rollback()

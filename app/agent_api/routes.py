@@ -222,7 +222,7 @@ def poll():
         commands.release_lost(host, arrived=now)  # leased to an earlier poll, never received
         reconcile = agents.reconcile(host, running, now=now)
         repository.ensure_brought_up(_box(), host, now=now)  # new credentials saved while away
-        leased = commands.lease(host, now=now)
+        leased = commands.lease(host.id, now=now)
         payload = [commands.delivery_json(_box(), command) for command in leased]
         commit_and_wake()
         db.session.remove()  # hold no database connection while parked
@@ -274,7 +274,7 @@ def _hold(parked: Parked, *, start: str, waiter=None):
                 if remaining <= 0 or not waiter.wait(remaining):
                     return "", 204
             start = _WAIT
-            host = db.session.get(Host, host_id)
+            host = agents.boot_of(host_id)
             if host is None:  # deleted while parked: its retired token answers 410 at once
                 _authenticated_host()
                 return "", 204
@@ -284,7 +284,7 @@ def _hold(parked: Parked, *, start: str, waiter=None):
             if superseded or _agent_went_away():  # nobody to hand a command to
                 db.session.remove()
                 return "", 204
-            leased = commands.lease(host, now=utcnow())
+            leased = commands.lease(host_id, now=utcnow())
             payload = [commands.delivery_json(_box(), command) for command in leased]
             commit_and_wake()
             db.session.remove()

@@ -166,6 +166,15 @@ def touch_resolution(offline_after_seconds: int, poll_wait_seconds: float) -> fl
     return max(0.0, min(float(_TOUCH_SECONDS), room / 2))
 
 
+_BOOT_OF = select(_hosts.c.boot_id).where(_hosts.c.id == bindparam("host_id"))
+
+
+def boot_of(host_id: int):
+    """The host's stored boot id as a row (``.boot_id``), None for a deleted host: what a
+    woken poll checks before it leases (one Core read in the session's transaction)."""
+    return db.session.connection().execute(_BOOT_OF, {"host_id": host_id}).first()
+
+
 def touch(host: Host, *, now: datetime, boot_id: Optional[str], resolution: float) -> None:
     """The poll is the heartbeat (written when the stored one is ``resolution`` old)."""
     if boot_id:

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Optional
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 
 from app.extensions import db
 from app.models import Command, Host, Job
@@ -19,6 +19,8 @@ log = logging.getLogger("restic_manager.commands")
 
 LEASE = timedelta(seconds=60)
 MAX_DELIVERIES = 10
+_SPENT = f"not acknowledged after {MAX_DELIVERIES} deliveries"
+_COMMANDS = Command.__table__  # the hot paths' statements in Core: no ORM unit of work
 ACK_RESULTS = frozenset({"accepted", "duplicate", "rejected", "noop"})
 
 
@@ -89,13 +91,14 @@ def delivery_json(box: SecretBox, command: Command) -> dict:
     }
 
 
-def leasable_where(host_id, now) -> tuple:
-    """The conditions of a command :func:`lease` would take for ``host_id``."""
+def leasable_where(host_id, now, columns=Command) -> tuple:
+    """The conditions of a command :func:`lease` would take for ``host_id`` (on the model's
+    columns, or on those of an alias of the table)."""
     return (
-        Command.host_id == host_id,
+        columns.host_id == host_id,
         or_(
-            Command.state == "queued",
-            (Command.state == "leased") & (Command.lease_expires_at <= now),
+            columns.state == "queued",
+            (columns.state == "leased") & (columns.lease_expires_at <= now),
         ),
     )
 
@@ -127,16 +130,8 @@ def release_lost(host: Host, *, arrived: datetime) -> int:
     agent have it after all, it recognises the id and acks ``duplicate`` (at least once).
     A lease taken after this poll arrived (a poll parked in another worker) is left alone.
     """
-    released = db.session.execute(
-        update(Command)
-        .where(
-            Command.host_id == host.id,
-            Command.state == "leased",
-            Command.lease_expires_at > arrived,
-            Command.lease_expires_at < arrived + LEASE,
-        )
-        .values(lease_expires_at=arrived)
-        .execution_options(synchronize_session=False)
+    released = _execute(
+        _RELEASE_LOST, {"for_host": host.id, "arrived": arrived, "later": arrived + LEASE}
     ).rowcount
     if released:
         log.info(
@@ -159,30 +154,19 @@ def any_leasable(reads: QuickReads, host_id: int, *, now: datetime) -> bool:
     return reads.first(_ANY_LEASABLE, {"host_id": host_id, "now": now}) is not None
 
 
-def lease(host: Host, *, now: datetime, limit: int = 50, lease: timedelta = LEASE) -> list[Command]:
-    """Claim queued commands and those whose lease ran out, oldest first."""
-    candidates = list(
-        db.session.scalars(
-            select(Command)
-            .where(*leasable_where(host.id, now))
-            .order_by(Command.created_at, Command.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+def lease(host_id: int, *, now: datetime, lease: timedelta = LEASE) -> list:
+    """Claim queued commands and those whose lease ran out, oldest first: rows (with the
+    model's attribute names, not ORM objects) of one prebuilt ``UPDATE … RETURNING`` over
+    the oldest :data:`LEASE_LIMIT` leasable ones, which PostgreSQL locks with SKIP LOCKED
+    (a poll of the host in another worker takes none of them twice). A command delivered
+    :data:`MAX_DELIVERIES` times already becomes undeliverable instead (its job fails)."""
+    rows = _execute(_LEASE, {"for_host": host_id, "now": now, "expires": now + lease}).all()
+    for row in rows:
+        if row.state == "undeliverable":
+            _fail_unacknowledged_job(row, now)
+    return sorted(
+        (row for row in rows if row.state == "leased"), key=lambda row: (row.created_at, row.id)
     )
-    leased = []
-    for command in candidates:
-        if command.delivery_count >= MAX_DELIVERIES:
-            command.state = "undeliverable"
-            command.result = f"not acknowledged after {MAX_DELIVERIES} deliveries"
-            _fail_unacknowledged_job(command, now)
-            continue
-        command.state = "leased"
-        command.delivery_count += 1
-        command.lease_expires_at = now + lease
-        leased.append(command)
-    db.session.flush()
-    return leased
 
 
 def _fail_unacknowledged_job(command: Command, now: datetime) -> None:
@@ -200,19 +184,81 @@ def _fail_unacknowledged_job(command: Command, now: datetime) -> None:
 
 
 def apply_acks(host: Host, acks: list[dict], *, now: datetime) -> int:
-    """Mark acknowledged commands (idempotent; unknown or foreign ids are ignored)."""
-    count = 0
+    """Mark acknowledged commands (idempotent; unknown or foreign ids are ignored; an id
+    acknowledged twice in one poll keeps its first result). One statement per distinct
+    result text (usually one for the whole poll)."""
+    by_text: dict[str, list[str]] = {}
+    seen = set()
     for ack in acks:
+        if ack["command_id"] in seen:
+            continue
+        seen.add(ack["command_id"])
         result = ack.get("result", "accepted")
         reason = ack.get("reason")
         text = result if not reason else f"{result}: {str(reason)[:200]}"
-        count += db.session.execute(
-            update(Command)
-            .where(
-                Command.id == ack["command_id"],
-                Command.host_id == host.id,
-                Command.state.in_(("queued", "leased")),
-            )
-            .values(state="acked", acked_at=now, result=text, lease_expires_at=None)
-        ).rowcount
+        by_text.setdefault(text, []).append(ack["command_id"])
+    count = 0
+    for text, ids in by_text.items():
+        params = {"ids": ids, "for_host": host.id, "now": now, "text": text}
+        count += _execute(_ACK, params).rowcount
     return count
+
+
+# --- the hot paths' statements, built once (Core, on the session's connection) ----------------
+
+_c = _COMMANDS.c
+_candidate = _COMMANDS.alias("candidate")
+_spent = _c.delivery_count >= MAX_DELIVERIES
+LEASE_LIMIT = 50  # commands one answer carries at most
+_LEASE = (
+    update(_COMMANDS)
+    .where(
+        _c.id.in_(
+            select(_candidate.c.id)
+            .where(*leasable_where(bindparam("for_host"), bindparam("now"), _candidate.c))
+            .order_by(_candidate.c.created_at, _candidate.c.id)
+            .limit(LEASE_LIMIT)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(
+        state=case((_spent, "undeliverable"), else_="leased"),
+        result=case((_spent, _SPENT), else_=_c.result),
+        delivery_count=case((_spent, _c.delivery_count), else_=_c.delivery_count + 1),
+        lease_expires_at=case(
+            (_spent, _c.lease_expires_at),
+            else_=bindparam("expires", type_=_c.lease_expires_at.type),
+        ),
+    )
+    .returning(*_c)
+)
+_ACK = (
+    update(_COMMANDS)
+    .where(
+        _c.id.in_(bindparam("ids", expanding=True)),
+        _c.host_id == bindparam("for_host"),
+        _c.state.in_(("queued", "leased")),
+    )
+    .values(
+        state="acked",
+        acked_at=bindparam("now", type_=_c.acked_at.type),
+        result=bindparam("text", type_=_c.result.type),
+        lease_expires_at=None,
+    )
+)
+_RELEASE_LOST = (
+    update(_COMMANDS)
+    .where(
+        _c.host_id == bindparam("for_host"),
+        _c.state == "leased",
+        _c.lease_expires_at > bindparam("arrived"),
+        _c.lease_expires_at < bindparam("later"),
+    )
+    .values(lease_expires_at=bindparam("arrived"))
+)
+
+
+def _execute(statement, params: dict):
+    """A prebuilt Core statement in the session's transaction, past the ORM's layers."""
+    return db.session.connection().execute(statement, params)
