@@ -446,6 +446,19 @@ def test_an_acknowledging_poll_leases_in_its_own_transaction(protocol_app):
     assert db.session.get(Command, command["command_id"]).state == "acked"
 
 
+def test_a_poll_the_middleware_read_but_could_not_take_is_not_read_again(protocol_app):
+    """A command awaits: the middleware's read finds it and passes the poll on with that
+    read, and the view leases without reading the token again."""
+    agent, host_id = _settled(protocol_app)
+    job = _probe(protocol_app, host_id)
+    db.session.commit()
+    with Statements(protocol_app) as statements:
+        answer = agent.poll()
+    assert [c["job_id"] for c in answer.get_json()["commands"]] == [job.id]
+    looks = [s for s in statements.seen if " FROM agent_tokens" in s]
+    assert len(looks) == 1, looks
+
+
 def test_a_command_queued_after_an_acknowledging_polls_lease_wakes_it(protocol_app):
     """The full path listens before its transaction and then waits on that same waiter:
     a command queued once it found nothing is handed over within the hold."""
