@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy import select
 
 from agent.actions.backup import BackupReporter
@@ -937,3 +938,27 @@ def test_history_keeps_every_episode(app):
         history[-1].id
     )
     assert alerts.open_summary([host.id]) == {}
+
+
+def test_the_pass_pauses_between_hosts_and_evaluates_every_one(app, monkeypatch):
+    """The ticker's pause is called every PAUSE_HOSTS hosts (the worker's other requests
+    run there on PostgreSQL), and every host is still evaluated."""
+    monkeypatch.setattr(alerts, "PAUSE_HOSTS", 2)
+    seen = utcnow() - timedelta(hours=3)
+    hosts = []
+    for number in range(5):
+        host, _ = make_enrolled_host(f"web-{number}")
+        host.last_seen_at = seen
+        hosts.append(host)
+    db.session.commit()
+    pauses = []
+    _evaluate(utcnow(), pause=lambda: pauses.append(1))
+    assert len(pauses) == 2  # after hosts 2 and 4 of 5
+    assert len(_alerts("agent_offline", state="open")) == 5
+
+
+def test_the_ticker_pauses_on_postgresql_only():
+    sqlite = sa.create_engine("sqlite://")
+    postgresql = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert ticker._pause_for(sqlite) is None  # a switch inside SQLite's write lock stalls
+    assert ticker._pause_for(postgresql) is ticker._let_others_run
