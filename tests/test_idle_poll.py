@@ -52,6 +52,20 @@ def _probe(app, host_id):
     )
 
 
+def _probe_while_parked(app, agent, host_id, wait=10):
+    """Park a poll of ``agent``, then queue a probe and publish its wake-up: ``(job,
+    result)`` with the poll's answer in ``result["answer"]`` (``park_poll``)."""
+    bus = app.extensions["bus"]
+    result = {}
+    thread = park_poll(agent, result, "answer", wait=wait)
+    _wait_for(lambda: bus.waiting(host_key(host_id)) == 1)
+    job = _probe(app, host_id)
+    db.session.commit()
+    bus.publish(host_key(host_id))
+    thread.join(10)
+    return job, result
+
+
 class Statements:
     """Every statement sent on the app's engine and on the idle poll's own (whose hottest
     read, ``first_row``, runs on the bare DBAPI cursor, without SQLAlchemy's events)."""
@@ -133,14 +147,7 @@ def test_a_token_this_process_has_not_seen_takes_the_full_path_first(protocol_ap
 
 def test_a_parked_idle_poll_woken_by_a_command_hands_it_over_within_its_hold(protocol_app):
     agent, host_id = _settled(protocol_app)
-    bus = protocol_app.extensions["bus"]
-    result = {}
-    thread = park_poll(agent, result, "answer")
-    _wait_for(lambda: bus.waiting(host_key(host_id)) == 1)
-    job = _probe(protocol_app, host_id)
-    db.session.commit()
-    bus.publish(host_key(host_id))
-    thread.join(10)
+    job, result = _probe_while_parked(protocol_app, agent, host_id)
     assert result["answer"].status_code == 200
     assert result["answer_seconds"] < 5
     (command,) = result["answer"].get_json()["commands"]
@@ -467,14 +474,8 @@ def test_a_command_queued_after_an_acknowledging_polls_lease_wakes_it(protocol_a
     db.session.commit()
     (command,) = agent.poll().get_json()["commands"]
     assert command["job_id"] == first.id
-    bus = protocol_app.extensions["bus"]
-    result = {}
-    thread = park_poll(agent, result, "answer", wait=5)  # acks the first command
-    _wait_for(lambda: bus.waiting(host_key(host_id)) == 1)
-    second = _probe(protocol_app, host_id)
-    db.session.commit()
-    bus.publish(host_key(host_id))
-    thread.join(10)
+    # The parked poll acknowledges the first command (the full path).
+    second, result = _probe_while_parked(protocol_app, agent, host_id, wait=5)
     assert result["answer"].status_code == 200
     assert result["answer_seconds"] < 4
     (delivered,) = result["answer"].get_json()["commands"]

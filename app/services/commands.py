@@ -18,6 +18,7 @@ from app.secretbox import SecretBox
 log = logging.getLogger("restic_manager.commands")
 
 LEASE = timedelta(seconds=60)
+LEASE_LIMIT = 50  # commands one answer carries at most
 MAX_DELIVERIES = 10
 _SPENT = f"not acknowledged after {MAX_DELIVERIES} deliveries"
 _COMMANDS = Command.__table__  # the hot paths' statements in Core: no ORM unit of work
@@ -154,13 +155,13 @@ def any_leasable(reads: QuickReads, host_id: int, *, now: datetime) -> bool:
     return reads.first(_ANY_LEASABLE, {"host_id": host_id, "now": now}) is not None
 
 
-def lease(host_id: int, *, now: datetime, lease: timedelta = LEASE) -> list:
+def lease(host_id: int, *, now: datetime) -> list:
     """Claim queued commands and those whose lease ran out, oldest first: rows (with the
     model's attribute names, not ORM objects) of one prebuilt ``UPDATE … RETURNING`` over
     the oldest :data:`LEASE_LIMIT` leasable ones, which PostgreSQL locks with SKIP LOCKED
     (a poll of the host in another worker takes none of them twice). A command delivered
     :data:`MAX_DELIVERIES` times already becomes undeliverable instead (its job fails)."""
-    rows = _execute(_LEASE, {"for_host": host_id, "now": now, "expires": now + lease}).all()
+    rows = _execute(_LEASE, {"for_host": host_id, "now": now, "expires": now + LEASE}).all()
     for row in rows:
         if row.state == "undeliverable":
             _fail_unacknowledged_job(row, now)
@@ -169,8 +170,9 @@ def lease(host_id: int, *, now: datetime, lease: timedelta = LEASE) -> list:
     )
 
 
-def _fail_unacknowledged_job(command: Command, now: datetime) -> None:
-    """A job.run the agent never acknowledged fails with a reason people can act on."""
+def _fail_unacknowledged_job(command, now: datetime) -> None:
+    """A job.run the agent never acknowledged (a row :func:`lease` returned) fails with a
+    reason people can act on."""
     if command.type != "job.run" or command.job_id is None:
         return
     job = db.session.get(Job, command.job_id)
@@ -209,7 +211,6 @@ def apply_acks(host: Host, acks: list[dict], *, now: datetime) -> int:
 _c = _COMMANDS.c
 _candidate = _COMMANDS.alias("candidate")
 _spent = _c.delivery_count >= MAX_DELIVERIES
-LEASE_LIMIT = 50  # commands one answer carries at most
 _LEASE = (
     update(_COMMANDS)
     .where(
