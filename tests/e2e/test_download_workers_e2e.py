@@ -38,9 +38,16 @@ _PATHS = re.compile(
 )
 
 
-def byte_paths(server) -> list[tuple[int, int, int, int]]:
-    """``(bytes, direct, files, database)`` of every download the server finished."""
-    return [tuple(map(int, match)) for match in _PATHS.findall(server.log())]
+def byte_paths(server, downloads: int) -> list[tuple[int, int, int, int]]:
+    """``(bytes, direct, files, database)`` of every download the server finished, once it
+    has logged ``downloads`` of them: the line is written as the response ends, which may be
+    a moment after the browser has read the last byte."""
+    deadline = time.monotonic() + 10
+    while True:
+        paths = [tuple(map(int, match)) for match in _PATHS.findall(server.log())]
+        if len(paths) >= downloads or time.monotonic() > deadline:
+            return paths
+        time.sleep(0.05)
 
 
 class DumpAgent(PollingAgent):
@@ -93,10 +100,11 @@ def test_a_download_gets_every_chunk_from_either_worker(cluster):
     content = os.urandom(4 * CHUNK + 12345)
     agent = DumpAgent(server, agent_token, content)
     agent.start()
-    same = across = 0
+    same = across = downloads = 0
     try:
         time.sleep(0.5)
         for _ in range(ROUNDS):
+            downloads += 1
             browser = server.connect()
             path = f"/api/v1/hosts/{host_id}/snapshots/{SNAP_A[:8]}/download?path=/srv/big.bin"
             browser.request("GET", path, headers={"Authorization": f"Bearer {admin}"})
@@ -119,8 +127,8 @@ def test_a_download_gets_every_chunk_from_either_worker(cluster):
     assert same and across, f"chunks stayed on one side of the browser: {same=} {across=}"
     # One machine: the other worker's chunks went through files, none through the database;
     # every download's files were removed when it ended.
-    paths = byte_paths(server)
-    assert paths and all(size == len(content) for size, *_ in paths), paths
+    paths = byte_paths(server, downloads)
+    assert len(paths) == downloads and all(size == len(content) for size, *_ in paths), paths
     assert sum(files for _, _, files, _ in paths) > 0, paths
     assert sum(database for *_, database in paths) == 0, paths
     spool = Path(server.env["RM_DATA_DIR"]) / "downloads"
@@ -175,7 +183,7 @@ def test_across_servers_the_chunks_go_through_the_database(tmp_path, migrated_te
             agent.join(5)
         assert response.status == 200, body[:300]
         assert body == content
-        assert byte_paths(browser_side) == [(len(content), 0, 0, len(content))]
+        assert byte_paths(browser_side, 1) == [(len(content), 0, 0, len(content))]
     finally:
         for server in servers:
             server.kill()
