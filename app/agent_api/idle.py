@@ -28,9 +28,11 @@ from typing import NamedTuple, Optional
 
 from app.authn import bearer_from_header
 from app.bus import host_key
+from app.extensions import db
 from app.models.types import utcnow
 from app.security import RESPONSE_HEADERS, hash_token
 from app.services import agents, heartbeats
+from app.transaction import commit_and_wake
 
 log = logging.getLogger("restic_manager.agent_api")
 
@@ -191,8 +193,6 @@ class IdlePolls:
         beats = extensions.get("heartbeats")
         if latest is None or reads is None or beats is None:
             return "full", None  # made by the view's first poll in this process
-        if beats.due():
-            return "full", None  # the view writes the deferred heartbeats
         deadline = time.monotonic() + hold_seconds(config, data.get("wait"))
         # As the view: this poll supersedes the host's older ones in this process, and it
         # listens before it reads, so a command queued after the read still wakes it.
@@ -215,12 +215,26 @@ class IdlePolls:
                 environ[LOOK_ENVIRON] = look  # read a moment ago: the view need not again
                 return "full", None
             note_heartbeat(beats, look.identity, now)
+            if beats.due():
+                self._flush(beats)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not waiter.wait(remaining):
                 return "idle", None
             if not latest.holds(host_id, ticket):
                 return "idle", None  # a newer poll of this host took over
             return "woken", Parked(host_id, ticket, data.get("boot_id"), deadline)
+
+    def _flush(self, beats: heartbeats.Heartbeats) -> None:
+        """This worker's deferred heartbeats, this poll's own included, written by the poll
+        that found them due (one every :data:`app.services.heartbeats.FLUSH_SECONDS`).
+        Here, not in the view: handing the poll to the view instead sent every poll that
+        arrived before the view's flush began through the full path too (measured: a few
+        percent of the polls, a sixth of the worker's CPU, on a busy worker)."""
+        with self.flask_app.app_context():
+            try:
+                beats.flush(commit_and_wake)
+            finally:
+                db.session.remove()
 
     def _read_failed(self, error: Exception) -> None:
         """One warning per :data:`WARN_SECONDS` at most: an overloaded or unreachable
