@@ -112,6 +112,36 @@ def _answered_below_flask(app) -> int:
     return app.extensions["idle_polls"].answered
 
 
+def test_a_restarted_agents_hello_reads_its_host_once_and_its_next_poll_goes_below_flask(
+    protocol_app,
+):
+    """A server restart brings every agent's hello and first poll at once: the hello reads
+    the token with its host in one query (not again after its commit), and teaches the
+    middleware the token, so a new worker answers the first poll below Flask too."""
+    agent, host_id = _settled(protocol_app)
+    protocol_app.extensions["idle_polls"].forget(agents.hash_token(agent.token))
+    seen = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        answer = agent.hello()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["host_id"] == host_id
+    host_reads = [
+        s for s in seen if s.startswith("SELECT") and ("FROM hosts" in s or "JOIN hosts" in s)
+    ]
+    assert len(host_reads) == 1, seen
+    assert "FROM agent_tokens" in host_reads[0] and "JOIN hosts" in host_reads[0]
+    answered = _answered_below_flask(protocol_app)
+    assert agent.poll(wait=0).status_code == 204
+    assert _answered_below_flask(protocol_app) == answered + 1
+
+
 def test_an_idle_poll_is_answered_below_flask_with_one_read_and_no_write(protocol_app):
     agent, _ = _settled(protocol_app)
     before = _answered_below_flask(protocol_app)

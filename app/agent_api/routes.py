@@ -138,6 +138,7 @@ def enroll():
 @agent_endpoint
 def hello():
     host = _authenticated_host()
+    host_id = host.id  # read now: the commit below expires the host
     data = parse.body()
     running = parse.running(data)
     now = utcnow()
@@ -151,13 +152,15 @@ def hello():
             refused.message,
             min_protocol=current_app.config["RM_MIN_AGENT_PROTOCOL"],
         )
+    # The agent's polls come next: the first may already be answered below Flask.
+    current_app.extensions["idle_polls"].remember(bearer_token(request), host_id)
     reconcile = agents.reconcile(host, running, now=now)
     brought_up = repository.ensure_brought_up(_box(), host, now=now)
     schedules.ensure_pushed(_box(), host, now=now)  # the agent missed a schedule.set
-    commit_and_wake(*([host_key(host.id)] if brought_up is not None else []))
+    commit_and_wake(*([host_key(host_id)] if brought_up is not None else []))
     return jsonify(
         {
-            "host_id": host.id,
+            "host_id": host_id,
             "settings": agents.settings(current_app.config),
             "reconcile": reconcile,
         }

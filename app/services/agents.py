@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Optional
 
 from sqlalchemy import bindparam, exists, select
+from sqlalchemy.orm import joinedload
 
 from app.extensions import db
 from app.models import AgentToken, Command, Host, Job, RetiredAgentToken
@@ -49,7 +50,12 @@ def authenticate(plain: str, *, now: datetime) -> Optional[Host]:
     if not plain or not plain.startswith("rma_"):
         return None
     token_hash = hash_token(plain)
-    token = db.session.scalar(select(AgentToken).where(AgentToken.token_hash == token_hash))
+    # The token with its host in one query (every agent call but an idle poll comes here).
+    token = db.session.scalar(
+        select(AgentToken)
+        .options(joinedload(AgentToken.host))
+        .where(AgentToken.token_hash == token_hash)
+    )
     if token is None:
         retired = db.session.get(RetiredAgentToken, token_hash)
         if retired is not None:
