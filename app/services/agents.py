@@ -223,11 +223,20 @@ def reconcile(host: Host, running: list[dict], *, now: datetime) -> list[dict]:
             kills.append(_kill(item, "cancelled"))
         elif item.get("state") == "running" and job.status == "lost":
             jobs.revive(job, host)  # it was only silent (a network outage): it runs on
+    if not host.boot_id:
+        return kills  # no agent process known yet: nothing it could have restarted from
+    # Only the host's open jobs another agent process (boot id) registered: almost always
+    # none, so the database answers that without loading a job (every hello and every
+    # poll with acks or a new boot id comes here).
     for job in db.session.scalars(
-        select(Job).where(Job.host_id == host.id, Job.status.in_(("queued", "running")))
+        select(Job).where(
+            Job.host_id == host.id,
+            Job.status.in_(("queued", "running")),
+            Job.boot_id.is_not(None),
+            Job.boot_id != host.boot_id,
+        )
     ):
-        restarted = job.boot_id is not None and host.boot_id and job.boot_id != host.boot_id
-        if job.id in listed or not restarted:
+        if job.id in listed:
             continue
         if job.status == "running":
             job.status = "cancelled" if job.cancel_requested_at else "lost"

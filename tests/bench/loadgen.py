@@ -20,7 +20,8 @@ Writes JSON lines to stdout:
       CLOCK_MONOTONIC is system-wide on Linux, so the driver can compare it with its own)
   {"ev": "status", "slice", ...counters...} every 0.2 s and once more on SIGTERM/SIGINT
       ("final"); ``error_kinds`` counts the errors by kind (e.g. "poll: ConnectionResetError").
-  {"ev": "error", "host_id", "what"} for each failed request (the agent backs off 1-2 s).
+  {"ev": "error", "host_id", "what"} for each failed request (the agent then backs off as
+      the real agent does: agent/backoff.py, 1 s to 60 s with full jitter, Retry-After).
 """
 
 from gevent import monkey
@@ -32,7 +33,6 @@ import gc  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -41,6 +41,9 @@ from pathlib import Path  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
 import gevent  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from agent.backoff import Backoff, parse_retry_after  # noqa: E402  (the real agent's)
 
 API = "/api/agent/v1"
 COUNTERS = (
@@ -109,7 +112,8 @@ class Fleet:
         return conn
 
     def _post(self, agent: dict, path: str, body: dict):
-        """(status, parsed body or None); reconnects once on a dropped keep-alive."""
+        """(status, parsed body or None); reconnects once on a dropped keep-alive. A failed
+        answer's Retry-After is kept in ``agent["retry_after"]`` for :meth:`_back_off`."""
         payload = json.dumps(body).encode()
         headers = {
             "Authorization": f"Bearer {agent['token']}",
@@ -142,6 +146,7 @@ class Fleet:
             if response.will_close:
                 conn.close()
                 agent["conn"] = None
+            agent["retry_after"] = parse_retry_after(response.getheader("Retry-After"))
             if response.status == 200:
                 try:
                     return 200, json.loads(raw)
@@ -150,8 +155,15 @@ class Fleet:
             return response.status, None
         raise AssertionError("unreachable")
 
+    def _back_off(self, agent: dict, backoff: Backoff) -> None:
+        """Wait as the real agent does after a failure (agent/backoff.py: exponential with
+        full jitter from 1 s to 60 s, at least a Retry-After the server sent), so an
+        overloaded server sees the retries a real fleet would send, not a storm every 1-2 s."""
+        gevent.sleep(backoff.next_delay(agent.pop("retry_after", None)))
+
     def run_agent(self, agent: dict, delay: float) -> None:
         gevent.sleep(delay)
+        backoff = Backoff()
         counts = self.counts
         counts["started"] += 1
         boot_id = uuid.uuid4().hex
@@ -171,7 +183,7 @@ class Fleet:
                     agent["conn"] = self._connect()
                 except (OSError, http.client.HTTPException) as error:
                     self.error(agent, f"connect: {type(error).__name__}: {error}")
-                    gevent.sleep(1 + random.random())
+                    self._back_off(agent, backoff)
                     continue
             started = time.monotonic()
             try:
@@ -183,9 +195,10 @@ class Fleet:
                 counts["hello_ok"] += 1
                 counts["hello_ms_sum"] = round(counts["hello_ms_sum"] + took, 1)
                 counts["hello_ms_max"] = max(counts["hello_ms_max"], round(took, 1))
+                backoff.reset()
                 break
             self.error(agent, f"hello: {status}")
-            gevent.sleep(1 + random.random())
+            self._back_off(agent, backoff)
         acks: list[dict] = []
         first = True
         while not self.stopping:
@@ -202,6 +215,8 @@ class Fleet:
             finally:
                 counts["in_flight"] -= 1
             received = time.monotonic()
+            if status in (200, 204):
+                backoff.reset()
             if status == 204:
                 counts["polls_204"] += 1
                 acks = []
@@ -226,7 +241,7 @@ class Fleet:
                 acks = [{"command_id": c["command_id"], "result": "accepted"} for c in commands]
             else:
                 self.error(agent, f"poll: {status}")
-                gevent.sleep(1 + random.random())
+                self._back_off(agent, backoff)
 
     def report_forever(self, every: float) -> None:
         while True:

@@ -38,11 +38,12 @@ was never received or received twice (or a command id repeated, or delivery_coun
 delivered to another host than the job's), a command arrived for a job this run did not
 start, not every agent was parked before the idle window and at dispatch start, any agent
 request failed, or no poll ended in the idle window. The load it ran under is printed with
-the results: 1-minute loadavg at start, before and after dispatch; CPU of the load
-generators and of each server worker, idle and during dispatch; run-queue wait; listen
-overflows. "> 1 s" counts commands that took over a second: with several workers, an agent
-parked in one worker waiting on a command queued in another would show there (the bus must
-wake it across processes).
+the results: the machine's speed (``machine.py``: runs compare only across like machines),
+1-minute loadavg at start, before and after dispatch; CPU of the load generators and of
+each server worker, idle and during dispatch; run-queue wait; listen overflows. "> 1 s"
+counts commands that took over a second: with several workers, an agent parked in one
+worker waiting on a command queued in another would show there (the bus must wake it
+across processes).
 
 Prints one markdown table row per N (stdout); progress goes to stderr. ``--json FILE``
 also writes the raw numbers, every (send time, latency, API round trip) sample included.
@@ -83,6 +84,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import machine  # noqa: E402
+
 GC_LINE = re.compile(r"\[gc\] pid=(?P<pid>\d+) at=(?P<at>[\d.]+) gen=(?P<gen>\d) ms=(?P<ms>[\d.]+)")
 # The server's own fds beyond one socket per agent: listener, SQLite, logs, gevent's hub.
 FD_MARGIN = 200
@@ -1031,7 +1036,11 @@ def main() -> int:
             "--loadgen-procs / --workers, and rerun."
         )
         return 2
-    log(f"RLIMIT_NOFILE {soft}/{hard}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
+    speed = machine.speed_ms()
+    log(
+        f"RLIMIT_NOFILE {soft}/{hard}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; "
+        f"{machine.describe(speed)}"
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="rm-longpoll-"))
     results = []
@@ -1047,8 +1056,11 @@ def main() -> int:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    for result in results:
+        result["machine_speed_ms"] = round(speed, 3)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    print(f"{os.cpu_count()} CPUs, {machine.describe(speed)}\n")
     print(header(args.gc_log))
     for result in results:
         print(row(result))

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import machine  # noqa: E402
 from seed import seed  # noqa: E402
 
 CLIENT = r"""
@@ -140,6 +141,7 @@ def main() -> int:
         "--pg", action="store_true", help="PostgreSQL: a fresh database rm_bench_pollcost"
     )
     args = parser.parse_args()
+    speed = machine.speed_ms()  # before the server starts
     database_url = None
     if args.pg:
         database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/rm_bench_pollcost"
@@ -147,13 +149,13 @@ def main() -> int:
         subprocess.run(["dropdb", "--if-exists", *pg], check=True)
         subprocess.run(["createdb", *pg], check=True)
     try:
-        return run(args, database_url)
+        return run(args, database_url, speed)
     finally:
         if args.pg:
             subprocess.run(["dropdb", "--if-exists", *pg], check=False)
 
 
-def run(args, database_url) -> int:
+def run(args, database_url, speed: float) -> int:
     with tempfile.TemporaryDirectory(prefix="rm-pollcost-") as scratch:
         data_dir = Path(scratch) / "data"
         seeded = seed(data_dir, args.hosts, database_url)  # repositories "ready"
@@ -191,7 +193,8 @@ def run(args, database_url) -> int:
             server.terminate()
             server.wait(timeout=30)
     print(
-        f"database: {'PostgreSQL' if database_url else 'SQLite'}; load average: {os.getloadavg()}"
+        f"database: {'PostgreSQL' if database_url else 'SQLite'}; load average: "
+        f"{os.getloadavg()}; {machine.describe(speed)}"
     )
     print("| mode | agents | polls/s | worker CPU | CPU per idle poll | valid |")
     print("|---|---:|---:|---:|---:|---|")
