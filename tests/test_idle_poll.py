@@ -355,6 +355,25 @@ def test_deferred_heartbeats_are_written_by_the_next_flush_and_never_go_back(pro
     assert _last_seen(host_id) == written
 
 
+def test_a_flush_that_fails_below_flask_still_answers_the_poll(protocol_app, monkeypatch, caplog):
+    """The idle poll that finds the flush due writes it; should that fail in a way the
+    flush does not handle itself, the poll is answered all the same and the error logged
+    (no bare 500 from the middleware)."""
+    agent, _ = _settled(protocol_app)
+    beats = _beats(protocol_app)
+
+    def broken(commit):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(beats, "flush", broken)
+    beats._last_flush -= heartbeats.FLUSH_SECONDS
+    answered = _answered_below_flask(protocol_app)
+    with caplog.at_level("ERROR", logger="restic_manager.agent_api"):
+        assert agent.poll(wait=0).status_code == 204
+    assert _answered_below_flask(protocol_app) == answered + 1
+    assert "writing the deferred heartbeats failed" in caplog.text
+
+
 def test_a_flush_writes_in_small_transactions_and_keeps_what_failed(protocol_app):
     """A big flush is several short transactions (on SQLite one long one held the whole
     worker); a failed one keeps its heartbeats and the later ones for the next flush."""

@@ -232,7 +232,9 @@ class IdlePolls:
         percent of the polls, a sixth of the worker's CPU, on a busy worker)."""
         with self.flask_app.app_context():
             try:
-                beats.flush(commit_and_wake)
+                beats.flush(commit_and_wake)  # logs and keeps what a database error left
+            except Exception:  # anything else: this poll is still answered, the error logged
+                log.exception("writing the deferred heartbeats failed")
             finally:
                 db.session.remove()
 
