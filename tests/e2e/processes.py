@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from agent.cli import EXIT_HOST_DELETED
 
@@ -182,6 +184,12 @@ class Api:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
+        # gunicorn closes a keep-alive connection idle for 2 s; on a busy machine that close
+        # can come just as the next request goes out on it ("Remote end closed connection
+        # without response", CI on 2026-12-05). Browsers and curl send an idempotent request
+        # again on a new connection then; so does this client (never a POST).
+        retry = Retry(total=2, connect=2, read=2, status=0, other=0, raise_on_status=False)
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
 
     def call(self, method: str, path: str, body=None, expect: int = 200) -> dict:
         """The answer's JSON ({} when empty); any other status than ``expect`` fails."""
