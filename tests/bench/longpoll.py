@@ -47,8 +47,10 @@ across processes).
 
 Prints one markdown table row per N (stdout); progress goes to stderr. ``--json FILE``
 also writes the raw numbers, every (send time, latency, API round trip) sample included.
-Defaults: M = 500 jobs 50 ms apart (25 s, one whole poll cycle; p99 is then the 5th worst
-sample rather than the 2nd).
+Before the window, ``--warmup`` jobs (default 40, to hosts the window does not use) run a
+worker's first-job code once in every worker; their latencies are printed apart, and they
+are checked like the others. Defaults: M = 500 jobs 50 ms apart (25 s, one whole poll
+cycle; p99 is then the 5th worst sample rather than the 2nd).
 
 ``--gc-log`` puts ``gclog/sitecustomize.py`` on the server's PYTHONPATH, which logs the
 worker's garbage-collector pauses into its log; the table then counts the full collections
@@ -432,6 +434,33 @@ class LoadGenerators:
         return self.snapshot()
 
 
+def warm_up(dispatcher, loadgen, hosts: list[int], args) -> tuple[dict, list[str]]:
+    """Jobs before the measured window, ``args.interval`` apart, to hosts the window does
+    not use; waits for them (at most ``args.grace``). A worker's first job runs code and
+    statements it has not run since it started (the API's inserts, the woken poll's lease,
+    their SQLAlchemy compilation, PostgreSQL's caches on each pooled connection): tens of
+    ms each on four workers at once, a one-off after every restart. The window measures
+    the steady state; the warm-up's own latencies are printed apart and its jobs checked
+    like the rest (delivered exactly once, to their host). ``--warmup 0``: none."""
+    sent: dict[int, tuple[float, int]] = {}
+    failures: list[str] = []
+    for host_id in hosts:
+        started, job_id, _, failure = dispatcher.start_probe(host_id)
+        if failure is not None or job_id is None:
+            failures.append(f"host {host_id}: {failure}")
+        else:
+            sent[job_id] = (started, host_id)
+        time.sleep(args.interval)
+    deadline = time.monotonic() + args.grace
+    while time.monotonic() < deadline:
+        with loadgen.lock:
+            if all(job_id in loadgen.by_job for job_id in sent):
+                break
+        time.sleep(0.05)
+    time.sleep(1.0)  # the acknowledging polls, then a quiet second before the window
+    return sent, failures
+
+
 class Dispatcher:
     """Starts probe jobs through the public API with the personal access token."""
 
@@ -681,8 +710,13 @@ def run_once(agents: int, args, workdir: Path) -> dict:
 
         # Distinct hosts: a second probe for a host whose first one is still running (the
         # simulated agent accepts and never finishes) answers with that first job.
-        targets = random.Random(args.seed + agents).sample(host_ids, planned)
+        chooser = random.Random(args.seed + agents)
+        targets = chooser.sample(host_ids, planned)
         dispatcher = Dispatcher(server.port, seeded["pat"])
+        warm_hosts = chooser.sample(
+            sorted(set(host_ids) - set(targets)), min(args.warmup, agents - planned)
+        )
+        warm_sent, warm_failures = warm_up(dispatcher, loadgen, warm_hosts, args)
         sent: dict[int, tuple[float, int]] = {}  # job id -> (sent at, host id)
         api_by_job: dict[int, float] = {}
         profilers = start_profilers(args.profile, worker_pids, agents)
@@ -773,8 +807,21 @@ def run_once(agents: int, args, workdir: Path) -> dict:
     command_ids = [receipt[0] for receipt in commands]
     duplicate_ids = len(command_ids) - len(set(command_ids))
     unexpected = [
-        receipt for receipt in commands if receipt[1] is not None and receipt[1] not in sent
+        receipt
+        for receipt in commands
+        if receipt[1] is not None and receipt[1] not in sent and receipt[1] not in warm_sent
     ]
+    warm_latencies, warm_problems = [], list(warm_failures)
+    for job_id, (started, host_id) in warm_sent.items():
+        receipts = by_job.get(job_id, [])
+        if len(receipts) != 1 or receipts[0][2] != host_id:
+            warm_problems.append(f"job {job_id}: {len(receipts)} deliveries")
+        elif receipts[0][4] < started:
+            warm_problems.append(f"job {job_id}: received before sent")
+        else:
+            warm_latencies.append((receipts[0][4] - started) * 1000)
+    if warm_problems:
+        invalid.append(f"warm-up: {len(warm_problems)} problems, first {warm_problems[:3]}")
     if missing:
         invalid.append(f"{len(missing)} commands never received (e.g. jobs {missing[:3]})")
     if negative:
@@ -876,12 +923,26 @@ def run_once(agents: int, args, workdir: Path) -> dict:
         "first_errors": errors[:5],
         "invalid": invalid,
         "samples": samples,
+        "warmup_jobs": len(warm_sent),
+        "warmup_ms": sorted(warm_latencies),
     }
     log(
         f"N={agents}: received {result['received']}/{result['sent']} of {planned} planned, "
         f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"max {result['max_ms']:.1f} ms, > 1 s {result['over_1s']}, errors {result['errors']}"
     )
+    if warm_sent or warm_failures:
+        warm = result["warmup_ms"]
+        log(
+            f"N={agents}: warm-up before the window (not in the numbers): {len(warm)} of "
+            f"{len(warm_sent) + len(warm_failures)} delivered"
+            + (
+                f", first {warm_latencies[0]:.1f} ms, median {percentile(warm, 50):.1f} ms, "
+                f"max {warm[-1]:.1f} ms"
+                if warm
+                else ""
+            )
+        )
     log(f"N={agents}: {load_line(result)}")
     if args.gc_log:
         log(
@@ -986,6 +1047,12 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, help="experiment: gunicorn --backlog (default 2048)")
     parser.add_argument("--commands", type=int, default=500, help="jobs dispatched per N (M)")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between jobs")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=40,
+        help="jobs before the measured window, to hosts it does not use (0: none)",
+    )
     parser.add_argument(
         "--ramp", type=float, help="spread agent starts (s; default max(25, N/200))"
     )
