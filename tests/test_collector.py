@@ -19,10 +19,11 @@ def restored_gc():
 
 
 def test_tune_freezes_the_loaded_objects_and_leaves_full_collections_to_the_clock(restored_gc):
-    young, middle, _ = gc.get_threshold()
+    young, _, _ = gc.get_threshold()
     thread = collector.tune(full_collection_seconds=3600)
     assert gc.get_freeze_count() > 10_000  # the test run's modules, pytest's own objects
-    assert gc.get_threshold() == (young, middle, collector._NEVER_BY_COUNT)
+    # The middle generation after every 3rd young collection (short pauses), not CPython's 10th.
+    assert gc.get_threshold() == (young, 3, collector._NEVER_BY_COUNT)
     assert thread.daemon and thread.is_alive() and thread.name == "gc"
 
 
