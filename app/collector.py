@@ -12,12 +12,11 @@ cycles. So:
 - ``gc.freeze()`` once the application is loaded: the ~100,000 import-time objects leave
   every collection;
 - the youngest generation is collected as usual, the middle one after every
-  :data:`MIDDLE_EVERY` young collections instead of CPython's 10: a parked poll's objects
-  survive the young collection and wait in the middle generation: with 5,000-7,000 polls
+  :data:`MIDDLE_EVERY` young collections instead of CPython's 10. A parked poll's objects
+  survive the young collection and wait in the middle generation; with 5,000-7,000 polls
   parked in a worker, each middle collection walked about 20,000 objects and took 20-64
-  ms of CPU (a command sent meanwhile waits); after every third young collection they
-  take 6-35 ms, with the same CPU in all (docs/performance.md, "The collector's middle
-  generation");
+  ms of CPU (a command sent meanwhile waits). After every third young collection they
+  take 6-35 ms, about the same CPU in all (docs/performance.md, "On a faster machine");
 - the oldest generation by the clock instead of by allocation counts: a full collection
   every :data:`FULL_COLLECTION_SECONDS` (10 minutes) from a background thread (a greenlet
   under gevent), so its pause comes once in 10 minutes rather than every few seconds.

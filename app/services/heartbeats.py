@@ -36,7 +36,7 @@ CHUNK_ROWS = 100  # rows a transaction on SQLite (a few ms, holding the file's w
 # On PostgreSQL: rows a statement and transaction. The executemany took 40 ms of a worker's
 # CPU for the 1,500 hosts and 1,500 tokens a 7,500-agent worker notes in 5 s, in which the
 # worker's other requests waited their turn (every 5 s the API's p99 showed it); one
-# array-driven statement a table takes about 13 (docs/performance.md).
+# array-driven statement a table takes 14-16 ms (docs/performance.md).
 PG_CHUNK_ROWS = 1000
 _MARGIN_SECONDS = 5  # room for a flush that comes late
 
