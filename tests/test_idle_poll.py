@@ -404,12 +404,11 @@ def test_a_flush_writes_in_small_transactions_and_keeps_what_failed(protocol_app
     assert seen == [at] * count
 
 
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs RM_TEST_DATABASE_URL")
 def test_a_flush_on_postgresql_is_one_statement_a_chunk_and_only_moves_forward(protocol_app):
     """On PostgreSQL a chunk is one array-driven UPDATE per table (an executemany cost a
     7,500-agent worker 40 ms of CPU every 5 s); older values, a missing value and tokens
-    behave as with the executemany."""
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("PostgreSQL only: SQLite writes a chunk as an executemany")
+    behave as with the executemany. (SQLite writes a chunk as an executemany.)"""
     db.session.add_all(Host(hostname=f"pgbeat-{n}") for n in range(30))
     db.session.commit()
     ids = list(db.session.scalars(select(Host.id).where(Host.hostname.like("pgbeat-%"))))

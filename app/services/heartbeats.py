@@ -144,29 +144,25 @@ _FORWARD = {
 }
 
 
-# PostgreSQL: a whole chunk in one statement (the ids and times as two arrays), its rows
-# locked in id order first (two workers flushing the same host, an agent that moved between
-# them, then wait for each other rather than deadlock), and, as :func:`_forward`, a value
-# only ever moved forward.
+def _pg_forward(table, column: str):
+    """PostgreSQL: a whole chunk in one statement (the ids and times as two arrays), its
+    rows locked in id order first (two workers flushing the same host, an agent that moved
+    between them, then wait for each other rather than deadlock), and, as
+    :func:`_forward`, a value only ever moved forward. Names from the models, not input."""
+    name, target = table.name, table.c[column].name
+    return text(
+        f"WITH beats AS (SELECT * FROM unnest(CAST(:ids AS integer[]), "  # noqa: S608
+        f"CAST(:ats AS timestamptz[])) AS b(id, at)), "
+        f"locked AS (SELECT t.id, beats.at FROM {name} AS t JOIN beats ON beats.id = t.id "
+        f"WHERE t.{target} IS NULL OR t.{target} < beats.at ORDER BY t.id FOR UPDATE OF t) "
+        f"UPDATE {name} AS t SET {target} = locked.at FROM locked WHERE t.id = locked.id "
+        f"AND (t.{target} IS NULL OR t.{target} < locked.at)"
+    )
+
+
 _PG_FORWARD = {
-    "hosts": text(
-        "WITH beats AS (SELECT * FROM unnest(CAST(:ids AS integer[]), "
-        "CAST(:ats AS timestamptz[])) AS b(id, at)), "
-        "locked AS (SELECT t.id, beats.at FROM hosts AS t JOIN beats ON beats.id = t.id "
-        "WHERE t.last_seen_at IS NULL OR t.last_seen_at < beats.at "
-        "ORDER BY t.id FOR UPDATE OF t) "
-        "UPDATE hosts AS t SET last_seen_at = locked.at FROM locked WHERE t.id = locked.id "
-        "AND (t.last_seen_at IS NULL OR t.last_seen_at < locked.at)"
-    ),
-    "tokens": text(
-        "WITH beats AS (SELECT * FROM unnest(CAST(:ids AS integer[]), "
-        "CAST(:ats AS timestamptz[])) AS b(id, at)), "
-        "locked AS (SELECT t.id, beats.at FROM agent_tokens AS t JOIN beats ON beats.id = t.id "
-        "WHERE t.last_used_at IS NULL OR t.last_used_at < beats.at "
-        "ORDER BY t.id FOR UPDATE OF t) "
-        "UPDATE agent_tokens AS t SET last_used_at = locked.at FROM locked "
-        "WHERE t.id = locked.id AND (t.last_used_at IS NULL OR t.last_used_at < locked.at)"
-    ),
+    "hosts": _pg_forward(Host.__table__, "last_seen_at"),
+    "tokens": _pg_forward(AgentToken.__table__, "last_used_at"),
 }
 
 

@@ -391,6 +391,15 @@ class LoadGenerators:
                 elif record["ev"] == "error":
                     self.errors.append(f"host {record['host_id']}: {record['what']}")
 
+    def wait_delivered(self, job_ids, seconds: float) -> None:
+        """Until every job in ``job_ids`` has reached its agent, or ``seconds`` have passed."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(job_id in self.by_job for job_id in job_ids):
+                    return
+            time.sleep(0.05)
+
     def snapshot(self) -> dict:
         """The counters summed over the processes (maxima for the *_max ones)."""
         with self.lock:
@@ -452,12 +461,7 @@ def warm_up(dispatcher, loadgen, hosts: list[int], args) -> tuple[dict, list[str
         else:
             sent[job_id] = (started, host_id)
         time.sleep(args.interval)
-    deadline = time.monotonic() + args.grace
-    while time.monotonic() < deadline:
-        with loadgen.lock:
-            if all(job_id in loadgen.by_job for job_id in sent):
-                break
-        time.sleep(0.05)
+    loadgen.wait_delivered(sent, args.grace)
     time.sleep(1.0)  # the acknowledging polls, then a quiet second before the window
     return sent, failures
 
@@ -747,12 +751,7 @@ def run_once(agents: int, args, workdir: Path) -> dict:
                 continue
             sent[job_id] = (started, host_id)
             api_by_job[job_id] = took
-        deadline = time.monotonic() + args.grace
-        while time.monotonic() < deadline:
-            with loadgen.lock:
-                if all(job_id in loadgen.by_job for job_id in sent):
-                    break
-            time.sleep(0.05)
+        loadgen.wait_delivered(sent, args.grace)
         time.sleep(0.5)  # a duplicate delivery would arrive right behind the first
         window_ended = time.monotonic()
         gc.enable()
