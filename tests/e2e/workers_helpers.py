@@ -32,10 +32,15 @@ class MultiWorkerServer(Server):
 
         def ready():
             assert self.process.poll() is None, self.tail()
-            return (
-                len(self.workers()) == self.worker_count
-                and self.request("GET", "/readyz")[0] == 200
-            )
+            if len(self.workers()) != self.worker_count:
+                return False
+            try:
+                return self.request("GET", "/readyz")[0] == 200
+            except ConnectionRefusedError:
+                # The master closes its listening socket as it stops (a worker that could
+                # not load the application stops the server): the next check sees the
+                # process gone and fails with its log rather than this bare error.
+                return False
 
         wait_until(ready, timeout, "both workers to be ready")
 
