@@ -3,10 +3,12 @@ db ..."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
 import resource
+import socket
 import sys
 
 import click
@@ -145,6 +147,43 @@ def raise_open_files_limit(wanted: int = 65536) -> int:
     return soft
 
 
+def check_address_free(bind: str) -> None:
+    """Refuse, before anything starts, an address that cannot be listened on.
+
+    gunicorn would retry for five seconds and then stop, or, where each worker opens its own
+    socket (--reuse-port), restart the workers that failed to bind for ever. The probe sets
+    SO_REUSEADDR as gunicorn does but not SO_REUSEPORT, so a port another server listens on
+    (another `serve` with several workers included) is refused rather than shared.
+    """
+    from gunicorn import util
+
+    try:
+        address = util.parse_address(bind)
+    except RuntimeError as error:
+        raise click.ClickException(f"--bind {bind}: {error}") from None
+    if not isinstance(address, tuple):
+        return  # a Unix socket path or an inherited descriptor: gunicorn opens those
+    host, port = address
+    family = socket.AF_INET6 if util.is_ipv6(host) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                reason = (
+                    "the address is already in use (another restic-manager serve or another "
+                    "program listens there); stop it or choose another --bind"
+                )
+            else:
+                reason = error.strerror or str(error)
+            raise click.ClickException(f"cannot listen on {bind}: {reason}") from None
+        except OverflowError:
+            raise click.ClickException(
+                f"cannot listen on {bind}: the port must be between 0 and 65535"
+            ) from None
+
+
 def check_workers_supported(workers: int, database_url: str) -> None:
     """Several workers need PostgreSQL: refuse them on SQLite before anything starts."""
     if workers > 1 and not database_url.startswith("postgresql"):
@@ -205,6 +244,7 @@ def register_cli(app):
         """Apply migrations, then run gunicorn with gevent workers (SIGTERM stops gracefully)."""
         check_workers_supported(workers, current_app.config["SQLALCHEMY_DATABASE_URI"])
         check_worker_class()
+        check_address_free(bind)
         raise_open_files_limit()
         _apply_migrations()
         base_url = current_app.config["RM_BASE_URL"] or f"http://{bind}"

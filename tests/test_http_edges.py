@@ -11,11 +11,12 @@ import sqlite3
 import stat
 import time
 
+import click
 import pytest
 import sqlalchemy as sa
 
 from app import create_app
-from app.cli import warn_if_address_unknown
+from app.cli import check_address_free, warn_if_address_unknown
 from app.extensions import db
 from app.limits import SMALL_BODY_BYTES
 from app.models import ApiToken, Role, User
@@ -376,6 +377,48 @@ def test_serve_reminds_to_set_the_public_address(app_factory, capsys, bind, conf
     with app.app_context():
         warn_if_address_unknown(bind)
     assert ("RM_BASE_URL is not set" in capsys.readouterr().err) is warned
+
+
+def test_serve_refuses_an_address_another_server_listens_on():
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        bind = f"127.0.0.1:{other.getsockname()[1]}"
+        with pytest.raises(click.ClickException, match="already in use") as refused:
+            check_address_free(bind)
+    assert refused.value.message.startswith(f"cannot listen on {bind}: ")
+    check_address_free(bind)  # free again: no error, and the probe left nothing bound
+    check_address_free(bind)
+
+
+def test_serve_refuses_a_port_shared_with_so_reuseport():
+    """Another `serve` with several workers listens with SO_REUSEPORT; ours must not join it."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(click.ClickException, match="already in use"):
+            check_address_free(f"127.0.0.1:{other.getsockname()[1]}")
+
+
+@pytest.mark.parametrize(
+    ("bind", "message"),
+    [
+        ("127.0.0.1:99999", "the port must be between 0 and 65535"),
+        ("127.0.0.1:http", "is not a valid port number"),
+        ("192.0.2.1:8080", "Cannot assign requested address"),
+    ],
+)
+def test_serve_names_an_address_it_cannot_listen_on(bind, message):
+    with pytest.raises(click.ClickException, match=message) as refused:
+        check_address_free(bind)
+    assert bind in refused.value.message
+
+
+def test_serve_leaves_unix_sockets_and_inherited_descriptors_to_gunicorn(tmp_path):
+    check_address_free(f"unix:{tmp_path / 'rm.sock'}")
+    check_address_free("fd://3")
+    assert not (tmp_path / "rm.sock").exists()
 
 
 # --- CLI before the first serve ----------------------------------------------------------------

@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -338,3 +339,31 @@ def test_sqlite_refuses_several_workers_before_starting(tmp_path):
     if database.exists():  # refused before any migration ran
         with sqlite3.connect(database) as conn:
             assert not conn.execute("SELECT name FROM sqlite_master").fetchall()
+
+
+def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path):
+    """Where each worker opens its own socket, gunicorn would restart the workers that
+    cannot bind for ever: `serve` refuses the address first, in one line, with status 1."""
+    env = clean_env(
+        RM_DATA_DIR=str(tmp_path / "data"),
+        # Never reached: the address is refused before migrations.
+        RM_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/nothing",
+    )
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        bind = f"127.0.0.1:{other.getsockname()[1]}"
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--bind", bind],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on {bind}: the address is already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "listening" not in result.stdout + result.stderr
+    assert time.monotonic() - started < 30  # not gunicorn's retries, let alone a restart loop
