@@ -62,15 +62,6 @@ def _gunicorn_knows(setting: str) -> bool:
     return any(known.name == setting for known in KNOWN_SETTINGS)
 
 
-def _gunicorn_gives_each_worker_a_socket() -> bool:
-    """gunicorn 24 and later open a listening socket in each worker under ``--reuse-port``
-    (SO_REUSEPORT): the kernel then spreads new connections evenly over the workers. Older
-    releases only set the flag on the master's one shared socket, which changes nothing."""
-    from gunicorn import version_info
-
-    return version_info >= (24, 0)
-
-
 GUNICORN_HOOKS = PROJECT_ROOT / "app" / "gunicorn_conf.py"
 
 
@@ -199,10 +190,11 @@ def gunicorn_argv(bind: str, workers: int, trusted_proxies: str) -> list[str]:
     # Newer gunicorn opens a control socket under $HOME; we do not use it, and a sandboxed
     # service may not write there.
     extra = ["--no-control-socket"] if _gunicorn_knows("control_socket_disable") else []
-    if workers > 1 and _gunicorn_gives_each_worker_a_socket():
-        # One shared socket lets whichever worker wakes first take a new connection: at
-        # 20,000 agents on 4 workers one held 7,000 and another 3,300, and a worker's CPU
-        # follows the agents it holds. A socket per worker spreads them evenly.
+    if workers > 1:
+        # A listening socket per worker (SO_REUSEPORT; gunicorn 24+), which the kernel fills
+        # evenly. With the master's one shared socket whichever worker woke first took a new
+        # connection: at 20,000 agents on 4 workers one held 8,000 and another 3,000, and
+        # p99 went over 100 ms (docs/performance.md, "A socket per worker").
         extra.append("--reuse-port")
     return [
         sys.executable,

@@ -6,7 +6,8 @@ the browser's snapshot-tree request lands in the other. Which worker holds a con
 read from /proc (the worker process owning the accepted socket), so the test knows it
 covered both directions instead of hoping.
 
-And SQLite refuses several workers before gunicorn starts.
+Each worker listens on a socket of its own, and connections spread evenly over them.
+SQLite refuses several workers, and `serve` refuses a port in use, before gunicorn starts.
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-
-import gunicorn
-import pytest
 
 from tests.e2e.processes import ROOT, clean_env, wait_until
 from tests.e2e.workers_helpers import (
@@ -286,7 +284,6 @@ LISTEN = "0A"
 
 
 @needs_postgres
-@pytest.mark.skipif(gunicorn.version_info < (24, 0), reason="gunicorn < 24: one shared socket")
 def test_each_worker_listens_on_its_own_socket_and_connections_spread_evenly(cluster):
     """`serve --workers N` passes --reuse-port: each worker accepts from a socket of its
     own (SO_REUSEPORT), which the kernel fills evenly, instead of all of them racing for
