@@ -47,7 +47,9 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.1):
     while time.monotonic() < deadline:
         try:
             last = check()
-        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy
+        # Not up yet, or busy (ConnectionRefusedError: a raw http.client check; a server that
+        # is stopping instead fails the caller's own liveness assertion on the next try).
+        except (requests.ConnectionError, requests.Timeout, ConnectionRefusedError):
             last = None
         if last:
             return last

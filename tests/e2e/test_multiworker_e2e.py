@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import socket
 import sqlite3
 import subprocess
@@ -23,7 +22,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 from tests.e2e.processes import ROOT, clean_env, wait_until
 from tests.e2e.workers_helpers import (
@@ -257,29 +255,6 @@ def test_a_snapshot_tree_is_answered_across_workers(cluster):
     assert directions_seen(pairs), f"every round stayed in one worker: {pairs}"
 
 
-def sockets_on_port(server: MultiWorkerServer) -> list[tuple[str, int, str]]:
-    """``(state, remote port, socket inode name)`` of every socket on the server's port."""
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == server.port:
-                remote = int(fields[2].rsplit(":", 1)[1], 16)
-                found.append((fields[3], remote, f"socket:[{fields[9]}]"))
-    return found
-
-
-def socket_owners(server: MultiWorkerServer) -> dict[str, int]:
-    """Socket inode name -> the server process (master or worker) holding it."""
-    owners = {}
-    for pid in [server.process.pid, *server.workers()]:
-        fds = Path(f"/proc/{pid}/fd")
-        for fd in os.listdir(fds):
-            with contextlib.suppress(OSError):
-                owners[os.readlink(fds / fd)] = pid
-    return owners
-
-
 LISTEN = "0A"
 
 
@@ -289,29 +264,34 @@ def test_each_worker_listens_on_its_own_socket_and_connections_spread_evenly(clu
     own (SO_REUSEPORT), which the kernel fills evenly, instead of all of them racing for
     the master's one socket (at 20,000 agents one worker held twice another's share)."""
     server = cluster[0]
-    owners = socket_owners(server)
-    listeners = [owners.get(name) for state, _, name in sockets_on_port(server) if state == LISTEN]
+    owners = server.socket_owners()
+    listeners = [owners.get(name) for state, _, name in server.sockets() if state == LISTEN]
     assert sorted(listeners) == sorted(server.workers()), (listeners, server.workers())
     connections = [server.connect() for _ in range(200)]
     try:
         ports = {conn.sock.getsockname()[1] for conn in connections}
-
-        def accepted():
-            owners = socket_owners(server)
-            held = {remote: owners.get(name) for _, remote, name in sockets_on_port(server)}
-            return (
-                Counter(held.get(port) for port in ports)
-                if all(held.get(port) for port in ports)
-                else None
-            )
-
-        counts = wait_until(accepted, 10, "every connection accepted by a worker")
+        held = wait_until(
+            lambda: server.workers_of(ports), 10, "every connection accepted by a worker"
+        )
     finally:
         for conn in connections:
             conn.close()
+    counts = Counter(held.values())
     assert set(counts) == set(server.workers()), counts
     # By the 4-tuple's hash: 100 each on average, a standard deviation of about 7.
     assert min(counts.values()) >= 60, counts
+
+
+def serve_two_workers(env: dict, bind: str) -> subprocess.CompletedProcess:
+    """`serve --workers 2 --bind BIND`, expected to refuse before gunicorn starts."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--bind", bind],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def test_sqlite_refuses_several_workers_before_starting(tmp_path):
@@ -319,14 +299,7 @@ def test_sqlite_refuses_several_workers_before_starting(tmp_path):
         RM_DATA_DIR=str(tmp_path / "data"),
         RM_DATABASE_URL=f"sqlite:///{tmp_path}/data/rm.db",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--bind", "127.0.0.1:1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = serve_two_workers(env, "127.0.0.1:1")
     assert result.returncode != 0
     assert "--workers 2 needs PostgreSQL" in result.stderr
     assert "SQLite has a single writer" in result.stderr
@@ -351,14 +324,7 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path):
         other.listen()
         bind = f"127.0.0.1:{other.getsockname()[1]}"
         started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--bind", bind],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=60,
-        )
+        result = serve_two_workers(env, bind)
     assert result.returncode == 1, result.stderr
     assert f"cannot listen on {bind}: the address is already in use" in result.stderr
     assert "Traceback" not in result.stderr

@@ -4,6 +4,7 @@ holds a connection (read from /proc), a parked long poll, a protocol-level agent
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -32,15 +33,10 @@ class MultiWorkerServer(Server):
 
         def ready():
             assert self.process.poll() is None, self.tail()
-            if len(self.workers()) != self.worker_count:
-                return False
-            try:
-                return self.request("GET", "/readyz")[0] == 200
-            except ConnectionRefusedError:
-                # The master closes its listening socket as it stops (a worker that could
-                # not load the application stops the server): the next check sees the
-                # process gone and fails with its log rather than this bare error.
-                return False
+            return (
+                len(self.workers()) == self.worker_count
+                and self.request("GET", "/readyz")[0] == 200
+            )
 
         wait_until(ready, timeout, "both workers to be ready")
 
@@ -74,31 +70,48 @@ class MultiWorkerServer(Server):
                 conn.close()
         return response.status, (json.loads(raw) if raw and raw[:1] in b"[{" else None)
 
+    def sockets(self) -> list[tuple[str, int, str]]:
+        """``(state, remote port, socket inode name)`` of every socket on the server's port
+        (state "0A" is LISTEN)."""
+        found = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == self.port:
+                    remote = int(fields[2].rsplit(":", 1)[1], 16)
+                    found.append((fields[3], remote, f"socket:[{fields[9]}]"))
+        return found
+
+    def socket_owners(self) -> dict[str, int]:
+        """Socket inode name -> the worker holding it (the master where it holds it)."""
+        owners = {}
+        for pid in [self.process.pid, *self.workers()]:  # a worker's entry wins
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        owners[os.readlink(f"/proc/{pid}/fd/{fd}")] = pid
+            except OSError:
+                continue
+        return owners
+
+    def workers_of(self, client_ports: set[int]) -> dict[int, int] | None:
+        """Client port -> the worker that accepted it; None until every one is accepted."""
+        owners = self.socket_owners()
+        workers = set(self.workers())
+        held = {
+            remote: owners.get(name)
+            for _, remote, name in self.sockets()
+            if remote in client_ports and owners.get(name) in workers
+        }
+        return held if len(held) == len(client_ports) else None
+
     def worker_of(self, conn: http.client.HTTPConnection, timeout: float = 3.0) -> int:
         """The worker process that accepted ``conn``'s connection."""
-        client_port = conn.sock.getsockname()[1]
-
-        def owner():
-            sockets = set()
-            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-                for line in Path(table).read_text().splitlines()[1:]:
-                    fields = line.split()
-                    local, remote = fields[1], fields[2]
-                    if (
-                        int(local.rsplit(":", 1)[1], 16) == self.port
-                        and int(remote.rsplit(":", 1)[1], 16) == client_port
-                    ):
-                        sockets.add(f"socket:[{fields[9]}]")
-            for pid in self.workers():
-                try:
-                    for fd in os.listdir(f"/proc/{pid}/fd"):
-                        if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
-                            return pid
-                except OSError:
-                    continue
-            return None
-
-        return wait_until(owner, timeout, "the worker holding the connection", interval=0.01)
+        port = conn.sock.getsockname()[1]
+        held = wait_until(
+            lambda: self.workers_of({port}), timeout, "the worker holding the connection", 0.01
+        )
+        return held[port]
 
 
 class ParkedPoll(threading.Thread):
